@@ -1,0 +1,144 @@
+//! `ssogate check`: validates the config, then reaches every peer the gateway needs,
+//! printing one OK/FAIL line per step with the reason.
+
+use std::path::Path;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::Empty;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+
+use crate::config::Settings;
+use crate::gateway::Gateway;
+use crate::outbound;
+use crate::server::tls;
+
+/// One printed line of the report.
+struct Report {
+    failures: usize,
+}
+
+impl Report {
+    fn step(&mut self, name: &str, result: Result<String, String>) -> bool {
+        match result {
+            Ok(detail) => {
+                println!("OK   {name}: {detail}");
+                true
+            }
+            Err(reason) => {
+                println!("FAIL {name}: {reason}");
+                self.failures += 1;
+                false
+            }
+        }
+    }
+}
+
+/// Runs every check; returns true when all passed.
+pub async fn run(config: Option<&Path>) -> bool {
+    let mut report = Report { failures: 0 };
+    let settings = match Settings::load(config) {
+        Ok(settings) => settings,
+        Err(e) => {
+            report.step("config", Err(e.to_string()));
+            return false;
+        }
+    };
+    let shown = config.map_or("environment only".to_owned(), |p| p.display().to_string());
+    report.step("config", Ok(shown));
+    report.step(
+        "tls",
+        tls::server_config(&settings.tls)
+            .map(|c| {
+                if c.is_some() {
+                    "certificate and key load".to_owned()
+                } else {
+                    "off (another terminator in front)".to_owned()
+                }
+            })
+            .map_err(|e| e.to_string()),
+    );
+    let gateway = match Gateway::new(settings.clone()) {
+        Ok(gateway) => gateway,
+        Err(e) => {
+            report.step("setup", Err(e.to_string()));
+            return false;
+        }
+    };
+    let provider = gateway.provider();
+    let metadata = provider.fetch_metadata().await;
+    let discovery_ok = report.step(
+        "provider discovery",
+        metadata
+            .as_ref()
+            .map(|m| {
+                format!(
+                    "{} (issuer {})",
+                    provider.discovery_url(),
+                    m.issuer().as_str()
+                )
+            })
+            .map_err(|e| e.to_string()),
+    );
+    if let (true, Ok(metadata)) = (discovery_ok, &metadata) {
+        report.step(
+            "provider signing keys",
+            provider
+                .fetch_keys(metadata)
+                .await
+                .map(|keys| {
+                    format!(
+                        "{} key(s) at {}",
+                        keys.keys().len(),
+                        metadata.jwks_uri().as_str()
+                    )
+                })
+                .map_err(|e| e.to_string()),
+        );
+        let callback = settings
+            .server
+            .public_url
+            .join(&settings.oidc.callback_path)
+            .map(String::from)
+            .unwrap_or_default();
+        println!("     register this redirect URI at the provider: {callback}");
+    }
+    report.step("upstream", reach_upstream(&settings).await);
+    if report.failures == 0 {
+        println!("all checks passed");
+    }
+    report.failures == 0
+}
+
+async fn reach_upstream(settings: &Settings) -> Result<String, String> {
+    let upstream = &settings.upstream;
+    let roots = outbound::root_store(upstream.ca_file.as_deref()).map_err(|e| e.to_string())?;
+    let connector =
+        outbound::connector(roots, upstream.connect_timeout).map_err(|e| e.to_string())?;
+    let client: Client<_, Empty<Bytes>> = Client::builder(TokioExecutor::new()).build(connector);
+    let uri: http::Uri = upstream
+        .url
+        .as_str()
+        .parse()
+        .map_err(|e: http::uri::InvalidUri| e.to_string())?;
+    let request = client.get(uri);
+    match tokio::time::timeout(
+        Duration::from_secs(10).max(upstream.connect_timeout),
+        request,
+    )
+    .await
+    {
+        Ok(Ok(response)) => Ok(format!(
+            "{} answered HTTP {}",
+            upstream.url,
+            response.status().as_u16()
+        )),
+        Ok(Err(e)) => Err(format!(
+            "{}: {}",
+            upstream.url,
+            crate::oidc::error_chain(&e)
+        )),
+        Err(_) => Err(format!("{}: no answer within 10s", upstream.url)),
+    }
+}

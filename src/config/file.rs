@@ -1,0 +1,168 @@
+//! The config file's shape, exactly as an operator writes it (TOML, or environment
+//! variables merged into the same tree). Nothing here is validated: `super::validate`
+//! turns this into [`super::Settings`] and names the key of every mistake.
+//!
+//! Environment variables always arrive as strings, so every non-string key also
+//! accepts a string (`"true"`, `"100000"`, `"a.com, b.com"`): see [`flex`].
+
+use serde::Deserialize;
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerSection {
+    pub listen: Option<String>,
+    pub public_url: Option<String>,
+    pub http_redirect_listen: Option<String>,
+    #[serde(deserialize_with = "flex::list")]
+    pub trusted_proxies: Option<Vec<String>>,
+    #[serde(deserialize_with = "flex::text")]
+    pub header_read_timeout: Option<String>,
+    #[serde(deserialize_with = "flex::text")]
+    pub shutdown_grace: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TlsSection {
+    #[serde(deserialize_with = "flex::bool")]
+    pub enabled: Option<bool>,
+    pub cert_file: Option<String>,
+    pub key_file: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct UpstreamSection {
+    pub url: Option<String>,
+    #[serde(deserialize_with = "flex::text")]
+    pub connect_timeout: Option<String>,
+    #[serde(deserialize_with = "flex::text")]
+    pub read_timeout: Option<String>,
+    pub ca_file: Option<String>,
+    #[serde(deserialize_with = "flex::bool")]
+    pub pass_host_header: Option<bool>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct OidcSection {
+    pub issuer: Option<String>,
+    pub client_id: Option<String>,
+    pub client_secret: Option<String>,
+    pub client_secret_file: Option<String>,
+    #[serde(deserialize_with = "flex::list")]
+    pub scopes: Option<Vec<String>>,
+    pub provider_name: Option<String>,
+    pub callback_path: Option<String>,
+    pub ca_file: Option<String>,
+    #[serde(deserialize_with = "flex::bool")]
+    pub skip_sign_in_page: Option<bool>,
+    pub post_logout_path: Option<String>,
+    #[serde(deserialize_with = "flex::text")]
+    pub http_timeout: Option<String>,
+    #[serde(deserialize_with = "flex::text")]
+    pub clock_skew: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SessionSection {
+    pub cookie_name: Option<String>,
+    #[serde(deserialize_with = "flex::list")]
+    pub secrets: Option<Vec<String>>,
+    pub secret_file: Option<String>,
+    #[serde(deserialize_with = "flex::text")]
+    pub lifetime: Option<String>,
+    #[serde(deserialize_with = "flex::text")]
+    pub idle_timeout: Option<String>,
+    #[serde(deserialize_with = "flex::u64")]
+    pub max_sessions: Option<u64>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct IdentityHeadersSection {
+    pub user: Option<String>,
+    pub email: Option<String>,
+    pub preferred_username: Option<String>,
+    pub groups: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AccessSection {
+    #[serde(deserialize_with = "flex::list")]
+    pub allowed_email_domains: Option<Vec<String>>,
+    #[serde(deserialize_with = "flex::list")]
+    pub allowed_emails: Option<Vec<String>>,
+    pub groups_claim: Option<String>,
+    #[serde(deserialize_with = "flex::list")]
+    pub required_groups: Option<Vec<String>>,
+    #[serde(deserialize_with = "flex::bool")]
+    pub require_email_verified: Option<bool>,
+}
+
+/// Deserializers that take the native TOML type or its spelling as a string.
+pub mod flex {
+    use serde::{Deserialize, Deserializer, de::Error};
+
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Scalar {
+        Bool(bool),
+        Int(i64),
+        Text(String),
+    }
+
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum ListOrText {
+        List(Vec<String>),
+        Text(String),
+    }
+
+    pub fn bool<'de, D: Deserializer<'de>>(d: D) -> Result<Option<bool>, D::Error> {
+        match Scalar::deserialize(d)? {
+            Scalar::Bool(b) => Ok(Some(b)),
+            Scalar::Text(t) => match t.trim().to_ascii_lowercase().as_str() {
+                "true" | "yes" | "on" | "1" => Ok(Some(true)),
+                "false" | "no" | "off" | "0" => Ok(Some(false)),
+                _ => Err(D::Error::custom(format!("`{t}` is not true or false"))),
+            },
+            _ => Err(D::Error::custom("expected true or false")),
+        }
+    }
+
+    pub fn u64<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
+        match Scalar::deserialize(d)? {
+            Scalar::Int(n) if n >= 0 => Ok(Some(n as u64)),
+            Scalar::Text(t) => t
+                .trim()
+                .parse()
+                .map(Some)
+                .map_err(|_| D::Error::custom(format!("`{t}` is not a whole number"))),
+            _ => Err(D::Error::custom("expected a whole number")),
+        }
+    }
+
+    /// A string, or a number written without quotes (durations in seconds).
+    pub fn text<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
+        match Scalar::deserialize(d)? {
+            Scalar::Text(t) => Ok(Some(t)),
+            Scalar::Int(n) => Ok(Some(n.to_string())),
+            Scalar::Bool(_) => Err(D::Error::custom("expected a string such as \"30s\"")),
+        }
+    }
+
+    /// A TOML array of strings, or one string split on commas and whitespace.
+    pub fn list<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Vec<String>>, D::Error> {
+        Ok(Some(match ListOrText::deserialize(d)? {
+            ListOrText::List(items) => items,
+            ListOrText::Text(text) => text
+                .split(|c: char| c == ',' || c.is_whitespace())
+                .filter(|s| !s.is_empty())
+                .map(str::to_owned)
+                .collect(),
+        }))
+    }
+}

@@ -1,0 +1,711 @@
+//! Configuration: one TOML file, overlaid by environment variables, validated into
+//! [`Settings`] before anything starts.
+//!
+//! Sources, later ones winning: the file; the four names from the Encvoy ID guide for
+//! the sentry-auth-oidc plugin (`OIDC_DOMAIN`, `OIDC_CLIENT_ID`, `OIDC_CLIENT_SECRET`,
+//! `OIDC_SCOPE`); then `SSOGATE_<SECTION>_<KEY>` for every key. Every mistake is a
+//! [`ConfigError`] that names the key and says what is wrong; this module never starts
+//! anything and never logs secrets.
+
+mod duration;
+mod file;
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use http::HeaderName;
+use ipnet::IpNet;
+use url::Url;
+
+pub use duration::parse_duration;
+
+/// The sections of the file, also the `<SECTION>` part of `SSOGATE_<SECTION>_<KEY>`.
+const SECTIONS: [&str; 7] = [
+    "server",
+    "tls",
+    "upstream",
+    "oidc",
+    "session",
+    "identity_headers",
+    "access",
+];
+
+/// Environment variables that are not config keys.
+const NON_KEY_VARIABLES: [&str; 2] = ["SSOGATE_CONFIG", "SSOGATE_LOG"];
+
+/// The names an operator already has from the Encvoy ID guide for sentry-auth-oidc.
+const PLUGIN_VARIABLES: [(&str, &str); 4] = [
+    ("OIDC_DOMAIN", "issuer"),
+    ("OIDC_CLIENT_ID", "client_id"),
+    ("OIDC_CLIENT_SECRET", "client_secret"),
+    ("OIDC_SCOPE", "scopes"),
+];
+
+/// Shortest session secret accepted, in bytes (the cookie key is derived from it).
+pub const MIN_SECRET_LEN: usize = 32;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("config file {path} is not valid TOML: {message}")]
+    Syntax { path: String, message: String },
+    /// A key has a bad value (or a required key is missing).
+    #[error("{key}: {problem}")]
+    Key { key: String, problem: String },
+}
+
+fn key_error(key: impl Into<String>, problem: impl Into<String>) -> ConfigError {
+    ConfigError::Key {
+        key: key.into(),
+        problem: problem.into(),
+    }
+}
+
+/// Everything the gateway needs, checked and with defaults filled in.
+#[derive(Clone, Debug)]
+pub struct Settings {
+    pub server: ServerSettings,
+    pub tls: TlsSettings,
+    pub upstream: UpstreamSettings,
+    pub oidc: OidcSettings,
+    pub session: SessionSettings,
+    pub identity_headers: IdentityHeaderNames,
+    pub access: AccessSettings,
+}
+
+#[derive(Clone, Debug)]
+pub struct ServerSettings {
+    pub listen: SocketAddr,
+    /// The address people type, origin only (`https://sentry.example.com`).
+    pub public_url: Url,
+    /// Optional plain-HTTP listener that redirects every request to `public_url`.
+    pub http_redirect_listen: Option<SocketAddr>,
+    /// Peers whose `X-Forwarded-For` is believed.
+    pub trusted_proxies: Vec<IpNet>,
+    pub header_read_timeout: Duration,
+    /// How long in-flight requests may take to finish after SIGTERM/SIGINT.
+    pub shutdown_grace: Duration,
+}
+
+#[derive(Clone, Debug)]
+pub enum TlsSettings {
+    /// PEM certificate chain and private key files.
+    Files {
+        cert_file: PathBuf,
+        key_file: PathBuf,
+    },
+    /// PEM text held in memory (the demo's generated certificate, tests).
+    Pem { cert_pem: String, key_pem: String },
+    /// Plain HTTP: another TLS terminator sits in front.
+    Off,
+}
+
+#[derive(Clone, Debug)]
+pub struct UpstreamSettings {
+    pub url: Url,
+    pub connect_timeout: Duration,
+    /// Longest wait for the upstream's response headers.
+    pub read_timeout: Duration,
+    pub ca_file: Option<PathBuf>,
+    /// Forward the client's `Host` (true) or the upstream URL's host (false).
+    pub pass_host_header: bool,
+}
+
+#[derive(Clone, Debug)]
+pub struct OidcSettings {
+    pub issuer: String,
+    pub client_id: String,
+    pub client_secret: String,
+    pub scopes: Vec<String>,
+    pub provider_name: String,
+    pub callback_path: String,
+    pub ca_file: Option<PathBuf>,
+    pub skip_sign_in_page: bool,
+    /// Where the provider sends people back after signing out.
+    pub post_logout_path: String,
+    pub http_timeout: Duration,
+    pub clock_skew: Duration,
+}
+
+#[derive(Clone, Debug)]
+pub struct SessionSettings {
+    pub cookie_name: String,
+    /// The first encrypts new cookies; all of them decrypt (rotation).
+    pub secrets: Vec<String>,
+    pub lifetime: Duration,
+    pub idle_timeout: Duration,
+    pub max_sessions: u64,
+}
+
+/// Header names the gateway sets on forwarded requests; `None` means "do not send".
+#[derive(Clone, Debug)]
+pub struct IdentityHeaderNames {
+    pub user: Option<HeaderName>,
+    pub email: Option<HeaderName>,
+    pub preferred_username: Option<HeaderName>,
+    pub groups: Option<HeaderName>,
+}
+
+impl IdentityHeaderNames {
+    pub fn iter(&self) -> impl Iterator<Item = &HeaderName> {
+        [
+            &self.user,
+            &self.email,
+            &self.preferred_username,
+            &self.groups,
+        ]
+        .into_iter()
+        .flatten()
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct AccessSettings {
+    /// Lower-case domains; empty means any domain.
+    pub allowed_email_domains: Vec<String>,
+    /// Lower-case addresses; checked in addition to the domains (either admits).
+    pub allowed_emails: Vec<String>,
+    pub groups_claim: String,
+    /// Any one of these admits; empty means no group is required.
+    pub required_groups: Vec<String>,
+    pub require_email_verified: bool,
+}
+
+impl Settings {
+    /// Loads `path` (if any), overlays the process environment, validates.
+    pub fn load(path: Option<&Path>) -> Result<Settings, ConfigError> {
+        let text = match path {
+            Some(path) => std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+                path: path.to_owned(),
+                source,
+            })?,
+            None => String::new(),
+        };
+        let origin = path.map_or("(none)".to_owned(), |p| p.display().to_string());
+        Self::from_toml(&text, &origin, std::env::vars())
+    }
+
+    /// Parses TOML text, overlays the given environment, validates.
+    pub fn from_toml(
+        text: &str,
+        origin: &str,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Settings, ConfigError> {
+        let mut table: toml::Table =
+            text.parse()
+                .map_err(|e: toml::de::Error| ConfigError::Syntax {
+                    path: origin.to_owned(),
+                    message: e.to_string(),
+                })?;
+        overlay_environment(&mut table, env)?;
+        validate(table)
+    }
+}
+
+/// Merges `OIDC_*` and `SSOGATE_<SECTION>_<KEY>` variables into the parsed file.
+fn overlay_environment(
+    table: &mut toml::Table,
+    env: impl IntoIterator<Item = (String, String)>,
+) -> Result<(), ConfigError> {
+    let mut plugin = Vec::new();
+    let mut own = Vec::new();
+    for (name, value) in env {
+        if let Some((_, key)) = PLUGIN_VARIABLES.iter().find(|(var, _)| *var == name) {
+            plugin.push(("oidc", key.to_string(), value));
+        } else if let Some(rest) = name.strip_prefix("SSOGATE_") {
+            if NON_KEY_VARIABLES.contains(&name.as_str()) {
+                continue;
+            }
+            let rest = rest.to_ascii_lowercase();
+            let section = SECTIONS
+                .iter()
+                .filter(|s| rest.starts_with(&format!("{s}_")))
+                .max_by_key(|s| s.len())
+                .ok_or_else(|| {
+                    key_error(
+                        &name,
+                        format!(
+                            "no such section; use SSOGATE_<SECTION>_<KEY> with SECTION one of {}",
+                            SECTIONS.join(", ").to_ascii_uppercase()
+                        ),
+                    )
+                })?;
+            own.push((*section, rest[section.len() + 1..].to_owned(), value));
+        }
+    }
+    for (section, key, value) in plugin.into_iter().chain(own) {
+        let entry = table
+            .entry(section)
+            .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+        let toml::Value::Table(section_table) = entry else {
+            return Err(key_error(section, "must be a [section]"));
+        };
+        section_table.insert(key, toml::Value::String(value));
+    }
+    Ok(())
+}
+
+/// Deserializes one section, so an unknown or mistyped key is reported with its section.
+fn section<T: serde::de::DeserializeOwned + Default>(
+    table: &mut toml::Table,
+    name: &str,
+) -> Result<T, ConfigError> {
+    match table.remove(name) {
+        None => Ok(T::default()),
+        Some(value) => value
+            .try_into()
+            .map_err(|e: toml::de::Error| key_error(format!("[{name}]"), e.message().to_owned())),
+    }
+}
+
+fn validate(mut table: toml::Table) -> Result<Settings, ConfigError> {
+    let server: file::ServerSection = section(&mut table, "server")?;
+    let tls: file::TlsSection = section(&mut table, "tls")?;
+    let upstream: file::UpstreamSection = section(&mut table, "upstream")?;
+    let oidc: file::OidcSection = section(&mut table, "oidc")?;
+    let session: file::SessionSection = section(&mut table, "session")?;
+    let headers: file::IdentityHeadersSection = section(&mut table, "identity_headers")?;
+    let access: file::AccessSection = section(&mut table, "access")?;
+    if let Some(unknown) = table.keys().next() {
+        return Err(key_error(
+            unknown,
+            format!("unknown section; the sections are {}", SECTIONS.join(", ")),
+        ));
+    }
+    let tls = validate_tls(tls)?;
+    Ok(Settings {
+        server: validate_server(server, &tls)?,
+        tls,
+        upstream: validate_upstream(upstream)?,
+        oidc: validate_oidc(oidc)?,
+        session: validate_session(session)?,
+        identity_headers: validate_identity_headers(headers)?,
+        access: validate_access(access),
+    })
+}
+
+fn duration_or(
+    key: &str,
+    value: Option<String>,
+    default: Duration,
+) -> Result<Duration, ConfigError> {
+    match value {
+        None => Ok(default),
+        Some(text) => parse_duration(&text).map_err(|problem| key_error(key, problem)),
+    }
+}
+
+fn socket_addr(key: &str, text: &str) -> Result<SocketAddr, ConfigError> {
+    text.parse().map_err(|_| {
+        key_error(
+            key,
+            format!("`{text}` is not an address with a port, e.g. 0.0.0.0:8443 or [::]:8443"),
+        )
+    })
+}
+
+fn existing_file(key: &str, text: Option<String>) -> Result<Option<PathBuf>, ConfigError> {
+    let Some(text) = text else { return Ok(None) };
+    let path = PathBuf::from(&text);
+    if !path.is_file() {
+        return Err(key_error(key, format!("file `{text}` does not exist")));
+    }
+    Ok(Some(path))
+}
+
+fn validate_tls(tls: file::TlsSection) -> Result<TlsSettings, ConfigError> {
+    if tls.enabled == Some(false) {
+        return Ok(TlsSettings::Off);
+    }
+    let cert_file = existing_file("tls.cert_file", tls.cert_file)?.ok_or_else(|| {
+        key_error(
+            "tls.cert_file",
+            "missing: give a PEM certificate chain, or set tls.enabled = false when another TLS terminator sits in front",
+        )
+    })?;
+    let key_file = existing_file("tls.key_file", tls.key_file)?.ok_or_else(|| {
+        key_error(
+            "tls.key_file",
+            "missing: give the PEM private key of tls.cert_file",
+        )
+    })?;
+    Ok(TlsSettings::Files {
+        cert_file,
+        key_file,
+    })
+}
+
+fn validate_server(
+    server: file::ServerSection,
+    tls: &TlsSettings,
+) -> Result<ServerSettings, ConfigError> {
+    let default_listen = if matches!(tls, TlsSettings::Off) {
+        "0.0.0.0:8080"
+    } else {
+        "0.0.0.0:8443"
+    };
+    let listen = socket_addr(
+        "server.listen",
+        server.listen.as_deref().unwrap_or(default_listen),
+    )?;
+    let public_url = server.public_url.ok_or_else(|| {
+        key_error(
+            "server.public_url",
+            "missing: the address people open, e.g. https://sentry.example.com",
+        )
+    })?;
+    let public_url = parse_public_url(&public_url)?;
+    let http_redirect_listen = server
+        .http_redirect_listen
+        .map(|text| socket_addr("server.http_redirect_listen", &text))
+        .transpose()?;
+    let trusted_proxies = server
+        .trusted_proxies
+        .unwrap_or_default()
+        .iter()
+        .map(|text| {
+            text.parse::<IpNet>()
+                .or_else(|_| text.parse::<std::net::IpAddr>().map(IpNet::from))
+                .map_err(|_| {
+                    key_error(
+                        "server.trusted_proxies",
+                        format!("`{text}` is not an IP address or CIDR block such as 10.0.0.0/8"),
+                    )
+                })
+        })
+        .collect::<Result<_, _>>()?;
+    Ok(ServerSettings {
+        listen,
+        public_url,
+        http_redirect_listen,
+        trusted_proxies,
+        header_read_timeout: duration_or(
+            "server.header_read_timeout",
+            server.header_read_timeout,
+            Duration::from_secs(10),
+        )?,
+        shutdown_grace: duration_or(
+            "server.shutdown_grace",
+            server.shutdown_grace,
+            Duration::from_secs(30),
+        )?,
+    })
+}
+
+fn parse_public_url(text: &str) -> Result<Url, ConfigError> {
+    let key = "server.public_url";
+    let url =
+        Url::parse(text).map_err(|e| key_error(key, format!("`{text}` is not a URL: {e}")))?;
+    if url.scheme() != "https" && url.scheme() != "http" {
+        return Err(key_error(key, format!("`{text}` must start with https://")));
+    }
+    if url.host_str().is_none() {
+        return Err(key_error(key, format!("`{text}` has no host")));
+    }
+    if url.path() != "/" || url.query().is_some() || url.fragment().is_some() {
+        return Err(key_error(
+            key,
+            format!(
+                "`{text}` must be an origin only (scheme, host, port), without a path or query"
+            ),
+        ));
+    }
+    if url.scheme() == "http" && !is_loopback_host(&url) {
+        return Err(key_error(
+            key,
+            format!(
+                "`{text}` is plain http: session cookies would travel unencrypted; use https:// (http is accepted only for loopback hosts)"
+            ),
+        ));
+    }
+    Ok(url)
+}
+
+fn is_loopback_host(url: &Url) -> bool {
+    match url.host() {
+        Some(url::Host::Domain(d)) => d == "localhost",
+        Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
+        Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
+        None => false,
+    }
+}
+
+fn validate_upstream(upstream: file::UpstreamSection) -> Result<UpstreamSettings, ConfigError> {
+    let text = upstream
+        .url
+        .ok_or_else(|| key_error("upstream.url", "missing: where Sentry listens, e.g. http://127.0.0.1:9000 (self-hosted Sentry's nginx)"))?;
+    let url = Url::parse(&text)
+        .map_err(|e| key_error("upstream.url", format!("`{text}` is not a URL: {e}")))?;
+    if !matches!(url.scheme(), "http" | "https") || url.host_str().is_none() {
+        return Err(key_error(
+            "upstream.url",
+            format!("`{text}` must be an http:// or https:// URL with a host"),
+        ));
+    }
+    if url.query().is_some() || url.fragment().is_some() {
+        return Err(key_error(
+            "upstream.url",
+            format!("`{text}` must not have a query or fragment"),
+        ));
+    }
+    Ok(UpstreamSettings {
+        url,
+        connect_timeout: duration_or(
+            "upstream.connect_timeout",
+            upstream.connect_timeout,
+            Duration::from_secs(5),
+        )?,
+        read_timeout: duration_or(
+            "upstream.read_timeout",
+            upstream.read_timeout,
+            Duration::from_secs(100),
+        )?,
+        ca_file: existing_file("upstream.ca_file", upstream.ca_file)?,
+        pass_host_header: upstream.pass_host_header.unwrap_or(true),
+    })
+}
+
+fn read_secret_file(key: &str, path: &str) -> Result<String, ConfigError> {
+    std::fs::read_to_string(path).map_err(|e| key_error(key, format!("cannot read `{path}`: {e}")))
+}
+
+fn absolute_path(key: &str, text: String) -> Result<String, ConfigError> {
+    if !text.starts_with('/') || text.starts_with("//") || text.contains(['?', '#', '\\']) {
+        return Err(key_error(
+            key,
+            format!("`{text}` must be a path starting with a single /, without query"),
+        ));
+    }
+    Ok(text)
+}
+
+fn validate_oidc(oidc: file::OidcSection) -> Result<OidcSettings, ConfigError> {
+    let issuer = oidc.issuer.filter(|s| !s.trim().is_empty()).ok_or_else(|| {
+        key_error("oidc.issuer", "missing: the provider's issuer URL (OIDC_DOMAIN in the Encvoy ID guide, e.g. https://id.example.com/api/oidc)")
+    })?;
+    let issuer = issuer.trim().to_owned();
+    let parsed = Url::parse(&issuer)
+        .map_err(|e| key_error("oidc.issuer", format!("`{issuer}` is not a URL: {e}")))?;
+    if !matches!(parsed.scheme(), "https" | "http") {
+        return Err(key_error(
+            "oidc.issuer",
+            format!("`{issuer}` must be an https:// URL"),
+        ));
+    }
+    let client_id = oidc.client_id.filter(|s| !s.is_empty()).ok_or_else(|| {
+        key_error(
+            "oidc.client_id",
+            "missing: the Client ID of the application registered at the provider (OIDC_CLIENT_ID)",
+        )
+    })?;
+    let client_secret = match (oidc.client_secret, oidc.client_secret_file) {
+        (Some(_), Some(_)) => {
+            return Err(key_error(
+                "oidc.client_secret_file",
+                "set either oidc.client_secret or oidc.client_secret_file, not both",
+            ));
+        }
+        (Some(secret), None) => secret,
+        (None, Some(path)) => read_secret_file("oidc.client_secret_file", &path)?
+            .trim()
+            .to_owned(),
+        (None, None) => {
+            return Err(key_error(
+                "oidc.client_secret",
+                "missing: the Client secret of the application (OIDC_CLIENT_SECRET), or oidc.client_secret_file",
+            ));
+        }
+    };
+    if client_secret.is_empty() {
+        return Err(key_error("oidc.client_secret", "is empty"));
+    }
+    let scopes = oidc
+        .scopes
+        .unwrap_or_else(|| ["openid", "email", "profile"].map(String::from).to_vec());
+    if !scopes.iter().any(|s| s == "openid") {
+        return Err(key_error(
+            "oidc.scopes",
+            format!("{scopes:?} lacks `openid`: without it the provider returns no ID token"),
+        ));
+    }
+    let callback_path = absolute_path(
+        "oidc.callback_path",
+        oidc.callback_path
+            .unwrap_or_else(|| "/oauth2/callback".into()),
+    )?;
+    if callback_path == "/auth/sso/" {
+        return Err(key_error(
+            "oidc.callback_path",
+            "`/auth/sso/` belongs to Sentry's own SSO (sentry-auth-oidc); use another path such as /oauth2/callback",
+        ));
+    }
+    Ok(OidcSettings {
+        issuer,
+        client_id,
+        client_secret,
+        scopes,
+        provider_name: oidc.provider_name.unwrap_or_else(|| "Encvoy ID".into()),
+        callback_path,
+        ca_file: existing_file("oidc.ca_file", oidc.ca_file)?,
+        skip_sign_in_page: oidc.skip_sign_in_page.unwrap_or(false),
+        post_logout_path: absolute_path(
+            "oidc.post_logout_path",
+            oidc.post_logout_path
+                .unwrap_or_else(|| "/oauth2/sign_in".into()),
+        )?,
+        http_timeout: duration_or(
+            "oidc.http_timeout",
+            oidc.http_timeout,
+            Duration::from_secs(10),
+        )?,
+        clock_skew: duration_or("oidc.clock_skew", oidc.clock_skew, Duration::from_secs(60))?,
+    })
+}
+
+fn validate_session(session: file::SessionSection) -> Result<SessionSettings, ConfigError> {
+    let cookie_name = session.cookie_name.unwrap_or_else(|| "_ssogate".into());
+    let valid_name = !cookie_name.is_empty()
+        && cookie_name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"_-.".contains(&b));
+    if !valid_name {
+        return Err(key_error(
+            "session.cookie_name",
+            format!("`{cookie_name}` may use only letters, digits, `_`, `-` and `.`"),
+        ));
+    }
+    if ["sentrysid", "sc", "session_expired"].contains(&cookie_name.as_str()) {
+        return Err(key_error(
+            "session.cookie_name",
+            format!("`{cookie_name}` is one of Sentry's own cookies; pick another name"),
+        ));
+    }
+    let mut secrets = session.secrets.unwrap_or_default();
+    if let Some(path) = session.secret_file {
+        let text = read_secret_file("session.secret_file", &path)?;
+        secrets.extend(
+            text.lines()
+                .map(str::trim)
+                .filter(|l| !l.is_empty())
+                .map(String::from),
+        );
+    }
+    if secrets.is_empty() {
+        return Err(key_error(
+            "session.secrets",
+            "missing: generate one with `ssogate gen-secret` (or use session.secret_file)",
+        ));
+    }
+    if let Some(short) = secrets.iter().position(|s| s.len() < MIN_SECRET_LEN) {
+        return Err(key_error(
+            "session.secrets",
+            format!(
+                "secret #{} is shorter than {MIN_SECRET_LEN} characters; generate one with `ssogate gen-secret`",
+                short + 1
+            ),
+        ));
+    }
+    let lifetime = duration_or(
+        "session.lifetime",
+        session.lifetime,
+        Duration::from_secs(24 * 3600),
+    )?;
+    let idle_timeout = duration_or(
+        "session.idle_timeout",
+        session.idle_timeout,
+        Duration::from_secs(8 * 3600),
+    )?;
+    if lifetime.is_zero() || idle_timeout.is_zero() {
+        return Err(key_error(
+            if lifetime.is_zero() {
+                "session.lifetime"
+            } else {
+                "session.idle_timeout"
+            },
+            "must be longer than zero",
+        ));
+    }
+    let max_sessions = session.max_sessions.unwrap_or(100_000);
+    if max_sessions == 0 {
+        return Err(key_error("session.max_sessions", "must be at least 1"));
+    }
+    Ok(SessionSettings {
+        cookie_name,
+        secrets,
+        lifetime,
+        idle_timeout,
+        max_sessions,
+    })
+}
+
+fn validate_identity_headers(
+    headers: file::IdentityHeadersSection,
+) -> Result<IdentityHeaderNames, ConfigError> {
+    let name = |key: &str,
+                value: Option<String>,
+                default: &str|
+     -> Result<Option<HeaderName>, ConfigError> {
+        let text = value.unwrap_or_else(|| default.to_owned());
+        if text.is_empty() {
+            return Ok(None);
+        }
+        let lower = text.to_ascii_lowercase();
+        if [
+            "authorization",
+            "cookie",
+            "host",
+            "x-forwarded-for",
+            "x-forwarded-proto",
+            "x-forwarded-host",
+        ]
+        .contains(&lower.as_str())
+        {
+            return Err(key_error(
+                key,
+                format!("`{text}` is a header the gateway manages itself; pick another name"),
+            ));
+        }
+        HeaderName::from_bytes(text.as_bytes())
+            .map(Some)
+            .map_err(|_| key_error(key, format!("`{text}` is not a valid header name")))
+    };
+    Ok(IdentityHeaderNames {
+        user: name("identity_headers.user", headers.user, "X-Forwarded-User")?,
+        email: name("identity_headers.email", headers.email, "X-Forwarded-Email")?,
+        preferred_username: name(
+            "identity_headers.preferred_username",
+            headers.preferred_username,
+            "X-Forwarded-Preferred-Username",
+        )?,
+        groups: name(
+            "identity_headers.groups",
+            headers.groups,
+            "X-Forwarded-Groups",
+        )?,
+    })
+}
+
+fn validate_access(access: file::AccessSection) -> AccessSettings {
+    let lower = |list: Option<Vec<String>>| -> Vec<String> {
+        list.unwrap_or_default()
+            .into_iter()
+            .map(|s| s.trim().trim_start_matches('@').to_ascii_lowercase())
+            .filter(|s| !s.is_empty())
+            .collect()
+    };
+    AccessSettings {
+        allowed_email_domains: lower(access.allowed_email_domains),
+        allowed_emails: lower(access.allowed_emails),
+        groups_claim: access.groups_claim.unwrap_or_else(|| "groups".into()),
+        required_groups: access.required_groups.unwrap_or_default(),
+        require_email_verified: access.require_email_verified.unwrap_or(true),
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,258 @@
+use super::*;
+
+const SECRET: &str = "0123456789abcdef0123456789abcdef0123456789";
+
+fn minimal() -> String {
+    format!(
+        r#"
+[server]
+public_url = "https://sentry.example.com"
+[tls]
+enabled = false
+[upstream]
+url = "http://127.0.0.1:9000"
+[oidc]
+issuer = "https://id.example.com/api/oidc"
+client_id = "sentry"
+client_secret = "s3cret"
+[session]
+secrets = ["{SECRET}"]
+"#
+    )
+}
+
+fn load(text: &str, env: &[(&str, &str)]) -> Result<Settings, ConfigError> {
+    let env = env.iter().map(|(k, v)| (k.to_string(), v.to_string()));
+    Settings::from_toml(text, "test.toml", env)
+}
+
+fn problem_for(text: &str, env: &[(&str, &str)]) -> (String, String) {
+    match load(text, env).expect_err("config should be refused") {
+        ConfigError::Key { key, problem } => (key, problem),
+        other => panic!("expected a key error, got {other}"),
+    }
+}
+
+#[test]
+fn minimal_config_gets_documented_defaults() {
+    let s = load(&minimal(), &[]).unwrap();
+    assert_eq!(s.server.listen, "0.0.0.0:8080".parse().unwrap());
+    assert_eq!(s.oidc.scopes, ["openid", "email", "profile"]);
+    assert_eq!(s.oidc.provider_name, "Encvoy ID");
+    assert_eq!(s.oidc.callback_path, "/oauth2/callback");
+    assert_eq!(s.session.cookie_name, "_ssogate");
+    assert_eq!(s.identity_headers.user.unwrap(), "x-forwarded-user");
+    assert_eq!(s.access.groups_claim, "groups");
+    assert!(s.access.require_email_verified);
+    assert!(s.upstream.read_timeout >= Duration::from_secs(95));
+}
+
+#[test]
+fn encvoy_plugin_variables_are_accepted() {
+    let text = minimal().replace("issuer = \"https://id.example.com/api/oidc\"\n", "");
+    let s = load(
+        &text,
+        &[
+            ("OIDC_DOMAIN", "https://id.corp.example/api/oidc"),
+            ("OIDC_CLIENT_ID", "from-env"),
+            ("OIDC_SCOPE", "openid email profile offline_access"),
+        ],
+    )
+    .unwrap();
+    assert_eq!(s.oidc.issuer, "https://id.corp.example/api/oidc");
+    assert_eq!(s.oidc.client_id, "from-env");
+    assert_eq!(s.oidc.scopes.len(), 4);
+}
+
+#[test]
+fn ssogate_variables_override_file_and_plugin_names() {
+    let s = load(
+        &minimal(),
+        &[
+            ("OIDC_CLIENT_ID", "plugin"),
+            ("SSOGATE_OIDC_CLIENT_ID", "own"),
+            ("SSOGATE_SESSION_MAX_SESSIONS", "42"),
+            ("SSOGATE_IDENTITY_HEADERS_USER", "Remote-User"),
+            (
+                "SSOGATE_ACCESS_ALLOWED_EMAIL_DOMAINS",
+                "Corp.example, @other.example",
+            ),
+            ("SSOGATE_ACCESS_REQUIRE_EMAIL_VERIFIED", "false"),
+        ],
+    )
+    .unwrap();
+    assert_eq!(s.oidc.client_id, "own");
+    assert_eq!(s.session.max_sessions, 42);
+    assert_eq!(s.identity_headers.user.unwrap(), "remote-user");
+    assert_eq!(
+        s.access.allowed_email_domains,
+        ["corp.example", "other.example"]
+    );
+    assert!(!s.access.require_email_verified);
+}
+
+#[test]
+fn secrets_come_from_files() {
+    let dir = tempfile::tempdir().unwrap();
+    let client = dir.path().join("client");
+    let session = dir.path().join("session");
+    std::fs::write(&client, "from-file\n").unwrap();
+    std::fs::write(&session, format!("{SECRET}new\n{SECRET}old\n")).unwrap();
+    let text = minimal()
+        .replace(
+            "client_secret = \"s3cret\"",
+            &format!("client_secret_file = {:?}", client),
+        )
+        .replace(
+            &format!("secrets = [\"{SECRET}\"]"),
+            &format!("secret_file = {:?}", session),
+        );
+    let s = load(&text, &[]).unwrap();
+    assert_eq!(s.oidc.client_secret, "from-file");
+    assert_eq!(
+        s.session.secrets,
+        [format!("{SECRET}new"), format!("{SECRET}old")]
+    );
+}
+
+#[test]
+fn mistakes_name_the_key() {
+    // (config text, environment, key named, fragment of the problem)
+    type Case<'a> = (String, Vec<(&'a str, &'a str)>, &'a str, &'a str);
+    let cases: Vec<Case> = vec![
+        (
+            minimal().replace("https://sentry.example.com", "sentry.example.com"),
+            vec![],
+            "server.public_url",
+            "not a URL",
+        ),
+        (
+            minimal().replace("https://sentry.example.com", "http://sentry.example.com"),
+            vec![],
+            "server.public_url",
+            "https",
+        ),
+        (
+            minimal().replace(
+                "https://sentry.example.com",
+                "https://sentry.example.com/app",
+            ),
+            vec![],
+            "server.public_url",
+            "origin only",
+        ),
+        (
+            minimal().replace("http://127.0.0.1:9000", "ftp://x"),
+            vec![],
+            "upstream.url",
+            "http",
+        ),
+        (
+            minimal().replace(SECRET, "short"),
+            vec![],
+            "session.secrets",
+            "shorter than 32",
+        ),
+        (
+            minimal().replace("enabled = false", "enabled = \"maybe\""),
+            vec![],
+            "[tls]",
+            "maybe",
+        ),
+        (
+            minimal().replace("enabled = false", ""),
+            vec![],
+            "tls.cert_file",
+            "missing",
+        ),
+        (
+            minimal().replace("[upstream]", "[upstream]\nread_timout = \"5s\""),
+            vec![],
+            "[upstream]",
+            "read_timout",
+        ),
+        (
+            minimal(),
+            vec![("SSOGATE_UPSTREAM_READ_TIMEOUT", "soon")],
+            "upstream.read_timeout",
+            "not a duration",
+        ),
+        (
+            minimal(),
+            vec![("SSOGATE_SERVER_LISTEN", "8443")],
+            "server.listen",
+            "not an address",
+        ),
+        (
+            minimal(),
+            vec![("SSOGATE_SERVER_TRUSTED_PROXIES", "10.0.0.0/8,bogus")],
+            "server.trusted_proxies",
+            "bogus",
+        ),
+        (
+            minimal(),
+            vec![("SSOGATE_SERVR_LISTEN", "x")],
+            "SSOGATE_SERVR_LISTEN",
+            "no such section",
+        ),
+        (
+            minimal(),
+            vec![("SSOGATE_OIDC_SCOPES", "email profile")],
+            "oidc.scopes",
+            "openid",
+        ),
+        (
+            minimal(),
+            vec![("SSOGATE_SESSION_COOKIE_NAME", "sentrysid")],
+            "session.cookie_name",
+            "Sentry",
+        ),
+        (
+            minimal(),
+            vec![("SSOGATE_OIDC_CALLBACK_PATH", "/auth/sso/")],
+            "oidc.callback_path",
+            "sentry-auth-oidc",
+        ),
+        (
+            minimal(),
+            vec![("SSOGATE_IDENTITY_HEADERS_EMAIL", "Bad Header")],
+            "identity_headers.email",
+            "not a valid header",
+        ),
+        (
+            minimal(),
+            vec![("SSOGATE_OIDC_CA_FILE", "/nonexistent/ca.pem")],
+            "oidc.ca_file",
+            "does not exist",
+        ),
+        (
+            minimal().replace("client_id = \"sentry\"", ""),
+            vec![],
+            "oidc.client_id",
+            "missing",
+        ),
+        (
+            format!("{}\n[extra]\nx = 1", minimal()),
+            vec![],
+            "extra",
+            "unknown section",
+        ),
+    ];
+    for (text, env, key, fragment) in cases {
+        let (got_key, problem) = problem_for(&text, &env);
+        assert_eq!(got_key, key, "wrong key for problem `{problem}`");
+        assert!(
+            problem.contains(fragment),
+            "problem for {key} was `{problem}`, expected it to mention `{fragment}`"
+        );
+    }
+}
+
+#[test]
+fn syntax_errors_name_the_file_and_line() {
+    let err = load("[server\npublic_url = 1", &[])
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("test.toml"), "{err}");
+    assert!(err.contains("line 1"), "{err}");
+}

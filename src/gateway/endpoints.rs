@@ -1,0 +1,255 @@
+//! The gateway's own endpoints, oauth2-proxy's names: `/oauth2/sign_in`, `/start`,
+//! the callback, `/sign_out`, `/userinfo`.
+//!
+//! Login state (PKCE verifier, nonce, return target) stays server-side under the
+//! `state` value, single use, expiring after [`LOGIN_TIMEOUT`]. A short-lived
+//! encrypted cookie named after the state binds the login to the browser that
+//! started it, so a stolen callback URL cannot sign someone else in.
+
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use http::header::{HeaderValue, SET_COOKIE};
+use http::{Request, Response, StatusCode};
+use hyper::body::Incoming;
+
+use super::request::{param, query_params};
+use super::{Gateway, redirect, urlencode};
+use crate::oidc::LoginError;
+use crate::pages::{self, Link, Page};
+use crate::policy::safe_return_path;
+use crate::proxy::{ResponseBody, boxed};
+use crate::session::{LOGIN_TIMEOUT, Session, new_session_id};
+
+/// Characters of the state used in the login cookie's name.
+const STATE_COOKIE_PREFIX_LEN: usize = 12;
+
+impl Gateway {
+    fn login_cookie_name(&self, state: &str) -> String {
+        let prefix: String = state.chars().take(STATE_COOKIE_PREFIX_LEN).collect();
+        format!("{}_csrf_{prefix}", self.settings.session.cookie_name)
+    }
+
+    fn return_target(&self, request: &Request<Incoming>) -> String {
+        let params = query_params(request, &[]).unwrap_or_default();
+        safe_return_path(param(&params, "rd").unwrap_or("/"))
+    }
+
+    pub(super) fn sign_in_page(&self, request: &Request<Incoming>) -> Response<ResponseBody> {
+        let start = format!(
+            "/oauth2/start?rd={}",
+            urlencode(&self.return_target(request))
+        );
+        if self.settings.oidc.skip_sign_in_page {
+            return redirect(&start);
+        }
+        let label = format!("Log in with {}", self.settings.oidc.provider_name);
+        Page {
+            status: StatusCode::OK,
+            title: "Sign in",
+            message: "This site is protected. Sign in with your company account to continue.",
+            links: &[Link {
+                href: &start,
+                label: &label,
+            }],
+        }
+        .render()
+        .map(boxed)
+    }
+
+    pub(super) async fn start_login(&self, request: &Request<Incoming>) -> Response<ResponseBody> {
+        let return_to = self.return_target(request);
+        let (url, state, pending) = match self.provider.begin_login(return_to).await {
+            Ok(login) => login,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot start a login");
+                let message = format!(
+                    "{} cannot be reached right now, so signing in is not possible. Try again in a moment.",
+                    self.settings.oidc.provider_name
+                );
+                return self.page(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "Sign-in unavailable",
+                    &message,
+                );
+            }
+        };
+        let cookie = self.cookies.seal(
+            &self.login_cookie_name(&state),
+            &state,
+            &self.settings.oidc.callback_path,
+            Some(LOGIN_TIMEOUT),
+        );
+        self.pending_logins.insert(state, Arc::new(pending)).await;
+        let mut response = redirect(url.as_str());
+        append_cookie(&mut response, &cookie);
+        response
+    }
+
+    pub(super) async fn callback(&self, request: &Request<Incoming>) -> Response<ResponseBody> {
+        let failed = |status, message: &str| self.login_failed(status, message);
+        let params = match query_params(request, &["state", "code", "error"]) {
+            Ok(params) => params,
+            Err(problem) => {
+                return failed(
+                    StatusCode::BAD_REQUEST,
+                    &format!("The sign-in answer is malformed: {problem}."),
+                );
+            }
+        };
+        if let Some(error) = param(&params, "error") {
+            let description = param(&params, "error_description").unwrap_or("");
+            tracing::info!(
+                error,
+                description,
+                "provider returned an error to the callback"
+            );
+            let message = format!(
+                "{} did not sign you in: {error} {description}",
+                self.settings.oidc.provider_name
+            );
+            return failed(StatusCode::FORBIDDEN, message.trim_end());
+        }
+        let (Some(state), Some(code)) = (param(&params, "state"), param(&params, "code")) else {
+            return failed(
+                StatusCode::BAD_REQUEST,
+                "The sign-in answer lacks its code or state.",
+            );
+        };
+        let cookie_name = self.login_cookie_name(state);
+        let bound = self
+            .cookies
+            .open(request.headers(), &cookie_name)
+            .is_some_and(|cookie_state| {
+                constant_time_eq(cookie_state.as_bytes(), state.as_bytes())
+            });
+        if !bound {
+            tracing::warn!("callback state does not match this browser's login cookie");
+            return failed(
+                StatusCode::BAD_REQUEST,
+                "This sign-in was not started in this browser, or it took too long.",
+            );
+        }
+        let Some(pending) = self.pending_logins.remove(state).await else {
+            tracing::warn!("callback state unknown: expired or already used");
+            return failed(
+                StatusCode::BAD_REQUEST,
+                "This sign-in has expired or was already used.",
+            );
+        };
+        let outcome = match self
+            .provider
+            .complete_login(code.to_owned(), &pending)
+            .await
+        {
+            Ok(outcome) => outcome,
+            Err(e) => {
+                tracing::warn!(error = %e, "login failed");
+                let status = match e {
+                    LoginError::IdTokenRefused(_) | LoginError::NoIdToken => {
+                        StatusCode::UNAUTHORIZED
+                    }
+                    _ => StatusCode::BAD_GATEWAY,
+                };
+                return failed(status, &format!("Signing in failed: {e}."));
+            }
+        };
+
+        // A fresh session id at every login; any session this browser had ends.
+        if let Some((old_id, _)) = self.session_of(request.headers()).await {
+            self.sessions.remove(&old_id).await;
+        }
+        let id = new_session_id();
+        tracing::info!(sub = %outcome.identity.sub, email = ?outcome.identity.email, "signed in");
+        self.sessions
+            .insert(
+                id.clone(),
+                Session {
+                    identity: outcome.identity,
+                    id_token: outcome.id_token,
+                    token_expiry: outcome.token_expiry,
+                    created_at: SystemTime::now(),
+                },
+            )
+            .await;
+        let session_cookie = self.cookies.seal(
+            &self.settings.session.cookie_name,
+            &id,
+            "/",
+            Some(self.settings.session.lifetime),
+        );
+        let mut response = redirect(&pending.return_to);
+        append_cookie(&mut response, &session_cookie);
+        append_cookie(
+            &mut response,
+            &self
+                .cookies
+                .removal(&cookie_name, &self.settings.oidc.callback_path),
+        );
+        response
+    }
+
+    fn login_failed(&self, status: StatusCode, message: &str) -> Response<ResponseBody> {
+        Page {
+            status,
+            title: "Sign-in failed",
+            message,
+            links: &[Link {
+                href: "/oauth2/start?rd=%2F",
+                label: "Try again",
+            }],
+        }
+        .render()
+        .map(boxed)
+    }
+
+    /// Ends the session here, then at the provider (RP-initiated logout) when it can.
+    pub(super) async fn sign_out(&self, request: &Request<Incoming>) -> Response<ResponseBody> {
+        let session = self.session_of(request.headers()).await;
+        let post_logout = self.public_url(&self.settings.oidc.post_logout_path);
+        let location = match &session {
+            Some((id, session)) => {
+                self.sessions.remove(id).await;
+                tracing::info!(sub = %session.identity.sub, "signed out");
+                self.provider
+                    .end_session_url(&session.id_token, post_logout)
+                    .map_or_else(|| self.settings.oidc.post_logout_path.clone(), String::from)
+            }
+            None => self.settings.oidc.post_logout_path.clone(),
+        };
+        let mut response = redirect(&location);
+        append_cookie(
+            &mut response,
+            &self
+                .cookies
+                .removal(&self.settings.session.cookie_name, "/"),
+        );
+        response
+    }
+
+    pub(super) async fn userinfo(&self, request: &Request<Incoming>) -> Response<ResponseBody> {
+        match self.session_of(request.headers()).await {
+            Some((_, session)) => pages::json(
+                StatusCode::OK,
+                &serde_json::to_value(&session.identity).unwrap_or_default(),
+            )
+            .map(boxed),
+            None => pages::json(
+                StatusCode::UNAUTHORIZED,
+                &serde_json::json!({"error": "unauthorized", "message": "Sign in required"}),
+            )
+            .map(boxed),
+        }
+    }
+}
+
+fn append_cookie(response: &mut Response<ResponseBody>, cookie: &cookie::Cookie<'_>) {
+    if let Ok(value) = HeaderValue::from_str(&cookie.to_string()) {
+        response.headers_mut().append(SET_COOKIE, value);
+    }
+}
+
+/// Compares two secrets without an early exit.
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}

@@ -1,0 +1,356 @@
+//! One request, one pass: normalise, route, authenticate, authorise, forward.
+//!
+//! [`Gateway::handle`] is the whole lifecycle in one place; the sign-in endpoints live
+//! in [`endpoints`], header work in [`crate::proxy::headers`], rules in
+//! [`crate::policy`]. Nothing the client sends can pose as an identity: identity
+//! headers are stripped before routing, and set only from a server-side session.
+
+mod endpoints;
+mod request;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::header::HeaderValue;
+use http::{Request, Response, StatusCode};
+use hyper::body::Incoming;
+use moka::future::Cache;
+use url::Url;
+
+use crate::config::Settings;
+use crate::oidc::{PendingLogin, Provider, ProviderHttp};
+use crate::outbound;
+use crate::pages::{self, Link, Page};
+use crate::policy;
+use crate::proxy::headers::{self, ForwardedFacts};
+use crate::proxy::{ResponseBody, Upstream, boxed};
+use crate::session::{CookieCodec, LOGIN_TIMEOUT, Session, SessionStore};
+
+pub use request::is_navigation;
+
+/// Logins in flight at once (state entries kept server-side).
+const MAX_PENDING_LOGINS: u64 = 100_000;
+
+#[derive(Debug, thiserror::Error)]
+pub enum GatewayError {
+    #[error("upstream TLS: {0}")]
+    UpstreamTls(#[source] outbound::OutboundTlsError),
+    #[error("provider TLS: {0}")]
+    ProviderTls(#[source] outbound::OutboundTlsError),
+    #[error("the callback URL cannot be built from server.public_url and oidc.callback_path: {0}")]
+    CallbackUrl(url::ParseError),
+}
+
+pub struct Gateway {
+    settings: Settings,
+    provider: Arc<Provider>,
+    upstream: Upstream,
+    sessions: SessionStore,
+    pending_logins: Cache<String, Arc<PendingLogin>>,
+    cookies: CookieCodec,
+    /// Identity header names folded (lower case, `_` as `-`) for stripping.
+    identity_header_folds: Vec<String>,
+}
+
+impl Gateway {
+    pub fn new(settings: Settings) -> Result<Self, GatewayError> {
+        let upstream_roots = outbound::root_store(settings.upstream.ca_file.as_deref())
+            .map_err(GatewayError::UpstreamTls)?;
+        let upstream_connector =
+            outbound::connector(upstream_roots, settings.upstream.connect_timeout)
+                .map_err(GatewayError::UpstreamTls)?;
+        let provider_roots = outbound::root_store(settings.oidc.ca_file.as_deref())
+            .map_err(GatewayError::ProviderTls)?;
+        let provider_connector = outbound::connector(provider_roots, settings.oidc.http_timeout)
+            .map_err(GatewayError::ProviderTls)?;
+        let callback = settings
+            .server
+            .public_url
+            .join(&settings.oidc.callback_path)
+            .map_err(GatewayError::CallbackUrl)?;
+        let provider = Provider::new(
+            settings.oidc.clone(),
+            callback,
+            settings.access.groups_claim.clone(),
+            ProviderHttp::new(provider_connector, settings.oidc.http_timeout),
+        );
+        let identity_header_folds = settings
+            .identity_headers
+            .iter()
+            .map(|name| headers::folded_name(name.as_str()))
+            .collect();
+        Ok(Self {
+            upstream: Upstream::new(&settings.upstream, upstream_connector),
+            provider: Arc::new(provider),
+            sessions: SessionStore::new(&settings.session),
+            pending_logins: Cache::builder()
+                .max_capacity(MAX_PENDING_LOGINS)
+                .time_to_live(LOGIN_TIMEOUT)
+                .build(),
+            cookies: CookieCodec::new(
+                &settings.session.secrets,
+                settings.server.public_url.scheme() == "https",
+            ),
+            identity_header_folds,
+            settings,
+        })
+    }
+
+    pub fn settings(&self) -> &Settings {
+        &self.settings
+    }
+
+    pub fn provider(&self) -> &Arc<Provider> {
+        &self.provider
+    }
+
+    /// Loads provider metadata now; on failure keeps retrying in the background
+    /// (logins answer 503 meanwhile, everything else keeps working).
+    pub async fn start_discovery(self: &Arc<Self>) {
+        if let Err(e) = self.provider.discover().await {
+            tracing::error!(issuer = %self.settings.oidc.issuer, error = %e, "identity provider not available; retrying in the background");
+            let provider = self.provider.clone();
+            tokio::spawn(async move {
+                let mut delay = Duration::from_secs(2);
+                while !provider.is_ready() {
+                    tokio::time::sleep(delay).await;
+                    match provider.discover().await {
+                        Ok(()) => tracing::info!("identity provider metadata loaded"),
+                        Err(e) => {
+                            tracing::warn!(error = %e, "identity provider still not available")
+                        }
+                    }
+                    delay = (delay * 2).min(Duration::from_secs(60));
+                }
+            });
+        } else {
+            tracing::info!(issuer = %self.settings.oidc.issuer, "identity provider metadata and keys loaded");
+        }
+    }
+
+    /// The whole lifecycle of one request.
+    pub async fn handle(
+        &self,
+        mut request: Request<Incoming>,
+        peer: SocketAddr,
+    ) -> Response<ResponseBody> {
+        // normalise: nothing the client sent may pose as identity.
+        headers::remove_folded(request.headers_mut(), &self.identity_header_folds);
+
+        // route: the gateway's own endpoints first.
+        let path = request.uri().path();
+        let oidc = &self.settings.oidc;
+        match path {
+            "/ping" => pages::text(StatusCode::OK, "OK\n").map(boxed),
+            "/ready" => self.ready().await,
+            "/oauth2/sign_in" => self.sign_in_page(&request),
+            "/oauth2/start" => self.start_login(&request).await,
+            "/oauth2/sign_out" => self.sign_out(&request).await,
+            "/oauth2/userinfo" => self.userinfo(&request).await,
+            p if p == oidc.callback_path => self.callback(&request).await,
+            p if p.starts_with("/oauth2/") => self.page(
+                StatusCode::NOT_FOUND,
+                "Not found",
+                "This gateway has no such page.",
+            ),
+            _ => self.protected(request, peer).await,
+        }
+    }
+
+    /// authenticate, authorise, forward.
+    async fn protected(
+        &self,
+        mut request: Request<Incoming>,
+        peer: SocketAddr,
+    ) -> Response<ResponseBody> {
+        let Some((_, session)) = self.session_of(request.headers()).await else {
+            return self.unauthenticated(&request);
+        };
+        if let Err(refusal) = policy::authorize(&session.identity, &self.settings.access) {
+            tracing::info!(sub = %session.identity.sub, email = ?session.identity.email, rule = %refusal.0, "access refused");
+            return self.refused(&session, &refusal);
+        }
+        let host = request::host(&request).map(str::to_owned);
+        let headers = request.headers_mut();
+        let cookie_name = &self.settings.session.cookie_name;
+        headers::remove_cookies(headers, |name| self.is_gateway_cookie(name, cookie_name));
+        self.set_identity_headers(headers, &session);
+        let peer_is_trusted = self
+            .settings
+            .server
+            .trusted_proxies
+            .iter()
+            .any(|net| net.contains(&peer.ip()));
+        headers::set_forwarded(
+            headers,
+            &ForwardedFacts {
+                peer: peer.ip(),
+                peer_is_trusted,
+                proto: self.settings.server.public_url.scheme(),
+                host: host.as_deref(),
+            },
+        );
+        self.upstream.forward(request, host.as_deref()).await
+    }
+
+    fn is_gateway_cookie(&self, name: &str, cookie_name: &str) -> bool {
+        name == cookie_name
+            || name
+                .strip_prefix(cookie_name)
+                .is_some_and(|rest| rest.starts_with("_csrf_"))
+    }
+
+    fn set_identity_headers(&self, headers: &mut http::HeaderMap, session: &Session) {
+        let names = &self.settings.identity_headers;
+        let identity = &session.identity;
+        let groups = identity.groups.join(",");
+        let values = [
+            (&names.user, Some(identity.sub.as_str())),
+            (&names.email, identity.email.as_deref()),
+            (
+                &names.preferred_username,
+                identity.preferred_username.as_deref(),
+            ),
+            (
+                &names.groups,
+                (!groups.is_empty()).then_some(groups.as_str()),
+            ),
+        ];
+        for (name, value) in values {
+            let (Some(name), Some(value)) = (name, value) else {
+                continue;
+            };
+            match HeaderValue::from_bytes(value.as_bytes()) {
+                Ok(value) => {
+                    headers.insert(name.clone(), value);
+                }
+                Err(_) => {
+                    tracing::warn!(header = %name, sub = %identity.sub, "claim value cannot travel in a header (control characters); header left out")
+                }
+            }
+        }
+    }
+
+    /// The session named by the request's cookie, if it is live.
+    async fn session_of(&self, headers: &http::HeaderMap) -> Option<(String, Arc<Session>)> {
+        let id = self
+            .cookies
+            .open(headers, &self.settings.session.cookie_name)?;
+        let session = self.sessions.get(&id).await?;
+        Some((id, session))
+    }
+
+    /// No session: navigations go to the sign-in, everything else gets 401 JSON.
+    fn unauthenticated(&self, request: &Request<Incoming>) -> Response<ResponseBody> {
+        if is_navigation(request) {
+            let target = request.uri().path_and_query().map_or("/", |pq| pq.as_str());
+            let entry = if self.settings.oidc.skip_sign_in_page {
+                "/oauth2/start"
+            } else {
+                "/oauth2/sign_in"
+            };
+            let location = format!("{entry}?rd={}", urlencode(target));
+            return redirect(&location);
+        }
+        pages::json(
+            StatusCode::UNAUTHORIZED,
+            &serde_json::json!({
+                "error": "unauthorized",
+                "message": "Sign in required",
+                "sign_in_url": "/oauth2/sign_in",
+            }),
+        )
+        .map(boxed)
+    }
+
+    fn refused(&self, session: &Session, refusal: &policy::Refusal) -> Response<ResponseBody> {
+        let who = session
+            .identity
+            .email
+            .as_deref()
+            .or(session.identity.preferred_username.as_deref())
+            .unwrap_or(&session.identity.sub);
+        let message = format!(
+            "You are signed in as {who}, but this account may not use this site. Refused by rule {}. \
+             Sign out to switch to another account, or ask an administrator for access.",
+            refusal.0
+        );
+        Page {
+            status: StatusCode::FORBIDDEN,
+            title: "Access denied",
+            message: &message,
+            links: &[Link {
+                href: "/oauth2/sign_out",
+                label: "Sign out and switch account",
+            }],
+        }
+        .render()
+        .map(boxed)
+    }
+
+    async fn ready(&self) -> Response<ResponseBody> {
+        if !self.provider.is_ready() {
+            return pages::text(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "NOT READY: identity provider metadata not loaded\n",
+            )
+            .map(boxed);
+        }
+        let url = &self.settings.upstream.url;
+        let address = (
+            url.host_str()
+                .unwrap_or_default()
+                .trim_matches(['[', ']'])
+                .to_owned(),
+            url.port_or_known_default().unwrap_or(80),
+        );
+        let connect = tokio::time::timeout(
+            self.settings.upstream.connect_timeout,
+            tokio::net::TcpStream::connect(address),
+        )
+        .await;
+        match connect {
+            Ok(Ok(_)) => pages::text(StatusCode::OK, "READY\n").map(boxed),
+            _ => pages::text(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "NOT READY: upstream unreachable\n",
+            )
+            .map(boxed),
+        }
+    }
+
+    fn page(&self, status: StatusCode, title: &str, message: &str) -> Response<ResponseBody> {
+        Page {
+            status,
+            title,
+            message,
+            links: &[Link {
+                href: "/",
+                label: "Back to the start",
+            }],
+        }
+        .render()
+        .map(boxed)
+    }
+
+    fn public_url(&self, path: &str) -> Url {
+        self.settings
+            .server
+            .public_url
+            .join(path)
+            .unwrap_or_else(|_| self.settings.server.public_url.clone())
+    }
+}
+
+fn redirect(location: &str) -> Response<ResponseBody> {
+    let mut response = pages::text(StatusCode::FOUND, "").map(boxed);
+    if let Ok(value) = HeaderValue::from_str(location) {
+        response.headers_mut().insert(http::header::LOCATION, value);
+    }
+    response
+}
+
+fn urlencode(text: &str) -> String {
+    form_urlencoded::byte_serialize(text.as_bytes()).collect()
+}

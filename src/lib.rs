@@ -1,0 +1,18 @@
+//! ssogate: a TLS reverse proxy that signs people in with OpenID Connect before they
+//! reach Sentry (or any web app), and lets Sentry's machine traffic through.
+//!
+//! The request lifecycle is in [`gateway`]; see README.md for the map of modules.
+#![forbid(unsafe_code)]
+
+pub mod check;
+pub mod config;
+pub mod demo;
+pub mod devidp;
+pub mod gateway;
+pub mod oidc;
+pub mod outbound;
+pub mod pages;
+pub mod policy;
+pub mod proxy;
+pub mod server;
+pub mod session;

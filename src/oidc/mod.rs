@@ -1,0 +1,486 @@
+//! The OpenID Connect relying party: discovery, the signing-key cache, the
+//! authorization-code flow with PKCE, state and nonce, and RP-initiated logout.
+//!
+//! openidconnect does the protocol; this module adds what it leaves to us: a
+//! strict issuer check with an explanation, a key set that follows the provider's key
+//! rotation (openidconnect copies the JWKS once, so an unknown `kid` would fail
+//! forever), clock skew, and errors a person and an operator can act on. It never
+//! logs tokens or secrets.
+
+mod claims;
+mod http;
+
+use std::str::FromStr;
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant, SystemTime};
+
+use openidconnect::core::{
+    CoreAuthDisplay, CoreAuthPrompt, CoreAuthenticationFlow, CoreErrorResponseType,
+    CoreGenderClaim, CoreJsonWebKey, CoreJsonWebKeySet, CoreJweContentEncryptionAlgorithm,
+    CoreJwsSigningAlgorithm, CoreRevocableToken, CoreRevocationErrorResponse,
+    CoreTokenIntrospectionResponse, CoreTokenType,
+};
+use openidconnect::{
+    AccessToken, AuthorizationCode, Client, ClientId, ClientSecret, CsrfToken,
+    EmptyExtraTokenFields, EndpointMaybeSet, EndpointNotSet, EndpointSet, IdToken, IdTokenFields,
+    IdTokenVerifier, JsonWebKeySet, LogoutRequest, Nonce, OAuth2TokenResponse, PkceCodeChallenge,
+    PkceCodeVerifier, PostLogoutRedirectUrl, ProviderMetadataWithLogout, RedirectUrl, Scope,
+    StandardErrorResponse, StandardTokenResponse, TokenResponse,
+};
+use url::Url;
+
+pub use self::claims::{ExtraClaims, string_list};
+pub use self::http::{ProviderHttp, ProviderHttpError, error_chain};
+use crate::config::OidcSettings;
+use crate::session::Identity;
+
+type GateIdTokenFields = IdTokenFields<
+    ExtraClaims,
+    EmptyExtraTokenFields,
+    CoreGenderClaim,
+    CoreJweContentEncryptionAlgorithm,
+    CoreJwsSigningAlgorithm,
+>;
+type GateTokenResponse = StandardTokenResponse<GateIdTokenFields, CoreTokenType>;
+type GateIdToken = IdToken<
+    ExtraClaims,
+    CoreGenderClaim,
+    CoreJweContentEncryptionAlgorithm,
+    CoreJwsSigningAlgorithm,
+>;
+/// The openidconnect client with the endpoints discovery gives us.
+type GateClient = Client<
+    ExtraClaims,
+    CoreAuthDisplay,
+    CoreGenderClaim,
+    CoreJweContentEncryptionAlgorithm,
+    CoreJsonWebKey,
+    CoreAuthPrompt,
+    StandardErrorResponse<CoreErrorResponseType>,
+    GateTokenResponse,
+    CoreTokenIntrospectionResponse,
+    CoreRevocableToken,
+    CoreRevocationErrorResponse,
+    EndpointSet,
+    EndpointNotSet,
+    EndpointNotSet,
+    EndpointNotSet,
+    EndpointMaybeSet,
+    EndpointMaybeSet,
+>;
+
+/// Shortest pause between two key-set fetches caused by an unknown `kid`, so forged
+/// tokens cannot make the gateway hammer the provider.
+const KEY_REFETCH_INTERVAL: Duration = Duration::from_secs(10);
+
+/// Why the provider could not be used (discovery, keys). Shown to operators.
+#[derive(Debug, thiserror::Error)]
+pub enum ProviderError {
+    #[error("cannot reach {url}: {reason}")]
+    Unreachable { url: String, reason: String },
+    #[error("{url} answered HTTP {status}")]
+    Status { url: String, status: u16 },
+    #[error("{url} is not a valid document: {reason}")]
+    BadDocument { url: String, reason: String },
+    #[error(
+        "issuer mismatch: the provider calls itself `{discovered}` but oidc.issuer (OIDC_DOMAIN) is `{configured}`; \
+         its tokens will carry `{discovered}`, so if this is the right provider set oidc.issuer to exactly that"
+    )]
+    IssuerMismatch {
+        configured: String,
+        discovered: String,
+    },
+    #[error("the provider's metadata has no {0}, which the gateway needs")]
+    MissingEndpoint(&'static str),
+}
+
+/// Why a login failed. The text is safe to show the person (no secrets).
+#[derive(Debug, thiserror::Error)]
+pub enum LoginError {
+    #[error("the identity provider is not available: {0}")]
+    ProviderUnavailable(#[from] ProviderError),
+    #[error("exchanging the authorization code failed: {0}")]
+    CodeExchange(String),
+    #[error("the provider's answer has no ID token")]
+    NoIdToken,
+    #[error("the ID token was refused: {0}")]
+    IdTokenRefused(String),
+    #[error("fetching userinfo failed: {0}")]
+    Userinfo(String),
+}
+
+/// What `/oauth2/start` must remember until the callback (kept server-side).
+#[derive(Debug)]
+pub struct PendingLogin {
+    pub pkce_verifier: String,
+    pub nonce: String,
+    pub return_to: String,
+}
+
+/// A finished login.
+#[derive(Debug)]
+pub struct LoginOutcome {
+    pub identity: Identity,
+    pub id_token: String,
+    pub token_expiry: SystemTime,
+}
+
+/// The provider's metadata and the client built from it.
+struct Discovered {
+    metadata: ProviderMetadataWithLogout,
+    client: GateClient,
+    signing_algs: Vec<CoreJwsSigningAlgorithm>,
+}
+
+/// The key set and when it was last fetched.
+struct KeySet {
+    keys: Arc<CoreJsonWebKeySet>,
+    fetched_at: Instant,
+}
+
+pub struct Provider {
+    settings: OidcSettings,
+    redirect_url: RedirectUrl,
+    groups_claim: String,
+    http: ProviderHttp,
+    discovered: RwLock<Option<Arc<Discovered>>>,
+    keys: RwLock<Option<KeySet>>,
+    /// Serialises discovery and key fetches so a burst of logins makes one request.
+    fetch_lock: tokio::sync::Mutex<()>,
+    last_unknown_kid_refetch: Mutex<Option<Instant>>,
+}
+
+impl Provider {
+    pub fn new(
+        settings: OidcSettings,
+        redirect_url: Url,
+        groups_claim: String,
+        http: ProviderHttp,
+    ) -> Self {
+        Self {
+            settings,
+            redirect_url: RedirectUrl::from_url(redirect_url),
+            groups_claim,
+            http,
+            discovered: RwLock::new(None),
+            keys: RwLock::new(None),
+            fetch_lock: tokio::sync::Mutex::new(()),
+            last_unknown_kid_refetch: Mutex::new(None),
+        }
+    }
+
+    pub fn discovery_url(&self) -> String {
+        format!(
+            "{}/.well-known/openid-configuration",
+            self.settings.issuer.trim_end_matches('/')
+        )
+    }
+
+    /// True once metadata and keys have been loaded.
+    pub fn is_ready(&self) -> bool {
+        self.discovered.read().unwrap().is_some() && self.keys.read().unwrap().is_some()
+    }
+
+    /// Fetches and checks the discovery document.
+    pub async fn fetch_metadata(&self) -> Result<ProviderMetadataWithLogout, ProviderError> {
+        let url = self.discovery_url();
+        let request = ::http::Request::get(&url)
+            .header(::http::header::ACCEPT, "application/json")
+            .body(Vec::new())
+            .map_err(|e| ProviderError::BadDocument {
+                url: url.clone(),
+                reason: e.to_string(),
+            })?;
+        let response = self
+            .http
+            .send(request)
+            .await
+            .map_err(|e| ProviderError::Unreachable {
+                url: url.clone(),
+                reason: e.to_string(),
+            })?;
+        if response.status() != ::http::StatusCode::OK {
+            return Err(ProviderError::Status {
+                url,
+                status: response.status().as_u16(),
+            });
+        }
+        let metadata: ProviderMetadataWithLogout = serde_json::from_slice(response.body())
+            .map_err(|e| ProviderError::BadDocument {
+                url: url.clone(),
+                reason: e.to_string(),
+            })?;
+        let discovered = metadata.issuer().as_str();
+        if discovered != self.settings.issuer {
+            return Err(ProviderError::IssuerMismatch {
+                configured: self.settings.issuer.clone(),
+                discovered: discovered.to_owned(),
+            });
+        }
+        if metadata.token_endpoint().is_none() {
+            return Err(ProviderError::MissingEndpoint("token_endpoint"));
+        }
+        Ok(metadata)
+    }
+
+    /// Fetches the provider's signing keys.
+    pub async fn fetch_keys(
+        &self,
+        metadata: &ProviderMetadataWithLogout,
+    ) -> Result<CoreJsonWebKeySet, ProviderError> {
+        let url = metadata.jwks_uri();
+        JsonWebKeySet::fetch_async(url, &self.http)
+            .await
+            .map_err(|e| ProviderError::Unreachable {
+                url: url.to_string(),
+                reason: error_chain(&e),
+            })
+    }
+
+    /// Loads metadata and keys (again). Called at start, by the retry loop while the
+    /// provider is down, and lazily by a login that finds nothing loaded.
+    pub async fn discover(&self) -> Result<(), ProviderError> {
+        let _guard = self.fetch_lock.lock().await;
+        let metadata = self.fetch_metadata().await?;
+        let keys = self.fetch_keys(&metadata).await?;
+        self.install(metadata, keys);
+        Ok(())
+    }
+
+    fn install(&self, metadata: ProviderMetadataWithLogout, keys: CoreJsonWebKeySet) {
+        let signing_algs = metadata
+            .id_token_signing_alg_values_supported()
+            .iter()
+            .filter(|alg| is_asymmetric(alg))
+            .cloned()
+            .collect();
+        let client = Client::from_provider_metadata(
+            metadata.clone(),
+            ClientId::new(self.settings.client_id.clone()),
+            Some(ClientSecret::new(self.settings.client_secret.clone())),
+        )
+        .set_redirect_uri(self.redirect_url.clone());
+        *self.discovered.write().unwrap() = Some(Arc::new(Discovered {
+            metadata,
+            client,
+            signing_algs,
+        }));
+        *self.keys.write().unwrap() = Some(KeySet {
+            keys: Arc::new(keys),
+            fetched_at: Instant::now(),
+        });
+    }
+
+    async fn ready(&self) -> Result<Arc<Discovered>, ProviderError> {
+        if let Some(discovered) = self.discovered.read().unwrap().clone() {
+            return Ok(discovered);
+        }
+        self.discover().await?;
+        Ok(self
+            .discovered
+            .read()
+            .unwrap()
+            .clone()
+            .expect("installed by discover"))
+    }
+
+    /// The provider's authorization URL for a new login, and what to remember.
+    pub async fn begin_login(
+        &self,
+        return_to: String,
+    ) -> Result<(Url, String, PendingLogin), ProviderError> {
+        let discovered = self.ready().await?;
+        let (challenge, verifier) = PkceCodeChallenge::new_random_sha256();
+        let mut request = discovered.client.authorize_url(
+            CoreAuthenticationFlow::AuthorizationCode,
+            CsrfToken::new_random,
+            Nonce::new_random,
+        );
+        for scope in &self.settings.scopes {
+            request = request.add_scope(Scope::new(scope.clone()));
+        }
+        let (url, state, nonce) = request.set_pkce_challenge(challenge).url();
+        let pending = PendingLogin {
+            pkce_verifier: verifier.secret().clone(),
+            nonce: nonce.secret().clone(),
+            return_to,
+        };
+        Ok((url, state.secret().clone(), pending))
+    }
+
+    /// Exchanges the code, verifies the ID token, fetches userinfo.
+    pub async fn complete_login(
+        &self,
+        code: String,
+        pending: &PendingLogin,
+    ) -> Result<LoginOutcome, LoginError> {
+        let discovered = self.ready().await?;
+        let response = discovered
+            .client
+            .exchange_code(AuthorizationCode::new(code))
+            .map_err(|e| LoginError::CodeExchange(e.to_string()))?
+            .set_pkce_verifier(PkceCodeVerifier::new(pending.pkce_verifier.clone()))
+            .request_async(&self.http)
+            .await
+            .map_err(|e| LoginError::CodeExchange(error_chain(&e)))?;
+        let id_token = response.id_token().ok_or(LoginError::NoIdToken)?;
+        let nonce = Nonce::new(pending.nonce.clone());
+        let claims = self.verify_id_token(&discovered, id_token, &nonce).await?;
+        let userinfo = self
+            .userinfo(&discovered, response.access_token(), claims.subject())
+            .await?;
+        Ok(LoginOutcome {
+            identity: claims::identity(&claims, userinfo.as_ref(), &self.groups_claim),
+            id_token: id_token.to_string(),
+            token_expiry: claims.expiration().into(),
+        })
+    }
+
+    async fn verify_id_token(
+        &self,
+        discovered: &Discovered,
+        id_token: &GateIdToken,
+        nonce: &Nonce,
+    ) -> Result<openidconnect::IdTokenClaims<ExtraClaims, CoreGenderClaim>, LoginError> {
+        let first = id_token.claims(&self.verifier(discovered), nonce).cloned();
+        let unknown_key = matches!(
+            first,
+            Err(
+                openidconnect::ClaimsVerificationError::SignatureVerification(
+                    openidconnect::SignatureVerificationError::NoMatchingKey
+                )
+            )
+        );
+        if unknown_key && self.refetch_keys_for_unknown_kid(discovered).await {
+            return id_token
+                .claims(&self.verifier(discovered), nonce)
+                .cloned()
+                .map_err(|e| LoginError::IdTokenRefused(e.to_string()));
+        }
+        first.map_err(|e| LoginError::IdTokenRefused(e.to_string()))
+    }
+
+    /// The ID-token verifier over the current key set: issuer, audience, `azp`,
+    /// expiry and `iat` with the configured clock skew, algorithms from discovery
+    /// (asymmetric only; `none` and HMAC are never accepted).
+    fn verifier(&self, discovered: &Discovered) -> IdTokenVerifier<'static, CoreJsonWebKey> {
+        let keys = self
+            .keys
+            .read()
+            .unwrap()
+            .as_ref()
+            .map(|k| (*k.keys).clone())
+            .unwrap_or_else(|| JsonWebKeySet::new(Vec::new()));
+        let skew = chrono::Duration::from_std(self.settings.clock_skew).unwrap_or_default();
+        IdTokenVerifier::new_confidential_client(
+            ClientId::new(self.settings.client_id.clone()),
+            ClientSecret::new(self.settings.client_secret.clone()),
+            discovered.metadata.issuer().clone(),
+            keys,
+        )
+        .set_allowed_algs(discovered.signing_algs.clone())
+        .set_time_fn(move || chrono::Utc::now() - skew)
+        .set_issue_time_verifier_fn(move |iat| {
+            if iat > chrono::Utc::now() + skew {
+                Err(format!("issued in the future ({iat})"))
+            } else {
+                Ok(())
+            }
+        })
+    }
+
+    /// Refetches the key set after a token named an unknown `kid`, at most once per
+    /// [`KEY_REFETCH_INTERVAL`]. Returns true when a new set was installed.
+    async fn refetch_keys_for_unknown_kid(&self, discovered: &Discovered) -> bool {
+        {
+            let mut last = self.last_unknown_kid_refetch.lock().unwrap();
+            if last.is_some_and(|t| t.elapsed() < KEY_REFETCH_INTERVAL) {
+                tracing::warn!(
+                    "ID token names an unknown signing key; key set refetched too recently to try again"
+                );
+                return false;
+            }
+            *last = Some(Instant::now());
+        }
+        match self.fetch_keys(&discovered.metadata).await {
+            Ok(keys) => {
+                tracing::info!(
+                    keys = keys.keys().len(),
+                    "provider signing keys refetched after an unknown kid"
+                );
+                *self.keys.write().unwrap() = Some(KeySet {
+                    keys: Arc::new(keys),
+                    fetched_at: Instant::now(),
+                });
+                true
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "refetching provider signing keys failed");
+                false
+            }
+        }
+    }
+
+    /// How old the key set is (for logs and `/ready`).
+    pub fn key_set_age(&self) -> Option<Duration> {
+        self.keys
+            .read()
+            .unwrap()
+            .as_ref()
+            .map(|k| k.fetched_at.elapsed())
+    }
+
+    async fn userinfo(
+        &self,
+        discovered: &Discovered,
+        access_token: &AccessToken,
+        subject: &openidconnect::SubjectIdentifier,
+    ) -> Result<Option<openidconnect::UserInfoClaims<ExtraClaims, CoreGenderClaim>>, LoginError>
+    {
+        let Ok(request) = discovered
+            .client
+            .user_info(access_token.clone(), Some(subject.clone()))
+        else {
+            return Ok(None); // the provider has no userinfo endpoint
+        };
+        request
+            .request_async(&self.http)
+            .await
+            .map(Some)
+            .map_err(|e| LoginError::Userinfo(error_chain(&e)))
+    }
+
+    /// The provider's end-session URL with `id_token_hint` and the post-logout
+    /// redirect, or `None` when the provider has no `end_session_endpoint`.
+    pub fn end_session_url(&self, id_token: &str, post_logout_redirect: Url) -> Option<Url> {
+        let discovered = self.discovered.read().unwrap().clone()?;
+        let endpoint = discovered
+            .metadata
+            .additional_metadata()
+            .end_session_endpoint
+            .clone()?;
+        let mut request = LogoutRequest::from(endpoint)
+            .set_client_id(ClientId::new(self.settings.client_id.clone()))
+            .set_post_logout_redirect_uri(PostLogoutRedirectUrl::from_url(post_logout_redirect));
+        if let Ok(token) = GateIdToken::from_str(id_token) {
+            request = request.set_id_token_hint(&token);
+        }
+        Some(request.http_get_url())
+    }
+}
+
+fn is_asymmetric(alg: &CoreJwsSigningAlgorithm) -> bool {
+    use CoreJwsSigningAlgorithm as A;
+    matches!(
+        alg,
+        A::RsaSsaPkcs1V15Sha256
+            | A::RsaSsaPkcs1V15Sha384
+            | A::RsaSsaPkcs1V15Sha512
+            | A::RsaSsaPssSha256
+            | A::RsaSsaPssSha384
+            | A::RsaSsaPssSha512
+            | A::EcdsaP256Sha256
+            | A::EcdsaP384Sha384
+            | A::EdDsa
+    )
+}

@@ -1,0 +1,148 @@
+//! The few HTML pages the gateway renders itself: sign-in, errors, refusals.
+//!
+//! Every value that reaches a page goes through [`escape`]; pages carry a strict
+//! Content-Security-Policy and are never cached. Nothing here decides anything: callers
+//! say what to show.
+
+use bytes::Bytes;
+use http::{HeaderValue, Response, StatusCode, header};
+use http_body_util::Full;
+
+/// HTML-escapes text for use in element content and quoted attribute values.
+pub fn escape(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        match c {
+            '&' => out.push_str("&amp;"),
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            '"' => out.push_str("&quot;"),
+            '\'' => out.push_str("&#39;"),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+/// A link shown under a page's message.
+pub struct Link<'a> {
+    pub href: &'a str,
+    pub label: &'a str,
+}
+
+/// One page: a title, a message and optional links, all plain text (escaped here).
+pub struct Page<'a> {
+    pub status: StatusCode,
+    pub title: &'a str,
+    pub message: &'a str,
+    pub links: &'a [Link<'a>],
+}
+
+const STYLE: &str = "body{font-family:system-ui,sans-serif;background:#f6f6f8;color:#2b2233;\
+margin:0;display:flex;min-height:100vh;align-items:center;justify-content:center}\
+main{background:#fff;border-radius:8px;box-shadow:0 1px 4px #0002;padding:2rem 2.5rem;max-width:32rem}\
+h1{font-size:1.3rem;margin-top:0}p{line-height:1.5}\
+a.button{display:inline-block;background:#6c5fc7;color:#fff;padding:.7rem 1.2rem;border-radius:6px;\
+text-decoration:none;font-weight:600}a{color:#6c5fc7;margin-right:1rem}";
+
+impl Page<'_> {
+    pub fn render(&self) -> Response<Full<Bytes>> {
+        let links: String = self
+            .links
+            .iter()
+            .enumerate()
+            .map(|(i, link)| {
+                let class = if i == 0 { " class=\"button\"" } else { "" };
+                format!(
+                    "<a{class} href=\"{}\">{}</a>",
+                    escape(link.href),
+                    escape(link.label)
+                )
+            })
+            .collect();
+        let body = format!(
+            "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\">\
+<meta name=\"viewport\" content=\"width=device-width\"><title>{title}</title>\
+<style>{STYLE}</style></head><body><main><h1>{title}</h1><p>{message}</p><p>{links}</p></main></body></html>",
+            title = escape(self.title),
+            message = escape(self.message),
+        );
+        let mut response = Response::new(Full::new(Bytes::from(body)));
+        *response.status_mut() = self.status;
+        set_page_headers(response.headers_mut(), "text/html; charset=utf-8");
+        response
+    }
+}
+
+/// Headers for every response the gateway makes itself.
+pub fn set_page_headers(headers: &mut http::HeaderMap, content_type: &'static str) {
+    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    headers.insert(
+        header::CONTENT_SECURITY_POLICY,
+        HeaderValue::from_static(
+            "default-src 'none'; style-src 'unsafe-inline'; form-action 'self'; frame-ancestors 'none'",
+        ),
+    );
+    headers.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
+    headers.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
+    headers.insert(
+        header::REFERRER_POLICY,
+        HeaderValue::from_static("no-referrer"),
+    );
+}
+
+/// A small JSON answer, e.g. the 401 for API calls without a session.
+pub fn json(status: StatusCode, value: &serde_json::Value) -> Response<Full<Bytes>> {
+    let mut response = Response::new(Full::new(Bytes::from(value.to_string())));
+    *response.status_mut() = status;
+    set_page_headers(response.headers_mut(), "application/json");
+    response
+}
+
+/// A plain-text answer (health checks).
+pub fn text(status: StatusCode, body: &'static str) -> Response<Full<Bytes>> {
+    let mut response = Response::new(Full::new(Bytes::from_static(body.as_bytes())));
+    *response.status_mut() = status;
+    set_page_headers(response.headers_mut(), "text/plain; charset=utf-8");
+    response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http_body_util::BodyExt;
+
+    #[test]
+    fn escape_neutralises_markup_and_quotes() {
+        assert_eq!(
+            escape(r#"<script>alert("x")</script>&'"#),
+            "&lt;script&gt;alert(&quot;x&quot;)&lt;/script&gt;&amp;&#39;"
+        );
+    }
+
+    #[tokio::test]
+    async fn page_escapes_every_value_and_is_not_cached() {
+        let page = Page {
+            status: StatusCode::BAD_REQUEST,
+            title: "<b>t</b>",
+            message: "<img src=x onerror=alert(1)>",
+            links: &[Link {
+                href: "/x\"><script>",
+                label: "<i>go</i>",
+            }],
+        }
+        .render();
+        assert_eq!(page.status(), StatusCode::BAD_REQUEST);
+        assert_eq!(page.headers()[header::CACHE_CONTROL], "no-store");
+        let body = page.into_body().collect().await.unwrap().to_bytes();
+        let body = String::from_utf8(body.to_vec()).unwrap();
+        assert!(!body.contains("<img"), "{body}");
+        assert!(!body.contains("<script>"), "{body}");
+        assert!(!body.contains("<i>"), "{body}");
+        assert!(body.contains("&lt;img src=x onerror=alert(1)&gt;"));
+    }
+}

@@ -1,0 +1,223 @@
+//! Header operations on forwarded requests and responses, one small function each.
+
+use std::net::IpAddr;
+
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+
+/// Headers that describe one connection, never the message (RFC 9110 section 7.6.1),
+/// plus the proxy-only ones.
+const HOP_BY_HOP: [&str; 8] = [
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "proxy-authenticate",
+    "proxy-authorization",
+    "te",
+    "trailer",
+    "transfer-encoding",
+];
+
+/// Removes hop-by-hop headers, those named in `Connection`, and `Upgrade`.
+pub fn remove_hop_by_hop(headers: &mut HeaderMap) {
+    let named: Vec<HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
+        .collect();
+    for name in named {
+        headers.remove(name);
+    }
+    for name in HOP_BY_HOP {
+        headers.remove(name);
+    }
+    headers.remove(header::UPGRADE);
+}
+
+/// A header name folded the way some backends fold it: lower case, `_` as `-`.
+pub fn folded_name(name: &str) -> String {
+    name.to_ascii_lowercase().replace('_', "-")
+}
+
+/// Removes every header whose folded name is in `folded_names` (all variants:
+/// `X-Forwarded-User`, `x-forwarded-user`, `X_Forwarded_User`, repeated ones).
+pub fn remove_folded(headers: &mut HeaderMap, folded_names: &[String]) {
+    let doomed: Vec<HeaderName> = headers
+        .keys()
+        .filter(|name| folded_names.contains(&folded_name(name.as_str())))
+        .cloned()
+        .collect();
+    for name in doomed {
+        headers.remove(name);
+    }
+}
+
+/// Rewrites the `Cookie` headers without the cookies `drop` selects, joined into one
+/// header (as HTTP/1.1 upstreams expect). Unparseable pieces are kept as they were.
+pub fn remove_cookies(headers: &mut HeaderMap, drop: impl Fn(&str) -> bool) {
+    if !headers.contains_key(header::COOKIE) {
+        return;
+    }
+    let kept: Vec<String> = headers
+        .get_all(header::COOKIE)
+        .iter()
+        .flat_map(|v| v.as_bytes().split(|b| *b == b';'))
+        .map(|pair| String::from_utf8_lossy(pair).trim().to_owned())
+        .filter(|pair| !pair.is_empty())
+        .filter(|pair| {
+            let name = pair
+                .split_once('=')
+                .map_or(pair.as_str(), |(n, _)| n)
+                .trim();
+            !drop(name)
+        })
+        .collect();
+    headers.remove(header::COOKIE);
+    if !kept.is_empty()
+        && let Ok(value) = HeaderValue::from_str(&kept.join("; "))
+    {
+        headers.insert(header::COOKIE, value);
+    }
+}
+
+/// Where the request came from and how it reached the gateway.
+pub struct ForwardedFacts<'a> {
+    /// The TCP peer.
+    pub peer: IpAddr,
+    /// True when the peer is a configured trusted proxy.
+    pub peer_is_trusted: bool,
+    /// `https` or `http`: the scheme the gateway is published under.
+    pub proto: &'a str,
+    /// The host the client asked for.
+    pub host: Option<&'a str>,
+}
+
+/// Sets `X-Forwarded-For`, `-Proto` and `-Host` truthfully. A trusted proxy's
+/// `X-Forwarded-For` is extended; anyone else's is replaced, and their `Forwarded`
+/// and `X-Real-IP` are dropped.
+pub fn set_forwarded(headers: &mut HeaderMap, facts: &ForwardedFacts<'_>) {
+    let peer = facts.peer.to_string();
+    let forwarded_for = if facts.peer_is_trusted {
+        let prior: Vec<&str> = headers
+            .get_all("x-forwarded-for")
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .collect();
+        if prior.is_empty() {
+            peer
+        } else {
+            format!("{}, {peer}", prior.join(", "))
+        }
+    } else {
+        headers.remove("forwarded");
+        headers.remove("x-real-ip");
+        peer
+    };
+    set(headers, "x-forwarded-for", &forwarded_for);
+    if !(facts.peer_is_trusted && headers.contains_key("x-forwarded-proto")) {
+        set(headers, "x-forwarded-proto", facts.proto);
+    }
+    if !(facts.peer_is_trusted && headers.contains_key("x-forwarded-host")) {
+        match facts.host {
+            Some(host) => set(headers, "x-forwarded-host", host),
+            None => {
+                headers.remove("x-forwarded-host");
+            }
+        }
+    }
+}
+
+fn set(headers: &mut HeaderMap, name: &'static str, value: &str) {
+    if let Ok(value) = HeaderValue::from_str(value) {
+        headers.insert(name, value);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn map(pairs: &[(&str, &str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (n, v) in pairs {
+            h.append(
+                HeaderName::from_bytes(n.as_bytes()).unwrap(),
+                HeaderValue::from_str(v).unwrap(),
+            );
+        }
+        h
+    }
+
+    #[test]
+    fn hop_by_hop_and_connection_listed_headers_go() {
+        let mut h = map(&[
+            ("connection", "keep-alive, x-secret"),
+            ("x-secret", "1"),
+            ("keep-alive", "timeout=5"),
+            ("te", "trailers"),
+            ("upgrade", "websocket"),
+            ("accept", "*/*"),
+        ]);
+        remove_hop_by_hop(&mut h);
+        assert_eq!(h.len(), 1);
+        assert!(h.contains_key("accept"));
+    }
+
+    #[test]
+    fn identity_header_variants_are_all_removed() {
+        let mut h = map(&[
+            ("X-Forwarded-User", "a"),
+            ("x-forwarded-user", "b"),
+            ("X_Forwarded_User", "c"),
+            ("x_forwarded-user", "d"),
+            ("X-Forwarded-Email", "e"),
+            ("X-Other", "keep"),
+        ]);
+        remove_folded(
+            &mut h,
+            &["x-forwarded-user".into(), "x-forwarded-email".into()],
+        );
+        assert_eq!(h.len(), 1, "{h:?}");
+    }
+
+    #[test]
+    fn only_the_gateway_cookies_are_removed() {
+        let mut h = map(&[
+            ("cookie", "sentrysid=1; _ssogate=x; sc=2"),
+            ("cookie", "_ssogate_csrf_a=y"),
+        ]);
+        remove_cookies(&mut h, |n| {
+            n == "_ssogate" || n.starts_with("_ssogate_csrf_")
+        });
+        assert_eq!(h.get_all("cookie").iter().count(), 1);
+        assert_eq!(h["cookie"], "sentrysid=1; sc=2");
+        let mut only_ours = map(&[("cookie", "_ssogate=x")]);
+        remove_cookies(&mut only_ours, |n| n == "_ssogate");
+        assert!(!only_ours.contains_key("cookie"));
+    }
+
+    #[test]
+    fn untrusted_forwarded_for_is_replaced_trusted_is_extended() {
+        let facts = |trusted| ForwardedFacts {
+            peer: "192.0.2.7".parse().unwrap(),
+            peer_is_trusted: trusted,
+            proto: "https",
+            host: Some("sentry.example.com"),
+        };
+        let mut h = map(&[
+            ("x-forwarded-for", "6.6.6.6"),
+            ("x-forwarded-proto", "http"),
+            ("x-real-ip", "6.6.6.6"),
+        ]);
+        set_forwarded(&mut h, &facts(false));
+        assert_eq!(h["x-forwarded-for"], "192.0.2.7");
+        assert_eq!(h["x-forwarded-proto"], "https");
+        assert_eq!(h["x-forwarded-host"], "sentry.example.com");
+        assert!(!h.contains_key("x-real-ip"));
+
+        let mut h = map(&[("x-forwarded-for", "203.0.113.9")]);
+        set_forwarded(&mut h, &facts(true));
+        assert_eq!(h["x-forwarded-for"], "203.0.113.9, 192.0.2.7");
+    }
+}

@@ -1,0 +1,300 @@
+//! Listeners and connections: TLS handshake, HTTP/1.1 and HTTP/2 (hyper-util auto),
+//! header-read timeout, the optional plain-HTTP redirect listener, and graceful
+//! shutdown (in-flight requests finish, up to `server.shutdown_grace`).
+
+pub mod tls;
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use http::{Request, Response, StatusCode};
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::service::TowerToHyperService;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
+use tokio_rustls::TlsAcceptor;
+
+use crate::config::Settings;
+use crate::gateway::{Gateway, GatewayError};
+use crate::proxy::{ResponseBody, boxed};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    #[error("cannot listen on {address} ({key}): {source}")]
+    Bind {
+        key: &'static str,
+        address: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Tls(#[from] tls::TlsError),
+    #[error(transparent)]
+    Gateway(#[from] GatewayError),
+}
+
+/// The gateway as a tower service for one connection (it knows the peer address).
+#[derive(Clone)]
+pub struct GatewayService {
+    gateway: Arc<Gateway>,
+    peer: SocketAddr,
+}
+
+impl tower::Service<Request<Incoming>> for GatewayService {
+    type Response = Response<ResponseBody>;
+    type Error = Infallible;
+    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Infallible>> + Send>>;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, request: Request<Incoming>) -> Self::Future {
+        let gateway = self.gateway.clone();
+        let peer = self.peer;
+        Box::pin(async move { Ok(gateway.handle(request, peer).await) })
+    }
+}
+
+/// A started gateway. Dropping it does not stop it; call [`RunningGateway::shutdown`].
+pub struct RunningGateway {
+    pub local_addr: SocketAddr,
+    pub redirect_addr: Option<SocketAddr>,
+    pub gateway: Arc<Gateway>,
+    stop: watch::Sender<bool>,
+    finished: tokio::task::JoinHandle<()>,
+}
+
+impl RunningGateway {
+    /// Stops accepting, lets in-flight requests finish (bounded by the grace period).
+    pub async fn shutdown(self) {
+        let _ = self.stop.send(true);
+        let _ = self.finished.await;
+    }
+
+    /// Waits until the gateway has stopped (after [`shutdown_signal`] fires, say).
+    pub async fn stopped(self) {
+        let _ = self.finished.await;
+    }
+}
+
+/// Binds the listeners, loads provider metadata (retrying in the background if the
+/// provider is down) and serves until `stop` resolves.
+pub async fn start(
+    settings: Settings,
+    stop: impl Future<Output = ()> + Send + 'static,
+) -> Result<RunningGateway, ServerError> {
+    let tls = tls::server_config(&settings.tls)?;
+    let listen = settings.server.listen;
+    let listener = TcpListener::bind(listen)
+        .await
+        .map_err(|source| ServerError::Bind {
+            key: "server.listen",
+            address: listen,
+            source,
+        })?;
+    let local_addr = listener.local_addr().map_err(|source| ServerError::Bind {
+        key: "server.listen",
+        address: listen,
+        source,
+    })?;
+    let redirect_listener = match settings.server.http_redirect_listen {
+        Some(address) => {
+            Some(
+                TcpListener::bind(address)
+                    .await
+                    .map_err(|source| ServerError::Bind {
+                        key: "server.http_redirect_listen",
+                        address,
+                        source,
+                    })?,
+            )
+        }
+        None => None,
+    };
+    let redirect_addr = redirect_listener.as_ref().and_then(|l| l.local_addr().ok());
+
+    let gateway = Arc::new(Gateway::new(settings)?);
+    gateway.start_discovery().await;
+
+    let (stop_sender, stop_receiver) = watch::channel(false);
+    let external_stop = stop_sender.clone();
+    tokio::spawn(async move {
+        stop.await;
+        let _ = external_stop.send(true);
+    });
+    if let Some(listener) = redirect_listener {
+        let public_url = gateway.settings().server.public_url.clone();
+        tokio::spawn(serve_redirects(listener, public_url, stop_receiver.clone()));
+    }
+    let finished = tokio::spawn(serve(listener, tls, gateway.clone(), stop_receiver));
+    tracing::info!(%local_addr, public_url = %gateway.settings().server.public_url, "ssogate listening");
+    Ok(RunningGateway {
+        local_addr,
+        redirect_addr,
+        gateway,
+        stop: stop_sender,
+        finished,
+    })
+}
+
+fn connection_builder(settings: &Settings) -> auto::Builder<TokioExecutor> {
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(settings.server.header_read_timeout)
+        .keep_alive(true);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .keep_alive_interval(Some(Duration::from_secs(30)));
+    builder
+}
+
+async fn serve(
+    listener: TcpListener,
+    tls: Option<Arc<rustls::ServerConfig>>,
+    gateway: Arc<Gateway>,
+    mut stop: watch::Receiver<bool>,
+) {
+    let builder = Arc::new(connection_builder(gateway.settings()));
+    let acceptor = tls.map(TlsAcceptor::from);
+    let handshake_timeout = gateway.settings().server.header_read_timeout;
+    let graceful = GracefulShutdown::new();
+    loop {
+        let (stream, peer) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(pair) => pair,
+                Err(e) => {
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            _ = stopped(&mut stop) => break,
+        };
+        let _ = stream.set_nodelay(true);
+        let service = TowerToHyperService::new(GatewayService {
+            gateway: gateway.clone(),
+            peer,
+        });
+        let builder = builder.clone();
+        let acceptor = acceptor.clone();
+        let watcher = graceful.watcher();
+        tokio::spawn(async move {
+            let result = match acceptor {
+                Some(acceptor) => {
+                    match tokio::time::timeout(handshake_timeout, acceptor.accept(stream)).await {
+                        Ok(Ok(tls_stream)) => {
+                            let connection = builder
+                                .serve_connection_with_upgrades(TokioIo::new(tls_stream), service);
+                            watcher.watch(connection.into_owned()).await
+                        }
+                        Ok(Err(e)) => {
+                            tracing::debug!(%peer, error = %e, "TLS handshake failed");
+                            return;
+                        }
+                        Err(_) => {
+                            tracing::debug!(%peer, "TLS handshake timed out");
+                            return;
+                        }
+                    }
+                }
+                None => plain(stream, &builder, service, watcher).await,
+            };
+            if let Err(e) = result {
+                tracing::debug!(%peer, error = %e, "connection ended with an error");
+            }
+        });
+    }
+    drop(listener);
+    let grace = gateway.settings().server.shutdown_grace;
+    tracing::info!(?grace, "shutting down: waiting for in-flight requests");
+    if tokio::time::timeout(grace, graceful.shutdown())
+        .await
+        .is_err()
+    {
+        tracing::warn!("grace period over; closing remaining connections");
+    }
+}
+
+async fn plain(
+    stream: TcpStream,
+    builder: &auto::Builder<TokioExecutor>,
+    service: TowerToHyperService<GatewayService>,
+    watcher: hyper_util::server::graceful::Watcher,
+) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+    let connection = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
+    watcher.watch(connection.into_owned()).await
+}
+
+/// Plain-HTTP listener: every request gets a permanent redirect to the HTTPS address.
+async fn serve_redirects(
+    listener: TcpListener,
+    public_url: url::Url,
+    mut stop: watch::Receiver<bool>,
+) {
+    let builder = auto::Builder::new(TokioExecutor::new());
+    loop {
+        let stream = tokio::select! {
+            accepted = listener.accept() => match accepted { Ok((s, _)) => s, Err(_) => continue },
+            _ = stopped(&mut stop) => return,
+        };
+        let public_url = public_url.clone();
+        let builder = builder.clone();
+        tokio::spawn(async move {
+            let service = hyper::service::service_fn(move |request: Request<Incoming>| {
+                let target = request.uri().path_and_query().map_or("/", |pq| pq.as_str());
+                let location = format!("{}{}", public_url.as_str().trim_end_matches('/'), target);
+                let mut response =
+                    crate::pages::text(StatusCode::PERMANENT_REDIRECT, "").map(boxed);
+                if let Ok(value) = http::HeaderValue::from_str(&location) {
+                    response.headers_mut().insert(http::header::LOCATION, value);
+                }
+                async move { Ok::<_, Infallible>(response) }
+            });
+            let _ = builder
+                .serve_connection(TokioIo::new(stream), service)
+                .await;
+        });
+    }
+}
+
+/// Resolves once the stop flag is set (or its sender is gone).
+async fn stopped(stop: &mut watch::Receiver<bool>) {
+    while !*stop.borrow_and_update() {
+        if stop.changed().await.is_err() {
+            return;
+        }
+    }
+}
+
+/// Resolves on SIGTERM or SIGINT.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => tracing::info!("SIGINT received"),
+        _ = terminate => tracing::info!("SIGTERM received"),
+    }
+}

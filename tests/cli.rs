@@ -1,0 +1,196 @@
+//! The `ssogate` binary as an operator and a newcomer use it.
+
+mod support;
+
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use http::StatusCode;
+use support::browser::Browser;
+
+fn ssogate() -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_ssogate"));
+    command
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default());
+    command
+}
+
+#[test]
+fn a_bad_config_stops_startup_naming_the_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("ssogate.toml");
+    std::fs::write(
+        &config,
+        r#"
+[server]
+public_url = "https://sentry.example.com"
+[tls]
+enabled = false
+[upstream]
+url = "http://127.0.0.1:9000"
+read_timeout = "forever"
+[oidc]
+issuer = "https://id.example.com/api/oidc"
+client_id = "sentry"
+client_secret = "x"
+[session]
+secrets = ["0123456789abcdef0123456789abcdef"]
+"#,
+    )
+    .unwrap();
+    let output = ssogate()
+        .args(["run", "--config"])
+        .arg(&config)
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("upstream.read_timeout"), "{stderr}");
+    assert!(stderr.contains("forever"), "{stderr}");
+
+    let output = ssogate()
+        .args(["run"])
+        .env("SSOGATE_CONFIG", &config)
+        .env("SSOGATE_UPSTREAM_READ_TIMEOUT", "90s")
+        .env("SSOGATE_SESSION_SECRETS", "short")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("session.secrets") && stderr.contains("gen-secret"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn gen_secret_prints_a_usable_secret() {
+    let a = ssogate().arg("gen-secret").output().unwrap();
+    let b = ssogate().arg("gen-secret").output().unwrap();
+    let a = String::from_utf8(a.stdout).unwrap();
+    assert!(a.trim().len() >= 32);
+    assert_ne!(a, String::from_utf8(b.stdout).unwrap());
+}
+
+#[test]
+fn check_reports_each_step_and_fails_when_the_provider_is_down() {
+    let closed = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let output = ssogate()
+        .arg("check")
+        .env("SSOGATE_SERVER_PUBLIC_URL", "https://sentry.example.com")
+        .env("SSOGATE_TLS_ENABLED", "false")
+        .env("SSOGATE_UPSTREAM_URL", format!("http://{closed}"))
+        .env("OIDC_DOMAIN", format!("http://{closed}/api/oidc"))
+        .env("OIDC_CLIENT_ID", "sentry")
+        .env("OIDC_CLIENT_SECRET", "secret")
+        .env(
+            "SSOGATE_SESSION_SECRETS",
+            "0123456789abcdef0123456789abcdef",
+        )
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert_eq!(output.status.code(), Some(1), "{stdout}");
+    assert!(stdout.contains("OK   config"), "{stdout}");
+    assert!(stdout.contains("FAIL provider discovery"), "{stdout}");
+    assert!(
+        stdout.contains("/api/oidc/.well-known/openid-configuration"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("FAIL upstream"), "{stdout}");
+}
+
+#[tokio::test]
+async fn check_passes_against_a_live_provider_and_upstream() {
+    let world = support::World::start().await;
+    let settings = world.gateway.gateway.settings().clone();
+    let upstream = settings.upstream.url.to_string();
+    let output = tokio::task::spawn_blocking(move || {
+        ssogate()
+            .arg("check")
+            .env(
+                "SSOGATE_SERVER_PUBLIC_URL",
+                settings.server.public_url.as_str(),
+            )
+            .env("SSOGATE_TLS_ENABLED", "false")
+            .env("SSOGATE_UPSTREAM_URL", upstream)
+            .env("OIDC_DOMAIN", &settings.oidc.issuer)
+            .env("OIDC_CLIENT_ID", &settings.oidc.client_id)
+            .env("OIDC_CLIENT_SECRET", &settings.oidc.client_secret)
+            .env("SSOGATE_SESSION_SECRETS", &settings.session.secrets[0])
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "{stdout}");
+    assert!(
+        stdout.contains("OK   provider signing keys: 1 key(s)"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("all checks passed"), "{stdout}");
+}
+
+#[tokio::test]
+async fn scripted_login_through_the_demo() {
+    let demo = ssogate::demo::start(0).await.expect("demo starts");
+    let mut browser = Browser::new(&demo.ca_pem, demo.url.trim_end_matches('/'));
+    let landed = browser.login("/", &demo.username, &demo.password).await;
+    assert_eq!(landed.status, StatusCode::OK, "{landed:?}");
+    assert!(
+        landed.body.contains("Hello from the demo upstream"),
+        "{}",
+        landed.body
+    );
+    assert!(landed.body.contains("x-forwarded-email"), "{}", landed.body);
+}
+
+#[test]
+fn demo_binary_prints_where_to_go_and_stops_on_sigterm() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut child = ssogate()
+        .args(["demo", "--port", &port.to_string()])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut stdout = child.stdout.take().unwrap();
+    let (sender, receiver) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        use std::io::Read;
+        let mut text = String::new();
+        let mut buffer = [0u8; 256];
+        while let Ok(n) = stdout.read(&mut buffer) {
+            if n == 0 {
+                break;
+            }
+            text.push_str(&String::from_utf8_lossy(&buffer[..n]));
+            if text.contains("Stop with Ctrl-C") {
+                let _ = sender.send(text.clone());
+            }
+        }
+    });
+    let banner = receiver.recv_timeout(Duration::from_secs(60));
+    // SIGTERM stops it cleanly (graceful shutdown, exit code 0).
+    let pid = child.id().to_string();
+    let _ = Command::new("kill").args(["-TERM", &pid]).status();
+    let status = child.wait().unwrap();
+    let banner = banner.expect("the demo prints its banner");
+    assert!(
+        status.success(),
+        "SIGTERM should end the demo cleanly: {status}"
+    );
+    assert!(
+        banner.contains(&format!("https://127.0.0.1:{port}/")),
+        "{banner}"
+    );
+    assert!(banner.contains("password"), "{banner}");
+}

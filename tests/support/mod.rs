@@ -1,0 +1,185 @@
+//! Test harness: an in-process identity provider (the crate's development provider,
+//! which signs real RS256/ES256 tokens), a recording upstream, the gateway over real
+//! TLS, and a cookie-keeping HTTP client that behaves like a browser without JavaScript.
+// Each test binary uses a different part of this harness.
+#![allow(dead_code, unused_imports)]
+
+pub mod browser;
+pub mod upstream;
+
+use std::net::{Ipv4Addr, SocketAddr};
+
+use ssogate::config::{Settings, TlsSettings};
+use ssogate::devidp::{DevClient, DevProvider, DevProviderConfig, DevUser, SigningAlg};
+use ssogate::server::{self, RunningGateway, tls};
+
+pub use browser::{Browser, TestResponse};
+pub use upstream::TestUpstream;
+
+pub const PASSWORD: &str = "correct horse";
+pub const CLIENT_ID: &str = "sentry-gateway";
+pub const CLIENT_SECRET: &str = "test-client-secret";
+
+/// A user of the test provider with Encvoy ID's claim shapes.
+pub fn user(username: &str, email: &str, verified: bool, permissions: &[&str]) -> DevUser {
+    let claims = serde_json::json!({
+        "sub": format!("sub-{username}"),
+        "email": email,
+        "email_verified": verified,
+        "login": username,
+        "name": format!("{username} Example"),
+        "permissions": permissions,
+    });
+    DevUser {
+        username: username.into(),
+        password: PASSWORD.into(),
+        claims: claims.as_object().unwrap().clone(),
+    }
+}
+
+/// Everything one test needs, started.
+pub struct World {
+    pub provider: DevProvider,
+    pub upstream: TestUpstream,
+    pub gateway: RunningGateway,
+    /// `https://127.0.0.1:<port>`
+    pub base: String,
+    /// PEM of the CA that issued the gateway's certificate.
+    pub ca_pem: String,
+}
+
+/// How a test wants the world: extra TOML appended to the gateway config, the
+/// provider's signing algorithm, and extra users.
+pub struct WorldOptions {
+    pub extra_toml: String,
+    pub alg: SigningAlg,
+    pub users: Vec<DevUser>,
+    /// Forward somewhere other than the recording upstream.
+    pub upstream_url: Option<String>,
+}
+
+impl Default for WorldOptions {
+    fn default() -> Self {
+        Self {
+            extra_toml: String::new(),
+            alg: SigningAlg::Rs256,
+            users: vec![user(
+                "alice",
+                "alice@corp.example",
+                true,
+                &["sentry:member"],
+            )],
+            upstream_url: None,
+        }
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+impl World {
+    pub async fn start() -> World {
+        Self::start_with(WorldOptions::default()).await
+    }
+
+    pub async fn start_with(options: WorldOptions) -> World {
+        let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+        let port = free_port();
+        let base = format!("https://127.0.0.1:{port}");
+        let upstream = TestUpstream::start().await;
+        let provider = DevProvider::start(
+            SocketAddr::from((Ipv4Addr::LOCALHOST, 0)),
+            DevProviderConfig {
+                issuer_path: "/api/oidc".into(),
+                clients: vec![DevClient {
+                    client_id: CLIENT_ID.into(),
+                    client_secret: CLIENT_SECRET.into(),
+                    redirect_uris: vec![format!("{base}/oauth2/callback")],
+                    post_logout_redirect_uris: vec![format!("{base}/oauth2/sign_in")],
+                }],
+                users: options.users,
+                signing_alg: options.alg,
+                id_token_ttl: std::time::Duration::from_secs(1800),
+                access_token_ttl: std::time::Duration::from_secs(1800),
+            },
+        )
+        .await
+        .expect("test provider starts");
+        let config = format!(
+            r#"
+[server]
+listen = "127.0.0.1:{port}"
+public_url = "{base}"
+shutdown_grace = "5s"
+[tls]
+enabled = false
+[upstream]
+url = "{upstream}"
+read_timeout = "3s"
+[oidc]
+issuer = "{issuer}"
+client_id = "{CLIENT_ID}"
+client_secret = "{CLIENT_SECRET}"
+[session]
+secrets = ["test-session-secret-0123456789abcdefghijkl"]
+{extra}
+"#,
+            upstream = options
+                .upstream_url
+                .unwrap_or_else(|| format!("http://{}", upstream.addr)),
+            issuer = provider.issuer(),
+            extra = options.extra_toml,
+        );
+        let mut settings = Settings::from_toml(&config, "(test)", std::iter::empty())
+            .unwrap_or_else(|e| panic!("test config refused: {e}\n{config}"));
+        let certificate = tls::local_certificate(&["127.0.0.1"]).unwrap();
+        settings.tls = TlsSettings::Pem {
+            cert_pem: certificate.cert_pem,
+            key_pem: certificate.key_pem,
+        };
+        let gateway = server::start(settings, std::future::pending())
+            .await
+            .expect("gateway starts");
+        World {
+            provider,
+            upstream,
+            gateway,
+            base,
+            ca_pem: certificate.ca_pem,
+        }
+    }
+
+    /// A fresh browser that trusts the gateway's CA.
+    pub fn browser(&self) -> Browser {
+        Browser::new(&self.ca_pem, &self.base)
+    }
+
+    /// A browser that has signed in as `username` (the landing page is not checked).
+    pub async fn signed_in_without_landing(&self, username: &str) -> Browser {
+        let mut browser = self.browser();
+        let callback = browser.login_until_callback("/", username, PASSWORD).await;
+        let back = browser.navigate(&callback).await;
+        assert_eq!(
+            back.status,
+            http::StatusCode::FOUND,
+            "callback should redirect: {back:?}"
+        );
+        browser
+    }
+
+    /// A browser that has signed in as `username` and landed on `/`.
+    pub async fn signed_in(&self, username: &str) -> Browser {
+        let mut browser = self.browser();
+        let landed = browser.login("/", username, PASSWORD).await;
+        assert_eq!(
+            landed.status, 200,
+            "login should land on the upstream: {landed:?}"
+        );
+        browser
+    }
+}

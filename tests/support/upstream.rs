@@ -1,0 +1,107 @@
+//! A recording upstream: remembers every request's method, path and headers, reports
+//! body chunks as they arrive, answers 200 (or sleeps on `/slow`).
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{HeaderMap, Request, Response};
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
+use tokio::net::TcpListener;
+use tokio::sync::mpsc;
+
+#[derive(Clone, Debug)]
+pub struct Seen {
+    pub method: String,
+    pub path_and_query: String,
+    pub headers: HeaderMap,
+    pub body_len: usize,
+}
+
+#[derive(Clone)]
+pub struct TestUpstream {
+    pub addr: SocketAddr,
+    seen: Arc<Mutex<Vec<Seen>>>,
+    /// Lengths of body chunks as they arrive, for streaming tests.
+    chunks: Arc<Mutex<Option<mpsc::UnboundedSender<usize>>>>,
+}
+
+impl TestUpstream {
+    pub async fn start() -> TestUpstream {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let upstream = TestUpstream {
+            addr: listener.local_addr().unwrap(),
+            seen: Arc::default(),
+            chunks: Arc::default(),
+        };
+        let serving = upstream.clone();
+        tokio::spawn(async move {
+            loop {
+                let Ok((stream, _)) = listener.accept().await else {
+                    continue;
+                };
+                let upstream = serving.clone();
+                tokio::spawn(async move {
+                    let service = hyper::service::service_fn(move |request| {
+                        let upstream = upstream.clone();
+                        async move { Ok::<_, Infallible>(upstream.answer(request).await) }
+                    });
+                    let _ = auto::Builder::new(TokioExecutor::new())
+                        .serve_connection_with_upgrades(TokioIo::new(stream), service)
+                        .await;
+                });
+            }
+        });
+        upstream
+    }
+
+    /// Reports the length of each body chunk received from now on.
+    pub fn watch_chunks(&self) -> mpsc::UnboundedReceiver<usize> {
+        let (sender, receiver) = mpsc::unbounded_channel();
+        *self.chunks.lock().unwrap() = Some(sender);
+        receiver
+    }
+
+    pub fn requests(&self) -> Vec<Seen> {
+        self.seen.lock().unwrap().clone()
+    }
+
+    pub fn last(&self) -> Seen {
+        self.requests().pop().expect("the upstream saw a request")
+    }
+
+    async fn answer(&self, request: Request<Incoming>) -> Response<Full<Bytes>> {
+        let (parts, mut body) = request.into_parts();
+        let mut body_len = 0;
+        while let Some(frame) = body.frame().await {
+            let Ok(frame) = frame else { break };
+            if let Some(data) = frame.data_ref() {
+                body_len += data.len();
+                if let Some(sender) = self.chunks.lock().unwrap().as_ref() {
+                    let _ = sender.send(data.len());
+                }
+            }
+        }
+        let path_and_query = parts
+            .uri
+            .path_and_query()
+            .map_or("/".into(), |pq| pq.to_string());
+        self.seen.lock().unwrap().push(Seen {
+            method: parts.method.to_string(),
+            path_and_query: path_and_query.clone(),
+            headers: parts.headers,
+            body_len,
+        });
+        if path_and_query.starts_with("/slow") {
+            tokio::time::sleep(Duration::from_secs(30)).await;
+        }
+        Response::new(Full::new(Bytes::from(format!(
+            "upstream saw {path_and_query} ({body_len} bytes)"
+        ))))
+    }
+}
