@@ -256,3 +256,19 @@ fn syntax_errors_name_the_file_and_line() {
     assert!(err.contains("test.toml"), "{err}");
     assert!(err.contains("line 1"), "{err}");
 }
+
+#[test]
+fn the_example_config_is_valid() {
+    let text = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/config/ssogate.example.toml"
+    ))
+    .unwrap();
+    // Its certificate paths are placeholders; everything else must load as written.
+    let s = load(&text, &[("SSOGATE_TLS_ENABLED", "false")]).unwrap();
+    assert_eq!(s.access.groups_claim, "permissions");
+    assert_eq!(
+        s.server.http_redirect_listen,
+        Some("0.0.0.0:8080".parse().unwrap())
+    );
+}
