@@ -283,3 +283,12 @@ async fn hostile_return_targets_become_the_root() {
         );
     }
 }
+
+#[tokio::test]
+async fn token_for_another_authorized_party_is_refused() {
+    let (world, page) = login_with_tampered_token(|_, claims| {
+        claims.insert("azp".into(), json!("another-client"));
+    })
+    .await;
+    assert_refused(&page, &world, "id token was refused").await;
+}

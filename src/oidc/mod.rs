@@ -351,13 +351,33 @@ impl Provider {
                 )
             )
         );
-        if unknown_key && self.refetch_keys_for_unknown_kid(discovered).await {
-            return id_token
-                .claims(&self.verifier(discovered), nonce)
-                .cloned()
-                .map_err(|e| LoginError::IdTokenRefused(e.to_string()));
+        let claims = if unknown_key && self.refetch_keys_for_unknown_kid(discovered).await {
+            id_token.claims(&self.verifier(discovered), nonce).cloned()
+        } else {
+            first
         }
-        first.map_err(|e| LoginError::IdTokenRefused(e.to_string()))
+        .map_err(|e| LoginError::IdTokenRefused(e.to_string()))?;
+        self.check_authorized_party(&claims)?;
+        Ok(claims)
+    }
+
+    /// OIDC Core 3.1.3.7 steps 4 and 5, which openidconnect leaves out: with several
+    /// audiences `azp` must be present, and when present it must be our client id.
+    fn check_authorized_party(
+        &self,
+        claims: &openidconnect::IdTokenClaims<ExtraClaims, CoreGenderClaim>,
+    ) -> Result<(), LoginError> {
+        let client_id = self.settings.client_id.as_str();
+        match claims.authorized_party() {
+            Some(azp) if azp.as_str() != client_id => Err(LoginError::IdTokenRefused(format!(
+                "Invalid authorized party: `azp` is `{}`, not this client `{client_id}`",
+                azp.as_str()
+            ))),
+            None if claims.audiences().len() > 1 => Err(LoginError::IdTokenRefused(
+                "Invalid authorized party: several audiences but no `azp`".into(),
+            )),
+            _ => Ok(()),
+        }
     }
 
     /// The ID-token verifier over the current key set: issuer, audience, `azp`,

@@ -75,7 +75,10 @@ impl TestUpstream {
         self.requests().pop().expect("the upstream saw a request")
     }
 
-    async fn answer(&self, request: Request<Incoming>) -> Response<Full<Bytes>> {
+    async fn answer(&self, mut request: Request<Incoming>) -> Response<Full<Bytes>> {
+        if request.headers().contains_key(http::header::UPGRADE) {
+            return self.echo_upgrade(&mut request);
+        }
         let (parts, mut body) = request.into_parts();
         let mut body_len = 0;
         while let Some(frame) = body.frame().await {
@@ -100,8 +103,39 @@ impl TestUpstream {
         if path_and_query.starts_with("/slow") {
             tokio::time::sleep(Duration::from_secs(30)).await;
         }
+        if path_and_query.starts_with("/delay") {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
         Response::new(Full::new(Bytes::from(format!(
             "upstream saw {path_and_query} ({body_len} bytes)"
         ))))
+    }
+
+    /// Accepts any upgrade with 101 and then echoes every byte back.
+    fn echo_upgrade(&self, request: &mut Request<Incoming>) -> Response<Full<Bytes>> {
+        self.seen.lock().unwrap().push(Seen {
+            method: request.method().to_string(),
+            path_and_query: request.uri().to_string(),
+            headers: request.headers().clone(),
+            body_len: 0,
+        });
+        let protocol = request.headers()[http::header::UPGRADE].clone();
+        let on_upgrade = hyper::upgrade::on(request);
+        tokio::spawn(async move {
+            if let Ok(upgraded) = on_upgrade.await {
+                let (mut reader, mut writer) = tokio::io::split(TokioIo::new(upgraded));
+                let _ = tokio::io::copy(&mut reader, &mut writer).await;
+            }
+        });
+        let mut response = Response::new(Full::new(Bytes::new()));
+        *response.status_mut() = http::StatusCode::SWITCHING_PROTOCOLS;
+        response
+            .headers_mut()
+            .insert(http::header::UPGRADE, protocol);
+        response.headers_mut().insert(
+            http::header::CONNECTION,
+            http::HeaderValue::from_static("upgrade"),
+        );
+        response
     }
 }
