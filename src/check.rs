@@ -47,6 +47,7 @@ pub async fn run(config: Option<&Path>) -> bool {
     };
     let shown = config.map_or("environment only".to_owned(), |p| p.display().to_string());
     report.step("config", Ok(shown));
+    print_rules(&settings);
     report.step(
         "tls",
         tls::server_config(&settings.tls)
@@ -109,6 +110,19 @@ pub async fn run(config: Option<&Path>) -> bool {
         println!("all checks passed");
     }
     report.failures == 0
+}
+
+/// The effective route table, in the order rules are tried.
+fn print_rules(settings: &Settings) {
+    let access = &settings.access;
+    println!(
+        "     route rules (first match wins; preset: {}):",
+        access.preset.as_deref().unwrap_or("none")
+    );
+    for rule in &access.rules {
+        println!("       {}", crate::policy::describe(rule));
+    }
+    println!("       authenticated *        (everything else)");
 }
 
 async fn reach_upstream(settings: &Settings) -> Result<String, String> {

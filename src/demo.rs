@@ -76,6 +76,8 @@ client_secret = "{client_secret}"
 provider_name = "the demo provider"
 [session]
 secrets = ["{secret}"]
+[access]
+preset = "sentry"
 "#,
         issuer = provider.issuer(),
         client_id = client.client_id,

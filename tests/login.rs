@@ -272,7 +272,7 @@ async fn hostile_return_targets_become_the_root() {
         "https://evil.example/",
         "//evil.example",
         "/\\evil.example",
-        "/%2F%2Fevil.example",
+        "https://127.0.0.1.evil.example/",
     ] {
         let mut browser = world.browser();
         let landed = browser.login(rd, "alice", PASSWORD).await;

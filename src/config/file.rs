@@ -19,6 +19,8 @@ pub struct ServerSection {
     pub header_read_timeout: Option<String>,
     #[serde(deserialize_with = "flex::text")]
     pub shutdown_grace: Option<String>,
+    #[serde(deserialize_with = "flex::list")]
+    pub allowed_redirect_hosts: Option<Vec<String>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -100,6 +102,27 @@ pub struct AccessSection {
     pub required_groups: Option<Vec<String>>,
     #[serde(deserialize_with = "flex::bool")]
     pub require_email_verified: Option<bool>,
+    pub allowed_emails_file: Option<String>,
+    pub preset: Option<String>,
+    pub rules: Option<Vec<RuleSection>>,
+}
+
+/// One `[[access.rules]]` entry.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RuleSection {
+    pub name: Option<String>,
+    #[serde(deserialize_with = "flex::list")]
+    pub methods: Option<Vec<String>>,
+    pub path: Option<String>,
+    pub action: Option<String>,
+    pub when_header: Option<String>,
+    #[serde(deserialize_with = "flex::list")]
+    pub allowed_groups: Option<Vec<String>>,
+    #[serde(deserialize_with = "flex::list")]
+    pub allowed_email_domains: Option<Vec<String>>,
+    #[serde(deserialize_with = "flex::list")]
+    pub allowed_emails: Option<Vec<String>>,
 }
 
 /// Deserializers that take the native TOML type or its spelling as a string.

@@ -20,6 +20,8 @@ use url::Url;
 
 pub use duration::parse_duration;
 
+use crate::policy::{Action, AllowedHosts, Requirements, RouteRule, sentry_preset};
+
 /// The sections of the file, also the `<SECTION>` part of `SSOGATE_<SECTION>_<KEY>`.
 const SECTIONS: [&str; 7] = [
     "server",
@@ -90,6 +92,8 @@ pub struct ServerSettings {
     pub header_read_timeout: Duration,
     /// How long in-flight requests may take to finish after SIGTERM/SIGINT.
     pub shutdown_grace: Duration,
+    /// Hosts besides this one that return targets (`rd`) may point to.
+    pub allowed_redirect_hosts: AllowedHosts,
 }
 
 #[derive(Clone, Debug)]
@@ -164,7 +168,7 @@ impl IdentityHeaderNames {
     }
 }
 
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, Default)]
 pub struct AccessSettings {
     /// Lower-case domains; empty means any domain.
     pub allowed_email_domains: Vec<String>,
@@ -174,6 +178,12 @@ pub struct AccessSettings {
     /// Any one of these admits; empty means no group is required.
     pub required_groups: Vec<String>,
     pub require_email_verified: bool,
+    /// A file of allowed addresses, one per line, reloaded when it changes.
+    pub allowed_emails_file: Option<PathBuf>,
+    /// `"sentry"` when the Sentry preset is on.
+    pub preset: Option<String>,
+    /// Route rules in order: the operator's, then the preset's.
+    pub rules: Vec<RouteRule>,
 }
 
 impl Settings {
@@ -285,7 +295,7 @@ fn validate(mut table: toml::Table) -> Result<Settings, ConfigError> {
         oidc: validate_oidc(oidc)?,
         session: validate_session(session)?,
         identity_headers: validate_identity_headers(headers)?,
-        access: validate_access(access),
+        access: validate_access(access)?,
     })
 }
 
@@ -394,6 +404,9 @@ fn validate_server(
             server.shutdown_grace,
             Duration::from_secs(30),
         )?,
+        allowed_redirect_hosts: AllowedHosts::new(
+            server.allowed_redirect_hosts.unwrap_or_default(),
+        ),
     })
 }
 
@@ -690,21 +703,111 @@ fn validate_identity_headers(
     })
 }
 
-fn validate_access(access: file::AccessSection) -> AccessSettings {
-    let lower = |list: Option<Vec<String>>| -> Vec<String> {
-        list.unwrap_or_default()
-            .into_iter()
-            .map(|s| s.trim().trim_start_matches('@').to_ascii_lowercase())
-            .filter(|s| !s.is_empty())
-            .collect()
+fn lower_list(list: Option<Vec<String>>) -> Vec<String> {
+    list.unwrap_or_default()
+        .into_iter()
+        .map(|s| s.trim().trim_start_matches('@').to_ascii_lowercase())
+        .filter(|s| !s.is_empty())
+        .collect()
+}
+
+fn validate_access(access: file::AccessSection) -> Result<AccessSettings, ConfigError> {
+    let mut rules = access
+        .rules
+        .unwrap_or_default()
+        .into_iter()
+        .enumerate()
+        .map(|(i, rule)| validate_rule(i, rule))
+        .collect::<Result<Vec<_>, _>>()?;
+    let preset = match access.preset.as_deref().map(str::trim) {
+        None | Some("") | Some("none") => None,
+        Some("sentry") => {
+            rules.extend(sentry_preset());
+            Some("sentry".to_owned())
+        }
+        Some(other) => {
+            return Err(key_error(
+                "access.preset",
+                format!("`{other}` is not a preset; the presets are \"sentry\" and \"none\""),
+            ));
+        }
     };
-    AccessSettings {
-        allowed_email_domains: lower(access.allowed_email_domains),
-        allowed_emails: lower(access.allowed_emails),
+    Ok(AccessSettings {
+        allowed_email_domains: lower_list(access.allowed_email_domains),
+        allowed_emails: lower_list(access.allowed_emails),
         groups_claim: access.groups_claim.unwrap_or_else(|| "groups".into()),
         required_groups: access.required_groups.unwrap_or_default(),
         require_email_verified: access.require_email_verified.unwrap_or(true),
+        allowed_emails_file: existing_file(
+            "access.allowed_emails_file",
+            access.allowed_emails_file,
+        )?,
+        preset,
+        rules,
+    })
+}
+
+fn validate_rule(index: usize, rule: file::RuleSection) -> Result<RouteRule, ConfigError> {
+    let key = |field: &str| format!("access.rules[{index}].{field}");
+    let pattern = rule.path.ok_or_else(|| {
+        key_error(
+            key("path"),
+            "missing: a regular expression over the normalised path, e.g. \"^/status/\"",
+        )
+    })?;
+    let path = regex::Regex::new(&pattern).map_err(|e| {
+        key_error(
+            key("path"),
+            format!("`{pattern}` is not a regular expression: {e}"),
+        )
+    })?;
+    let methods = rule
+        .methods
+        .unwrap_or_default()
+        .iter()
+        .map(|m| {
+            http::Method::from_bytes(m.trim().to_ascii_uppercase().as_bytes())
+                .map_err(|_| key_error(key("methods"), format!("`{m}` is not an HTTP method")))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let action = match rule.action.as_deref().unwrap_or("authenticated") {
+        "public" => Action::Public,
+        "authenticated" => Action::Authenticated,
+        other => {
+            return Err(key_error(
+                key("action"),
+                format!("`{other}` is not an action; use \"public\" or \"authenticated\""),
+            ));
+        }
+    };
+    let when_header = rule
+        .when_header
+        .map(|h| {
+            HeaderName::from_bytes(h.trim().as_bytes())
+                .map_err(|_| key_error(key("when_header"), format!("`{h}` is not a header name")))
+        })
+        .transpose()?;
+    let requirements = Requirements {
+        allowed_groups: rule.allowed_groups.unwrap_or_default(),
+        allowed_email_domains: lower_list(rule.allowed_email_domains),
+        allowed_emails: lower_list(rule.allowed_emails),
+    };
+    if action == Action::Public && !requirements.is_empty() {
+        return Err(key_error(
+            key("action"),
+            "a public rule cannot have allowed_groups / allowed_email_domains / allowed_emails (nobody is signed in on a public route)",
+        ));
     }
+    Ok(RouteRule {
+        name: rule
+            .name
+            .unwrap_or_else(|| format!("access.rules[{index}]")),
+        methods,
+        path,
+        when_header,
+        action,
+        requirements,
+    })
 }
 
 #[cfg(test)]

@@ -17,7 +17,7 @@ use super::request::{param, query_params};
 use super::{Gateway, redirect, urlencode};
 use crate::oidc::LoginError;
 use crate::pages::{self, Link, Page};
-use crate::policy::safe_return_path;
+use crate::policy::return_target_or_root;
 use crate::proxy::{ResponseBody, boxed};
 use crate::session::{LOGIN_TIMEOUT, Session, new_session_id};
 
@@ -30,9 +30,16 @@ impl Gateway {
         format!("{}_csrf_{prefix}", self.settings.session.cookie_name)
     }
 
+    /// The validated `rd` parameter as an absolute URL; the start page when absent
+    /// or unsafe.
     fn return_target(&self, request: &Request<Incoming>) -> String {
         let params = query_params(request, &[]).unwrap_or_default();
-        safe_return_path(param(&params, "rd").unwrap_or("/"))
+        let server = &self.settings.server;
+        return_target_or_root(
+            param(&params, "rd").unwrap_or("/"),
+            &server.public_url,
+            &server.allowed_redirect_hosts,
+        )
     }
 
     pub(super) fn sign_in_page(&self, request: &Request<Incoming>) -> Response<ResponseBody> {
@@ -204,18 +211,25 @@ impl Gateway {
     }
 
     /// Ends the session here, then at the provider (RP-initiated logout) when it can.
+    /// Without a provider logout, `rd` (validated like every return target) says where
+    /// to go; otherwise the provider returns the browser to `oidc.post_logout_path`.
     pub(super) async fn sign_out(&self, request: &Request<Incoming>) -> Response<ResponseBody> {
         let session = self.session_of(request.headers()).await;
         let post_logout = self.public_url(&self.settings.oidc.post_logout_path);
-        let location = match &session {
+        let provider_logout = match &session {
             Some((id, session)) => {
                 self.sessions.remove(id).await;
                 tracing::info!(sub = %session.identity.sub, "signed out");
                 self.provider
-                    .end_session_url(&session.id_token, post_logout)
-                    .map_or_else(|| self.settings.oidc.post_logout_path.clone(), String::from)
+                    .end_session_url(&session.id_token, post_logout.clone())
             }
-            None => self.settings.oidc.post_logout_path.clone(),
+            None => None,
+        };
+        let has_rd = query_params(request, &[]).is_ok_and(|p| param(&p, "rd").is_some());
+        let location = match provider_logout {
+            Some(url) => url.to_string(),
+            None if has_rd => self.return_target(request),
+            None => post_logout.to_string(),
         };
         let mut response = redirect(&location);
         append_cookie(
@@ -224,6 +238,41 @@ impl Gateway {
                 .cookies
                 .removal(&self.settings.session.cookie_name, "/"),
         );
+        response
+    }
+
+    /// Forward-auth for nginx `auth_request` or Traefik ForwardAuth: 202 with the
+    /// identity in response headers when the cookie holds a session that the access
+    /// rules (and `?allowed_groups=a,b`, any one) admit; 401 without a session, 403
+    /// when refused.
+    pub(super) async fn forward_auth(&self, request: &Request<Incoming>) -> Response<ResponseBody> {
+        let Some((_, session)) = self.session_of(request.headers()).await else {
+            return pages::json(
+                StatusCode::UNAUTHORIZED,
+                &serde_json::json!({"error": "unauthorized"}),
+            )
+            .map(boxed);
+        };
+        let params = query_params(request, &["allowed_groups"]).unwrap_or_default();
+        let wanted: Vec<String> = param(&params, "allowed_groups")
+            .map(crate::oidc::string_list_from_text)
+            .unwrap_or_default();
+        let refusal = self.authorize(&session, None).err().or_else(|| {
+            let admitted =
+                wanted.is_empty() || session.identity.groups.iter().any(|g| wanted.contains(g));
+            (!admitted).then(|| {
+                crate::policy::Refusal(format!("allowed_groups: none of {}", wanted.join(", ")))
+            })
+        });
+        if let Some(refusal) = refusal {
+            return pages::json(
+                StatusCode::FORBIDDEN,
+                &serde_json::json!({"error": "forbidden", "rule": refusal.0}),
+            )
+            .map(boxed);
+        }
+        let mut response = pages::text(StatusCode::ACCEPTED, "").map(boxed);
+        self.set_identity_headers(response.headers_mut(), &session);
         response
     }
 

@@ -22,12 +22,16 @@ use crate::config::Settings;
 use crate::oidc::{PendingLogin, Provider, ProviderHttp};
 use crate::outbound;
 use crate::pages::{self, Link, Page};
-use crate::policy;
+use crate::policy::{self, Action, EmailFile, RouteRule};
 use crate::proxy::headers::{self, ForwardedFacts};
 use crate::proxy::{ResponseBody, Upstream, boxed};
 use crate::session::{CookieCodec, LOGIN_TIMEOUT, Session, SessionStore};
 
 pub use request::is_navigation;
+
+/// Headers that some backends take as the request path (IIS, Symfony, nginx setups).
+/// A client must never choose the path the upstream acts on, so they are removed.
+const PATH_OVERRIDE_HEADERS: [&str; 3] = ["x-original-url", "x-rewrite-url", "x-forwarded-uri"];
 
 /// Logins in flight at once (state entries kept server-side).
 const MAX_PENDING_LOGINS: u64 = 100_000;
@@ -38,6 +42,8 @@ pub enum GatewayError {
     UpstreamTls(#[source] outbound::OutboundTlsError),
     #[error("provider TLS: {0}")]
     ProviderTls(#[source] outbound::OutboundTlsError),
+    #[error("access.allowed_emails_file {0}: {1}")]
+    EmailFile(String, #[source] std::io::Error),
     #[error("the callback URL cannot be built from server.public_url and oidc.callback_path: {0}")]
     CallbackUrl(url::ParseError),
 }
@@ -49,8 +55,10 @@ pub struct Gateway {
     sessions: SessionStore,
     pending_logins: Cache<String, Arc<PendingLogin>>,
     cookies: CookieCodec,
-    /// Identity header names folded (lower case, `_` as `-`) for stripping.
-    identity_header_folds: Vec<String>,
+    /// Folded names (lower case, `_` as `-`) of incoming headers always removed: the
+    /// identity headers, and the path overrides some backends honour.
+    stripped_header_folds: Vec<String>,
+    allowed_emails_file: Option<Arc<EmailFile>>,
 }
 
 impl Gateway {
@@ -75,11 +83,23 @@ impl Gateway {
             settings.access.groups_claim.clone(),
             ProviderHttp::new(provider_connector, settings.oidc.http_timeout),
         );
-        let identity_header_folds = settings
+        let stripped_header_folds = settings
             .identity_headers
             .iter()
-            .map(|name| headers::folded_name(name.as_str()))
+            .map(|name| name.as_str())
+            .chain(PATH_OVERRIDE_HEADERS)
+            .map(headers::folded_name)
             .collect();
+        let allowed_emails_file = settings
+            .access
+            .allowed_emails_file
+            .as_deref()
+            .map(|path| {
+                EmailFile::load(path)
+                    .map(Arc::new)
+                    .map_err(|e| GatewayError::EmailFile(path.display().to_string(), e))
+            })
+            .transpose()?;
         Ok(Self {
             upstream: Upstream::new(&settings.upstream, upstream_connector),
             provider: Arc::new(provider),
@@ -92,7 +112,8 @@ impl Gateway {
                 &settings.session.secrets,
                 settings.server.public_url.scheme() == "https",
             ),
-            identity_header_folds,
+            stripped_header_folds,
+            allowed_emails_file,
             settings,
         })
     }
@@ -108,6 +129,9 @@ impl Gateway {
     /// Loads provider metadata now; on failure keeps retrying in the background
     /// (logins answer 503 meanwhile, everything else keeps working).
     pub async fn start_discovery(self: &Arc<Self>) {
+        if let Some(file) = &self.allowed_emails_file {
+            file.watch();
+        }
         if let Err(e) = self.provider.discover().await {
             tracing::error!(issuer = %self.settings.oidc.issuer, error = %e, "identity provider not available; retrying in the background");
             let provider = self.provider.clone();
@@ -135,47 +159,85 @@ impl Gateway {
         mut request: Request<Incoming>,
         peer: SocketAddr,
     ) -> Response<ResponseBody> {
-        // normalise: nothing the client sent may pose as identity.
-        headers::remove_folded(request.headers_mut(), &self.identity_header_folds);
+        // normalise: nothing the client sent may pose as identity or as the path, and
+        // from here on the path is the canonical one, matched and forwarded alike.
+        headers::remove_folded(request.headers_mut(), &self.stripped_header_folds);
+        if let Err(e) = request::canonicalize_path(&mut request) {
+            tracing::info!(path = %request.uri().path(), error = %e, "request refused: bad path");
+            return self.page(
+                StatusCode::BAD_REQUEST,
+                "Bad request",
+                &format!("The address cannot be used: {e}."),
+            );
+        }
 
-        // route: the gateway's own endpoints first.
+        // route: the gateway's own endpoints, then the rules.
         let path = request.uri().path();
         let oidc = &self.settings.oidc;
         match path {
-            "/ping" => pages::text(StatusCode::OK, "OK\n").map(boxed),
-            "/ready" => self.ready().await,
-            "/oauth2/sign_in" => self.sign_in_page(&request),
-            "/oauth2/start" => self.start_login(&request).await,
-            "/oauth2/sign_out" => self.sign_out(&request).await,
-            "/oauth2/userinfo" => self.userinfo(&request).await,
-            p if p == oidc.callback_path => self.callback(&request).await,
-            p if p.starts_with("/oauth2/") => self.page(
-                StatusCode::NOT_FOUND,
-                "Not found",
-                "This gateway has no such page.",
-            ),
-            _ => self.protected(request, peer).await,
+            "/ping" => return pages::text(StatusCode::OK, "OK\n").map(boxed),
+            "/ready" => return self.ready().await,
+            "/oauth2/sign_in" => return self.sign_in_page(&request),
+            "/oauth2/start" => return self.start_login(&request).await,
+            "/oauth2/sign_out" => return self.sign_out(&request).await,
+            "/oauth2/userinfo" => return self.userinfo(&request).await,
+            "/oauth2/auth" => return self.forward_auth(&request).await,
+            p if p == oidc.callback_path => return self.callback(&request).await,
+            p if p.starts_with("/oauth2/") => {
+                return self.page(
+                    StatusCode::NOT_FOUND,
+                    "Not found",
+                    "This gateway has no such page.",
+                );
+            }
+            _ => {}
         }
-    }
+        let rule = policy::first_match(
+            &self.settings.access.rules,
+            request.method(),
+            path,
+            request.headers(),
+        );
+        if rule.is_some_and(|r| r.action == Action::Public) {
+            return self.forward(request, peer, None).await;
+        }
 
-    /// authenticate, authorise, forward.
-    async fn protected(
-        &self,
-        mut request: Request<Incoming>,
-        peer: SocketAddr,
-    ) -> Response<ResponseBody> {
+        // authenticate, authorise.
         let Some((_, session)) = self.session_of(request.headers()).await else {
             return self.unauthenticated(&request);
         };
-        if let Err(refusal) = policy::authorize(&session.identity, &self.settings.access) {
-            tracing::info!(sub = %session.identity.sub, email = ?session.identity.email, rule = %refusal.0, "access refused");
+        if let Err(refusal) = self.authorize(&session, rule) {
             return self.refused(&session, &refusal);
         }
+        self.forward(request, peer, Some(&session)).await
+    }
+
+    /// Global access rules and the route's own; logs refusals.
+    fn authorize(
+        &self,
+        session: &Session,
+        rule: Option<&RouteRule>,
+    ) -> Result<(), policy::Refusal> {
+        let file_emails = self.allowed_emails_file.as_ref().map(|f| f.current());
+        policy::authorize(&session.identity, &self.settings.access, file_emails.as_deref(), rule).inspect_err(|refusal| {
+            tracing::info!(sub = %session.identity.sub, email = ?session.identity.email, rule = %refusal.0, "access refused");
+        })
+    }
+
+    /// forward: the gateway's cookies out, identity (if any) and `X-Forwarded-*` in.
+    async fn forward(
+        &self,
+        mut request: Request<Incoming>,
+        peer: SocketAddr,
+        session: Option<&Session>,
+    ) -> Response<ResponseBody> {
         let host = request::host(&request).map(str::to_owned);
         let headers = request.headers_mut();
         let cookie_name = &self.settings.session.cookie_name;
         headers::remove_cookies(headers, |name| self.is_gateway_cookie(name, cookie_name));
-        self.set_identity_headers(headers, &session);
+        if let Some(session) = session {
+            self.set_identity_headers(headers, session);
+        }
         let peer_is_trusted = self
             .settings
             .server

@@ -4,6 +4,8 @@
 use http::Request;
 use http::header::{ACCEPT, HOST};
 
+use crate::policy::{PathError, normalize_path};
+
 /// True for a top-level browser navigation, which may be redirected to the sign-in.
 /// Everything else (fetch/XHR, API paths, JSON clients, non-GET) must get a 401, or
 /// the Sentry app would follow a redirect cross-origin and break (SENTRY.md section 2).
@@ -34,6 +36,23 @@ pub fn host<B>(request: &Request<B>) -> Option<&str> {
         .get(HOST)
         .and_then(|v| v.to_str().ok())
         .or_else(|| request.uri().authority().map(|a| a.as_str()))
+}
+
+/// Replaces the request's path with its canonical form ([`normalize_path`]), keeping
+/// the query as sent. Everything after this sees, and forwards, the canonical path.
+pub fn canonicalize_path<B>(request: &mut Request<B>) -> Result<(), PathError> {
+    let canonical = normalize_path(request.uri().path())?;
+    if canonical == request.uri().path() {
+        return Ok(());
+    }
+    let path_and_query = match request.uri().query() {
+        Some(query) => format!("{canonical}?{query}"),
+        None => canonical,
+    };
+    let mut parts = request.uri().clone().into_parts();
+    parts.path_and_query = Some(path_and_query.parse().map_err(|_| PathError::NotAbsolute)?);
+    *request.uri_mut() = http::Uri::from_parts(parts).map_err(|_| PathError::NotAbsolute)?;
+    Ok(())
 }
 
 /// Query parameters, refusing a repeated parameter among `single` (a duplicated

@@ -1,5 +1,18 @@
-//! Who may pass, and where people may be sent back to. Pure functions over the
-//! identity and the settings: no I/O, no state.
+//! Who may pass, which requests need no session, and where people may be sent back
+//! to. Pure decisions over the identity, the canonical path and the settings; the only
+//! I/O is the reloadable email file.
+
+mod emails;
+mod path;
+mod redirect;
+mod rules;
+
+use std::collections::HashSet;
+
+pub use emails::EmailFile;
+pub use path::{PathError, normalize_path};
+pub use redirect::{AllowedHosts, return_target_or_root, validate_return_target};
+pub use rules::{Action, Requirements, RouteRule, describe, first_match, sentry_preset};
 
 use crate::config::AccessSettings;
 use crate::session::Identity;
@@ -8,18 +21,53 @@ use crate::session::Identity;
 #[derive(Debug, PartialEq, Eq)]
 pub struct Refusal(pub String);
 
-/// Checks the global access rules. Each configured kind of rule must admit the person:
-/// verified email (unless turned off), email domain or email list (either admits),
-/// and at least one of the required groups.
-pub fn authorize(identity: &Identity, access: &AccessSettings) -> Result<(), Refusal> {
-    let restricts_email =
-        !access.allowed_email_domains.is_empty() || !access.allowed_emails.is_empty();
+/// One set of requirements and where it comes from (for the refusal message).
+struct Check<'a> {
+    source: &'a str,
+    groups: &'a [String],
+    domains: &'a [String],
+    emails: &'a [String],
+    file_emails: Option<&'a HashSet<String>>,
+}
+
+/// Checks the global access rules, then the matched route's own requirements.
+pub fn authorize(
+    identity: &Identity,
+    access: &AccessSettings,
+    file_emails: Option<&HashSet<String>>,
+    route: Option<&RouteRule>,
+) -> Result<(), Refusal> {
+    let global = Check {
+        source: "access",
+        groups: &access.required_groups,
+        domains: &access.allowed_email_domains,
+        emails: &access.allowed_emails,
+        file_emails,
+    };
+    check(identity, &global, access)?;
+    if let Some(route) = route {
+        let source = format!("access.rules `{}`", route.name);
+        let r = &route.requirements;
+        let local = Check {
+            source: &source,
+            groups: &r.allowed_groups,
+            domains: &r.allowed_email_domains,
+            emails: &r.allowed_emails,
+            file_emails: None,
+        };
+        check(identity, &local, access)?;
+    }
+    Ok(())
+}
+
+fn check(identity: &Identity, c: &Check<'_>, access: &AccessSettings) -> Result<(), Refusal> {
+    let source = c.source;
+    let restricts_email = !c.domains.is_empty() || !c.emails.is_empty() || c.file_emails.is_some();
     if restricts_email {
         let Some(email) = identity.email.as_deref() else {
-            return Err(Refusal(
-                "access.allowed_email_domains / allowed_emails: your account has no email address"
-                    .into(),
-            ));
+            return Err(Refusal(format!(
+                "{source}.allowed_email_domains / allowed_emails: your account has no email address"
+            )));
         };
         if access.require_email_verified && !identity.email_verified {
             return Err(Refusal(format!(
@@ -27,58 +75,38 @@ pub fn authorize(identity: &Identity, access: &AccessSettings) -> Result<(), Ref
             )));
         }
         let email = email.to_ascii_lowercase();
-        let listed = access.allowed_emails.contains(&email);
-        let domain_ok = email_domain(&email)
-            .is_some_and(|d| access.allowed_email_domains.iter().any(|a| a == d));
+        let listed = c.emails.contains(&email) || c.file_emails.is_some_and(|f| f.contains(&email));
+        let domain_ok = email_domain(&email).is_some_and(|d| c.domains.iter().any(|a| a == d));
         if !listed && !domain_ok {
             return Err(Refusal(format!(
-                "access.allowed_email_domains / allowed_emails: {email} is not allowed"
+                "{source}.allowed_email_domains / allowed_emails: {email} is not allowed"
             )));
         }
     }
-    if !access.required_groups.is_empty()
-        && !identity
-            .groups
-            .iter()
-            .any(|g| access.required_groups.contains(g))
-    {
+    if !c.groups.is_empty() && !identity.groups.iter().any(|g| c.groups.contains(g)) {
         return Err(Refusal(format!(
-            "access.required_groups: the `{}` claim has none of {}",
+            "{source} groups: the `{}` claim has none of {}",
             access.groups_claim,
-            access.required_groups.join(", ")
+            c.groups.join(", ")
         )));
     }
     Ok(())
 }
 
-/// The domain of a syntactically plausible address: the part after the last `@`,
-/// with a non-empty local part and no whitespace or further `@` tricks in the domain.
+/// The domain of a syntactically valid address, compared exactly by the callers: the
+/// part after the `@`. Valid means one unquoted `@` (so `a@evil.com@corp.com` is not an
+/// address of corp.com), a non-empty local part without whitespace or control
+/// characters, and a domain of non-empty labels of letters, digits and `-`.
 pub fn email_domain(email: &str) -> Option<&str> {
     let (local, domain) = email.rsplit_once('@')?;
-    let plausible = !local.is_empty()
+    let valid = !local.is_empty()
+        && !local.contains(['@', '"'])
+        && !local.chars().any(|c| c.is_whitespace() || c.is_control())
         && !domain.is_empty()
-        && !email.chars().any(|c| c.is_whitespace() || c.is_control())
-        && domain.split('.').all(|label| !label.is_empty());
-    plausible.then_some(domain)
-}
-
-/// A return target that stays on this origin: an absolute path, or `/` when the
-/// target is anything else (another host, a scheme, `//`, backslashes, control
-/// characters, or any of these hidden behind percent-encoding).
-pub fn safe_return_path(target: &str) -> String {
-    let decoded = percent_encoding::percent_decode_str(target).decode_utf8_lossy();
-    let looks_safe = |s: &str| {
-        s.starts_with('/')
-            && !s.starts_with("//")
-            && !s.contains('\\')
-            && !s.chars().any(|c| c.is_control() || c.is_whitespace())
-            && !s[1..].starts_with(['/', '\\'])
-    };
-    if looks_safe(target) && looks_safe(&decoded) {
-        target.to_owned()
-    } else {
-        "/".to_owned()
-    }
+        && domain.split('.').all(|label| {
+            !label.is_empty() && label.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
+        });
+    valid.then_some(domain)
 }
 
 #[cfg(test)]
@@ -104,79 +132,113 @@ mod tests {
             groups_claim: "permissions".into(),
             required_groups: groups.iter().map(|s| s.to_string()).collect(),
             require_email_verified: true,
+            ..AccessSettings::default()
         }
+    }
+
+    fn allowed(identity: &Identity, rules: &AccessSettings) -> Result<(), Refusal> {
+        authorize(identity, rules, None, None)
     }
 
     #[test]
     fn domain_is_compared_exactly_after_the_last_at() {
         let rules = access(&["corp.com"], &[], &[]);
-        assert!(authorize(&person("a@corp.com", true, &[]), &rules).is_ok());
-        assert!(authorize(&person("A@CORP.COM", true, &[]), &rules).is_ok());
+        assert!(allowed(&person("a@corp.com", true, &[]), &rules).is_ok());
+        assert!(allowed(&person("A@CORP.COM", true, &[]), &rules).is_ok());
         for bad in [
+            "a@evil.com@corp.com",
+            "a@corp.com@evil.com",
             "a@evil.com@corp.com.evil",
             "a@evilcorp.com",
             "a@sub.corp.com",
             "a@corp.com.evil",
             "@corp.com",
             "a@evil.com",
+            "a b@corp.com",
+            "a@corp..com",
         ] {
             assert!(
-                authorize(&person(bad, true, &[]), &rules).is_err(),
+                allowed(&person(bad, true, &[]), &rules).is_err(),
                 "{bad} must be refused"
             );
         }
     }
 
     #[test]
+    fn only_syntactically_valid_addresses_have_a_domain() {
+        assert_eq!(email_domain("a.b+c@corp.com"), Some("corp.com"));
+        assert_eq!(
+            email_domain("a@corp.com.evil.com"),
+            Some("corp.com.evil.com")
+        );
+        for invalid in [
+            "a@evil.com@corp.com",
+            "\"a@evil.com\"@corp.com",
+            "a@",
+            "@corp.com",
+            "a@corp..com",
+            "a@corp.com/x",
+            "a\n@corp.com",
+        ] {
+            assert_eq!(email_domain(invalid), None, "{invalid:?}");
+        }
+    }
+
+    #[test]
     fn unverified_email_is_refused_unless_allowed() {
         let mut rules = access(&["corp.com"], &[], &[]);
-        let refusal = authorize(&person("a@corp.com", false, &[]), &rules).unwrap_err();
+        let refusal = allowed(&person("a@corp.com", false, &[]), &rules).unwrap_err();
         assert!(refusal.0.contains("require_email_verified"));
         rules.require_email_verified = false;
-        assert!(authorize(&person("a@corp.com", false, &[]), &rules).is_ok());
+        assert!(allowed(&person("a@corp.com", false, &[]), &rules).is_ok());
     }
 
     #[test]
     fn every_rule_kind_refuses_an_outsider() {
         let outsider = person("x@other.org", true, &["viewer"]);
-        let by_domain = authorize(&outsider, &access(&["corp.com"], &[], &[])).unwrap_err();
+        let by_domain = allowed(&outsider, &access(&["corp.com"], &[], &[])).unwrap_err();
         assert!(by_domain.0.contains("allowed_email_domains"));
-        let by_email = authorize(&outsider, &access(&[], &["boss@corp.com"], &[])).unwrap_err();
+        let by_email = allowed(&outsider, &access(&[], &["boss@corp.com"], &[])).unwrap_err();
         assert!(by_email.0.contains("allowed_emails"));
-        let by_group = authorize(&outsider, &access(&[], &[], &["sentry:admin"])).unwrap_err();
+        let by_group = allowed(&outsider, &access(&[], &[], &["sentry:admin"])).unwrap_err();
         assert!(by_group.0.contains("permissions"));
+        let file: HashSet<String> = ["boss@corp.com".to_string()].into();
+        let by_file = authorize(&outsider, &access(&[], &[], &[]), Some(&file), None).unwrap_err();
+        assert!(by_file.0.contains("allowed_emails"));
         assert!(
             authorize(
-                &person("boss@corp.com", true, &["sentry:admin"]),
-                &access(&[], &["boss@corp.com"], &["sentry:admin"])
+                &person("boss@corp.com", true, &[]),
+                &access(&[], &[], &[]),
+                Some(&file),
+                None
             )
             .is_ok()
         );
     }
 
     #[test]
-    fn return_targets_stay_on_this_origin() {
-        for ok in [
-            "/",
-            "/organizations/acme/issues/?query=is%3Aunresolved",
-            "/a/b#frag",
-        ] {
-            assert_eq!(safe_return_path(ok), ok);
-        }
-        for bad in [
-            "https://evil.com",
-            "//evil.com",
-            "/\\evil.com",
-            "/%2fevil.com",
-            "/%5cevil.com",
-            "/\t/evil.com",
-            "%2F%2Fevil.com",
-            "evil.com",
-            "javascript:alert(1)",
-            "",
-            "/%09/evil.com",
-        ] {
-            assert_eq!(safe_return_path(bad), "/", "{bad:?}");
-        }
+    fn route_requirements_add_to_the_global_ones() {
+        let route = RouteRule {
+            name: "admin area".into(),
+            methods: vec![],
+            path: regex::Regex::new("^/manage/").unwrap(),
+            when_header: None,
+            action: Action::Authenticated,
+            requirements: Requirements {
+                allowed_groups: vec!["sentry:admin".into()],
+                ..Default::default()
+            },
+        };
+        let rules = access(&["corp.com"], &[], &[]);
+        let member = person("m@corp.com", true, &["sentry:member"]);
+        let refusal = authorize(&member, &rules, None, Some(&route)).unwrap_err();
+        assert!(refusal.0.contains("admin area"), "{}", refusal.0);
+        let admin = person("a@corp.com", true, &["sentry:admin"]);
+        assert!(authorize(&admin, &rules, None, Some(&route)).is_ok());
+        let outside_admin = person("a@evil.com", true, &["sentry:admin"]);
+        assert!(
+            authorize(&outside_admin, &rules, None, Some(&route)).is_err(),
+            "global rules still apply"
+        );
     }
 }

@@ -1,0 +1,149 @@
+//! The one canonical form of a request path, used both to match rules and to forward.
+//!
+//! Each segment is percent-decoded exactly once, `.` and `..` segments are resolved
+//! (after decoding, so `%2e%2e` counts), empty segments (`//`) are folded, and each
+//! segment is re-encoded with a minimal set: a decoded `/`, `\`, `?`, `#` or `%` stays
+//! encoded inside its segment, so it can never become a separator, a query or a
+//! fragment, and a double-encoded `%252e` stays inert. Control characters (`%00`,
+//! CR, LF, ...) and invalid UTF-8 are refused. The query is never part of it.
+
+use percent_encoding::{AsciiSet, CONTROLS, percent_decode_str, utf8_percent_encode};
+
+/// Characters encoded when a decoded segment is written back into a path.
+const SEGMENT: &AsciiSet = &CONTROLS
+    .add(b' ')
+    .add(b'"')
+    .add(b'#')
+    .add(b'%')
+    .add(b'/')
+    .add(b'<')
+    .add(b'>')
+    .add(b'?')
+    .add(b'\\')
+    .add(b'^')
+    .add(b'`')
+    .add(b'{')
+    .add(b'|')
+    .add(b'}');
+
+#[derive(Debug, PartialEq, Eq, thiserror::Error)]
+pub enum PathError {
+    #[error("the path does not start with /")]
+    NotAbsolute,
+    #[error("the path's percent-encoding is not valid UTF-8")]
+    InvalidUtf8,
+    #[error("the path contains a control character")]
+    ControlCharacter,
+}
+
+/// The canonical form of `raw` (a request path without its query).
+pub fn normalize_path(raw: &str) -> Result<String, PathError> {
+    let rest = raw.strip_prefix('/').ok_or(PathError::NotAbsolute)?;
+    let mut segments: Vec<String> = Vec::new();
+    let mut trailing_slash = false;
+    for raw_segment in rest.split('/') {
+        let decoded = percent_decode_str(raw_segment)
+            .decode_utf8()
+            .map_err(|_| PathError::InvalidUtf8)?;
+        if decoded.chars().any(char::is_control) {
+            return Err(PathError::ControlCharacter);
+        }
+        trailing_slash = true;
+        match decoded.as_ref() {
+            "" | "." => {}
+            ".." => {
+                segments.pop();
+            }
+            _ => {
+                segments.push(utf8_percent_encode(&decoded, SEGMENT).to_string());
+                trailing_slash = false;
+            }
+        }
+    }
+    let mut path = String::with_capacity(raw.len());
+    for segment in &segments {
+        path.push('/');
+        path.push_str(segment);
+    }
+    if trailing_slash || path.is_empty() {
+        path.push('/');
+    }
+    Ok(path)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn n(raw: &str) -> String {
+        normalize_path(raw).unwrap()
+    }
+
+    #[test]
+    fn dot_segments_and_double_slashes_go() {
+        assert_eq!(n("/"), "/");
+        assert_eq!(n("//"), "/");
+        assert_eq!(n("/a//b///c"), "/a/b/c");
+        assert_eq!(n("/a/b/"), "/a/b/");
+        assert_eq!(n("/a/./b/../c"), "/a/c");
+        assert_eq!(n("/a/.."), "/");
+        assert_eq!(n("/a/."), "/a/");
+        assert_eq!(n("/../../etc/passwd"), "/etc/passwd");
+    }
+
+    #[test]
+    fn decoding_happens_once_and_before_dot_resolution() {
+        assert_eq!(n("/_health/%2e%2e/private"), "/private");
+        assert_eq!(n("/_health/%2E%2e/private"), "/private");
+        assert_eq!(n("/%61pi/0/"), "/api/0/");
+        assert_eq!(
+            n("/a/%252e%252e/b"),
+            "/a/%252e%252e/b",
+            "double encoding stays inert"
+        );
+    }
+
+    #[test]
+    fn encoded_separators_stay_inside_their_segment() {
+        assert_eq!(n("/_static%2F..%2Fprivate"), "/_static%2F..%2Fprivate");
+        assert_eq!(n("/_health%2f"), "/_health%2F");
+        assert_eq!(n("/a%5c..%5cb"), "/a%5C..%5Cb");
+        assert_eq!(n("/private%23/_health/"), "/private%23/_health/");
+        assert_eq!(n("/private%3Fx=/_health/"), "/private%3Fx=/_health/");
+        assert_eq!(n("/_health/%23/../private"), "/_health/private");
+    }
+
+    #[test]
+    fn control_characters_and_bad_utf8_are_refused() {
+        assert_eq!(normalize_path("/a%00b"), Err(PathError::ControlCharacter));
+        assert_eq!(
+            normalize_path("/a%0d%0aSet-Cookie:x"),
+            Err(PathError::ControlCharacter)
+        );
+        assert_eq!(normalize_path("/a%ff"), Err(PathError::InvalidUtf8));
+        assert_eq!(normalize_path("a"), Err(PathError::NotAbsolute));
+    }
+
+    #[test]
+    fn unicode_is_kept_percent_encoded() {
+        assert_eq!(n("/caf%C3%A9/"), "/caf%C3%A9/");
+    }
+
+    proptest! {
+        #[test]
+        fn normal_form_is_stable_and_clean(raw in "/[a-z./%0-9A-F_~-]{0,40}") {
+            if let Ok(path) = normalize_path(&raw) {
+                prop_assert!(path.starts_with('/'));
+                prop_assert!(!path.contains("//"), "{}", path);
+                prop_assert!(path.split('/').all(|s| s != "." && s != ".."), "{}", path);
+                prop_assert_eq!(normalize_path(&path), Ok(path.clone()), "idempotent");
+            }
+        }
+
+        #[test]
+        fn any_input_is_answered_without_panicking(raw in "\\PC{0,60}") {
+            let _ = normalize_path(&raw);
+        }
+    }
+}

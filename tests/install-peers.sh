@@ -1,0 +1,55 @@
+#!/usr/bin/env bash
+# Installs the real Sentry clients that the integration tests drive
+# (tests/support/sentry_clients.rs; versions in tests/peers/README.md):
+#   - sentry-sdk from PyPI (tests/peers/requirements.txt) into target/peers/venv
+#   - @sentry/cli from npm (tests/peers/package-lock.json) into tests/peers/node_modules
+# Idempotent: a step is skipped while its stamp (a hash of its inputs) still matches.
+# Needs python3 with pip, node and npm; reaches only PyPI and the npm registry.
+set -euo pipefail
+root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+peers="$root/tests/peers"
+venv="$root/target/peers/venv"
+
+hash() { sha256sum | cut -d' ' -f1; }
+
+# --- Python: sentry-sdk ---------------------------------------------------------
+py_stamp="$venv/.ssogate-peers.stamp"
+py_want="$({ python3 -c "import sys; print(sys.executable, sys.version)"; cat "$peers/requirements.txt"; } | hash)"
+if [[ -x $venv/bin/python && -f $py_stamp && $(<"$py_stamp") == "$py_want" ]]; then
+  echo "peers: python sentry-sdk up to date ($venv)"
+else
+  rm -rf "$venv"
+  pip_opts=(--quiet --disable-pip-version-check --no-input --root-user-action=ignore)
+  if [[ -z ${PEERS_NO_VENV:-} ]] && python3 -m venv "$venv" >/dev/null 2>&1; then
+    echo "peers: pip install -r requirements.txt into a venv"
+    "$venv/bin/python" -m pip install "${pip_opts[@]}" -r "$peers/requirements.txt"
+  else
+    # No venv module (Debian without python3-venv): install into a folder and give
+    # it a launcher at the venv's usual place, so callers never need to know.
+    rm -rf "$venv"
+    echo "peers: python3 -m venv unavailable; pip install --target"
+    python3 -m pip install "${pip_opts[@]}" --target "$venv/site-packages" \
+      -r "$peers/requirements.txt"
+    mkdir -p "$venv/bin"
+    printf '#!/bin/sh\nPYTHONPATH="%s${PYTHONPATH:+:$PYTHONPATH}" exec "%s" "$@"\n' \
+      "$venv/site-packages" "$(python3 -c "import sys; print(sys.executable)")" >"$venv/bin/python"
+    chmod +x "$venv/bin/python"
+  fi
+  "$venv/bin/python" -c 'import sentry_sdk; print("peers: sentry-sdk", sentry_sdk.VERSION)'
+  echo "$py_want" >"$py_stamp"
+fi
+
+# --- Node: @sentry/cli ----------------------------------------------------------
+# The binary comes from the optional dependency @sentry/cli-linux-x64 (a registry
+# package). --ignore-scripts skips @sentry/cli's postinstall, whose only job is a
+# fallback download from Sentry's CDN when that optional package is missing.
+npm_stamp="$peers/node_modules/.ssogate-peers.stamp"
+npm_want="$({ node --version; cat "$peers/package.json" "$peers/package-lock.json"; } | hash)"
+if [[ -x $peers/node_modules/.bin/sentry-cli && -f $npm_stamp && $(<"$npm_stamp") == "$npm_want" ]]; then
+  echo "peers: npm @sentry/cli up to date ($peers/node_modules)"
+else
+  echo "peers: npm ci in tests/peers"
+  (cd "$peers" && npm ci --ignore-scripts --include=optional --no-audit --no-fund --loglevel=error)
+  echo "peers: $("$peers/node_modules/.bin/sentry-cli" --version)"
+  echo "$npm_want" >"$npm_stamp"
+fi
