@@ -121,6 +121,7 @@ async fn check_passes_against_a_live_provider_and_upstream() {
             .env("OIDC_CLIENT_ID", &settings.oidc.client_id)
             .env("OIDC_CLIENT_SECRET", &settings.oidc.client_secret)
             .env("SSOGATE_SESSION_SECRETS", &settings.session.secrets[0])
+            .env("SSOGATE_ACCESS_PRESET", "sentry")
             .output()
             .unwrap()
     })
@@ -128,6 +129,11 @@ async fn check_passes_against_a_live_provider_and_upstream() {
     .unwrap();
     let stdout = String::from_utf8_lossy(&output.stdout);
     assert!(output.status.success(), "{stdout}");
+    assert!(stdout.contains("preset: sentry"), "{stdout}");
+    assert!(
+        stdout.contains(r"^/api/0/  (only with authorization)  [sentry: token API]"),
+        "{stdout}"
+    );
     assert!(
         stdout.contains("OK   provider signing keys: 1 key(s)"),
         "{stdout}"

@@ -1,8 +1,12 @@
 #!/usr/bin/env bash
 # The whole test suite, as CI runs it: formatting, lints, unit and integration tests.
-# Installs nothing yet: every peer the tests use today runs in-process.
+# First installs the real peers some tests drive (sentry-sdk from PyPI, @sentry/cli
+# from npm), which needs python3 and npm; the rest runs in-process.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+
+echo "== peers"
+bash tests/install-peers.sh
 
 echo "== cargo fmt --check"
 cargo fmt --all -- --check

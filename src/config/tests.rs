@@ -272,3 +272,69 @@ fn the_example_config_is_valid() {
         Some("0.0.0.0:8080".parse().unwrap())
     );
 }
+
+#[test]
+fn the_sentry_config_is_valid_and_turns_the_preset_on() {
+    let text = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/config/sentry.toml"))
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let secret = dir.path().join("secret");
+    std::fs::write(&secret, SECRET).unwrap();
+    let text = text
+        .replace("/etc/ssogate/oidc-client-secret", secret.to_str().unwrap())
+        .replace("/etc/ssogate/session-secret", secret.to_str().unwrap());
+    let s = load(&text, &[("SSOGATE_TLS_ENABLED", "false")]).unwrap();
+    assert_eq!(s.access.preset.as_deref(), Some("sentry"));
+    assert_eq!(
+        s.access.rules[0].name, "Sentry admin",
+        "operator rules come first"
+    );
+    assert!(s.access.rules.len() > 10);
+}
+
+#[test]
+fn rule_mistakes_name_the_rule_and_key() {
+    let with_rule = |rule: &str| format!("{}\n[access]\n[[access.rules]]\n{rule}\n", minimal());
+    for (rule, key, fragment) in [
+        (
+            "path = \"^/(unclosed\"",
+            "access.rules[0].path",
+            "not a regular expression",
+        ),
+        ("name = \"x\"", "access.rules[0].path", "missing"),
+        (
+            "path = \"^/\"\naction = \"allow\"",
+            "access.rules[0].action",
+            "public",
+        ),
+        (
+            "path = \"^/\"\naction = \"public\"\nallowed_groups = [\"a\"]",
+            "access.rules[0].action",
+            "cannot have",
+        ),
+        (
+            "path = \"^/\"\nmethods = [\"G T\"]",
+            "access.rules[0].methods",
+            "not an HTTP method",
+        ),
+        (
+            "path = \"^/\"\nwhen_header = \"a b\"",
+            "access.rules[0].when_header",
+            "not a header name",
+        ),
+        (
+            "path = \"^/\"\nallowed_groupz = [\"a\"]",
+            "[access]",
+            "allowed_groupz",
+        ),
+    ] {
+        let (got_key, problem) = problem_for(&with_rule(rule), &[]);
+        assert_eq!(got_key, key, "{rule}: {problem}");
+        assert!(problem.contains(fragment), "{rule}: {problem}");
+    }
+    let (key, _) = problem_for(
+        &format!("{}\n[access]\npreset = \"jira\"\n", minimal()),
+        &[],
+    );
+    assert_eq!(key, "access.preset");
+}

@@ -5,6 +5,7 @@
 #![allow(dead_code, unused_imports)]
 
 pub mod browser;
+pub mod sentry_clients;
 pub mod upstream;
 
 use std::net::{Ipv4Addr, SocketAddr};
@@ -56,6 +57,8 @@ pub struct WorldOptions {
     pub users: Vec<DevUser>,
     /// Forward somewhere other than the recording upstream.
     pub upstream_url: Option<String>,
+    /// Extra keys for the `[server]` section.
+    pub server_toml: String,
 }
 
 impl Default for WorldOptions {
@@ -70,6 +73,7 @@ impl Default for WorldOptions {
                 &["sentry:member"],
             )],
             upstream_url: None,
+            server_toml: String::new(),
         }
     }
 }
@@ -116,6 +120,7 @@ impl World {
 listen = "127.0.0.1:{port}"
 public_url = "{base}"
 shutdown_grace = "5s"
+{server_extra}
 [tls]
 enabled = false
 [upstream]
@@ -134,6 +139,7 @@ secrets = ["test-session-secret-0123456789abcdefghijkl"]
                 .unwrap_or_else(|| format!("http://{}", upstream.addr)),
             issuer = provider.issuer(),
             extra = options.extra_toml,
+            server_extra = options.server_toml,
         );
         let mut settings = Settings::from_toml(&config, "(test)", std::iter::empty())
             .unwrap_or_else(|e| panic!("test config refused: {e}\n{config}"));

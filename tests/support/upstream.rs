@@ -106,9 +106,7 @@ impl TestUpstream {
         if path_and_query.starts_with("/delay") {
             tokio::time::sleep(Duration::from_secs(1)).await;
         }
-        Response::new(Full::new(Bytes::from(format!(
-            "upstream saw {path_and_query} ({body_len} bytes)"
-        ))))
+        sentry_like_answer(&path_and_query, body_len)
     }
 
     /// Accepts any upgrade with 101 and then echoes every byte back.
@@ -138,4 +136,34 @@ impl TestUpstream {
         );
         response
     }
+}
+
+/// What Sentry would answer, closely enough for its real clients: JSON for the API
+/// and ingestion, text elsewhere (naming the path, so tests can see what arrived).
+fn sentry_like_answer(path_and_query: &str, body_len: usize) -> Response<Full<Bytes>> {
+    let json = |value: serde_json::Value| {
+        let mut response = Response::new(Full::new(Bytes::from(value.to_string())));
+        response.headers_mut().insert(
+            http::header::CONTENT_TYPE,
+            http::HeaderValue::from_static("application/json"),
+        );
+        response
+    };
+    let path = path_and_query.split('?').next().unwrap_or_default();
+    if path == "/api/0/" {
+        return json(serde_json::json!({
+            "version": "0",
+            "auth": {"scopes": ["org:read", "project:releases"]},
+            "user": {"id": "1", "name": "CI", "email": "ci@corp.example"},
+        }));
+    }
+    if path.starts_with("/api/0/") {
+        return json(serde_json::json!([]));
+    }
+    if path.starts_with("/api/") && path.ends_with("/envelope/") {
+        return json(serde_json::json!({"id": "0123456789abcdef0123456789abcdef"}));
+    }
+    Response::new(Full::new(Bytes::from(format!(
+        "upstream saw {path_and_query} ({body_len} bytes)"
+    ))))
 }
