@@ -7,7 +7,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use http::{Method, StatusCode};
-use rustls_pki_types::pem::PemObject;
 use support::browser::{Browser, empty};
 use support::{PASSWORD, World, WorldOptions};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -108,15 +107,7 @@ async fn http2_requests_are_forwarded_with_identity() {
 
 /// A raw TLS connection to the gateway, for speaking HTTP/1.1 by hand.
 async fn raw_tls(world: &World) -> tokio_rustls::client::TlsStream<tokio::net::TcpStream> {
-    let mut roots = rustls::RootCertStore::empty();
-    for cert in rustls_pki_types::CertificateDer::pem_slice_iter(world.ca_pem.as_bytes()) {
-        roots.add(cert.unwrap()).unwrap();
-    }
-    let config = rustls::ClientConfig::builder_with_provider(ssogate::outbound::crypto_provider())
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_root_certificates(roots)
-        .with_no_client_auth();
+    let config = support::browser::tls_trusting(&world.ca_pem);
     let tcp = tokio::net::TcpStream::connect(world.gateway.local_addr)
         .await
         .unwrap();

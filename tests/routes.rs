@@ -20,16 +20,9 @@ async fn sentry_world() -> World {
     World::start_with(sentry_world_options("")).await
 }
 
-fn is_sign_in_redirect(response: &support::TestResponse) -> bool {
-    response.status == StatusCode::FOUND
-        && response
-            .location()
-            .is_some_and(|l| l.starts_with("/oauth2/sign_in"))
-}
-
 /// A sign-in redirect for pages, a 401 for API paths: either way, no way through.
 fn needs_a_session(response: &support::TestResponse) -> bool {
-    is_sign_in_redirect(response) || response.status == StatusCode::UNAUTHORIZED
+    response.is_sign_in_redirect() || response.status == StatusCode::UNAUTHORIZED
 }
 
 #[tokio::test]
@@ -166,7 +159,7 @@ async fn forged_path_headers_change_nothing() {
             .body(empty())
             .unwrap();
         assert!(
-            is_sign_in_redirect(&browser.send(request).await),
+            browser.send(request).await.is_sign_in_redirect(),
             "{header}"
         );
     }

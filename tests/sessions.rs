@@ -7,13 +7,6 @@ use std::time::Duration;
 use http::StatusCode;
 use support::{PASSWORD, World, WorldOptions};
 
-fn is_sign_in_redirect(response: &support::TestResponse) -> bool {
-    response.status == StatusCode::FOUND
-        && response
-            .location()
-            .is_some_and(|l| l.starts_with("/oauth2/sign_in"))
-}
-
 #[tokio::test]
 async fn idle_sessions_expire() {
     let world = World::start_with(WorldOptions {
@@ -24,7 +17,7 @@ async fn idle_sessions_expire() {
     let mut browser = world.signed_in("alice").await;
     assert_eq!(browser.navigate("/").await.status, StatusCode::OK);
     tokio::time::sleep(Duration::from_millis(2500)).await;
-    assert!(is_sign_in_redirect(&browser.navigate("/").await));
+    assert!(browser.navigate("/").await.is_sign_in_redirect());
 }
 
 #[tokio::test]
@@ -45,7 +38,7 @@ async fn sessions_end_at_their_lifetime_even_when_active() {
     }
     tokio::time::sleep(Duration::from_millis(1500)).await;
     assert!(
-        is_sign_in_redirect(&browser.navigate("/").await),
+        browser.navigate("/").await.is_sign_in_redirect(),
         "past the 3s lifetime"
     );
 }
@@ -104,7 +97,7 @@ async fn sign_out_ends_the_session_and_goes_to_the_provider() {
     // The old cookie is worthless: the session is gone server-side.
     let mut replay = world.browser();
     replay.cookies = old_cookies;
-    assert!(is_sign_in_redirect(&replay.navigate("/").await));
+    assert!(replay.navigate("/").await.is_sign_in_redirect());
 }
 
 #[tokio::test]
@@ -119,7 +112,7 @@ async fn login_issues_a_fresh_session_id_and_ends_the_old_one() {
     let mut old = world.browser();
     old.cookies.insert("_ssogate".into(), first);
     assert!(
-        is_sign_in_redirect(&old.navigate("/").await),
+        old.navigate("/").await.is_sign_in_redirect(),
         "the pre-login session id is dead"
     );
 }
@@ -145,7 +138,7 @@ async fn garbage_session_cookies_are_treated_as_signed_out() {
         let mut browser = world.browser();
         browser.cookies.insert("_ssogate".into(), value.into());
         assert!(
-            is_sign_in_redirect(&browser.navigate("/").await),
+            browser.navigate("/").await.is_sign_in_redirect(),
             "{value:.20}"
         );
     }

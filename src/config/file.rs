@@ -125,6 +125,15 @@ pub struct RuleSection {
     pub allowed_emails: Option<Vec<String>>,
 }
 
+/// Items of a list written as one string, separated by commas and/or whitespace
+/// (`"a, b c"`): environment variables, `OIDC_SCOPE`, string-valued claims.
+pub fn split_list(text: &str) -> Vec<String> {
+    text.split(|c: char| c == ',' || c.is_whitespace())
+        .filter(|s| !s.is_empty())
+        .map(str::to_owned)
+        .collect()
+}
+
 /// Deserializers that take the native TOML type or its spelling as a string.
 pub mod flex {
     use serde::{Deserialize, Deserializer, de::Error};
@@ -181,11 +190,7 @@ pub mod flex {
     pub fn list<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Vec<String>>, D::Error> {
         Ok(Some(match ListOrText::deserialize(d)? {
             ListOrText::List(items) => items,
-            ListOrText::Text(text) => text
-                .split(|c: char| c == ',' || c.is_whitespace())
-                .filter(|s| !s.is_empty())
-                .map(str::to_owned)
-                .collect(),
+            ListOrText::Text(text) => super::split_list(&text),
         }))
     }
 }

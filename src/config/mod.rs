@@ -19,6 +19,7 @@ use ipnet::IpNet;
 use url::Url;
 
 pub use duration::parse_duration;
+pub use file::split_list;
 
 use crate::policy::{Action, AllowedHosts, Requirements, RouteRule, sentry_preset};
 

@@ -6,24 +6,9 @@ use http::{HeaderValue, Response, StatusCode};
 use http_body_util::Full;
 
 use crate::devidp::server::respond;
+pub(crate) use crate::pages::escape;
 
 type Page = Response<Full<Bytes>>;
-
-/// Escapes text for use in HTML element content and quoted attributes.
-pub(crate) fn escape(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    for c in text.chars() {
-        match c {
-            '&' => out.push_str("&amp;"),
-            '<' => out.push_str("&lt;"),
-            '>' => out.push_str("&gt;"),
-            '"' => out.push_str("&quot;"),
-            '\'' => out.push_str("&#39;"),
-            c => out.push(c),
-        }
-    }
-    out
-}
 
 /// The login form; `error` (after a failed attempt) makes it a 401. Escapes everything.
 pub(crate) fn login(issuer: &str, interaction: &str, client: &str, error: Option<&str>) -> Page {

@@ -255,7 +255,7 @@ impl Gateway {
         };
         let params = query_params(request, &["allowed_groups"]).unwrap_or_default();
         let wanted: Vec<String> = param(&params, "allowed_groups")
-            .map(crate::oidc::string_list_from_text)
+            .map(crate::config::split_list)
             .unwrap_or_default();
         let refusal = self.authorize(&session, None).err().or_else(|| {
             let admitted =

@@ -3,7 +3,9 @@
 //! [`Gateway::handle`] is the whole lifecycle in one place; the sign-in endpoints live
 //! in [`endpoints`], header work in [`crate::proxy::headers`], rules in
 //! [`crate::policy`]. Nothing the client sends can pose as an identity: identity
-//! headers are stripped before routing, and set only from a server-side session.
+//! headers are stripped before routing, and set only from a server-side session. Nor
+//! can it choose what path rules see: the path is made canonical first, and that
+//! canonical path is both matched and forwarded.
 
 mod endpoints;
 mod request;

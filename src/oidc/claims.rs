@@ -87,17 +87,9 @@ pub fn string_list(value: &Value) -> Vec<String> {
             .filter_map(Value::as_str)
             .map(str::to_owned)
             .collect(),
-        Value::String(text) => string_list_from_text(text),
+        Value::String(text) => crate::config::split_list(text),
         _ => Vec::new(),
     }
-}
-
-/// Items of a space- or comma-separated list.
-pub fn string_list_from_text(text: &str) -> Vec<String> {
-    text.split(|c: char| c == ',' || c.is_whitespace())
-        .filter(|s| !s.is_empty())
-        .map(str::to_owned)
-        .collect()
 }
 
 #[cfg(test)]

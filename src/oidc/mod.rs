@@ -29,7 +29,7 @@ use openidconnect::{
 };
 use url::Url;
 
-pub use self::claims::{ExtraClaims, string_list, string_list_from_text};
+pub use self::claims::{ExtraClaims, string_list};
 pub use self::http::{ProviderHttp, ProviderHttpError, error_chain};
 use crate::config::OidcSettings;
 use crate::session::Identity;

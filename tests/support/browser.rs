@@ -34,6 +34,14 @@ impl TestResponse {
         self.headers.get(LOCATION).and_then(|v| v.to_str().ok())
     }
 
+    /// A redirect to the gateway's sign-in page.
+    pub fn is_sign_in_redirect(&self) -> bool {
+        self.status == StatusCode::FOUND
+            && self
+                .location()
+                .is_some_and(|l| l.starts_with("/oauth2/sign_in"))
+    }
+
     pub fn set_cookies(&self) -> Vec<String> {
         self.headers
             .get_all(SET_COOKIE)
@@ -68,17 +76,8 @@ impl Browser {
 
     /// `http2_only`: speak HTTP/2 to TLS servers (ALPN h2 only).
     pub fn with_alpn(ca_pem: &str, base: &str, http2_only: bool) -> Browser {
-        let mut roots = rustls::RootCertStore::empty();
-        for cert in CertificateDer::pem_slice_iter(ca_pem.as_bytes()) {
-            roots.add(cert.unwrap()).unwrap();
-        }
-        let tls = rustls::ClientConfig::builder_with_provider(ssogate::outbound::crypto_provider())
-            .with_safe_default_protocol_versions()
-            .unwrap()
-            .with_root_certificates(roots)
-            .with_no_client_auth();
         let builder = hyper_rustls::HttpsConnectorBuilder::new()
-            .with_tls_config(tls)
+            .with_tls_config(tls_trusting(ca_pem))
             .https_or_http();
         let connector = if http2_only {
             builder.enable_http2().build()
@@ -221,6 +220,19 @@ impl Browser {
         );
         submitted.location().unwrap().to_owned()
     }
+}
+
+/// A TLS client configuration that trusts only the CA in `ca_pem`.
+pub fn tls_trusting(ca_pem: &str) -> rustls::ClientConfig {
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in CertificateDer::pem_slice_iter(ca_pem.as_bytes()) {
+        roots.add(cert.unwrap()).unwrap();
+    }
+    rustls::ClientConfig::builder_with_provider(ssogate::outbound::crypto_provider())
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth()
 }
 
 /// Resolves `location` against `base` as a browser would.
