@@ -383,3 +383,45 @@ async fn forward_auth_answers_for_nginx_auth_request() {
         .await;
     assert_eq!(not_in_group.status, StatusCode::FORBIDDEN);
 }
+
+#[tokio::test]
+async fn no_user_agent_or_address_skips_authentication() {
+    let world = sentry_world().await;
+    let mut browser = world.browser();
+    for (name, value) in [
+        ("user-agent", "kube-probe/1.29"),
+        ("user-agent", "Googlebot/2.1"),
+        ("user-agent", "sentry-cli/3.8.0"),
+        ("x-forwarded-for", "127.0.0.1"),
+        ("x-real-ip", "10.0.0.1"),
+        ("forwarded", "for=127.0.0.1"),
+    ] {
+        let request = browser
+            .request(Method::GET, "/organizations/acme/")
+            .header(name, value)
+            .body(empty())
+            .unwrap();
+        assert!(
+            browser.send(request).await.is_sign_in_redirect(),
+            "{name}: {value}"
+        );
+    }
+    assert!(world.upstream.requests().is_empty());
+}
+
+#[tokio::test]
+async fn crafted_queries_get_clear_answers() {
+    let world = sentry_world().await;
+    let mut browser = world.browser();
+    let only_ampersands = browser.navigate("/oauth2/callback?&&&").await;
+    assert_eq!(only_ampersands.status, StatusCode::BAD_REQUEST);
+    assert!(only_ampersands.body.contains("lacks its code or state"));
+    let out = browser
+        .navigate("/oauth2/sign_out?rd=%2F%0d%0aSet-Cookie%3A%20x%3D1")
+        .await;
+    assert_eq!(out.location(), Some(format!("{}/", world.base).as_str()));
+    assert!(out.set_cookies().iter().all(|c| !c.starts_with("x=")));
+    let start = browser.navigate("/oauth2/start?&rd=&rd=/a&&").await;
+    assert_eq!(start.status, StatusCode::FOUND);
+    assert_eq!(browser.navigate("/ping").await.status, StatusCode::OK);
+}

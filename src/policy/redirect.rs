@@ -43,11 +43,12 @@ pub fn validate_return_target(
     public_url: &Url,
     allowed: &AllowedHosts,
 ) -> Option<Url> {
-    // Only absolute paths or absolute URLs: nothing relative ("evil.com"), nothing empty.
-    let first = target.trim_start_matches(|c: char| c.is_ascii_control() || c == ' ');
-    if !(first.starts_with('/') || first.starts_with("http://") || first.starts_with("https://"))
-        || first.len() != target.len()
-    {
+    // Only absolute paths or absolute URLs: nothing relative ("evil.com"), nothing
+    // empty, and nothing with control characters (browsers silently drop tabs and
+    // newlines, which is how most tricks start).
+    let absolute =
+        target.starts_with('/') || target.starts_with("http://") || target.starts_with("https://");
+    if !absolute || target.chars().any(char::is_control) {
         return None;
     }
     let resolved = public_url.join(target).ok()?;
