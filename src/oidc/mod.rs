@@ -69,6 +69,11 @@ type GateClient = Client<
     EndpointMaybeSet,
 >;
 
+/// A login starts only if the provider answered within this window; otherwise the
+/// discovery document is fetched again first, so a provider that went down gives a
+/// clear 503 at the gateway instead of a browser error page at the provider.
+const LIVENESS_WINDOW: Duration = Duration::from_secs(5);
+
 /// Shortest pause between two key-set fetches caused by an unknown `kid`, so forged
 /// tokens cannot make the gateway hammer the provider.
 const KEY_REFETCH_INTERVAL: Duration = Duration::from_secs(10);
@@ -148,6 +153,9 @@ pub struct Provider {
     /// Serialises discovery and key fetches so a burst of logins makes one request.
     fetch_lock: tokio::sync::Mutex<()>,
     last_unknown_kid_refetch: Mutex<Option<Instant>>,
+    /// When the provider last answered; see [`LIVENESS_WINDOW`].
+    last_answer: Mutex<Option<Instant>>,
+    probe_lock: tokio::sync::Mutex<()>,
 }
 
 impl Provider {
@@ -166,6 +174,8 @@ impl Provider {
             keys: RwLock::new(None),
             fetch_lock: tokio::sync::Mutex::new(()),
             last_unknown_kid_refetch: Mutex::new(None),
+            last_answer: Mutex::new(None),
+            probe_lock: tokio::sync::Mutex::new(()),
         }
     }
 
@@ -247,7 +257,30 @@ impl Provider {
         Ok(())
     }
 
+    fn answered_recently(&self) -> bool {
+        self.last_answer
+            .lock()
+            .unwrap()
+            .is_some_and(|t| t.elapsed() < LIVENESS_WINDOW)
+    }
+
+    /// Makes sure the provider answers before a person is sent there: one discovery
+    /// fetch per [`LIVENESS_WINDOW`] at most, however many logins start.
+    async fn probe(&self) -> Result<(), ProviderError> {
+        if self.answered_recently() {
+            return Ok(());
+        }
+        let _guard = self.probe_lock.lock().await;
+        if self.answered_recently() {
+            return Ok(());
+        }
+        self.fetch_metadata().await?;
+        *self.last_answer.lock().unwrap() = Some(Instant::now());
+        Ok(())
+    }
+
     fn install(&self, metadata: ProviderMetadataWithLogout, keys: CoreJsonWebKeySet) {
+        *self.last_answer.lock().unwrap() = Some(Instant::now());
         let signing_algs = metadata
             .id_token_signing_alg_values_supported()
             .iter()
@@ -290,6 +323,7 @@ impl Provider {
         return_to: String,
     ) -> Result<(Url, String, PendingLogin), ProviderError> {
         let discovered = self.ready().await?;
+        self.probe().await?;
         let (challenge, verifier) = PkceCodeChallenge::new_random_sha256();
         let mut request = discovered.client.authorize_url(
             CoreAuthenticationFlow::AuthorizationCode,
