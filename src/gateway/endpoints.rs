@@ -1,5 +1,5 @@
 //! The gateway's own endpoints, oauth2-proxy's names: `/oauth2/sign_in`, `/start`,
-//! the callback, `/sign_out`, `/userinfo`.
+//! the callback, `/sign_out`, `/userinfo`, and `/auth` for forward-auth.
 //!
 //! Login state (PKCE verifier, nonce, return target) stays server-side under the
 //! `state` value, single use, expiring after [`LOGIN_TIMEOUT`]. A short-lived
