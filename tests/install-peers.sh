@@ -1,10 +1,13 @@
 #!/usr/bin/env bash
-# Installs the real Sentry clients that the integration tests drive
-# (tests/support/sentry_clients.rs; versions in tests/peers/README.md):
+# Installs the real peers the tests drive:
 #   - sentry-sdk from PyPI (tests/peers/requirements.txt) into target/peers/venv
 #   - @sentry/cli from npm (tests/peers/package-lock.json) into tests/peers/node_modules
+#     (both for tests/support/sentry_clients.rs; versions in tests/peers/README.md)
+#   - oidc-provider and playwright-core from npm (tests/e2e/package-lock.json) into
+#     tests/e2e/node_modules, and Debian's chromium, for the browser tests in tests/e2e
 # Idempotent: a step is skipped while its stamp (a hash of its inputs) still matches.
-# Needs python3 with pip, node and npm; reaches only PyPI and the npm registry.
+# Needs python3 with pip, node and npm, and root (or chromium already installed);
+# reaches only PyPI, the npm registry and Debian's archive.
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 peers="$root/tests/peers"
@@ -52,4 +55,29 @@ else
   (cd "$peers" && npm ci --ignore-scripts --include=optional --no-audit --no-fund --loglevel=error)
   echo "peers: $("$peers/node_modules/.bin/sentry-cli" --version)"
   echo "$npm_want" >"$npm_stamp"
+fi
+
+# --- Node: the e2e suite's packages ------------------------------------------------
+e2e="$root/tests/e2e"
+e2e_stamp="$e2e/node_modules/.ssogate-peers.stamp"
+e2e_want="$({ node --version; cat "$e2e/package.json" "$e2e/package-lock.json"; } | hash)"
+if [[ -f $e2e_stamp && $(<"$e2e_stamp") == "$e2e_want" ]]; then
+  echo "peers: npm oidc-provider, playwright-core up to date ($e2e/node_modules)"
+else
+  echo "peers: npm ci in tests/e2e"
+  (cd "$e2e" && npm ci --no-audit --no-fund --loglevel=error)
+  echo "$e2e_want" >"$e2e_stamp"
+fi
+
+# --- Debian: chromium for the browser tests -------------------------------------------
+if command -v "${CHROMIUM:-chromium}" >/dev/null 2>&1; then
+  echo "peers: $("${CHROMIUM:-chromium}" --version 2>/dev/null | head -n1)"
+elif [[ $(id -u) == 0 ]]; then
+  echo "peers: apt-get install chromium"
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium >/dev/null
+  echo "peers: $(chromium --version | head -n1)"
+else
+  echo "peers: chromium is missing; install it with: sudo apt-get install chromium" >&2
+  exit 1
 fi

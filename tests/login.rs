@@ -63,6 +63,11 @@ async fn pkce_s256_challenge_and_verifier_are_sent() {
     assert_eq!(get("code_challenge_method").as_deref(), Some("S256"));
     assert!(get("code_challenge").is_some_and(|c| c.len() == 43));
     assert!(get("state").is_some() && get("nonce").is_some());
+    assert_eq!(
+        get("scope").as_deref(),
+        Some("openid email profile"),
+        "each scope once"
+    );
     assert!(
         authorize.path().starts_with("/api/oidc/"),
         "issuer with a path: {authorize}"

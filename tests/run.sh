@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The whole test suite, as CI runs it: formatting, lints, unit and integration tests.
-# First installs the real peers some tests drive (sentry-sdk from PyPI, @sentry/cli
-# from npm), which needs python3 and npm; the rest runs in-process.
+# First installs the real peers some tests drive (sentry-sdk from PyPI, @sentry/cli,
+# oidc-provider and playwright-core from npm, Debian's chromium): see
+# tests/install-peers.sh. Then the browser suite runs against the binary cargo built.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -14,3 +15,5 @@ echo "== cargo clippy"
 cargo clippy --all-targets --locked -- -D warnings
 echo "== cargo test"
 cargo test --all-targets --locked
+echo "== e2e (oidc-provider + headless chromium)"
+SSOGATE_BIN="${CARGO_TARGET_DIR:-$PWD/target}/debug/ssogate" node --test tests/e2e/

@@ -4,7 +4,8 @@
 
 use std::future::Future;
 use std::pin::Pin;
-use std::time::Duration;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full, Limited};
@@ -30,6 +31,9 @@ pub enum ProviderHttpError {
 pub struct ProviderHttp {
     client: Client<HttpsConnector<HttpConnector>, Full<Bytes>>,
     timeout: Duration,
+    /// When the provider last answered without a server error; cleared when a call
+    /// fails to get an answer (refused, timed out, 5xx).
+    last_answer: Arc<Mutex<Option<Instant>>>,
 }
 
 impl ProviderHttp {
@@ -38,7 +42,19 @@ impl ProviderHttp {
             .pool_idle_timeout(Duration::from_secs(60))
             .pool_timer(TokioTimer::new())
             .build(connector);
-        Self { client, timeout }
+        Self {
+            client,
+            timeout,
+            last_answer: Arc::default(),
+        }
+    }
+
+    /// True when the provider answered within `window` and has not failed since.
+    pub fn answered_within(&self, window: Duration) -> bool {
+        self.last_answer
+            .lock()
+            .unwrap()
+            .is_some_and(|t| t.elapsed() < window)
     }
 
     pub async fn send(
@@ -61,9 +77,13 @@ impl ProviderHttp {
                 .to_bytes();
             Ok(http::Response::from_parts(parts, body.to_vec()))
         };
-        tokio::time::timeout(self.timeout, exchange)
+        let result = tokio::time::timeout(self.timeout, exchange)
             .await
-            .map_err(|_| ProviderHttpError::Timeout(self.timeout))?
+            .map_err(|_| ProviderHttpError::Timeout(self.timeout))
+            .and_then(|r| r);
+        let answered = result.as_ref().is_ok_and(|r| !r.status().is_server_error());
+        *self.last_answer.lock().unwrap() = answered.then(Instant::now);
+        result
     }
 }
 

@@ -69,10 +69,11 @@ type GateClient = Client<
     EndpointMaybeSet,
 >;
 
-/// A login starts only if the provider answered within this window; otherwise the
-/// discovery document is fetched again first, so a provider that went down gives a
-/// clear 503 at the gateway instead of a browser error page at the provider.
-const LIVENESS_WINDOW: Duration = Duration::from_secs(5);
+/// A login starts only if the provider answered within this window (and no call has
+/// failed since); otherwise the discovery document is fetched again first, so a
+/// provider that went down gives a clear 503 at the gateway instead of a browser error
+/// page at the provider. The window only merges the probes of a burst of logins.
+const LIVENESS_WINDOW: Duration = Duration::from_secs(2);
 
 /// Shortest pause between two key-set fetches caused by an unknown `kid`, so forged
 /// tokens cannot make the gateway hammer the provider.
@@ -153,8 +154,6 @@ pub struct Provider {
     /// Serialises discovery and key fetches so a burst of logins makes one request.
     fetch_lock: tokio::sync::Mutex<()>,
     last_unknown_kid_refetch: Mutex<Option<Instant>>,
-    /// When the provider last answered; see [`LIVENESS_WINDOW`].
-    last_answer: Mutex<Option<Instant>>,
     probe_lock: tokio::sync::Mutex<()>,
 }
 
@@ -174,7 +173,6 @@ impl Provider {
             keys: RwLock::new(None),
             fetch_lock: tokio::sync::Mutex::new(()),
             last_unknown_kid_refetch: Mutex::new(None),
-            last_answer: Mutex::new(None),
             probe_lock: tokio::sync::Mutex::new(()),
         }
     }
@@ -257,30 +255,20 @@ impl Provider {
         Ok(())
     }
 
-    fn answered_recently(&self) -> bool {
-        self.last_answer
-            .lock()
-            .unwrap()
-            .is_some_and(|t| t.elapsed() < LIVENESS_WINDOW)
-    }
-
     /// Makes sure the provider answers before a person is sent there: one discovery
     /// fetch per [`LIVENESS_WINDOW`] at most, however many logins start.
     async fn probe(&self) -> Result<(), ProviderError> {
-        if self.answered_recently() {
+        if self.http.answered_within(LIVENESS_WINDOW) {
             return Ok(());
         }
         let _guard = self.probe_lock.lock().await;
-        if self.answered_recently() {
+        if self.http.answered_within(LIVENESS_WINDOW) {
             return Ok(());
         }
-        self.fetch_metadata().await?;
-        *self.last_answer.lock().unwrap() = Some(Instant::now());
-        Ok(())
+        self.fetch_metadata().await.map(drop)
     }
 
     fn install(&self, metadata: ProviderMetadataWithLogout, keys: CoreJsonWebKeySet) {
-        *self.last_answer.lock().unwrap() = Some(Instant::now());
         let signing_algs = metadata
             .id_token_signing_alg_values_supported()
             .iter()
@@ -330,7 +318,8 @@ impl Provider {
             CsrfToken::new_random,
             Nonce::new_random,
         );
-        for scope in &self.settings.scopes {
+        // openidconnect adds `openid` itself.
+        for scope in self.settings.scopes.iter().filter(|s| *s != "openid") {
             request = request.add_scope(Scope::new(scope.clone()));
         }
         let (url, state, nonce) = request.set_pkce_challenge(challenge).url();

@@ -23,7 +23,10 @@ pub struct Refusal(pub String);
 
 /// One set of requirements and where it comes from (for the refusal message).
 struct Check<'a> {
+    /// `access` or `access.rules "<name>"`: the refusal names `<source>.<key>`.
     source: &'a str,
+    /// The key of the groups list: `required_groups` globally, `allowed_groups` per route.
+    groups_key: &'a str,
     groups: &'a [String],
     domains: &'a [String],
     emails: &'a [String],
@@ -39,6 +42,7 @@ pub fn authorize(
 ) -> Result<(), Refusal> {
     let global = Check {
         source: "access",
+        groups_key: "required_groups",
         groups: &access.required_groups,
         domains: &access.allowed_email_domains,
         emails: &access.allowed_emails,
@@ -46,10 +50,11 @@ pub fn authorize(
     };
     check(identity, &global, access)?;
     if let Some(route) = route {
-        let source = format!("access.rules `{}`", route.name);
+        let source = format!("access.rules \"{}\"", route.name);
         let r = &route.requirements;
         let local = Check {
             source: &source,
+            groups_key: "allowed_groups",
             groups: &r.allowed_groups,
             domains: &r.allowed_email_domains,
             emails: &r.allowed_emails,
@@ -85,7 +90,8 @@ fn check(identity: &Identity, c: &Check<'_>, access: &AccessSettings) -> Result<
     }
     if !c.groups.is_empty() && !identity.groups.iter().any(|g| c.groups.contains(g)) {
         return Err(Refusal(format!(
-            "{source} groups: the `{}` claim has none of {}",
+            "{source}.{}: the `{}` claim has none of {}",
+            c.groups_key,
             access.groups_claim,
             c.groups.join(", ")
         )));
