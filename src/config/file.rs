@@ -79,6 +79,8 @@ pub struct SessionSection {
     pub idle_timeout: Option<String>,
     #[serde(deserialize_with = "flex::u64")]
     pub max_sessions: Option<u64>,
+    #[serde(deserialize_with = "flex::text")]
+    pub revalidate_every: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]

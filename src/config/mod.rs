@@ -145,6 +145,9 @@ pub struct SessionSettings {
     pub lifetime: Duration,
     pub idle_timeout: Duration,
     pub max_sessions: u64,
+    /// Ask the provider again whether a session still stands this often (off: never,
+    /// beyond refreshing tokens that expire).
+    pub revalidate_every: Option<Duration>,
 }
 
 /// Header names the gateway sets on forwarded requests; `None` means "do not send".
@@ -648,12 +651,20 @@ fn validate_session(session: file::SessionSection) -> Result<SessionSettings, Co
     if max_sessions == 0 {
         return Err(key_error("session.max_sessions", "must be at least 1"));
     }
+    let revalidate_every = session
+        .revalidate_every
+        .map(|text| {
+            parse_duration(&text).map_err(|problem| key_error("session.revalidate_every", problem))
+        })
+        .transpose()?
+        .filter(|every| !every.is_zero());
     Ok(SessionSettings {
         cookie_name,
         secrets,
         lifetime,
         idle_timeout,
         max_sessions,
+        revalidate_every,
     })
 }
 

@@ -1,5 +1,6 @@
 //! The gateway's own endpoints, oauth2-proxy's names: `/oauth2/sign_in`, `/start`,
-//! the callback, `/sign_out`, `/userinfo`, and `/auth` for forward-auth.
+//! the callback, `/sign_out`, `/userinfo`, `/auth` for forward-auth, and
+//! `/backchannel-logout` for the provider.
 //!
 //! Login state (PKCE verifier, nonce, return target) stays server-side under the
 //! `state` value, single use, expiring after [`LOGIN_TIMEOUT`]. A short-lived
@@ -7,10 +8,10 @@
 //! started it, so a stolen callback URL cannot sign someone else in.
 
 use std::sync::Arc;
-use std::time::SystemTime;
 
 use http::header::{HeaderValue, SET_COOKIE};
 use http::{Request, Response, StatusCode};
+use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
 
 use super::request::{param, query_params};
@@ -20,6 +21,9 @@ use crate::pages::{self, Link, Page};
 use crate::policy::return_target_or_root;
 use crate::proxy::{ResponseBody, boxed};
 use crate::session::{LOGIN_TIMEOUT, Session, new_session_id};
+
+/// Largest back-channel logout request body read.
+const MAX_LOGOUT_BODY: usize = 64 * 1024;
 
 /// Characters of the state used in the login cookie's name.
 const STATE_COOKIE_PREFIX_LEN: usize = 12;
@@ -171,12 +175,7 @@ impl Gateway {
         self.sessions
             .insert(
                 id.clone(),
-                Session {
-                    identity: outcome.identity,
-                    id_token: outcome.id_token,
-                    token_expiry: outcome.token_expiry,
-                    created_at: SystemTime::now(),
-                },
+                Session::new(outcome.identity, outcome.provider_sid, outcome.tokens),
             )
             .await;
         let session_cookie = self.cookies.seal(
@@ -220,8 +219,10 @@ impl Gateway {
             Some((id, session)) => {
                 self.sessions.remove(id).await;
                 tracing::info!(sub = %session.identity.sub, "signed out");
-                self.provider
-                    .end_session_url(&session.id_token, post_logout.clone())
+                self.provider.end_session_url(
+                    &session.upkeep.lock().await.tokens.id_token,
+                    post_logout.clone(),
+                )
             }
             None => None,
         };
@@ -273,6 +274,63 @@ impl Gateway {
         }
         let mut response = pages::text(StatusCode::ACCEPTED, "").map(boxed);
         self.set_identity_headers(response.headers_mut(), &session);
+        response
+    }
+
+    /// OpenID Connect Back-Channel Logout: the provider POSTs a signed `logout_token`;
+    /// every session of that provider session (`sid`) or person (`sub`) ends.
+    pub(super) async fn backchannel_logout(
+        &self,
+        request: Request<Incoming>,
+    ) -> Response<ResponseBody> {
+        let refuse = |description: &str| {
+            tracing::warn!(reason = description, "back-channel logout refused");
+            pages::json(
+                StatusCode::BAD_REQUEST,
+                &serde_json::json!({"error": "invalid_request", "error_description": description}),
+            )
+            .map(boxed)
+        };
+        if request.method() != http::Method::POST {
+            return refuse("use POST with a logout_token form field");
+        }
+        let body = match Limited::new(request.into_body(), MAX_LOGOUT_BODY)
+            .collect()
+            .await
+        {
+            Ok(body) => body.to_bytes(),
+            Err(_) => return refuse("the body is too large or broken"),
+        };
+        let fields: Vec<(String, String)> = form_urlencoded::parse(&body).into_owned().collect();
+        let tokens: Vec<&str> = fields
+            .iter()
+            .filter(|(n, _)| n == "logout_token")
+            .map(|(_, v)| v.as_str())
+            .collect();
+        let [token] = tokens.as_slice() else {
+            return refuse("exactly one logout_token is required");
+        };
+        let target = match self.provider.verify_logout_token(token).await {
+            Ok(target) => target,
+            Err(reason) => return refuse(&reason),
+        };
+        let ended = self
+            .sessions
+            .remove_where(|s| match (&target.sid, &target.sub) {
+                (Some(sid), sub) => {
+                    s.provider_sid.as_deref() == Some(sid.as_str())
+                        && sub.as_ref().is_none_or(|sub| *sub == s.identity.sub)
+                }
+                (None, Some(sub)) => s.identity.sub == *sub,
+                (None, None) => false,
+            })
+            .await;
+        tracing::info!(sub = ?target.sub, sid = ?target.sid, ended, "back-channel logout");
+        let mut response = pages::text(StatusCode::OK, "").map(boxed);
+        response.headers_mut().insert(
+            http::header::CACHE_CONTROL,
+            HeaderValue::from_static("no-store"),
+        );
         response
     }
 

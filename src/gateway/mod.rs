@@ -9,6 +9,7 @@
 
 mod endpoints;
 mod request;
+mod upkeep;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -184,6 +185,7 @@ impl Gateway {
             "/oauth2/sign_out" => return self.sign_out(&request).await,
             "/oauth2/userinfo" => return self.userinfo(&request).await,
             "/oauth2/auth" => return self.forward_auth(&request).await,
+            "/oauth2/backchannel-logout" => return self.backchannel_logout(request).await,
             p if p == oidc.callback_path => return self.callback(&request).await,
             p if p.starts_with("/oauth2/") => {
                 return self.page(
@@ -204,10 +206,13 @@ impl Gateway {
             return self.forward(request, peer, None).await;
         }
 
-        // authenticate, authorise.
-        let Some((_, session)) = self.session_of(request.headers()).await else {
+        // authenticate (and keep the session in step with the provider), authorise.
+        let Some((id, session)) = self.session_of(request.headers()).await else {
             return self.unauthenticated(&request);
         };
+        if !self.upkeep(&id, &session).await {
+            return self.unauthenticated(&request);
+        }
         if let Err(refusal) = self.authorize(&session, rule) {
             return self.refused(&session, &refusal);
         }

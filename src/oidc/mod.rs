@@ -9,6 +9,7 @@
 
 mod claims;
 mod http;
+mod logout;
 
 use std::str::FromStr;
 use std::sync::{Arc, Mutex, RwLock};
@@ -24,15 +25,16 @@ use openidconnect::{
     AccessToken, AuthorizationCode, Client, ClientId, ClientSecret, CsrfToken,
     EmptyExtraTokenFields, EndpointMaybeSet, EndpointNotSet, EndpointSet, IdToken, IdTokenFields,
     IdTokenVerifier, JsonWebKeySet, LogoutRequest, Nonce, OAuth2TokenResponse, PkceCodeChallenge,
-    PkceCodeVerifier, PostLogoutRedirectUrl, ProviderMetadataWithLogout, RedirectUrl, Scope,
-    StandardErrorResponse, StandardTokenResponse, TokenResponse,
+    PkceCodeVerifier, PostLogoutRedirectUrl, ProviderMetadataWithLogout, RedirectUrl, RefreshToken,
+    Scope, StandardErrorResponse, StandardTokenResponse, TokenResponse,
 };
 use url::Url;
 
 pub use self::claims::{ExtraClaims, string_list};
 pub use self::http::{ProviderHttp, ProviderHttpError, error_chain};
+pub use self::logout::{BACKCHANNEL_LOGOUT_EVENT, LogoutTarget};
 use crate::config::OidcSettings;
-use crate::session::Identity;
+use crate::session::{Identity, Tokens};
 
 type GateIdTokenFields = IdTokenFields<
     ExtraClaims,
@@ -127,8 +129,20 @@ pub struct PendingLogin {
 #[derive(Debug)]
 pub struct LoginOutcome {
     pub identity: Identity,
-    pub id_token: String,
-    pub token_expiry: SystemTime,
+    pub tokens: Tokens,
+    /// The provider's session id (`sid`), for back-channel logout.
+    pub provider_sid: Option<String>,
+}
+
+/// Why a refresh or revalidation did not confirm the session.
+#[derive(Debug, thiserror::Error)]
+pub enum UpkeepError {
+    /// The provider said no (`invalid_grant`, userinfo 401): the session must end.
+    #[error("the provider refused: {0}")]
+    Refused(String),
+    /// No usable answer (down, slow, 5xx): try again later, keep the session.
+    #[error("the provider did not answer: {0}")]
+    Unavailable(String),
 }
 
 /// The provider's metadata and the client built from it.
@@ -155,6 +169,8 @@ pub struct Provider {
     fetch_lock: tokio::sync::Mutex<()>,
     last_unknown_kid_refetch: Mutex<Option<Instant>>,
     probe_lock: tokio::sync::Mutex<()>,
+    /// `jti`s of accepted back-channel logout tokens, so none is used twice.
+    seen_logout_tokens: moka::sync::Cache<String, ()>,
 }
 
 impl Provider {
@@ -174,6 +190,10 @@ impl Provider {
             fetch_lock: tokio::sync::Mutex::new(()),
             last_unknown_kid_refetch: Mutex::new(None),
             probe_lock: tokio::sync::Mutex::new(()),
+            seen_logout_tokens: moka::sync::Cache::builder()
+                .max_capacity(100_000)
+                .time_to_live(logout::MAX_AGE * 2)
+                .build(),
         }
     }
 
@@ -349,21 +369,112 @@ impl Provider {
         let id_token = response.id_token().ok_or(LoginError::NoIdToken)?;
         let nonce = Nonce::new(pending.nonce.clone());
         let claims = self.verify_id_token(&discovered, id_token, &nonce).await?;
+        let tokens = tokens_from(&response, id_token, &claims);
         let userinfo = self
             .userinfo(&discovered, response.access_token(), claims.subject())
             .await?;
         Ok(LoginOutcome {
             identity: claims::identity(&claims, userinfo.as_ref(), &self.groups_claim),
-            id_token: id_token.to_string(),
-            token_expiry: claims.expiration().into(),
+            provider_sid: claims
+                .additional_claims()
+                .all
+                .get("sid")
+                .and_then(|v| v.as_str())
+                .map(str::to_owned),
+            tokens,
         })
+    }
+
+    /// Exchanges a refresh token for new tokens. A refreshed ID token (optional) must
+    /// verify like the first one, for the same `sub`, and carries no nonce check.
+    pub async fn refresh(
+        &self,
+        refresh_token: &str,
+        sub: &str,
+        previous: &Tokens,
+    ) -> Result<Tokens, UpkeepError> {
+        let discovered = self
+            .ready()
+            .await
+            .map_err(|e| UpkeepError::Unavailable(e.to_string()))?;
+        let refresh_token = RefreshToken::new(refresh_token.to_owned());
+        let response = discovered
+            .client
+            .exchange_refresh_token(&refresh_token)
+            .map_err(|e| UpkeepError::Refused(e.to_string()))?
+            .request_async(&self.http)
+            .await
+            .map_err(classify_token_error)?;
+        let Some(id_token) = response.id_token() else {
+            let mut tokens = previous.clone();
+            tokens.access_token = response.access_token().secret().clone();
+            tokens.refresh_token = response
+                .refresh_token()
+                .map(|t| t.secret().clone())
+                .or(tokens.refresh_token);
+            tokens.expires_at = response
+                .expires_in()
+                .map_or(SystemTime::now() + Duration::from_secs(300), |d| {
+                    SystemTime::now() + d
+                });
+            return Ok(tokens);
+        };
+        let any_nonce = |_: Option<&Nonce>| Ok(());
+        let claims = self
+            .verify_id_token(&discovered, id_token, any_nonce)
+            .await
+            .map_err(|e| UpkeepError::Refused(e.to_string()))?;
+        if claims.subject().as_str() != sub {
+            return Err(UpkeepError::Refused(
+                "the refreshed ID token is for another subject".into(),
+            ));
+        }
+        let mut tokens = tokens_from(&response, id_token, &claims);
+        tokens.refresh_token = tokens
+            .refresh_token
+            .or_else(|| previous.refresh_token.clone());
+        Ok(tokens)
+    }
+
+    /// Asks the userinfo endpoint whether the access token still works.
+    pub async fn check_access_token(
+        &self,
+        access_token: &str,
+        sub: &str,
+    ) -> Result<(), UpkeepError> {
+        let discovered = self
+            .ready()
+            .await
+            .map_err(|e| UpkeepError::Unavailable(e.to_string()))?;
+        let access_token = AccessToken::new(access_token.to_owned());
+        let subject = openidconnect::SubjectIdentifier::new(sub.to_owned());
+        let Ok(request) = discovered.client.user_info(access_token, Some(subject)) else {
+            return Ok(()); // no userinfo endpoint: nothing to ask
+        };
+        let result: Result<openidconnect::UserInfoClaims<ExtraClaims, CoreGenderClaim>, _> =
+            request.request_async(&self.http).await;
+        match result {
+            Ok(_) => Ok(()),
+            Err(openidconnect::UserInfoError::Response(status, _, _))
+                if status.is_client_error() =>
+            {
+                Err(UpkeepError::Refused(format!(
+                    "userinfo answered HTTP {}",
+                    status.as_u16()
+                )))
+            }
+            Err(openidconnect::UserInfoError::ClaimsVerification(e)) => {
+                Err(UpkeepError::Refused(e.to_string()))
+            }
+            Err(e) => Err(UpkeepError::Unavailable(error_chain(&e))),
+        }
     }
 
     async fn verify_id_token(
         &self,
         discovered: &Discovered,
         id_token: &GateIdToken,
-        nonce: &Nonce,
+        nonce: impl openidconnect::NonceVerifier + Copy,
     ) -> Result<openidconnect::IdTokenClaims<ExtraClaims, CoreGenderClaim>, LoginError> {
         let first = id_token.claims(&self.verifier(discovered), nonce).cloned();
         let unknown_key = matches!(
@@ -509,6 +620,45 @@ impl Provider {
             request = request.set_id_token_hint(&token);
         }
         Some(request.http_get_url())
+    }
+}
+
+/// The tokens of a token-endpoint answer whose ID token has been verified.
+fn tokens_from(
+    response: &GateTokenResponse,
+    id_token: &GateIdToken,
+    claims: &openidconnect::IdTokenClaims<ExtraClaims, CoreGenderClaim>,
+) -> Tokens {
+    let id_token_expiry: SystemTime = claims.expiration().into();
+    Tokens {
+        id_token: id_token.to_string(),
+        access_token: response.access_token().secret().clone(),
+        refresh_token: response.refresh_token().map(|t| t.secret().clone()),
+        expires_at: response
+            .expires_in()
+            .map_or(id_token_expiry, |d| SystemTime::now() + d),
+    }
+}
+
+/// A refusal (`invalid_grant` and friends) ends the session; anything else (a 5xx, a
+/// timeout, a refused connection, an unparseable answer) is worth another try later.
+fn classify_token_error<E: std::error::Error + 'static>(
+    error: openidconnect::RequestTokenError<E, StandardErrorResponse<CoreErrorResponseType>>,
+) -> UpkeepError {
+    use openidconnect::core::CoreErrorResponseType as Code;
+    match &error {
+        openidconnect::RequestTokenError::ServerResponse(response)
+            if matches!(
+                response.error(),
+                Code::InvalidGrant
+                    | Code::InvalidClient
+                    | Code::UnauthorizedClient
+                    | Code::UnsupportedGrantType
+            ) =>
+        {
+            UpkeepError::Refused(error_chain(&error))
+        }
+        _ => UpkeepError::Unavailable(error_chain(&error)),
     }
 }
 

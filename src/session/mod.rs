@@ -8,7 +8,7 @@
 mod cookies;
 
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
@@ -38,11 +38,51 @@ pub struct Identity {
 #[derive(Debug)]
 pub struct Session {
     pub identity: Identity,
+    /// The provider's session id (`sid`), matched by back-channel logout.
+    pub provider_sid: Option<String>,
+    pub created_at: SystemTime,
+    /// The tokens and their upkeep. Held while a refresh or revalidation runs, so
+    /// there is one at a time per session however many requests arrive (single flight).
+    pub upkeep: tokio::sync::Mutex<Upkeep>,
+}
+
+impl Session {
+    pub fn new(identity: Identity, provider_sid: Option<String>, tokens: Tokens) -> Self {
+        Self {
+            identity,
+            provider_sid,
+            created_at: SystemTime::now(),
+            upkeep: tokio::sync::Mutex::new(Upkeep {
+                tokens,
+                validated_at: Instant::now(),
+                retry_at: None,
+                failures: 0,
+            }),
+        }
+    }
+}
+
+/// The tokens a login or a refresh gave.
+#[derive(Clone, Debug)]
+pub struct Tokens {
     /// The raw ID token, kept for `id_token_hint` at sign-out.
     pub id_token: String,
-    /// When the provider's tokens expire (the ID token's `exp`).
-    pub token_expiry: SystemTime,
-    pub created_at: SystemTime,
+    pub access_token: String,
+    /// Only when the provider issued one (Encvoy ID: with `offline_access`).
+    pub refresh_token: Option<String>,
+    /// When the access token expires (`expires_in`, else the ID token's `exp`).
+    pub expires_at: SystemTime,
+}
+
+/// What keeping a session in step with the provider needs to remember.
+#[derive(Debug)]
+pub struct Upkeep {
+    pub tokens: Tokens,
+    /// When the provider last confirmed the session (login, refresh, userinfo).
+    pub validated_at: Instant,
+    /// After the provider could not be reached: no new attempt before this.
+    pub retry_at: Option<Instant>,
+    pub failures: u32,
 }
 
 /// A fresh random session id: 32 bytes from the OS generator, base64url.
@@ -97,6 +137,20 @@ impl SessionStore {
         self.sessions.remove(id).await
     }
 
+    /// Ends every session `doomed` selects (back-channel logout); returns how many.
+    pub async fn remove_where(&self, doomed: impl Fn(&Session) -> bool) -> usize {
+        let ids: Vec<Arc<String>> = self
+            .sessions
+            .iter()
+            .filter(|(_, session)| doomed(session))
+            .map(|(id, _)| id)
+            .collect();
+        for id in &ids {
+            self.sessions.invalidate(id.as_str()).await;
+        }
+        ids.len()
+    }
+
     /// Approximate number of live sessions.
     pub fn len(&self) -> u64 {
         self.sessions.entry_count()
@@ -121,24 +175,27 @@ mod tests {
             lifetime: Duration::from_millis(lifetime_ms),
             idle_timeout: Duration::from_millis(idle_ms),
             max_sessions: max,
+            revalidate_every: None,
         }
     }
 
     fn session(sub: &str) -> Session {
-        Session {
-            identity: Identity {
-                issuer: "https://id".into(),
-                sub: sub.into(),
-                email: None,
-                email_verified: false,
-                preferred_username: None,
-                name: None,
-                groups: vec![],
-            },
+        let identity = Identity {
+            issuer: "https://id".into(),
+            sub: sub.into(),
+            email: None,
+            email_verified: false,
+            preferred_username: None,
+            name: None,
+            groups: vec![],
+        };
+        let tokens = Tokens {
             id_token: String::new(),
-            token_expiry: SystemTime::now(),
-            created_at: SystemTime::now(),
-        }
+            access_token: String::new(),
+            refresh_token: None,
+            expires_at: SystemTime::now(),
+        };
+        Session::new(identity, Some(format!("sid-{sub}")), tokens)
     }
 
     #[test]
@@ -163,5 +220,16 @@ mod tests {
         );
         assert!(store.get("a").await.is_some());
         assert!(store.get("b").await.is_none(), "b was least recently used");
+    }
+
+    #[tokio::test]
+    async fn remove_where_ends_only_the_matching_sessions() {
+        let store = SessionStore::new(&settings(60_000, 60_000, 10));
+        for (id, sub) in [("1", "a"), ("2", "b"), ("3", "a")] {
+            store.insert(id.into(), session(sub)).await;
+        }
+        assert_eq!(store.remove_where(|s| s.identity.sub == "a").await, 2);
+        assert!(store.get("1").await.is_none() && store.get("3").await.is_none());
+        assert!(store.get("2").await.is_some());
     }
 }
