@@ -13,7 +13,8 @@ use super::Gateway;
 use crate::oidc::UpkeepError;
 use crate::session::Session;
 
-/// Access tokens are refreshed when they expire within this.
+/// Access tokens are refreshed when they expire within this (or within half their
+/// lifetime, for very short-lived ones).
 const REFRESH_AHEAD: Duration = Duration::from_secs(30);
 /// Longest pause between attempts while the provider cannot be reached.
 const MAX_BACKOFF: Duration = Duration::from_secs(300);
@@ -28,8 +29,8 @@ impl Gateway {
             return true; // confirmed by the upkeep this request waited for
         }
         let now = SystemTime::now();
-        let expiring = upkeep.tokens.expires_at <= now + REFRESH_AHEAD;
-        let refresh_due = upkeep.tokens.refresh_token.is_some() && expiring;
+        let refresh_due =
+            upkeep.tokens.refresh_token.is_some() && upkeep.tokens.expiring(REFRESH_AHEAD);
         let revalidation_due = self
             .settings
             .session

@@ -634,6 +634,7 @@ fn tokens_from(
         id_token: id_token.to_string(),
         access_token: response.access_token().secret().clone(),
         refresh_token: response.refresh_token().map(|t| t.secret().clone()),
+        issued_at: SystemTime::now(),
         expires_at: response
             .expires_in()
             .map_or(id_token_expiry, |d| SystemTime::now() + d),

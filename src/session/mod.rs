@@ -70,8 +70,22 @@ pub struct Tokens {
     pub access_token: String,
     /// Only when the provider issued one (Encvoy ID: with `offline_access`).
     pub refresh_token: Option<String>,
+    /// When these tokens were obtained.
+    pub issued_at: SystemTime,
     /// When the access token expires (`expires_in`, else the ID token's `exp`).
     pub expires_at: SystemTime,
+}
+
+impl Tokens {
+    /// True when the access token expires within `ahead`, or within half its
+    /// lifetime for tokens that live shorter than `2 * ahead`.
+    pub fn expiring(&self, ahead: Duration) -> bool {
+        let lifetime = self
+            .expires_at
+            .duration_since(self.issued_at)
+            .unwrap_or_default();
+        SystemTime::now() + ahead.min(lifetime / 2) >= self.expires_at
+    }
 }
 
 /// What keeping a session in step with the provider needs to remember.
@@ -193,6 +207,7 @@ mod tests {
             id_token: String::new(),
             access_token: String::new(),
             refresh_token: None,
+            issued_at: SystemTime::now(),
             expires_at: SystemTime::now(),
         };
         Session::new(identity, Some(format!("sid-{sub}")), tokens)
@@ -220,6 +235,25 @@ mod tests {
         );
         assert!(store.get("a").await.is_some());
         assert!(store.get("b").await.is_none(), "b was least recently used");
+    }
+
+    #[test]
+    fn tokens_are_due_for_refresh_ahead_of_expiry() {
+        let tokens = |lifetime: Duration, elapsed: Duration| Tokens {
+            id_token: String::new(),
+            access_token: String::new(),
+            refresh_token: None,
+            issued_at: SystemTime::now() - elapsed,
+            expires_at: SystemTime::now() - elapsed + lifetime,
+        };
+        let ahead = Duration::from_secs(30);
+        assert!(!tokens(Duration::from_secs(1800), Duration::from_secs(60)).expiring(ahead));
+        assert!(tokens(Duration::from_secs(1800), Duration::from_secs(1780)).expiring(ahead));
+        assert!(
+            !tokens(Duration::from_secs(10), Duration::from_secs(2)).expiring(ahead),
+            "short-lived: half its life"
+        );
+        assert!(tokens(Duration::from_secs(10), Duration::from_secs(6)).expiring(ahead));
     }
 
     #[tokio::test]

@@ -59,6 +59,10 @@ pub struct WorldOptions {
     pub upstream_url: Option<String>,
     /// Extra keys for the `[server]` section.
     pub server_toml: String,
+    /// Extra keys for the `[oidc]` section.
+    pub oidc_toml: String,
+    /// Lifetime of the provider's access tokens.
+    pub access_token_ttl: std::time::Duration,
 }
 
 impl Default for WorldOptions {
@@ -74,6 +78,8 @@ impl Default for WorldOptions {
             )],
             upstream_url: None,
             server_toml: String::new(),
+            oidc_toml: String::new(),
+            access_token_ttl: std::time::Duration::from_secs(1800),
         }
     }
 }
@@ -109,7 +115,7 @@ impl World {
                 users: options.users,
                 signing_alg: options.alg,
                 id_token_ttl: std::time::Duration::from_secs(1800),
-                access_token_ttl: std::time::Duration::from_secs(1800),
+                access_token_ttl: options.access_token_ttl,
             },
         )
         .await
@@ -130,6 +136,7 @@ read_timeout = "3s"
 issuer = "{issuer}"
 client_id = "{CLIENT_ID}"
 client_secret = "{CLIENT_SECRET}"
+{oidc_extra}
 [session]
 secrets = ["test-session-secret-0123456789abcdefghijkl"]
 {extra}
@@ -140,6 +147,7 @@ secrets = ["test-session-secret-0123456789abcdefghijkl"]
             issuer = provider.issuer(),
             extra = options.extra_toml,
             server_extra = options.server_toml,
+            oidc_extra = options.oidc_toml,
         );
         let mut settings = Settings::from_toml(&config, "(test)", std::iter::empty())
             .unwrap_or_else(|e| panic!("test config refused: {e}\n{config}"));
