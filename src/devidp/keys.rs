@@ -100,23 +100,39 @@ impl SigningKey {
         }
     }
 
-    /// Builds a signed JWT with header `{alg, kid, typ: "JWT"}`.
+    /// The JOSE header this key signs with: `{alg, kid, typ: "JWT"}`.
+    pub(crate) fn header(&self) -> Map<String, Value> {
+        let mut header = Map::new();
+        header.insert("alg".into(), self.alg.as_str().into());
+        header.insert("kid".into(), self.kid.clone().into());
+        header.insert("typ".into(), "JWT".into());
+        header
+    }
+
+    /// Builds a signed ID token with [`SigningKey::header`].
     ///
-    /// `tamper` may rewrite header and claims first; if it sets `alg` to
-    /// `"none"` the token is left unsigned (`header.payload.`). Otherwise the
-    /// token is signed with this key whatever the header now claims.
+    /// `tamper` may rewrite header and claims first, with the effect
+    /// [`SigningKey::sign_compact`] describes.
     pub(crate) fn sign_jwt(
         &self,
         mut claims: Map<String, Value>,
         tamper: Option<&IdTokenTamper>,
     ) -> Option<String> {
-        let mut header = Map::new();
-        header.insert("alg".into(), self.alg.as_str().into());
-        header.insert("kid".into(), self.kid.clone().into());
-        header.insert("typ".into(), "JWT".into());
+        let mut header = self.header();
         if let Some(tamper) = tamper {
             tamper(&mut header, &mut claims);
         }
+        self.sign_compact(header, claims)
+    }
+
+    /// Serializes `header` and `claims` as a compact JWS signed by this key,
+    /// whatever algorithm or key id the header claims. If the header's `alg`
+    /// is `"none"` the token is left unsigned (`header.payload.`).
+    pub(crate) fn sign_compact(
+        &self,
+        header: Map<String, Value>,
+        claims: Map<String, Value>,
+    ) -> Option<String> {
         let unsigned = header.get("alg").and_then(Value::as_str) == Some("none");
         let input = format!(
             "{}.{}",

@@ -11,22 +11,41 @@
 //! | `GET /jwks`                             | every published public key (current and rotated out) |
 //! | `GET /authorize`                        | checks the request, shows a login form               |
 //! | `POST /login`                           | checks the password, redirects back with a code      |
-//! | `POST /token`                           | code + PKCE verifier → access token and ID token     |
+//! | `POST /token`                           | code + PKCE verifier, or a refresh token → tokens    |
 //! | `GET /userinfo`                         | the user's claims for a bearer access token          |
 //! | `GET /session/end`                      | RP-initiated logout                                  |
 //!
-//! Only the authorization code flow with PKCE (`S256`) is supported; there are
-//! no refresh tokens, consent screens or provider-side sessions (every
-//! `/authorize` shows the login form). ID tokens are signed with RS256 or
-//! ES256 by keys that are generated at start-up and only live in memory.
+//! Only the authorization code flow with PKCE (`S256`) and the refresh token
+//! grant are supported; there are no consent screens and no single sign-on
+//! (every `/authorize` shows the login form). ID tokens are signed with RS256
+//! or ES256 by keys that are generated at start-up and only live in memory.
+//!
+//! Like Encvoy ID (whose engine is the npm `oidc-provider`):
+//!
+//! - Every successful login starts a provider session with a random id, the
+//!   `sid` claim of every ID token issued for that login, refreshes included.
+//!   Discovery advertises back-channel logout with `sid`; the provider sends
+//!   no logout tokens itself, but [`DevProvider::logout_token`] makes them.
+//! - A refresh token (valid for 14 days) comes with the tokens only when the
+//!   granted scope contains `offline_access`. Each refresh returns a new
+//!   access token, a new ID token (same `sub`, `sid`, `aud`, `azp` and
+//!   `auth_time`, fresh `iat`/`exp`, no `nonce`) and a new refresh token; the
+//!   presented one is used up. Presenting a used one again is `invalid_grant`
+//!   and revokes every token of that login, as does reusing a code. A
+//!   `scope` parameter may narrow the refreshed tokens' scope.
+//! - Token endpoint errors are RFC 6749 JSON: `{"error", "error_description"}`.
 //!
 //! Claims are released by scope: standard claims of the `email`, `profile`,
 //! `phone` and `address` scopes only when that scope was granted; `sub` and
 //! every non-standard claim (`groups`, `permissions`, ...) always.
 //!
 //! Tests can observe and bend the provider: [`DevProvider::token_requests`],
-//! [`DevProvider::end_session_requests`], [`DevProvider::rotate_signing_key`]
-//! and [`DevProvider::set_id_token_tamper`].
+//! [`DevProvider::end_session_requests`], [`DevProvider::refresh_count`],
+//! [`DevProvider::sid_of_last_login`], [`DevProvider::rotate_signing_key`],
+//! [`DevProvider::set_id_token_tamper`], [`DevProvider::end_sessions`] (the
+//! administrator's "End Sessions"), [`DevProvider::set_token_endpoint_outage`],
+//! and make back-channel logout tokens with [`DevProvider::logout_token`] or
+//! anything else signed with [`DevProvider::sign_claims`].
 //!
 //! This is **not** a production identity provider: it refuses to listen on
 //! anything but a loopback address and keeps all state in memory.
@@ -40,13 +59,16 @@ mod tests;
 use std::fmt;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use serde_json::{Map, Value, json};
 use tokio::sync::watch;
 
 use crate::devidp::keys::SigningKey;
 use crate::devidp::server::Shared;
+
+/// The `events` member that marks a JWT as a back-channel logout token.
+pub const BACKCHANNEL_LOGOUT_EVENT: &str = "http://schemas.openid.net/event/backchannel-logout";
 
 /// The client id that [`DevProviderConfig::demo`] registers.
 pub const DEMO_CLIENT_ID: &str = "ssogate-demo";
@@ -271,6 +293,95 @@ impl DevProvider {
     /// The query parameters of every end-session request received so far.
     pub fn end_session_requests(&self) -> Vec<Vec<(String, String)>> {
         self.handle.shared.lock().end_session_requests.clone()
+    }
+
+    /// How many `/token` requests with `grant_type=refresh_token` were
+    /// received so far, successful or not (outages included).
+    pub fn refresh_count(&self) -> usize {
+        let locked = self.handle.shared.lock();
+        let refreshes = locked.token_requests.iter().filter(|fields| {
+            let grant_type = fields
+                .iter()
+                .find(|(n, v)| n == "grant_type" && !v.is_empty());
+            grant_type.is_some_and(|(_, v)| v == "refresh_token")
+        });
+        refreshes.count()
+    }
+
+    /// The provider session id (`sid`) of `username`'s latest successful
+    /// login, if any. [`DevProvider::end_sessions`] does not forget it.
+    pub fn sid_of_last_login(&self, username: &str) -> Option<String> {
+        self.handle.shared.lock().last_sid.get(username).cloned()
+    }
+
+    /// The administrator's "End Sessions" for `username`: revokes every
+    /// access and refresh token the user holds (userinfo then answers 401,
+    /// refreshing `invalid_grant`) and drops the user's unredeemed codes.
+    /// Returns how many still usable access and refresh tokens were revoked.
+    /// Sends no back-channel logout.
+    pub fn end_sessions(&self, username: &str) -> usize {
+        self.handle
+            .shared
+            .lock()
+            .end_sessions(username, Instant::now())
+    }
+
+    /// While `down`, `POST /token` answers every request with 503 and
+    /// `{"error": "temporarily_unavailable", ...}` without looking at it:
+    /// no code or refresh token is used up. The request is still recorded in
+    /// [`DevProvider::token_requests`] (and [`DevProvider::refresh_count`]).
+    pub fn set_token_endpoint_outage(&self, down: bool) {
+        self.handle.shared.lock().token_endpoint_down = down;
+    }
+
+    /// A back-channel logout token (OpenID Connect Back-Channel Logout 1.0
+    /// §2.4) signed with the current key, with header `typ: "logout+jwt"`,
+    /// `aud` the first client's id, a two-minute lifetime, a random `jti`,
+    /// the logout `events` member and `sub` and `sid` when given (the spec
+    /// wants at least one; this does not check).
+    ///
+    /// # Panics
+    /// As [`DevProvider::sign_claims`].
+    pub fn logout_token(&self, sub: Option<&str>, sid: Option<&str>) -> String {
+        let shared = &self.handle.shared;
+        let aud = shared.config.clients.first().map(|c| c.client_id.as_str());
+        let iat = server::unix_now();
+        let claims = json!({
+            "iss": shared.issuer,
+            "aud": aud,
+            "iat": iat,
+            "exp": iat + 120,
+            "jti": server::random_token(),
+            "events": { BACKCHANNEL_LOGOUT_EVENT: {} },
+        });
+        let mut claims = claims.as_object().cloned().unwrap_or_default();
+        for (name, value) in [("sub", sub), ("sid", sid)] {
+            if let Some(value) = value {
+                claims.insert(name.into(), value.into());
+            }
+        }
+        let header = json!({ "typ": "logout+jwt" });
+        self.sign_claims(header.as_object().cloned().unwrap_or_default(), claims)
+    }
+
+    /// Signs any `claims` with the current signing key, as a JWT whose header
+    /// is `{alg, kid, typ: "JWT"}` with `header_extra`'s members set over it.
+    /// The signature is made with the current key whatever the header says;
+    /// an `alg` of `"none"` leaves the token unsigned (`header.payload.`).
+    ///
+    /// # Panics
+    /// If the crypto library fails to sign, which it does not.
+    pub fn sign_claims(
+        &self,
+        header_extra: Map<String, Value>,
+        claims: Map<String, Value>,
+    ) -> String {
+        let key = self.handle.shared.lock().keys.last().cloned();
+        let key = key.expect("the provider always has a signing key");
+        let mut header = key.header();
+        header.extend(header_extra);
+        key.sign_compact(header, claims)
+            .expect("aws-lc-rs failed to sign")
     }
 
     /// Stops accepting connections; requests in flight are still answered.

@@ -1,6 +1,6 @@
 //! HTTP serving: the accept loop, routing and the endpoint handlers.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::convert::Infallible;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -29,6 +29,10 @@ type Body = Full<Bytes>;
 
 const INTERACTION_TTL: Duration = Duration::from_secs(600);
 const CODE_TTL: Duration = Duration::from_secs(60);
+/// oidc-provider's default refresh token lifetime.
+pub(crate) const REFRESH_TOKEN_TTL: Duration = Duration::from_secs(14 * 24 * 3600);
+/// The scope that makes the token endpoint issue refresh tokens.
+const OFFLINE_ACCESS: &str = "offline_access";
 const MAX_FORM_BYTES: usize = 64 * 1024;
 
 /// State shared by the handle and every connection.
@@ -47,13 +51,22 @@ pub(crate) struct State {
     pub(crate) tamper: Option<IdTokenTamper>,
     pub(crate) token_requests: Vec<Vec<(String, String)>>,
     pub(crate) end_session_requests: Vec<Vec<(String, String)>>,
+    /// While set, the token endpoint answers 503 and touches nothing.
+    pub(crate) token_endpoint_down: bool,
+    /// The provider session id (`sid`) of each user's latest login, by username.
+    pub(crate) last_sid: HashMap<String, String>,
     /// Authorization requests waiting for the login form, by interaction id.
     interactions: HashMap<String, Interaction>,
     /// Issued, not yet redeemed authorization codes.
     codes: HashMap<String, Code>,
-    /// Redeemed codes and the access token they gave, so reuse can revoke it.
-    redeemed: HashMap<String, (String, Instant)>,
-    access_tokens: HashMap<String, Grant>,
+    /// Redeemed codes and the grant they started, so reuse can revoke it.
+    redeemed: HashMap<String, String>,
+    /// What redeemed codes granted, by grant id. Lives as long as its tokens.
+    grants: HashMap<String, Grant>,
+    access_tokens: HashMap<String, AccessToken>,
+    /// Refresh tokens, used ones included: they stay until they expire so
+    /// that their reuse is recognised.
+    refresh_tokens: HashMap<String, RefreshToken>,
 }
 
 /// A validated authorization request.
@@ -70,13 +83,34 @@ struct Interaction {
 struct Code {
     request: Interaction,
     user: DevUser,
+    /// The provider session the login created.
+    sid: String,
     auth_time: u64,
     expires: Instant,
 }
 
+/// What one login granted one client (oidc-provider's "grant"). Every token
+/// issued for it, by the code and by refreshes, names it, so revoking the
+/// grant revokes the whole token family.
+#[derive(Clone)]
 struct Grant {
+    client_id: String,
     user: DevUser,
+    /// The scope granted at login; a refresh may narrow it, never widen it.
     scope: String,
+    sid: String,
+    auth_time: u64,
+}
+
+struct AccessToken {
+    grant: String,
+    scope: String,
+    expires: Instant,
+}
+
+struct RefreshToken {
+    grant: String,
+    used: bool,
     expires: Instant,
 }
 
@@ -84,8 +118,43 @@ impl State {
     fn prune(&mut self, now: Instant) {
         self.interactions.retain(|_, i| i.expires > now);
         self.codes.retain(|_, c| c.expires > now);
-        self.redeemed.retain(|_, (_, expires)| *expires > now);
-        self.access_tokens.retain(|_, g| g.expires > now);
+        self.access_tokens.retain(|_, t| t.expires > now);
+        self.refresh_tokens.retain(|_, t| t.expires > now);
+        let access = self.access_tokens.values().map(|t| &t.grant);
+        let live: HashSet<&String> = access
+            .chain(self.refresh_tokens.values().map(|t| &t.grant))
+            .collect();
+        self.grants.retain(|id, _| live.contains(id));
+        self.redeemed
+            .retain(|_, grant| self.grants.contains_key(grant));
+    }
+
+    /// Revokes a grant and every token issued for it; returns how many
+    /// tokens were still usable.
+    fn revoke_grant(&mut self, grant: &str) -> usize {
+        self.grants.remove(grant);
+        let before = self.access_tokens.len();
+        self.access_tokens.retain(|_, t| t.grant != grant);
+        let mut revoked = before - self.access_tokens.len();
+        self.refresh_tokens.retain(|_, t| {
+            let ours = t.grant == grant;
+            revoked += usize::from(ours && !t.used);
+            !ours
+        });
+        revoked
+    }
+
+    /// The administrator's "End Sessions": revokes every token of `username`
+    /// (and drops the user's codes not yet redeemed); returns how many
+    /// access and refresh tokens were still usable.
+    pub(crate) fn end_sessions(&mut self, username: &str, now: Instant) -> usize {
+        self.prune(now);
+        self.codes.retain(|_, c| c.user.username != username);
+        let grants: Vec<String> = (self.grants.iter())
+            .filter(|(_, g)| g.user.username == username)
+            .map(|(id, _)| id.clone())
+            .collect();
+        grants.iter().map(|id| self.revoke_grant(id)).sum()
     }
 }
 
@@ -183,13 +252,7 @@ async fn handle(shared: &Shared, request: Request<Incoming>) -> Response<Body> {
             Ok((_, form)) => login(shared, &form),
             Err(message) => pages::error(StatusCode::BAD_REQUEST, message),
         },
-        (&Method::POST, "/token") => match read_form(request).await {
-            Ok((headers, form)) => {
-                shared.lock().token_requests.push(form.0.clone());
-                token(shared, &headers, &form).unwrap_or_else(TokenError::into_response)
-            }
-            Err(message) => TokenError::invalid_request(message).into_response(),
-        },
+        (&Method::POST, "/token") => token_endpoint(shared, request).await,
         (&Method::GET | &Method::POST, "/userinfo") => userinfo(shared, request.headers()),
         (&Method::GET, "/session/end") => end_session(shared, &query),
         _ => not_found(),
@@ -198,8 +261,8 @@ async fn handle(shared: &Shared, request: Request<Incoming>) -> Response<Body> {
 
 fn discovery(shared: &Shared) -> Value {
     let issuer = &shared.issuer;
-    let standard = "sub iss aud azp exp iat auth_time nonce at_hash email email_verified name \
-                    preferred_username login groups permissions";
+    let standard = "sub iss aud azp exp iat auth_time nonce at_hash sid email email_verified \
+                    name preferred_username login groups permissions";
     let mut claims: Vec<&str> = standard.split(' ').collect();
     let users = shared.config.users.iter();
     claims.extend(users.flat_map(|u| u.claims.keys().map(String::as_str)));
@@ -214,14 +277,16 @@ fn discovery(shared: &Shared) -> Value {
         "end_session_endpoint": format!("{issuer}/session/end"),
         "response_types_supported": ["code"],
         "response_modes_supported": ["query"],
-        "grant_types_supported": ["authorization_code"],
+        "grant_types_supported": ["authorization_code", "refresh_token"],
         "subject_types_supported": ["public"],
         "id_token_signing_alg_values_supported": [shared.config.signing_alg.as_str()],
-        "scopes_supported": ["openid", "profile", "email", "phone", "address"],
+        "scopes_supported": ["openid", OFFLINE_ACCESS, "profile", "email", "phone", "address"],
         "token_endpoint_auth_methods_supported": ["client_secret_basic", "client_secret_post"],
         "code_challenge_methods_supported": ["S256"],
         "claims_supported": claims,
         "authorization_response_iss_parameter_supported": true,
+        "backchannel_logout_supported": true,
+        "backchannel_logout_session_supported": true,
     })
 }
 
@@ -259,7 +324,7 @@ fn authorize(shared: &Shared, query: &Params) -> Response<Body> {
         );
     }
     let scope = query.get("scope").unwrap_or_default();
-    if !scope.split(' ').any(|s| s == "openid") {
+    if !has_scope(scope, "openid") {
         return fail("invalid_scope", "the scope must include openid");
     }
     let code_challenge = match (
@@ -311,11 +376,14 @@ fn login(shared: &Shared, form: &Params) -> Response<Body> {
         return pages::login(&shared.issuer, interaction, &client_id, error);
     };
     let code = random_token();
+    let sid = random_token();
     let redirect_uri = request.redirect_uri.clone();
     let state = request.state.clone();
+    (locked.last_sid).insert(user.username.clone(), sid.clone());
     let issued = Code {
         request,
         user: user.clone(),
+        sid,
         auth_time: unix_now(),
         expires: now + CODE_TTL,
     };
@@ -342,6 +410,19 @@ impl TokenError {
         TokenError(StatusCode::BAD_REQUEST, "invalid_grant", description)
     }
 
+    fn server_error() -> Self {
+        TokenError(StatusCode::INTERNAL_SERVER_ERROR, "server_error", "")
+    }
+
+    /// What [`crate::devidp::DevProvider::set_token_endpoint_outage`] simulates.
+    fn outage() -> Self {
+        TokenError(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "temporarily_unavailable",
+            "the token endpoint is down (simulated outage)",
+        )
+    }
+
     fn invalid_client() -> Self {
         TokenError(
             StatusCode::UNAUTHORIZED,
@@ -364,7 +445,26 @@ impl TokenError {
     }
 }
 
-/// The token endpoint: redeems an authorization code for tokens.
+/// `POST /token`: records the request, then answers it unless the endpoint
+/// is "down".
+async fn token_endpoint(shared: &Shared, request: Request<Incoming>) -> Response<Body> {
+    let form = read_form(request).await;
+    let down = {
+        let mut locked = shared.lock();
+        if let Ok((_, form)) = &form {
+            locked.token_requests.push(form.0.clone());
+        }
+        locked.token_endpoint_down
+    };
+    let answer = match form {
+        _ if down => Err(TokenError::outage()),
+        Ok((headers, form)) => token(shared, &headers, &form),
+        Err(message) => Err(TokenError::invalid_request(message)),
+    };
+    answer.unwrap_or_else(TokenError::into_response)
+}
+
+/// The token endpoint proper: authenticates the client, runs the grant.
 fn token(
     shared: &Shared,
     headers: &HeaderMap,
@@ -372,16 +472,23 @@ fn token(
 ) -> Result<Response<Body>, TokenError> {
     let client = authenticate_client(shared, headers, form)?;
     match form.get("grant_type") {
-        Some("authorization_code") => {}
-        Some(_) => {
-            return Err(TokenError(
-                StatusCode::BAD_REQUEST,
-                "unsupported_grant_type",
-                "",
-            ));
-        }
-        None => return Err(TokenError::invalid_request("grant_type is required")),
+        Some("authorization_code") => authorization_code_grant(shared, client, form),
+        Some("refresh_token") => refresh_token_grant(shared, client, form),
+        Some(_) => Err(TokenError(
+            StatusCode::BAD_REQUEST,
+            "unsupported_grant_type",
+            "",
+        )),
+        None => Err(TokenError::invalid_request("grant_type is required")),
     }
+}
+
+/// Redeems an authorization code: starts a grant and issues its first tokens.
+fn authorization_code_grant(
+    shared: &Shared,
+    client: &DevClient,
+    form: &Params,
+) -> Result<Response<Body>, TokenError> {
     let code = form
         .get("code")
         .ok_or(TokenError::invalid_request("code is required"))?;
@@ -391,8 +498,8 @@ fn token(
     // Taking the code out of the map makes it single-use, even when a check below fails.
     let Some(issued) = locked.codes.remove(code) else {
         // RFC 6749 §4.1.2: a reused code should revoke what it gave the first time.
-        if let Some((access_token, _)) = locked.redeemed.remove(code) {
-            locked.access_tokens.remove(&access_token);
+        if let Some(grant) = locked.redeemed.remove(code) {
+            locked.revoke_grant(&grant);
         }
         return Err(TokenError::invalid_grant("unknown, expired or used code"));
     };
@@ -411,52 +518,138 @@ fn token(
         ));
     }
 
+    let grant_id = random_token();
+    let grant = Grant {
+        client_id: client.client_id.clone(),
+        user: issued.user,
+        scope: issued.request.scope,
+        sid: issued.sid,
+        auth_time: issued.auth_time,
+    };
+    let scope = grant.scope.clone();
+    locked.grants.insert(grant_id.clone(), grant);
+    locked.redeemed.insert(code.to_owned(), grant_id.clone());
+    let nonce = issued.request.nonce;
+    issue_tokens(shared, locked, &grant_id, &scope, nonce.as_deref(), now)
+}
+
+/// Exchanges a refresh token for new tokens, rotating it. Presenting a used
+/// refresh token revokes its whole grant, as oidc-provider does.
+fn refresh_token_grant(
+    shared: &Shared,
+    client: &DevClient,
+    form: &Params,
+) -> Result<Response<Body>, TokenError> {
+    let presented = form
+        .get("refresh_token")
+        .ok_or(TokenError::invalid_request("refresh_token is required"))?;
+    let now = Instant::now();
+    let mut locked = shared.lock();
+    locked.prune(now);
+    let token = locked.refresh_tokens.get(presented);
+    let Some((grant_id, used)) = token.map(|t| (t.grant.clone(), t.used)) else {
+        return Err(TokenError::invalid_grant(
+            "unknown, expired or revoked refresh token",
+        ));
+    };
+    let Some(grant) = locked.grants.get(&grant_id) else {
+        return Err(TokenError::invalid_grant("the grant was revoked"));
+    };
+    if grant.client_id != client.client_id {
+        return Err(TokenError::invalid_grant(
+            "refresh token issued to another client",
+        ));
+    }
+    // RFC 6749 §6: an optional scope may narrow the grant, never widen it.
+    let scope = match form.get("scope") {
+        None => grant.scope.clone(),
+        Some(requested) if requested.split(' ').all(|s| has_scope(&grant.scope, s)) => {
+            requested.to_owned()
+        }
+        Some(_) => {
+            return Err(TokenError(
+                StatusCode::BAD_REQUEST,
+                "invalid_scope",
+                "the requested scope exceeds the granted scope",
+            ));
+        }
+    };
+    if used {
+        locked.revoke_grant(&grant_id);
+        return Err(TokenError::invalid_grant("refresh token already used"));
+    }
+    if let Some(token) = locked.refresh_tokens.get_mut(presented) {
+        token.used = true;
+    }
+    issue_tokens(shared, locked, &grant_id, &scope, None, now)
+}
+
+/// Issues an access token for `scope`, a refresh token if the grant includes
+/// `offline_access`, and an ID token if `scope` includes `openid`; answers
+/// with the token response. The ID token carries `nonce` if given.
+fn issue_tokens(
+    shared: &Shared,
+    mut locked: MutexGuard<'_, State>,
+    grant_id: &str,
+    scope: &str,
+    nonce: Option<&str>,
+    now: Instant,
+) -> Result<Response<Body>, TokenError> {
+    let grant = (locked.grants.get(grant_id).cloned()).ok_or(TokenError::server_error())?;
     let access_token = random_token();
     let access_ttl = shared.config.access_token_ttl;
-    let (user, scope) = (issued.user.clone(), request.scope.clone());
-    let grant = Grant {
-        user,
-        scope,
+    let issued = AccessToken {
+        grant: grant_id.to_owned(),
+        scope: scope.to_owned(),
         expires: now + access_ttl,
     };
-    locked.access_tokens.insert(access_token.clone(), grant);
-    let revocable = (access_token.clone(), now + access_ttl);
-    locked.redeemed.insert(code.to_owned(), revocable);
+    locked.access_tokens.insert(access_token.clone(), issued);
+    let refresh_token = has_scope(&grant.scope, OFFLINE_ACCESS).then(|| {
+        let token = random_token();
+        let issued = RefreshToken {
+            grant: grant_id.to_owned(),
+            used: false,
+            expires: now + REFRESH_TOKEN_TTL,
+        };
+        locked.refresh_tokens.insert(token.clone(), issued);
+        token
+    });
     let key = locked.keys.last().cloned();
     let tamper = locked.tamper.clone();
     drop(locked);
 
-    let iat = unix_now();
-    let mut claims = scoped_claims(&issued.user, &request.scope);
-    let at_hash = digest(&SHA256, access_token.as_bytes());
-    let protocol = json!({
-        "iss": shared.issuer,
-        "aud": client.client_id,
-        "azp": client.client_id,
-        "iat": iat,
-        "exp": iat + shared.config.id_token_ttl.as_secs(),
-        "auth_time": issued.auth_time,
-        "at_hash": b64(&at_hash.as_ref()[..16]),
-    });
-    if let Value::Object(protocol) = protocol {
-        claims.extend(protocol);
-    }
-    if let Some(nonce) = &request.nonce {
-        claims.insert("nonce".into(), nonce.as_str().into());
-    }
-    let id_token = key.and_then(|key| key.sign_jwt(claims, tamper.as_ref()));
-    let id_token = id_token.ok_or(TokenError(
-        StatusCode::INTERNAL_SERVER_ERROR,
-        "server_error",
-        "",
-    ))?;
-    let body = json!({
+    let mut body = json!({
         "access_token": access_token,
         "token_type": "Bearer",
         "expires_in": access_ttl.as_secs(),
-        "id_token": id_token,
-        "scope": request.scope,
+        "scope": scope,
     });
+    if has_scope(scope, "openid") {
+        let iat = unix_now();
+        let mut claims = scoped_claims(&grant.user, scope);
+        let at_hash = digest(&SHA256, access_token.as_bytes());
+        let protocol = json!({
+            "iss": shared.issuer,
+            "aud": grant.client_id,
+            "azp": grant.client_id,
+            "iat": iat,
+            "exp": iat + shared.config.id_token_ttl.as_secs(),
+            "auth_time": grant.auth_time,
+            "at_hash": b64(&at_hash.as_ref()[..16]),
+            "sid": grant.sid,
+        });
+        if let Value::Object(protocol) = protocol {
+            claims.extend(protocol);
+        }
+        if let Some(nonce) = nonce {
+            claims.insert("nonce".into(), nonce.into());
+        }
+        let id_token = key.and_then(|key| key.sign_jwt(claims, tamper.as_ref()));
+        body["id_token"] = id_token.ok_or(TokenError::server_error())?.into();
+    }
+    if let Some(refresh_token) = refresh_token {
+        body["refresh_token"] = refresh_token.into();
+    }
     Ok(json_response(StatusCode::OK, body))
 }
 
@@ -511,13 +704,13 @@ fn userinfo(shared: &Shared, headers: &HeaderMap) -> Response<Body> {
     let token = credentials(headers, "Bearer");
     let now = Instant::now();
     let locked = shared.lock();
-    match token
+    let access_token = token
         .and_then(|t| locked.access_tokens.get(t))
-        .filter(|g| g.expires > now)
-    {
-        Some(grant) => json_response(
+        .filter(|t| t.expires > now);
+    match access_token.and_then(|t| Some((locked.grants.get(&t.grant)?, &t.scope))) {
+        Some((grant, scope)) => json_response(
             StatusCode::OK,
-            Value::Object(scoped_claims(&grant.user, &grant.scope)),
+            Value::Object(scoped_claims(&grant.user, scope)),
         ),
         None => {
             let message = "invalid or expired access token\n";
@@ -556,6 +749,11 @@ fn scoped_claims(user: &DevUser, scope: &str) -> Map<String, Value> {
         .entry("sub")
         .or_insert_with(|| user.username.clone().into());
     claims
+}
+
+/// Whether the space-separated `scope` contains `name`.
+fn has_scope(scope: &str, name: &str) -> bool {
+    scope.split(' ').any(|s| s == name)
 }
 
 /// The scope that releases a standard claim (OIDC Core §5.4); `None` for the rest.
@@ -631,7 +829,7 @@ pub(crate) fn random_token() -> String {
     b64(rand::random::<[u8; 32]>())
 }
 
-fn unix_now() -> u64 {
+pub(crate) fn unix_now() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_secs())

@@ -229,12 +229,14 @@ async fn discovery_document_describes_the_provider() {
     assert_eq!(doc["response_types_supported"], json!(["code"]));
     let methods = json!(["client_secret_basic", "client_secret_post"]);
     assert_eq!(doc["token_endpoint_auth_methods_supported"], methods);
-    assert!(
-        doc["claims_supported"]
-            .as_array()
-            .unwrap()
-            .contains(&json!("permissions"))
-    );
+    let claims = doc["claims_supported"].as_array().unwrap();
+    assert!(claims.contains(&json!("permissions")) && claims.contains(&json!("sid")));
+    let grant_types = json!(["authorization_code", "refresh_token"]);
+    assert_eq!(doc["grant_types_supported"], grant_types);
+    let scopes = doc["scopes_supported"].as_array().unwrap();
+    assert!(scopes.contains(&json!("offline_access")));
+    assert_eq!(doc["backchannel_logout_supported"], true);
+    assert_eq!(doc["backchannel_logout_session_supported"], true);
 }
 
 async fn full_flow(alg: SigningAlg) {
@@ -480,4 +482,284 @@ async fn shutdown_stops_accepting() {
         tokio::time::sleep(std::time::Duration::from_millis(10)).await;
     }
     panic!("still accepting connections after shutdown");
+}
+
+const OFFLINE: &str = "openid offline_access email";
+
+/// Signs in with `scope` and redeems the code; returns the token response.
+async fn tokens(idp: &DevProvider, secret: &str, scope: &str) -> Value {
+    let code = sign_in(idp, &[("scope", scope)]).await;
+    let reply = redeem(idp, secret, &code, VERIFIER).await;
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.body);
+    reply.json()
+}
+
+/// A refresh_token grant with client_secret_basic and `extra` fields.
+async fn refresh(idp: &DevProvider, secret: &str, token: &Value, extra: &[(&str, &str)]) -> Reply {
+    let basic = format!(
+        "Basic {}",
+        STANDARD.encode(format!("{DEMO_CLIENT_ID}:{secret}"))
+    );
+    let mut fields = vec![("grant_type", "refresh_token")];
+    fields.extend(token.as_str().map(|t| ("refresh_token", t)));
+    fields.extend_from_slice(extra);
+    post_form(
+        &format!("{}/token", idp.issuer()),
+        &[("authorization", &basic)],
+        &fields,
+    )
+    .await
+}
+
+fn invalid_grant() -> (StatusCode, Value) {
+    (StatusCode::BAD_REQUEST, json!("invalid_grant"))
+}
+
+#[tokio::test]
+async fn refresh_tokens_come_only_with_offline_access() {
+    let (idp, secret) = start(SigningAlg::Es256).await;
+    let online = tokens(&idp, &secret, "openid email profile").await;
+    assert!(online.get("refresh_token").is_none(), "{online}");
+    let offline = tokens(&idp, &secret, OFFLINE).await;
+    assert!(
+        offline["refresh_token"]
+            .as_str()
+            .is_some_and(|t| t.len() >= 43)
+    );
+    assert_eq!(offline["scope"], OFFLINE);
+    // Every login starts its own provider session, named in its ID tokens.
+    let (_, online_claims) = verify(&idp, online["id_token"].as_str().unwrap()).await;
+    let (_, claims) = verify(&idp, offline["id_token"].as_str().unwrap()).await;
+    assert_ne!(online_claims["sid"], claims["sid"]);
+    assert_eq!(
+        claims["sid"].as_str(),
+        idp.sid_of_last_login("demo").as_deref()
+    );
+    assert_eq!(idp.sid_of_last_login("nobody"), None);
+    assert_eq!(idp.refresh_count(), 0);
+}
+
+#[tokio::test]
+async fn refresh_rotates_and_reuse_revokes_the_family() {
+    let (idp, secret) = start(SigningAlg::Rs256).await;
+    let first = tokens(&idp, &secret, OFFLINE).await;
+    let (_, original) = verify(&idp, first["id_token"].as_str().unwrap()).await;
+    assert_eq!(original["nonce"], "n0nce");
+
+    let reply = refresh(&idp, &secret, &first["refresh_token"], &[]).await;
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.body);
+    assert_eq!(reply.headers["cache-control"], "no-store");
+    let second = reply.json();
+    assert_eq!(
+        (&second["token_type"], &second["scope"]),
+        (&json!("Bearer"), &json!(OFFLINE))
+    );
+    for name in ["access_token", "refresh_token", "id_token"] {
+        assert!(
+            second[name].is_string() && second[name] != first[name],
+            "{name}"
+        );
+    }
+    let (header, claims) = verify(&idp, second["id_token"].as_str().unwrap()).await;
+    assert_eq!(header["typ"], "JWT");
+    for name in ["iss", "sub", "aud", "azp", "sid", "auth_time", "email"] {
+        assert_eq!(claims[name], original[name], "{name}");
+    }
+    assert!(
+        claims.get("nonce").is_none(),
+        "refreshed ID token has no nonce"
+    );
+    assert!(claims["iat"].as_u64() >= original["iat"].as_u64());
+    assert!(claims["exp"].as_u64() > claims["iat"].as_u64());
+    let at_hash = digest(&SHA256, second["access_token"].as_str().unwrap().as_bytes());
+    assert_eq!(claims["at_hash"], B64.encode(&at_hash.as_ref()[..16]));
+    let info = userinfo(&idp, second["access_token"].as_str().unwrap()).await;
+    assert_eq!(info.json()["sub"], "demo-user-1");
+
+    // The used refresh token is refused, and its reuse revokes the family.
+    let reuse = refresh(&idp, &secret, &first["refresh_token"], &[]).await;
+    assert_eq!(reuse.error(), invalid_grant());
+    assert_eq!(
+        reuse.json()["error_description"],
+        "refresh token already used"
+    );
+    let next = refresh(&idp, &secret, &second["refresh_token"], &[]).await;
+    assert_eq!(next.error(), invalid_grant());
+    for access_token in [&first["access_token"], &second["access_token"]] {
+        let info = userinfo(&idp, access_token.as_str().unwrap()).await;
+        assert_eq!(info.status, StatusCode::UNAUTHORIZED);
+    }
+    assert_eq!(idp.refresh_count(), 3);
+}
+
+#[tokio::test]
+async fn refresh_checks_its_request() {
+    let mut config = DevProviderConfig::demo(REDIRECT, LOGOUT);
+    let mut other = config.clients[0].clone();
+    other.client_id = "other-client".to_owned();
+    config.clients.push(other.clone());
+    let secret = config.clients[0].client_secret.clone();
+    let idp = DevProvider::start("127.0.0.1:0".parse().unwrap(), config)
+        .await
+        .unwrap();
+    let issued = tokens(&idp, &secret, OFFLINE).await;
+    let token = &issued["refresh_token"];
+
+    let missing = refresh(&idp, &secret, &Value::Null, &[]).await;
+    assert_eq!(
+        missing.error(),
+        (StatusCode::BAD_REQUEST, json!("invalid_request"))
+    );
+    let unknown = refresh(&idp, &secret, &json!("not-a-token"), &[]).await;
+    assert_eq!(unknown.error(), invalid_grant());
+    let wrong_secret = refresh(&idp, "wrong", token, &[]).await;
+    assert_eq!(
+        wrong_secret.error(),
+        (StatusCode::UNAUTHORIZED, json!("invalid_client"))
+    );
+    let wider = refresh(&idp, &secret, token, &[("scope", "openid phone")]).await;
+    assert_eq!(
+        wider.error(),
+        (StatusCode::BAD_REQUEST, json!("invalid_scope"))
+    );
+    // Another client (client_secret_post) cannot use it.
+    let fields = [
+        ("grant_type", "refresh_token"),
+        ("refresh_token", token.as_str().unwrap()),
+        ("client_id", "other-client"),
+        ("client_secret", &other.client_secret),
+    ];
+    let stolen = post_form(&format!("{}/token", idp.issuer()), &[], &fields).await;
+    assert_eq!(stolen.error(), invalid_grant());
+
+    // None of that used the token up; a narrower scope is fine.
+    let narrower = refresh(&idp, &secret, token, &[("scope", "openid")]).await;
+    assert_eq!(narrower.status, StatusCode::OK, "{}", narrower.body);
+    let body = narrower.json();
+    assert_eq!(body["scope"], "openid");
+    let (_, claims) = verify(&idp, body["id_token"].as_str().unwrap()).await;
+    assert!(claims.get("email").is_none());
+    assert!(body["refresh_token"].is_string());
+    let info = userinfo(&idp, body["access_token"].as_str().unwrap())
+        .await
+        .json();
+    assert!(info.get("email").is_none());
+    assert_eq!(idp.refresh_count(), 6);
+}
+
+#[tokio::test]
+async fn end_sessions_revokes_every_token_of_the_user() {
+    let (idp, secret) = start(SigningAlg::Es256).await;
+    let logins = [
+        tokens(&idp, &secret, OFFLINE).await,
+        tokens(&idp, &secret, "openid").await,
+    ];
+    let pending = sign_in(&idp, &[]).await;
+    assert_eq!(idp.end_sessions("nobody"), 0);
+    // Two access tokens and one refresh token.
+    assert_eq!(idp.end_sessions("demo"), 3);
+    for login in &logins {
+        let info = userinfo(&idp, login["access_token"].as_str().unwrap()).await;
+        assert_eq!(info.status, StatusCode::UNAUTHORIZED);
+    }
+    let again = refresh(&idp, &secret, &logins[0]["refresh_token"], &[]).await;
+    assert_eq!(again.error(), invalid_grant());
+    let late = redeem(&idp, &secret, &pending, VERIFIER).await;
+    assert_eq!(late.error(), invalid_grant());
+    assert_eq!(idp.end_sessions("demo"), 0);
+    // The user can sign in again.
+    let fresh = tokens(&idp, &secret, OFFLINE).await;
+    let reply = refresh(&idp, &secret, &fresh["refresh_token"], &[]).await;
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.body);
+}
+
+#[tokio::test]
+async fn token_endpoint_outage_answers_503_and_uses_nothing_up() {
+    let (idp, secret) = start(SigningAlg::Es256).await;
+    let issued = tokens(&idp, &secret, OFFLINE).await;
+    let code = sign_in(&idp, &[]).await;
+    idp.set_token_endpoint_outage(true);
+    let down = refresh(&idp, &secret, &issued["refresh_token"], &[]).await;
+    assert_eq!(
+        down.error(),
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            json!("temporarily_unavailable")
+        )
+    );
+    assert_eq!(down.headers["content-type"], "application/json");
+    let down = redeem(&idp, &secret, &code, VERIFIER).await;
+    assert_eq!(down.status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(idp.refresh_count(), 1);
+    // Other endpoints keep working.
+    let info = userinfo(&idp, issued["access_token"].as_str().unwrap()).await;
+    assert_eq!(info.status, StatusCode::OK);
+
+    idp.set_token_endpoint_outage(false);
+    let reply = refresh(&idp, &secret, &issued["refresh_token"], &[]).await;
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.body);
+    assert_eq!(
+        redeem(&idp, &secret, &code, VERIFIER).await.status,
+        StatusCode::OK
+    );
+    assert_eq!(idp.refresh_count(), 2);
+}
+
+#[tokio::test]
+async fn logout_tokens_verify_and_carry_the_logout_claims() {
+    let (idp, secret) = start(SigningAlg::Rs256).await;
+    tokens(&idp, &secret, "openid").await;
+    let sid = idp.sid_of_last_login("demo").unwrap();
+    let kid = idp.rotate_signing_key();
+    let token = idp.logout_token(Some("demo-user-1"), Some(&sid));
+    let (header, claims) = verify(&idp, &token).await;
+    assert_eq!(
+        (&header["typ"], &header["kid"]),
+        (&json!("logout+jwt"), &json!(kid))
+    );
+    assert_eq!(claims["iss"], idp.issuer());
+    assert_eq!(claims["aud"], DEMO_CLIENT_ID);
+    assert_eq!(
+        (&claims["sub"], &claims["sid"]),
+        (&json!("demo-user-1"), &json!(sid))
+    );
+    assert_eq!(claims["events"], json!({ BACKCHANNEL_LOGOUT_EVENT: {} }));
+    assert!(claims["jti"].as_str().is_some_and(|jti| !jti.is_empty()));
+    let iat = claims["iat"].as_u64().unwrap();
+    assert_eq!(claims["exp"].as_u64(), Some(iat + 120));
+    assert!(claims.get("nonce").is_none());
+    let another = idp.logout_token(None, Some(&sid));
+    let (_, other) = verify(&idp, &another).await;
+    assert!(other.get("sub").is_none());
+    assert_ne!(other["jti"], claims["jti"]);
+
+    // Arbitrary claims, for invalid variants.
+    let mut forged = claims.clone();
+    forged.insert("aud".into(), "someone-else".into());
+    forged.insert("nonce".into(), "n".into());
+    forged.remove("events");
+    let mut extra = Map::new();
+    extra.insert("typ".into(), "JWT".into());
+    extra.insert("cty".into(), "x".into());
+    let (header, signed) = verify(&idp, &idp.sign_claims(extra, forged.clone())).await;
+    assert_eq!(
+        (&header["typ"], &header["cty"]),
+        (&json!("JWT"), &json!("x"))
+    );
+    assert_eq!(signed, forged);
+    let mut none = Map::new();
+    none.insert("alg".into(), "none".into());
+    let unsigned = idp.sign_claims(none, forged);
+    assert!(unsigned.ends_with('.') && unsigned.split('.').count() == 3);
+}
+
+#[tokio::test]
+async fn code_reuse_revokes_the_refresh_token_too() {
+    let (idp, secret) = start(SigningAlg::Es256).await;
+    let code = sign_in(&idp, &[("scope", OFFLINE)]).await;
+    let first = redeem(&idp, &secret, &code, VERIFIER).await.json();
+    let again = redeem(&idp, &secret, &code, VERIFIER).await;
+    assert_eq!(again.error(), invalid_grant());
+    let reply = refresh(&idp, &secret, &first["refresh_token"], &[]).await;
+    assert_eq!(reply.error(), invalid_grant());
 }
