@@ -165,7 +165,12 @@ impl SessionStore {
         ids.len()
     }
 
-    /// Approximate number of live sessions.
+    /// Runs moka's pending housekeeping (evictions, counts) now.
+    pub async fn sync(&self) {
+        self.sessions.run_pending_tasks().await;
+    }
+
+    /// Approximate number of live sessions (exact after [`SessionStore::sync`]).
     pub fn len(&self) -> u64 {
         self.sessions.entry_count()
     }
