@@ -247,7 +247,7 @@ impl Gateway {
     /// rules (and `?allowed_groups=a,b`, any one) admit; 401 without a session, 403
     /// when refused.
     pub(super) async fn forward_auth(&self, request: &Request<Incoming>) -> Response<ResponseBody> {
-        let Some((_, session)) = self.session_of(request.headers()).await else {
+        let Some(session) = self.live_session(request.headers()).await else {
             return pages::json(
                 StatusCode::UNAUTHORIZED,
                 &serde_json::json!({"error": "unauthorized"}),
@@ -335,8 +335,8 @@ impl Gateway {
     }
 
     pub(super) async fn userinfo(&self, request: &Request<Incoming>) -> Response<ResponseBody> {
-        match self.session_of(request.headers()).await {
-            Some((_, session)) => pages::json(
+        match self.live_session(request.headers()).await {
+            Some(session) => pages::json(
                 StatusCode::OK,
                 &serde_json::to_value(&session.identity).unwrap_or_default(),
             )

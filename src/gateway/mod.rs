@@ -207,12 +207,9 @@ impl Gateway {
         }
 
         // authenticate (and keep the session in step with the provider), authorise.
-        let Some((id, session)) = self.session_of(request.headers()).await else {
+        let Some(session) = self.live_session(request.headers()).await else {
             return self.unauthenticated(&request);
         };
-        if !self.upkeep(&id, &session).await {
-            return self.unauthenticated(&request);
-        }
         if let Err(refusal) = self.authorize(&session, rule) {
             return self.refused(&session, &refusal);
         }
@@ -301,13 +298,20 @@ impl Gateway {
         }
     }
 
-    /// The session named by the request's cookie, if it is live.
+    /// The session named by the request's cookie, as stored (no provider upkeep).
     async fn session_of(&self, headers: &http::HeaderMap) -> Option<(String, Arc<Session>)> {
         let id = self
             .cookies
             .open(headers, &self.settings.session.cookie_name)?;
         let session = self.sessions.get(&id).await?;
         Some((id, session))
+    }
+
+    /// The session named by the request's cookie, kept in step with the provider
+    /// ([`Gateway::upkeep`]); `None` when there is none or the provider ended it.
+    async fn live_session(&self, headers: &http::HeaderMap) -> Option<Arc<Session>> {
+        let (id, session) = self.session_of(headers).await?;
+        self.upkeep(&id, &session).await.then_some(session)
     }
 
     /// No session: navigations go to the sign-in, everything else gets 401 JSON.
