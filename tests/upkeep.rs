@@ -143,6 +143,12 @@ async fn revalidation_notices_sessions_ended_at_the_provider() {
     );
     world.provider.end_sessions("alice");
     tokio::time::sleep(Duration::from_millis(1100)).await;
+    let forward_auth = browser.navigate("/oauth2/auth").await;
+    assert_eq!(
+        forward_auth.status,
+        StatusCode::UNAUTHORIZED,
+        "forward-auth revalidates too"
+    );
     assert!(
         browser.navigate("/").await.is_sign_in_redirect(),
         "revoked at the provider"
