@@ -48,7 +48,15 @@ pub struct Demo {
 
 /// Starts the demo with the gateway on `127.0.0.1:port` (0 picks a free port).
 pub async fn start(port: u16) -> Result<Demo, DemoError> {
-    let port = if port == 0 { free_port()? } else { port };
+    // Bound first: the public URL (and so the provider's redirect URI) needs the port.
+    let address = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
+    let listener = TcpListener::bind(address)
+        .await
+        .map_err(|e| DemoError::Bind(address, e))?;
+    let port = listener
+        .local_addr()
+        .map_err(|e| DemoError::Bind(address, e))?
+        .port();
     let public_url = format!("https://127.0.0.1:{port}");
     let upstream_addr = start_demo_upstream().await?;
     let provider_config = DevProviderConfig::demo(
@@ -91,7 +99,7 @@ preset = "sentry"
         key_pem: certificate.key_pem,
     };
     let ca_pem = certificate.ca_pem;
-    let gateway = server::start(settings, server::shutdown_signal()).await?;
+    let gateway = server::start_on(listener, settings, server::shutdown_signal()).await?;
     Ok(Demo {
         gateway,
         provider,
@@ -119,15 +127,6 @@ pub async fn run(port: u16) -> Result<(), DemoError> {
     );
     demo.gateway.stopped().await;
     Ok(())
-}
-
-fn free_port() -> Result<u16, DemoError> {
-    let any = SocketAddr::from((Ipv4Addr::LOCALHOST, 0));
-    let listener = std::net::TcpListener::bind(any).map_err(|e| DemoError::Bind(any, e))?;
-    listener
-        .local_addr()
-        .map(|a| a.port())
-        .map_err(|e| DemoError::Bind(any, e))
 }
 
 /// A tiny upstream that answers every request with a page listing what it received.

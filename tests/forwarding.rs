@@ -204,10 +204,7 @@ fn tokio_stream_from<T: Send + 'static>(
 
 #[tokio::test]
 async fn unreachable_upstream_is_a_502_page() {
-    let closed_port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap();
+    let closed_port = support::unused_address();
     let world = World::start_with(WorldOptions {
         upstream_url: Some(format!("http://{closed_port}")),
         ..Default::default()

@@ -26,10 +26,7 @@ async fn ping_and_ready_answer_without_a_session() {
 
 #[tokio::test]
 async fn not_ready_while_the_upstream_is_unreachable() {
-    let closed = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap();
+    let closed = support::unused_address();
     let world = World::start_with(WorldOptions {
         upstream_url: Some(format!("http://{closed}")),
         ..Default::default()
@@ -68,10 +65,7 @@ async fn a_provider_that_is_down_gives_clear_pages_and_the_gateway_keeps_serving
 async fn gateway_starts_while_the_provider_is_unreachable() {
     let world = World::start().await;
     let settings = world.gateway.gateway.settings().clone();
-    let closed = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap();
+    let closed = support::unused_address();
     let mut settings = settings;
     settings.oidc.issuer = format!("http://{closed}/api/oidc");
     settings.server.listen = "127.0.0.1:0".parse().unwrap();

@@ -68,7 +68,6 @@ impl Provider {
             let keys = provider.keys.read().unwrap();
             let keys = keys.as_ref()?;
             let candidates: Vec<_> = keys
-                .keys
                 .keys()
                 .iter()
                 .filter(|k| kid.is_none() || k.key_id().map(|id| id.as_str()) == kid)

@@ -152,19 +152,14 @@ struct Discovered {
     signing_algs: Vec<CoreJwsSigningAlgorithm>,
 }
 
-/// The key set and when it was last fetched.
-struct KeySet {
-    keys: Arc<CoreJsonWebKeySet>,
-    fetched_at: Instant,
-}
-
 pub struct Provider {
     settings: OidcSettings,
     redirect_url: RedirectUrl,
     groups_claim: String,
     http: ProviderHttp,
     discovered: RwLock<Option<Arc<Discovered>>>,
-    keys: RwLock<Option<KeySet>>,
+    /// The provider's signing keys, replaced on rotation (openidconnect's client copies them once).
+    keys: RwLock<Option<Arc<CoreJsonWebKeySet>>>,
     /// Serialises discovery and key fetches so a burst of logins makes one request.
     fetch_lock: tokio::sync::Mutex<()>,
     last_unknown_kid_refetch: Mutex<Option<Instant>>,
@@ -306,10 +301,7 @@ impl Provider {
             client,
             signing_algs,
         }));
-        *self.keys.write().unwrap() = Some(KeySet {
-            keys: Arc::new(keys),
-            fetched_at: Instant::now(),
-        });
+        *self.keys.write().unwrap() = Some(Arc::new(keys));
     }
 
     async fn ready(&self) -> Result<Arc<Discovered>, ProviderError> {
@@ -523,7 +515,7 @@ impl Provider {
             .read()
             .unwrap()
             .as_ref()
-            .map(|k| (*k.keys).clone())
+            .map(|k| (**k).clone())
             .unwrap_or_else(|| JsonWebKeySet::new(Vec::new()));
         let skew = chrono::Duration::from_std(self.settings.clock_skew).unwrap_or_default();
         IdTokenVerifier::new_confidential_client(
@@ -562,10 +554,7 @@ impl Provider {
                     keys = keys.keys().len(),
                     "provider signing keys refetched after an unknown kid"
                 );
-                *self.keys.write().unwrap() = Some(KeySet {
-                    keys: Arc::new(keys),
-                    fetched_at: Instant::now(),
-                });
+                *self.keys.write().unwrap() = Some(Arc::new(keys));
                 true
             }
             Err(e) => {
@@ -573,15 +562,6 @@ impl Provider {
                 false
             }
         }
-    }
-
-    /// How old the key set is (for logs and `/ready`).
-    pub fn key_set_age(&self) -> Option<Duration> {
-        self.keys
-            .read()
-            .unwrap()
-            .as_ref()
-            .map(|k| k.fetched_at.elapsed())
     }
 
     async fn userinfo(

@@ -91,7 +91,6 @@ pub async fn start(
     settings: Settings,
     stop: impl Future<Output = ()> + Send + 'static,
 ) -> Result<RunningGateway, ServerError> {
-    let tls = tls::server_config(&settings.tls)?;
     let listen = settings.server.listen;
     let listener = TcpListener::bind(listen)
         .await
@@ -100,6 +99,18 @@ pub async fn start(
             address: listen,
             source,
         })?;
+    start_on(listener, settings, stop).await
+}
+
+/// [`start`] on a listener the caller already bound (instead of `server.listen`):
+/// for the demo and tests, which need the port before they can write the settings.
+pub async fn start_on(
+    listener: TcpListener,
+    settings: Settings,
+    stop: impl Future<Output = ()> + Send + 'static,
+) -> Result<RunningGateway, ServerError> {
+    let tls = tls::server_config(&settings.tls)?;
+    let listen = settings.server.listen;
     let local_addr = listener.local_addr().map_err(|source| ServerError::Bind {
         key: "server.listen",
         address: listen,

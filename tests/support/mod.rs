@@ -84,12 +84,13 @@ impl Default for WorldOptions {
     }
 }
 
-fn free_port() -> u16 {
+/// A loopback address where nothing listens (a port the OS just handed out and
+/// took back): for a free port to bind, or an upstream/provider that is down.
+pub fn unused_address() -> SocketAddr {
     std::net::TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
         .unwrap()
         .local_addr()
         .unwrap()
-        .port()
 }
 
 impl World {
@@ -99,7 +100,12 @@ impl World {
 
     pub async fn start_with(options: WorldOptions) -> World {
         let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
-        let port = free_port();
+        // Bound now and handed to the gateway, so no other test can take the port
+        // between choosing it and listening on it.
+        let listener = tokio::net::TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
+            .await
+            .unwrap();
+        let port = listener.local_addr().unwrap().port();
         let base = format!("https://127.0.0.1:{port}");
         let upstream = TestUpstream::start().await;
         let provider = DevProvider::start(
@@ -156,7 +162,7 @@ secrets = ["test-session-secret-0123456789abcdefghijkl"]
             cert_pem: certificate.cert_pem,
             key_pem: certificate.key_pem,
         };
-        let gateway = server::start(settings, std::future::pending())
+        let gateway = server::start_on(listener, settings, std::future::pending())
             .await
             .expect("gateway starts");
         World {
