@@ -1,15 +1,18 @@
 //! Resident memory per session in the in-memory store, at 100k and 1M sessions.
 //!
 //! `cargo bench --bench session_memory` (add `-- 100000` to pick the counts). Each
-//! session has the sizes of a real Encvoy ID login: a ~900-byte RS256 ID token, opaque
-//! access and refresh tokens, an email, a login, a name and three permissions. The
+//! session has the sizes of a real Encvoy ID login with `offline_access`: an opaque
+//! refresh token (the ID and access tokens are checked and not kept), a provider
+//! `sid`, an email, a login and three permissions. The
 //! figure is the growth of the process's resident set (VmRSS) divided by the number
 //! of sessions, so it includes moka's own bookkeeping and allocator overhead.
 
 use std::time::{Duration, SystemTime};
 
-use ssogate::config::SessionSettings;
-use ssogate::session::{Identity, Session, SessionStore, Tokens, new_session_id, random_token};
+use ssogate::config::{SessionSettings, StoreSettings};
+use ssogate::session::{
+    Identity, Renewal, Session, SessionStore, Tokens, new_session_id, random_token,
+};
 
 fn resident_bytes() -> u64 {
     let status = std::fs::read_to_string("/proc/self/status").expect("Linux /proc");
@@ -23,27 +26,23 @@ fn resident_bytes() -> u64 {
 
 fn session(n: usize) -> Session {
     let identity = Identity {
-        issuer: "https://id.example.com/api/oidc".into(),
-        sub: format!("{:08}", 10_000_000 + n),
-        email: Some(format!("person{n}@example.com")),
+        sub: format!("{:08}", 10_000_000 + n).into(),
+        email: Some(format!("person{n}@example.com").into()),
         email_verified: true,
-        preferred_username: Some(format!("person{n}")),
-        name: Some(format!("Person Number {n}")),
+        preferred_username: Some(format!("person{n}").into()),
         groups: vec![
             "sentry:member".into(),
             "sentry:viewer".into(),
             "billing:read".into(),
-        ],
+        ]
+        .into(),
     };
-    let id_token = format!("eyJhbGciOiJSUzI1NiIsImtpZCI6Ij{}", "x".repeat(870));
     let tokens = Tokens {
-        id_token,
-        access_token: random_token(),
-        refresh_token: Some(random_token()),
+        renewal: Renewal::RefreshToken(random_token().into()),
         issued_at: SystemTime::now(),
         expires_at: SystemTime::now() + Duration::from_secs(1800),
     };
-    Session::new(identity, Some(random_token()), tokens)
+    Session::new(identity, Some(random_token().into()), tokens)
 }
 
 fn main() {
@@ -74,12 +73,14 @@ fn main() {
             idle_timeout: Duration::from_secs(28_800),
             max_sessions: count as u64,
             revalidate_every: None,
+            store: StoreSettings::Memory,
         };
         runtime.block_on(async {
-            let store = SessionStore::new(&settings);
+            let store = SessionStore::new(&settings).expect("a memory store");
             let before = resident_bytes();
             for n in 0..count {
-                store.insert(new_session_id(), session(n)).await;
+                let inserted = store.insert(&new_session_id(), session(n)).await;
+                inserted.expect("the memory store takes every session");
             }
             store.sync().await;
             let growth = resident_bytes().saturating_sub(before);

@@ -106,6 +106,16 @@ pub async fn run(config: Option<&Path>) -> bool {
         println!("     register this redirect URI at the provider: {callback}");
     }
     report.step("upstream", reach_upstream(&settings).await);
+    if let crate::config::StoreSettings::Redis(redis) = &settings.session.store {
+        report.step(
+            "session store",
+            gateway
+                .ping_session_store()
+                .await
+                .map(|version| format!("Redis {version} at {}", redis.redacted_url()))
+                .map_err(|e| format!("{} ({})", e, redis.redacted_url())),
+        );
+    }
     if report.failures == 0 {
         println!("all checks passed");
     }

@@ -87,11 +87,21 @@ fn check_reports_each_step_and_fails_when_the_provider_is_down() {
             "SSOGATE_SESSION_SECRETS",
             "0123456789abcdef0123456789abcdef",
         )
+        .env("SSOGATE_SESSION_STORE", "redis")
+        .env(
+            "SSOGATE_SESSION_REDIS_URL",
+            format!("redis://:hunter2@{closed}/0"),
+        )
         .output()
         .unwrap();
     let stdout = String::from_utf8_lossy(&output.stdout);
     assert_eq!(output.status.code(), Some(1), "{stdout}");
     assert!(stdout.contains("OK   config"), "{stdout}");
+    assert!(stdout.contains("FAIL session store"), "{stdout}");
+    assert!(
+        !stdout.contains("hunter2"),
+        "the Redis password was printed: {stdout}"
+    );
     assert!(stdout.contains("FAIL provider discovery"), "{stdout}");
     assert!(
         stdout.contains("/api/oidc/.well-known/openid-configuration"),
@@ -101,8 +111,11 @@ fn check_reports_each_step_and_fails_when_the_provider_is_down() {
 }
 
 #[tokio::test]
-async fn check_passes_against_a_live_provider_and_upstream() {
+async fn check_passes_against_a_live_provider_upstream_and_redis() {
     let world = support::World::start().await;
+    let redis_dir = tempfile::tempdir().unwrap();
+    let redis = support::replicas::RedisServer::start(redis_dir.path());
+    let redis_url = redis.url();
     let settings = world.gateway.gateway.settings().clone();
     let upstream = settings.upstream.url.to_string();
     let output = tokio::task::spawn_blocking(move || {
@@ -119,6 +132,8 @@ async fn check_passes_against_a_live_provider_and_upstream() {
             .env("OIDC_CLIENT_SECRET", &settings.oidc.client_secret)
             .env("SSOGATE_SESSION_SECRETS", &settings.session.secrets[0])
             .env("SSOGATE_ACCESS_PRESET", "sentry")
+            .env("SSOGATE_SESSION_STORE", "redis")
+            .env("SSOGATE_SESSION_REDIS_URL", redis_url)
             .output()
             .unwrap()
     })
@@ -126,6 +141,7 @@ async fn check_passes_against_a_live_provider_and_upstream() {
     .unwrap();
     let stdout = String::from_utf8_lossy(&output.stdout);
     assert!(output.status.success(), "{stdout}");
+    assert!(stdout.contains("OK   session store: Redis "), "{stdout}");
     assert!(stdout.contains("preset: sentry"), "{stdout}");
     assert!(
         stdout.contains(r"^/api/0/  (only with authorization)  [sentry: token API]"),

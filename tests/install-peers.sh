@@ -5,8 +5,10 @@
 #     (both for tests/support/sentry_clients.rs; versions in tests/peers/README.md)
 #   - oidc-provider and playwright-core from npm (tests/e2e/package-lock.json) into
 #     tests/e2e/node_modules, and Debian's chromium, for the browser tests in tests/e2e
+#   - Debian's redis-server, which tests/replicas.rs starts on free loopback ports
 # Idempotent: a step is skipped while its stamp (a hash of its inputs) still matches.
-# Needs python3 with pip, node and npm, and root (or chromium already installed);
+# Needs python3 with pip, node and npm, and root (or chromium and redis-server
+# already installed);
 # reaches only PyPI, the npm registry and Debian's archive.
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -69,15 +71,18 @@ else
   echo "$e2e_want" >"$e2e_stamp"
 fi
 
-# --- Debian: chromium for the browser tests -------------------------------------------
-if command -v "${CHROMIUM:-chromium}" >/dev/null 2>&1; then
-  echo "peers: $("${CHROMIUM:-chromium}" --version 2>/dev/null | head -n1)"
-elif [[ $(id -u) == 0 ]]; then
-  echo "peers: apt-get install chromium"
+# --- Debian: chromium for the browser tests, redis-server for tests/replicas.rs -------
+missing=()
+command -v "${CHROMIUM:-chromium}" >/dev/null 2>&1 || missing+=(chromium)
+command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
+if ((${#missing[@]})); then
+  if [[ $(id -u) != 0 ]]; then
+    echo "peers: missing ${missing[*]}; install with: sudo apt-get install ${missing[*]}" >&2
+    exit 1
+  fi
+  echo "peers: apt-get install ${missing[*]}"
   apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium >/dev/null
-  echo "peers: $(chromium --version | head -n1)"
-else
-  echo "peers: chromium is missing; install it with: sudo apt-get install chromium" >&2
-  exit 1
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
+echo "peers: $("${CHROMIUM:-chromium}" --version 2>/dev/null | head -n1)"
+echo "peers: $(redis-server --version)"

@@ -81,6 +81,15 @@ pub struct SessionSection {
     pub max_sessions: Option<u64>,
     #[serde(deserialize_with = "flex::text")]
     pub revalidate_every: Option<String>,
+    pub store: Option<String>,
+    pub redis_url: Option<String>,
+    pub redis_url_file: Option<String>,
+    pub redis_ca_file: Option<String>,
+    pub redis_key_prefix: Option<String>,
+    #[serde(deserialize_with = "flex::text")]
+    pub redis_timeout: Option<String>,
+    #[serde(deserialize_with = "flex::text")]
+    pub local_cache_ttl: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]

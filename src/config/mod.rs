@@ -148,6 +148,51 @@ pub struct SessionSettings {
     /// Ask the provider again whether a session still stands this often (off: never,
     /// beyond refreshing tokens that expire).
     pub revalidate_every: Option<Duration>,
+    /// Where sessions live: this process only, or Redis shared by every replica.
+    pub store: StoreSettings,
+}
+
+#[derive(Clone, Debug)]
+pub enum StoreSettings {
+    Memory,
+    Redis(RedisSettings),
+}
+
+#[derive(Clone)]
+pub struct RedisSettings {
+    /// `redis://` or `rediss://` (TLS), with any password in it.
+    pub url: Url,
+    /// Extra CA for `rediss://` (else the system's roots).
+    pub ca_file: Option<PathBuf>,
+    /// Prepended to every key and channel, so several gateways can share a Redis.
+    pub key_prefix: String,
+    /// Longest wait for one Redis command or connection attempt.
+    pub timeout: Duration,
+    /// How long a replica keeps a session it read from Redis before reading it again.
+    pub local_cache_ttl: Duration,
+}
+
+impl RedisSettings {
+    /// The URL without its password, for logs and errors.
+    pub fn redacted_url(&self) -> String {
+        let mut url = self.url.clone();
+        if url.password().is_some() {
+            let _ = url.set_password(Some("***"));
+        }
+        url.to_string()
+    }
+}
+
+impl std::fmt::Debug for RedisSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisSettings")
+            .field("url", &self.redacted_url())
+            .field("ca_file", &self.ca_file)
+            .field("key_prefix", &self.key_prefix)
+            .field("timeout", &self.timeout)
+            .field("local_cache_ttl", &self.local_cache_ttl)
+            .finish()
+    }
 }
 
 /// Header names the gateway sets on forwarded requests; `None` means "do not send".
@@ -585,6 +630,7 @@ fn validate_oidc(oidc: file::OidcSection) -> Result<OidcSettings, ConfigError> {
 }
 
 fn validate_session(session: file::SessionSection) -> Result<SessionSettings, ConfigError> {
+    let store = validate_store(&session)?;
     let cookie_name = session.cookie_name.unwrap_or_else(|| "_ssogate".into());
     let valid_name = !cookie_name.is_empty()
         && cookie_name
@@ -665,6 +711,135 @@ fn validate_session(session: file::SessionSection) -> Result<SessionSettings, Co
         idle_timeout,
         max_sessions,
         revalidate_every,
+        store,
+    })
+}
+
+fn validate_store(session: &file::SessionSection) -> Result<StoreSettings, ConfigError> {
+    let redis_keys = [
+        ("session.redis_url", session.redis_url.is_some()),
+        ("session.redis_url_file", session.redis_url_file.is_some()),
+        ("session.redis_ca_file", session.redis_ca_file.is_some()),
+        (
+            "session.redis_key_prefix",
+            session.redis_key_prefix.is_some(),
+        ),
+        ("session.redis_timeout", session.redis_timeout.is_some()),
+        ("session.local_cache_ttl", session.local_cache_ttl.is_some()),
+    ];
+    match session.store.as_deref().unwrap_or("memory") {
+        "memory" => match redis_keys.iter().find(|(_, given)| *given) {
+            Some((key, _)) => Err(key_error(
+                *key,
+                "is used only with session.store = \"redis\"; set that too, or remove this key",
+            )),
+            None => Ok(StoreSettings::Memory),
+        },
+        "redis" => validate_redis(session).map(StoreSettings::Redis),
+        other => Err(key_error(
+            "session.store",
+            format!(
+                "`{other}` is not a store; use \"memory\" (one gateway) or \"redis\" (several replicas)"
+            ),
+        )),
+    }
+}
+
+fn validate_redis(session: &file::SessionSection) -> Result<RedisSettings, ConfigError> {
+    let (key, text) = match (&session.redis_url, &session.redis_url_file) {
+        (Some(_), Some(_)) => {
+            return Err(key_error(
+                "session.redis_url_file",
+                "set either session.redis_url or session.redis_url_file, not both",
+            ));
+        }
+        (Some(url), None) => ("session.redis_url", url.clone()),
+        (None, Some(path)) => (
+            "session.redis_url_file",
+            read_secret_file("session.redis_url_file", path)?
+                .trim()
+                .to_owned(),
+        ),
+        (None, None) => {
+            return Err(key_error(
+                "session.redis_url",
+                "missing: session.store = \"redis\" needs the server, e.g. redis://127.0.0.1:6379/0 or rediss://:password@redis.internal:6380",
+            ));
+        }
+    };
+    let url = Url::parse(&text).map_err(|e| {
+        key_error(
+            key,
+            format!("not a URL ({e}); write it like redis://host:6379/0"),
+        )
+    })?;
+    if !matches!(url.scheme(), "redis" | "rediss") {
+        return Err(key_error(
+            key,
+            format!(
+                "scheme `{}` is not supported; use redis:// or rediss:// (TLS)",
+                url.scheme()
+            ),
+        ));
+    }
+    if url.host_str().is_none_or(str::is_empty) {
+        return Err(key_error(key, "names no host"));
+    }
+    let database = url.path().trim_start_matches('/');
+    if !database.is_empty() && database.parse::<u16>().is_err() {
+        return Err(key_error(
+            key,
+            format!("the path `/{database}` must be a database number, e.g. /0"),
+        ));
+    }
+    let ca_file = existing_file("session.redis_ca_file", session.redis_ca_file.clone())?;
+    if ca_file.is_some() && url.scheme() != "rediss" {
+        return Err(key_error(
+            "session.redis_ca_file",
+            "is used only with a rediss:// (TLS) URL",
+        ));
+    }
+    let key_prefix = session
+        .redis_key_prefix
+        .clone()
+        .unwrap_or_else(|| "ssogate:".into());
+    if key_prefix
+        .chars()
+        .any(|c| c.is_whitespace() || c.is_control())
+    {
+        return Err(key_error(
+            "session.redis_key_prefix",
+            "must not contain spaces or control characters",
+        ));
+    }
+    let timeout = duration_or(
+        "session.redis_timeout",
+        session.redis_timeout.clone(),
+        Duration::from_secs(1),
+    )?;
+    if timeout.is_zero() {
+        return Err(key_error(
+            "session.redis_timeout",
+            "must be longer than zero",
+        ));
+    }
+    let local_cache_ttl = duration_or(
+        "session.local_cache_ttl",
+        session.local_cache_ttl.clone(),
+        Duration::from_secs(60),
+    )?;
+    if local_cache_ttl.is_zero() {
+        return Err(key_error(
+            "session.local_cache_ttl",
+            "must be longer than zero (it is how long a replica keeps serving a session while Redis is down)",
+        ));
+    }
+    Ok(RedisSettings {
+        url,
+        ca_file,
+        key_prefix,
+        timeout,
+        local_cache_ttl,
     })
 }
 

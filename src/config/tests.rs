@@ -338,3 +338,102 @@ fn rule_mistakes_name_the_rule_and_key() {
     );
     assert_eq!(key, "access.preset");
 }
+
+#[test]
+fn the_redis_store_is_configured_from_file_or_environment() {
+    let s = load(&minimal(), &[]).unwrap();
+    assert!(matches!(s.session.store, StoreSettings::Memory));
+    let s = load(
+        &minimal(),
+        &[
+            ("SSOGATE_SESSION_STORE", "redis"),
+            (
+                "SSOGATE_SESSION_REDIS_URL",
+                "rediss://:hunter2@redis.internal:6380/2",
+            ),
+            ("SSOGATE_SESSION_LOCAL_CACHE_TTL", "10s"),
+        ],
+    )
+    .unwrap();
+    let StoreSettings::Redis(redis) = &s.session.store else {
+        panic!("expected the redis store");
+    };
+    assert_eq!(redis.url.port(), Some(6380));
+    assert_eq!(redis.key_prefix, "ssogate:");
+    assert_eq!(redis.timeout, Duration::from_secs(1));
+    assert_eq!(redis.local_cache_ttl, Duration::from_secs(10));
+    let shown = format!("{redis:?}");
+    assert!(
+        !shown.contains("hunter2") && shown.contains("redis.internal"),
+        "{shown}"
+    );
+
+    let dir = tempfile::tempdir().unwrap();
+    let url_file = dir.path().join("redis-url");
+    std::fs::write(&url_file, "redis://:pw@127.0.0.1:6379/0\n").unwrap();
+    let text = format!(
+        "{}store = \"redis\"\nredis_url_file = \"{}\"\n",
+        minimal(),
+        url_file.display()
+    );
+    let s = load(&text, &[]).unwrap();
+    let StoreSettings::Redis(redis) = &s.session.store else {
+        panic!("expected the redis store");
+    };
+    assert_eq!(redis.url.password(), Some("pw"));
+}
+
+#[test]
+fn redis_mistakes_name_the_key() {
+    let redis = |extra: &str| format!("{}store = \"redis\"\n{extra}\n", minimal());
+    let cases = [
+        (redis(""), "session.redis_url", "missing"),
+        (
+            format!("{}store = \"postgres\"\n", minimal()),
+            "session.store",
+            "\"memory\"",
+        ),
+        (
+            format!("{}redis_url = \"redis://127.0.0.1\"\n", minimal()),
+            "session.redis_url",
+            "session.store = \"redis\"",
+        ),
+        (
+            redis("redis_url = \"http://127.0.0.1:6379\""),
+            "session.redis_url",
+            "redis://",
+        ),
+        (
+            redis("redis_url = \"redis://127.0.0.1:6379/sessions\""),
+            "session.redis_url",
+            "database number",
+        ),
+        (
+            redis(concat!(
+                "redis_url = \"redis://127.0.0.1\"\nredis_ca_file = \"",
+                env!("CARGO_MANIFEST_DIR"),
+                "/Cargo.toml\""
+            )),
+            "session.redis_ca_file",
+            "rediss://",
+        ),
+        (
+            redis("redis_url = \"redis://127.0.0.1\"\nredis_timeout = \"0s\""),
+            "session.redis_timeout",
+            "longer than zero",
+        ),
+        (
+            redis("redis_url = \"redis://127.0.0.1\"\nlocal_cache_ttl = \"soon\""),
+            "session.local_cache_ttl",
+            "soon",
+        ),
+    ];
+    for (text, key, fragment) in cases {
+        let (got_key, problem) = problem_for(&text, &[]);
+        assert_eq!(got_key, key, "wrong key for problem `{problem}`");
+        assert!(
+            problem.contains(fragment),
+            "problem for {key} was `{problem}`, expected it to mention `{fragment}`"
+        );
+    }
+}

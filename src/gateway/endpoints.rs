@@ -7,8 +7,6 @@
 //! encrypted cookie named after the state binds the login to the browser that
 //! started it, so a stolen callback URL cannot sign someone else in.
 
-use std::sync::Arc;
-
 use http::header::{HeaderValue, SET_COOKIE};
 use http::{Request, Response, StatusCode};
 use http_body_util::{BodyExt, Limited};
@@ -85,13 +83,20 @@ impl Gateway {
                 );
             }
         };
+        if let Err(e) = self.sessions.put_login(&state, pending).await {
+            tracing::error!(error = %e, "cannot start a login");
+            return self.page(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "Sign-in unavailable",
+                "Signing in is not possible right now: the session store cannot be reached. Try again in a moment.",
+            );
+        }
         let cookie = self.cookies.seal(
             &self.login_cookie_name(&state),
             &state,
             &self.settings.oidc.callback_path,
             Some(LOGIN_TIMEOUT),
         );
-        self.pending_logins.insert(state, Arc::new(pending)).await;
         let mut response = redirect(url.as_str());
         append_cookie(&mut response, &cookie);
         response
@@ -141,12 +146,23 @@ impl Gateway {
                 "This sign-in was not started in this browser, or it took too long.",
             );
         }
-        let Some(pending) = self.pending_logins.remove(state).await else {
-            tracing::warn!("callback state unknown: expired or already used");
-            return failed(
-                StatusCode::BAD_REQUEST,
-                "This sign-in has expired or was already used.",
-            );
+        let store_down = |e: &crate::session::StoreUnavailable| {
+            tracing::error!(error = %e, "cannot finish a login");
+            failed(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "Signing in is not possible right now: the session store cannot be reached. Try again in a moment.",
+            )
+        };
+        let pending = match self.sessions.take_login(state).await {
+            Ok(Some(pending)) => pending,
+            Ok(None) => {
+                tracing::warn!("callback state unknown: expired or already used");
+                return failed(
+                    StatusCode::BAD_REQUEST,
+                    "This sign-in has expired or was already used.",
+                );
+            }
+            Err(e) => return store_down(&e),
         };
         let outcome = match self
             .provider
@@ -167,17 +183,23 @@ impl Gateway {
         };
 
         // A fresh session id at every login; any session this browser had ends.
-        if let Some((old_id, _)) = self.session_of(request.headers()).await {
+        if let Some(old_id) = self
+            .cookies
+            .open(request.headers(), &self.settings.session.cookie_name)
+        {
             self.sessions.remove(&old_id).await;
         }
         let id = new_session_id();
-        tracing::info!(sub = %outcome.identity.sub, email = ?outcome.identity.email, "signed in");
-        self.sessions
-            .insert(
-                id.clone(),
-                Session::new(outcome.identity, outcome.provider_sid, outcome.tokens),
-            )
-            .await;
+        let (sub, email) = (outcome.identity.sub.clone(), outcome.identity.email.clone());
+        let session = Session::new(
+            outcome.identity,
+            outcome.provider_sid.map(Into::into),
+            outcome.tokens,
+        );
+        if let Err(e) = self.sessions.insert(&id, session).await {
+            return store_down(&e);
+        }
+        tracing::info!(%sub, ?email, "signed in");
         let session_cookie = self.cookies.seal(
             &self.settings.session.cookie_name,
             &id,
@@ -213,16 +235,21 @@ impl Gateway {
     /// Without a provider logout, `rd` (validated like every return target) says where
     /// to go; otherwise the provider returns the browser to `oidc.post_logout_path`.
     pub(super) async fn sign_out(&self, request: &Request<Incoming>) -> Response<ResponseBody> {
-        let session = self.session_of(request.headers()).await;
         let post_logout = self.public_url(&self.settings.oidc.post_logout_path);
-        let provider_logout = match &session {
-            Some((id, session)) => {
-                self.sessions.remove(id).await;
-                tracing::info!(sub = %session.identity.sub, "signed out");
-                self.provider.end_session_url(
-                    &session.upkeep.lock().await.tokens.id_token,
-                    post_logout.clone(),
-                )
+        // The session ends even when it cannot be read (Redis down): the removal is
+        // then carried out once Redis is back.
+        let id = self
+            .cookies
+            .open(request.headers(), &self.settings.session.cookie_name);
+        let provider_logout = match id {
+            Some(id) => {
+                let session = self.sessions.get(&id).await.ok().flatten();
+                self.sessions.remove(&id).await;
+                match session {
+                    Some(session) => tracing::info!(sub = %session.identity.sub, "signed out"),
+                    None => tracing::info!("signed out (session already gone or unreadable)"),
+                }
+                self.provider.end_session_url(post_logout.clone())
             }
             None => None,
         };
@@ -247,12 +274,16 @@ impl Gateway {
     /// rules (and `?allowed_groups=a,b`, any one) admit; 401 without a session, 403
     /// when refused.
     pub(super) async fn forward_auth(&self, request: &Request<Incoming>) -> Response<ResponseBody> {
-        let Some(session) = self.live_session(request.headers()).await else {
-            return pages::json(
-                StatusCode::UNAUTHORIZED,
-                &serde_json::json!({"error": "unauthorized"}),
-            )
-            .map(boxed);
+        let session = match self.live_session(request.headers()).await {
+            Ok(Some(session)) => session,
+            Ok(None) => {
+                return pages::json(
+                    StatusCode::UNAUTHORIZED,
+                    &serde_json::json!({"error": "unauthorized"}),
+                )
+                .map(boxed);
+            }
+            Err(e) => return self.store_unavailable(request, &e),
         };
         let params = query_params(request, &["allowed_groups"]).unwrap_or_default();
         let wanted: Vec<String> = param(&params, "allowed_groups")
@@ -314,17 +345,31 @@ impl Gateway {
             Ok(target) => target,
             Err(reason) => return refuse(&reason),
         };
-        let ended = self
+        let store_down = |e: crate::session::StoreUnavailable| {
+            tracing::error!(error = %e, "back-channel logout failed");
+            pages::json(
+                StatusCode::BAD_REQUEST,
+                &serde_json::json!({"error": "temporarily_unavailable", "error_description": "the session store cannot be reached"}),
+            )
+            .map(boxed)
+        };
+        match self
             .sessions
-            .remove_where(|s| match (&target.sid, &target.sub) {
-                (Some(sid), sub) => {
-                    s.provider_sid.as_deref() == Some(sid.as_str())
-                        && sub.as_ref().is_none_or(|sub| *sub == s.identity.sub)
-                }
-                (None, Some(sub)) => s.identity.sub == *sub,
-                (None, None) => false,
-            })
-            .await;
+            .first_use("jti", &target.jti, crate::oidc::LOGOUT_TOKEN_MAX_AGE * 2)
+            .await
+        {
+            Ok(true) => {}
+            Ok(false) => return refuse("this token (`jti`) was already used"),
+            Err(e) => return store_down(e),
+        }
+        let ended = match self
+            .sessions
+            .end_provider_sessions(target.sid.as_deref(), target.sub.as_deref())
+            .await
+        {
+            Ok(ended) => ended,
+            Err(e) => return store_down(e),
+        };
         tracing::info!(sub = ?target.sub, sid = ?target.sid, ended, "back-channel logout");
         let mut response = pages::text(StatusCode::OK, "").map(boxed);
         response.headers_mut().insert(
@@ -336,12 +381,13 @@ impl Gateway {
 
     pub(super) async fn userinfo(&self, request: &Request<Incoming>) -> Response<ResponseBody> {
         match self.live_session(request.headers()).await {
-            Some(session) => pages::json(
+            Err(e) => self.store_unavailable(request, &e),
+            Ok(Some(session)) => pages::json(
                 StatusCode::OK,
                 &serde_json::to_value(&session.identity).unwrap_or_default(),
             )
             .map(boxed),
-            None => pages::json(
+            Ok(None) => pages::json(
                 StatusCode::UNAUTHORIZED,
                 &serde_json::json!({"error": "unauthorized", "message": "Sign in required"}),
             )

@@ -18,26 +18,22 @@ use std::time::Duration;
 use http::header::HeaderValue;
 use http::{Request, Response, StatusCode};
 use hyper::body::Incoming;
-use moka::future::Cache;
 use url::Url;
 
 use crate::config::Settings;
-use crate::oidc::{PendingLogin, Provider, ProviderHttp};
+use crate::oidc::{Provider, ProviderHttp};
 use crate::outbound;
 use crate::pages::{self, Link, Page};
 use crate::policy::{self, Action, EmailFile, RouteRule};
 use crate::proxy::headers::{self, ForwardedFacts};
 use crate::proxy::{ResponseBody, Upstream, boxed};
-use crate::session::{CookieCodec, LOGIN_TIMEOUT, Session, SessionStore};
+use crate::session::{CookieCodec, Session, SessionStore, StoreUnavailable};
 
 pub use request::is_navigation;
 
 /// Headers that some backends take as the request path (IIS, Symfony, nginx setups).
 /// A client must never choose the path the upstream acts on, so they are removed.
 const PATH_OVERRIDE_HEADERS: [&str; 3] = ["x-original-url", "x-rewrite-url", "x-forwarded-uri"];
-
-/// Logins in flight at once (state entries kept server-side).
-const MAX_PENDING_LOGINS: u64 = 100_000;
 
 #[derive(Debug, thiserror::Error)]
 pub enum GatewayError {
@@ -49,6 +45,8 @@ pub enum GatewayError {
     EmailFile(String, #[source] std::io::Error),
     #[error("the callback URL cannot be built from server.public_url and oidc.callback_path: {0}")]
     CallbackUrl(url::ParseError),
+    #[error(transparent)]
+    SessionStore(#[from] crate::session::SharedStoreError),
 }
 
 pub struct Gateway {
@@ -56,7 +54,6 @@ pub struct Gateway {
     provider: Arc<Provider>,
     upstream: Upstream,
     sessions: SessionStore,
-    pending_logins: Cache<String, Arc<PendingLogin>>,
     cookies: CookieCodec,
     /// Folded names (lower case, `_` as `-`) of incoming headers always removed: the
     /// identity headers, and the path overrides some backends honour.
@@ -106,11 +103,7 @@ impl Gateway {
         Ok(Self {
             upstream: Upstream::new(&settings.upstream, upstream_connector),
             provider: Arc::new(provider),
-            sessions: SessionStore::new(&settings.session),
-            pending_logins: Cache::builder()
-                .max_capacity(MAX_PENDING_LOGINS)
-                .time_to_live(LOGIN_TIMEOUT)
-                .build(),
+            sessions: SessionStore::new(&settings.session)?,
             cookies: CookieCodec::new(
                 &settings.session.secrets,
                 settings.server.public_url.scheme() == "https",
@@ -129,9 +122,16 @@ impl Gateway {
         &self.provider
     }
 
-    /// Loads provider metadata now; on failure keeps retrying in the background
+    /// Asks the shared session store for its version (`ssogate check`).
+    pub async fn ping_session_store(&self) -> Result<String, StoreUnavailable> {
+        self.sessions.server_version().await
+    }
+
+    /// Starts the background work: the session store's, the email file's watch, and
+    /// provider discovery, now; on failure discovery keeps retrying in the background
     /// (logins answer 503 meanwhile, everything else keeps working).
-    pub async fn start_discovery(self: &Arc<Self>) {
+    pub async fn start_background(self: &Arc<Self>) {
+        self.sessions.start();
         if let Some(file) = &self.allowed_emails_file {
             file.watch();
         }
@@ -207,8 +207,10 @@ impl Gateway {
         }
 
         // authenticate (and keep the session in step with the provider), authorise.
-        let Some(session) = self.live_session(request.headers()).await else {
-            return self.unauthenticated(&request);
+        let session = match self.live_session(request.headers()).await {
+            Ok(Some(session)) => session,
+            Ok(None) => return self.unauthenticated(&request),
+            Err(e) => return self.store_unavailable(&request, &e),
         };
         if let Err(refusal) = self.authorize(&session, rule) {
             return self.refused(&session, &refusal);
@@ -272,7 +274,7 @@ impl Gateway {
         let identity = &session.identity;
         let groups = identity.groups.join(",");
         let values = [
-            (&names.user, Some(identity.sub.as_str())),
+            (&names.user, Some(&*identity.sub)),
             (&names.email, identity.email.as_deref()),
             (
                 &names.preferred_username,
@@ -299,19 +301,51 @@ impl Gateway {
     }
 
     /// The session named by the request's cookie, as stored (no provider upkeep).
-    async fn session_of(&self, headers: &http::HeaderMap) -> Option<(String, Arc<Session>)> {
-        let id = self
+    async fn session_of(
+        &self,
+        headers: &http::HeaderMap,
+    ) -> Result<Option<(String, Arc<Session>)>, StoreUnavailable> {
+        let Some(id) = self
             .cookies
-            .open(headers, &self.settings.session.cookie_name)?;
-        let session = self.sessions.get(&id).await?;
-        Some((id, session))
+            .open(headers, &self.settings.session.cookie_name)
+        else {
+            return Ok(None);
+        };
+        Ok(self.sessions.get(&id).await?.map(|session| (id, session)))
     }
 
     /// The session named by the request's cookie, kept in step with the provider
     /// ([`Gateway::upkeep`]); `None` when there is none or the provider ended it.
-    async fn live_session(&self, headers: &http::HeaderMap) -> Option<Arc<Session>> {
-        let (id, session) = self.session_of(headers).await?;
-        self.upkeep(&id, &session).await.then_some(session)
+    async fn live_session(
+        &self,
+        headers: &http::HeaderMap,
+    ) -> Result<Option<Arc<Session>>, StoreUnavailable> {
+        let Some((id, session)) = self.session_of(headers).await? else {
+            return Ok(None);
+        };
+        Ok(self.upkeep(&id, &session).await.then_some(session))
+    }
+
+    /// The session store cannot be asked: 503, as a page or JSON like the 401.
+    fn store_unavailable(
+        &self,
+        request: &Request<Incoming>,
+        error: &StoreUnavailable,
+    ) -> Response<ResponseBody> {
+        tracing::error!(error = %error, "request refused: session store unavailable");
+        let message = "Sessions cannot be checked right now (the session store is unreachable). Try again in a moment.";
+        if is_navigation(request) {
+            return self.page(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "Temporarily unavailable",
+                message,
+            );
+        }
+        pages::json(
+            StatusCode::SERVICE_UNAVAILABLE,
+            &serde_json::json!({"error": "session_store_unavailable", "message": message}),
+        )
+        .map(boxed)
     }
 
     /// No session: navigations go to the sign-in, everything else gets 401 JSON.
@@ -369,6 +403,10 @@ impl Gateway {
                 "NOT READY: identity provider metadata not loaded\n",
             )
             .map(boxed);
+        }
+        if let Some(reason) = self.sessions.unavailable() {
+            let text = format!("NOT READY: session store (Redis) unreachable: {reason}\n");
+            return pages::text(StatusCode::SERVICE_UNAVAILABLE, text).map(boxed);
         }
         let url = &self.settings.upstream.url;
         let address = (

@@ -27,7 +27,6 @@ struct ClaimSet {
     email: Option<String>,
     email_verified: Option<bool>,
     preferred_username: Option<String>,
-    name: Option<String>,
     groups: Option<Vec<String>>,
 }
 
@@ -42,10 +41,6 @@ macro_rules! claim_set {
                 .preferred_username()
                 .map(|u| u.as_str().to_owned())
                 .or_else(|| string_claim(extra, "login")),
-            name: claims
-                .name()
-                .and_then(|n| n.get(None))
-                .map(|n| n.as_str().to_owned()),
             groups: extra.get($groups_claim).map(string_list),
         }
     }};
@@ -61,16 +56,17 @@ pub fn identity(
     let token = claim_set!(id_token, groups_claim);
     let info = userinfo.map_or_else(ClaimSet::default, |u| claim_set!(u, groups_claim));
     Identity {
-        issuer: id_token.issuer().as_str().to_owned(),
-        sub: id_token.subject().as_str().to_owned(),
-        email: info.email.or(token.email),
+        sub: id_token.subject().as_str().into(),
+        email: info.email.or(token.email).map(Into::into),
         email_verified: info
             .email_verified
             .or(token.email_verified)
             .unwrap_or(false),
-        preferred_username: info.preferred_username.or(token.preferred_username),
-        name: info.name.or(token.name),
-        groups: info.groups.or(token.groups).unwrap_or_default(),
+        preferred_username: info
+            .preferred_username
+            .or(token.preferred_username)
+            .map(Into::into),
+        groups: info.groups.or(token.groups).unwrap_or_default().into(),
     }
 }
 

@@ -26,6 +26,9 @@ pub const MAX_AGE: Duration = Duration::from_secs(600);
 pub struct LogoutTarget {
     pub sub: Option<String>,
     pub sid: Option<String>,
+    /// The token's id, already checked against this replica's memory; with a shared
+    /// session store it is checked there too.
+    pub jti: String,
 }
 
 fn part(segment: &str, what: &str) -> Result<Vec<u8>, String> {
@@ -129,11 +132,8 @@ impl Provider {
         if claims.contains_key("nonce") {
             return Err("a logout token must not carry a `nonce`".into());
         }
-        let target = LogoutTarget {
-            sub: text("sub").map(str::to_owned),
-            sid: text("sid").map(str::to_owned),
-        };
-        if target.sub.is_none() && target.sid.is_none() {
+        let (sub, sid) = (text("sub"), text("sid"));
+        if sub.is_none() && sid.is_none() {
             return Err("neither `sub` nor `sid`".into());
         }
         let jti = text("jti").ok_or("no `jti`")?;
@@ -141,6 +141,10 @@ impl Provider {
             return Err("this token (`jti`) was already used".into());
         }
         self.seen_logout_tokens.insert(jti.to_owned(), ());
-        Ok(target)
+        Ok(LogoutTarget {
+            sub: sub.map(str::to_owned),
+            sid: sid.map(str::to_owned),
+            jti: jti.to_owned(),
+        })
     }
 }

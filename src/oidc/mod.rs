@@ -11,7 +11,6 @@ mod claims;
 mod http;
 mod logout;
 
-use std::str::FromStr;
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -32,9 +31,9 @@ use url::Url;
 
 pub use self::claims::{ExtraClaims, string_list};
 pub use self::http::{ProviderHttp, ProviderHttpError, error_chain};
-pub use self::logout::{BACKCHANNEL_LOGOUT_EVENT, LogoutTarget};
+pub use self::logout::{BACKCHANNEL_LOGOUT_EVENT, LogoutTarget, MAX_AGE as LOGOUT_TOKEN_MAX_AGE};
 use crate::config::OidcSettings;
-use crate::session::{Identity, Tokens};
+use crate::session::{Identity, Renewal, Tokens};
 
 type GateIdTokenFields = IdTokenFields<
     ExtraClaims,
@@ -118,7 +117,7 @@ pub enum LoginError {
 }
 
 /// What `/oauth2/start` must remember until the callback (kept server-side).
-#[derive(Debug)]
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
 pub struct PendingLogin {
     pub pkce_verifier: String,
     pub nonce: String,
@@ -361,7 +360,7 @@ impl Provider {
         let id_token = response.id_token().ok_or(LoginError::NoIdToken)?;
         let nonce = Nonce::new(pending.nonce.clone());
         let claims = self.verify_id_token(&discovered, id_token, &nonce).await?;
-        let tokens = tokens_from(&response, id_token, &claims);
+        let tokens = tokens_from(&response, &claims);
         let userinfo = self
             .userinfo(&discovered, response.access_token(), claims.subject())
             .await?;
@@ -397,19 +396,22 @@ impl Provider {
             .request_async(&self.http)
             .await
             .map_err(classify_token_error)?;
+        // A provider that does not rotate refresh tokens answers without one: the
+        // old one goes on.
+        let renewal = match response.refresh_token() {
+            Some(rotated) => Renewal::RefreshToken(rotated.secret().as_str().into()),
+            None => previous.renewal.clone(),
+        };
         let Some(id_token) = response.id_token() else {
-            let mut tokens = previous.clone();
-            tokens.access_token = response.access_token().secret().clone();
-            tokens.refresh_token = response
-                .refresh_token()
-                .map(|t| t.secret().clone())
-                .or(tokens.refresh_token);
-            tokens.expires_at = response
-                .expires_in()
-                .map_or(SystemTime::now() + Duration::from_secs(300), |d| {
-                    SystemTime::now() + d
-                });
-            return Ok(tokens);
+            return Ok(Tokens {
+                renewal,
+                issued_at: SystemTime::now(),
+                expires_at: response
+                    .expires_in()
+                    .map_or(SystemTime::now() + Duration::from_secs(300), |d| {
+                        SystemTime::now() + d
+                    }),
+            });
         };
         let any_nonce = |_: Option<&Nonce>| Ok(());
         let claims = self
@@ -421,11 +423,10 @@ impl Provider {
                 "the refreshed ID token is for another subject".into(),
             ));
         }
-        let mut tokens = tokens_from(&response, id_token, &claims);
-        tokens.refresh_token = tokens
-            .refresh_token
-            .or_else(|| previous.refresh_token.clone());
-        Ok(tokens)
+        Ok(Tokens {
+            renewal,
+            ..tokens_from(&response, &claims)
+        })
     }
 
     /// Asks the userinfo endpoint whether the access token still works.
@@ -584,21 +585,19 @@ impl Provider {
             .map_err(|e| LoginError::Userinfo(error_chain(&e)))
     }
 
-    /// The provider's end-session URL with `id_token_hint` and the post-logout
-    /// redirect, or `None` when the provider has no `end_session_endpoint`.
-    pub fn end_session_url(&self, id_token: &str, post_logout_redirect: Url) -> Option<Url> {
+    /// The provider's end-session URL with `client_id` and the post-logout redirect,
+    /// or `None` when the provider has no `end_session_endpoint`. No `id_token_hint`:
+    /// sessions do not keep the ID token (see [`Tokens`]).
+    pub fn end_session_url(&self, post_logout_redirect: Url) -> Option<Url> {
         let discovered = self.discovered.read().unwrap().clone()?;
         let endpoint = discovered
             .metadata
             .additional_metadata()
             .end_session_endpoint
             .clone()?;
-        let mut request = LogoutRequest::from(endpoint)
+        let request = LogoutRequest::from(endpoint)
             .set_client_id(ClientId::new(self.settings.client_id.clone()))
             .set_post_logout_redirect_uri(PostLogoutRedirectUrl::from_url(post_logout_redirect));
-        if let Ok(token) = GateIdToken::from_str(id_token) {
-            request = request.set_id_token_hint(&token);
-        }
         Some(request.http_get_url())
     }
 }
@@ -606,14 +605,15 @@ impl Provider {
 /// The tokens of a token-endpoint answer whose ID token has been verified.
 fn tokens_from(
     response: &GateTokenResponse,
-    id_token: &GateIdToken,
     claims: &openidconnect::IdTokenClaims<ExtraClaims, CoreGenderClaim>,
 ) -> Tokens {
     let id_token_expiry: SystemTime = claims.expiration().into();
+    let renewal = match response.refresh_token() {
+        Some(refresh_token) => Renewal::RefreshToken(refresh_token.secret().as_str().into()),
+        None => Renewal::AccessToken(response.access_token().secret().as_str().into()),
+    };
     Tokens {
-        id_token: id_token.to_string(),
-        access_token: response.access_token().secret().clone(),
-        refresh_token: response.refresh_token().map(|t| t.secret().clone()),
+        renewal,
         issued_at: SystemTime::now(),
         expires_at: response
             .expires_in()

@@ -104,8 +104,8 @@ pub fn json(status: StatusCode, value: &serde_json::Value) -> Response<Full<Byte
 }
 
 /// A plain-text answer (health checks).
-pub fn text(status: StatusCode, body: &'static str) -> Response<Full<Bytes>> {
-    let mut response = Response::new(Full::new(Bytes::from_static(body.as_bytes())));
+pub fn text(status: StatusCode, body: impl Into<Bytes>) -> Response<Full<Bytes>> {
+    let mut response = Response::new(Full::new(body.into()));
     *response.status_mut() = status;
     set_page_headers(response.headers_mut(), "text/plain; charset=utf-8");
     response

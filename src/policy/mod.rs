@@ -121,12 +121,10 @@ mod tests {
 
     fn person(email: &str, verified: bool, groups: &[&str]) -> Identity {
         Identity {
-            issuer: "https://id".into(),
             sub: "u1".into(),
             email: Some(email.into()),
             email_verified: verified,
             preferred_username: None,
-            name: None,
             groups: groups.iter().map(|g| g.to_string()).collect(),
         }
     }

@@ -133,7 +133,7 @@ pub async fn start_on(
     let redirect_addr = redirect_listener.as_ref().and_then(|l| l.local_addr().ok());
 
     let gateway = Arc::new(Gateway::new(settings)?);
-    gateway.start_discovery().await;
+    gateway.start_background().await;
 
     let (stop_sender, stop_receiver) = watch::channel(false);
     let external_stop = stop_sender.clone();

@@ -1,37 +1,51 @@
 //! Sessions: who is signed in, kept server-side, found through an encrypted cookie.
 //!
 //! The cookie carries only a random 256-bit session id, sealed with AES-256-GCM by the
-//! cookie crate's private jar ([`CookieCodec`]); the identity lives in the
-//! [`SessionStore`]. A login always creates a new id (no fixation). This module never
-//! puts tokens or claims in a cookie.
+//! cookie crate's private jar ([`CookieCodec`]). A login always creates a new id (no
+//! fixation). This module never puts tokens or claims in a cookie.
+//!
+//! [`SessionStore`] holds the sessions, and the logins in flight, in one of two ways:
+//! - `memory`: in this process (moka), bounded, LRU, with lifetime and idle expiry;
+//! - `redis`: in Redis, shared by every replica ([`shared`]), with moka in front as a
+//!   short-lived local cache that pub/sub invalidations keep honest.
+//!
+//! Stores are keyed by a hash of the session id ([`SessionKey`]), never the id itself.
 
 mod cookies;
+mod shared;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
+use aws_lc_rs::digest;
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use moka::future::Cache;
 use moka::policy::EvictionPolicy;
 use rand::RngCore;
+use serde::{Deserialize, Serialize};
 
 pub use cookies::CookieCodec;
+pub use shared::{SharedStore, SharedStoreError, StoreUnavailable};
 
-use crate::config::SessionSettings;
+use crate::config::{SessionSettings, StoreSettings};
+use crate::oidc::PendingLogin;
 
-/// The signed-in person, as the provider described them.
-#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+/// The signed-in person, as the provider (`oidc.issuer`) described them: what the
+/// identity headers and access rules use, nothing more (no display name, no issuer).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+///
+/// Text is kept as `Box<str>` rather than `String` (8 bytes less each, no spare
+/// capacity): a gateway may hold a million of these.
 pub struct Identity {
-    pub issuer: String,
-    pub sub: String,
-    pub email: Option<String>,
+    pub sub: Box<str>,
+    pub email: Option<Box<str>>,
     pub email_verified: bool,
     /// `preferred_username`, else Encvoy ID's `login`.
-    pub preferred_username: Option<String>,
-    pub name: Option<String>,
-    /// Values of the configured groups claim (Encvoy ID: `permissions`).
-    pub groups: Vec<String>,
+    pub preferred_username: Option<Box<str>>,
+    /// Values of the configured groups claim (Encvoy ID: `permissions`). Sessions
+    /// with the same groups share one list ([`SessionStore`] interns them).
+    pub groups: Arc<[String]>,
 }
 
 /// One signed-in browser.
@@ -39,7 +53,7 @@ pub struct Identity {
 pub struct Session {
     pub identity: Identity,
     /// The provider's session id (`sid`), matched by back-channel logout.
-    pub provider_sid: Option<String>,
+    pub provider_sid: Option<Box<str>>,
     pub created_at: SystemTime,
     /// The tokens and their upkeep. Held while a refresh or revalidation runs, so
     /// there is one at a time per session however many requests arrive (single flight).
@@ -47,33 +61,45 @@ pub struct Session {
 }
 
 impl Session {
-    pub fn new(identity: Identity, provider_sid: Option<String>, tokens: Tokens) -> Self {
+    pub fn new(identity: Identity, provider_sid: Option<Box<str>>, tokens: Tokens) -> Self {
         Self {
             identity,
             provider_sid,
             created_at: SystemTime::now(),
-            upkeep: tokio::sync::Mutex::new(Upkeep {
-                tokens,
-                validated_at: Instant::now(),
-                retry_at: None,
-                failures: 0,
-            }),
+            upkeep: tokio::sync::Mutex::new(Upkeep::confirmed_now(tokens)),
         }
+    }
+
+    /// Whether the absolute lifetime has passed.
+    pub fn outlived(&self, lifetime: Duration) -> bool {
+        self.created_at.elapsed().is_ok_and(|age| age >= lifetime)
     }
 }
 
-/// The tokens a login or a refresh gave.
-#[derive(Clone, Debug)]
+/// What a login or a refresh gave that the session still needs: one token to ask the
+/// provider again later, and the access token's lifetime.
+///
+/// Only what upkeep uses is kept. The ID token is checked and dropped: keeping it
+/// (about 900 bytes) would more than double a session, and sign-out names the client
+/// by `client_id` instead (RP-Initiated Logout 1.0). The access token is kept only
+/// when there is no refresh token, since nothing is sent upstream with it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Tokens {
-    /// The raw ID token, kept for `id_token_hint` at sign-out.
-    pub id_token: String,
-    pub access_token: String,
-    /// Only when the provider issued one (Encvoy ID: with `offline_access`).
-    pub refresh_token: Option<String>,
+    pub renewal: Renewal,
     /// When these tokens were obtained.
     pub issued_at: SystemTime,
     /// When the access token expires (`expires_in`, else the ID token's `exp`).
     pub expires_at: SystemTime,
+}
+
+/// How the provider is asked again whether a session still stands.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Renewal {
+    /// Exchanged for new tokens before the access token expires (Encvoy ID issues
+    /// refresh tokens only with the `offline_access` scope).
+    RefreshToken(Box<str>),
+    /// Without a refresh token: shown to userinfo, while it lives.
+    AccessToken(Box<str>),
 }
 
 impl Tokens {
@@ -93,10 +119,54 @@ impl Tokens {
 pub struct Upkeep {
     pub tokens: Tokens,
     /// When the provider last confirmed the session (login, refresh, userinfo).
-    pub validated_at: Instant,
+    pub validated_at: SystemTime,
     /// After the provider could not be reached: no new attempt before this.
     pub retry_at: Option<Instant>,
     pub failures: u32,
+}
+
+impl Upkeep {
+    pub fn confirmed_now(tokens: Tokens) -> Self {
+        Self {
+            tokens,
+            validated_at: SystemTime::now(),
+            retry_at: None,
+            failures: 0,
+        }
+    }
+}
+
+/// What a store files a session under: SHA-256 of the session id. Someone who can
+/// read the store learns no id, so cannot build a cookie from it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct SessionKey([u8; 32]);
+
+impl SessionKey {
+    pub fn of(session_id: &str) -> Self {
+        Self(hash("ssogate session key", session_id))
+    }
+
+    fn text(&self) -> String {
+        URL_SAFE_NO_PAD.encode(self.0)
+    }
+
+    fn from_text(text: &str) -> Option<Self> {
+        URL_SAFE_NO_PAD.decode(text).ok()?.try_into().ok().map(Self)
+    }
+}
+
+/// SHA-256 of a purpose label and a value, so one value gives unrelated hashes for
+/// unrelated purposes.
+fn hash(purpose: &str, value: &str) -> [u8; 32] {
+    let mut context = digest::Context::new(&digest::SHA256);
+    context.update(purpose.as_bytes());
+    context.update(&[0]);
+    context.update(value.as_bytes());
+    context
+        .finish()
+        .as_ref()
+        .try_into()
+        .expect("SHA-256 is 32 bytes")
 }
 
 /// A fresh random session id: 32 bytes from the OS generator, base64url.
@@ -118,70 +188,302 @@ pub fn random_token() -> String {
     URL_SAFE_NO_PAD.encode(bytes)
 }
 
-/// In-memory sessions with a cap, an absolute lifetime and an idle timeout.
+/// How long a login may take between `/oauth2/start` and the callback.
+pub const LOGIN_TIMEOUT: Duration = Duration::from_secs(600);
+
+/// Logins in flight at once in the memory store (state entries kept server-side).
+const MAX_PENDING_LOGINS: u64 = 100_000;
+
+/// Distinct group lists remembered for sharing (most people have one of a few).
+const MAX_GROUP_LISTS: u64 = 10_000;
+
+/// Who may run a session's upkeep (refresh, revalidation) now.
+pub enum Lease {
+    /// Only this replica has the session: its own single flight is enough.
+    Local,
+    /// This replica holds the shared lease; give it back with [`SessionStore::release`].
+    Held(String),
+    /// Another replica is at it.
+    Busy,
+    /// The shared store cannot be reached, so nobody can be sure.
+    Unavailable(StoreUnavailable),
+}
+
+/// The sessions and the logins in flight: in memory, or in Redis with a local cache.
 ///
-/// When full, the least recently used session is evicted (moka's default TinyLFU
-/// admission would instead refuse new logins once the cache is full).
-#[derive(Clone)]
+/// The memory store is bounded by `max_sessions`; when full, the least recently used
+/// session is evicted (moka's default TinyLFU admission would instead refuse new
+/// logins once full).
 pub struct SessionStore {
-    sessions: Cache<String, Arc<Session>>,
+    /// Memory store: the sessions themselves. Redis: the local cache of them.
+    local: Cache<SessionKey, Arc<Session>>,
+    /// Memory store: the logins in flight (Redis keeps its own, for every replica).
+    logins: Cache<String, Arc<PendingLogin>>,
+    shared: Option<Arc<SharedStore>>,
+    lifetime: Duration,
+    /// One copy of each group list, shared by the sessions that have it.
+    group_lists: GroupLists,
+}
+
+/// Keeps one copy of each distinct group list, so a million sessions of people in the
+/// same few groups hold a pointer each instead of a million copies.
+#[derive(Clone)]
+pub struct GroupLists(moka::sync::Cache<Arc<[String]>, Arc<[String]>>);
+
+impl GroupLists {
+    pub fn new() -> Self {
+        Self(moka::sync::Cache::new(MAX_GROUP_LISTS))
+    }
+
+    /// The shared copy of `groups` (an equal list remembered before, or this one).
+    pub fn intern(&self, groups: &Arc<[String]>) -> Arc<[String]> {
+        self.0.get_with(groups.clone(), || groups.clone())
+    }
+}
+
+impl Default for GroupLists {
+    fn default() -> Self {
+        Self::new()
+    }
 }
 
 impl SessionStore {
-    pub fn new(settings: &SessionSettings) -> Self {
-        let sessions = Cache::builder()
+    /// A store as configured. Redis is connected to lazily: a Redis that is down at
+    /// startup shows in `/ready` and is retried, it does not stop the gateway.
+    pub fn new(settings: &SessionSettings) -> Result<Self, shared::SharedStoreError> {
+        let local_ttl = match &settings.store {
+            StoreSettings::Memory => settings.lifetime,
+            StoreSettings::Redis(redis) => redis.local_cache_ttl.min(settings.idle_timeout),
+        };
+        let local = Cache::builder()
             .max_capacity(settings.max_sessions)
             .eviction_policy(EvictionPolicy::lru())
-            .time_to_live(settings.lifetime)
+            .time_to_live(local_ttl)
             .time_to_idle(settings.idle_timeout)
             .build();
-        Self { sessions }
+        let group_lists = GroupLists::new();
+        let shared = match &settings.store {
+            StoreSettings::Memory => None,
+            StoreSettings::Redis(redis) => Some(Arc::new(SharedStore::new(
+                redis,
+                settings.lifetime,
+                settings.idle_timeout,
+                local.clone(),
+                group_lists.clone(),
+            )?)),
+        };
+        Ok(Self {
+            local,
+            logins: Cache::builder()
+                .max_capacity(MAX_PENDING_LOGINS)
+                .time_to_live(LOGIN_TIMEOUT)
+                .build(),
+            shared,
+            lifetime: settings.lifetime,
+            group_lists,
+        })
     }
 
-    pub async fn insert(&self, id: String, session: Session) {
-        self.sessions.insert(id, Arc::new(session)).await;
+    /// Starts the shared store's background work (health checks, invalidations).
+    pub fn start(&self) {
+        if let Some(shared) = &self.shared {
+            shared.clone().start();
+        }
+    }
+
+    /// Why the store cannot take new sessions now, if it cannot (for `/ready`).
+    pub fn unavailable(&self) -> Option<String> {
+        self.shared.as_ref().and_then(|s| s.unavailable())
+    }
+
+    pub async fn insert(&self, id: &str, mut session: Session) -> Result<(), StoreUnavailable> {
+        let key = SessionKey::of(id);
+        session.identity.groups = self.group_lists.intern(&session.identity.groups);
+        if let Some(shared) = &self.shared {
+            shared.insert(key, id, &session).await?;
+        }
+        self.local.insert(key, Arc::new(session)).await;
+        Ok(())
     }
 
     /// The live session for `id`; a read counts as activity for the idle timeout.
-    pub async fn get(&self, id: &str) -> Option<Arc<Session>> {
-        self.sessions.get(id).await
-    }
-
-    pub async fn remove(&self, id: &str) -> Option<Arc<Session>> {
-        self.sessions.remove(id).await
-    }
-
-    /// Ends every session `doomed` selects (back-channel logout); returns how many.
-    pub async fn remove_where(&self, doomed: impl Fn(&Session) -> bool) -> usize {
-        let ids: Vec<Arc<String>> = self
-            .sessions
-            .iter()
-            .filter(|(_, session)| doomed(session))
-            .map(|(id, _)| id)
-            .collect();
-        for id in &ids {
-            self.sessions.invalidate(id.as_str()).await;
+    /// An error only when the session is not cached here and Redis cannot be asked.
+    pub async fn get(&self, id: &str) -> Result<Option<Arc<Session>>, StoreUnavailable> {
+        let key = SessionKey::of(id);
+        let session = match &self.shared {
+            None => self.local.get(&key).await,
+            // Concurrent misses for one session wait for a single read from Redis.
+            Some(shared) => {
+                let load = async {
+                    match shared.load(key, id).await {
+                        Ok(Some(session)) => Ok(Arc::new(session)),
+                        Ok(None) => Err(None),
+                        Err(e) => Err(Some(e)),
+                    }
+                };
+                match self.local.try_get_with(key, load).await {
+                    Ok(session) => Some(session),
+                    Err(error) => match error.as_ref() {
+                        None => None,
+                        Some(unavailable) => return Err(unavailable.clone()),
+                    },
+                }
+            }
+        };
+        match session {
+            Some(session) if session.outlived(self.lifetime) => {
+                self.remove(id).await;
+                Ok(None)
+            }
+            other => Ok(other),
         }
-        ids.len()
+    }
+
+    /// Ends a session everywhere. With Redis down the removal is queued and carried
+    /// out when it is back; meanwhile this replica no longer knows the session.
+    pub async fn remove(&self, id: &str) {
+        let key = SessionKey::of(id);
+        self.local.invalidate(&key).await;
+        if let Some(shared) = &self.shared {
+            shared.remove(key).await;
+        }
+    }
+
+    /// Stores what an upkeep changed (new tokens, a new confirmation time), so other
+    /// replicas use it too.
+    pub async fn save(&self, id: &str, session: &Session, upkeep: &Upkeep) {
+        if let Some(shared) = &self.shared {
+            shared.save(SessionKey::of(id), id, session, upkeep).await;
+        }
+    }
+
+    /// Back-channel logout: ends the sessions of provider session `sid` (and of `sub`,
+    /// if given), or else every session of `sub`. Returns how many ended.
+    pub async fn end_provider_sessions(
+        &self,
+        sid: Option<&str>,
+        sub: Option<&str>,
+    ) -> Result<usize, StoreUnavailable> {
+        let matches = |s: &Session| match (sid, sub) {
+            (Some(sid), sub) => {
+                s.provider_sid.as_deref() == Some(sid)
+                    && sub.is_none_or(|sub| sub == &*s.identity.sub)
+            }
+            (None, Some(sub)) => &*s.identity.sub == sub,
+            (None, None) => false,
+        };
+        let doomed: Vec<Arc<SessionKey>> = self
+            .local
+            .iter()
+            .filter(|(_, session)| matches(session))
+            .map(|(key, _)| key)
+            .collect();
+        for key in &doomed {
+            self.local.invalidate(key.as_ref()).await;
+        }
+        match &self.shared {
+            None => Ok(doomed.len()),
+            Some(shared) => shared.end_provider_sessions(sid, sub).await,
+        }
+    }
+
+    /// Asks for the right to run this session's upkeep now (see [`Lease`]).
+    pub async fn lease(&self, id: &str) -> Lease {
+        match &self.shared {
+            None => Lease::Local,
+            Some(shared) => shared.lease(SessionKey::of(id)).await,
+        }
+    }
+
+    pub async fn release(&self, id: &str, lease: Lease) {
+        if let (Some(shared), Lease::Held(token)) = (&self.shared, lease) {
+            shared.release(SessionKey::of(id), &token).await;
+        }
+    }
+
+    /// The upkeep state another replica stored for this session: `Ok(None)` when the
+    /// session no longer exists.
+    pub async fn stored_upkeep(&self, id: &str) -> Result<Option<Upkeep>, StoreUnavailable> {
+        match &self.shared {
+            None => Err(StoreUnavailable("no shared store".into())),
+            Some(shared) => Ok(shared
+                .load(SessionKey::of(id), id)
+                .await?
+                .map(|s| s.upkeep.into_inner())),
+        }
+    }
+
+    /// Waits until no replica holds this session's lease (at most the lease's life).
+    pub async fn await_lease(&self, id: &str) {
+        if let Some(shared) = &self.shared {
+            shared.await_lease(SessionKey::of(id)).await;
+        }
+    }
+
+    /// Keeps a login's state until its callback, for at most [`LOGIN_TIMEOUT`].
+    pub async fn put_login(
+        &self,
+        state: &str,
+        pending: PendingLogin,
+    ) -> Result<(), StoreUnavailable> {
+        match &self.shared {
+            Some(shared) => shared.put_login(state, &pending).await,
+            None => {
+                self.logins
+                    .insert(state.to_owned(), Arc::new(pending))
+                    .await;
+                Ok(())
+            }
+        }
+    }
+
+    /// The login started with `state`, once: a second call finds nothing.
+    pub async fn take_login(&self, state: &str) -> Result<Option<PendingLogin>, StoreUnavailable> {
+        match &self.shared {
+            Some(shared) => shared.take_login(state).await,
+            None => Ok(self.logins.remove(state).await.map(Arc::unwrap_or_clone)),
+        }
+    }
+
+    /// True the first time any replica presents `value` for `purpose` within `ttl`
+    /// (e.g. a logout token's `jti`). Always true without a shared store: the caller
+    /// keeps its own memory of what it saw.
+    pub async fn first_use(
+        &self,
+        purpose: &str,
+        value: &str,
+        ttl: Duration,
+    ) -> Result<bool, StoreUnavailable> {
+        match &self.shared {
+            Some(shared) => shared.first_use(purpose, value, ttl).await,
+            None => Ok(true),
+        }
+    }
+
+    /// The shared store's server version: proof that it answers and takes our
+    /// credentials (`ssogate check`).
+    pub async fn server_version(&self) -> Result<String, StoreUnavailable> {
+        match &self.shared {
+            Some(shared) => shared.server_version().await,
+            None => Ok("memory".into()),
+        }
     }
 
     /// Runs moka's pending housekeeping (evictions, counts) now.
     pub async fn sync(&self) {
-        self.sessions.run_pending_tasks().await;
+        self.local.run_pending_tasks().await;
     }
 
-    /// Approximate number of live sessions (exact after [`SessionStore::sync`]).
+    /// Approximate number of sessions held in this process (exact after
+    /// [`SessionStore::sync`]).
     pub fn len(&self) -> u64 {
-        self.sessions.entry_count()
+        self.local.entry_count()
     }
 
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
 }
-
-/// How long a login may take between `/oauth2/start` and the callback.
-pub const LOGIN_TIMEOUT: Duration = Duration::from_secs(600);
 
 #[cfg(test)]
 mod tests {
@@ -195,27 +497,24 @@ mod tests {
             idle_timeout: Duration::from_millis(idle_ms),
             max_sessions: max,
             revalidate_every: None,
+            store: StoreSettings::Memory,
         }
     }
 
     fn session(sub: &str) -> Session {
         let identity = Identity {
-            issuer: "https://id".into(),
             sub: sub.into(),
             email: None,
             email_verified: false,
             preferred_username: None,
-            name: None,
-            groups: vec![],
+            groups: Arc::new([]),
         };
         let tokens = Tokens {
-            id_token: String::new(),
-            access_token: String::new(),
-            refresh_token: None,
+            renewal: Renewal::AccessToken("".into()),
             issued_at: SystemTime::now(),
             expires_at: SystemTime::now(),
         };
-        Session::new(identity, Some(format!("sid-{sub}")), tokens)
+        Session::new(identity, Some(format!("sid-{sub}").into()), tokens)
     }
 
     #[test]
@@ -225,29 +524,40 @@ mod tests {
         assert_ne!(a, new_session_id());
     }
 
+    #[test]
+    fn session_keys_hide_the_id_and_read_back() {
+        let id = new_session_id();
+        let key = SessionKey::of(&id);
+        assert_eq!(key, SessionKey::of(&id));
+        assert!(!key.text().contains(&id));
+        assert_eq!(SessionKey::from_text(&key.text()), Some(key));
+        assert_eq!(SessionKey::from_text("short"), None);
+    }
+
     #[tokio::test]
     async fn full_store_evicts_the_least_recently_used_session() {
-        let store = SessionStore::new(&settings(60_000, 60_000, 2));
-        store.insert("a".into(), session("a")).await;
-        store.insert("b".into(), session("b")).await;
-        store.sessions.run_pending_tasks().await;
-        assert!(store.get("a").await.is_some());
-        store.insert("c".into(), session("c")).await;
-        store.sessions.run_pending_tasks().await;
+        let store = SessionStore::new(&settings(60_000, 60_000, 2)).unwrap();
+        store.insert("a", session("a")).await.unwrap();
+        store.insert("b", session("b")).await.unwrap();
+        store.sync().await;
+        assert!(store.get("a").await.unwrap().is_some());
+        store.insert("c", session("c")).await.unwrap();
+        store.sync().await;
         assert!(
-            store.get("c").await.is_some(),
+            store.get("c").await.unwrap().is_some(),
             "a new login must be admitted"
         );
-        assert!(store.get("a").await.is_some());
-        assert!(store.get("b").await.is_none(), "b was least recently used");
+        assert!(store.get("a").await.unwrap().is_some());
+        assert!(
+            store.get("b").await.unwrap().is_none(),
+            "b was least recently used"
+        );
     }
 
     #[test]
     fn tokens_are_due_for_refresh_ahead_of_expiry() {
         let tokens = |lifetime: Duration, elapsed: Duration| Tokens {
-            id_token: String::new(),
-            access_token: String::new(),
-            refresh_token: None,
+            renewal: Renewal::AccessToken("".into()),
             issued_at: SystemTime::now() - elapsed,
             expires_at: SystemTime::now() - elapsed + lifetime,
         };
@@ -262,13 +572,45 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn remove_where_ends_only_the_matching_sessions() {
-        let store = SessionStore::new(&settings(60_000, 60_000, 10));
+    async fn provider_logout_ends_only_the_matching_sessions() {
+        let store = SessionStore::new(&settings(60_000, 60_000, 10)).unwrap();
         for (id, sub) in [("1", "a"), ("2", "b"), ("3", "a")] {
-            store.insert(id.into(), session(sub)).await;
+            store.insert(id, session(sub)).await.unwrap();
         }
-        assert_eq!(store.remove_where(|s| s.identity.sub == "a").await, 2);
-        assert!(store.get("1").await.is_none() && store.get("3").await.is_none());
-        assert!(store.get("2").await.is_some());
+        assert_eq!(
+            store.end_provider_sessions(None, Some("a")).await.unwrap(),
+            2
+        );
+        assert!(store.get("1").await.unwrap().is_none());
+        assert!(store.get("3").await.unwrap().is_none());
+        assert!(store.get("2").await.unwrap().is_some());
+        assert_eq!(
+            store
+                .end_provider_sessions(Some("sid-b"), Some("a"))
+                .await
+                .unwrap(),
+            0,
+            "sid and sub must both match"
+        );
+        assert_eq!(
+            store
+                .end_provider_sessions(Some("sid-b"), None)
+                .await
+                .unwrap(),
+            1
+        );
+    }
+
+    #[tokio::test]
+    async fn a_login_state_is_used_once() {
+        let store = SessionStore::new(&settings(60_000, 60_000, 10)).unwrap();
+        let pending = PendingLogin {
+            pkce_verifier: "v".into(),
+            nonce: "n".into(),
+            return_to: "/".into(),
+        };
+        store.put_login("s", pending).await.unwrap();
+        assert!(store.take_login("s").await.unwrap().is_some());
+        assert!(store.take_login("s").await.unwrap().is_none());
     }
 }

@@ -12,12 +12,14 @@ import {
   artifactsDir,
   e2eDir,
   freePort,
+  httpsGet,
   launchChromium,
   makeCerts,
   saveFailureArtifacts,
   screenshot,
   sleep,
   startGateway,
+  startRedis,
   tempDir,
 } from './lib.mjs';
 import { startSentryStandin } from './sentry-standin.mjs';
@@ -34,6 +36,7 @@ const DEEP_LINK = '/organizations/acme/issues/?query=is%3Aunresolved&project=1';
 const LIVENESS_WINDOW_MS = 2_000 + 500;
 const CLIENT_ID = 'sentry';
 const CLIENT_SECRET = crypto.randomBytes(24).toString('hex');
+const SESSION_SECRET = crypto.randomBytes(32).toString('hex');
 
 const USERS = {
   alice: {
@@ -58,12 +61,14 @@ let gateway;
 let browser;
 let gw; // the gateway's origin, https://127.0.0.1:<port>
 let target; // gw + DEEP_LINK
+let replicaPorts; // [public, other] for the two replicas of scenario 10
+const REPLICAS_CLIENT_ID = 'sentry-replicas';
 
-function gatewayConfig({ port, standinUrl, issuer }) {
+function gatewayConfig({ port, standinUrl, issuer, publicPort = port, clientId = CLIENT_ID, session = '' }) {
   return `# written by tests/e2e/e2e.test.mjs
 [server]
 listen = "127.0.0.1:${port}"
-public_url = "https://127.0.0.1:${port}"
+public_url = "https://127.0.0.1:${publicPort}"
 shutdown_grace = "2s"
 
 [tls]
@@ -75,13 +80,14 @@ url = ${JSON.stringify(standinUrl)}
 
 [oidc]
 issuer = ${JSON.stringify(issuer)}
-client_id = "${CLIENT_ID}"
+client_id = "${clientId}"
 client_secret = "${CLIENT_SECRET}"
 ca_file = ${JSON.stringify(certs.caFile)}
 http_timeout = "3s"
 
 [session]
-secrets = ["${crypto.randomBytes(32).toString('hex')}"]
+secrets = ["${SESSION_SECRET}"]
+${session}
 
 [access]
 preset = "sentry"
@@ -225,6 +231,8 @@ describe('ssogate in front of Sentry, signing in at Encvoy ID, in headless Chrom
     const port = await freePort();
     gw = `https://127.0.0.1:${port}`;
     target = gw + DEEP_LINK;
+    replicaPorts = [await freePort(), await freePort()];
+    const replicaOrigin = `https://127.0.0.1:${replicaPorts[0]}`;
     provider = await startProvider({
       cert: certs.certPem,
       key: certs.keyPem,
@@ -233,6 +241,11 @@ describe('ssogate in front of Sentry, signing in at Encvoy ID, in headless Chrom
         client_secret: CLIENT_SECRET,
         redirect_uris: [`${gw}/oauth2/callback`],
         post_logout_redirect_uris: [`${gw}/oauth2/sign_in`],
+      }, {
+        client_id: REPLICAS_CLIENT_ID,
+        client_secret: CLIENT_SECRET,
+        redirect_uris: [`${replicaOrigin}/oauth2/callback`],
+        post_logout_redirect_uris: [`${replicaOrigin}/oauth2/sign_in`],
       }],
       users: Object.values(USERS),
     });
@@ -511,5 +524,79 @@ describe('ssogate in front of Sentry, signing in at Encvoy ID, in headless Chrom
       assert.equal(await passwordOrBack(page), 'password', 'no password asked after the provider session ended');
       await signInAtProvider(page, USERS.alice);
       await expectStandinFor(page, USERS.alice);
+    }));
+
+  test('10. two replicas sharing Redis: a login begun on one works on both, survives a Redis restart, and one sign-out ends it', { timeout: TEST_TIMEOUT }, (t) =>
+    scenario(t, 'replicas', async (open) => {
+      const redis = await startRedis(path.join(dir, 'redis'));
+      const [publicPort, otherPort] = replicaPorts;
+      const [a, b] = [`https://127.0.0.1:${publicPort}`, `https://127.0.0.1:${otherPort}`];
+      const session = `store = "redis"\nredis_url = "${redis.url}"`;
+      const replicas = [];
+      try {
+        for (const port of replicaPorts) {
+          replicas.push(await startGateway({
+            port,
+            configToml: gatewayConfig({ port, publicPort, standinUrl: standin.url, issuer: provider.issuer, clientId: REPLICAS_CLIENT_ID, session }),
+            ca: certs.caPem,
+            dir: tempDir('ssogate-replica-'),
+            logFile: path.join(artifactsDir(), `replica-${port === publicPort ? 'a' : 'b'}.log`),
+          }));
+        }
+        const ready = async () => {
+          for (const origin of [a, b]) {
+            const deadline = Date.now() + 10000;
+            while ((await httpsGet(`${origin}/ready`, { ca: certs.caPem })).status !== 200) {
+              assert.ok(Date.now() < deadline, `${origin} not ready`);
+              await sleep(100);
+            }
+          }
+        };
+        await ready();
+        const showsAlice = async (page, origin) => {
+          await page.waitForURL((url) => url.href === origin + DEEP_LINK);
+          await page.waitForFunction(() => document.getElementById('status')?.textContent === 'ok');
+          assert.equal(await page.textContent('#identity'), USERS.alice.email);
+        };
+
+        // The deep link reaches replica B; the login starts there, and the provider
+        // returns to the public address (replica A), which finds the login B began.
+        const page = await open();
+        await page.goto(b + DEEP_LINK);
+        assert.equal(new URL(page.url()).origin, b);
+        assert.equal(new URL(page.url()).pathname, '/oauth2/sign_in');
+        await clickLogIn(page);
+        await signInAtProvider(page, USERS.alice);
+        await showsAlice(page, a);
+        // Cookies belong to the host, not the port: the same session works on B.
+        await page.goto(b + DEEP_LINK);
+        await showsAlice(page, b);
+
+        // Redis restarts: A keeps serving the session it has cached; afterwards
+        // both replicas still know it.
+        await redis.stop();
+        await page.goto(a + DEEP_LINK);
+        await showsAlice(page, a);
+        await redis.start();
+        await ready();
+        await page.goto(b + DEEP_LINK);
+        await showsAlice(page, b);
+
+        // Sign-out on B ends the session on A too, server-side: the cookie kept
+        // from before (as a stolen copy would be) no longer works anywhere.
+        const kept = (await page.context().cookies(a)).filter((c) => c.name === '_ssogate');
+        assert.equal(kept.length, 1, 'no session cookie');
+        await page.goto(`${b}/oauth2/sign_out`);
+        await page.waitForURL((url) => url.origin === a && url.pathname === '/oauth2/sign_in');
+        const replay = await open('stolen-cookie');
+        await replay.context().addCookies(kept);
+        for (const origin of [a, b]) {
+          const userinfo = await replay.goto(`${origin}/oauth2/userinfo`);
+          assert.equal(userinfo.status(), 401, `the old cookie still works at ${origin}`);
+        }
+      } finally {
+        for (const replica of replicas) await replica.stop().catch(() => {});
+        await redis.stop().catch(() => {});
+      }
     }));
 });

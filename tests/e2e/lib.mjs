@@ -270,3 +270,47 @@ export async function saveFailureArtifacts(page, name) {
   }
   return base;
 }
+
+/** Whether a Redis at 127.0.0.1:`port` answers PING. */
+function redisAnswers(port) {
+  return new Promise((resolve) => {
+    const socket = net.connect(port, '127.0.0.1');
+    const done = (ok) => {
+      socket.destroy();
+      resolve(ok);
+    };
+    socket.setTimeout(1000, () => done(false));
+    socket.on('error', () => done(false));
+    socket.on('connect', () => socket.write('PING\r\n'));
+    socket.on('data', (data) => done(data.toString().startsWith('+PONG')));
+  });
+}
+
+/**
+ * Debian's `redis-server` on a free loopback port, with an append-only file in `dir`,
+ * so `stop()` (SIGTERM) and `start()` keep its data, as a production Redis should.
+ */
+export async function startRedis(dir) {
+  fs.mkdirSync(dir, { recursive: true });
+  const port = await freePort();
+  let child = null;
+  async function start() {
+    const log = fs.openSync(path.join(dir, 'redis.log'), 'a');
+    child = spawn('redis-server', ['--bind', '127.0.0.1', '--port', String(port), '--dir', dir,
+      '--appendonly', 'yes', '--save', ''], { stdio: ['ignore', log, log] });
+    fs.closeSync(log);
+    const deadline = Date.now() + 10000;
+    while (!(await redisAnswers(port))) {
+      if (Date.now() > deadline) throw new Error(`redis-server did not start; log in ${dir}/redis.log`);
+      await sleep(50);
+    }
+  }
+  async function stop() {
+    if (!child || child.exitCode !== null || child.signalCode !== null) return;
+    const exited = new Promise((resolve) => child.once('exit', resolve));
+    child.kill('SIGTERM');
+    await exited;
+  }
+  await start();
+  return { url: `redis://127.0.0.1:${port}/0`, start, stop };
+}

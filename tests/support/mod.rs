@@ -5,6 +5,7 @@
 #![allow(dead_code, unused_imports)]
 
 pub mod browser;
+pub mod replicas;
 pub mod sentry_clients;
 pub mod upstream;
 

@@ -1,0 +1,708 @@
+//! The Redis session store, shared by every replica of the gateway.
+//!
+//! Layout, under `session.redis_key_prefix` (default `ssogate:`):
+//! - `s:<key>`: one session, AES-256-GCM sealed with a key derived from the session
+//!   id, so Redis holds neither ids nor readable tokens. Expires after the idle
+//!   timeout (renewed on reads) and never after the session's lifetime.
+//! - `sid:<hash>`, `sub:<hash>`: the session keys of a provider session or person,
+//!   for back-channel logout.
+//! - `lease:<key>`: which replica runs the session's refresh right now, so a rotating
+//!   refresh token is used once, whichever replica the requests reach.
+//! - `login:<hash>`: a login in flight, sealed with a key derived from its `state`.
+//! - `once:<purpose>:<hash>`: values that may be used only once (logout token `jti`).
+//! - channel `invalidate`: `<replica> <key>` after every change, so other replicas
+//!   drop their cached copy at once.
+//!
+//! redis-rs's connection manager reconnects by itself and, over RESP3, subscribes
+//! again after a reconnect. A health check (PING every second) says whether Redis is
+//! reachable; while it is not, sessions in the local cache keep working, new logins
+//! get 503, and removals and updates wait in memory until Redis is back. After an
+//! outage the local cache is emptied, since invalidations may have been missed.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+
+use aws_lc_rs::aead::{AES_256_GCM, Aad, LessSafeKey, NONCE_LEN, Nonce, UnboundKey};
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use moka::future::Cache;
+use rand::RngCore;
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::{ProtocolVersion, PushKind};
+use serde::{Deserialize, Serialize};
+
+use super::{GroupLists, Identity, Session, SessionKey, Tokens, Upkeep, hash, random_token};
+use crate::config::RedisSettings;
+use crate::oidc::PendingLogin;
+
+/// How long one replica may hold a session's refresh lease (longer than any refresh).
+const LEASE_TTL: Duration = Duration::from_secs(15);
+/// How often the health check pings Redis.
+const HEALTH_INTERVAL: Duration = Duration::from_secs(1);
+/// Compare-and-delete: give a lease back only if it is still ours.
+const RELEASE_SCRIPT: &str =
+    "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end return 0";
+
+#[derive(Debug, thiserror::Error)]
+pub enum SharedStoreError {
+    #[error("session.redis_url: {0}")]
+    Url(redis::RedisError),
+    #[error("session.redis_ca_file {0}: {1}")]
+    CaFile(String, std::io::Error),
+}
+
+/// Redis could not be asked (down, unreachable, too slow) or gave an answer that is
+/// not ours.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("the session store (Redis) cannot be reached: {0}")]
+pub struct StoreUnavailable(pub String);
+
+impl From<redis::RedisError> for StoreUnavailable {
+    fn from(e: redis::RedisError) -> Self {
+        Self(e.to_string())
+    }
+}
+
+/// A session as stored in Redis (sealed as JSON).
+#[derive(Serialize, Deserialize)]
+struct Record {
+    identity: Identity,
+    provider_sid: Option<Box<str>>,
+    created_at: SystemTime,
+    tokens: Tokens,
+    validated_at: SystemTime,
+}
+
+/// A change Redis could not take yet, carried out when it is back.
+enum Deferred {
+    Remove,
+    Save { sealed: Vec<u8>, ttl: Duration },
+}
+
+pub struct SharedStore {
+    connection: ConnectionManager,
+    prefix: String,
+    timeout: Duration,
+    lifetime: Duration,
+    idle_timeout: Duration,
+    /// The local cache in front (also held by [`super::SessionStore`]).
+    local: Cache<SessionKey, Arc<Session>>,
+    group_lists: GroupLists,
+    /// Tells this replica's own invalidations from the others'.
+    replica: String,
+    reachable: AtomicBool,
+    last_error: Mutex<String>,
+    deferred: Mutex<HashMap<SessionKey, Deferred>>,
+    /// Pushed messages (invalidations, disconnect notices), taken by [`Self::start`].
+    pushes: Mutex<Option<tokio::sync::mpsc::UnboundedReceiver<redis::PushInfo>>>,
+}
+
+impl SharedStore {
+    pub fn new(
+        settings: &RedisSettings,
+        lifetime: Duration,
+        idle_timeout: Duration,
+        local: Cache<SessionKey, Arc<Session>>,
+        group_lists: GroupLists,
+    ) -> Result<Self, SharedStoreError> {
+        use redis::IntoConnectionInfo;
+        let info = settings
+            .url
+            .as_str()
+            .into_connection_info()
+            .map_err(SharedStoreError::Url)?;
+        let redis_settings = info
+            .redis_settings()
+            .clone()
+            .set_protocol(ProtocolVersion::RESP3);
+        let info = info.set_redis_settings(redis_settings);
+        let client = match &settings.ca_file {
+            None => redis::Client::open(info),
+            Some(path) => {
+                let pem = std::fs::read(path)
+                    .map_err(|e| SharedStoreError::CaFile(path.display().to_string(), e))?;
+                redis::Client::build_with_tls(
+                    info,
+                    redis::TlsCertificates {
+                        client_tls: None,
+                        root_cert: Some(pem),
+                    },
+                )
+            }
+        }
+        .map_err(SharedStoreError::Url)?;
+        let (push_sender, pushes) = tokio::sync::mpsc::unbounded_channel();
+        let config = ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(settings.timeout))
+            .set_response_timeout(Some(settings.timeout))
+            .set_number_of_retries(1)
+            .set_push_sender(push_sender)
+            .set_automatic_resubscription();
+        let connection = ConnectionManager::new_lazy_with_config(client, config)
+            .map_err(SharedStoreError::Url)?;
+        Ok(Self {
+            connection,
+            prefix: settings.key_prefix.clone(),
+            timeout: settings.timeout,
+            lifetime,
+            idle_timeout,
+            local,
+            group_lists,
+            replica: random_token()[..12].to_owned(),
+            reachable: AtomicBool::new(false),
+            last_error: Mutex::new("not connected yet".into()),
+            deferred: Mutex::new(HashMap::new()),
+            pushes: Mutex::new(Some(pushes)),
+        })
+    }
+
+    /// Starts the health check and the invalidation listener.
+    pub fn start(self: Arc<Self>) {
+        if let Some(mut pushes) = self.pushes.lock().unwrap().take() {
+            let store = Arc::downgrade(&self);
+            tokio::spawn(async move {
+                while let Some(push) = pushes.recv().await {
+                    let Some(store) = store.upgrade() else { break };
+                    store.on_push(push).await;
+                }
+            });
+        }
+        let store = Arc::downgrade(&self);
+        tokio::spawn(async move {
+            let mut subscribed = false;
+            loop {
+                let Some(store) = store.upgrade() else { break };
+                subscribed = store.check_health(subscribed).await;
+                drop(store);
+                tokio::time::sleep(HEALTH_INTERVAL).await;
+            }
+        });
+    }
+
+    /// One health check; returns whether the invalidation channel is subscribed.
+    async fn check_health(&self, subscribed: bool) -> bool {
+        let pong: Result<String, _> = self.run(&redis::cmd("PING")).await;
+        let mut subscribed = subscribed;
+        let result = match pong {
+            Ok(_) if !subscribed => {
+                let mut connection = self.connection.clone();
+                let channel = self.channel();
+                match tokio::time::timeout(self.timeout, connection.subscribe(&channel)).await {
+                    Ok(Ok(())) => {
+                        subscribed = true;
+                        Ok(())
+                    }
+                    Ok(Err(e)) => Err(StoreUnavailable::from(e)),
+                    Err(_) => Err(StoreUnavailable("timed out subscribing".into())),
+                }
+            }
+            Ok(_) => Ok(()),
+            Err(e) => Err(e),
+        };
+        match result {
+            Ok(()) if !self.reachable.load(Ordering::Acquire) => self.recovered().await,
+            Ok(()) => {}
+            Err(e) => self.lost(&e.0),
+        }
+        subscribed
+    }
+
+    /// Redis answers again: carry out what waited, forget what may have gone stale.
+    async fn recovered(&self) {
+        let deferred: Vec<(SessionKey, Deferred)> = self.deferred.lock().unwrap().drain().collect();
+        let count = deferred.len();
+        for (key, change) in deferred {
+            let result = match &change {
+                Deferred::Remove => self.remove_in_redis(key).await,
+                Deferred::Save { sealed, ttl } => self.save_in_redis(key, sealed, *ttl).await,
+            };
+            if let Err(e) = result {
+                self.deferred.lock().unwrap().entry(key).or_insert(change);
+                self.lost(&e.0);
+                return;
+            }
+        }
+        self.local.invalidate_all();
+        self.reachable.store(true, Ordering::Release);
+        tracing::info!(deferred_changes = count, "session store (Redis) reachable");
+    }
+
+    fn lost(&self, reason: &str) {
+        *self.last_error.lock().unwrap() = reason.to_owned();
+        if self.reachable.swap(false, Ordering::AcqRel) {
+            tracing::error!(
+                error = reason,
+                "session store (Redis) unreachable: cached sessions go on, new logins wait"
+            );
+        }
+    }
+
+    async fn on_push(&self, push: redis::PushInfo) {
+        match push.kind {
+            PushKind::Message => {
+                let payload = push.data.get(1).and_then(|v| match v {
+                    redis::Value::BulkString(bytes) => std::str::from_utf8(bytes).ok(),
+                    redis::Value::SimpleString(text) => Some(text.as_str()),
+                    _ => None,
+                });
+                let Some((replica, key)) = payload.and_then(|p| p.split_once(' ')) else {
+                    return;
+                };
+                if replica != self.replica
+                    && let Some(key) = SessionKey::from_text(key)
+                {
+                    self.local.invalidate(&key).await;
+                }
+            }
+            PushKind::Disconnection => self.lost("connection closed"),
+            _ => {}
+        }
+    }
+
+    pub async fn server_version(&self) -> Result<String, StoreUnavailable> {
+        let info: String = self.run(redis::cmd("INFO").arg("server")).await?;
+        Ok(info
+            .lines()
+            .find_map(|line| line.strip_prefix("redis_version:"))
+            .unwrap_or("(version unknown)")
+            .trim()
+            .to_owned())
+    }
+
+    pub fn unavailable(&self) -> Option<String> {
+        (!self.reachable.load(Ordering::Acquire)).then(|| self.last_error.lock().unwrap().clone())
+    }
+
+    fn ensure_reachable(&self) -> Result<(), StoreUnavailable> {
+        match self.unavailable() {
+            Some(reason) => Err(StoreUnavailable(reason)),
+            None => Ok(()),
+        }
+    }
+
+    /// Runs one command, within the configured timeout.
+    async fn run<T: redis::FromRedisValue>(
+        &self,
+        command: &redis::Cmd,
+    ) -> Result<T, StoreUnavailable> {
+        let mut connection = self.connection.clone();
+        match tokio::time::timeout(self.timeout, command.query_async(&mut connection)).await {
+            Ok(result) => result.map_err(StoreUnavailable::from),
+            Err(_) => Err(StoreUnavailable(format!(
+                "no answer within {:?}",
+                self.timeout
+            ))),
+        }
+    }
+
+    async fn run_pipeline<T: redis::FromRedisValue>(
+        &self,
+        pipeline: &redis::Pipeline,
+    ) -> Result<T, StoreUnavailable> {
+        let mut connection = self.connection.clone();
+        match tokio::time::timeout(self.timeout, pipeline.query_async(&mut connection)).await {
+            Ok(result) => result.map_err(StoreUnavailable::from),
+            Err(_) => Err(StoreUnavailable(format!(
+                "no answer within {:?}",
+                self.timeout
+            ))),
+        }
+    }
+
+    fn channel(&self) -> String {
+        format!("{}invalidate", self.prefix)
+    }
+
+    fn session_key(&self, key: SessionKey) -> String {
+        format!("{}s:{}", self.prefix, key.text())
+    }
+
+    fn index_key(&self, kind: &str, value: &str) -> String {
+        let digest = hash(&format!("ssogate {kind} index"), value);
+        format!("{}{kind}:{}", self.prefix, URL_SAFE_NO_PAD.encode(digest))
+    }
+
+    fn invalidation(&self, key: SessionKey) -> String {
+        format!("{} {}", self.replica, key.text())
+    }
+
+    /// How long a session stored now may live in Redis: the idle timeout, never past
+    /// its lifetime.
+    fn ttl(&self, created_at: SystemTime) -> Duration {
+        let age = created_at.elapsed().unwrap_or_default();
+        self.idle_timeout
+            .min(self.lifetime.saturating_sub(age))
+            .max(Duration::from_millis(1))
+    }
+
+    pub async fn insert(
+        &self,
+        key: SessionKey,
+        id: &str,
+        session: &Session,
+    ) -> Result<(), StoreUnavailable> {
+        self.ensure_reachable()?;
+        let upkeep = session.upkeep.lock().await;
+        let sealed = seal_record(id, &self.session_key(key), session, &upkeep);
+        drop(upkeep);
+        let name = self.session_key(key);
+        let member = key.text();
+        let mut pipeline = redis::pipe();
+        pipeline
+            .atomic()
+            .cmd("SET")
+            .arg(&name)
+            .arg(sealed)
+            .arg("PX")
+            .arg(millis(self.ttl(session.created_at)))
+            .ignore();
+        let indexes = [
+            session
+                .provider_sid
+                .as_deref()
+                .map(|sid| self.index_key("sid", sid)),
+            Some(self.index_key("sub", &session.identity.sub)),
+        ];
+        for index in indexes.into_iter().flatten() {
+            pipeline
+                .cmd("SADD")
+                .arg(&index)
+                .arg(&member)
+                .ignore()
+                .cmd("PEXPIRE")
+                .arg(&index)
+                .arg(millis(self.lifetime))
+                .ignore();
+        }
+        self.run_pipeline::<()>(&pipeline).await
+    }
+
+    /// Reads a session from Redis (not the local cache) and renews its idle expiry.
+    pub async fn load(
+        &self,
+        key: SessionKey,
+        id: &str,
+    ) -> Result<Option<Session>, StoreUnavailable> {
+        let name = self.session_key(key);
+        let sealed: Option<Vec<u8>> = self
+            .run(redis::cmd("GET").arg(&name))
+            .await
+            .inspect_err(|e| self.lost(&e.0))?;
+        let Some(sealed) = sealed else {
+            return Ok(None);
+        };
+        let Some(record) = open_record(id, &name, &sealed) else {
+            // Not sealed with this id's key: not a session this cookie may use.
+            tracing::warn!("a stored session did not decrypt; treated as absent");
+            return Ok(None);
+        };
+        let ttl = self.ttl(record.created_at);
+        if let Err(e) = self
+            .run::<()>(redis::cmd("PEXPIRE").arg(&name).arg(millis(ttl)))
+            .await
+        {
+            tracing::debug!(error = %e, "could not renew a session's idle expiry");
+        }
+        let mut identity = record.identity;
+        identity.groups = self.group_lists.intern(&identity.groups);
+        Ok(Some(Session {
+            identity,
+            provider_sid: record.provider_sid,
+            created_at: record.created_at,
+            upkeep: tokio::sync::Mutex::new(Upkeep {
+                validated_at: record.validated_at,
+                ..Upkeep::confirmed_now(record.tokens)
+            }),
+        }))
+    }
+
+    pub async fn remove(&self, key: SessionKey) {
+        if let Err(e) = self.remove_in_redis(key).await {
+            tracing::warn!(error = %e.0, "session removal deferred until Redis is back");
+            self.deferred.lock().unwrap().insert(key, Deferred::Remove);
+            self.lost(&e.0);
+        }
+    }
+
+    async fn remove_in_redis(&self, key: SessionKey) -> Result<(), StoreUnavailable> {
+        let mut pipeline = redis::pipe();
+        pipeline
+            .cmd("DEL")
+            .arg(self.session_key(key))
+            .ignore()
+            .cmd("PUBLISH")
+            .arg(self.channel())
+            .arg(self.invalidation(key))
+            .ignore();
+        self.run_pipeline::<()>(&pipeline).await
+    }
+
+    pub async fn save(&self, key: SessionKey, id: &str, session: &Session, upkeep: &Upkeep) {
+        let sealed = seal_record(id, &self.session_key(key), session, upkeep);
+        let ttl = self.ttl(session.created_at);
+        if let Err(e) = self.save_in_redis(key, &sealed, ttl).await {
+            tracing::warn!(error = %e.0, "session update deferred until Redis is back");
+            let mut deferred = self.deferred.lock().unwrap();
+            if !matches!(deferred.get(&key), Some(Deferred::Remove)) {
+                deferred.insert(key, Deferred::Save { sealed, ttl });
+            }
+            drop(deferred);
+            self.lost(&e.0);
+        }
+    }
+
+    /// Overwrites a session that still exists (`XX`: an update never brings back a
+    /// session that was ended meanwhile) and tells the other replicas.
+    async fn save_in_redis(
+        &self,
+        key: SessionKey,
+        sealed: &[u8],
+        ttl: Duration,
+    ) -> Result<(), StoreUnavailable> {
+        let mut pipeline = redis::pipe();
+        pipeline
+            .cmd("SET")
+            .arg(self.session_key(key))
+            .arg(sealed)
+            .arg("XX")
+            .arg("PX")
+            .arg(millis(ttl))
+            .ignore()
+            .cmd("PUBLISH")
+            .arg(self.channel())
+            .arg(self.invalidation(key))
+            .ignore();
+        self.run_pipeline::<()>(&pipeline).await
+    }
+
+    pub async fn end_provider_sessions(
+        &self,
+        sid: Option<&str>,
+        sub: Option<&str>,
+    ) -> Result<usize, StoreUnavailable> {
+        let members: Vec<String> = match (sid, sub) {
+            (Some(sid), Some(sub)) => {
+                self.run(
+                    redis::cmd("SINTER")
+                        .arg(self.index_key("sid", sid))
+                        .arg(self.index_key("sub", sub)),
+                )
+                .await?
+            }
+            (Some(sid), None) => {
+                self.run(redis::cmd("SMEMBERS").arg(self.index_key("sid", sid)))
+                    .await?
+            }
+            (None, Some(sub)) => {
+                self.run(redis::cmd("SMEMBERS").arg(self.index_key("sub", sub)))
+                    .await?
+            }
+            (None, None) => Vec::new(),
+        };
+        let keys: Vec<SessionKey> = members
+            .iter()
+            .filter_map(|m| SessionKey::from_text(m))
+            .collect();
+        if keys.is_empty() {
+            return Ok(0);
+        }
+        let mut delete = redis::cmd("DEL");
+        for key in &keys {
+            delete.arg(self.session_key(*key));
+        }
+        let ended: usize = self.run(&delete).await?;
+        let mut pipeline = redis::pipe();
+        for key in &keys {
+            self.local.invalidate(key).await;
+            pipeline
+                .cmd("PUBLISH")
+                .arg(self.channel())
+                .arg(self.invalidation(*key))
+                .ignore();
+        }
+        self.run_pipeline::<()>(&pipeline).await?;
+        Ok(ended)
+    }
+
+    fn lease_key(&self, key: SessionKey) -> String {
+        format!("{}lease:{}", self.prefix, key.text())
+    }
+
+    pub async fn lease(&self, key: SessionKey) -> super::Lease {
+        let token = random_token();
+        let taken: Result<Option<String>, _> = self
+            .run(
+                redis::cmd("SET")
+                    .arg(self.lease_key(key))
+                    .arg(&token)
+                    .arg("NX")
+                    .arg("PX")
+                    .arg(millis(LEASE_TTL)),
+            )
+            .await;
+        match taken {
+            Ok(Some(_)) => super::Lease::Held(token),
+            Ok(None) => super::Lease::Busy,
+            Err(e) => {
+                self.lost(&e.0);
+                super::Lease::Unavailable(e)
+            }
+        }
+    }
+
+    pub async fn release(&self, key: SessionKey, token: &str) {
+        let script = redis::Script::new(RELEASE_SCRIPT);
+        let mut connection = self.connection.clone();
+        let mut invocation = script.key(self.lease_key(key));
+        invocation.arg(token);
+        let released = tokio::time::timeout(
+            self.timeout,
+            invocation.invoke_async::<i64>(&mut connection),
+        )
+        .await;
+        if !matches!(released, Ok(Ok(_))) {
+            tracing::debug!("a refresh lease was not given back; it expires by itself");
+        }
+    }
+
+    /// Waits until the lease on this session is free (or [`LEASE_TTL`] passed).
+    pub async fn await_lease(&self, key: SessionKey) {
+        let deadline = tokio::time::Instant::now() + LEASE_TTL;
+        let name = self.lease_key(key);
+        while tokio::time::Instant::now() < deadline {
+            match self.run::<bool>(redis::cmd("EXISTS").arg(&name)).await {
+                Ok(true) => tokio::time::sleep(Duration::from_millis(25)).await,
+                _ => return,
+            }
+        }
+    }
+
+    pub async fn put_login(
+        &self,
+        state: &str,
+        pending: &PendingLogin,
+    ) -> Result<(), StoreUnavailable> {
+        self.ensure_reachable()?;
+        let name = self.index_key("login", state);
+        let plain = serde_json::to_vec(pending).expect("a pending login serialises");
+        let sealed = seal(&sealing_key("login", state), &name, &plain);
+        self.run(
+            redis::cmd("SET")
+                .arg(&name)
+                .arg(sealed)
+                .arg("PX")
+                .arg(millis(super::LOGIN_TIMEOUT)),
+        )
+        .await
+    }
+
+    pub async fn take_login(&self, state: &str) -> Result<Option<PendingLogin>, StoreUnavailable> {
+        let name = self.index_key("login", state);
+        let sealed: Option<Vec<u8>> = self.run(redis::cmd("GETDEL").arg(&name)).await?;
+        Ok(sealed
+            .and_then(|sealed| open(&sealing_key("login", state), &name, &sealed))
+            .and_then(|plain| serde_json::from_slice(&plain).ok()))
+    }
+
+    pub async fn first_use(
+        &self,
+        purpose: &str,
+        value: &str,
+        ttl: Duration,
+    ) -> Result<bool, StoreUnavailable> {
+        let name = self.index_key(&format!("once:{purpose}"), value);
+        let set: Option<String> = self
+            .run(
+                redis::cmd("SET")
+                    .arg(name)
+                    .arg(1)
+                    .arg("NX")
+                    .arg("PX")
+                    .arg(millis(ttl)),
+            )
+            .await?;
+        Ok(set.is_some())
+    }
+}
+
+fn millis(duration: Duration) -> u64 {
+    (duration.as_millis() as u64).max(1)
+}
+
+/// The AES-256 key that seals what belongs to one secret value (a session id, a
+/// login state): whoever does not have the value cannot read it.
+fn sealing_key(purpose: &str, secret: &str) -> LessSafeKey {
+    let bytes = hash(&format!("ssogate {purpose} sealing"), secret);
+    LessSafeKey::new(UnboundKey::new(&AES_256_GCM, &bytes).expect("a 32-byte AES key"))
+}
+
+/// `nonce || ciphertext || tag`, with the Redis key name as associated data, so a
+/// value copied under another name does not open.
+fn seal(key: &LessSafeKey, name: &str, plain: &[u8]) -> Vec<u8> {
+    let mut nonce = [0u8; NONCE_LEN];
+    rand::rng().fill_bytes(&mut nonce);
+    let mut sealed = plain.to_vec();
+    key.seal_in_place_append_tag(
+        Nonce::assume_unique_for_key(nonce),
+        Aad::from(name.as_bytes()),
+        &mut sealed,
+    )
+    .expect("AES-GCM seals any length we store");
+    let mut out = nonce.to_vec();
+    out.append(&mut sealed);
+    out
+}
+
+fn open(key: &LessSafeKey, name: &str, sealed: &[u8]) -> Option<Vec<u8>> {
+    if sealed.len() < NONCE_LEN {
+        return None;
+    }
+    let (nonce, ciphertext) = sealed.split_at(NONCE_LEN);
+    let nonce = Nonce::try_assume_unique_for_key(nonce).ok()?;
+    let mut buffer = ciphertext.to_vec();
+    let plain = key
+        .open_in_place(nonce, Aad::from(name.as_bytes()), &mut buffer)
+        .ok()?;
+    Some(plain.to_vec())
+}
+
+fn seal_record(id: &str, name: &str, session: &Session, upkeep: &Upkeep) -> Vec<u8> {
+    let record = Record {
+        identity: session.identity.clone(),
+        provider_sid: session.provider_sid.clone(),
+        created_at: session.created_at,
+        tokens: upkeep.tokens.clone(),
+        validated_at: upkeep.validated_at,
+    };
+    let plain = serde_json::to_vec(&record).expect("a session serialises");
+    seal(&sealing_key("session", id), name, &plain)
+}
+
+fn open_record(id: &str, name: &str, sealed: &[u8]) -> Option<Record> {
+    let plain = open(&sealing_key("session", id), name, sealed)?;
+    serde_json::from_slice(&plain).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sealed_values_open_only_with_their_secret_and_name() {
+        let key = sealing_key("session", "id-1");
+        let sealed = seal(&key, "p:s:1", b"hello");
+        assert_eq!(open(&key, "p:s:1", &sealed).as_deref(), Some(&b"hello"[..]));
+        assert_eq!(
+            open(&sealing_key("session", "id-2"), "p:s:1", &sealed),
+            None
+        );
+        assert_eq!(open(&key, "p:s:2", &sealed), None, "moved to another key");
+        let mut flipped = sealed.clone();
+        *flipped.last_mut().unwrap() ^= 1;
+        assert_eq!(open(&key, "p:s:1", &flipped), None, "corrupted");
+        assert_eq!(open(&key, "p:s:1", b"short"), None);
+        assert!(!sealed.windows(5).any(|w| w == b"hello"));
+    }
+}

@@ -1,0 +1,316 @@
+//! Several `ssogate` processes (the real binary) sharing one real `redis-server`,
+//! behind one public address, as an operator runs replicas behind a load balancer.
+//! The identity provider and the upstream run in the test process.
+//!
+//! `redis-server` comes from Debian's package (`tests/install-peers.sh` installs it).
+//! Each Redis runs on a free loopback port with its own directory and append-only
+//! file, so stopping and starting it keeps its data, as a production Redis should.
+
+use std::net::{Ipv4Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command};
+use std::time::{Duration, Instant};
+
+use ssogate::devidp::{DevClient, DevProvider, DevProviderConfig, DevUser, SigningAlg};
+use ssogate::server::tls;
+
+use super::browser::Browser;
+use super::{CLIENT_ID, CLIENT_SECRET, TestUpstream, unused_address, user};
+
+/// A `redis-server` child process.
+pub struct RedisServer {
+    pub port: u16,
+    dir: PathBuf,
+    child: Option<Child>,
+}
+
+impl RedisServer {
+    pub fn start(dir: &Path) -> RedisServer {
+        let dir = dir.join("redis");
+        std::fs::create_dir_all(&dir).unwrap();
+        let mut server = RedisServer {
+            port: unused_address().port(),
+            dir,
+            child: None,
+        };
+        server.start_again();
+        server
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}/0", self.port)
+    }
+
+    /// Starts it (again) on the same port and directory, and waits until it answers.
+    pub fn start_again(&mut self) {
+        assert!(self.child.is_none(), "redis-server is already running");
+        let log = std::fs::File::create(self.dir.join("redis.log")).unwrap();
+        let child = Command::new("redis-server")
+            .args(["--bind", "127.0.0.1", "--port", &self.port.to_string()])
+            .arg("--dir")
+            .arg(&self.dir)
+            .args(["--appendonly", "yes", "--save", "", "--protected-mode", "yes"])
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .unwrap_or_else(|e| {
+                panic!("cannot run redis-server ({e}); install it with `bash tests/install-peers.sh` (Debian package redis-server)")
+            });
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !self.answers() {
+            assert!(
+                Instant::now() < deadline,
+                "redis-server did not start: {}",
+                std::fs::read_to_string(self.dir.join("redis.log")).unwrap_or_default()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Stops it the way an operator or a service manager does (SIGTERM: Redis
+    /// flushes its append-only file and exits).
+    pub fn stop(&mut self) {
+        let mut child = self.child.take().expect("redis-server is running");
+        let status = Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success());
+        child.wait().unwrap();
+    }
+
+    fn answers(&self) -> bool {
+        use std::io::{Read, Write};
+        let Ok(mut stream) = std::net::TcpStream::connect((Ipv4Addr::LOCALHOST, self.port)) else {
+            return false;
+        };
+        let _ = stream.set_read_timeout(Some(Duration::from_secs(1)));
+        let mut answer = [0u8; 7];
+        stream.write_all(b"PING\r\n").is_ok()
+            && stream.read_exact(&mut answer).is_ok()
+            && &answer == b"+PONG\r\n"
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// One `ssogate run` process.
+pub struct Replica {
+    /// `https://127.0.0.1:<port>` of this replica.
+    pub base: String,
+    log: PathBuf,
+    child: Child,
+}
+
+impl Replica {
+    /// What it logged so far (for failure messages).
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for Replica {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// How a test wants its replicas.
+pub struct ClusterOptions {
+    /// One entry per replica: its `session.secrets`.
+    pub secrets: Vec<Vec<&'static str>>,
+    /// Extra keys for every replica's `[session]` section.
+    pub session_toml: String,
+    /// Extra keys for every replica's `[oidc]` section.
+    pub oidc_toml: String,
+    pub access_token_ttl: Duration,
+    pub users: Vec<DevUser>,
+}
+
+pub const SECRET_OLD: &str = "the-old-session-secret-0123456789abcdef";
+pub const SECRET_NEW: &str = "the-new-session-secret-9876543210fedcba";
+
+impl Default for ClusterOptions {
+    fn default() -> Self {
+        Self {
+            secrets: vec![vec![SECRET_OLD], vec![SECRET_OLD]],
+            session_toml: String::new(),
+            oidc_toml: String::new(),
+            access_token_ttl: Duration::from_secs(1800),
+            users: vec![
+                user("alice", "alice@corp.example", true, &["sentry:member"]),
+                user("bob", "bob@corp.example", true, &["sentry:member"]),
+            ],
+        }
+    }
+}
+
+/// A provider, an upstream, a Redis and the gateway replicas.
+pub struct Cluster {
+    pub provider: DevProvider,
+    pub upstream: TestUpstream,
+    pub redis: RedisServer,
+    pub replicas: Vec<Replica>,
+    /// The public address (the first replica stands in for the load balancer's).
+    pub public_url: String,
+    pub ca_pem: String,
+    _dir: tempfile::TempDir,
+}
+
+impl Cluster {
+    pub async fn start(options: ClusterOptions) -> Cluster {
+        let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+        let dir = tempfile::tempdir().unwrap();
+        let redis = RedisServer::start(dir.path());
+        let upstream = TestUpstream::start().await;
+        let ports: Vec<u16> = options
+            .secrets
+            .iter()
+            .map(|_| unused_address().port())
+            .collect();
+        let public_url = format!("https://127.0.0.1:{}", ports[0]);
+        let provider = DevProvider::start(
+            SocketAddr::from((Ipv4Addr::LOCALHOST, 0)),
+            DevProviderConfig {
+                issuer_path: "/api/oidc".into(),
+                clients: vec![DevClient {
+                    client_id: CLIENT_ID.into(),
+                    client_secret: CLIENT_SECRET.into(),
+                    redirect_uris: vec![format!("{public_url}/oauth2/callback")],
+                    post_logout_redirect_uris: vec![format!("{public_url}/oauth2/sign_in")],
+                }],
+                users: options.users,
+                signing_alg: SigningAlg::Rs256,
+                id_token_ttl: Duration::from_secs(1800),
+                access_token_ttl: options.access_token_ttl,
+            },
+        )
+        .await
+        .expect("test provider starts");
+        let certificate = tls::local_certificate(&["127.0.0.1"]).unwrap();
+        std::fs::write(dir.path().join("cert.pem"), &certificate.cert_pem).unwrap();
+        std::fs::write(dir.path().join("key.pem"), &certificate.key_pem).unwrap();
+        let mut replicas = Vec::new();
+        for (index, (port, secrets)) in ports.iter().zip(&options.secrets).enumerate() {
+            let secrets: Vec<String> = secrets.iter().map(|s| format!("\"{s}\"")).collect();
+            let config = format!(
+                r#"
+[server]
+listen = "127.0.0.1:{port}"
+public_url = "{public_url}"
+shutdown_grace = "1s"
+[tls]
+cert_file = "{dir}/cert.pem"
+key_file = "{dir}/key.pem"
+[upstream]
+url = "http://{upstream}"
+read_timeout = "5s"
+[oidc]
+issuer = "{issuer}"
+client_id = "{CLIENT_ID}"
+client_secret = "{CLIENT_SECRET}"
+{oidc_extra}
+[session]
+secrets = [{secrets}]
+store = "redis"
+redis_url = "{redis}"
+{session_extra}
+"#,
+                dir = dir.path().display(),
+                upstream = upstream.addr,
+                issuer = provider.issuer(),
+                oidc_extra = options.oidc_toml,
+                secrets = secrets.join(", "),
+                redis = redis.url(),
+                session_extra = options.session_toml,
+            );
+            let config_path = dir.path().join(format!("replica-{index}.toml"));
+            std::fs::write(&config_path, config).unwrap();
+            let log = dir.path().join(format!("replica-{index}.log"));
+            let log_file = std::fs::File::create(&log).unwrap();
+            let child = Command::new(env!("CARGO_BIN_EXE_ssogate"))
+                .arg("run")
+                .arg("--config")
+                .arg(&config_path)
+                .env("SSOGATE_LOG", "ssogate=debug,info")
+                .stdout(log_file.try_clone().unwrap())
+                .stderr(log_file)
+                .spawn()
+                .expect("the ssogate binary runs");
+            replicas.push(Replica {
+                base: format!("https://127.0.0.1:{port}"),
+                log,
+                child,
+            });
+        }
+        let cluster = Cluster {
+            provider,
+            upstream,
+            redis,
+            replicas,
+            public_url,
+            ca_pem: certificate.ca_pem,
+            _dir: dir,
+        };
+        for index in 0..cluster.replicas.len() {
+            cluster.await_ready(index).await;
+        }
+        cluster
+    }
+
+    /// A browser pointed at replica `index`.
+    pub fn browser(&self, index: usize) -> Browser {
+        Browser::new(&self.ca_pem, &self.replicas[index].base)
+    }
+
+    /// The same browser (its cookies), with its requests reaching replica `index`, as
+    /// a load balancer without sticky sessions would send them.
+    pub fn on(&self, index: usize, browser: &Browser) -> Browser {
+        let mut moved = self.browser(index);
+        moved.cookies = browser.cookies.clone();
+        moved
+    }
+
+    /// `/ready` of replica `index`: status and body.
+    pub async fn ready(&self, index: usize) -> (u16, String) {
+        let answer = self.browser(index).navigate("/ready").await;
+        (answer.status.as_u16(), answer.body)
+    }
+
+    /// Waits (at most 20 s) until replica `index` says it is ready.
+    pub async fn await_ready(&self, index: usize) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let probe = tokio::time::timeout(Duration::from_secs(2), async {
+                let mut browser = self.browser(index);
+                let request = browser
+                    .request(http::Method::GET, "/ready")
+                    .body(super::browser::empty())
+                    .unwrap();
+                browser.send(request).await.status
+            });
+            let listening = std::net::TcpStream::connect(
+                self.replicas[index].base.trim_start_matches("https://"),
+            )
+            .is_ok();
+            if listening && matches!(probe.await, Ok(status) if status == 200) {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "replica {index} not ready within 20 s; its log:\n{}",
+                self.replicas[index].log()
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+}
