@@ -90,6 +90,20 @@ async fn a_login_on_one_replica_works_on_the_other() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sessions_travel_to_redis_over_tls_with_a_private_ca() {
+    let cluster = Cluster::start(ClusterOptions {
+        redis_tls: true,
+        ..Default::default()
+    })
+    .await;
+    let browser = signed_in(&cluster, 1, "alice").await;
+    let mut on_b = cluster.on(1, &browser);
+    assert_eq!(api_status(&mut on_b, "/api/0/").await, StatusCode::OK);
+    let (status, _) = cluster.ready(0).await;
+    assert_eq!(status, 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sign_out_on_one_replica_ends_the_session_on_the_other_within_a_second() {
     let cluster = Cluster::start(ClusterOptions {
         session_toml: LONG_LOCAL_CACHE.into(),

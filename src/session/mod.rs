@@ -26,7 +26,9 @@ use rand::RngCore;
 use serde::{Deserialize, Serialize};
 
 pub use cookies::CookieCodec;
-pub use shared::{SharedStore, SharedStoreError, StoreUnavailable};
+pub use shared::{SharedStoreError, StoreUnavailable};
+
+use shared::SharedStore;
 
 use crate::config::{SessionSettings, StoreSettings};
 use crate::oidc::PendingLogin;
@@ -251,16 +253,17 @@ impl SessionStore {
     /// A store as configured. Redis is connected to lazily: a Redis that is down at
     /// startup shows in `/ready` and is retried, it does not stop the gateway.
     pub fn new(settings: &SessionSettings) -> Result<Self, shared::SharedStoreError> {
-        let local_ttl = match &settings.store {
-            StoreSettings::Memory => settings.lifetime,
-            StoreSettings::Redis(redis) => redis.local_cache_ttl.min(settings.idle_timeout),
-        };
-        let local = Cache::builder()
+        // The lifetime is checked on every read (`Session::outlived`), and an entry
+        // idle for that long is past it anyway, so the memory store needs no
+        // time-to-live: that spares moka a write-order entry per session.
+        let mut local = Cache::builder()
             .max_capacity(settings.max_sessions)
             .eviction_policy(EvictionPolicy::lru())
-            .time_to_live(local_ttl)
-            .time_to_idle(settings.idle_timeout)
-            .build();
+            .time_to_idle(settings.idle_timeout.min(settings.lifetime));
+        if let StoreSettings::Redis(redis) = &settings.store {
+            local = local.time_to_live(redis.local_cache_ttl);
+        }
+        let local = local.build();
         let group_lists = GroupLists::new();
         let shared = match &settings.store {
             StoreSettings::Memory => None,

@@ -181,32 +181,31 @@ impl SharedStore {
         });
     }
 
-    /// One health check; returns whether the invalidation channel is subscribed.
+    /// One health check (PING, and the first subscription to the invalidation
+    /// channel; the connection manager renews it after reconnects). Returns whether
+    /// the channel is subscribed.
     async fn check_health(&self, subscribed: bool) -> bool {
-        let pong: Result<String, _> = self.run(&redis::cmd("PING")).await;
-        let mut subscribed = subscribed;
-        let result = match pong {
-            Ok(_) if !subscribed => {
-                let mut connection = self.connection.clone();
-                let channel = self.channel();
-                match tokio::time::timeout(self.timeout, connection.subscribe(&channel)).await {
-                    Ok(Ok(())) => {
-                        subscribed = true;
-                        Ok(())
-                    }
-                    Ok(Err(e)) => Err(StoreUnavailable::from(e)),
-                    Err(_) => Err(StoreUnavailable("timed out subscribing".into())),
-                }
-            }
-            Ok(_) => Ok(()),
+        let result = match self.run::<String>(&redis::cmd("PING")).await {
+            Ok(_) if subscribed => Ok(()),
+            Ok(_) => self.subscribe().await,
             Err(e) => Err(e),
         };
+        let healthy = result.is_ok();
         match result {
             Ok(()) if !self.reachable.load(Ordering::Acquire) => self.recovered().await,
             Ok(()) => {}
             Err(e) => self.lost(&e.0),
         }
-        subscribed
+        subscribed || healthy
+    }
+
+    async fn subscribe(&self) -> Result<(), StoreUnavailable> {
+        let mut connection = self.connection.clone();
+        let channel = self.channel();
+        match tokio::time::timeout(self.timeout, connection.subscribe(&channel)).await {
+            Ok(result) => result.map_err(StoreUnavailable::from),
+            Err(_) => Err(StoreUnavailable("timed out subscribing".into())),
+        }
     }
 
     /// Redis answers again: carry out what waited, forget what may have gone stale.
@@ -344,10 +343,8 @@ impl SharedStore {
         session: &Session,
     ) -> Result<(), StoreUnavailable> {
         self.ensure_reachable()?;
-        let upkeep = session.upkeep.lock().await;
-        let sealed = seal_record(id, &self.session_key(key), session, &upkeep);
-        drop(upkeep);
         let name = self.session_key(key);
+        let sealed = seal_record(id, &name, session, &*session.upkeep.lock().await);
         let member = key.text();
         let mut pipeline = redis::pipe();
         pipeline

@@ -21,16 +21,31 @@ use super::{CLIENT_ID, CLIENT_SECRET, TestUpstream, unused_address, user};
 pub struct RedisServer {
     pub port: u16,
     dir: PathBuf,
+    /// Serving TLS only (`rediss://`), with a certificate from this CA file.
+    pub tls_ca_file: Option<PathBuf>,
     child: Option<Child>,
 }
 
 impl RedisServer {
     pub fn start(dir: &Path) -> RedisServer {
+        Self::start_with(dir, false)
+    }
+
+    /// `tls`: serve only TLS, with a certificate for 127.0.0.1 from a throwaway CA.
+    pub fn start_with(dir: &Path, tls: bool) -> RedisServer {
         let dir = dir.join("redis");
         std::fs::create_dir_all(&dir).unwrap();
+        let tls_ca_file = tls.then(|| {
+            let certificate = tls::local_certificate(&["127.0.0.1"]).unwrap();
+            std::fs::write(dir.join("cert.pem"), &certificate.cert_pem).unwrap();
+            std::fs::write(dir.join("key.pem"), &certificate.key_pem).unwrap();
+            std::fs::write(dir.join("ca.pem"), &certificate.ca_pem).unwrap();
+            dir.join("ca.pem")
+        });
         let mut server = RedisServer {
             port: unused_address().port(),
             dir,
+            tls_ca_file,
             child: None,
         };
         server.start_again();
@@ -38,15 +53,33 @@ impl RedisServer {
     }
 
     pub fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}/0", self.port)
+        let scheme = if self.tls_ca_file.is_some() {
+            "rediss"
+        } else {
+            "redis"
+        };
+        format!("{scheme}://127.0.0.1:{}/0", self.port)
     }
 
     /// Starts it (again) on the same port and directory, and waits until it answers.
     pub fn start_again(&mut self) {
         assert!(self.child.is_none(), "redis-server is already running");
         let log = std::fs::File::create(self.dir.join("redis.log")).unwrap();
-        let child = Command::new("redis-server")
-            .args(["--bind", "127.0.0.1", "--port", &self.port.to_string()])
+        let port = self.port.to_string();
+        let mut command = Command::new("redis-server");
+        command.args(["--bind", "127.0.0.1"]);
+        if self.tls_ca_file.is_some() {
+            let file = |name: &str| self.dir.join(name).display().to_string();
+            command
+                .args(["--port", "0", "--tls-port", &port])
+                .args(["--tls-cert-file", &file("cert.pem")])
+                .args(["--tls-key-file", &file("key.pem")])
+                .args(["--tls-ca-cert-file", &file("ca.pem")])
+                .args(["--tls-auth-clients", "no"]);
+        } else {
+            command.args(["--port", &port]);
+        }
+        let child = command
             .arg("--dir")
             .arg(&self.dir)
             .args(["--appendonly", "yes", "--save", "", "--protected-mode", "yes"])
@@ -58,7 +91,7 @@ impl RedisServer {
             });
         self.child = Some(child);
         let deadline = Instant::now() + Duration::from_secs(10);
-        while !self.answers() {
+        while !self.listening() {
             assert!(
                 Instant::now() < deadline,
                 "redis-server did not start: {}",
@@ -80,11 +113,16 @@ impl RedisServer {
         child.wait().unwrap();
     }
 
-    fn answers(&self) -> bool {
+    /// Answers PING (plain), or accepts connections (TLS: the gateway's own client is
+    /// the test of the handshake).
+    fn listening(&self) -> bool {
         use std::io::{Read, Write};
         let Ok(mut stream) = std::net::TcpStream::connect((Ipv4Addr::LOCALHOST, self.port)) else {
             return false;
         };
+        if self.tls_ca_file.is_some() {
+            return true;
+        }
         let _ = stream.set_read_timeout(Some(Duration::from_secs(1)));
         let mut answer = [0u8; 7];
         stream.write_all(b"PING\r\n").is_ok()
@@ -134,6 +172,8 @@ pub struct ClusterOptions {
     pub oidc_toml: String,
     pub access_token_ttl: Duration,
     pub users: Vec<DevUser>,
+    /// Redis serves only TLS (`rediss://` with `session.redis_ca_file`).
+    pub redis_tls: bool,
 }
 
 pub const SECRET_OLD: &str = "the-old-session-secret-0123456789abcdef";
@@ -150,6 +190,7 @@ impl Default for ClusterOptions {
                 user("alice", "alice@corp.example", true, &["sentry:member"]),
                 user("bob", "bob@corp.example", true, &["sentry:member"]),
             ],
+            redis_tls: false,
         }
     }
 }
@@ -170,7 +211,11 @@ impl Cluster {
     pub async fn start(options: ClusterOptions) -> Cluster {
         let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
         let dir = tempfile::tempdir().unwrap();
-        let redis = RedisServer::start(dir.path());
+        let redis = RedisServer::start_with(dir.path(), options.redis_tls);
+        let redis_ca = match &redis.tls_ca_file {
+            Some(file) => format!("redis_ca_file = \"{}\"", file.display()),
+            None => String::new(),
+        };
         let upstream = TestUpstream::start().await;
         let ports: Vec<u16> = options
             .secrets
@@ -223,6 +268,7 @@ client_secret = "{CLIENT_SECRET}"
 secrets = [{secrets}]
 store = "redis"
 redis_url = "{redis}"
+{redis_ca}
 {session_extra}
 "#,
                 dir = dir.path().display(),
