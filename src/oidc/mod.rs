@@ -11,6 +11,7 @@ mod claims;
 mod http;
 mod logout;
 
+use std::str::FromStr;
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -49,6 +50,7 @@ type GateIdToken = IdToken<
     CoreJweContentEncryptionAlgorithm,
     CoreJwsSigningAlgorithm,
 >;
+type GateVerifier = IdTokenVerifier<'static, CoreJsonWebKey>;
 /// The openidconnect client with the endpoints discovery gives us.
 type GateClient = Client<
     ExtraClaims,
@@ -162,6 +164,9 @@ pub struct Provider {
     /// Serialises discovery and key fetches so a burst of logins makes one request.
     fetch_lock: tokio::sync::Mutex<()>,
     last_unknown_kid_refetch: Mutex<Option<Instant>>,
+    /// The ID-token verifier over the current key set, reused until the set changes:
+    /// building one copies the whole key set.
+    verifier_cache: Mutex<Option<(Arc<CoreJsonWebKeySet>, Arc<GateVerifier>)>>,
     probe_lock: tokio::sync::Mutex<()>,
     /// `jti`s of accepted back-channel logout tokens, so none is used twice.
     seen_logout_tokens: moka::sync::Cache<String, ()>,
@@ -183,6 +188,7 @@ impl Provider {
             keys: RwLock::new(None),
             fetch_lock: tokio::sync::Mutex::new(()),
             last_unknown_kid_refetch: Mutex::new(None),
+            verifier_cache: Mutex::new(None),
             probe_lock: tokio::sync::Mutex::new(()),
             seen_logout_tokens: moka::sync::Cache::builder()
                 .max_capacity(100_000)
@@ -376,6 +382,23 @@ impl Provider {
         })
     }
 
+    /// Verifies an ID token exactly as a login does (signature against the
+    /// provider's keys, `iss`, `aud`, `azp`, `exp`, `iat`, `nonce`) and reads the
+    /// identity from it, without the code exchange around it. (Public for the
+    /// hot-path benchmark.)
+    pub async fn verify_login_id_token(
+        &self,
+        id_token: &str,
+        nonce: &str,
+    ) -> Result<Identity, LoginError> {
+        let discovered = self.ready().await?;
+        let id_token = GateIdToken::from_str(id_token)
+            .map_err(|e| LoginError::IdTokenRefused(e.to_string()))?;
+        let nonce = Nonce::new(nonce.to_owned());
+        let claims = self.verify_id_token(&discovered, &id_token, &nonce).await?;
+        Ok(claims::identity(&claims, None, &self.groups_claim))
+    }
+
     /// Exchanges a refresh token for new tokens. A refreshed ID token (optional) must
     /// verify like the first one, for the same `sub`, and carries no nonce check.
     pub async fn refresh(
@@ -469,7 +492,7 @@ impl Provider {
         id_token: &GateIdToken,
         nonce: impl openidconnect::NonceVerifier + Copy,
     ) -> Result<openidconnect::IdTokenClaims<ExtraClaims, CoreGenderClaim>, LoginError> {
-        let first = id_token.claims(&self.verifier(discovered), nonce).cloned();
+        let first = id_token.claims(&*self.verifier(discovered), nonce).cloned();
         let unknown_key = matches!(
             first,
             Err(
@@ -479,7 +502,7 @@ impl Provider {
             )
         );
         let claims = if unknown_key && self.refetch_keys_for_unknown_kid(discovered).await {
-            id_token.claims(&self.verifier(discovered), nonce).cloned()
+            id_token.claims(&*self.verifier(discovered), nonce).cloned()
         } else {
             first
         }
@@ -510,30 +533,38 @@ impl Provider {
     /// The ID-token verifier over the current key set: issuer, audience, `azp`,
     /// expiry and `iat` with the configured clock skew, algorithms from discovery
     /// (asymmetric only; `none` and HMAC are never accepted).
-    fn verifier(&self, discovered: &Discovered) -> IdTokenVerifier<'static, CoreJsonWebKey> {
-        let keys = self
-            .keys
-            .read()
-            .unwrap()
-            .as_ref()
-            .map(|k| (**k).clone())
-            .unwrap_or_else(|| JsonWebKeySet::new(Vec::new()));
+    fn verifier(&self, discovered: &Discovered) -> Arc<GateVerifier> {
+        let keys = self.keys.read().unwrap().clone();
+        let mut cache = self.verifier_cache.lock().unwrap();
+        if let (Some(keys), Some((cached_keys, verifier))) = (&keys, cache.as_ref())
+            && Arc::ptr_eq(keys, cached_keys)
+        {
+            return verifier.clone();
+        }
         let skew = chrono::Duration::from_std(self.settings.clock_skew).unwrap_or_default();
-        IdTokenVerifier::new_confidential_client(
-            ClientId::new(self.settings.client_id.clone()),
-            ClientSecret::new(self.settings.client_secret.clone()),
-            discovered.metadata.issuer().clone(),
-            keys,
-        )
-        .set_allowed_algs(discovered.signing_algs.clone())
-        .set_time_fn(move || chrono::Utc::now() - skew)
-        .set_issue_time_verifier_fn(move |iat| {
-            if iat > chrono::Utc::now() + skew {
-                Err(format!("issued in the future ({iat})"))
-            } else {
-                Ok(())
-            }
-        })
+        let verifier = Arc::new(
+            IdTokenVerifier::new_confidential_client(
+                ClientId::new(self.settings.client_id.clone()),
+                ClientSecret::new(self.settings.client_secret.clone()),
+                discovered.metadata.issuer().clone(),
+                keys.as_deref()
+                    .cloned()
+                    .unwrap_or_else(|| JsonWebKeySet::new(Vec::new())),
+            )
+            .set_allowed_algs(discovered.signing_algs.clone())
+            .set_time_fn(move || chrono::Utc::now() - skew)
+            .set_issue_time_verifier_fn(move |iat| {
+                if iat > chrono::Utc::now() + skew {
+                    Err(format!("issued in the future ({iat})"))
+                } else {
+                    Ok(())
+                }
+            }),
+        );
+        if let Some(keys) = keys {
+            *cache = Some((keys, verifier.clone()));
+        }
+        verifier
     }
 
     /// Refetches the key set after a token named an unknown `kid`, at most once per

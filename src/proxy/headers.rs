@@ -66,28 +66,36 @@ pub fn remove_folded(headers: &mut HeaderMap, folded_names: &[String]) {
 }
 
 /// Rewrites the `Cookie` headers without the cookies `drop` selects, joined into one
-/// header (as HTTP/1.1 upstreams expect). Unparseable pieces are kept as they were.
+/// header (as HTTP/1.1 upstreams expect). Other cookies pass byte for byte. A single
+/// header with nothing to drop is left alone; otherwise the new value is built in one
+/// buffer (this runs on every forwarded request).
 pub fn remove_cookies(headers: &mut HeaderMap, drop: impl Fn(&str) -> bool) {
-    if !headers.contains_key(header::COOKIE) {
+    let values = headers.get_all(header::COOKIE);
+    let pairs = || {
+        values
+            .iter()
+            .flat_map(|v| v.as_bytes().split(|b| *b == b';'))
+            .map(<[u8]>::trim_ascii)
+            .filter(|pair| !pair.is_empty())
+    };
+    let is_dropped = |pair: &[u8]| {
+        let name = pair.split(|b| *b == b'=').next().unwrap_or_default();
+        std::str::from_utf8(name.trim_ascii()).is_ok_and(&drop)
+    };
+    let header_count = values.iter().count();
+    if header_count == 0 || (header_count == 1 && !pairs().any(is_dropped)) {
         return;
     }
-    let kept: Vec<String> = headers
-        .get_all(header::COOKIE)
-        .iter()
-        .flat_map(|v| v.as_bytes().split(|b| *b == b';'))
-        .map(|pair| String::from_utf8_lossy(pair).trim().to_owned())
-        .filter(|pair| !pair.is_empty())
-        .filter(|pair| {
-            let name = pair
-                .split_once('=')
-                .map_or(pair.as_str(), |(n, _)| n)
-                .trim();
-            !drop(name)
-        })
-        .collect();
+    let mut kept = Vec::with_capacity(values.iter().map(|v| v.len()).sum());
+    for pair in pairs().filter(|pair| !is_dropped(pair)) {
+        if !kept.is_empty() {
+            kept.extend_from_slice(b"; ");
+        }
+        kept.extend_from_slice(pair);
+    }
     headers.remove(header::COOKIE);
     if !kept.is_empty()
-        && let Ok(value) = HeaderValue::from_str(&kept.join("; "))
+        && let Ok(value) = HeaderValue::from_maybe_shared(bytes::Bytes::from(kept))
     {
         headers.insert(header::COOKIE, value);
     }
@@ -207,6 +215,15 @@ mod tests {
         let mut only_ours = map(&[("cookie", "_ssogate=x")]);
         remove_cookies(&mut only_ours, |n| n == "_ssogate");
         assert!(!only_ours.contains_key("cookie"));
+
+        // Other cookies pass byte for byte, even bytes that are not UTF-8.
+        let mut raw = HeaderMap::new();
+        raw.insert(
+            "cookie",
+            HeaderValue::from_bytes(b"a=caf\xe9;  _ssogate=x ;b=\"q\"").unwrap(),
+        );
+        remove_cookies(&mut raw, |n| n == "_ssogate");
+        assert_eq!(raw["cookie"].as_bytes(), b"a=caf\xe9; b=\"q\"");
     }
 
     #[test]

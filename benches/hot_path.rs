@@ -1,0 +1,260 @@
+//! Micro benches of what the gateway does for every signed-in request, each piece
+//! alone (criterion): `cargo bench --bench hot_path`.
+//!
+//! - opening the session cookie, and that plus the session lookup among 100k sessions;
+//! - making the path canonical and classifying it against the Sentry preset;
+//! - the header work of forwarding (gateway cookies out, identity and
+//!   `X-Forwarded-*` in), on a browser's header set;
+//! - verifying an RS256 ID token as a login does (signature, claims, nonce).
+//!
+//! Under `cargo test --all-targets` each bench runs once, as a smoke test.
+
+use std::hint::black_box;
+use std::net::{Ipv4Addr, SocketAddr};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use criterion::{BatchSize, Criterion, criterion_group, criterion_main};
+use http::{HeaderMap, HeaderValue, Method};
+use ssogate::config::{SessionSettings, Settings, StoreSettings};
+use ssogate::devidp::{DevClient, DevProvider, DevProviderConfig, SigningAlg};
+use ssogate::gateway::Gateway;
+use ssogate::policy::{first_match, normalize_path, sentry_preset};
+use ssogate::session::{
+    CookieCodec, Identity, Renewal, Session, SessionStore, Tokens, new_session_id, random_token,
+};
+
+const SECRET: &str = "bench-session-secret-0123456789abcdefghij";
+const CLIENT_ID: &str = "sentry";
+const CLIENT_SECRET: &str = "bench-client-secret";
+
+fn session(n: usize) -> Session {
+    let identity = Identity {
+        sub: format!("{:08}", 10_000_000 + n).into(),
+        email: Some(format!("person{n}@example.com").into()),
+        email_verified: true,
+        preferred_username: Some(format!("person{n}").into()),
+        groups: vec!["sentry:member".to_owned()].into(),
+    };
+    let tokens = Tokens {
+        renewal: Renewal::RefreshToken(random_token().into()),
+        issued_at: SystemTime::now(),
+        expires_at: SystemTime::now() + Duration::from_secs(1800),
+    };
+    Session::new(identity, Some(random_token().into()), tokens)
+}
+
+/// Cookie header of a browser signed in to Sentry behind the gateway.
+fn browser_cookie(sealed: &str) -> HeaderValue {
+    HeaderValue::from_str(&format!(
+        "sentrysid=.eJxVjMsKwjAQRf8lawM1ZvNwJbjQhYJrCZPJtQ2aSchD; sc=Xq2bL7y; _ssogate={sealed}; sudo=1"
+    ))
+    .unwrap()
+}
+
+fn cookie_and_session(c: &mut Criterion) {
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let settings = SessionSettings {
+        cookie_name: "_ssogate".into(),
+        secrets: vec![SECRET.into()],
+        lifetime: Duration::from_secs(86_400),
+        idle_timeout: Duration::from_secs(28_800),
+        max_sessions: 200_000,
+        revalidate_every: None,
+        store: StoreSettings::Memory,
+    };
+    let store = SessionStore::new(&settings).unwrap();
+    let id = new_session_id();
+    runtime.block_on(async {
+        for n in 0..100_000 {
+            store.insert(&new_session_id(), session(n)).await.unwrap();
+        }
+        store.insert(&id, session(0)).await.unwrap();
+        store.sync().await;
+    });
+    let codec = CookieCodec::new(&settings.secrets, true);
+    let sealed = codec.seal("_ssogate", &id, "/", None);
+    let mut headers = HeaderMap::new();
+    headers.insert(http::header::COOKIE, browser_cookie(sealed.value()));
+
+    c.bench_function("session cookie: open", |b| {
+        b.iter(|| codec.open(black_box(&headers), "_ssogate").unwrap())
+    });
+    c.bench_function("session cookie: open + lookup in 100k sessions", |b| {
+        b.to_async(&runtime).iter(|| async {
+            let id = codec.open(black_box(&headers), "_ssogate").unwrap();
+            store.get(&id).await.unwrap().unwrap()
+        })
+    });
+}
+
+fn route_classification(c: &mut Criterion) {
+    let rules = sentry_preset();
+    let mut token = HeaderMap::new();
+    token.insert(
+        http::header::AUTHORIZATION,
+        HeaderValue::from_static("Bearer sntryu_0123456789abcdef"),
+    );
+    let none = HeaderMap::new();
+    let cases = [
+        (
+            "browser page (no rule: authenticated)",
+            Method::GET,
+            "/organizations/acme/issues/4711/events/latest/",
+            &none,
+        ),
+        (
+            "SDK envelope (public)",
+            Method::POST,
+            "/api/42/envelope/",
+            &none,
+        ),
+        (
+            "token API (public with a token)",
+            Method::GET,
+            "/api/0/projects/acme/web/issues/",
+            &token,
+        ),
+    ];
+    for (name, method, raw, headers) in cases {
+        c.bench_function(&format!("normalise + classify: {name}"), |b| {
+            b.iter(|| {
+                let path = normalize_path(black_box(raw)).unwrap();
+                first_match(&rules, &method, &path, headers).map(|rule| rule.action)
+            })
+        });
+    }
+}
+
+/// A gateway in front of nothing (no request is sent): settings only, for the
+/// header work and the provider's token checks.
+fn bench_gateway(issuer: &str) -> Gateway {
+    let config = format!(
+        r#"
+[server]
+public_url = "https://sentry.example.com"
+[tls]
+enabled = false
+[upstream]
+url = "http://127.0.0.1:9"
+[oidc]
+issuer = "{issuer}"
+client_id = "{CLIENT_ID}"
+client_secret = "{CLIENT_SECRET}"
+[session]
+secrets = ["{SECRET}"]
+[access]
+preset = "sentry"
+"#
+    );
+    let settings = Settings::from_toml(&config, "(bench)", std::iter::empty()).unwrap();
+    Gateway::new(settings).unwrap()
+}
+
+fn forwarded_headers(c: &mut Criterion) {
+    let gateway = bench_gateway("https://id.example.com/api/oidc");
+    let codec = CookieCodec::new(&[SECRET.to_owned()], true);
+    let sealed = codec.seal("_ssogate", &new_session_id(), "/", None);
+    let mut browser = HeaderMap::new();
+    for (name, value) in [
+        ("host", "sentry.example.com"),
+        (
+            "user-agent",
+            "Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/156.0 Safari/537.36",
+        ),
+        ("accept", "application/json; charset=utf-8"),
+        ("accept-language", "en-US,en;q=0.9"),
+        ("accept-encoding", "gzip, deflate, br, zstd"),
+        (
+            "referer",
+            "https://sentry.example.com/organizations/acme/issues/",
+        ),
+        ("sec-fetch-mode", "cors"),
+        ("sec-fetch-site", "same-origin"),
+        ("x-csrftoken", "Xq2bL7yQ0123456789abcdef"),
+    ] {
+        browser.insert(name, HeaderValue::from_static(value));
+    }
+    browser.insert(http::header::COOKIE, browser_cookie(sealed.value()));
+    let session = session(1);
+    let peer = SocketAddr::from((Ipv4Addr::new(10, 1, 2, 3), 51234));
+    c.bench_function("forwarded header set (signed in)", |b| {
+        b.iter_batched(
+            || browser.clone(),
+            |mut headers| {
+                gateway.prepare_upstream_headers(
+                    &mut headers,
+                    peer,
+                    Some("sentry.example.com"),
+                    Some(&session),
+                );
+                headers
+            },
+            BatchSize::SmallInput,
+        )
+    });
+}
+
+fn id_token_verification(c: &mut Criterion) {
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let (provider, gateway) = runtime.block_on(async {
+        let provider = DevProvider::start(
+            SocketAddr::from((Ipv4Addr::LOCALHOST, 0)),
+            DevProviderConfig {
+                issuer_path: "/api/oidc".into(),
+                clients: vec![DevClient {
+                    client_id: CLIENT_ID.into(),
+                    client_secret: CLIENT_SECRET.into(),
+                    redirect_uris: vec!["https://sentry.example.com/oauth2/callback".into()],
+                    post_logout_redirect_uris: vec![],
+                }],
+                users: vec![],
+                signing_alg: SigningAlg::Rs256,
+                id_token_ttl: Duration::from_secs(1800),
+                access_token_ttl: Duration::from_secs(1800),
+            },
+        )
+        .await
+        .unwrap();
+        let gateway = Arc::new(bench_gateway(&provider.issuer()));
+        gateway.provider().discover().await.unwrap();
+        (provider, gateway)
+    });
+    let now = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let claims = serde_json::json!({
+        "iss": provider.issuer(),
+        "aud": CLIENT_ID,
+        "sub": "10000001",
+        "iat": now,
+        "exp": now + 1800,
+        "nonce": "bench-nonce",
+        "sid": random_token(),
+        "email": "person1@example.com",
+        "email_verified": true,
+        "login": "person1",
+        "groups": ["sentry:member"],
+    });
+    let token = provider.sign_claims(serde_json::Map::new(), claims.as_object().unwrap().clone());
+    let provider_client = gateway.provider().clone();
+    c.bench_function("ID token verification (RS256, login checks)", |b| {
+        b.to_async(&runtime).iter(|| async {
+            provider_client
+                .verify_login_id_token(black_box(&token), "bench-nonce")
+                .await
+                .unwrap()
+        })
+    });
+    provider.shutdown();
+}
+
+criterion_group!(
+    hot_path,
+    cookie_and_session,
+    route_classification,
+    forwarded_headers,
+    id_token_verification
+);
+criterion_main!(hot_path);
