@@ -230,22 +230,16 @@ pub struct SessionStore {
 /// Keeps one copy of each distinct group list, so a million sessions of people in the
 /// same few groups hold a pointer each instead of a million copies.
 #[derive(Clone)]
-pub struct GroupLists(moka::sync::Cache<Arc<[String]>, Arc<[String]>>);
+struct GroupLists(moka::sync::Cache<Arc<[String]>, Arc<[String]>>);
 
 impl GroupLists {
-    pub fn new() -> Self {
+    fn new() -> Self {
         Self(moka::sync::Cache::new(MAX_GROUP_LISTS))
     }
 
     /// The shared copy of `groups` (an equal list remembered before, or this one).
-    pub fn intern(&self, groups: &Arc<[String]>) -> Arc<[String]> {
+    fn intern(&self, groups: &Arc<[String]>) -> Arc<[String]> {
         self.0.get_with(groups.clone(), || groups.clone())
-    }
-}
-
-impl Default for GroupLists {
-    fn default() -> Self {
-        Self::new()
     }
 }
 
