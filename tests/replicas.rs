@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use http::{Method, StatusCode};
 use support::PASSWORD;
-use support::browser::{Browser, empty, full};
+use support::browser::{Browser, empty};
 use support::replicas::{Cluster, ClusterOptions, SECRET_NEW, SECRET_OLD};
 
 /// A local cache that, on its own, would keep a session for an hour: whatever ends a
@@ -130,18 +130,6 @@ async fn sign_out_on_one_replica_ends_the_session_on_the_other_within_a_second()
     );
 }
 
-async fn post_logout_token(browser: &mut Browser, token: &str) -> StatusCode {
-    let body: String = form_urlencoded::Serializer::new(String::new())
-        .append_pair("logout_token", token)
-        .finish();
-    let request = browser
-        .request(Method::POST, "/oauth2/backchannel-logout")
-        .header("content-type", "application/x-www-form-urlencoded")
-        .body(full(body))
-        .unwrap();
-    browser.send(request).await.status
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn back_channel_logout_at_one_replica_ends_the_sessions_on_every_replica() {
     let cluster = Cluster::start(ClusterOptions {
@@ -164,7 +152,7 @@ async fn back_channel_logout_at_one_replica_ends_the_sessions_on_every_replica()
     let token = cluster.provider.logout_token(Some("sub-alice"), Some(&sid));
     let mut provider = cluster.browser(0);
     assert_eq!(
-        post_logout_token(&mut provider, &token).await,
+        provider.post_logout_token(&token).await.status,
         StatusCode::OK
     );
     let took = time_until_signed_out(&cluster, 1, &alice).await;
@@ -177,13 +165,13 @@ async fn back_channel_logout_at_one_replica_ends_the_sessions_on_every_replica()
     );
     let mut replay = cluster.browser(1);
     assert_eq!(
-        post_logout_token(&mut replay, &token).await,
+        replay.post_logout_token(&token).await.status,
         StatusCode::BAD_REQUEST,
         "the same token replayed at another replica is refused"
     );
     let by_sub = cluster.provider.logout_token(Some("sub-alice"), None);
     assert_eq!(
-        post_logout_token(&mut replay, &by_sub).await,
+        replay.post_logout_token(&by_sub).await.status,
         StatusCode::OK
     );
     let took = time_until_signed_out(&cluster, 0, &alice_again).await;

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use http::{Method, StatusCode};
 use serde_json::{Map, Value, json};
-use support::browser::{Browser, empty, full};
+use support::browser::empty;
 use support::{World, WorldOptions};
 
 /// A world whose provider issues refresh tokens (the `offline_access` scope) and
@@ -155,18 +155,6 @@ async fn revalidation_notices_sessions_ended_at_the_provider() {
     );
 }
 
-async fn post_logout_token(browser: &mut Browser, token: &str) -> support::TestResponse {
-    let body: String = form_urlencoded::Serializer::new(String::new())
-        .append_pair("logout_token", token)
-        .finish();
-    let request = browser
-        .request(Method::POST, "/oauth2/backchannel-logout")
-        .header("content-type", "application/x-www-form-urlencoded")
-        .body(full(body))
-        .unwrap();
-    browser.send(request).await
-}
-
 #[tokio::test]
 async fn backchannel_logout_ends_the_sessions_of_that_provider_session() {
     let world = World::start().await;
@@ -177,11 +165,9 @@ async fn backchannel_logout_ends_the_sessions_of_that_provider_session() {
         .sid_of_last_login("alice")
         .expect("the provider has a sid");
     let mut provider = world.browser();
-    let answer = post_logout_token(
-        &mut provider,
-        &world.provider.logout_token(Some("sub-alice"), Some(&sid)),
-    )
-    .await;
+    let answer = provider
+        .post_logout_token(&world.provider.logout_token(Some("sub-alice"), Some(&sid)))
+        .await;
     assert_eq!(answer.status, StatusCode::OK, "{answer:?}");
     assert!(
         other_tab.navigate("/").await.is_sign_in_redirect(),
@@ -195,7 +181,7 @@ async fn backchannel_logout_ends_the_sessions_of_that_provider_session() {
 
     let by_sub = world.provider.logout_token(Some("sub-alice"), None);
     assert_eq!(
-        post_logout_token(&mut provider, &by_sub).await.status,
+        provider.post_logout_token(&by_sub).await.status,
         StatusCode::OK
     );
     assert!(
@@ -269,7 +255,7 @@ async fn invalid_logout_tokens_are_refused_and_end_nothing() {
         ("alg none", unsigned),
         ("garbage", "not.a.jwt".to_string()),
     ] {
-        let answer = post_logout_token(&mut provider, &token).await;
+        let answer = provider.post_logout_token(&token).await;
         assert_eq!(answer.status, StatusCode::BAD_REQUEST, "{name}: {answer:?}");
         assert!(
             answer.body.contains("invalid_request"),
@@ -286,11 +272,11 @@ async fn invalid_logout_tokens_are_refused_and_end_nothing() {
     // A valid token works once; its replay is refused.
     let mut second_login = world.signed_in("alice").await;
     assert_eq!(
-        post_logout_token(&mut provider, &valid).await.status,
+        provider.post_logout_token(&valid).await.status,
         StatusCode::OK
     );
     assert!(second_login.navigate("/").await.is_sign_in_redirect());
-    let replay = post_logout_token(&mut provider, &valid).await;
+    let replay = provider.post_logout_token(&valid).await;
     assert_eq!(replay.status, StatusCode::BAD_REQUEST);
     assert!(replay.body.contains("already used"), "{}", replay.body);
 }

@@ -201,11 +201,7 @@ impl SharedStore {
 
     async fn subscribe(&self) -> Result<(), StoreUnavailable> {
         let mut connection = self.connection.clone();
-        let channel = self.channel();
-        match tokio::time::timeout(self.timeout, connection.subscribe(&channel)).await {
-            Ok(result) => result.map_err(StoreUnavailable::from),
-            Err(_) => Err(StoreUnavailable("timed out subscribing".into())),
-        }
+        self.within(connection.subscribe(self.channel())).await
     }
 
     /// Redis answers again: carry out what waited, forget what may have gone stale.
@@ -287,13 +283,7 @@ impl SharedStore {
         command: &redis::Cmd,
     ) -> Result<T, StoreUnavailable> {
         let mut connection = self.connection.clone();
-        match tokio::time::timeout(self.timeout, command.query_async(&mut connection)).await {
-            Ok(result) => result.map_err(StoreUnavailable::from),
-            Err(_) => Err(StoreUnavailable(format!(
-                "no answer within {:?}",
-                self.timeout
-            ))),
-        }
+        self.within(command.query_async(&mut connection)).await
     }
 
     async fn run_pipeline<T: redis::FromRedisValue>(
@@ -301,7 +291,15 @@ impl SharedStore {
         pipeline: &redis::Pipeline,
     ) -> Result<T, StoreUnavailable> {
         let mut connection = self.connection.clone();
-        match tokio::time::timeout(self.timeout, pipeline.query_async(&mut connection)).await {
+        self.within(pipeline.query_async(&mut connection)).await
+    }
+
+    /// Awaits one exchange with Redis for at most `session.redis_timeout`.
+    async fn within<T>(
+        &self,
+        exchange: impl Future<Output = redis::RedisResult<T>>,
+    ) -> Result<T, StoreUnavailable> {
+        match tokio::time::timeout(self.timeout, exchange).await {
             Ok(result) => result.map_err(StoreUnavailable::from),
             Err(_) => Err(StoreUnavailable(format!(
                 "no answer within {:?}",
@@ -554,12 +552,10 @@ impl SharedStore {
         let mut connection = self.connection.clone();
         let mut invocation = script.key(self.lease_key(key));
         invocation.arg(token);
-        let released = tokio::time::timeout(
-            self.timeout,
-            invocation.invoke_async::<i64>(&mut connection),
-        )
-        .await;
-        if !matches!(released, Ok(Ok(_))) {
+        let released = self
+            .within(invocation.invoke_async::<i64>(&mut connection))
+            .await;
+        if released.is_err() {
             tracing::debug!("a refresh lease was not given back; it expires by itself");
         }
     }

@@ -173,6 +173,19 @@ impl Browser {
         panic!("too many redirects");
     }
 
+    /// POSTs a back-channel `logout_token` to the gateway, as a provider does.
+    pub async fn post_logout_token(&mut self, token: &str) -> TestResponse {
+        let body: String = form_urlencoded::Serializer::new(String::new())
+            .append_pair("logout_token", token)
+            .finish();
+        let request = self
+            .request(Method::POST, "/oauth2/backchannel-logout")
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body(full(body))
+            .unwrap();
+        self.send(request).await
+    }
+
     /// Signs in through `/oauth2/start?rd=<rd>`, filling the provider's form, and
     /// follows the final redirect. Returns the page it lands on.
     pub async fn login(&mut self, rd: &str, username: &str, password: &str) -> TestResponse {
