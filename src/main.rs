@@ -53,7 +53,9 @@ fn init_logging() {
         .init();
 }
 
-#[tokio::main]
+/// Single-threaded: this thread is serving thread 0, and `server.threads` adds the
+/// others, each with its own runtime (see `server`).
+#[tokio::main(flavor = "current_thread")]
 async fn main() -> ExitCode {
     let cli = Cli::parse();
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();

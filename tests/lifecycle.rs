@@ -231,3 +231,51 @@ async fn shutdown_lets_in_flight_requests_finish_and_refuses_new_ones() {
     );
     drop((upstream, provider));
 }
+
+#[tokio::test]
+async fn every_serving_thread_serves_and_drains_on_shutdown() {
+    let world = World::start_with(WorldOptions {
+        server_toml: "threads = 4".into(),
+        ..Default::default()
+    })
+    .await;
+    let signed_in = world.signed_in("alice").await;
+    // Eight connections, accepted by whichever of the four threads wins each one.
+    let requests: Vec<_> = (0..8)
+        .map(|n| {
+            let mut browser = world.browser();
+            browser.cookies = signed_in.cookies.clone();
+            tokio::spawn(async move { browser.navigate(&format!("/delay?n={n}")).await })
+        })
+        .collect();
+    for _ in 0..200 {
+        let held = world
+            .upstream
+            .requests()
+            .iter()
+            .filter(|r| r.path_and_query.starts_with("/delay"))
+            .count();
+        if held == 8 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let World {
+        gateway,
+        upstream,
+        provider,
+        ..
+    } = world;
+    let addr = gateway.local_addr;
+    gateway.shutdown().await;
+    for (n, request) in requests.into_iter().enumerate() {
+        let finished = request.await.unwrap();
+        assert_eq!(finished.status, StatusCode::OK, "request {n}: {finished:?}");
+        assert!(finished.body.contains(&format!("/delay?n={n}")));
+    }
+    assert!(
+        tokio::net::TcpStream::connect(addr).await.is_err(),
+        "no new connections after shutdown"
+    );
+    drop((upstream, provider));
+}

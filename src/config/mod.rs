@@ -93,6 +93,9 @@ pub struct ServerSettings {
     pub header_read_timeout: Duration,
     /// How long in-flight requests may take to finish after SIGTERM/SIGINT.
     pub shutdown_grace: Duration,
+    /// Serving threads, each with its own single-threaded runtime (default: one per
+    /// core this process may use).
+    pub threads: usize,
     /// Hosts besides this one that return targets (`rd`) may point to.
     pub allowed_redirect_hosts: AllowedHosts,
 }
@@ -453,6 +456,12 @@ fn validate_server(
             server.shutdown_grace,
             Duration::from_secs(30),
         )?,
+        threads: match server.threads {
+            None => std::thread::available_parallelism().map_or(1, |n| n.get()),
+            Some(0) => return Err(key_error("server.threads", "must be at least 1")),
+            Some(n) if n > 1024 => return Err(key_error("server.threads", "must be at most 1024")),
+            Some(n) => n as usize,
+        },
         allowed_redirect_hosts: AllowedHosts::new(
             server.allowed_redirect_hosts.unwrap_or_default(),
         ),

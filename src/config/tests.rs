@@ -437,3 +437,14 @@ fn redis_mistakes_name_the_key() {
         );
     }
 }
+
+#[test]
+fn serving_threads_default_to_the_cores_and_must_be_positive() {
+    let cores = std::thread::available_parallelism().unwrap().get();
+    assert_eq!(load(&minimal(), &[]).unwrap().server.threads, cores);
+    let s = load(&minimal(), &[("SSOGATE_SERVER_THREADS", "3")]).unwrap();
+    assert_eq!(s.server.threads, 3);
+    let (key, problem) = problem_for(&minimal(), &[("SSOGATE_SERVER_THREADS", "0")]);
+    assert_eq!(key, "server.threads");
+    assert!(problem.contains("at least 1"), "{problem}");
+}

@@ -101,7 +101,11 @@ impl Gateway {
             })
             .transpose()?;
         Ok(Self {
-            upstream: Upstream::new(&settings.upstream, upstream_connector),
+            upstream: Upstream::new(
+                &settings.upstream,
+                upstream_connector,
+                settings.server.threads,
+            ),
             provider: Arc::new(provider),
             sessions: SessionStore::new(&settings.session)?,
             cookies: CookieCodec::new(

@@ -5,6 +5,7 @@
 
 pub mod headers;
 
+use std::cell::Cell;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -39,23 +40,45 @@ where
 /// Idle upstream connections are closed after this (below Sentry nginx's 75 s).
 const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 
+thread_local! {
+    /// Which serving thread this is (0 for the thread that started the gateway).
+    static SERVING_THREAD: Cell<usize> = const { Cell::new(0) };
+}
+
+/// Called once by each serving thread ([`crate::server`]): from then on its requests
+/// use its own upstream connection pool.
+pub fn set_serving_thread(index: usize) {
+    SERVING_THREAD.set(index);
+}
+
 pub struct Upstream {
-    client: Client<HttpsConnector<HttpConnector>, Incoming>,
+    /// One connection pool per serving thread, so that a request and the upstream
+    /// connection it travels on are driven by the same thread, with no hand-over
+    /// between threads.
+    clients: Box<[Client<HttpsConnector<HttpConnector>, Incoming>]>,
     base: Url,
     read_timeout: Duration,
     pass_host_header: bool,
 }
 
 impl Upstream {
-    pub fn new(settings: &UpstreamSettings, connector: HttpsConnector<HttpConnector>) -> Self {
-        let client = Client::builder(TokioExecutor::new())
-            .pool_idle_timeout(POOL_IDLE_TIMEOUT)
-            .pool_max_idle_per_host(64)
-            .pool_timer(TokioTimer::new())
-            .timer(TokioTimer::new())
-            .build(connector);
+    pub fn new(
+        settings: &UpstreamSettings,
+        connector: HttpsConnector<HttpConnector>,
+        threads: usize,
+    ) -> Self {
+        let clients = (0..threads.max(1))
+            .map(|_| {
+                Client::builder(TokioExecutor::new())
+                    .pool_idle_timeout(POOL_IDLE_TIMEOUT)
+                    .pool_max_idle_per_host(64)
+                    .pool_timer(TokioTimer::new())
+                    .timer(TokioTimer::new())
+                    .build(connector.clone())
+            })
+            .collect();
         Self {
-            client,
+            clients,
             base: settings.url.clone(),
             read_timeout: settings.read_timeout,
             pass_host_header: settings.pass_host_header,
@@ -121,7 +144,8 @@ impl Upstream {
         }
         *request.version_mut() = Version::HTTP_11;
 
-        let sent = tokio::time::timeout(self.read_timeout, self.client.request(request)).await;
+        let client = &self.clients[SERVING_THREAD.get() % self.clients.len()];
+        let sent = tokio::time::timeout(self.read_timeout, client.request(request)).await;
         let mut response = match sent {
             Ok(Ok(response)) => response,
             Ok(Err(e)) => {
@@ -218,6 +242,7 @@ mod tests {
         Upstream::new(
             &settings,
             crate::outbound::connector(roots, Duration::from_secs(1)).unwrap(),
+            1,
         )
     }
 

@@ -211,7 +211,19 @@ impl Browser {
             "start should redirect: {to_provider:?}"
         );
         let authorize = to_provider.location().unwrap().to_owned();
-        let form = self.navigate(&authorize).await;
+        self.sign_in_at_provider(&authorize, username, password)
+            .await
+    }
+
+    /// Opens the provider's authorization URL, fills its login form and returns where
+    /// the provider sends the browser back to (the client's callback).
+    pub async fn sign_in_at_provider(
+        &mut self,
+        authorize: &str,
+        username: &str,
+        password: &str,
+    ) -> String {
+        let form = self.navigate(authorize).await;
         assert_eq!(form.status, StatusCode::OK, "provider login form: {form:?}");
         let action = attribute_after(&form.body, "<form", "action").expect("form action");
         let interaction =
@@ -222,7 +234,7 @@ impl Browser {
             .append_pair("password", password)
             .finish();
         let request = self
-            .request(Method::POST, &resolve(&authorize, &action))
+            .request(Method::POST, &resolve(authorize, &action))
             .header("content-type", "application/x-www-form-urlencoded")
             .body(full(fields))
             .unwrap();
