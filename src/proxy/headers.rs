@@ -4,17 +4,23 @@ use std::net::IpAddr;
 
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 
+const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+const X_REAL_IP: HeaderName = HeaderName::from_static("x-real-ip");
+
 /// Headers that describe one connection, never the message (RFC 9110 section 7.6.1),
-/// plus the proxy-only ones.
-const HOP_BY_HOP: [&str; 8] = [
-    "connection",
-    "keep-alive",
-    "proxy-connection",
-    "proxy-authenticate",
-    "proxy-authorization",
-    "te",
-    "trailer",
-    "transfer-encoding",
+/// plus the proxy-only ones. (Constants: this runs twice per forwarded request, and a
+/// `&str` name would be parsed each time.)
+const HOP_BY_HOP: [HeaderName; 8] = [
+    header::CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
+    header::PROXY_AUTHENTICATE,
+    header::PROXY_AUTHORIZATION,
+    header::TE,
+    header::TRAILER,
+    header::TRANSFER_ENCODING,
 ];
 
 /// Removes hop-by-hop headers, those named in `Connection`, and `Upgrade`.
@@ -29,7 +35,7 @@ pub fn remove_hop_by_hop(headers: &mut HeaderMap) {
     for name in named {
         headers.remove(name);
     }
-    for name in HOP_BY_HOP {
+    for name in &HOP_BY_HOP {
         headers.remove(name);
     }
     headers.remove(header::UPGRADE);
@@ -120,7 +126,7 @@ pub fn set_forwarded(headers: &mut HeaderMap, facts: &ForwardedFacts<'_>) {
     let peer = facts.peer.to_string();
     let forwarded_for = if facts.peer_is_trusted {
         let prior: Vec<&str> = headers
-            .get_all("x-forwarded-for")
+            .get_all(&X_FORWARDED_FOR)
             .iter()
             .filter_map(|v| v.to_str().ok())
             .collect();
@@ -130,25 +136,25 @@ pub fn set_forwarded(headers: &mut HeaderMap, facts: &ForwardedFacts<'_>) {
             format!("{}, {peer}", prior.join(", "))
         }
     } else {
-        headers.remove("forwarded");
-        headers.remove("x-real-ip");
+        headers.remove(header::FORWARDED);
+        headers.remove(X_REAL_IP);
         peer
     };
-    set(headers, "x-forwarded-for", &forwarded_for);
-    if !(facts.peer_is_trusted && headers.contains_key("x-forwarded-proto")) {
-        set(headers, "x-forwarded-proto", facts.proto);
+    set(headers, X_FORWARDED_FOR, &forwarded_for);
+    if !(facts.peer_is_trusted && headers.contains_key(X_FORWARDED_PROTO)) {
+        set(headers, X_FORWARDED_PROTO, facts.proto);
     }
-    if !(facts.peer_is_trusted && headers.contains_key("x-forwarded-host")) {
+    if !(facts.peer_is_trusted && headers.contains_key(X_FORWARDED_HOST)) {
         match facts.host {
-            Some(host) => set(headers, "x-forwarded-host", host),
+            Some(host) => set(headers, X_FORWARDED_HOST, host),
             None => {
-                headers.remove("x-forwarded-host");
+                headers.remove(X_FORWARDED_HOST);
             }
         }
     }
 }
 
-fn set(headers: &mut HeaderMap, name: &'static str, value: &str) {
+fn set(headers: &mut HeaderMap, name: HeaderName, value: &str) {
     if let Ok(value) = HeaderValue::from_str(value) {
         headers.insert(name, value);
     }

@@ -57,6 +57,9 @@ pub struct Upstream {
     /// between threads.
     clients: Box<[Client<HttpsConnector<HttpConnector>, Incoming>]>,
     base: Url,
+    /// The scheme and authority of `base`, ready for each request's URI.
+    scheme: http::uri::Scheme,
+    authority: http::uri::Authority,
     read_timeout: Duration,
     pass_host_header: bool,
 }
@@ -77,8 +80,17 @@ impl Upstream {
                     .build(connector.clone())
             })
             .collect();
+        // Validated by the config (an http or https URL with a host).
+        let origin: Uri = settings.url[..url::Position::BeforePath]
+            .parse()
+            .expect("upstream.url is an absolute URL");
         Self {
             clients,
+            scheme: origin.scheme().cloned().expect("upstream.url has a scheme"),
+            authority: origin
+                .authority()
+                .cloned()
+                .expect("upstream.url has a host"),
             base: settings.url.clone(),
             read_timeout: settings.read_timeout,
             pass_host_header: settings.pass_host_header,
@@ -88,15 +100,15 @@ impl Upstream {
     /// The upstream URI for a request path (the upstream URL's own path is a prefix).
     fn target(&self, path_and_query: &str) -> Result<Uri, http::Error> {
         let prefix = self.base.path().trim_end_matches('/');
-        let authority = match self.base.port() {
-            Some(port) => format!("{}:{port}", self.base.host_str().unwrap_or_default()),
-            None => self.base.host_str().unwrap_or_default().to_owned(),
-        };
-        Uri::builder()
-            .scheme(self.base.scheme())
-            .authority(authority)
-            .path_and_query(format!("{prefix}{path_and_query}"))
-            .build()
+        let mut parts = http::uri::Parts::default();
+        parts.scheme = Some(self.scheme.clone());
+        parts.authority = Some(self.authority.clone());
+        parts.path_and_query = Some(if prefix.is_empty() {
+            path_and_query.parse()?
+        } else {
+            format!("{prefix}{path_and_query}").parse()?
+        });
+        Ok(Uri::from_parts(parts)?)
     }
 
     /// Sends the request on and streams the answer back. `host` is the host the client
