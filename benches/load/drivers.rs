@@ -1,11 +1,15 @@
 //! The load generators: `wrk` for HTTP/1.1 (plain and TLS), `h2load` for HTTP/2 over
-//! TLS and for fixed-rate runs. Each runs pinned to the generator core, and each run
-//! comes back as one [`Round`]; a run with a failed request or a wrong status stops
-//! the benchmark rather than report a fast error page.
+//! TLS, both pinned to the generator core, and [`paced`], an open-loop generator in this
+//! process for fixed-rate runs. Each run comes back as one [`Round`]; a run with a
+//! failed request or a wrong status stops the benchmark rather than report a fast
+//! error page.
 
 use std::path::Path;
 use std::process::Command;
-use std::time::Duration;
+use std::time::{Duration, Instant};
+
+use http_body_util::BodyExt;
+use hyper_util::rt::TokioIo;
 
 /// Concurrent requests in flight: wrk's connections; for HTTP/2, connections ×
 /// streams per connection.
@@ -66,13 +70,91 @@ pub struct Round {
 pub fn full_speed(target: &Target, dir: &Path, length: Duration, core: usize) -> Round {
     match target.protocol {
         Protocol::Http1 | Protocol::Http1Tls => wrk(target, dir, length, core),
-        Protocol::Http2Tls => h2load(target, dir, length, core, None),
+        Protocol::Http2Tls => h2load(target, dir, length, core),
     }
 }
 
-/// Runs `target` at a fixed `rate` (requests/s over IN_FLIGHT connections).
-pub fn fixed_rate(target: &Target, dir: &Path, length: Duration, core: usize, rate: u32) -> Round {
-    h2load(target, dir, length, core, Some(rate))
+/// Open-loop HTTP/1.1 load at a fixed `rate` for `length`, over IN_FLIGHT plain
+/// connections: connection `c` sends its requests at evenly spaced times, offset from
+/// the others, whether or not the target keeps up, so the load is spread evenly rather
+/// than in bursts. Each latency runs from sending the request to the end of the
+/// answer's body. (h2load's `--rps` sends in bursts, and wrk2 is not packaged.) The
+/// pacing uses tokio's timer, which has millisecond resolution.
+pub async fn paced(target: &Target, rate: u32, length: Duration) -> Round {
+    assert!(
+        target.protocol == Protocol::Http1,
+        "paced runs are plain HTTP/1.1"
+    );
+    let uri: http::Uri = target.url.parse().unwrap();
+    let authority = uri.authority().expect("an absolute URL").clone();
+    let per_connection = Duration::from_secs_f64(f64::from(IN_FLIGHT) / f64::from(rate));
+    let start = tokio::time::Instant::now() + Duration::from_millis(100);
+    let end = start + length;
+    let mut connections = Vec::new();
+    for c in 0..IN_FLIGHT {
+        let stream = tokio::net::TcpStream::connect(authority.as_str())
+            .await
+            .unwrap();
+        stream.set_nodelay(true).unwrap();
+        let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+            .await
+            .unwrap();
+        tokio::spawn(connection);
+        let mut request = http::Request::get(uri.path_and_query().unwrap().as_str())
+            .header(http::header::HOST, authority.as_str());
+        for header in &target.headers {
+            let (name, value) = header.split_once(": ").unwrap();
+            request = request.header(name, value);
+        }
+        let request = request
+            .body(http_body_util::Empty::<bytes::Bytes>::new())
+            .unwrap();
+        let expect = target.expect;
+        let mut next = start + per_connection * c / IN_FLIGHT;
+        connections.push(tokio::spawn(async move {
+            let (mut latencies, mut wrong) = (Vec::new(), 0);
+            while next < end {
+                tokio::time::sleep_until(next).await;
+                next += per_connection;
+                let sent = Instant::now();
+                let response = sender
+                    .send_request(request.clone())
+                    .await
+                    .expect("answered");
+                let status = response.status().as_u16();
+                response.into_body().collect().await.expect("body arrives");
+                latencies.push(sent.elapsed().as_micros() as u64);
+                wrong += usize::from(status != expect);
+            }
+            (latencies, wrong)
+        }));
+    }
+    let mut latencies = Vec::new();
+    for connection in connections {
+        let (mut some, wrong) = connection.await.unwrap();
+        assert_eq!(
+            wrong, 0,
+            "{}: {wrong} answers were not {}",
+            target.name, target.expect
+        );
+        latencies.append(&mut some);
+    }
+    let requests_per_second = latencies.len() as f64 / length.as_secs_f64();
+    percentiles(target, latencies, requests_per_second)
+}
+
+fn percentiles(target: &Target, mut durations: Vec<u64>, requests_per_second: f64) -> Round {
+    assert!(!durations.is_empty(), "{}: no answers", target.name);
+    durations.sort_unstable();
+    let percentile = |p: f64| {
+        durations[((p * durations.len() as f64).ceil() as usize).clamp(1, durations.len()) - 1]
+    };
+    Round {
+        requests_per_second,
+        p50_us: percentile(0.50),
+        p99_us: percentile(0.99),
+        p999_us: percentile(0.999),
+    }
 }
 
 fn wrk(target: &Target, dir: &Path, length: Duration, core: usize) -> Round {
@@ -120,29 +202,16 @@ fn wrk(target: &Target, dir: &Path, length: Duration, core: usize) -> Round {
     }
 }
 
-/// h2load over HTTP/2 (the target's protocol) or, for fixed-rate runs of HTTP/1.1
-/// targets, `--h1`. Percentiles come from its per-request log.
-fn h2load(target: &Target, dir: &Path, length: Duration, core: usize, rate: Option<u32>) -> Round {
+/// h2load over HTTP/2. Percentiles come from its per-request log.
+fn h2load(target: &Target, dir: &Path, length: Duration, core: usize) -> Round {
     let log = dir.join("h2load.log");
     // h2load appends to its log.
     let _ = std::fs::remove_file(&log);
     let mut command = Command::new("taskset");
     command.args(["-c", &core.to_string(), "h2load", "-t1"]);
-    match (target.protocol, rate) {
-        (Protocol::Http2Tls, None) => {
-            command.arg(format!("-c{H2_CONNECTIONS}"));
-            command.arg(format!("-m{}", IN_FLIGHT / H2_CONNECTIONS));
-        }
-        (protocol, Some(rate)) => {
-            if protocol != Protocol::Http2Tls {
-                command.arg("--h1");
-            }
-            command.arg(format!("-c{IN_FLIGHT}"));
-            command.arg(format!("--rps={}", (rate / IN_FLIGHT).max(1)));
-        }
-        (_, None) => unreachable!("HTTP/1.1 at full speed runs on wrk"),
-    }
     command
+        .arg(format!("-c{H2_CONNECTIONS}"))
+        .arg(format!("-m{}", IN_FLIGHT / H2_CONNECTIONS))
         .arg(format!("-D{}", length.as_secs()))
         .arg(format!("--log-file={}", log.display()));
     for header in &target.headers {
@@ -178,19 +247,10 @@ fn h2load(target: &Target, dir: &Path, length: Duration, core: usize, rate: Opti
         );
     }
     assert!(
-        wrong == 0 && failed == 0 && !durations.is_empty(),
+        wrong == 0 && failed == 0,
         "{}: {wrong} answers were not {} and {failed} requests failed\n{text}",
         target.name,
         target.expect,
     );
-    durations.sort_unstable();
-    let percentile = |p: f64| {
-        durations[((p * durations.len() as f64).ceil() as usize).clamp(1, durations.len()) - 1]
-    };
-    Round {
-        requests_per_second,
-        p50_us: percentile(0.50),
-        p99_us: percentile(0.99),
-        p999_us: percentile(0.999),
-    }
+    percentiles(target, durations, requests_per_second)
 }

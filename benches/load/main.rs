@@ -320,7 +320,7 @@ fn main() {
     if let Some(signed_in) = signed_in {
         let rate = (medians[signed_in].requests_per_second / 2.0) as u32;
         for index in [0, 1, signed_in] {
-            let run = drivers::fixed_rate(&targets[index], dir, ROUND, generator_core, rate);
+            let run = runtime.block_on(drivers::paced(&targets[index], rate, ROUND));
             println!(
                 "  half load  {:<40} p99 {:>6} µs",
                 targets[index].name, run.p99_us

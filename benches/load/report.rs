@@ -104,8 +104,9 @@ pub fn markdown(results: &Results) -> String {
     if let Some((_, rate, _)) = results.half_load.first() {
         let _ = writeln!(
             out,
-            "\n## Latency at half load\n\nh2load at a fixed {rate} requests/s (half of ssogate's signed-in \
-             maximum above) over {IN_FLIGHT} HTTP/1.1 connections, one run of {} s each.\n",
+            "\n## Latency at half load\n\nA fixed {rate} requests/s (half of ssogate's signed-in maximum \
+             above), paced evenly over {IN_FLIGHT} HTTP/1.1 connections by the bench itself on the \
+             generator core; one run of {} s each.\n",
             results.round_seconds,
         );
         let _ = writeln!(
