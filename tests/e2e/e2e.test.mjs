@@ -539,7 +539,7 @@ describe('ssogate in front of Sentry, signing in at Encvoy ID, in headless Chrom
             port,
             configToml: gatewayConfig({ port, publicPort, standinUrl: standin.url, issuer: provider.issuer, clientId: REPLICAS_CLIENT_ID, session }),
             ca: certs.caPem,
-            dir: tempDir('ssogate-replica-'),
+            dir: fs.mkdtempSync(path.join(dir, 'replica-')), // removed with the suite's dir
             logFile: path.join(artifactsDir(), `replica-${port === publicPort ? 'a' : 'b'}.log`),
           }));
         }
