@@ -64,6 +64,8 @@ pub struct Round {
     pub p50_us: u64,
     pub p99_us: u64,
     pub p999_us: u64,
+    /// CPU time the answering server spent per request (not counting the upstream).
+    pub cpu_us_per_request: f64,
 }
 
 /// Runs `target` at full speed for `length`.
@@ -154,6 +156,7 @@ fn percentiles(target: &Target, mut durations: Vec<u64>, requests_per_second: f6
         p50_us: percentile(0.50),
         p99_us: percentile(0.99),
         p999_us: percentile(0.999),
+        cpu_us_per_request: 0.0,
     }
 }
 
@@ -199,6 +202,7 @@ fn wrk(target: &Target, dir: &Path, length: Duration, core: usize) -> Round {
         p50_us: fields[1] as u64,
         p99_us: fields[2] as u64,
         p999_us: fields[3] as u64,
+        cpu_us_per_request: 0.0,
     }
 }
 

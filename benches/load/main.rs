@@ -296,16 +296,36 @@ fn main() {
     for t in &targets {
         drivers::full_speed(t, dir, WARM_UP, generator_core);
     }
+    // The server answering each target, by port, for its CPU time per request.
+    let mut servers = vec![
+        (upstream_port, &upstream),
+        (proxy_port, &proxy),
+        (proxy_tls_port, &proxy),
+        (gateway_port, &gateway),
+        (gateway_tls_port, &gateway_tls),
+    ];
+    if let Some((apache, _)) = &apache {
+        servers.push((apache_port, apache));
+    }
+    let server_of = |t: &Target| {
+        let port = t.url.parse::<http::Uri>().unwrap().port_u16().unwrap();
+        servers.iter().find(|(p, _)| *p == port).unwrap().1
+    };
     let mut rounds: Vec<Vec<Round>> = vec![Vec::new(); targets.len()];
     for round in 1..=ROUNDS {
         for (index, t) in targets.iter().enumerate() {
-            let result = drivers::full_speed(t, dir, ROUND, generator_core);
+            let cpu_before = server_of(t).cpu_time();
+            let mut result = drivers::full_speed(t, dir, ROUND, generator_core);
+            let requests = result.requests_per_second * ROUND.as_secs_f64();
+            result.cpu_us_per_request =
+                (server_of(t).cpu_time() - cpu_before).as_secs_f64() * 1e6 / requests;
             println!(
-                "  round {round}  {:<40} {:<15} {:>9.0} req/s  p99 {:>6} µs",
+                "  round {round}  {:<40} {:<15} {:>9.0} req/s  p99 {:>6} µs  {:>5.1} µs CPU/request",
                 t.name,
                 t.protocol.label(),
                 result.requests_per_second,
-                result.p99_us
+                result.p99_us,
+                result.cpu_us_per_request,
             );
             rounds[index].push(result);
         }

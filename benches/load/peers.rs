@@ -63,18 +63,35 @@ impl Server {
         self.child.id()
     }
 
-    /// CPU time (user + system) the process has used so far.
+    /// CPU time (user + system) the server has used so far: the process and its
+    /// children (nginx and Apache serve from forked workers; ssogate's threads are
+    /// counted in its own process).
     pub fn cpu_time(&self) -> Duration {
-        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.pid())).unwrap();
-        // Fields after the command name (which may hold spaces) start at index 2;
-        // utime and stime are fields 14 and 15, in clock ticks (100 per second on Linux).
-        let after_name = &stat[stat.rfind(')').unwrap() + 2..];
-        let fields: Vec<u64> = after_name
+        let pid = self.pid();
+        let children =
+            std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")).unwrap_or_default();
+        children
             .split_whitespace()
-            .map(|f| f.parse().unwrap_or(0))
-            .collect();
-        Duration::from_millis((fields[11] + fields[12]) * 10)
+            .filter_map(|child| child.parse().ok())
+            .chain([pid])
+            .map(process_cpu_time)
+            .sum()
     }
+}
+
+/// CPU time (user + system) of one process so far (0 once it is gone).
+fn process_cpu_time(pid: u32) -> Duration {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return Duration::ZERO;
+    };
+    // Fields after the command name (which may hold spaces) start at index 2; utime
+    // and stime are fields 14 and 15, in clock ticks (100 per second on Linux).
+    let after_name = &stat[stat.rfind(')').unwrap() + 2..];
+    let fields: Vec<u64> = after_name
+        .split_whitespace()
+        .map(|f| f.parse().unwrap_or(0))
+        .collect();
+    Duration::from_millis((fields[11] + fields[12]) * 10)
 }
 
 impl Drop for Server {

@@ -64,7 +64,9 @@ pub fn markdown(results: &Results) -> String {
         "Machine: {}, {} cores. Command: `cargo bench --bench load`. The load generator runs on \
          its own core, every server on the others. {} requests in flight (wrk: 1 thread, {} \
          connections; HTTP/2: h2load, {} connections × {} streams); {} interleaved rounds of {} s \
-         after a {} s warm-up; each row is the target's median round.\n",
+         after a {} s warm-up; each row is the target's median round. Server CPU per request is the \
+         CPU time of the process answering (the proxy or gateway, not the upstream behind it) over \
+         the round, divided by its requests: steadier than requests/s on a shared machine.\n",
         cpu_model(),
         results.cores,
         IN_FLIGHT,
@@ -77,9 +79,9 @@ pub fn markdown(results: &Results) -> String {
     );
     let _ = writeln!(
         out,
-        "| target | protocol | answer | requests/s | vs direct | vs nginx proxy (same protocol) | p50 | p99 | p99.9 | rounds (req/s) |"
+        "| target | protocol | answer | requests/s | vs direct | vs nginx proxy (same protocol) | server CPU per request | p50 | p99 | p99.9 | rounds (req/s) |"
     );
-    let _ = writeln!(out, "|---|---|---|---|---|---|---|---|---|---|");
+    let _ = writeln!(out, "|---|---|---|---|---|---|---|---|---|---|---|");
     for ((target, median), runs) in results.targets.iter().zip(&medians).zip(&results.rounds) {
         let all: Vec<String> = runs
             .iter()
@@ -87,13 +89,14 @@ pub fn markdown(results: &Results) -> String {
             .collect();
         let _ = writeln!(
             out,
-            "| {} | {} | {} | {:.0} | {:.2}x | {:.2}x | {} | {} | {} | {} |",
+            "| {} | {} | {} | {:.0} | {:.2}x | {:.2}x | {:.1} µs | {} | {} | {} | {} |",
             target.name,
             target.protocol.label(),
             target.expect,
             median.requests_per_second,
             median.requests_per_second / direct.requests_per_second,
             median.requests_per_second / medians[target.nginx].requests_per_second,
+            median.cpu_us_per_request,
             micros(median.p50_us),
             micros(median.p99_us),
             micros(median.p999_us),

@@ -6,7 +6,7 @@
 //! own single-threaded tokio runtime and its own accept loop on the shared listening
 //! socket, as nginx runs one worker per core. A connection, its requests and their
 //! upstream connections then stay on one thread, with no hand-over between threads;
-//! the load benchmark measured this at about 1.5x the requests/s of tokio's
+//! the load benchmark measured this at about 1.45x the requests/s of tokio's
 //! work-stealing runtime on one core. The thread that calls [`start`] is serving
 //! thread 0 and also runs the background work (provider discovery, Redis).
 
@@ -146,6 +146,9 @@ pub async fn start_on(
     gateway.start_background().await;
 
     let (stop_sender, stop_receiver) = watch::channel(false);
+    // First, so that if a thread cannot start, those already started see the stop
+    // sender dropped and end.
+    let finished = spawn_serving_threads(listener, tls, &gateway, stop_receiver.clone())?;
     let external_stop = stop_sender.clone();
     let grace = gateway.settings().server.shutdown_grace;
     tokio::spawn(async move {
@@ -155,10 +158,9 @@ pub async fn start_on(
     });
     if let Some(listener) = redirect_listener {
         let public_url = gateway.settings().server.public_url.clone();
-        tokio::spawn(serve_redirects(listener, public_url, stop_receiver.clone()));
+        tokio::spawn(serve_redirects(listener, public_url, stop_receiver));
     }
-    let finished = spawn_serving_threads(listener, tls, &gateway, stop_receiver)?;
-    tracing::info!(%local_addr, public_url = %gateway.settings().server.public_url, "ssogate listening");
+    tracing::info!(%local_addr, public_url = %gateway.settings().server.public_url, threads = gateway.settings().server.threads, "ssogate listening");
     Ok(RunningGateway {
         local_addr,
         redirect_addr,
