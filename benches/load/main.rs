@@ -96,8 +96,8 @@ fn main() {
         .enable_all()
         .build()
         .unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let dir = dir.path();
+    let temp = tempfile::tempdir().unwrap();
+    let dir = temp.path();
     let mut notes = Vec::new();
 
     // TLS: one throwaway CA and certificate for every TLS listener.
