@@ -17,32 +17,18 @@ use std::time::{Duration, SystemTime};
 use criterion::{BatchSize, Criterion, criterion_group, criterion_main};
 use http::{HeaderMap, HeaderValue, Method};
 use ssogate::config::{SessionSettings, Settings, StoreSettings};
-use ssogate::devidp::{DevClient, DevProvider, DevProviderConfig, SigningAlg};
+use ssogate::devidp::{DevClient, DevProvider, DevProviderConfig};
 use ssogate::gateway::Gateway;
 use ssogate::policy::{first_match, normalize_path, sentry_preset};
-use ssogate::session::{
-    CookieCodec, Identity, Renewal, Session, SessionStore, Tokens, new_session_id, random_token,
-};
+use ssogate::session::{CookieCodec, SessionStore, new_session_id, random_token};
+
+#[path = "support/sample.rs"]
+mod sample;
+use sample::session;
 
 const SECRET: &str = "bench-session-secret-0123456789abcdefghij";
 const CLIENT_ID: &str = "sentry";
 const CLIENT_SECRET: &str = "bench-client-secret";
-
-fn session(n: usize) -> Session {
-    let identity = Identity {
-        sub: format!("{:08}", 10_000_000 + n).into(),
-        email: Some(format!("person{n}@example.com").into()),
-        email_verified: true,
-        preferred_username: Some(format!("person{n}").into()),
-        groups: vec!["sentry:member".to_owned()].into(),
-    };
-    let tokens = Tokens {
-        renewal: Renewal::RefreshToken(random_token().into()),
-        issued_at: SystemTime::now(),
-        expires_at: SystemTime::now() + Duration::from_secs(1800),
-    };
-    Session::new(identity, Some(random_token().into()), tokens)
-}
 
 /// Cookie header of a browser signed in to Sentry behind the gateway.
 fn browser_cookie(sealed: &str) -> HeaderValue {
@@ -200,19 +186,15 @@ fn id_token_verification(c: &mut Criterion) {
     let (provider, gateway) = runtime.block_on(async {
         let provider = DevProvider::start(
             SocketAddr::from((Ipv4Addr::LOCALHOST, 0)),
-            DevProviderConfig {
-                issuer_path: "/api/oidc".into(),
-                clients: vec![DevClient {
+            DevProviderConfig::new(
+                DevClient {
                     client_id: CLIENT_ID.into(),
                     client_secret: CLIENT_SECRET.into(),
                     redirect_uris: vec!["https://sentry.example.com/oauth2/callback".into()],
                     post_logout_redirect_uris: vec![],
-                }],
-                users: vec![],
-                signing_alg: SigningAlg::Rs256,
-                id_token_ttl: Duration::from_secs(1800),
-                access_token_ttl: Duration::from_secs(1800),
-            },
+                },
+                vec![],
+            ),
         )
         .await
         .unwrap();

@@ -1,13 +1,15 @@
 //! Resident memory per session in the in-memory store, at 100k and 1M sessions.
 //!
 //! `cargo bench --bench session_memory` (add `-- 100000` to pick the counts). The
-//! session shape is described in `support/memory.rs`. The figure is the growth of the
+//! session shape is described in `support/sample.rs`. The figure is the growth of the
 //! resident set (VmRSS) divided by the number of sessions, so it includes moka's
 //! bookkeeping and the allocator's overhead; a second line shows moka's share, the
 //! same cache holding one-byte values. Each line is measured in a fresh process.
 
 #[path = "support/memory.rs"]
 mod memory;
+#[path = "support/sample.rs"]
+mod sample;
 
 use memory::Fill;
 

@@ -199,17 +199,7 @@ async fn shutdown_lets_in_flight_requests_finish_and_refuses_new_ones() {
     let addr = world.gateway.local_addr;
     let in_flight = tokio::spawn(async move { browser.navigate("/delay").await });
     // Wait until the upstream holds the request, then stop the gateway.
-    for _ in 0..100 {
-        if world
-            .upstream
-            .requests()
-            .iter()
-            .any(|r| r.path_and_query == "/delay")
-        {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    world.upstream.await_requests("/delay", 1).await;
     let World {
         gateway,
         upstream,
@@ -248,18 +238,7 @@ async fn every_serving_thread_serves_and_drains_on_shutdown() {
             tokio::spawn(async move { browser.navigate(&format!("/delay?n={n}")).await })
         })
         .collect();
-    for _ in 0..200 {
-        let held = world
-            .upstream
-            .requests()
-            .iter()
-            .filter(|r| r.path_and_query.starts_with("/delay"))
-            .count();
-        if held == 8 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    world.upstream.await_requests("/delay", 8).await;
     let World {
         gateway,
         upstream,

@@ -33,6 +33,8 @@ mod extras;
 mod memory;
 mod peers;
 mod report;
+#[path = "../support/sample.rs"]
+mod sample;
 
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::Path;
@@ -42,7 +44,7 @@ use std::time::Duration;
 use drivers::{Protocol, Round, Target};
 use peers::{CLIENT_ID, CLIENT_SECRET, PAGE, free_port, which};
 use report::{Results, Upload};
-use ssogate::devidp::{DevClient, DevProvider, DevProviderConfig, DevUser, SigningAlg};
+use ssogate::devidp::{DevClient, DevProvider, DevProviderConfig, DevUser};
 
 const ROUND: Duration = Duration::from_secs(5);
 const WARM_UP: Duration = Duration::from_secs(2);
@@ -460,23 +462,19 @@ async fn start_provider(redirect_uris: &[String]) -> DevProvider {
     });
     DevProvider::start(
         SocketAddr::from((Ipv4Addr::LOCALHOST, 0)),
-        DevProviderConfig {
-            issuer_path: "/api/oidc".into(),
-            clients: vec![DevClient {
+        DevProviderConfig::new(
+            DevClient {
                 client_id: CLIENT_ID.into(),
                 client_secret: CLIENT_SECRET.into(),
                 redirect_uris: redirect_uris.to_vec(),
                 post_logout_redirect_uris: vec![],
-            }],
-            users: vec![DevUser {
+            },
+            vec![DevUser {
                 username: "load".into(),
                 password: "load".into(),
                 claims: claims.as_object().unwrap().clone(),
             }],
-            signing_alg: SigningAlg::Rs256,
-            id_token_ttl: Duration::from_secs(3600),
-            access_token_ttl: Duration::from_secs(3600),
-        },
+        ),
     )
     .await
     .unwrap()

@@ -35,7 +35,7 @@ impl Server {
             .args(args)
             .stdout(output.try_clone().unwrap())
             .stderr(output)
-            .env("SSOGATE_LOG", "warn")
+            .env("SSOGATE_LOG", "warn") // read by ssogate only
             .spawn()
             .unwrap_or_else(|e| panic!("{} starts: {e}", program.display()));
         Server {
@@ -123,9 +123,10 @@ pub fn nginx(dir: &Path, name: &str, config: &str, cores: &str) -> Server {
     )
 }
 
-/// The upstream: one worker answering a small fixed page to any request, discarding
-/// request bodies of any size.
-pub fn upstream_config(port: u16) -> String {
+/// An nginx configuration: one worker (the servers share the server cores), in the
+/// foreground, no access log, unlimited keep-alive requests and body sizes, and
+/// `http_block` inside `http { }`.
+fn nginx_config(http_block: &str) -> String {
     format!(
         r#"worker_processes 1;
 daemon off;
@@ -134,17 +135,24 @@ http {{
     access_log off;
     keepalive_requests 1000000;
     client_max_body_size 0;
-    server {{
-        listen 127.0.0.1:{port};
-        location / {{ default_type text/plain; return 200 "ok\n"; }}
-    }}
+{http_block}
 }}
 "#
     )
 }
 
-/// A plain reverse proxy to the upstream, one worker, keep-alive upstream connections
-/// (as the gateway's), request bodies streamed rather than spooled to disk; plain on
+/// The upstream: a small fixed page for any request; request bodies are discarded.
+pub fn upstream_config(port: u16) -> String {
+    nginx_config(&format!(
+        r#"    server {{
+        listen 127.0.0.1:{port};
+        location / {{ default_type text/plain; return 200 "ok\n"; }}
+    }}"#
+    ))
+}
+
+/// A plain reverse proxy to the upstream with keep-alive upstream connections (as the
+/// gateway's) and request bodies streamed rather than spooled to disk; plain on
 /// `port`, TLS with HTTP/2 on `tls_port`.
 pub fn proxy_config(
     port: u16,
@@ -153,15 +161,8 @@ pub fn proxy_config(
     cert: &Path,
     key: &Path,
 ) -> String {
-    format!(
-        r#"worker_processes 1;
-daemon off;
-events {{ worker_connections 4096; }}
-http {{
-    access_log off;
-    keepalive_requests 1000000;
-    client_max_body_size 0;
-    upstream app {{ server 127.0.0.1:{upstream_port}; keepalive 64; }}
+    nginx_config(&format!(
+        r#"    upstream app {{ server 127.0.0.1:{upstream_port}; keepalive 64; }}
     server {{
         listen 127.0.0.1:{port};
         listen 127.0.0.1:{tls_port} ssl http2;
@@ -176,12 +177,10 @@ http {{
             proxy_set_header X-Forwarded-For $remote_addr;
             proxy_set_header X-Forwarded-Proto $scheme;
         }}
-    }}
-}}
-"#,
+    }}"#,
         cert = cert.display(),
         key = key.display(),
-    )
+    ))
 }
 
 /// The Apache modules the comparison needs, or `None` (with what to install) when

@@ -8,12 +8,12 @@
 //! `sid`, an email, a login and three permissions.
 
 use std::process::Command;
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use ssogate::config::{SessionSettings, StoreSettings};
-use ssogate::session::{
-    Identity, Renewal, Session, SessionKey, SessionStore, Tokens, new_session_id, random_token,
-};
+use ssogate::session::{SessionKey, SessionStore, new_session_id};
+
+use crate::sample::session;
 
 /// What one measurement fills a store with.
 #[derive(Clone, Copy)]
@@ -63,7 +63,10 @@ pub fn measure_in_fresh_process(fill: Fill, count: usize) -> Resident {
     let fields: Vec<u64> = text
         .lines()
         .find_map(|l| l.strip_prefix("RESIDENT "))
-        .unwrap_or_else(|| panic!("no measurement from the child: {text}"))
+        .unwrap_or_else(|| {
+            let errors = String::from_utf8_lossy(&output.stderr);
+            panic!("no measurement from the child: {text}{errors}")
+        })
         .split_whitespace()
         .map(|f| f.parse().unwrap())
         .collect();
@@ -99,27 +102,6 @@ pub fn status_bytes(pid: &str, field: &str) -> u64 {
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
         .unwrap_or_else(|| panic!("no {field} line"));
     kib * 1024
-}
-
-fn session(n: usize) -> Session {
-    let identity = Identity {
-        sub: format!("{:08}", 10_000_000 + n).into(),
-        email: Some(format!("person{n}@example.com").into()),
-        email_verified: true,
-        preferred_username: Some(format!("person{n}").into()),
-        groups: vec![
-            "sentry:member".into(),
-            "sentry:viewer".into(),
-            "billing:read".into(),
-        ]
-        .into(),
-    };
-    let tokens = Tokens {
-        renewal: Renewal::RefreshToken(random_token().into()),
-        issued_at: SystemTime::now(),
-        expires_at: SystemTime::now() + Duration::from_secs(1800),
-    };
-    Session::new(identity, Some(random_token().into()), tokens)
 }
 
 /// Fills a store with `count` entries; the resident set before and after.

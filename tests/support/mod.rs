@@ -112,17 +112,17 @@ impl World {
         let provider = DevProvider::start(
             SocketAddr::from((Ipv4Addr::LOCALHOST, 0)),
             DevProviderConfig {
-                issuer_path: "/api/oidc".into(),
-                clients: vec![DevClient {
-                    client_id: CLIENT_ID.into(),
-                    client_secret: CLIENT_SECRET.into(),
-                    redirect_uris: vec![format!("{base}/oauth2/callback")],
-                    post_logout_redirect_uris: vec![format!("{base}/oauth2/sign_in")],
-                }],
-                users: options.users,
                 signing_alg: options.alg,
-                id_token_ttl: std::time::Duration::from_secs(1800),
                 access_token_ttl: options.access_token_ttl,
+                ..DevProviderConfig::new(
+                    DevClient {
+                        client_id: CLIENT_ID.into(),
+                        client_secret: CLIENT_SECRET.into(),
+                        redirect_uris: vec![format!("{base}/oauth2/callback")],
+                        post_logout_redirect_uris: vec![format!("{base}/oauth2/sign_in")],
+                    },
+                    options.users,
+                )
             },
         )
         .await

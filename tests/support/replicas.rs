@@ -226,17 +226,16 @@ impl Cluster {
         let provider = DevProvider::start(
             SocketAddr::from((Ipv4Addr::LOCALHOST, 0)),
             DevProviderConfig {
-                issuer_path: "/api/oidc".into(),
-                clients: vec![DevClient {
-                    client_id: CLIENT_ID.into(),
-                    client_secret: CLIENT_SECRET.into(),
-                    redirect_uris: vec![format!("{public_url}/oauth2/callback")],
-                    post_logout_redirect_uris: vec![format!("{public_url}/oauth2/sign_in")],
-                }],
-                users: options.users,
-                signing_alg: SigningAlg::Rs256,
-                id_token_ttl: Duration::from_secs(1800),
                 access_token_ttl: options.access_token_ttl,
+                ..DevProviderConfig::new(
+                    DevClient {
+                        client_id: CLIENT_ID.into(),
+                        client_secret: CLIENT_SECRET.into(),
+                        redirect_uris: vec![format!("{public_url}/oauth2/callback")],
+                        post_logout_redirect_uris: vec![format!("{public_url}/oauth2/sign_in")],
+                    },
+                    options.users,
+                )
             },
         )
         .await

@@ -71,6 +71,24 @@ impl TestUpstream {
         self.seen.lock().unwrap().clone()
     }
 
+    /// Waits (at most 4 s) until the upstream has received `count` requests whose path
+    /// starts with `prefix` (a slow `/delay` request is then held here).
+    pub async fn await_requests(&self, prefix: &str, count: usize) {
+        for _ in 0..200 {
+            let seen = self.requests();
+            if seen
+                .iter()
+                .filter(|r| r.path_and_query.starts_with(prefix))
+                .count()
+                >= count
+            {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        panic!("the upstream did not receive {count} requests to {prefix} within 4 s");
+    }
+
     pub fn last(&self) -> Seen {
         self.requests().pop().expect("the upstream saw a request")
     }
