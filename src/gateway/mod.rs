@@ -29,7 +29,7 @@ use crate::proxy::headers::{self, ForwardedFacts};
 use crate::proxy::{ResponseBody, Upstream, boxed};
 use crate::session::{CookieCodec, Session, SessionStore, StoreUnavailable};
 
-pub use request::is_navigation;
+pub use request::{is_navigation, param, query_params};
 
 /// Headers that some backends take as the request path (IIS, Symfony, nginx setups).
 /// A client must never choose the path the upstream acts on, so they are removed.
