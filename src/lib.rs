@@ -9,6 +9,7 @@ pub mod config;
 pub mod demo;
 pub mod devidp;
 pub mod gateway;
+pub mod observe;
 pub mod oidc;
 pub mod outbound;
 pub mod pages;

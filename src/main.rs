@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
+use ssogate::observe::logging::{self, LogFormat};
 
 #[derive(Parser)]
 #[command(
@@ -24,6 +25,9 @@ enum Command {
         /// Config file (TOML); every key can also come from SSOGATE_<SECTION>_<KEY>.
         #[arg(long, env = "SSOGATE_CONFIG")]
         config: Option<PathBuf>,
+        /// Log lines as readable text, or one JSON object per line.
+        #[arg(long, env = "SSOGATE_LOG_FORMAT", value_enum, default_value_t)]
+        log_format: LogFormat,
     },
     /// Run a local demo on loopback: a development identity provider, a demo upstream
     /// and the gateway with a self-signed certificate.
@@ -31,6 +35,8 @@ enum Command {
         /// Port of the gateway on 127.0.0.1 (0 picks a free one).
         #[arg(long, default_value_t = 8443)]
         port: u16,
+        #[arg(long, env = "SSOGATE_LOG_FORMAT", value_enum, default_value_t)]
+        log_format: LogFormat,
     },
     /// Validate the config and reach the provider and the upstream.
     Check {
@@ -39,18 +45,6 @@ enum Command {
     },
     /// Print a fresh random session secret.
     GenSecret,
-}
-
-fn init_logging() {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("SSOGATE_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    // Colours only for a person at a terminal, not in files or a log collector.
-    let ansi = std::io::IsTerminal::is_terminal(&std::io::stdout());
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_target(false)
-        .with_ansi(ansi)
-        .init();
 }
 
 /// Single-threaded: this thread is serving thread 0, and `server.threads` adds the
@@ -71,8 +65,8 @@ async fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         }
-        Command::Run { config } => {
-            init_logging();
+        Command::Run { config, log_format } => {
+            logging::init(log_format);
             let settings = match ssogate::config::Settings::load(config.as_deref()) {
                 Ok(settings) => settings,
                 Err(e) => {
@@ -91,8 +85,8 @@ async fn main() -> ExitCode {
                 }
             }
         }
-        Command::Demo { port } => {
-            init_logging();
+        Command::Demo { port, log_format } => {
+            logging::init(log_format);
             match ssogate::demo::run(port).await {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {

@@ -23,6 +23,17 @@ pub struct ServerSection {
     pub threads: Option<u64>,
     #[serde(deserialize_with = "flex::list")]
     pub allowed_redirect_hosts: Option<Vec<String>>,
+    #[serde(deserialize_with = "flex::text")]
+    pub max_header_size: Option<String>,
+    #[serde(deserialize_with = "flex::text")]
+    pub max_body_size: Option<String>,
+    #[serde(deserialize_with = "flex::u64")]
+    pub max_connections: Option<u64>,
+    #[serde(deserialize_with = "flex::u64")]
+    pub http2_max_streams: Option<u64>,
+    pub metrics_listen: Option<String>,
+    #[serde(deserialize_with = "flex::list")]
+    pub metrics_networks: Option<Vec<String>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -32,6 +43,8 @@ pub struct TlsSection {
     pub enabled: Option<bool>,
     pub cert_file: Option<String>,
     pub key_file: Option<String>,
+    #[serde(deserialize_with = "flex::text")]
+    pub hsts_max_age: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]

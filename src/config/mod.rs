@@ -9,6 +9,7 @@
 
 mod duration;
 mod file;
+mod size;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -20,6 +21,7 @@ use url::Url;
 
 pub use duration::parse_duration;
 pub use file::split_list;
+pub use size::parse_size;
 
 use crate::policy::{Action, AllowedHosts, Requirements, RouteRule, sentry_preset};
 
@@ -35,7 +37,7 @@ const SECTIONS: [&str; 7] = [
 ];
 
 /// Environment variables that are not config keys.
-const NON_KEY_VARIABLES: [&str; 2] = ["SSOGATE_CONFIG", "SSOGATE_LOG"];
+const NON_KEY_VARIABLES: [&str; 3] = ["SSOGATE_CONFIG", "SSOGATE_LOG", "SSOGATE_LOG_FORMAT"];
 
 /// The names an operator already has from the Encvoy ID guide for sentry-auth-oidc.
 const PLUGIN_VARIABLES: [(&str, &str); 4] = [
@@ -74,6 +76,8 @@ fn key_error(key: impl Into<String>, problem: impl Into<String>) -> ConfigError 
 pub struct Settings {
     pub server: ServerSettings,
     pub tls: TlsSettings,
+    /// `Strict-Transport-Security: max-age=...` on every response, when set.
+    pub hsts_max_age: Option<Duration>,
     pub upstream: UpstreamSettings,
     pub oidc: OidcSettings,
     pub session: SessionSettings,
@@ -98,6 +102,18 @@ pub struct ServerSettings {
     pub threads: usize,
     /// Hosts besides this one that return targets (`rd`) may point to.
     pub allowed_redirect_hosts: AllowedHosts,
+    /// Largest request head (request line and headers) in bytes; more gets 431.
+    pub max_header_size: usize,
+    /// Largest request body forwarded, in bytes; more gets 413.
+    pub max_body_size: u64,
+    /// Client connections served at once; beyond this, new ones wait to be accepted.
+    pub max_connections: usize,
+    /// Concurrent streams per HTTP/2 connection.
+    pub http2_max_streams: u32,
+    /// A separate plain-HTTP listener for `/metrics`; without it, `/metrics` is on the
+    /// main listener for direct clients from `metrics_networks`.
+    pub metrics_listen: Option<SocketAddr>,
+    pub metrics_networks: Vec<IpNet>,
 }
 
 #[derive(Clone, Debug)]
@@ -111,6 +127,19 @@ pub enum TlsSettings {
     Pem { cert_pem: String, key_pem: String },
     /// Plain HTTP: another TLS terminator sits in front.
     Off,
+}
+
+impl TlsSettings {
+    /// The certificate and key files, when they come from files (and can be reloaded).
+    pub fn files(&self) -> Option<(&Path, &Path)> {
+        match self {
+            Self::Files {
+                cert_file,
+                key_file,
+            } => Some((cert_file, key_file)),
+            _ => None,
+        }
+    }
 }
 
 #[derive(Clone, Debug)]
@@ -339,10 +368,22 @@ fn validate(mut table: toml::Table) -> Result<Settings, ConfigError> {
             format!("unknown section; the sections are {}", SECTIONS.join(", ")),
         ));
     }
+    let hsts_max_age = tls
+        .hsts_max_age
+        .clone()
+        .map(|text| parse_duration(&text).map_err(|problem| key_error("tls.hsts_max_age", problem)))
+        .transpose()?;
     let tls = validate_tls(tls)?;
+    if hsts_max_age.is_some() && matches!(tls, TlsSettings::Off) {
+        return Err(key_error(
+            "tls.hsts_max_age",
+            "is sent only over TLS; with tls.enabled = false let the TLS terminator in front send it",
+        ));
+    }
     Ok(Settings {
         server: validate_server(server, &tls)?,
         tls,
+        hsts_max_age,
         upstream: validate_upstream(upstream)?,
         oidc: validate_oidc(oidc)?,
         session: validate_session(session)?,
@@ -426,21 +467,23 @@ fn validate_server(
         .http_redirect_listen
         .map(|text| socket_addr("server.http_redirect_listen", &text))
         .transpose()?;
-    let trusted_proxies = server
-        .trusted_proxies
-        .unwrap_or_default()
-        .iter()
-        .map(|text| {
-            text.parse::<IpNet>()
-                .or_else(|_| text.parse::<std::net::IpAddr>().map(IpNet::from))
-                .map_err(|_| {
-                    key_error(
-                        "server.trusted_proxies",
-                        format!("`{text}` is not an IP address or CIDR block such as 10.0.0.0/8"),
-                    )
-                })
-        })
-        .collect::<Result<_, _>>()?;
+    let trusted_proxies = networks(
+        "server.trusted_proxies",
+        server.trusted_proxies.unwrap_or_default(),
+    )?;
+    let metrics_networks = networks(
+        "server.metrics_networks",
+        server
+            .metrics_networks
+            .unwrap_or_else(|| vec!["127.0.0.0/8".into(), "::1/128".into()]),
+    )?;
+    let max_header_size = size_or("server.max_header_size", server.max_header_size, 64 * 1024)?;
+    if !(8 * 1024..=1024 * 1024).contains(&max_header_size) {
+        return Err(key_error(
+            "server.max_header_size",
+            "must be between 8KiB and 1MiB",
+        ));
+    }
     Ok(ServerSettings {
         listen,
         public_url,
@@ -465,7 +508,56 @@ fn validate_server(
         allowed_redirect_hosts: AllowedHosts::new(
             server.allowed_redirect_hosts.unwrap_or_default(),
         ),
+        max_header_size: max_header_size as usize,
+        max_body_size: size_or(
+            "server.max_body_size",
+            server.max_body_size,
+            200 * 1024 * 1024,
+        )?,
+        max_connections: match server.max_connections {
+            None => 10_000,
+            Some(0) => return Err(key_error("server.max_connections", "must be at least 1")),
+            Some(n) => n.min(1 << 24) as usize,
+        },
+        http2_max_streams: match server.http2_max_streams {
+            None => 100,
+            Some(n) if (1..=10_000).contains(&n) => n as u32,
+            Some(_) => {
+                return Err(key_error(
+                    "server.http2_max_streams",
+                    "must be between 1 and 10000",
+                ));
+            }
+        },
+        metrics_listen: server
+            .metrics_listen
+            .map(|text| socket_addr("server.metrics_listen", &text))
+            .transpose()?,
+        metrics_networks,
     })
+}
+
+/// IP addresses or CIDR blocks.
+fn networks(key: &str, list: Vec<String>) -> Result<Vec<IpNet>, ConfigError> {
+    list.iter()
+        .map(|text| {
+            text.parse::<IpNet>()
+                .or_else(|_| text.parse::<std::net::IpAddr>().map(IpNet::from))
+                .map_err(|_| {
+                    key_error(
+                        key,
+                        format!("`{text}` is not an IP address or CIDR block such as 10.0.0.0/8"),
+                    )
+                })
+        })
+        .collect()
+}
+
+fn size_or(key: &str, value: Option<String>, default: u64) -> Result<u64, ConfigError> {
+    match value {
+        None => Ok(default),
+        Some(text) => parse_size(&text).map_err(|problem| key_error(key, problem)),
+    }
 }
 
 fn parse_public_url(text: &str) -> Result<Url, ConfigError> {

@@ -14,6 +14,7 @@ use hyper::body::Incoming;
 
 use super::request::{param, query_params};
 use super::{Gateway, redirect, urlencode};
+use crate::observe::LoginRefusal;
 use crate::oidc::LoginError;
 use crate::pages::{self, Link, Page};
 use crate::policy::return_target_or_root;
@@ -72,6 +73,8 @@ impl Gateway {
             Ok(login) => login,
             Err(e) => {
                 tracing::error!(error = %e, "cannot start a login");
+                self.metrics
+                    .login_refused(LoginRefusal::ProviderUnavailable);
                 let message = format!(
                     "{} cannot be reached right now, so signing in is not possible. Try again in a moment.",
                     self.settings.oidc.provider_name
@@ -85,6 +88,7 @@ impl Gateway {
         };
         if let Err(e) = self.sessions.put_login(&state, pending).await {
             tracing::error!(error = %e, "cannot start a login");
+            self.metrics.login_refused(LoginRefusal::StoreUnavailable);
             return self.page(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "Sign-in unavailable",
@@ -97,17 +101,22 @@ impl Gateway {
             &self.settings.oidc.callback_path,
             Some(LOGIN_TIMEOUT),
         );
+        self.metrics.login_started();
         let mut response = redirect(url.as_str());
         append_cookie(&mut response, &cookie);
         response
     }
 
     pub(super) async fn callback(&self, request: &Request<Incoming>) -> Response<ResponseBody> {
-        let failed = |status, message: &str| self.login_failed(status, message);
+        let failed = |why, status, message: &str| {
+            self.metrics.login_refused(why);
+            self.login_failed(status, message)
+        };
         let params = match query_params(request, &["state", "code", "error"]) {
             Ok(params) => params,
             Err(problem) => {
                 return failed(
+                    LoginRefusal::MalformedCallback,
                     StatusCode::BAD_REQUEST,
                     &format!("The sign-in answer is malformed: {problem}."),
                 );
@@ -124,10 +133,15 @@ impl Gateway {
                 "{} did not sign you in: {error} {description}",
                 self.settings.oidc.provider_name
             );
-            return failed(StatusCode::FORBIDDEN, message.trim_end());
+            return failed(
+                LoginRefusal::ProviderError,
+                StatusCode::FORBIDDEN,
+                message.trim_end(),
+            );
         }
         let (Some(state), Some(code)) = (param(&params, "state"), param(&params, "code")) else {
             return failed(
+                LoginRefusal::MalformedCallback,
                 StatusCode::BAD_REQUEST,
                 "The sign-in answer lacks its code or state.",
             );
@@ -142,6 +156,7 @@ impl Gateway {
         if !bound {
             tracing::warn!("callback state does not match this browser's login cookie");
             return failed(
+                LoginRefusal::NotThisBrowser,
                 StatusCode::BAD_REQUEST,
                 "This sign-in was not started in this browser, or it took too long.",
             );
@@ -149,6 +164,7 @@ impl Gateway {
         let store_down = |e: &crate::session::StoreUnavailable| {
             tracing::error!(error = %e, "cannot finish a login");
             failed(
+                LoginRefusal::StoreUnavailable,
                 StatusCode::SERVICE_UNAVAILABLE,
                 "Signing in is not possible right now: the session store cannot be reached. Try again in a moment.",
             )
@@ -158,6 +174,7 @@ impl Gateway {
             Ok(None) => {
                 tracing::warn!("callback state unknown: expired or already used");
                 return failed(
+                    LoginRefusal::StateExpired,
                     StatusCode::BAD_REQUEST,
                     "This sign-in has expired or was already used.",
                 );
@@ -172,13 +189,13 @@ impl Gateway {
             Ok(outcome) => outcome,
             Err(e) => {
                 tracing::warn!(error = %e, "login failed");
-                let status = match e {
+                let (why, status) = match e {
                     LoginError::IdTokenRefused(_) | LoginError::NoIdToken => {
-                        StatusCode::UNAUTHORIZED
+                        (LoginRefusal::IdTokenRefused, StatusCode::UNAUTHORIZED)
                     }
-                    _ => StatusCode::BAD_GATEWAY,
+                    _ => (LoginRefusal::ProviderUnavailable, StatusCode::BAD_GATEWAY),
                 };
-                return failed(status, &format!("Signing in failed: {e}."));
+                return failed(why, status, &format!("Signing in failed: {e}."));
             }
         };
 
@@ -200,6 +217,7 @@ impl Gateway {
             return store_down(&e);
         }
         tracing::info!(%sub, ?email, "signed in");
+        self.metrics.login_completed();
         let session_cookie = self.cookies.seal(
             &self.settings.session.cookie_name,
             &id,

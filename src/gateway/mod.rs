@@ -21,15 +21,16 @@ use hyper::body::Incoming;
 use url::Url;
 
 use crate::config::Settings;
+use crate::observe::{self, AccessRecord, Metrics, REQUEST_ID, RouteClass};
 use crate::oidc::{Provider, ProviderHttp};
 use crate::outbound;
-use crate::pages::{self, Link, Page};
+use crate::pages::{self, Link, Page, is_navigation};
 use crate::policy::{self, Action, EmailFile, RouteRule};
 use crate::proxy::headers::{self, ForwardedFacts};
 use crate::proxy::{ResponseBody, Upstream, boxed};
 use crate::session::{CookieCodec, Session, SessionStore, StoreUnavailable};
 
-pub use request::{is_navigation, param, query_params};
+pub use request::{param, query_params};
 
 /// Headers that some backends take as the request path (IIS, Symfony, nginx setups).
 /// A client must never choose the path the upstream acts on, so they are removed.
@@ -55,6 +56,9 @@ pub struct Gateway {
     upstream: Upstream,
     sessions: SessionStore,
     cookies: CookieCodec,
+    metrics: Arc<Metrics>,
+    /// The `Strict-Transport-Security` value, when `tls.hsts_max_age` is set.
+    hsts: Option<HeaderValue>,
     /// Folded names (lower case, `_` as `-`) of incoming headers always removed: the
     /// identity headers, and the path overrides some backends honour.
     stripped_header_folds: Vec<String>,
@@ -63,6 +67,7 @@ pub struct Gateway {
 
 impl Gateway {
     pub fn new(settings: Settings) -> Result<Self, GatewayError> {
+        let metrics = Arc::new(Metrics::new());
         let upstream_roots = outbound::root_store(settings.upstream.ca_file.as_deref())
             .map_err(GatewayError::UpstreamTls)?;
         let upstream_connector =
@@ -81,7 +86,11 @@ impl Gateway {
             settings.oidc.clone(),
             callback,
             settings.access.groups_claim.clone(),
-            ProviderHttp::new(provider_connector, settings.oidc.http_timeout),
+            ProviderHttp::new(
+                provider_connector,
+                settings.oidc.http_timeout,
+                metrics.clone(),
+            ),
         );
         let stripped_header_folds = settings
             .identity_headers
@@ -105,6 +114,8 @@ impl Gateway {
                 &settings.upstream,
                 upstream_connector,
                 settings.server.threads,
+                settings.server.max_body_size,
+                metrics.clone(),
             ),
             provider: Arc::new(provider),
             sessions: SessionStore::new(&settings.session)?,
@@ -114,12 +125,21 @@ impl Gateway {
             ),
             stripped_header_folds,
             allowed_emails_file,
+            metrics,
+            hsts: settings.hsts_max_age.map(|age| {
+                HeaderValue::from_str(&format!("max-age={}", age.as_secs()))
+                    .expect("digits are a valid header value")
+            }),
             settings,
         })
     }
 
     pub fn settings(&self) -> &Settings {
         &self.settings
+    }
+
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
     }
 
     pub fn provider(&self) -> &Arc<Provider> {
@@ -160,11 +180,40 @@ impl Gateway {
         }
     }
 
-    /// The whole lifecycle of one request.
+    /// The whole lifecycle of one request, with its request id, access line and
+    /// metrics around it.
     pub async fn handle(
         &self,
         mut request: Request<Incoming>,
         peer: SocketAddr,
+    ) -> Response<ResponseBody> {
+        let id = observe::request_id(request.headers(), self.peer_is_trusted(peer));
+        request.headers_mut().insert(REQUEST_ID, id.clone());
+        let mut record = AccessRecord::new(
+            self.metrics.clone(),
+            request.method().clone(),
+            request.uri().path(),
+            id.clone(),
+        );
+        let response = self.serve(request, peer, &mut record).await;
+        let (mut parts, body) = response.into_parts();
+        parts.headers.insert(REQUEST_ID, id);
+        if let Some(hsts) = &self.hsts {
+            parts
+                .headers
+                .insert(http::header::STRICT_TRANSPORT_SECURITY, hsts.clone());
+        }
+        let body = boxed(record.attach(parts.status, body));
+        Response::from_parts(parts, body)
+    }
+
+    /// Normalise, route, authenticate, authorise, forward; `record` learns the route
+    /// class and the person.
+    async fn serve(
+        &self,
+        mut request: Request<Incoming>,
+        peer: SocketAddr,
+        record: &mut AccessRecord,
     ) -> Response<ResponseBody> {
         // normalise: nothing the client sent may pose as identity or as the path, and
         // from here on the path is the canonical one, matched and forwarded alike.
@@ -184,6 +233,9 @@ impl Gateway {
         match path {
             "/ping" => return pages::text(StatusCode::OK, "OK\n").map(boxed),
             "/ready" => return self.ready().await,
+            "/metrics" if self.settings.server.metrics_listen.is_none() => {
+                return self.metrics_on_main_listener(&request, peer).await;
+            }
             "/oauth2/sign_in" => return self.sign_in_page(&request),
             "/oauth2/start" => return self.start_login(&request).await,
             "/oauth2/sign_out" => return self.sign_out(&request).await,
@@ -207,8 +259,10 @@ impl Gateway {
             request.headers(),
         );
         if rule.is_some_and(|r| r.action == Action::Public) {
+            record.class = RouteClass::Public;
             return self.forward(request, peer, None).await;
         }
+        record.class = RouteClass::Protected;
 
         // authenticate (and keep the session in step with the provider), authorise.
         let session = match self.live_session(request.headers()).await {
@@ -216,10 +270,56 @@ impl Gateway {
             Ok(None) => return self.unauthenticated(&request),
             Err(e) => return self.store_unavailable(&request, &e),
         };
+        record.session = Some(session.clone());
         if let Err(refusal) = self.authorize(&session, rule) {
+            self.metrics.access_refused();
             return self.refused(&session, &refusal);
         }
         self.forward(request, peer, Some(&session)).await
+    }
+
+    /// The metrics, on the main listener: only to a direct client (no proxy between)
+    /// from `server.metrics_networks`; anyone else gets the same 404 as an unknown page.
+    async fn metrics_on_main_listener(
+        &self,
+        request: &Request<Incoming>,
+        peer: SocketAddr,
+    ) -> Response<ResponseBody> {
+        let direct = !request.headers().contains_key("x-forwarded-for");
+        let allowed = self
+            .settings
+            .server
+            .metrics_networks
+            .iter()
+            .any(|net| net.contains(&peer.ip()));
+        if direct && allowed {
+            return self.metrics_page().await;
+        }
+        self.page(
+            StatusCode::NOT_FOUND,
+            "Not found",
+            "This gateway has no such page.",
+        )
+    }
+
+    /// `GET /metrics`: the Prometheus text exposition.
+    pub async fn metrics_page(&self) -> Response<ResponseBody> {
+        self.sessions.sync().await; // the session count is exact, not eventual
+        let mut response =
+            pages::text(StatusCode::OK, self.metrics.render(self.sessions.len())).map(boxed);
+        response.headers_mut().insert(
+            http::header::CONTENT_TYPE,
+            HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+        );
+        response
+    }
+
+    fn peer_is_trusted(&self, peer: SocketAddr) -> bool {
+        self.settings
+            .server
+            .trusted_proxies
+            .iter()
+            .any(|net| net.contains(&peer.ip()))
     }
 
     /// Global access rules and the route's own; logs refusals.
@@ -260,12 +360,7 @@ impl Gateway {
         if let Some(session) = session {
             self.set_identity_headers(headers, session);
         }
-        let peer_is_trusted = self
-            .settings
-            .server
-            .trusted_proxies
-            .iter()
-            .any(|net| net.contains(&peer.ip()));
+        let peer_is_trusted = self.peer_is_trusted(peer);
         headers::set_forwarded(
             headers,
             &ForwardedFacts {

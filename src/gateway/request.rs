@@ -1,33 +1,10 @@
-//! Facts read off an incoming request: is it a top-level navigation, which host it
-//! asked for, its query parameters.
+//! Facts read off an incoming request: which host it asked for, its canonical path,
+//! its query parameters.
 
 use http::Request;
-use http::header::{ACCEPT, HOST};
+use http::header::HOST;
 
 use crate::policy::{PathError, normalize_path};
-
-/// True for a top-level browser navigation, which may be redirected to the sign-in.
-/// Everything else (fetch/XHR, API paths, JSON clients, non-GET) must get a 401, or
-/// the Sentry app would follow a redirect cross-origin and break (SENTRY.md section 2).
-pub fn is_navigation<B>(request: &Request<B>) -> bool {
-    let headers = request.headers();
-    let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
-    if !matches!(*request.method(), http::Method::GET | http::Method::HEAD) {
-        return false;
-    }
-    if header("sec-fetch-mode").is_some_and(|mode| !mode.eq_ignore_ascii_case("navigate")) {
-        return false;
-    }
-    if header("x-requested-with").is_some() {
-        return false;
-    }
-    let wants_json = headers
-        .get_all(ACCEPT)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .any(|v| v.to_ascii_lowercase().contains("application/json"));
-    !wants_json && !request.uri().path().starts_with("/api/")
-}
 
 /// The host the client asked for: `Host` (HTTP/1.1) or the `:authority` (HTTP/2).
 pub fn host<B>(request: &Request<B>) -> Option<&str> {
@@ -90,58 +67,6 @@ mod tests {
             b = b.header(*n, *v);
         }
         b.body(()).unwrap()
-    }
-
-    #[test]
-    fn sentry_api_calls_are_not_navigations() {
-        // The exact shape of the Sentry SPA's API calls.
-        let sentry_fetch = req(
-            "GET",
-            "/api/0/organizations/",
-            &[
-                ("accept", "application/json; charset=utf-8"),
-                ("sec-fetch-mode", "cors"),
-                ("sec-fetch-dest", "empty"),
-            ],
-        );
-        assert!(!is_navigation(&sentry_fetch));
-        assert!(!is_navigation(&req(
-            "GET",
-            "/x",
-            &[("accept", "text/html, Application/JSON;q=0.9")]
-        )));
-        assert!(!is_navigation(&req(
-            "GET",
-            "/x",
-            &[("x-requested-with", "XMLHttpRequest")]
-        )));
-        assert!(!is_navigation(&req("GET", "/api/0/projects/", &[])));
-        assert!(!is_navigation(&req(
-            "POST",
-            "/organizations/",
-            &[("sec-fetch-mode", "navigate")]
-        )));
-        assert!(!is_navigation(&req(
-            "GET",
-            "/logo.png",
-            &[("sec-fetch-mode", "no-cors")]
-        )));
-    }
-
-    #[test]
-    fn browser_page_loads_are_navigations() {
-        assert!(is_navigation(&req(
-            "GET",
-            "/organizations/acme/issues/",
-            &[
-                (
-                    "accept",
-                    "text/html,application/xhtml+xml,application/xml;q=0.9,*/*;q=0.8"
-                ),
-                ("sec-fetch-mode", "navigate"),
-            ]
-        )));
-        assert!(is_navigation(&req("GET", "/", &[])));
     }
 
     #[test]

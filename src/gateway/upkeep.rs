@@ -15,6 +15,7 @@
 use std::time::{Duration, Instant, SystemTime};
 
 use super::Gateway;
+use crate::observe::UpkeepOutcome;
 use crate::oidc::UpkeepError;
 use crate::session::{Lease, Renewal, Session, Upkeep};
 
@@ -112,6 +113,7 @@ impl Gateway {
         };
         match result {
             Ok(tokens) => {
+                self.metrics.upkeep(UpkeepOutcome::Confirmed);
                 if let Some(tokens) = tokens {
                     upkeep.tokens = tokens;
                 }
@@ -123,10 +125,12 @@ impl Gateway {
             }
             Err(UpkeepError::Refused(reason)) => {
                 tracing::info!(sub, %reason, "the provider ended the session");
+                self.metrics.upkeep(UpkeepOutcome::Refused);
                 self.sessions.remove(id).await;
                 false
             }
             Err(UpkeepError::Unavailable(reason)) => {
+                self.metrics.upkeep(UpkeepOutcome::Unavailable);
                 back_off(upkeep, sub, &reason);
                 true
             }

@@ -14,6 +14,8 @@ use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 
+use crate::observe::Metrics;
+
 /// Largest provider response read (discovery documents and key sets are a few KiB).
 const MAX_RESPONSE_BYTES: usize = 1024 * 1024;
 
@@ -34,10 +36,15 @@ pub struct ProviderHttp {
     /// When the provider last answered without a server error; cleared when a call
     /// fails to get an answer (refused, timed out, 5xx).
     last_answer: Arc<Mutex<Option<Instant>>>,
+    metrics: Arc<Metrics>,
 }
 
 impl ProviderHttp {
-    pub fn new(connector: HttpsConnector<HttpConnector>, timeout: Duration) -> Self {
+    pub fn new(
+        connector: HttpsConnector<HttpConnector>,
+        timeout: Duration,
+        metrics: Arc<Metrics>,
+    ) -> Self {
         let client = Client::builder(TokioExecutor::new())
             .pool_idle_timeout(Duration::from_secs(60))
             .pool_timer(TokioTimer::new())
@@ -46,6 +53,7 @@ impl ProviderHttp {
             client,
             timeout,
             last_answer: Arc::default(),
+            metrics,
         }
     }
 
@@ -63,6 +71,7 @@ impl ProviderHttp {
     ) -> Result<http::Response<Vec<u8>>, ProviderHttpError> {
         let (parts, body) = request.into_parts();
         let request = http::Request::from_parts(parts, Full::new(Bytes::from(body)));
+        let started = Instant::now();
         let exchange = async {
             let response = self
                 .client
@@ -83,6 +92,7 @@ impl ProviderHttp {
             .and_then(|r| r);
         let answered = result.as_ref().is_ok_and(|r| !r.status().is_server_error());
         *self.last_answer.lock().unwrap() = answered.then(Instant::now);
+        self.metrics.provider_call(started.elapsed(), answered);
         result
     }
 }

@@ -1,11 +1,13 @@
-//! The few HTML pages the gateway renders itself: sign-in, errors, refusals.
+//! The few HTML pages the gateway renders itself: sign-in, errors, refusals, and
+//! their JSON form for requests that are not page loads ([`is_navigation`]).
 //!
 //! Every value that reaches a page goes through [`escape`]; pages carry a strict
 //! Content-Security-Policy and are never cached. Nothing here decides anything: callers
 //! say what to show.
 
 use bytes::Bytes;
-use http::{HeaderValue, Response, StatusCode, header};
+use http::header::ACCEPT;
+use http::{HeaderValue, Request, Response, StatusCode, header};
 use http_body_util::Full;
 
 /// HTML-escapes text for use in element content and quoted attribute values.
@@ -103,6 +105,60 @@ pub fn json(status: StatusCode, value: &serde_json::Value) -> Response<Full<Byte
     response
 }
 
+/// True for a top-level browser navigation, which may be redirected to the sign-in.
+/// Everything else (fetch/XHR, API paths, JSON clients, non-GET) must get a 401, or
+/// the Sentry app would follow a redirect cross-origin and break (SENTRY.md section 2).
+pub fn is_navigation<B>(request: &Request<B>) -> bool {
+    let headers = request.headers();
+    let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
+    if !matches!(*request.method(), http::Method::GET | http::Method::HEAD) {
+        return false;
+    }
+    if header("sec-fetch-mode").is_some_and(|mode| !mode.eq_ignore_ascii_case("navigate")) {
+        return false;
+    }
+    if header("x-requested-with").is_some() {
+        return false;
+    }
+    let wants_json = headers
+        .get_all(ACCEPT)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .any(|v| v.to_ascii_lowercase().contains("application/json"));
+    !wants_json && !request.uri().path().starts_with("/api/")
+}
+
+/// A refusal or failure in the form the request wants: a page with `title` and
+/// `message` for a page load, else JSON `{"error": "<status reason>", "message": ...}`.
+pub fn problem(
+    page: bool,
+    status: StatusCode,
+    title: &str,
+    message: &str,
+) -> Response<Full<Bytes>> {
+    if page {
+        return Page {
+            status,
+            title,
+            message,
+            links: &[Link {
+                href: "",
+                label: "Try again",
+            }],
+        }
+        .render();
+    }
+    let error = status
+        .canonical_reason()
+        .unwrap_or("error")
+        .to_ascii_lowercase()
+        .replace([' ', '-'], "_");
+    json(
+        status,
+        &serde_json::json!({"error": error, "message": message}),
+    )
+}
+
 /// A plain-text answer (health checks).
 pub fn text(status: StatusCode, body: impl Into<Bytes>) -> Response<Full<Bytes>> {
     let mut response = Response::new(Full::new(body.into()));
@@ -115,6 +171,66 @@ pub fn text(status: StatusCode, body: impl Into<Bytes>) -> Response<Full<Bytes>>
 mod tests {
     use super::*;
     use http_body_util::BodyExt;
+
+    fn req(method: &str, path: &str, headers: &[(&str, &str)]) -> Request<()> {
+        let mut b = Request::builder().method(method).uri(path);
+        for (n, v) in headers {
+            b = b.header(*n, *v);
+        }
+        b.body(()).unwrap()
+    }
+
+    #[test]
+    fn sentry_api_calls_are_not_navigations() {
+        // The exact shape of the Sentry SPA's API calls.
+        let sentry_fetch = req(
+            "GET",
+            "/api/0/organizations/",
+            &[
+                ("accept", "application/json; charset=utf-8"),
+                ("sec-fetch-mode", "cors"),
+                ("sec-fetch-dest", "empty"),
+            ],
+        );
+        assert!(!is_navigation(&sentry_fetch));
+        assert!(!is_navigation(&req(
+            "GET",
+            "/x",
+            &[("accept", "text/html, Application/JSON;q=0.9")]
+        )));
+        assert!(!is_navigation(&req(
+            "GET",
+            "/x",
+            &[("x-requested-with", "XMLHttpRequest")]
+        )));
+        assert!(!is_navigation(&req("GET", "/api/0/projects/", &[])));
+        assert!(!is_navigation(&req(
+            "POST",
+            "/organizations/",
+            &[("sec-fetch-mode", "navigate")]
+        )));
+        assert!(!is_navigation(&req(
+            "GET",
+            "/logo.png",
+            &[("sec-fetch-mode", "no-cors")]
+        )));
+    }
+
+    #[test]
+    fn browser_page_loads_are_navigations() {
+        assert!(is_navigation(&req(
+            "GET",
+            "/organizations/acme/issues/",
+            &[
+                (
+                    "accept",
+                    "text/html,application/xhtml+xml,application/xml;q=0.9,*/*;q=0.8"
+                ),
+                ("sec-fetch-mode", "navigate"),
+            ]
+        )));
+        assert!(is_navigation(&req("GET", "/", &[])));
+    }
 
     #[test]
     fn escape_neutralises_markup_and_quotes() {

@@ -1,18 +1,19 @@
 //! Forwarding to the upstream (Sentry): a pooled client, streaming bodies both ways,
-//! hop-by-hop headers removed, upgrades (WebSocket) tunnelled, and a 502/504 page when
-//! the upstream fails. It decides nothing about who may pass: the gateway calls it
+//! hop-by-hop headers removed, upgrades (WebSocket) tunnelled, request bodies held to
+//! `server.max_body_size` (413), and a 502/504 answer when the upstream fails. It decides nothing about who may pass: the gateway calls it
 //! only for requests that are allowed, with identity headers already set.
 
 pub mod headers;
 
 use std::cell::Cell;
-use std::time::Duration;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http::header::{self, HeaderValue};
 use http::{Request, Response, StatusCode, Uri, Version};
-use http_body_util::BodyExt;
 use http_body_util::combinators::UnsyncBoxBody;
+use http_body_util::{BodyExt, LengthLimitError, Limited};
 use hyper::body::Incoming;
 use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::Client;
@@ -21,8 +22,9 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use url::Url;
 
 use crate::config::UpstreamSettings;
+use crate::observe::{Metrics, UpstreamFailure};
 use crate::oidc::error_chain;
-use crate::pages::{Link, Page};
+use crate::pages;
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 /// The body of every response the gateway sends: streamed from the upstream, or a page.
@@ -55,13 +57,16 @@ pub struct Upstream {
     /// One connection pool per serving thread, so that a request and the upstream
     /// connection it travels on are driven by the same thread, with no hand-over
     /// between threads.
-    clients: Box<[Client<HttpsConnector<HttpConnector>, Incoming>]>,
+    clients: Box<[Client<HttpsConnector<HttpConnector>, Limited<Incoming>>]>,
     base: Url,
     /// The scheme and authority of `base`, ready for each request's URI.
     scheme: http::uri::Scheme,
     authority: http::uri::Authority,
     read_timeout: Duration,
     pass_host_header: bool,
+    /// Largest request body forwarded (`server.max_body_size`).
+    max_body_size: u64,
+    metrics: Arc<Metrics>,
 }
 
 impl Upstream {
@@ -69,6 +74,8 @@ impl Upstream {
         settings: &UpstreamSettings,
         connector: HttpsConnector<HttpConnector>,
         threads: usize,
+        max_body_size: u64,
+        metrics: Arc<Metrics>,
     ) -> Self {
         let clients = (0..threads.max(1))
             .map(|_| {
@@ -94,6 +101,8 @@ impl Upstream {
             base: settings.url.clone(),
             read_timeout: settings.read_timeout,
             pass_host_header: settings.pass_host_header,
+            max_body_size,
+            metrics,
         }
     }
 
@@ -112,12 +121,21 @@ impl Upstream {
     }
 
     /// Sends the request on and streams the answer back. `host` is the host the client
-    /// asked for. Never fails: upstream trouble becomes a 502 or 504 page.
+    /// asked for. Never fails: a body over the limit becomes a 413, upstream trouble a
+    /// 502 or 504, each a page or JSON as the request wants ([`pages::problem`]).
     pub async fn forward(
         &self,
         mut request: Request<Incoming>,
         host: Option<&str>,
     ) -> Response<ResponseBody> {
+        let page = pages::is_navigation(&request);
+        let declared = request
+            .headers()
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+        if declared.is_some_and(|length| length > self.max_body_size) {
+            return self.body_too_large(page);
+        }
         let path_and_query = request
             .uri()
             .path_and_query()
@@ -147,7 +165,8 @@ impl Upstream {
             Ok(uri) => *request.uri_mut() = uri,
             Err(e) => {
                 tracing::warn!(error = %e, "cannot build the upstream URI");
-                return failure_page(
+                return problem(
+                    page,
                     StatusCode::BAD_REQUEST,
                     "Bad request",
                     "The request path cannot be forwarded.",
@@ -155,14 +174,35 @@ impl Upstream {
             }
         }
         *request.version_mut() = Version::HTTP_11;
+        let limit = usize::try_from(self.max_body_size).unwrap_or(usize::MAX);
+        let request = request.map(|body| Limited::new(body, limit));
 
         let client = &self.clients[SERVING_THREAD.get() % self.clients.len()];
+        let started = Instant::now();
         let sent = tokio::time::timeout(self.read_timeout, client.request(request)).await;
         let mut response = match sent {
             Ok(Ok(response)) => response,
+            Ok(Err(e)) if caused_by::<LengthLimitError>(&e) => {
+                return self.body_too_large(page);
+            }
+            Ok(Err(e)) if client_body_failed(&e) => {
+                tracing::info!(error = %error_chain(&e), "request refused: the client's body broke off or was malformed");
+                return problem(
+                    page,
+                    StatusCode::BAD_REQUEST,
+                    "Bad request",
+                    "The request body could not be read: it was malformed or cut short.",
+                );
+            }
+            Ok(Err(e)) if caused_by_timeout(&e) => {
+                tracing::warn!(upstream = %self.base, error = %error_chain(&e), "upstream connection timed out");
+                return self.timed_out(page);
+            }
             Ok(Err(e)) => {
                 tracing::warn!(upstream = %self.base, error = %error_chain(&e), "upstream request failed");
-                return failure_page(
+                self.metrics.upstream_failure(UpstreamFailure::Unavailable);
+                return problem(
+                    page,
                     StatusCode::BAD_GATEWAY,
                     "Upstream unavailable",
                     "The application behind the sign-in gateway did not answer. Try again in a moment.",
@@ -170,13 +210,10 @@ impl Upstream {
             }
             Err(_) => {
                 tracing::warn!(upstream = %self.base, timeout = ?self.read_timeout, "upstream did not answer in time");
-                return failure_page(
-                    StatusCode::GATEWAY_TIMEOUT,
-                    "Upstream timed out",
-                    "The application behind the sign-in gateway took too long to answer. Try again in a moment.",
-                );
+                return self.timed_out(page);
             }
         };
+        self.metrics.upstream_response(started.elapsed());
 
         if response.status() == StatusCode::SWITCHING_PROTOCOLS
             && let Some(client_upgrade) = client_upgrade
@@ -190,6 +227,74 @@ impl Upstream {
         let (parts, body) = response.into_parts();
         Response::from_parts(parts, boxed(body))
     }
+
+    fn body_too_large(&self, page: bool) -> Response<ResponseBody> {
+        tracing::info!(
+            limit = self.max_body_size,
+            "request refused: body too large"
+        );
+        let message = format!(
+            "The request body is larger than this gateway accepts ({} bytes).",
+            self.max_body_size
+        );
+        problem(
+            page,
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "Request too large",
+            &message,
+        )
+    }
+
+    fn timed_out(&self, page: bool) -> Response<ResponseBody> {
+        self.metrics.upstream_failure(UpstreamFailure::Timeout);
+        problem(
+            page,
+            StatusCode::GATEWAY_TIMEOUT,
+            "Upstream timed out",
+            "The application behind the sign-in gateway took too long to answer. Try again in a moment.",
+        )
+    }
+}
+
+/// True when `E` is among the causes of `error`.
+fn caused_by<E: std::error::Error + 'static>(error: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cause = Some(error);
+    while let Some(e) = cause {
+        if e.is::<E>() {
+            return true;
+        }
+        cause = e.source();
+    }
+    false
+}
+
+/// True when the request body (the client's, the only body the client sends
+/// upstream) failed: hyper reports that as a "user" error of the sending side.
+fn client_body_failed(error: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cause = Some(error);
+    while let Some(e) = cause {
+        if e.downcast_ref::<hyper::Error>()
+            .is_some_and(hyper::Error::is_user)
+        {
+            return true;
+        }
+        cause = e.source();
+    }
+    false
+}
+
+/// True when a timed-out I/O operation (the connect timeout) is among the causes.
+fn caused_by_timeout(error: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cause = Some(error);
+    while let Some(e) = cause {
+        if e.downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.kind() == std::io::ErrorKind::TimedOut)
+        {
+            return true;
+        }
+        cause = e.source();
+    }
+    false
 }
 
 /// The protocol of an HTTP/1.1 upgrade request (`Connection: upgrade` + `Upgrade`).
@@ -224,18 +329,8 @@ async fn tunnel(client: hyper::upgrade::OnUpgrade, upstream: hyper::upgrade::OnU
     }
 }
 
-fn failure_page(status: StatusCode, title: &str, message: &str) -> Response<ResponseBody> {
-    let page = Page {
-        status,
-        title,
-        message,
-        links: &[Link {
-            href: "",
-            label: "Try again",
-        }],
-    }
-    .render();
-    page.map(boxed)
+fn problem(page: bool, status: StatusCode, title: &str, message: &str) -> Response<ResponseBody> {
+    pages::problem(page, status, title, message).map(boxed)
 }
 
 #[cfg(test)]
@@ -255,6 +350,8 @@ mod tests {
             &settings,
             crate::outbound::connector(roots, Duration::from_secs(1)).unwrap(),
             1,
+            1024,
+            Arc::new(Metrics::new()),
         )
     }
 

@@ -1,6 +1,12 @@
 //! Listeners and connections: TLS handshake, HTTP/1.1 and HTTP/2 (hyper-util auto),
-//! header-read timeout, the optional plain-HTTP redirect listener, and graceful
-//! shutdown (in-flight requests finish, up to `server.shutdown_grace`).
+//! the connection limits (header size and read timeout, concurrent connections and
+//! HTTP/2 streams), the optional plain-HTTP redirect and metrics listeners, and
+//! graceful shutdown (in-flight requests finish, up to `server.shutdown_grace`).
+//!
+//! The header-read timeout is also the keep-alive timeout of HTTP/1.1: hyper starts
+//! it whenever a connection waits for a request head, so an idle connection and a
+//! slow-loris one are both closed `server.header_read_timeout` after their last
+//! request.
 //!
 //! Threads: `server.threads` serving threads (one per core by default), each with its
 //! own single-threaded tokio runtime and its own accept loop on the shared listening
@@ -10,6 +16,7 @@
 //! work-stealing runtime on one core. The thread that calls [`start`] is serving
 //! thread 0 and also runs the background work (provider discovery, Redis).
 
+mod framing;
 pub mod tls;
 
 use std::convert::Infallible;
@@ -17,6 +24,7 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -26,13 +34,15 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
 use hyper_util::service::TowerToHyperService;
-use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::watch;
+use tokio::net::TcpListener;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
 use tokio_rustls::TlsAcceptor;
 
 use crate::config::Settings;
 use crate::gateway::{Gateway, GatewayError};
+use crate::observe::Metrics;
 use crate::proxy::{ResponseBody, boxed};
+use framing::StrictFraming;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServerError {
@@ -55,6 +65,8 @@ pub enum ServerError {
 pub struct GatewayService {
     gateway: Arc<Gateway>,
     peer: SocketAddr,
+    /// Set once a request on this connection was answered with 101 (upgraded).
+    upgraded: Arc<AtomicBool>,
 }
 
 impl tower::Service<Request<Incoming>> for GatewayService {
@@ -69,7 +81,14 @@ impl tower::Service<Request<Incoming>> for GatewayService {
     fn call(&mut self, request: Request<Incoming>) -> Self::Future {
         let gateway = self.gateway.clone();
         let peer = self.peer;
-        Box::pin(async move { Ok(gateway.handle(request, peer).await) })
+        let upgraded = self.upgraded.clone();
+        Box::pin(async move {
+            let response = gateway.handle(request, peer).await;
+            if response.status() == StatusCode::SWITCHING_PROTOCOLS {
+                upgraded.store(true, Ordering::Relaxed);
+            }
+            Ok(response)
+        })
     }
 }
 
@@ -77,6 +96,7 @@ impl tower::Service<Request<Incoming>> for GatewayService {
 pub struct RunningGateway {
     pub local_addr: SocketAddr,
     pub redirect_addr: Option<SocketAddr>,
+    pub metrics_addr: Option<SocketAddr>,
     pub gateway: Arc<Gateway>,
     stop: watch::Sender<bool>,
     finished: tokio::task::JoinHandle<()>,
@@ -141,6 +161,21 @@ pub async fn start_on(
         None => None,
     };
     let redirect_addr = redirect_listener.as_ref().and_then(|l| l.local_addr().ok());
+    let metrics_listener = match settings.server.metrics_listen {
+        Some(address) => {
+            Some(
+                TcpListener::bind(address)
+                    .await
+                    .map_err(|source| ServerError::Bind {
+                        key: "server.metrics_listen",
+                        address,
+                        source,
+                    })?,
+            )
+        }
+        None => None,
+    };
+    let metrics_addr = metrics_listener.as_ref().and_then(|l| l.local_addr().ok());
 
     let gateway = Arc::new(Gateway::new(settings)?);
     gateway.start_background().await;
@@ -158,12 +193,16 @@ pub async fn start_on(
     });
     if let Some(listener) = redirect_listener {
         let public_url = gateway.settings().server.public_url.clone();
-        tokio::spawn(serve_redirects(listener, public_url, stop_receiver));
+        tokio::spawn(serve_redirects(listener, public_url, stop_receiver.clone()));
+    }
+    if let Some(listener) = metrics_listener {
+        tokio::spawn(serve_metrics(listener, gateway.clone(), stop_receiver));
     }
     tracing::info!(%local_addr, public_url = %gateway.settings().server.public_url, threads = gateway.settings().server.threads, "ssogate listening");
     Ok(RunningGateway {
         local_addr,
         redirect_addr,
+        metrics_addr,
         gateway,
         stop: stop_sender,
         finished,
@@ -180,6 +219,8 @@ fn spawn_serving_threads(
     stop: watch::Receiver<bool>,
 ) -> Result<tokio::task::JoinHandle<()>, ServerError> {
     let listener = listener.into_std().map_err(ServerError::Thread)?;
+    // One budget of connections for all threads.
+    let connections = Arc::new(Semaphore::new(gateway.settings().server.max_connections));
     let mut threads = Vec::new();
     for index in 1..gateway.settings().server.threads {
         let listener = listener.try_clone().map_err(ServerError::Thread)?;
@@ -188,13 +229,14 @@ fn spawn_serving_threads(
             .build()
             .map_err(ServerError::Thread)?;
         let (tls, gateway, stop) = (tls.clone(), gateway.clone(), stop.clone());
+        let connections = connections.clone();
         let thread = std::thread::Builder::new()
             .name(format!("ssogate-serve-{index}"))
             .spawn(move || {
                 crate::proxy::set_serving_thread(index);
                 runtime.block_on(async move {
                     match TcpListener::from_std(listener) {
-                        Ok(listener) => serve(listener, tls, gateway, stop).await,
+                        Ok(listener) => serve(listener, tls, gateway, connections, stop).await,
                         Err(e) => tracing::error!(thread = index, error = %e, "serving thread cannot use the listener"),
                     }
                 });
@@ -205,7 +247,7 @@ fn spawn_serving_threads(
     let listener = TcpListener::from_std(listener).map_err(ServerError::Thread)?;
     let gateway = gateway.clone();
     Ok(tokio::spawn(async move {
-        serve(listener, tls, gateway, stop).await;
+        serve(listener, tls, gateway, connections, stop).await;
         for thread in threads {
             let _ = tokio::task::spawn_blocking(move || thread.join()).await;
         }
@@ -213,23 +255,52 @@ fn spawn_serving_threads(
 }
 
 fn connection_builder(settings: &Settings) -> auto::Builder<TokioExecutor> {
+    let server = &settings.server;
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
         .http1()
         .timer(TokioTimer::new())
-        .header_read_timeout(settings.server.header_read_timeout)
+        .header_read_timeout(server.header_read_timeout)
+        // hyper answers 431 when a request head does not fit its read buffer.
+        .max_buf_size(server.max_header_size)
         .keep_alive(true);
     builder
         .http2()
         .timer(TokioTimer::new())
+        .max_concurrent_streams(server.http2_max_streams)
+        .max_header_list_size(u32::try_from(server.max_header_size).unwrap_or(u32::MAX))
         .keep_alive_interval(Some(Duration::from_secs(30)));
     builder
+}
+
+/// A connection's place in `server.max_connections`, and its count in the metrics,
+/// both given back when the connection ends.
+struct OpenConnection {
+    _permit: OwnedSemaphorePermit,
+    metrics: Arc<Metrics>,
+}
+
+impl OpenConnection {
+    fn new(permit: OwnedSemaphorePermit, metrics: &Arc<Metrics>) -> Self {
+        metrics.connection_opened();
+        Self {
+            _permit: permit,
+            metrics: metrics.clone(),
+        }
+    }
+}
+
+impl Drop for OpenConnection {
+    fn drop(&mut self) {
+        self.metrics.connection_closed();
+    }
 }
 
 async fn serve(
     listener: TcpListener,
     tls: Option<Arc<rustls::ServerConfig>>,
     gateway: Arc<Gateway>,
+    connections: Arc<Semaphore>,
     mut stop: watch::Receiver<bool>,
 ) {
     let builder = Arc::new(connection_builder(gateway.settings()));
@@ -237,6 +308,15 @@ async fn serve(
     let handshake_timeout = gateway.settings().server.header_read_timeout;
     let graceful = GracefulShutdown::new();
     loop {
+        // At the limit, wait for a connection to end before accepting another: new
+        // clients queue in the kernel's backlog instead of being dropped.
+        let permit = tokio::select! {
+            permit = connections.clone().acquire_owned() => match permit {
+                Ok(permit) => permit,
+                Err(_) => break,
+            },
+            _ = stopped(&mut stop) => break,
+        };
         let (stream, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok(pair) => pair,
@@ -249,20 +329,29 @@ async fn serve(
             _ = stopped(&mut stop) => break,
         };
         let _ = stream.set_nodelay(true);
+        let upgraded = Arc::new(AtomicBool::new(false));
         let service = TowerToHyperService::new(GatewayService {
             gateway: gateway.clone(),
             peer,
+            upgraded: upgraded.clone(),
         });
         let builder = builder.clone();
         let acceptor = acceptor.clone();
         let watcher = graceful.watcher();
+        let open = OpenConnection::new(permit, gateway.metrics());
         tokio::spawn(async move {
+            let _open = open;
             let result = match acceptor {
                 Some(acceptor) => {
                     match tokio::time::timeout(handshake_timeout, acceptor.accept(stream)).await {
                         Ok(Ok(tls_stream)) => {
+                            let h2 = tls_stream.get_ref().1.alpn_protocol() == Some(b"h2");
+                            let mut stream = StrictFraming::new(tls_stream, upgraded);
+                            if h2 {
+                                stream = stream.unchecked();
+                            }
                             let connection = builder
-                                .serve_connection_with_upgrades(TokioIo::new(tls_stream), service);
+                                .serve_connection_with_upgrades(TokioIo::new(stream), service);
                             watcher.watch(connection.into_owned()).await
                         }
                         Ok(Err(e)) => {
@@ -275,7 +364,12 @@ async fn serve(
                         }
                     }
                 }
-                None => plain(stream, &builder, service, watcher).await,
+                None => {
+                    let stream = StrictFraming::new(stream, upgraded);
+                    let connection =
+                        builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
+                    watcher.watch(connection.into_owned()).await
+                }
             };
             if let Err(e) = result {
                 tracing::debug!(%peer, error = %e, "connection ended with an error");
@@ -291,16 +385,6 @@ async fn serve(
     {
         tracing::warn!("grace period over; closing remaining connections");
     }
-}
-
-async fn plain(
-    stream: TcpStream,
-    builder: &auto::Builder<TokioExecutor>,
-    service: TowerToHyperService<GatewayService>,
-    watcher: hyper_util::server::graceful::Watcher,
-) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
-    let connection = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
-    watcher.watch(connection.into_owned()).await
 }
 
 /// Plain-HTTP listener: every request gets a permanent redirect to the HTTPS address.
@@ -327,6 +411,39 @@ async fn serve_redirects(
                     response.headers_mut().insert(http::header::LOCATION, value);
                 }
                 async move { Ok::<_, Infallible>(response) }
+            });
+            let _ = builder
+                .serve_connection(TokioIo::new(stream), service)
+                .await;
+        });
+    }
+}
+
+/// The metrics listener (`server.metrics_listen`): `/metrics`, and 404 for anything else.
+async fn serve_metrics(
+    listener: TcpListener,
+    gateway: Arc<Gateway>,
+    mut stop: watch::Receiver<bool>,
+) {
+    let builder = auto::Builder::new(TokioExecutor::new());
+    loop {
+        let stream = tokio::select! {
+            accepted = listener.accept() => match accepted { Ok((s, _)) => s, Err(_) => continue },
+            _ = stopped(&mut stop) => return,
+        };
+        let gateway = gateway.clone();
+        let builder = builder.clone();
+        tokio::spawn(async move {
+            let service = hyper::service::service_fn(move |request: Request<Incoming>| {
+                let gateway = gateway.clone();
+                async move {
+                    Ok::<_, Infallible>(if request.uri().path() == "/metrics" {
+                        gateway.metrics_page().await
+                    } else {
+                        crate::pages::text(StatusCode::NOT_FOUND, "Not found: try /metrics\n")
+                            .map(boxed)
+                    })
+                }
             });
             let _ = builder
                 .serve_connection(TokioIo::new(stream), service)

@@ -5,6 +5,7 @@
 #![allow(dead_code, unused_imports)]
 
 pub mod browser;
+pub mod process;
 pub mod replicas;
 pub mod sentry_clients;
 pub mod upstream;
@@ -62,6 +63,8 @@ pub struct WorldOptions {
     pub server_toml: String,
     /// Extra keys for the `[oidc]` section.
     pub oidc_toml: String,
+    /// Extra keys for the `[upstream]` section.
+    pub upstream_toml: String,
     /// Lifetime of the provider's access tokens.
     pub access_token_ttl: std::time::Duration,
 }
@@ -80,6 +83,7 @@ impl Default for WorldOptions {
             upstream_url: None,
             server_toml: String::new(),
             oidc_toml: String::new(),
+            upstream_toml: String::new(),
             access_token_ttl: std::time::Duration::from_secs(1800),
         }
     }
@@ -139,6 +143,7 @@ enabled = false
 [upstream]
 url = "{upstream}"
 read_timeout = "3s"
+{upstream_extra}
 [oidc]
 issuer = "{issuer}"
 client_id = "{CLIENT_ID}"
@@ -155,6 +160,7 @@ secrets = ["test-session-secret-0123456789abcdefghijkl"]
             extra = options.extra_toml,
             server_extra = options.server_toml,
             oidc_extra = options.oidc_toml,
+            upstream_extra = options.upstream_toml,
         );
         let mut settings = Settings::from_toml(&config, "(test)", std::iter::empty())
             .unwrap_or_else(|e| panic!("test config refused: {e}\n{config}"));

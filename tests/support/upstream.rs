@@ -1,5 +1,6 @@
 //! A recording upstream: remembers every request's method, path and headers, reports
-//! body chunks as they arrive, answers 200 (or sleeps on `/slow`).
+//! body chunks as they arrive, answers 200 (or sleeps: 30 s on `/slow`, 1 s on any
+//! path with `/delay`).
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -121,7 +122,7 @@ impl TestUpstream {
         if path_and_query.starts_with("/slow") {
             tokio::time::sleep(Duration::from_secs(30)).await;
         }
-        if path_and_query.starts_with("/delay") {
+        if path_and_query.contains("/delay") {
             tokio::time::sleep(Duration::from_secs(1)).await;
         }
         sentry_like_answer(&path_and_query, body_len)

@@ -1,0 +1,13 @@
+//! What an operator sees of the gateway at work: Prometheus metrics ([`metrics`]),
+//! one access line per request with its request id ([`access`]), and the log output
+//! itself, human-readable or JSON ([`logging`]).
+//!
+//! Nothing here decides anything about a request, and nothing here ever writes a
+//! secret: no cookie, token, code or query string reaches a log line.
+
+pub mod access;
+pub mod logging;
+pub mod metrics;
+
+pub use access::{AccessRecord, LoggedBody, REQUEST_ID, request_id};
+pub use metrics::{LoginRefusal, Metrics, RouteClass, UpkeepOutcome, UpstreamFailure};

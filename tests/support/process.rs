@@ -1,0 +1,145 @@
+//! The `ssogate` binary as an operator runs it: its own process, a config file, plain
+//! HTTP on loopback, the test provider and upstream of this process behind it, and
+//! its standard output kept for the test to read.
+
+use std::io::Read;
+use std::net::{Ipv4Addr, SocketAddr};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use ssogate::devidp::{DevClient, DevProvider, DevProviderConfig};
+
+use super::{CLIENT_ID, CLIENT_SECRET, TestUpstream, unused_address, user};
+
+pub const SESSION_SECRET: &str = "process-session-secret-0123456789abcdef";
+
+pub struct GatewayProcess {
+    pub child: Child,
+    pub base: String,
+    pub addr: SocketAddr,
+    pub provider: DevProvider,
+    pub upstream: TestUpstream,
+    pub config: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl GatewayProcess {
+    /// Starts the binary with `args` after `run --config <file>`, and waits until it
+    /// listens. `extra` is appended to the `[server]` section.
+    pub async fn start(args: &[&str], server_extra: &str) -> GatewayProcess {
+        let addr = unused_address();
+        let base = format!("http://{addr}");
+        let upstream = TestUpstream::start().await;
+        let provider = DevProvider::start(
+            SocketAddr::from((Ipv4Addr::LOCALHOST, 0)),
+            DevProviderConfig::new(
+                DevClient {
+                    client_id: CLIENT_ID.into(),
+                    client_secret: CLIENT_SECRET.into(),
+                    redirect_uris: vec![format!("{base}/oauth2/callback")],
+                    post_logout_redirect_uris: vec![format!("{base}/oauth2/sign_in")],
+                },
+                vec![user(
+                    "alice",
+                    "alice@corp.example",
+                    true,
+                    &["sentry:member"],
+                )],
+            ),
+        )
+        .await
+        .expect("test provider starts");
+        let dir = tempfile::tempdir().unwrap();
+        let config = dir.path().join("ssogate.toml");
+        std::fs::write(
+            &config,
+            format!(
+                r#"
+[server]
+listen = "{addr}"
+public_url = "{base}"
+threads = 2
+{server_extra}
+[tls]
+enabled = false
+[upstream]
+url = "http://{upstream}"
+[oidc]
+issuer = "{issuer}"
+client_id = "{CLIENT_ID}"
+client_secret = "{CLIENT_SECRET}"
+[session]
+secrets = ["{SESSION_SECRET}"]
+[access]
+preset = "sentry"
+"#,
+                upstream = upstream.addr,
+                issuer = provider.issuer(),
+            ),
+        )
+        .unwrap();
+        let mut child = Command::new(env!("CARGO_BIN_EXE_ssogate"))
+            .args(["run", "--config"])
+            .arg(&config)
+            .args(args)
+            .env_remove("SSOGATE_LOG")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("the ssogate binary starts");
+        for _ in 0..200 {
+            if tokio::net::TcpStream::connect(addr).await.is_ok() {
+                return GatewayProcess {
+                    child,
+                    base,
+                    addr,
+                    provider,
+                    upstream,
+                    config,
+                    _dir: dir,
+                };
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+        panic!("ssogate did not listen on {addr}");
+    }
+
+    /// Sends a signal (`TERM`, `HUP`) with kill(1).
+    pub fn signal(&self, name: &str) {
+        let status = Command::new("kill")
+            .arg(format!("-{name}"))
+            .arg(self.child.id().to_string())
+            .status()
+            .unwrap();
+        assert!(status.success());
+    }
+
+    /// Waits (up to 20 s) for the process to exit; its exit code and standard output.
+    pub async fn exit(mut self) -> (Option<i32>, String) {
+        for _ in 0..400 {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                let mut out = String::new();
+                self.child
+                    .stdout
+                    .take()
+                    .unwrap()
+                    .read_to_string(&mut out)
+                    .unwrap();
+                return (status.code(), out);
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let _ = self.child.kill();
+        panic!("ssogate did not exit");
+    }
+}
+
+impl Drop for GatewayProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
