@@ -219,7 +219,7 @@ async fn hsts_is_sent_when_configured() {
 
 #[tokio::test]
 async fn json_access_lines_name_the_request_and_hold_no_secret() {
-    let gateway = GatewayProcess::start(&["--log-format", "json"], "").await;
+    let gateway = GatewayProcess::start(&["--log-format", "json"], "", false).await;
     let mut browser = Browser::new("", &gateway.base);
     let callback = browser.login_until_callback("/", "alice", PASSWORD).await;
     let landed = browser.follow(&callback).await;
@@ -281,7 +281,7 @@ async fn json_access_lines_name_the_request_and_hold_no_secret() {
 
 #[tokio::test]
 async fn sigterm_lets_a_slow_request_finish_and_exits_0() {
-    let gateway = GatewayProcess::start(&[], "shutdown_grace = \"10s\"").await;
+    let gateway = GatewayProcess::start(&[], "shutdown_grace = \"10s\"", false).await;
     let base = gateway.base.clone();
     let in_flight = tokio::spawn(async move {
         let mut sdk = Browser::new("", &base);

@@ -98,6 +98,8 @@ pub struct RunningGateway {
     pub redirect_addr: Option<SocketAddr>,
     pub metrics_addr: Option<SocketAddr>,
     pub gateway: Arc<Gateway>,
+    /// The listener's certificate (None without TLS).
+    pub certificate: Option<Arc<tls::CertificateStore>>,
     stop: watch::Sender<bool>,
     finished: tokio::task::JoinHandle<()>,
 }
@@ -107,6 +109,27 @@ impl RunningGateway {
     pub async fn shutdown(self) {
         let _ = self.stop.send(true);
         let _ = self.finished.await;
+    }
+
+    /// Reloads the TLS certificate on every SIGHUP (for the `ssogate` process; the
+    /// certificate files are also watched for changes, without a signal).
+    pub fn reload_on_sighup(&self) {
+        #[cfg(unix)]
+        if let Some(store) = &self.certificate {
+            let store = Arc::downgrade(store);
+            let metrics = self.gateway.metrics().clone();
+            tokio::spawn(async move {
+                use tokio::signal::unix::{SignalKind, signal};
+                let Ok(mut hangups) = signal(SignalKind::hangup()) else {
+                    return;
+                };
+                while hangups.recv().await.is_some() {
+                    let Some(store) = store.upgrade() else { return };
+                    tracing::info!("SIGHUP received: reloading the TLS certificate");
+                    store.reload_and_log("SIGHUP", &metrics);
+                }
+            });
+        }
     }
 
     /// Waits until the gateway has stopped (after [`shutdown_signal`] fires, say).
@@ -139,7 +162,7 @@ pub async fn start_on(
     settings: Settings,
     stop: impl Future<Output = ()> + Send + 'static,
 ) -> Result<RunningGateway, ServerError> {
-    let tls = tls::server_config(&settings.tls)?;
+    let (tls, certificate) = tls::server_config(&settings.tls)?.unzip();
     let listen = settings.server.listen;
     let local_addr = listener.local_addr().map_err(|source| ServerError::Bind {
         key: "server.listen",
@@ -179,6 +202,9 @@ pub async fn start_on(
 
     let gateway = Arc::new(Gateway::new(settings)?);
     gateway.start_background().await;
+    if let Some(certificate) = &certificate {
+        certificate.watch(gateway.metrics().clone());
+    }
 
     let (stop_sender, stop_receiver) = watch::channel(false);
     // First, so that if a thread cannot start, those already started see the stop
@@ -204,6 +230,7 @@ pub async fn start_on(
         redirect_addr,
         metrics_addr,
         gateway,
+        certificate,
         stop: stop_sender,
         finished,
     })

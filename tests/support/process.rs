@@ -6,6 +6,7 @@ use std::io::Read;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use ssogate::devidp::{DevClient, DevProvider, DevProviderConfig};
@@ -21,15 +22,35 @@ pub struct GatewayProcess {
     pub provider: DevProvider,
     pub upstream: TestUpstream,
     pub config: PathBuf,
-    _dir: tempfile::TempDir,
+    /// The CA of the listener's certificate, when it serves TLS.
+    pub ca_pem: String,
+    /// Where `tls.cert_file` and `tls.key_file` are, when it serves TLS.
+    pub dir: tempfile::TempDir,
+    /// Standard output so far, read continuously (a full pipe would stall the process).
+    output: Arc<Mutex<String>>,
+    reader: Option<std::thread::JoinHandle<()>>,
 }
 
 impl GatewayProcess {
     /// Starts the binary with `args` after `run --config <file>`, and waits until it
-    /// listens. `extra` is appended to the `[server]` section.
-    pub async fn start(args: &[&str], server_extra: &str) -> GatewayProcess {
+    /// listens. `extra` is appended to the `[server]` section. With `tls`, it serves
+    /// HTTPS with `cert.pem` and `key.pem` in [`GatewayProcess::dir`].
+    pub async fn start(args: &[&str], server_extra: &str, tls: bool) -> GatewayProcess {
         let addr = unused_address();
-        let base = format!("http://{addr}");
+        let base = format!("{}://{addr}", if tls { "https" } else { "http" });
+        let dir = tempfile::tempdir().unwrap();
+        let (tls_section, ca_pem) = if tls {
+            let certificate = ssogate::server::tls::local_certificate(&["127.0.0.1"]).unwrap();
+            std::fs::write(dir.path().join("cert.pem"), &certificate.cert_pem).unwrap();
+            std::fs::write(dir.path().join("key.pem"), &certificate.key_pem).unwrap();
+            let section = format!(
+                "cert_file = \"{0}/cert.pem\"\nkey_file = \"{0}/key.pem\"",
+                dir.path().display()
+            );
+            (section, certificate.ca_pem)
+        } else {
+            ("enabled = false".to_owned(), String::new())
+        };
         let upstream = TestUpstream::start().await;
         let provider = DevProvider::start(
             SocketAddr::from((Ipv4Addr::LOCALHOST, 0)),
@@ -50,7 +71,6 @@ impl GatewayProcess {
         )
         .await
         .expect("test provider starts");
-        let dir = tempfile::tempdir().unwrap();
         let config = dir.path().join("ssogate.toml");
         std::fs::write(
             &config,
@@ -62,7 +82,7 @@ public_url = "{base}"
 threads = 2
 {server_extra}
 [tls]
-enabled = false
+{tls_section}
 [upstream]
 url = "http://{upstream}"
 [oidc]
@@ -88,6 +108,23 @@ preset = "sentry"
             .stderr(Stdio::piped())
             .spawn()
             .expect("the ssogate binary starts");
+        let output = Arc::new(Mutex::new(String::new()));
+        let mut stdout = child.stdout.take().unwrap();
+        let reader = std::thread::spawn({
+            let output = output.clone();
+            move || {
+                let mut buf = [0u8; 8192];
+                while let Ok(n) = stdout.read(&mut buf) {
+                    if n == 0 {
+                        break;
+                    }
+                    output
+                        .lock()
+                        .unwrap()
+                        .push_str(&String::from_utf8_lossy(&buf[..n]));
+                }
+            }
+        });
         for _ in 0..200 {
             if tokio::net::TcpStream::connect(addr).await.is_ok() {
                 return GatewayProcess {
@@ -97,7 +134,10 @@ preset = "sentry"
                     provider,
                     upstream,
                     config,
-                    _dir: dir,
+                    ca_pem,
+                    dir,
+                    output,
+                    reader: Some(reader),
                 };
             }
             tokio::time::sleep(Duration::from_millis(25)).await;
@@ -121,19 +161,20 @@ preset = "sentry"
     pub async fn exit(mut self) -> (Option<i32>, String) {
         for _ in 0..400 {
             if let Some(status) = self.child.try_wait().unwrap() {
-                let mut out = String::new();
-                self.child
-                    .stdout
-                    .take()
-                    .unwrap()
-                    .read_to_string(&mut out)
-                    .unwrap();
-                return (status.code(), out);
+                let _ = self.reader.take().unwrap().join();
+                return (status.code(), self.output());
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
         let _ = self.child.kill();
         panic!("ssogate did not exit");
+    }
+}
+
+impl GatewayProcess {
+    /// Standard output so far.
+    pub fn output(&self) -> String {
+        self.output.lock().unwrap().clone()
     }
 }
 

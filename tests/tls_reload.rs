@@ -1,0 +1,159 @@
+//! Renewing the certificate without a restart: SIGHUP under continuous load fails no
+//! request, a renewed file is picked up by itself, and a broken one is refused while
+//! the old certificate keeps serving.
+
+mod support;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::Duration;
+
+use http::{Method, StatusCode};
+use rustls_pki_types::CertificateDer;
+use rustls_pki_types::pem::PemObject;
+use ssogate::server::tls::{LocalCertificate, local_certificate};
+use support::Browser;
+use support::browser::full;
+use support::process::GatewayProcess;
+
+/// The leaf certificate a fresh TLS connection to `address` is shown, trusting `cas`.
+async fn served_leaf(address: std::net::SocketAddr, cas: &[&str]) -> Vec<u8> {
+    let mut roots = rustls::RootCertStore::empty();
+    for ca in cas {
+        for cert in CertificateDer::pem_slice_iter(ca.as_bytes()) {
+            roots.add(cert.unwrap()).unwrap();
+        }
+    }
+    let config = rustls::ClientConfig::builder()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let tcp = tokio::net::TcpStream::connect(address).await.unwrap();
+    let name = rustls_pki_types::ServerName::try_from("127.0.0.1").unwrap();
+    let tls = tokio_rustls::TlsConnector::from(Arc::new(config))
+        .connect(name, tcp)
+        .await
+        .expect("handshake with a trusted certificate");
+    tls.get_ref().1.peer_certificates().unwrap()[0].to_vec()
+}
+
+fn leaf_of(certificate: &LocalCertificate) -> Vec<u8> {
+    CertificateDer::from_pem_slice(certificate.cert_pem.as_bytes())
+        .unwrap()
+        .to_vec()
+}
+
+/// Writes a new certificate and key the way certbot renews: new files renamed over
+/// the old ones, the key first.
+fn install(dir: &std::path::Path, certificate: &LocalCertificate) {
+    for (name, text) in [
+        ("key.pem", &certificate.key_pem),
+        ("cert.pem", &certificate.cert_pem),
+    ] {
+        let staged = dir.join(format!("{name}.new"));
+        std::fs::write(&staged, text).unwrap();
+        std::fs::rename(&staged, dir.join(name)).unwrap();
+    }
+}
+
+#[tokio::test]
+async fn sighup_under_load_swaps_the_certificate_and_fails_no_request() {
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+    let gateway = GatewayProcess::start(&[], "", true).await;
+    let renewed = local_certificate(&["127.0.0.1"]).unwrap();
+    let both = [gateway.ca_pem.as_str(), renewed.ca_pem.as_str()];
+
+    // A client sending requests throughout, over new and kept-alive connections.
+    let stop = Arc::new(AtomicBool::new(false));
+    let (ok, failed) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+    let load = tokio::spawn({
+        let (stop, ok, failed) = (stop.clone(), ok.clone(), failed.clone());
+        let ca = format!("{}{}", gateway.ca_pem, renewed.ca_pem);
+        let base = gateway.base.clone();
+        async move {
+            let mut round = 0;
+            while !stop.load(Ordering::Relaxed) {
+                let mut sdk = Browser::new(&ca, &base);
+                for _ in 0..5 {
+                    let request = sdk
+                        .request(Method::POST, &format!("/api/1/envelope/?n={round}"))
+                        .body(full("{}"))
+                        .unwrap();
+                    match sdk.try_send(request).await {
+                        Some(answer) if answer.status == StatusCode::OK => &ok,
+                        _ => &failed,
+                    }
+                    .fetch_add(1, Ordering::Relaxed);
+                    round += 1;
+                }
+            }
+        }
+    });
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(
+        served_leaf(gateway.addr, &both).await,
+        leaf_of_pem(&gateway.dir)
+    );
+
+    install(gateway.dir.path(), &renewed);
+    gateway.signal("HUP");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(served_leaf(gateway.addr, &both).await, leaf_of(&renewed));
+
+    // A broken renewal: refused, the renewed certificate stays.
+    std::fs::write(gateway.dir.path().join("cert.pem"), "not a certificate").unwrap();
+    gateway.signal("HUP");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(served_leaf(gateway.addr, &both).await, leaf_of(&renewed));
+
+    stop.store(true, Ordering::Relaxed);
+    load.await.unwrap();
+    let output = gateway.output();
+    assert!(output.contains("TLS certificate reloaded"), "{output}");
+    assert!(
+        output.contains("TLS certificate reload refused") && output.contains("cert.pem"),
+        "{output}"
+    );
+    assert!(ok.load(Ordering::Relaxed) > 20, "the load ran");
+    assert_eq!(failed.load(Ordering::Relaxed), 0, "no request failed");
+}
+
+fn leaf_of_pem(dir: &tempfile::TempDir) -> Vec<u8> {
+    CertificateDer::from_pem_file(dir.path().join("cert.pem"))
+        .unwrap()
+        .to_vec()
+}
+
+#[tokio::test]
+async fn renewed_files_are_picked_up_without_a_signal() {
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+    let gateway = GatewayProcess::start(&[], "", true).await;
+    let first = leaf_of_pem(&gateway.dir);
+    let renewed = local_certificate(&["127.0.0.1"]).unwrap();
+    let both = [gateway.ca_pem.as_str(), renewed.ca_pem.as_str()];
+
+    // Broken first: the watcher refuses it and the first certificate stays.
+    std::fs::write(
+        gateway.dir.path().join("key.pem"),
+        "-----BEGIN PRIVATE KEY-----\n",
+    )
+    .unwrap();
+    tokio::time::sleep(ssogate::server::tls::WATCH_INTERVAL * 2).await;
+    assert_eq!(served_leaf(gateway.addr, &both).await, first);
+
+    install(gateway.dir.path(), &renewed);
+    let mut served = first.clone();
+    for _ in 0..30 {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        served = served_leaf(gateway.addr, &both).await;
+        if served != first {
+            break;
+        }
+    }
+    assert_eq!(
+        served,
+        leaf_of(&renewed),
+        "the renewed certificate is served"
+    );
+    let output = gateway.output();
+    assert!(output.contains("the certificate files changed"), "{output}");
+}
