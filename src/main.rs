@@ -76,7 +76,7 @@ async fn main() -> ExitCode {
             };
             match ssogate::server::start(settings, ssogate::server::shutdown_signal()).await {
                 Ok(running) => {
-                    running.reload_on_sighup();
+                    running.reload_on_sighup(config);
                     running.stopped().await;
                     ExitCode::SUCCESS
                 }

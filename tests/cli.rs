@@ -116,7 +116,7 @@ async fn check_passes_against_a_live_provider_upstream_and_redis() {
     let redis_dir = tempfile::tempdir().unwrap();
     let redis = support::replicas::RedisServer::start(redis_dir.path());
     let redis_url = redis.url();
-    let settings = world.gateway.gateway.settings().clone();
+    let settings = world.gateway.gateway().settings().clone();
     let upstream = settings.upstream.url.to_string();
     let output = tokio::task::spawn_blocking(move || {
         ssogate()

@@ -329,7 +329,7 @@ async fn connections_over_the_limit_wait_until_one_ends() {
     });
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert!(!third.is_finished(), "the third waits while two are open");
-    let metrics = world.gateway.gateway.metrics().render(0);
+    let metrics = world.gateway.gateway().metrics().render(0);
     drop(first);
     let status = tokio::time::timeout(Duration::from_secs(5), third)
         .await
@@ -401,10 +401,37 @@ async fn an_upstream_that_never_accepts_is_a_504() {
     assert_eq!(answer.status, StatusCode::GATEWAY_TIMEOUT, "{answer:?}");
     let json: serde_json::Value = serde_json::from_str(&answer.body).unwrap();
     assert_eq!(json["error"], "gateway_timeout");
-    let metrics = world.gateway.gateway.metrics().render(0);
+    let metrics = world.gateway.gateway().metrics().render(0);
     assert!(
         metrics.contains("ssogate_upstream_failures_total{reason=\"timeout\"} 1"),
         "{metrics}"
     );
     drop(listener);
+}
+
+#[tokio::test]
+async fn idle_http2_connections_get_goaway_but_requests_in_flight_finish() {
+    let world = World::start_with(sentry_world("idle_timeout = \"500ms\"")).await;
+    let mut config = support::browser::tls_trusting(&world.ca_pem);
+    config.alpn_protocols = vec![b"h2".to_vec()];
+    let tcp = tokio::net::TcpStream::connect(world.gateway.local_addr)
+        .await
+        .unwrap();
+    let name = rustls_pki_types::ServerName::try_from("127.0.0.1").unwrap();
+    let tls = tokio_rustls::TlsConnector::from(Arc::new(config))
+        .connect(name, tcp)
+        .await
+        .unwrap();
+    let (client, connection) = h2::client::handshake(tls).await.unwrap();
+    let connection = tokio::spawn(connection);
+    let mut client = client.ready().await.unwrap();
+    // Longer than the idle timeout, but in flight: it must finish.
+    let request = http::Request::get(format!("{}/api/1/store/delay", world.base))
+        .body(())
+        .unwrap();
+    let (response, _) = client.send_request(request, true).unwrap();
+    assert_eq!(response.await.unwrap().status(), StatusCode::OK);
+    // Then nothing: the gateway says GOAWAY and the connection ends.
+    let ended = tokio::time::timeout(Duration::from_secs(5), connection).await;
+    assert!(ended.is_ok(), "an idle HTTP/2 connection is closed");
 }

@@ -6,6 +6,7 @@
 #   - oidc-provider and playwright-core from npm (tests/e2e/package-lock.json) into
 #     tests/e2e/node_modules, and Debian's chromium, for the browser tests in tests/e2e
 #   - Debian's redis-server, which tests/replicas.rs starts on free loopback ports
+#   - Debian's testssl.sh, which tests/tls_grade.rs runs against the listener
 # Idempotent: a step is skipped while its stamp (a hash of its inputs) still matches.
 # Needs python3 with pip, node and npm, and root (or chromium and redis-server
 # already installed);
@@ -71,10 +72,12 @@ else
   echo "$e2e_want" >"$e2e_stamp"
 fi
 
-# --- Debian: chromium for the browser tests, redis-server for tests/replicas.rs -------
+# --- Debian: chromium for the browser tests, redis-server for tests/replicas.rs, -----
+# --- testssl.sh for tests/tls_grade.rs ---------------------------------------------
 missing=()
 command -v "${CHROMIUM:-chromium}" >/dev/null 2>&1 || missing+=(chromium)
 command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
+command -v testssl >/dev/null 2>&1 || missing+=(testssl.sh)
 if ((${#missing[@]})); then
   if [[ $(id -u) != 0 ]]; then
     echo "peers: missing ${missing[*]}; install with: sudo apt-get install ${missing[*]}" >&2
@@ -86,3 +89,4 @@ if ((${#missing[@]})); then
 fi
 echo "peers: $("${CHROMIUM:-chromium}" --version 2>/dev/null | head -n1)"
 echo "peers: $(redis-server --version)"
+echo "peers: testssl.sh $(dpkg-query -W -f='${Version}' testssl.sh 2>/dev/null || echo '(not from Debian)')"

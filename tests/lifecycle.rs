@@ -64,7 +64,7 @@ async fn a_provider_that_is_down_gives_clear_pages_and_the_gateway_keeps_serving
 #[tokio::test]
 async fn gateway_starts_while_the_provider_is_unreachable() {
     let world = World::start().await;
-    let settings = world.gateway.gateway.settings().clone();
+    let settings = world.gateway.gateway().settings().clone();
     let closed = support::unused_address();
     let mut settings = settings;
     settings.oidc.issuer = format!("http://{closed}/api/oidc");
@@ -176,7 +176,7 @@ async fn plain_http_listener_redirects_to_https() {
         ..Default::default()
     })
     .await;
-    let mut settings = world.gateway.gateway.settings().clone();
+    let mut settings = world.gateway.gateway().settings().clone();
     settings.server.listen = "127.0.0.1:0".parse().unwrap();
     settings.server.http_redirect_listen = Some("127.0.0.1:0".parse().unwrap());
     let gateway = ssogate::server::start(settings, std::future::pending())

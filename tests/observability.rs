@@ -188,7 +188,7 @@ async fn hsts_is_sent_when_configured() {
     assert!(!answer.headers.contains_key("strict-transport-security"));
 
     // The same gateway (TLS with the test certificate) with `tls.hsts_max_age = "365d"`.
-    let mut settings = world.gateway.gateway.settings().clone();
+    let mut settings = world.gateway.gateway().settings().clone();
     settings.hsts_max_age = Some(ssogate::config::parse_duration("365d").unwrap());
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let address = listener.local_addr().unwrap();

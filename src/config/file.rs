@@ -19,6 +19,8 @@ pub struct ServerSection {
     pub header_read_timeout: Option<String>,
     #[serde(deserialize_with = "flex::text")]
     pub shutdown_grace: Option<String>,
+    #[serde(deserialize_with = "flex::text")]
+    pub idle_timeout: Option<String>,
     #[serde(deserialize_with = "flex::u64")]
     pub threads: Option<u64>,
     #[serde(deserialize_with = "flex::list")]

@@ -97,6 +97,9 @@ pub struct ServerSettings {
     pub header_read_timeout: Duration,
     /// How long in-flight requests may take to finish after SIGTERM/SIGINT.
     pub shutdown_grace: Duration,
+    /// A connection on which no request has started for this long is closed
+    /// (HTTP/2 mostly: HTTP/1.1 waits at most `header_read_timeout` for a request).
+    pub idle_timeout: Duration,
     /// Serving threads, each with its own single-threaded runtime (default: one per
     /// core this process may use).
     pub threads: usize,
@@ -116,7 +119,7 @@ pub struct ServerSettings {
     pub metrics_networks: Vec<IpNet>,
 }
 
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq)]
 pub enum TlsSettings {
     /// PEM certificate chain and private key files.
     Files {
@@ -153,7 +156,7 @@ pub struct UpstreamSettings {
     pub pass_host_header: bool,
 }
 
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct OidcSettings {
     pub issuer: String,
     pub client_id: String,
@@ -184,13 +187,13 @@ pub struct SessionSettings {
     pub store: StoreSettings,
 }
 
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq)]
 pub enum StoreSettings {
     Memory,
     Redis(RedisSettings),
 }
 
-#[derive(Clone)]
+#[derive(Clone, PartialEq)]
 pub struct RedisSettings {
     /// `redis://` or `rediss://` (TLS), with any password in it.
     pub url: Url,
@@ -499,6 +502,16 @@ fn validate_server(
             server.shutdown_grace,
             Duration::from_secs(30),
         )?,
+        idle_timeout: match duration_or(
+            "server.idle_timeout",
+            server.idle_timeout,
+            Duration::from_secs(60),
+        )? {
+            zero if zero.is_zero() => {
+                return Err(key_error("server.idle_timeout", "must be longer than zero"));
+            }
+            timeout => timeout,
+        },
         threads: match server.threads {
             None => std::thread::available_parallelism().map_or(1, |n| n.get()),
             Some(0) => return Err(key_error("server.threads", "must be at least 1")),

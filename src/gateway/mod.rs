@@ -8,6 +8,7 @@
 //! canonical path is both matched and forwarded.
 
 mod endpoints;
+mod reload;
 mod request;
 mod upkeep;
 
@@ -30,6 +31,7 @@ use crate::proxy::headers::{self, ForwardedFacts};
 use crate::proxy::{ResponseBody, Upstream, boxed};
 use crate::session::{CookieCodec, Session, SessionStore, StoreUnavailable};
 
+pub use reload::LiveGateway;
 pub use request::{param, query_params};
 
 /// Headers that some backends take as the request path (IIS, Symfony, nginx setups).
@@ -48,13 +50,16 @@ pub enum GatewayError {
     CallbackUrl(url::ParseError),
     #[error(transparent)]
     SessionStore(#[from] crate::session::SharedStoreError),
+    #[error("the identity provider of the new settings cannot be used: {0}")]
+    Provider(String),
 }
 
 pub struct Gateway {
     settings: Settings,
     provider: Arc<Provider>,
     upstream: Upstream,
-    sessions: SessionStore,
+    /// Shared with the gateways that replace this one on reload.
+    sessions: Arc<SessionStore>,
     cookies: CookieCodec,
     metrics: Arc<Metrics>,
     /// The `Strict-Transport-Security` value, when `tls.hsts_max_age` is set.
@@ -67,7 +72,14 @@ pub struct Gateway {
 
 impl Gateway {
     pub fn new(settings: Settings) -> Result<Self, GatewayError> {
-        let metrics = Arc::new(Metrics::new());
+        Self::build(settings, None)
+    }
+
+    /// A gateway for `settings`; with `previous`, one that takes over from it (on
+    /// reload): same sessions and metrics, same provider when its settings did not
+    /// change.
+    fn build(settings: Settings, previous: Option<&Gateway>) -> Result<Self, GatewayError> {
+        let metrics = previous.map_or_else(|| Arc::new(Metrics::new()), |g| g.metrics.clone());
         let upstream_roots = outbound::root_store(settings.upstream.ca_file.as_deref())
             .map_err(GatewayError::UpstreamTls)?;
         let upstream_connector =
@@ -82,16 +94,28 @@ impl Gateway {
             .public_url
             .join(&settings.oidc.callback_path)
             .map_err(GatewayError::CallbackUrl)?;
-        let provider = Provider::new(
-            settings.oidc.clone(),
-            callback,
-            settings.access.groups_claim.clone(),
-            ProviderHttp::new(
-                provider_connector,
-                settings.oidc.http_timeout,
-                metrics.clone(),
-            ),
-        );
+        let same_provider = previous.filter(|g| {
+            g.settings.oidc == settings.oidc
+                && g.settings.server.public_url == settings.server.public_url
+                && g.settings.access.groups_claim == settings.access.groups_claim
+        });
+        let provider = match same_provider {
+            Some(previous) => previous.provider.clone(),
+            None => Arc::new(Provider::new(
+                settings.oidc.clone(),
+                callback,
+                settings.access.groups_claim.clone(),
+                ProviderHttp::new(
+                    provider_connector,
+                    settings.oidc.http_timeout,
+                    metrics.clone(),
+                ),
+            )),
+        };
+        let sessions = match previous {
+            Some(previous) => previous.sessions.clone(),
+            None => Arc::new(SessionStore::new(&settings.session)?),
+        };
         let stripped_header_folds = settings
             .identity_headers
             .iter()
@@ -117,8 +141,8 @@ impl Gateway {
                 settings.server.max_body_size,
                 metrics.clone(),
             ),
-            provider: Arc::new(provider),
-            sessions: SessionStore::new(&settings.session)?,
+            provider,
+            sessions,
             cookies: CookieCodec::new(
                 &settings.session.secrets,
                 settings.server.public_url.scheme() == "https",

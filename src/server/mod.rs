@@ -17,6 +17,7 @@
 //! thread 0 and also runs the background work (provider discovery, Redis).
 
 mod framing;
+mod linger;
 pub mod tls;
 
 use std::convert::Infallible;
@@ -32,17 +33,20 @@ use http::{Request, Response, StatusCode};
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::GracefulShutdown;
 use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
 use tokio_rustls::TlsAcceptor;
 
 use crate::config::Settings;
-use crate::gateway::{Gateway, GatewayError};
+use std::path::PathBuf;
+
+use crate::config::Settings as LoadedSettings;
+use crate::gateway::{Gateway, GatewayError, LiveGateway};
 use crate::observe::Metrics;
 use crate::proxy::{ResponseBody, boxed};
 use framing::StrictFraming;
+use linger::LingeringClose;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServerError {
@@ -61,12 +65,14 @@ pub enum ServerError {
 }
 
 /// The gateway as a tower service for one connection (it knows the peer address).
+/// Each request goes to the gateway current when it arrives (see [`LiveGateway`]).
 #[derive(Clone)]
 pub struct GatewayService {
-    gateway: Arc<Gateway>,
+    live: Arc<LiveGateway>,
     peer: SocketAddr,
     /// Set once a request on this connection was answered with 101 (upgraded).
     upgraded: Arc<AtomicBool>,
+    activity: Arc<Activity>,
 }
 
 impl tower::Service<Request<Incoming>> for GatewayService {
@@ -79,11 +85,14 @@ impl tower::Service<Request<Incoming>> for GatewayService {
     }
 
     fn call(&mut self, request: Request<Incoming>) -> Self::Future {
-        let gateway = self.gateway.clone();
+        let gateway = self.live.current();
         let peer = self.peer;
         let upgraded = self.upgraded.clone();
+        let activity = self.activity.clone();
+        activity.request_started();
         Box::pin(async move {
             let response = gateway.handle(request, peer).await;
+            activity.request_answered();
             if response.status() == StatusCode::SWITCHING_PROTOCOLS {
                 upgraded.store(true, Ordering::Relaxed);
             }
@@ -97,7 +106,7 @@ pub struct RunningGateway {
     pub local_addr: SocketAddr,
     pub redirect_addr: Option<SocketAddr>,
     pub metrics_addr: Option<SocketAddr>,
-    pub gateway: Arc<Gateway>,
+    live: Arc<LiveGateway>,
     /// The listener's certificate (None without TLS).
     pub certificate: Option<Arc<tls::CertificateStore>>,
     stop: watch::Sender<bool>,
@@ -111,22 +120,50 @@ impl RunningGateway {
         let _ = self.finished.await;
     }
 
-    /// Reloads the TLS certificate on every SIGHUP (for the `ssogate` process; the
-    /// certificate files are also watched for changes, without a signal).
-    pub fn reload_on_sighup(&self) {
+    /// The gateway requests go to now (it changes on reload).
+    pub fn gateway(&self) -> Arc<Gateway> {
+        self.live.current()
+    }
+
+    /// Replaces the settings while serving ([`LiveGateway::reload`]); also what
+    /// SIGHUP does, after reading the config again.
+    /// Returns the keys whose change waits for a restart.
+    pub async fn reload(
+        &self,
+        settings: LoadedSettings,
+    ) -> Result<Vec<&'static str>, GatewayError> {
+        reload_settings(&self.live, settings).await
+    }
+
+    /// On every SIGHUP: reads the config (`config`, and the environment) again and
+    /// swaps it in, then reloads the TLS certificate. A config or certificate that does
+    /// not load is refused with a log line, and the running one stays. (The
+    /// certificate files are also watched for changes, without a signal.)
+    pub fn reload_on_sighup(&self, config: Option<PathBuf>) {
         #[cfg(unix)]
-        if let Some(store) = &self.certificate {
-            let store = Arc::downgrade(store);
-            let metrics = self.gateway.metrics().clone();
+        {
+            let live = Arc::downgrade(&self.live);
+            let certificate = self.certificate.as_ref().map(Arc::downgrade);
             tokio::spawn(async move {
                 use tokio::signal::unix::{SignalKind, signal};
                 let Ok(mut hangups) = signal(SignalKind::hangup()) else {
                     return;
                 };
                 while hangups.recv().await.is_some() {
-                    let Some(store) = store.upgrade() else { return };
-                    tracing::info!("SIGHUP received: reloading the TLS certificate");
-                    store.reload_and_log("SIGHUP", &metrics);
+                    let Some(live) = live.upgrade() else { return };
+                    tracing::info!("SIGHUP received: reloading the config and the TLS certificate");
+                    match LoadedSettings::load(config.as_deref()) {
+                        Ok(settings) => {
+                            let _ = reload_settings(&live, settings).await;
+                        }
+                        Err(e) => {
+                            tracing::error!(error = %e, "config reload refused; the running config stays");
+                            live.current().metrics().reload(false);
+                        }
+                    }
+                    if let Some(store) = certificate.as_ref().and_then(|c| c.upgrade()) {
+                        store.reload_and_log("SIGHUP", live.current().metrics());
+                    }
                 }
             });
         }
@@ -202,6 +239,7 @@ pub async fn start_on(
 
     let gateway = Arc::new(Gateway::new(settings)?);
     gateway.start_background().await;
+    let live = Arc::new(LiveGateway::new(gateway.clone()));
     if let Some(certificate) = &certificate {
         certificate.watch(gateway.metrics().clone());
     }
@@ -209,7 +247,7 @@ pub async fn start_on(
     let (stop_sender, stop_receiver) = watch::channel(false);
     // First, so that if a thread cannot start, those already started see the stop
     // sender dropped and end.
-    let finished = spawn_serving_threads(listener, tls, &gateway, stop_receiver.clone())?;
+    let finished = spawn_serving_threads(listener, tls, &live, stop_receiver.clone())?;
     let external_stop = stop_sender.clone();
     let grace = gateway.settings().server.shutdown_grace;
     tokio::spawn(async move {
@@ -222,14 +260,14 @@ pub async fn start_on(
         tokio::spawn(serve_redirects(listener, public_url, stop_receiver.clone()));
     }
     if let Some(listener) = metrics_listener {
-        tokio::spawn(serve_metrics(listener, gateway.clone(), stop_receiver));
+        tokio::spawn(serve_metrics(listener, live.clone(), stop_receiver));
     }
     tracing::info!(%local_addr, public_url = %gateway.settings().server.public_url, threads = gateway.settings().server.threads, "ssogate listening");
     Ok(RunningGateway {
         local_addr,
         redirect_addr,
         metrics_addr,
-        gateway,
+        live,
         certificate,
         stop: stop_sender,
         finished,
@@ -242,20 +280,21 @@ pub async fn start_on(
 fn spawn_serving_threads(
     listener: TcpListener,
     tls: Option<Arc<rustls::ServerConfig>>,
-    gateway: &Arc<Gateway>,
+    live: &Arc<LiveGateway>,
     stop: watch::Receiver<bool>,
 ) -> Result<tokio::task::JoinHandle<()>, ServerError> {
+    let settings = live.current().settings().server.clone();
     let listener = listener.into_std().map_err(ServerError::Thread)?;
     // One budget of connections for all threads.
-    let connections = Arc::new(Semaphore::new(gateway.settings().server.max_connections));
+    let connections = Arc::new(Semaphore::new(settings.max_connections));
     let mut threads = Vec::new();
-    for index in 1..gateway.settings().server.threads {
+    for index in 1..settings.threads {
         let listener = listener.try_clone().map_err(ServerError::Thread)?;
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
             .map_err(ServerError::Thread)?;
-        let (tls, gateway, stop) = (tls.clone(), gateway.clone(), stop.clone());
+        let (tls, live, stop) = (tls.clone(), live.clone(), stop.clone());
         let connections = connections.clone();
         let thread = std::thread::Builder::new()
             .name(format!("ssogate-serve-{index}"))
@@ -263,7 +302,7 @@ fn spawn_serving_threads(
                 crate::proxy::set_serving_thread(index);
                 runtime.block_on(async move {
                     match TcpListener::from_std(listener) {
-                        Ok(listener) => serve(listener, tls, gateway, connections, stop).await,
+                        Ok(listener) => serve(listener, tls, live, connections, stop).await,
                         Err(e) => tracing::error!(thread = index, error = %e, "serving thread cannot use the listener"),
                     }
                 });
@@ -272,9 +311,9 @@ fn spawn_serving_threads(
         threads.push(thread);
     }
     let listener = TcpListener::from_std(listener).map_err(ServerError::Thread)?;
-    let gateway = gateway.clone();
+    let live = live.clone();
     Ok(tokio::spawn(async move {
-        serve(listener, tls, gateway, connections, stop).await;
+        serve(listener, tls, live, connections, stop).await;
         for thread in threads {
             let _ = tokio::task::spawn_blocking(move || thread.join()).await;
         }
@@ -326,15 +365,19 @@ impl Drop for OpenConnection {
 async fn serve(
     listener: TcpListener,
     tls: Option<Arc<rustls::ServerConfig>>,
-    gateway: Arc<Gateway>,
+    live: Arc<LiveGateway>,
     connections: Arc<Semaphore>,
     mut stop: watch::Receiver<bool>,
 ) {
+    // Connection settings take effect at start (a reload keeps them; see LiveGateway).
+    let gateway = live.current();
     let builder = Arc::new(connection_builder(gateway.settings()));
     let acceptor = tls.map(TlsAcceptor::from);
     let handshake_timeout = gateway.settings().server.header_read_timeout;
-    let graceful = GracefulShutdown::new();
+    let idle_timeout = gateway.settings().server.idle_timeout;
+    let mut open_connections = tokio::task::JoinSet::new();
     loop {
+        while open_connections.try_join_next().is_some() {} // forget finished ones
         // At the limit, wait for a connection to end before accepting another: new
         // clients queue in the kernel's backlog instead of being dropped.
         let permit = tokio::select! {
@@ -357,16 +400,18 @@ async fn serve(
         };
         let _ = stream.set_nodelay(true);
         let upgraded = Arc::new(AtomicBool::new(false));
+        let activity = Arc::new(Activity::new());
         let service = TowerToHyperService::new(GatewayService {
-            gateway: gateway.clone(),
+            live: live.clone(),
             peer,
             upgraded: upgraded.clone(),
+            activity: activity.clone(),
         });
         let builder = builder.clone();
         let acceptor = acceptor.clone();
-        let watcher = graceful.watcher();
+        let stop = stop.clone();
         let open = OpenConnection::new(permit, gateway.metrics());
-        tokio::spawn(async move {
+        open_connections.spawn(async move {
             let _open = open;
             let result = match acceptor {
                 Some(acceptor) => {
@@ -377,9 +422,11 @@ async fn serve(
                             if h2 {
                                 stream = stream.unchecked();
                             }
-                            let connection = builder
-                                .serve_connection_with_upgrades(TokioIo::new(stream), service);
-                            watcher.watch(connection.into_owned()).await
+                            let connection = builder.serve_connection_with_upgrades(
+                                TokioIo::new(LingeringClose::new(stream)),
+                                service,
+                            );
+                            drive(connection, &activity, idle_timeout, stop).await
                         }
                         Ok(Err(e)) => {
                             tracing::debug!(%peer, error = %e, "TLS handshake failed");
@@ -393,9 +440,11 @@ async fn serve(
                 }
                 None => {
                     let stream = StrictFraming::new(stream, upgraded);
-                    let connection =
-                        builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
-                    watcher.watch(connection.into_owned()).await
+                    let connection = builder.serve_connection_with_upgrades(
+                        TokioIo::new(LingeringClose::new(stream)),
+                        service,
+                    );
+                    drive(connection, &activity, idle_timeout, stop).await
                 }
             };
             if let Err(e) = result {
@@ -406,11 +455,104 @@ async fn serve(
     drop(listener);
     let grace = gateway.settings().server.shutdown_grace;
     tracing::debug!(?grace, "shutting down: waiting for in-flight requests");
-    if tokio::time::timeout(grace, graceful.shutdown())
-        .await
-        .is_err()
-    {
+    let drained = async { while open_connections.join_next().await.is_some() {} };
+    if tokio::time::timeout(grace, drained).await.is_err() {
         tracing::warn!("grace period over; closing remaining connections");
+        open_connections.shutdown().await;
+    }
+}
+
+/// Serves one connection until it ends. It is asked to close gracefully (hyper
+/// finishes the requests in flight; HTTP/2 sends GOAWAY) when the gateway stops, or
+/// when no request has started on it for `idle_timeout`.
+async fn drive<C, E>(
+    connection: C,
+    activity: &Activity,
+    idle_timeout: Duration,
+    mut stop: watch::Receiver<bool>,
+) -> Result<(), E>
+where
+    C: Future<Output = Result<(), E>> + GracefulClose,
+{
+    let mut connection = std::pin::pin!(connection);
+    let mut closing = false;
+    loop {
+        tokio::select! {
+            result = connection.as_mut() => return result,
+            _ = stopped(&mut stop), if !closing => {}
+            _ = activity.idle_for(idle_timeout), if !closing => {}
+        }
+        connection.as_mut().close_gracefully();
+        closing = true;
+    }
+}
+
+/// A connection that can be asked to finish what it is doing and close.
+trait GracefulClose {
+    fn close_gracefully(self: Pin<&mut Self>);
+}
+
+impl<I, S, E> GracefulClose for auto::UpgradeableConnection<'_, I, S, E>
+where
+    S: hyper::service::HttpService<Incoming>,
+    S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    S::ResBody: hyper::body::Body + Send + 'static,
+    <S::ResBody as hyper::body::Body>::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+    E: hyper::rt::bounds::Http2ServerConnExec<S::Future, S::ResBody>,
+{
+    fn close_gracefully(self: Pin<&mut Self>) {
+        self.graceful_shutdown();
+    }
+}
+
+/// When a connection last started a request, and how many it has in flight.
+struct Activity {
+    since: std::time::Instant,
+    /// Milliseconds after `since` when the last request started.
+    last_request: std::sync::atomic::AtomicU64,
+    in_flight: std::sync::atomic::AtomicUsize,
+}
+
+impl Activity {
+    fn new() -> Self {
+        Self {
+            since: std::time::Instant::now(),
+            last_request: std::sync::atomic::AtomicU64::new(0),
+            in_flight: std::sync::atomic::AtomicUsize::new(0),
+        }
+    }
+
+    fn now_ms(&self) -> u64 {
+        self.since.elapsed().as_millis() as u64
+    }
+
+    fn request_started(&self) {
+        self.in_flight.fetch_add(1, Ordering::Relaxed);
+        self.last_request.store(self.now_ms(), Ordering::Relaxed);
+    }
+
+    /// The request's response headers are out (its body may still be streaming:
+    /// a graceful close lets it finish).
+    fn request_answered(&self) {
+        self.in_flight.fetch_sub(1, Ordering::Relaxed);
+        self.last_request.store(self.now_ms(), Ordering::Relaxed);
+    }
+
+    /// Resolves once no request has been in flight or started for `timeout`.
+    async fn idle_for(&self, timeout: Duration) {
+        let timeout_ms = timeout.as_millis() as u64;
+        loop {
+            let quiet = self.now_ms() - self.last_request.load(Ordering::Relaxed);
+            if self.in_flight.load(Ordering::Relaxed) == 0 && quiet >= timeout_ms {
+                return;
+            }
+            let wait = timeout_ms
+                .saturating_sub(quiet)
+                .max(timeout_ms / 10)
+                .max(10);
+            tokio::time::sleep(Duration::from_millis(wait)).await;
+        }
     }
 }
 
@@ -449,7 +591,7 @@ async fn serve_redirects(
 /// The metrics listener (`server.metrics_listen`): `/metrics`, and 404 for anything else.
 async fn serve_metrics(
     listener: TcpListener,
-    gateway: Arc<Gateway>,
+    live: Arc<LiveGateway>,
     mut stop: watch::Receiver<bool>,
 ) {
     let builder = auto::Builder::new(TokioExecutor::new());
@@ -458,11 +600,11 @@ async fn serve_metrics(
             accepted = listener.accept() => match accepted { Ok((s, _)) => s, Err(_) => continue },
             _ = stopped(&mut stop) => return,
         };
-        let gateway = gateway.clone();
+        let live = live.clone();
         let builder = builder.clone();
         tokio::spawn(async move {
             let service = hyper::service::service_fn(move |request: Request<Incoming>| {
-                let gateway = gateway.clone();
+                let gateway = live.current();
                 async move {
                     Ok::<_, Infallible>(if request.uri().path() == "/metrics" {
                         gateway.metrics_page().await
@@ -477,6 +619,33 @@ async fn serve_metrics(
                 .await;
         });
     }
+}
+
+/// Swaps in `settings`, with a log line and the reload metric either way.
+async fn reload_settings(
+    live: &LiveGateway,
+    settings: LoadedSettings,
+) -> Result<Vec<&'static str>, GatewayError> {
+    let metrics = live.current().metrics().clone();
+    let outcome = live.reload(settings).await;
+    match &outcome {
+        Ok(restart_keys) => {
+            metrics.reload(true);
+            if restart_keys.is_empty() {
+                tracing::info!("config reloaded");
+            } else {
+                tracing::warn!(
+                    keys = ?restart_keys,
+                    "config reloaded; changes to these keys take effect at the next restart"
+                );
+            }
+        }
+        Err(e) => {
+            metrics.reload(false);
+            tracing::error!(error = %e, "config reload refused; the running config stays");
+        }
+    }
+    outcome
 }
 
 /// Resolves once the stop flag is set (or its sender is gone).

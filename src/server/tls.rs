@@ -50,6 +50,9 @@ pub fn server_config(tls: &TlsSettings) -> Result<Option<ServerTls>, TlsError> {
         .with_no_client_auth()
         .with_cert_resolver(store.clone());
     config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    // The server's order of suites, not the client's (testssl.sh asks for it; every
+    // suite offered is strong either way).
+    config.ignore_client_order = true;
     Ok(Some((Arc::new(config), store)))
 }
 
@@ -221,6 +224,17 @@ pub fn local_certificate(names: &[&str]) -> Result<LocalCertificate, TlsError> {
     params
         .distinguished_name
         .push(DnType::CommonName, "ssogate");
+    // Valid from yesterday for 90 days, like a certificate from a public CA.
+    let day = |offset: i64| {
+        let date = (chrono::Utc::now() + chrono::Duration::days(offset)).date_naive();
+        rcgen::date_time_ymd(
+            chrono::Datelike::year(&date),
+            chrono::Datelike::month(&date) as u8,
+            chrono::Datelike::day(&date) as u8,
+        )
+    };
+    params.not_before = day(-1);
+    params.not_after = day(90);
     let key = KeyPair::generate()?;
     let cert = params.signed_by(&key, &issuer)?;
     Ok(LocalCertificate {

@@ -83,14 +83,16 @@ impl CookieCodec {
 }
 
 /// The `name=value` pairs of every `Cookie` header, skipping pieces that do not parse.
+/// Pieces are split on the header's bytes, so another cookie's UTF-8 or obs-text value
+/// (`lang=français`) costs only that piece, never the rest of its header (found by the
+/// `cookie_decoder` fuzz target: it used to hide the session cookie beside it).
 pub fn request_cookies(headers: &HeaderMap) -> impl Iterator<Item = (&str, &str)> {
     headers
         .get_all(COOKIE)
         .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(';'))
+        .flat_map(|v| v.as_bytes().split(|b| *b == b';'))
         .filter_map(|pair| {
-            let (name, value) = pair.split_once('=')?;
+            let (name, value) = std::str::from_utf8(pair).ok()?.split_once('=')?;
             Some((name.trim(), value.trim()))
         })
 }
@@ -136,6 +138,22 @@ mod tests {
         assert_eq!(
             c.open(&headers(&format!("_b={}", sealed.value())), "_b"),
             None
+        );
+    }
+
+    #[test]
+    fn a_utf8_cookie_beside_the_session_does_not_hide_it() {
+        let codec = codec(&["k"]);
+        let sealed = codec.seal("_ssogate", "session-id", "/", None);
+        let value = format!(
+            "lang=fran\u{e7}ais; \u{ff}; _ssogate={}; theme=dark",
+            sealed.value()
+        );
+        let mut headers = HeaderMap::new();
+        headers.insert(COOKIE, HeaderValue::from_bytes(value.as_bytes()).unwrap());
+        assert_eq!(
+            codec.open(&headers, "_ssogate").as_deref(),
+            Some("session-id")
         );
     }
 

@@ -34,7 +34,8 @@ pub struct GatewayProcess {
 impl GatewayProcess {
     /// Starts the binary with `args` after `run --config <file>`, and waits until it
     /// listens. `extra` is appended to the `[server]` section. With `tls`, it serves
-    /// HTTPS with `cert.pem` and `key.pem` in [`GatewayProcess::dir`].
+    /// HTTPS (and HSTS) with `cert.pem` and `key.pem` in [`GatewayProcess::dir`],
+    /// issued by the CA in `ca.pem` there.
     pub async fn start(args: &[&str], server_extra: &str, tls: bool) -> GatewayProcess {
         let addr = unused_address();
         let base = format!("{}://{addr}", if tls { "https" } else { "http" });
@@ -43,8 +44,9 @@ impl GatewayProcess {
             let certificate = ssogate::server::tls::local_certificate(&["127.0.0.1"]).unwrap();
             std::fs::write(dir.path().join("cert.pem"), &certificate.cert_pem).unwrap();
             std::fs::write(dir.path().join("key.pem"), &certificate.key_pem).unwrap();
+            std::fs::write(dir.path().join("ca.pem"), &certificate.ca_pem).unwrap();
             let section = format!(
-                "cert_file = \"{0}/cert.pem\"\nkey_file = \"{0}/key.pem\"",
+                "cert_file = \"{0}/cert.pem\"\nkey_file = \"{0}/key.pem\"\nhsts_max_age = \"365d\"",
                 dir.path().display()
             );
             (section, certificate.ca_pem)

@@ -1,6 +1,7 @@
-//! Renewing the certificate without a restart: SIGHUP under continuous load fails no
-//! request, a renewed file is picked up by itself, and a broken one is refused while
-//! the old certificate keeps serving.
+//! Changing the config and renewing the certificate without a restart: SIGHUP under
+//! continuous load fails no request and signs nobody out, a renewed certificate file
+//! is picked up by itself, and a broken config or certificate is refused while the
+//! running one keeps serving.
 
 mod support;
 
@@ -56,7 +57,7 @@ fn install(dir: &std::path::Path, certificate: &LocalCertificate) {
 }
 
 #[tokio::test]
-async fn sighup_under_load_swaps_the_certificate_and_fails_no_request() {
+async fn sighup_under_load_swaps_config_and_certificate_and_fails_no_request() {
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
     let gateway = GatewayProcess::start(&[], "", true).await;
     let renewed = local_certificate(&["127.0.0.1"]).unwrap();
@@ -94,27 +95,76 @@ async fn sighup_under_load_swaps_the_certificate_and_fails_no_request() {
         leaf_of_pem(&gateway.dir)
     );
 
-    install(gateway.dir.path(), &renewed);
-    gateway.signal("HUP");
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    assert_eq!(served_leaf(gateway.addr, &both).await, leaf_of(&renewed));
+    assert!(
+        gateway.upstream.last().headers.contains_key("x-request-id"),
+        "requests reach the upstream"
+    );
 
-    // A broken renewal: refused, the renewed certificate stays.
-    std::fs::write(gateway.dir.path().join("cert.pem"), "not a certificate").unwrap();
+    // A renewed certificate and a changed config, one SIGHUP.
+    install(gateway.dir.path(), &renewed);
+    let config = std::fs::read_to_string(&gateway.config).unwrap();
+    let changed = format!("{config}\n[identity_headers]\nuser = \"X-Remote-User\"\n");
+    std::fs::write(&gateway.config, &changed).unwrap();
     gateway.signal("HUP");
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert_eq!(served_leaf(gateway.addr, &both).await, leaf_of(&renewed));
+    let mut alice = Browser::new(
+        &format!("{}{}", gateway.ca_pem, renewed.ca_pem),
+        &gateway.base,
+    );
+    let landed = alice.login("/", "alice", support::PASSWORD).await;
+    assert_eq!(landed.status, StatusCode::OK, "{landed:?}");
+    // (The load's requests reach the upstream meanwhile: pick alice's.)
+    let seen = last_to(&gateway.upstream, "/");
+    assert_eq!(
+        seen.headers["x-remote-user"], "sub-alice",
+        "the new header name applies"
+    );
+    assert!(!seen.headers.contains_key("x-forwarded-user"));
+
+    // A broken renewal and a broken config: both refused, both running ones stay,
+    // and alice stays signed in.
+    std::fs::write(gateway.dir.path().join("cert.pem"), "not a certificate").unwrap();
+    std::fs::write(
+        &gateway.config,
+        changed.replace("[upstream]", "[upstream]\nread_timeout = \"forever\""),
+    )
+    .unwrap();
+    gateway.signal("HUP");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(served_leaf(gateway.addr, &both).await, leaf_of(&renewed));
+    let page = alice.navigate("/organizations/").await;
+    assert_eq!(page.status, StatusCode::OK, "still signed in: {page:?}");
+    assert_eq!(
+        last_to(&gateway.upstream, "/organizations/").headers["x-remote-user"],
+        "sub-alice"
+    );
 
     stop.store(true, Ordering::Relaxed);
     load.await.unwrap();
     let output = gateway.output();
     assert!(output.contains("TLS certificate reloaded"), "{output}");
+    assert!(output.contains("config reloaded"), "{output}");
+    assert!(
+        output.contains("config reload refused") && output.contains("upstream.read_timeout"),
+        "{output}"
+    );
     assert!(
         output.contains("TLS certificate reload refused") && output.contains("cert.pem"),
         "{output}"
     );
     assert!(ok.load(Ordering::Relaxed) > 20, "the load ran");
     assert_eq!(failed.load(Ordering::Relaxed), 0, "no request failed");
+}
+
+/// The last request the upstream saw for exactly `path_and_query`.
+fn last_to(upstream: &support::TestUpstream, path_and_query: &str) -> support::upstream::Seen {
+    upstream
+        .requests()
+        .into_iter()
+        .rev()
+        .find(|seen| seen.path_and_query == path_and_query)
+        .unwrap_or_else(|| panic!("no request for {path_and_query}"))
 }
 
 fn leaf_of_pem(dir: &tempfile::TempDir) -> Vec<u8> {
@@ -156,4 +206,42 @@ async fn renewed_files_are_picked_up_without_a_signal() {
     );
     let output = gateway.output();
     assert!(output.contains("the certificate files changed"), "{output}");
+}
+
+#[tokio::test]
+async fn a_reload_keeps_sessions_and_refuses_a_provider_that_cannot_be_reached() {
+    let world = support::World::start().await;
+    let mut alice = world.signed_in("alice").await;
+    let running = world.gateway.gateway().settings().clone();
+
+    let mut next = running.clone();
+    next.identity_headers.user = Some(http::HeaderName::from_static("x-remote-user"));
+    next.server.threads += 1;
+    let restart_keys = world.gateway.reload(next.clone()).await.unwrap();
+    assert_eq!(restart_keys, ["server.threads"]);
+    assert_eq!(
+        world.gateway.gateway().settings().server.threads,
+        running.server.threads
+    );
+    assert_eq!(alice.navigate("/issues/").await.status, StatusCode::OK);
+    assert_eq!(world.upstream.last().headers["x-remote-user"], "sub-alice");
+
+    let mut unreachable = next.clone();
+    unreachable.oidc.issuer = format!("http://{}/api/oidc", support::unused_address());
+    let refused = world.gateway.reload(unreachable).await.unwrap_err();
+    assert!(
+        refused.to_string().contains("identity provider"),
+        "{refused}"
+    );
+    assert_eq!(alice.navigate("/issues/").await.status, StatusCode::OK);
+    assert_eq!(world.upstream.last().headers["x-remote-user"], "sub-alice");
+    let metrics = world.gateway.gateway().metrics().render(0);
+    assert!(
+        metrics.contains("ssogate_reloads_total{outcome=\"applied\"} 1"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("ssogate_reloads_total{outcome=\"refused\"} 1"),
+        "{metrics}"
+    );
 }
