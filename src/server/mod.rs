@@ -41,7 +41,6 @@ use tokio_rustls::TlsAcceptor;
 use crate::config::Settings;
 use std::path::PathBuf;
 
-use crate::config::Settings as LoadedSettings;
 use crate::gateway::{Gateway, GatewayError, LiveGateway};
 use crate::observe::Metrics;
 use crate::proxy::{ResponseBody, boxed};
@@ -128,10 +127,7 @@ impl RunningGateway {
     /// Replaces the settings while serving ([`LiveGateway::reload`]); also what
     /// SIGHUP does, after reading the config again.
     /// Returns the keys whose change waits for a restart.
-    pub async fn reload(
-        &self,
-        settings: LoadedSettings,
-    ) -> Result<Vec<&'static str>, GatewayError> {
+    pub async fn reload(&self, settings: Settings) -> Result<Vec<&'static str>, GatewayError> {
         reload_settings(&self.live, settings).await
     }
 
@@ -152,7 +148,7 @@ impl RunningGateway {
                 while hangups.recv().await.is_some() {
                     let Some(live) = live.upgrade() else { return };
                     tracing::info!("SIGHUP received: reloading the config and the TLS certificate");
-                    match LoadedSettings::load(config.as_deref()) {
+                    match Settings::load(config.as_deref()) {
                         Ok(settings) => {
                             let _ = reload_settings(&live, settings).await;
                         }
@@ -624,7 +620,7 @@ async fn serve_metrics(
 /// Swaps in `settings`, with a log line and the reload metric either way.
 async fn reload_settings(
     live: &LiveGateway,
-    settings: LoadedSettings,
+    settings: Settings,
 ) -> Result<Vec<&'static str>, GatewayError> {
     let metrics = live.current().metrics().clone();
     let outcome = live.reload(settings).await;
