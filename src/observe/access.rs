@@ -105,7 +105,7 @@ impl AccessRecord {
             path = %self.path,
             route = self.class.as_str(),
             status = self.status,
-            duration_ms = took.as_secs_f64() * 1e3,
+            duration_us = took.as_micros() as u64,
             bytes,
             user,
             request_id = self.request_id.to_str().unwrap_or("-"),
