@@ -294,10 +294,25 @@ impl Settings {
             text.parse()
                 .map_err(|e: toml::de::Error| ConfigError::Syntax {
                     path: origin.to_owned(),
-                    message: e.to_string(),
+                    message: syntax_problem(text, &e),
                 })?;
         overlay_environment(&mut table, env)?;
         validate(table)
+    }
+}
+
+/// The TOML error's message and position, without the line of the file it quotes
+/// (which may hold a secret, and would then reach the terminal or, on reload, the log).
+fn syntax_problem(text: &str, error: &toml::de::Error) -> String {
+    let message = error.message().trim_end();
+    match error.span() {
+        Some(span) => {
+            let before = &text[..span.start.min(text.len())];
+            let line = before.matches('\n').count() + 1;
+            let column = before.len() - before.rfind('\n').map_or(0, |i| i + 1) + 1;
+            format!("{message} (line {line}, column {column})")
+        }
+        None => message.to_owned(),
     }
 }
 

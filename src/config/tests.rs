@@ -448,3 +448,15 @@ fn serving_threads_default_to_the_cores_and_must_be_positive() {
     assert_eq!(key, "server.threads");
     assert!(problem.contains("at least 1"), "{problem}");
 }
+
+#[test]
+fn a_syntax_error_names_the_place_but_never_quotes_the_line() {
+    let text =
+        "[oidc]\nissuer = \"https://id.example.com\"\nclient_secret = \"s3cret-value-1234\" x\n";
+    let error = Settings::from_toml(text, "ssogate.toml", std::iter::empty())
+        .unwrap_err()
+        .to_string();
+    assert!(error.contains("ssogate.toml"), "{error}");
+    assert!(error.contains("line 3"), "{error}");
+    assert!(!error.contains("s3cret-value-1234"), "{error}");
+}
