@@ -18,8 +18,8 @@ use criterion::{BatchSize, Criterion, criterion_group, criterion_main};
 use http::{HeaderMap, HeaderValue, Method};
 use ssogate::config::{SessionSettings, Settings, StoreSettings};
 use ssogate::devidp::{DevClient, DevProvider, DevProviderConfig};
-use ssogate::gateway::Gateway;
-use ssogate::policy::{first_match, normalize_path, sentry_preset};
+use ssogate::gateway::{Caller, Gateway};
+use ssogate::policy::{Route, decide, normalize_path, sentry_preset};
 use ssogate::session::{CookieCodec, SessionStore, new_session_id, random_token};
 
 #[path = "support/sample.rs"]
@@ -106,7 +106,10 @@ fn route_classification(c: &mut Criterion) {
         c.bench_function(&format!("normalise + classify: {name}"), |b| {
             b.iter(|| {
                 let path = normalize_path(black_box(raw)).unwrap();
-                first_match(&rules, &method, &path, headers).map(|rule| rule.action)
+                matches!(
+                    decide(&rules, &method, &path, headers),
+                    Route::Public { .. }
+                )
             })
         });
     }
@@ -172,7 +175,7 @@ fn forwarded_headers(c: &mut Criterion) {
                     &mut headers,
                     peer,
                     Some("sentry.example.com"),
-                    Some(&session),
+                    Caller::SignedIn(&session),
                 );
                 headers
             },

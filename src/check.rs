@@ -133,6 +133,12 @@ fn print_rules(settings: &Settings) {
         println!("       {}", crate::policy::describe(rule));
     }
     println!("       authenticated *        (everything else)");
+    if !access.upstream_session_cookies.is_empty() {
+        println!(
+            "     removed from requests let through by a credential: cookies {}",
+            access.upstream_session_cookies.join(", ")
+        );
+    }
 }
 
 async fn reach_upstream(settings: &Settings) -> Result<String, String> {

@@ -144,7 +144,9 @@ async fn check_passes_against_a_live_provider_upstream_and_redis() {
     assert!(stdout.contains("OK   session store: Redis "), "{stdout}");
     assert!(stdout.contains("preset: sentry"), "{stdout}");
     assert!(
-        stdout.contains(r"^/api/0/  (only with authorization)  [sentry: token API]"),
+        stdout.contains(
+            r"^/api/0/  (only with a Sentry credential: Bearer, Basic API key or DSN)  [sentry: token API]"
+        ),
         "{stdout}"
     );
     assert!(

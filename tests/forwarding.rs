@@ -122,7 +122,7 @@ async fn the_gateway_cookie_is_not_forwarded_but_others_are() {
         cookie.contains("sentrysid=abc") && cookie.contains("sc=csrf"),
         "{cookie}"
     );
-    assert!(!cookie.contains("_ssogate"), "{cookie}");
+    assert!(!cookie.contains("ssogate"), "{cookie}");
 }
 
 #[tokio::test]

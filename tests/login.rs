@@ -8,7 +8,7 @@ use std::sync::Arc;
 use http::StatusCode;
 use serde_json::{Value, json};
 use ssogate::devidp::SigningAlg;
-use support::{PASSWORD, World, WorldOptions};
+use support::{PASSWORD, SESSION_COOKIE, World, WorldOptions};
 
 async fn deep_link_login_lands_on_the_page_with_its_query(alg: SigningAlg) {
     let world = World::start_with(WorldOptions {
@@ -114,7 +114,8 @@ async fn assert_refused(page: &support::TestResponse, world: &World, reason: &st
         !page
             .set_cookies()
             .iter()
-            .any(|c| c.starts_with("_ssogate=") && !c.starts_with("_ssogate=;")),
+            .any(|c| c.starts_with(&format!("{SESSION_COOKIE}="))
+                && !c.starts_with(&format!("{SESSION_COOKIE}=;"))),
         "no session cookie on a refused login"
     );
     assert!(
@@ -203,7 +204,7 @@ async fn state_that_does_not_belong_to_this_browser_is_refused() {
         "{}",
         page.body
     );
-    assert!(!victim.cookies.contains_key("_ssogate"));
+    assert!(!victim.cookies.contains_key(SESSION_COOKIE));
 }
 
 #[tokio::test]
@@ -225,7 +226,7 @@ async fn state_mismatch_is_refused() {
     url.query_pairs_mut().clear().extend_pairs(pairs);
     let page = browser.navigate(url.as_str()).await;
     assert_eq!(page.status, StatusCode::BAD_REQUEST, "{page:?}");
-    assert!(!browser.cookies.contains_key("_ssogate"));
+    assert!(!browser.cookies.contains_key(SESSION_COOKIE));
 }
 
 #[tokio::test]

@@ -9,9 +9,9 @@ mod support;
 use std::time::{Duration, Instant};
 
 use http::{Method, StatusCode};
-use support::PASSWORD;
 use support::browser::{Browser, empty};
 use support::replicas::{Cluster, ClusterOptions, SECRET_NEW, SECRET_OLD};
+use support::{PASSWORD, SESSION_COOKIE};
 
 /// A local cache that, on its own, would keep a session for an hour: whatever ends a
 /// session on every replica sooner is the pub/sub invalidation.
@@ -75,17 +75,44 @@ async fn a_login_on_one_replica_works_on_the_other() {
 
     let mut stranger = cluster.browser(1);
     stranger.cookies = browser.cookies.clone();
-    let cookie = stranger.cookies.get("_ssogate").unwrap().clone();
+    let cookie = stranger.cookies.get(SESSION_COOKIE).unwrap().clone();
     let mut forged = cookie.into_bytes();
     let last = forged.len() - 2;
     forged[last] ^= 1;
     stranger
         .cookies
-        .insert("_ssogate".into(), String::from_utf8(forged).unwrap());
+        .insert(SESSION_COOKIE.into(), String::from_utf8(forged).unwrap());
     assert_eq!(
         api_status(&mut stranger, "/api/0/").await,
         StatusCode::UNAUTHORIZED,
         "a tampered cookie is no session on any replica"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn login_starts_put_nothing_in_redis_and_finish_on_any_replica() {
+    let cluster = Cluster::start(ClusterOptions::default()).await;
+    let before = cluster.redis.key_count();
+    let rd = format!("/{}", "r".repeat(1990));
+    for index in [0, 1] {
+        let mut stranger = cluster.browser(index);
+        for _ in 0..300 {
+            let start = stranger.navigate(&format!("/oauth2/start?rd={rd}")).await;
+            assert_eq!(start.status, StatusCode::FOUND, "{start:?}");
+            stranger.cookies.clear();
+        }
+    }
+    assert_eq!(
+        cluster.redis.key_count(),
+        before,
+        "600 login starts with long return targets left nothing in Redis"
+    );
+    // A login started on one replica still finishes on the other, once.
+    let browser = signed_in(&cluster, 1, "alice").await;
+    assert!(browser.cookies.contains_key(SESSION_COOKIE));
+    assert!(
+        cluster.redis.key_count() > before,
+        "the session (and its used state)"
     );
 }
 

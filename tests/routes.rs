@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use http::{Method, StatusCode};
 use support::browser::{empty, full};
-use support::{World, WorldOptions, user};
+use support::{SESSION_COOKIE, World, WorldOptions, user};
 
 fn sentry_world_options(extra: &str) -> WorldOptions {
     WorldOptions {
@@ -29,7 +29,7 @@ fn needs_a_session(response: &support::TestResponse) -> bool {
 async fn sdk_envelope_passes_without_a_session_and_untouched() {
     let world = sentry_world().await;
     let mut sdk = world.browser();
-    sdk.cookies.insert("_ssogate".into(), "stale".into());
+    sdk.cookies.insert(SESSION_COOKIE.into(), "stale".into());
     let request = sdk
         .request(
             Method::POST,

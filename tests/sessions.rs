@@ -5,7 +5,7 @@ mod support;
 use std::time::Duration;
 
 use http::StatusCode;
-use support::{PASSWORD, World, WorldOptions};
+use support::{PASSWORD, SESSION_COOKIE, World, WorldOptions};
 
 #[tokio::test]
 async fn idle_sessions_expire() {
@@ -52,7 +52,7 @@ async fn session_cookie_has_safe_attributes() {
     let cookie = back
         .set_cookies()
         .into_iter()
-        .find(|c| c.starts_with("_ssogate="))
+        .find(|c| c.starts_with(&format!("{SESSION_COOKIE}=")))
         .expect("session cookie");
     for attribute in ["HttpOnly", "Secure", "SameSite=Lax", "Path=/"] {
         assert!(
@@ -64,7 +64,7 @@ async fn session_cookie_has_safe_attributes() {
         .split(';')
         .next()
         .unwrap()
-        .trim_start_matches("_ssogate=");
+        .trim_start_matches(&format!("{SESSION_COOKIE}="));
     assert!(value.len() > 43, "the id is sealed, not bare: {value}");
 }
 
@@ -89,7 +89,10 @@ async fn sign_out_ends_the_session_and_goes_to_the_provider() {
         get("post_logout_redirect_uri"),
         Some(format!("{}/oauth2/sign_in", world.base))
     );
-    assert!(!browser.cookies.contains_key("_ssogate"), "cookie cleared");
+    assert!(
+        !browser.cookies.contains_key(SESSION_COOKIE),
+        "cookie cleared"
+    );
 
     // The provider sends the browser back to the sign-in page.
     let back = browser.follow(end_session.as_str()).await;
@@ -106,13 +109,13 @@ async fn sign_out_ends_the_session_and_goes_to_the_provider() {
 async fn login_issues_a_fresh_session_id_and_ends_the_old_one() {
     let world = World::start().await;
     let mut browser = world.signed_in("alice").await;
-    let first = browser.cookies["_ssogate"].clone();
+    let first = browser.cookies[SESSION_COOKIE].clone();
     let landed = browser.login("/", "alice", PASSWORD).await;
     assert_eq!(landed.status, StatusCode::OK);
-    let second = browser.cookies["_ssogate"].clone();
+    let second = browser.cookies[SESSION_COOKIE].clone();
     assert_ne!(first, second);
     let mut old = world.browser();
-    old.cookies.insert("_ssogate".into(), first);
+    old.cookies.insert(SESSION_COOKIE.into(), first);
     assert!(
         old.navigate("/").await.is_sign_in_redirect(),
         "the pre-login session id is dead"
@@ -138,7 +141,7 @@ async fn garbage_session_cookies_are_treated_as_signed_out() {
     let huge = "A".repeat(3000);
     for value in ["", "%%%", "not-base64!", huge.as_str()] {
         let mut browser = world.browser();
-        browser.cookies.insert("_ssogate".into(), value.into());
+        browser.cookies.insert(SESSION_COOKIE.into(), value.into());
         assert!(
             browser.navigate("/").await.is_sign_in_redirect(),
             "{value:.20}"

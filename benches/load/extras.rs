@@ -1,6 +1,6 @@
 //! The measurements that are not requests per second: complete logins per second, a
-//! large upload streamed through the gateway (with the gateway's peak memory
-//! meanwhile), and the gateway's memory.
+//! flood of login starts and a large upload streamed through the gateway (each with
+//! the gateway's peak memory meanwhile), and the gateway's memory.
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
@@ -48,6 +48,44 @@ pub async fn logins(base: &str, gateway: &Server, concurrency: usize, length: Du
         concurrency,
         gateway_cpu_per_login: (gateway.cpu_time() - cpu_before) / total.max(1),
     }
+}
+
+/// `count` login starts, as a stranger can make them (no session, no callback ever),
+/// each with a return target of `rd_len` bytes, `concurrency` at a time. Returns the
+/// time taken and the longest `Set-Cookie` the gateway answered with.
+pub async fn login_starts(
+    base: &str,
+    count: usize,
+    rd_len: usize,
+    concurrency: usize,
+) -> (Duration, usize) {
+    let target = format!("/oauth2/start?rd=/{}", "r".repeat(rd_len - 1));
+    let started = Instant::now();
+    let workers: Vec<_> = (0..concurrency)
+        .map(|worker| {
+            let (base, target) = (base.to_owned(), target.clone());
+            tokio::spawn(async move {
+                let mut browser = Browser::new("", &base);
+                let mut longest = 0;
+                for _ in (worker..count).step_by(concurrency) {
+                    let start = browser.navigate(&target).await;
+                    assert_eq!(start.status, 302, "a login start failed: {start:?}");
+                    longest = start
+                        .set_cookies()
+                        .iter()
+                        .map(String::len)
+                        .fold(longest, usize::max);
+                    browser.cookies.clear();
+                }
+                longest
+            })
+        })
+        .collect();
+    let mut longest = 0;
+    for worker in workers {
+        longest = longest.max(worker.await.expect("a start worker panicked"));
+    }
+    (started.elapsed(), longest)
 }
 
 /// Streams `size` bytes as one `POST` to `127.0.0.1:port` `path` (with `cookie`, if

@@ -14,14 +14,15 @@
 //! The generators (wrk, h2load) run on the last core, the servers on the others. After
 //! a warm-up the targets run interleaved (A B C .. A B C ..), so the machine's noise
 //! shows across rounds; the report takes each target's median round. Then: latency at
-//! half load, complete logins per second, a 1 GiB upload with the gateway's peak
-//! memory, and the memory of 0, 100k and 1M sessions. It writes
+//! half load, complete logins per second, 100,000 login starts with the gateway's peak
+//! memory, a 1 GiB upload with the gateway's peak memory, and the memory of 0, 100k
+//! and 1M sessions. It writes
 //! `target/bench-report/report.md` and `chart.svg`.
 //!
 //! `cargo bench --bench load -- --hold` starts everything, prints each target's
 //! command line and the gateways' process ids, and waits (for `perf record -p`).
 //! `cargo bench --bench load -- <words>` runs only the targets (and the sections
-//! `logins`, `upload`, `memory`) whose name contains one of the words; the nginx
+//! `logins`, `starts`, `upload`, `memory`) whose name contains one of the words; the nginx
 //! baselines always run.
 
 #[path = "../../tests/support/browser.rs"]
@@ -51,6 +52,10 @@ const WARM_UP: Duration = Duration::from_secs(2);
 const ROUNDS: usize = 3;
 const UPLOAD_BYTES: u64 = 1 << 30;
 const LOGIN_BROWSERS: usize = 8;
+/// Login starts in the flood, and their return target's length (about the longest
+/// accepted, `policy::MAX_RETURN_TARGET`, with the origin).
+const LOGIN_STARTS: usize = 100_000;
+const START_RD_LEN: usize = 2000;
 /// A Sentry API path that takes uploads (debug files); signed in, it needs a session.
 const UPLOAD_PATH: &str = "/api/0/projects/acme/web/files/dsyms/";
 
@@ -362,6 +367,31 @@ fn main() {
         logins
     });
 
+    let starts = wants("starts").then(|| {
+        let (before, peak, (took, longest_cookie)) = extras::peak_resident_during(&gateway, || {
+            runtime.block_on(extras::login_starts(
+                &gateway_base,
+                LOGIN_STARTS,
+                START_RD_LEN,
+                LOGIN_BROWSERS * 8,
+            ))
+        });
+        let after = memory::status_bytes(&gateway.pid().to_string(), "VmRSS");
+        println!(
+            "  starts     {LOGIN_STARTS} in {:.1} s, gateway peak {} MiB over {} MiB",
+            took.as_secs_f64(),
+            peak >> 20,
+            before >> 20
+        );
+        report::Starts {
+            count: LOGIN_STARTS,
+            rd_len: START_RD_LEN,
+            seconds: took.as_secs_f64(),
+            longest_cookie,
+            resident: (before, peak, after),
+        }
+    });
+
     let mut uploads = Vec::new();
     if wants("upload") {
         for (name, port) in [
@@ -408,6 +438,7 @@ fn main() {
         warm_up_seconds: WARM_UP.as_secs(),
         half_load,
         logins,
+        starts,
         uploads,
         upload_bytes: UPLOAD_BYTES,
         memory,
@@ -485,7 +516,14 @@ async fn gateway_login(ca_pem: &str, base: &str) -> String {
     let mut browser = browser::Browser::new(ca_pem, base);
     let landed = browser.login(PAGE, "load", "load").await;
     assert_eq!(landed.status, 200, "the login at {base} failed: {landed:?}");
-    format!("_ssogate={}", browser.cookies["_ssogate"])
+    let name = [
+        ssogate::config::HOST_COOKIE_NAME,
+        ssogate::config::PLAIN_COOKIE_NAME,
+    ]
+    .into_iter()
+    .find(|name| browser.cookies.contains_key(*name))
+    .expect("a session cookie");
+    format!("{name}={}", browser.cookies[name])
 }
 
 /// Signs in at Apache + mod_auth_openidc; its cookies.

@@ -16,12 +16,24 @@ pub struct Results {
     /// Fixed-rate runs: (target index, the rate asked for, the run).
     pub half_load: Vec<(usize, u32, Round)>,
     pub logins: Option<Logins>,
+    pub starts: Option<Starts>,
     pub uploads: Vec<Upload>,
     pub upload_bytes: u64,
     pub memory: Vec<Resident>,
     pub gateway_idle_rss: u64,
     /// Things the run could not do (a peer not installed, say).
     pub notes: Vec<String>,
+}
+
+/// A flood of login starts that never come back.
+pub struct Starts {
+    pub count: usize,
+    pub rd_len: usize,
+    pub seconds: f64,
+    /// The longest `Set-Cookie` (the login cookie) answered.
+    pub longest_cookie: usize,
+    /// The gateway's resident set before, at its peak during, and after the flood.
+    pub resident: (u64, u64, u64),
 }
 
 pub struct Upload {
@@ -142,6 +154,26 @@ pub fn markdown(results: &Results) -> String {
             logins.per_second,
             logins.concurrency,
             logins.gateway_cpu_per_login.as_secs_f64() * 1000.0,
+        );
+    }
+
+    if let Some(starts) = &results.starts {
+        let (before, peak, after) = starts.resident;
+        let _ = writeln!(
+            out,
+            "\n## Login starts\n\n{} `/oauth2/start` requests with a {}-byte return target, as a \
+             stranger makes them (no session, never finished), in {:.1} s: the gateway's resident \
+             memory was {} before, {} at its peak and {} after (growth {}). A login in flight \
+             is kept in the browser's sealed login cookie, not on the server; the longest \
+             `Set-Cookie` was {} bytes.",
+            starts.count,
+            starts.rd_len,
+            starts.seconds,
+            mib(before),
+            mib(peak),
+            mib(after),
+            mib(peak.saturating_sub(before)),
+            starts.longest_cookie,
         );
     }
 

@@ -132,6 +132,8 @@ pub struct AccessSection {
     pub require_email_verified: Option<bool>,
     pub allowed_emails_file: Option<String>,
     pub preset: Option<String>,
+    #[serde(deserialize_with = "flex::list")]
+    pub upstream_session_cookies: Option<Vec<String>>,
     pub rules: Option<Vec<RuleSection>>,
 }
 

@@ -23,7 +23,9 @@ pub use duration::parse_duration;
 pub use file::split_list;
 pub use size::parse_size;
 
-use crate::policy::{Action, AllowedHosts, Requirements, RouteRule, sentry_preset};
+use crate::policy::{
+    Action, Admission, AllowedHosts, Requirements, RouteRule, SENTRY_SESSION_COOKIES, sentry_preset,
+};
 
 /// The sections of the file, also the `<SECTION>` part of `SSOGATE_<SECTION>_<KEY>`.
 const SECTIONS: [&str; 7] = [
@@ -268,6 +270,9 @@ pub struct AccessSettings {
     pub preset: Option<String>,
     /// Route rules in order: the operator's, then the preset's.
     pub rules: Vec<RouteRule>,
+    /// Cookies of the upstream's own sign-in (the preset's and the operator's), removed
+    /// from requests a rule let through because of a credential they carry.
+    pub upstream_session_cookies: Vec<String>,
 }
 
 impl Settings {
@@ -398,15 +403,30 @@ fn validate(mut table: toml::Table) -> Result<Settings, ConfigError> {
             "is sent only over TLS; with tls.enabled = false let the TLS terminator in front send it",
         ));
     }
+    let server = validate_server(server, &tls)?;
+    let session = validate_session(session, server.public_url.scheme() == "https")?;
+    let access = validate_access(access)?;
+    if access
+        .upstream_session_cookies
+        .contains(&session.cookie_name)
+    {
+        return Err(key_error(
+            "session.cookie_name",
+            format!(
+                "`{}` is also one of the upstream's session cookies (access.upstream_session_cookies); pick another name",
+                session.cookie_name
+            ),
+        ));
+    }
     Ok(Settings {
-        server: validate_server(server, &tls)?,
+        server,
         tls,
         hsts_max_age,
         upstream: validate_upstream(upstream)?,
         oidc: validate_oidc(oidc)?,
-        session: validate_session(session)?,
+        session,
         identity_headers: validate_identity_headers(headers)?,
-        access: validate_access(access)?,
+        access,
     })
 }
 
@@ -758,9 +778,24 @@ fn validate_oidc(oidc: file::OidcSection) -> Result<OidcSettings, ConfigError> {
     })
 }
 
-fn validate_session(session: file::SessionSection) -> Result<SessionSettings, ConfigError> {
+/// The session cookie's default name over https: the `__Host-` prefix makes browsers
+/// refuse one set by a sibling subdomain, or without `Secure` and `Path=/`.
+pub const HOST_COOKIE_NAME: &str = "__Host-ssogate";
+
+/// The session cookie's default name over plain http (a prefix needs `Secure`).
+pub const PLAIN_COOKIE_NAME: &str = "_ssogate";
+
+fn validate_session(
+    session: file::SessionSection,
+    https: bool,
+) -> Result<SessionSettings, ConfigError> {
     let store = validate_store(&session)?;
-    let cookie_name = session.cookie_name.unwrap_or_else(|| "_ssogate".into());
+    let default_name = if https {
+        HOST_COOKIE_NAME
+    } else {
+        PLAIN_COOKIE_NAME
+    };
+    let cookie_name = session.cookie_name.unwrap_or_else(|| default_name.into());
     let valid_name = !cookie_name.is_empty()
         && cookie_name
             .bytes()
@@ -769,6 +804,15 @@ fn validate_session(session: file::SessionSection) -> Result<SessionSettings, Co
         return Err(key_error(
             "session.cookie_name",
             format!("`{cookie_name}` may use only letters, digits, `_`, `-` and `.`"),
+        ));
+    }
+    let prefixed = cookie_name.starts_with("__Host-") || cookie_name.starts_with("__Secure-");
+    if prefixed && !https {
+        return Err(key_error(
+            "session.cookie_name",
+            format!(
+                "`{cookie_name}`: browsers accept a `__Host-` or `__Secure-` cookie only over https (server.public_url is http)"
+            ),
         ));
     }
     if ["sentrysid", "sc", "session_expired"].contains(&cookie_name.as_str()) {
@@ -1035,10 +1079,12 @@ fn validate_access(access: file::AccessSection) -> Result<AccessSettings, Config
         .enumerate()
         .map(|(i, rule)| validate_rule(i, rule))
         .collect::<Result<Vec<_>, _>>()?;
+    let mut upstream_session_cookies = Vec::new();
     let preset = match access.preset.as_deref().map(str::trim) {
         None | Some("") | Some("none") => None,
         Some("sentry") => {
             rules.extend(sentry_preset());
+            upstream_session_cookies.extend(SENTRY_SESSION_COOKIES.map(str::to_owned));
             Some("sentry".to_owned())
         }
         Some(other) => {
@@ -1048,6 +1094,18 @@ fn validate_access(access: file::AccessSection) -> Result<AccessSettings, Config
             ));
         }
     };
+    for name in access.upstream_session_cookies.unwrap_or_default() {
+        let name = name.trim();
+        if !is_cookie_name(name) {
+            return Err(key_error(
+                "access.upstream_session_cookies",
+                format!("`{name}` is not a cookie name (letters, digits and !#$%&'*+-.^_`|~)"),
+            ));
+        }
+        if !upstream_session_cookies.iter().any(|known| known == name) {
+            upstream_session_cookies.push(name.to_owned());
+        }
+    }
     Ok(AccessSettings {
         allowed_email_domains: lower_list(access.allowed_email_domains),
         allowed_emails: lower_list(access.allowed_emails),
@@ -1060,7 +1118,16 @@ fn validate_access(access: file::AccessSection) -> Result<AccessSettings, Config
         )?,
         preset,
         rules,
+        upstream_session_cookies,
     })
+}
+
+/// A cookie name as RFC 6265 allows it: a non-empty HTTP token.
+fn is_cookie_name(name: &str) -> bool {
+    !name.is_empty()
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
 }
 
 fn validate_rule(index: usize, rule: file::RuleSection) -> Result<RouteRule, ConfigError> {
@@ -1096,13 +1163,12 @@ fn validate_rule(index: usize, rule: file::RuleSection) -> Result<RouteRule, Con
             ));
         }
     };
-    let when_header = rule
-        .when_header
-        .map(|h| {
-            HeaderName::from_bytes(h.trim().as_bytes())
-                .map_err(|_| key_error(key("when_header"), format!("`{h}` is not a header name")))
-        })
-        .transpose()?;
+    let admission = match rule.when_header {
+        None => Admission::Always,
+        Some(h) => HeaderName::from_bytes(h.trim().as_bytes())
+            .map(Admission::Header)
+            .map_err(|_| key_error(key("when_header"), format!("`{h}` is not a header name")))?,
+    };
     let requirements = Requirements {
         allowed_groups: rule.allowed_groups.unwrap_or_default(),
         allowed_email_domains: lower_list(rule.allowed_email_domains),
@@ -1120,7 +1186,7 @@ fn validate_rule(index: usize, rule: file::RuleSection) -> Result<RouteRule, Con
             .unwrap_or_else(|| format!("access.rules[{index}]")),
         methods,
         path,
-        when_header,
+        admission,
         action,
         requirements,
     })

@@ -34,13 +34,41 @@ fn problem_for(text: &str, env: &[(&str, &str)]) -> (String, String) {
 }
 
 #[test]
+fn the_session_cookie_is_host_only_over_https_and_plain_over_http() {
+    let plain = load(
+        &minimal().replace("https://sentry.example.com", "http://127.0.0.1:8080"),
+        &[],
+    )
+    .unwrap();
+    assert_eq!(plain.session.cookie_name, "_ssogate");
+    let chosen = load(&minimal(), &[("SSOGATE_SESSION_COOKIE_NAME", "gate")]).unwrap();
+    assert_eq!(chosen.session.cookie_name, "gate");
+}
+
+#[test]
+fn the_sentry_preset_names_sentrys_session_cookies_and_operators_add_theirs() {
+    let none = load(&minimal(), &[]).unwrap();
+    assert!(none.access.upstream_session_cookies.is_empty());
+    let sentry = load(
+        &(minimal()
+            + "[access]\npreset = \"sentry\"\nupstream_session_cookies = [\"legacy\", \"sc\"]\n"),
+        &[],
+    )
+    .unwrap();
+    assert_eq!(
+        sentry.access.upstream_session_cookies,
+        ["sentrysid", "sc", "sentry-sc", "su", "sudo", "legacy"]
+    );
+}
+
+#[test]
 fn minimal_config_gets_documented_defaults() {
     let s = load(&minimal(), &[]).unwrap();
     assert_eq!(s.server.listen, "0.0.0.0:8080".parse().unwrap());
     assert_eq!(s.oidc.scopes, ["openid", "email", "profile"]);
     assert_eq!(s.oidc.provider_name, "Encvoy ID");
     assert_eq!(s.oidc.callback_path, "/oauth2/callback");
-    assert_eq!(s.session.cookie_name, "_ssogate");
+    assert_eq!(s.session.cookie_name, "__Host-ssogate");
     assert_eq!(s.identity_headers.user.unwrap(), "x-forwarded-user");
     assert_eq!(s.access.groups_claim, "groups");
     assert!(s.access.require_email_verified);
@@ -206,6 +234,24 @@ fn mistakes_name_the_key() {
             vec![("SSOGATE_SESSION_COOKIE_NAME", "sentrysid")],
             "session.cookie_name",
             "Sentry",
+        ),
+        (
+            minimal().replace("https://sentry.example.com", "http://127.0.0.1:8080"),
+            vec![("SSOGATE_SESSION_COOKIE_NAME", "__Host-gate")],
+            "session.cookie_name",
+            "only over https",
+        ),
+        (
+            minimal(),
+            vec![("SSOGATE_ACCESS_UPSTREAM_SESSION_COOKIES", "ok, bad;name")],
+            "access.upstream_session_cookies",
+            "not a cookie name",
+        ),
+        (
+            minimal() + "[access]\npreset = \"sentry\"\n",
+            vec![("SSOGATE_SESSION_COOKIE_NAME", "sudo")],
+            "session.cookie_name",
+            "upstream's session cookies",
         ),
         (
             minimal(),

@@ -2,10 +2,15 @@
 //! the callback, `/sign_out`, `/userinfo`, `/auth` for forward-auth, and
 //! `/backchannel-logout` for the provider.
 //!
-//! Login state (PKCE verifier, nonce, return target) stays server-side under the
-//! `state` value, single use, expiring after [`LOGIN_TIMEOUT`]. A short-lived
-//! encrypted cookie named after the state binds the login to the browser that
-//! started it, so a stolen callback URL cannot sign someone else in.
+//! A login in flight costs the gateway nothing: its state, PKCE verifier, nonce and
+//! return target travel sealed (AES-256-GCM) in a short-lived cookie named after the
+//! state, path-scoped to the callback. That cookie binds the login to the browser that
+//! started it, so a stolen callback URL cannot sign someone else in; it expires after
+//! [`LOGIN_TIMEOUT`] (checked on the sealed start time, not on the browser's word);
+//! and a state whose code the provider accepted is remembered as used until then, so
+//! a login is finished once.
+
+use std::net::SocketAddr;
 
 use http::header::{HeaderValue, SET_COOKIE};
 use http::{Request, Response, StatusCode};
@@ -15,27 +20,37 @@ use hyper::body::Incoming;
 use super::request::{param, query_params};
 use super::{Gateway, redirect, urlencode};
 use crate::observe::LoginRefusal;
-use crate::oidc::LoginError;
+use crate::oidc::{LOGIN_TIMEOUT, LoginError, PendingLogin};
 use crate::pages::{self, Link, Page};
-use crate::policy::return_target_or_root;
+use crate::policy::{self, ReturnTargetTooLong, Route, normalize_path, return_target_or_root};
 use crate::proxy::{ResponseBody, boxed};
-use crate::session::{LOGIN_TIMEOUT, Session, new_session_id};
+use crate::session::{Session, new_session_id};
 
 /// Largest back-channel logout request body read.
 const MAX_LOGOUT_BODY: usize = 64 * 1024;
 
+/// What a person reads when a login cannot start or finish without the session store.
+const SIGN_IN_STORE_DOWN: &str = "Signing in is not possible right now: the session store cannot be reached. Try again in a moment.";
+
+/// The purpose under which used login states are remembered.
+const LOGIN_STATE: &str = "login";
+
 /// Characters of the state used in the login cookie's name.
 const STATE_COOKIE_PREFIX_LEN: usize = 12;
+
+/// Longest sealed login cookie opened: a pending login with the longest return
+/// target ([`policy::MAX_RETURN_TARGET`]), sealed and base64-encoded, fits.
+const MAX_LOGIN_COOKIE_LEN: usize = 3600;
 
 impl Gateway {
     fn login_cookie_name(&self, state: &str) -> String {
         let prefix: String = state.chars().take(STATE_COOKIE_PREFIX_LEN).collect();
-        format!("{}_csrf_{prefix}", self.settings.session.cookie_name)
+        format!("{}{prefix}", self.login_cookie_prefix)
     }
 
     /// The validated `rd` parameter as an absolute URL; the start page when absent
-    /// or unsafe.
-    fn return_target(&self, request: &Request<Incoming>) -> String {
+    /// or unsafe; an error when it is too long.
+    fn return_target(&self, request: &Request<Incoming>) -> Result<String, ReturnTargetTooLong> {
         let params = query_params(request, &[]).unwrap_or_default();
         let server = &self.settings.server;
         return_target_or_root(
@@ -45,11 +60,24 @@ impl Gateway {
         )
     }
 
+    /// The 400 page for a return target over [`policy::MAX_RETURN_TARGET`].
+    fn return_target_too_long(&self, e: ReturnTargetTooLong) -> Response<ResponseBody> {
+        tracing::info!("request refused: {e}");
+        self.page(
+            StatusCode::BAD_REQUEST,
+            "Bad request",
+            &format!(
+                "This address cannot be used: {e}. Go back to the start and sign in from there."
+            ),
+        )
+    }
+
     pub(super) fn sign_in_page(&self, request: &Request<Incoming>) -> Response<ResponseBody> {
-        let start = format!(
-            "/oauth2/start?rd={}",
-            urlencode(&self.return_target(request))
-        );
+        let return_to = match self.return_target(request) {
+            Ok(target) => target,
+            Err(e) => return self.return_target_too_long(e),
+        };
+        let start = format!("/oauth2/start?rd={}", urlencode(&return_to));
         if self.settings.oidc.skip_sign_in_page {
             return redirect(&start);
         }
@@ -68,8 +96,25 @@ impl Gateway {
     }
 
     pub(super) async fn start_login(&self, request: &Request<Incoming>) -> Response<ResponseBody> {
-        let return_to = self.return_target(request);
-        let (url, state, pending) = match self.provider.begin_login(return_to).await {
+        let return_to = match self.return_target(request) {
+            Ok(target) => target,
+            Err(e) => return self.return_target_too_long(e),
+        };
+        // The login would end at a callback that cannot keep its session: say so now,
+        // before the person signs in at the provider for nothing.
+        if let Some(reason) = self.sessions.unavailable() {
+            tracing::error!(
+                reason,
+                "cannot start a login: the session store is unreachable"
+            );
+            self.metrics.login_refused(LoginRefusal::StoreUnavailable);
+            return self.page(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "Sign-in unavailable",
+                SIGN_IN_STORE_DOWN,
+            );
+        }
+        let (url, pending) = match self.provider.begin_login(return_to).await {
             Ok(login) => login,
             Err(e) => {
                 tracing::error!(error = %e, "cannot start a login");
@@ -86,18 +131,10 @@ impl Gateway {
                 );
             }
         };
-        if let Err(e) = self.sessions.put_login(&state, pending).await {
-            tracing::error!(error = %e, "cannot start a login");
-            self.metrics.login_refused(LoginRefusal::StoreUnavailable);
-            return self.page(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "Sign-in unavailable",
-                "Signing in is not possible right now: the session store cannot be reached. Try again in a moment.",
-            );
-        }
+        let sealed = serde_json::to_string(&pending).expect("a pending login serialises");
         let cookie = self.cookies.seal(
-            &self.login_cookie_name(&state),
-            &state,
+            &self.login_cookie_name(&pending.state),
+            &sealed,
             &self.settings.oidc.callback_path,
             Some(LOGIN_TIMEOUT),
         );
@@ -105,6 +142,18 @@ impl Gateway {
         let mut response = redirect(url.as_str());
         append_cookie(&mut response, &cookie);
         response
+    }
+
+    /// The login this browser started with `state`, from its login cookie; `None`
+    /// when there is no such cookie, it does not open, or it is for another state.
+    fn pending_login(&self, request: &Request<Incoming>, state: &str) -> Option<PendingLogin> {
+        let sealed = self.cookies.open_limited(
+            request.headers(),
+            &self.login_cookie_name(state),
+            MAX_LOGIN_COOKIE_LEN,
+        )?;
+        let pending: PendingLogin = serde_json::from_str(&sealed).ok()?;
+        constant_time_eq(pending.state.as_bytes(), state.as_bytes()).then_some(pending)
     }
 
     pub(super) async fn callback(&self, request: &Request<Incoming>) -> Response<ResponseBody> {
@@ -147,18 +196,20 @@ impl Gateway {
             );
         };
         let cookie_name = self.login_cookie_name(state);
-        let bound = self
-            .cookies
-            .open(request.headers(), &cookie_name)
-            .is_some_and(|cookie_state| {
-                constant_time_eq(cookie_state.as_bytes(), state.as_bytes())
-            });
-        if !bound {
+        let Some(pending) = self.pending_login(request, state) else {
             tracing::warn!("callback state does not match this browser's login cookie");
             return failed(
                 LoginRefusal::NotThisBrowser,
                 StatusCode::BAD_REQUEST,
                 "This sign-in was not started in this browser, or it took too long.",
+            );
+        };
+        if pending.expired() {
+            tracing::warn!("callback for a login that took too long");
+            return failed(
+                LoginRefusal::StateExpired,
+                StatusCode::BAD_REQUEST,
+                "This sign-in has expired or was already used.",
             );
         }
         let store_down = |e: &crate::session::StoreUnavailable| {
@@ -166,21 +217,25 @@ impl Gateway {
             failed(
                 LoginRefusal::StoreUnavailable,
                 StatusCode::SERVICE_UNAVAILABLE,
-                "Signing in is not possible right now: the session store cannot be reached. Try again in a moment.",
+                SIGN_IN_STORE_DOWN,
             )
         };
-        let pending = match self.sessions.take_login(state).await {
-            Ok(Some(pending)) => pending,
-            Ok(None) => {
-                tracing::warn!("callback state unknown: expired or already used");
-                return failed(
-                    LoginRefusal::StateExpired,
-                    StatusCode::BAD_REQUEST,
-                    "This sign-in has expired or was already used.",
-                );
-            }
-            Err(e) => return store_down(&e),
+        let used = |why: &str| {
+            tracing::warn!("callback state already used ({why})");
+            failed(
+                LoginRefusal::StateExpired,
+                StatusCode::BAD_REQUEST,
+                "This sign-in has expired or was already used.",
+            )
         };
+        // A replay is refused without asking the provider; the state is marked used
+        // only below, once the provider accepted the code (so a stranger's callbacks
+        // make the store keep nothing).
+        match self.sessions.already_used(LOGIN_STATE, state).await {
+            Ok(false) => {}
+            Ok(true) => return used("replayed"),
+            Err(e) => return store_down(&e),
+        }
         let outcome = match self
             .provider
             .complete_login(code.to_owned(), &pending)
@@ -198,6 +253,16 @@ impl Gateway {
                 return failed(why, status, &format!("Signing in failed: {e}."));
             }
         };
+        // Single use, even with a provider that would accept a code twice.
+        match self
+            .sessions
+            .first_use(LOGIN_STATE, state, LOGIN_TIMEOUT)
+            .await
+        {
+            Ok(true) => {}
+            Ok(false) => return used("finished concurrently"),
+            Err(e) => return store_down(&e),
+        }
 
         // A fresh session id at every login; any session this browser had ends.
         if let Some(old_id) = self
@@ -208,6 +273,7 @@ impl Gateway {
         }
         let id = new_session_id();
         let (sub, email) = (outcome.identity.sub.clone(), outcome.identity.email.clone());
+        let email_verified = outcome.identity.email_verified;
         let session = Session::new(
             outcome.identity,
             outcome.provider_sid.map(Into::into),
@@ -217,6 +283,9 @@ impl Gateway {
             return store_down(&e);
         }
         tracing::info!(%sub, ?email, "signed in");
+        if email.is_some() && !email_verified {
+            tracing::info!(%sub, "the provider has not verified this person's email address: it is not sent upstream");
+        }
         self.metrics.login_completed();
         let session_cookie = self.cookies.seal(
             &self.settings.session.cookie_name,
@@ -252,7 +321,29 @@ impl Gateway {
     /// Ends the session here, then at the provider (RP-initiated logout) when it can.
     /// Without a provider logout, `rd` (validated like every return target) says where
     /// to go; otherwise the provider returns the browser to `oidc.post_logout_path`.
+    ///
+    /// Only a request from this origin signs out at once: a link or form on another
+    /// site (`Sec-Fetch-Site`, else `Origin` or `Referer`, says so) gets a page that
+    /// asks, with a button that posts the same request from here.
     pub(super) async fn sign_out(&self, request: &Request<Incoming>) -> Response<ResponseBody> {
+        let has_rd = query_params(request, &[]).is_ok_and(|p| param(&p, "rd").is_some());
+        let return_to = match self.return_target(request) {
+            Ok(target) => target,
+            Err(e) => return self.return_target_too_long(e),
+        };
+        if !self.sent_by_this_origin(request) {
+            let action = match has_rd {
+                true => format!("/oauth2/sign_out?rd={}", urlencode(&return_to)),
+                false => "/oauth2/sign_out".to_owned(),
+            };
+            return pages::confirmation(
+                "Sign out?",
+                "Another site sent you here to sign out. Sign out only if you meant to.",
+                &action,
+                "Sign out",
+            )
+            .map(boxed);
+        }
         let post_logout = self.public_url(&self.settings.oidc.post_logout_path);
         // The session ends even when it cannot be read (Redis down): the removal is
         // then carried out once Redis is back.
@@ -271,10 +362,9 @@ impl Gateway {
             }
             None => None,
         };
-        let has_rd = query_params(request, &[]).is_ok_and(|p| param(&p, "rd").is_some());
         let location = match provider_logout {
             Some(url) => url.to_string(),
-            None if has_rd => self.return_target(request),
+            None if has_rd => return_to,
             None => post_logout.to_string(),
         };
         let mut response = redirect(&location);
@@ -287,11 +377,77 @@ impl Gateway {
         response
     }
 
+    /// True unless the browser says the request comes from another site: by
+    /// `Sec-Fetch-Site` (`same-origin`, or `none` for a typed address or bookmark),
+    /// else by `Origin`, else by `Referer`. A request that says nothing (an old
+    /// browser, a script) counts as this origin.
+    fn sent_by_this_origin<B>(&self, request: &Request<B>) -> bool {
+        let headers = request.headers();
+        let ours = self.settings.server.public_url.origin();
+        let same_origin = |url: &str| url::Url::parse(url).is_ok_and(|u| u.origin() == ours);
+        if let Some(site) = headers.get("sec-fetch-site") {
+            return site == "same-origin" || site == "none";
+        }
+        if let Some(origin) = headers.get(http::header::ORIGIN) {
+            return origin.to_str().is_ok_and(same_origin);
+        }
+        match headers.get(http::header::REFERER) {
+            Some(referer) => referer.to_str().is_ok_and(same_origin),
+            None => true,
+        }
+    }
+
     /// Forward-auth for nginx `auth_request` or Traefik ForwardAuth: 202 with the
     /// identity in response headers when the cookie holds a session that the access
-    /// rules (and `?allowed_groups=a,b`, any one) admit; 401 without a session, 403
-    /// when refused.
-    pub(super) async fn forward_auth(&self, request: &Request<Incoming>) -> Response<ResponseBody> {
+    /// rules admit; 401 without a session, 403 when refused.
+    ///
+    /// The route rules apply to the original request when a trusted proxy reports it
+    /// (`X-Original-URI` and `X-Original-Method` from nginx, `X-Forwarded-Uri` and
+    /// `X-Forwarded-Method` from Traefik), decided as for a request the gateway
+    /// forwards itself: a public route gets 202 without identity (unless it is public
+    /// by a credential: the proxy cannot remove the upstream's session cookies, so
+    /// token traffic needs its own location there). `?allowed_groups=a,b` (names as in
+    /// `X-Forwarded-Groups`) requires one of those groups too; a repeated or empty one
+    /// is a 400, never "no restriction".
+    pub(super) async fn forward_auth(
+        &self,
+        request: &Request<Incoming>,
+        peer: SocketAddr,
+    ) -> Response<ResponseBody> {
+        let bad_request = |problem: &str| {
+            tracing::warn!(problem, "forward-auth request refused");
+            pages::json(
+                StatusCode::BAD_REQUEST,
+                &serde_json::json!({"error": "bad_request", "message": problem}),
+            )
+            .map(boxed)
+        };
+        let wanted = match forward_auth_groups(request) {
+            Ok(wanted) => wanted,
+            Err(problem) => return bad_request(&problem),
+        };
+        let original = if self.peer_is_trusted(peer) {
+            match reported_request(request.headers()) {
+                Ok(original) => original,
+                Err(problem) => return bad_request(&problem),
+            }
+        } else {
+            None
+        };
+        let rules = match &original {
+            None => Vec::new(),
+            Some((method, path)) => {
+                match policy::decide(&self.settings.access.rules, method, path, request.headers()) {
+                    Route::Public {
+                        by_credential: false,
+                    } => return pages::text(StatusCode::ACCEPTED, "").map(boxed),
+                    Route::Public {
+                        by_credential: true,
+                    } => Vec::new(),
+                    Route::Protected(rules) => rules,
+                }
+            }
+        };
         let session = match self.live_session(request.headers()).await {
             Ok(Some(session)) => session,
             Ok(None) => {
@@ -303,18 +459,14 @@ impl Gateway {
             }
             Err(e) => return self.store_unavailable(request, &e),
         };
-        let params = query_params(request, &["allowed_groups"]).unwrap_or_default();
-        let wanted: Vec<String> = param(&params, "allowed_groups")
-            .map(crate::config::split_list)
-            .unwrap_or_default();
-        let refusal = self.authorize(&session, None).err().or_else(|| {
+        let refusal = self.authorize(&session, &rules).err().or_else(|| {
             let admitted =
                 wanted.is_empty() || session.identity.groups.iter().any(|g| wanted.contains(g));
-            (!admitted).then(|| {
-                crate::policy::Refusal(format!("allowed_groups: none of {}", wanted.join(", ")))
-            })
+            (!admitted)
+                .then(|| policy::Refusal(format!("allowed_groups: none of {}", wanted.join(", "))))
         });
         if let Some(refusal) = refusal {
+            self.metrics.access_refused();
             return pages::json(
                 StatusCode::FORBIDDEN,
                 &serde_json::json!({"error": "forbidden", "rule": refusal.0}),
@@ -423,4 +575,47 @@ fn append_cookie(response: &mut Response<ResponseBody>, cookie: &cookie::Cookie<
 /// Compares two secrets without an early exit.
 fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// The groups `?allowed_groups=a,b` asks for: the names between commas, each
+/// percent-decoded (the encoding of `X-Forwarded-Groups`). Refused when the parameter
+/// is repeated or names no group.
+fn forward_auth_groups<B>(request: &Request<B>) -> Result<Vec<String>, String> {
+    let params = query_params(request, &["allowed_groups"])?;
+    let Some(list) = param(&params, "allowed_groups") else {
+        return Ok(Vec::new());
+    };
+    let wanted = crate::proxy::headers::decode_list(list);
+    if wanted.is_empty() {
+        return Err("the `allowed_groups` parameter names no group".into());
+    }
+    Ok(wanted)
+}
+
+/// The request a trusted proxy asks about, when it says: the canonical path of
+/// `X-Original-URI` (nginx) or `X-Forwarded-Uri` (Traefik), and the method of
+/// `X-Original-Method` or `X-Forwarded-Method`, which must come with it.
+fn reported_request(headers: &http::HeaderMap) -> Result<Option<(http::Method, String)>, String> {
+    let header = |names: [&str; 2]| {
+        names
+            .iter()
+            .find_map(|name| headers.get(*name))
+            .map(|value| {
+                value
+                    .to_str()
+                    .map_err(|_| format!("{} is not text", names[0]))
+            })
+            .transpose()
+    };
+    let Some(uri) = header(["x-original-uri", "x-forwarded-uri"])? else {
+        return Ok(None);
+    };
+    // Rules may depend on the method: without it, no decision would be safe.
+    let method = header(["x-original-method", "x-forwarded-method"])?
+        .ok_or("the original URI comes without X-Original-Method (or X-Forwarded-Method)")?;
+    let method = http::Method::from_bytes(method.trim().as_bytes())
+        .map_err(|_| format!("`{method}` is not an HTTP method"))?;
+    let path = uri.split(['?', '#']).next().unwrap_or_default();
+    let path = normalize_path(path).map_err(|e| format!("the original URI cannot be used: {e}"))?;
+    Ok(Some((method, path)))
 }

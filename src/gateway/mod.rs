@@ -2,10 +2,13 @@
 //!
 //! [`Gateway::handle`] is the whole lifecycle in one place; the sign-in endpoints live
 //! in [`endpoints`], header work in [`crate::proxy::headers`], rules in
-//! [`crate::policy`]. Nothing the client sends can pose as an identity: identity
-//! headers are stripped before routing, and set only from a server-side session. Nor
-//! can it choose what path rules see: the path is made canonical first, and that
-//! canonical path is both matched and forwarded.
+//! [`crate::policy`]. Every decision is made on the request the upstream will act on.
+//! Nothing the client sends can pose as an identity: identity headers are stripped
+//! before routing, and set only from a server-side session. Its hop-by-hop headers go
+//! before anything reads the request, so they cannot take away a header that was
+//! decided on or that the gateway sets. Nor can it choose what path rules see: the
+//! path is made canonical first and forwarded so, and rules are decided on every form
+//! the upstream may decode it to ([`policy::decide`]).
 
 mod endpoints;
 mod reload;
@@ -26,17 +29,38 @@ use crate::observe::{self, AccessRecord, Metrics, REQUEST_ID, RouteClass};
 use crate::oidc::{Provider, ProviderHttp};
 use crate::outbound;
 use crate::pages::{self, Link, Page, is_navigation};
-use crate::policy::{self, Action, EmailFile, RouteRule};
+use crate::policy::{self, EmailFile, Route, RouteRule};
 use crate::proxy::headers::{self, ForwardedFacts};
-use crate::proxy::{ResponseBody, Upstream, boxed};
+use crate::proxy::{ResponseBody, Upstream, boxed, upgrade_protocol};
 use crate::session::{CookieCodec, Session, SessionStore, StoreUnavailable};
 
 pub use reload::LiveGateway;
 pub use request::{param, query_params};
 
 /// Headers that some backends take as the request path (IIS, Symfony, nginx setups).
-/// A client must never choose the path the upstream acts on, so they are removed.
-const PATH_OVERRIDE_HEADERS: [&str; 3] = ["x-original-url", "x-rewrite-url", "x-forwarded-uri"];
+/// A client must never choose the path the upstream acts on, so they are removed
+/// before forwarding. (Forward-auth reads them from a trusted proxy.)
+const PATH_OVERRIDE_HEADERS: [&str; 4] = [
+    "x-original-url",
+    "x-original-uri",
+    "x-rewrite-url",
+    "x-forwarded-uri",
+];
+
+/// Headers a client's `Connection` may not name (besides the identity headers): the
+/// ones that carry its credentials and target, and the ones the gateway sets itself.
+const END_TO_END_HEADERS: [&str; 10] = [
+    "authorization",
+    "cookie",
+    "host",
+    "content-length",
+    "forwarded",
+    "x-forwarded-for",
+    "x-forwarded-proto",
+    "x-forwarded-host",
+    "x-real-ip",
+    "x-request-id",
+];
 
 #[derive(Debug, thiserror::Error)]
 pub enum GatewayError {
@@ -54,6 +78,18 @@ pub enum GatewayError {
     Provider(String),
 }
 
+/// Who a forwarded request comes from, as far as the gateway knows.
+#[derive(Clone, Copy)]
+pub enum Caller<'a> {
+    /// A signed-in person: their identity goes upstream.
+    SignedIn(&'a Session),
+    /// Nobody the gateway knows, let through by a public route.
+    Anonymous,
+    /// Let through by a credential it carries (token traffic): the upstream must
+    /// authenticate it by that credential alone, so its own session cookies go.
+    Credential,
+}
+
 pub struct Gateway {
     settings: Settings,
     provider: Arc<Provider>,
@@ -64,9 +100,18 @@ pub struct Gateway {
     metrics: Arc<Metrics>,
     /// The `Strict-Transport-Security` value, when `tls.hsts_max_age` is set.
     hsts: Option<HeaderValue>,
-    /// Folded names (lower case, `_` as `-`) of incoming headers always removed: the
-    /// identity headers, and the path overrides some backends honour.
-    stripped_header_folds: Vec<String>,
+    /// Folded names (lower case, `_` as `-`) of the identity headers: removed from
+    /// every request before anything else.
+    identity_folds: Vec<String>,
+    /// Folded names of the path overrides some backends honour: removed before
+    /// forwarding.
+    path_override_folds: Vec<String>,
+    /// Folded names a client's `Connection` header may not name.
+    end_to_end_folds: Vec<String>,
+    /// What the names of login cookies start with (the state's first characters
+    /// follow): the session cookie's name, with `__Secure-` for `__Host-` since a login
+    /// cookie is scoped to the callback path, then `_csrf_`.
+    login_cookie_prefix: String,
     allowed_emails_file: Option<Arc<EmailFile>>,
 }
 
@@ -116,12 +161,16 @@ impl Gateway {
             Some(previous) => previous.sessions.clone(),
             None => Arc::new(SessionStore::new(&settings.session)?),
         };
-        let stripped_header_folds = settings
+        let identity_folds: Vec<String> = settings
             .identity_headers
             .iter()
-            .map(|name| name.as_str())
-            .chain(PATH_OVERRIDE_HEADERS)
-            .map(headers::folded_name)
+            .map(|name| headers::folded_name(name.as_str()))
+            .collect();
+        let path_override_folds = PATH_OVERRIDE_HEADERS.map(headers::folded_name).to_vec();
+        let end_to_end_folds = END_TO_END_HEADERS
+            .iter()
+            .map(|name| headers::folded_name(name))
+            .chain(identity_folds.iter().cloned())
             .collect();
         let allowed_emails_file = settings
             .access
@@ -147,7 +196,10 @@ impl Gateway {
                 &settings.session.secrets,
                 settings.server.public_url.scheme() == "https",
             ),
-            stripped_header_folds,
+            login_cookie_prefix: login_cookie_prefix(&settings.session.cookie_name),
+            identity_folds,
+            path_override_folds,
+            end_to_end_folds,
             allowed_emails_file,
             metrics,
             hsts: settings.hsts_max_age.map(|age| {
@@ -239,9 +291,22 @@ impl Gateway {
         peer: SocketAddr,
         record: &mut AccessRecord,
     ) -> Response<ResponseBody> {
-        // normalise: nothing the client sent may pose as identity or as the path, and
-        // from here on the path is the canonical one, matched and forwarded alike.
-        headers::remove_folded(request.headers_mut(), &self.stripped_header_folds);
+        // normalise: nothing the client sent may pose as identity; its hop-by-hop
+        // headers go before anything reads the request (so what is decided on is what
+        // the upstream gets); from here on the path is the canonical one, matched and
+        // forwarded alike.
+        headers::remove_folded(request.headers_mut(), &self.identity_folds);
+        let upgrade = upgrade_protocol(&request);
+        if let Err(e) = headers::remove_client_hop_by_hop(request.headers_mut(), upgrade, |name| {
+            self.end_to_end_folds.iter().any(|f| f == name)
+        }) {
+            tracing::info!(error = %e, "request refused: Connection names an end-to-end header");
+            return self.page(
+                StatusCode::BAD_REQUEST,
+                "Bad request",
+                &format!("The request cannot be used: {e}."),
+            );
+        }
         if let Err(e) = request::canonicalize_path(&mut request) {
             tracing::info!(path = %request.uri().path(), error = %e, "request refused: bad path");
             return self.page(
@@ -264,7 +329,7 @@ impl Gateway {
             "/oauth2/start" => return self.start_login(&request).await,
             "/oauth2/sign_out" => return self.sign_out(&request).await,
             "/oauth2/userinfo" => return self.userinfo(&request).await,
-            "/oauth2/auth" => return self.forward_auth(&request).await,
+            "/oauth2/auth" => return self.forward_auth(&request, peer).await,
             "/oauth2/backchannel-logout" => return self.backchannel_logout(request).await,
             p if p == oidc.callback_path => return self.callback(&request).await,
             p if p.starts_with("/oauth2/") => {
@@ -276,16 +341,23 @@ impl Gateway {
             }
             _ => {}
         }
-        let rule = policy::first_match(
+        let rules = match policy::decide(
             &self.settings.access.rules,
             request.method(),
             path,
             request.headers(),
-        );
-        if rule.is_some_and(|r| r.action == Action::Public) {
-            record.class = RouteClass::Public;
-            return self.forward(request, peer, None).await;
-        }
+        ) {
+            Route::Public { by_credential } => {
+                record.class = RouteClass::Public;
+                let caller = if by_credential {
+                    Caller::Credential
+                } else {
+                    Caller::Anonymous
+                };
+                return self.forward(request, peer, caller).await;
+            }
+            Route::Protected(rules) => rules,
+        };
         record.class = RouteClass::Protected;
 
         // authenticate (and keep the session in step with the provider), authorise.
@@ -295,11 +367,12 @@ impl Gateway {
             Err(e) => return self.store_unavailable(&request, &e),
         };
         record.session = Some(session.clone());
-        if let Err(refusal) = self.authorize(&session, rule) {
+        if let Err(refusal) = self.authorize(&session, &rules) {
             self.metrics.access_refused();
             return self.refused(&session, &refusal);
         }
-        self.forward(request, peer, Some(&session)).await
+        self.forward(request, peer, Caller::SignedIn(&session))
+            .await
     }
 
     /// The metrics, on the main listener: only to a direct client (no proxy between)
@@ -346,14 +419,10 @@ impl Gateway {
             .any(|net| net.contains(&peer.ip()))
     }
 
-    /// Global access rules and the route's own; logs refusals.
-    fn authorize(
-        &self,
-        session: &Session,
-        rule: Option<&RouteRule>,
-    ) -> Result<(), policy::Refusal> {
+    /// Global access rules and the matched routes' own; logs refusals.
+    fn authorize(&self, session: &Session, rules: &[&RouteRule]) -> Result<(), policy::Refusal> {
         let file_emails = self.allowed_emails_file.as_ref().map(|f| f.current());
-        policy::authorize(&session.identity, &self.settings.access, file_emails.as_deref(), rule).inspect_err(|refusal| {
+        policy::authorize(&session.identity, &self.settings.access, file_emails.as_deref(), rules).inspect_err(|refusal| {
             tracing::info!(sub = %session.identity.sub, email = ?session.identity.email, rule = %refusal.0, "access refused");
         })
     }
@@ -363,25 +432,33 @@ impl Gateway {
         &self,
         mut request: Request<Incoming>,
         peer: SocketAddr,
-        session: Option<&Session>,
+        caller: Caller<'_>,
     ) -> Response<ResponseBody> {
         let host = request::host(&request).map(str::to_owned);
-        self.prepare_upstream_headers(request.headers_mut(), peer, host.as_deref(), session);
+        self.prepare_upstream_headers(request.headers_mut(), peer, host.as_deref(), caller);
         self.upstream.forward(request, host.as_deref()).await
     }
 
-    /// The header work of forwarding: the gateway's cookies out, the identity (if
-    /// any) and `X-Forwarded-*` in. (Public for the hot-path benchmark.)
+    /// The header work of forwarding: the path overrides and the gateway's cookies
+    /// out (and the upstream's session cookies, for a request let through by its
+    /// credential), the identity (if any) and `X-Forwarded-*` in. (Public for the
+    /// hot-path benchmark.)
     pub fn prepare_upstream_headers(
         &self,
         headers: &mut http::HeaderMap,
         peer: SocketAddr,
         host: Option<&str>,
-        session: Option<&Session>,
+        caller: Caller<'_>,
     ) {
+        headers::remove_folded(headers, &self.path_override_folds);
         let cookie_name = &self.settings.session.cookie_name;
-        headers::remove_cookies(headers, |name| self.is_gateway_cookie(name, cookie_name));
-        if let Some(session) = session {
+        let upstream_session = &self.settings.access.upstream_session_cookies;
+        let credential = matches!(caller, Caller::Credential);
+        headers::remove_cookies(headers, |name| {
+            self.is_gateway_cookie(name, cookie_name)
+                || (credential && upstream_session.iter().any(|c| c == name))
+        });
+        if let Caller::SignedIn(session) = caller {
             self.set_identity_headers(headers, session);
         }
         let peer_is_trusted = self.peer_is_trusted(peer);
@@ -397,19 +474,24 @@ impl Gateway {
     }
 
     fn is_gateway_cookie(&self, name: &str, cookie_name: &str) -> bool {
-        name == cookie_name
-            || name
-                .strip_prefix(cookie_name)
-                .is_some_and(|rest| rest.starts_with("_csrf_"))
+        name == cookie_name || name.starts_with(&self.login_cookie_prefix)
     }
 
+    /// The identity headers: `sub`; the email only when the provider verified it;
+    /// the preferred username; the groups, each percent-encoded and joined with `,`
+    /// ([`headers::encode_list`]). A value that cannot travel in a header is left out.
     fn set_identity_headers(&self, headers: &mut http::HeaderMap, session: &Session) {
         let names = &self.settings.identity_headers;
         let identity = &session.identity;
-        let groups = identity.groups.join(",");
+        let groups = headers::encode_list(&identity.groups);
+        // An address the provider has not verified is nobody's proof of identity.
+        let email = identity
+            .email
+            .as_deref()
+            .filter(|_| identity.email_verified);
         let values = [
             (&names.user, Some(&*identity.sub)),
-            (&names.email, identity.email.as_deref()),
+            (&names.email, email),
             (
                 &names.preferred_username,
                 identity.preferred_username.as_deref(),
@@ -485,7 +567,16 @@ impl Gateway {
     /// No session: navigations go to the sign-in, everything else gets 401 JSON.
     fn unauthenticated(&self, request: &Request<Incoming>) -> Response<ResponseBody> {
         if is_navigation(request) {
-            let target = request.uri().path_and_query().map_or("/", |pq| pq.as_str());
+            // Back to the same address after signing in, query included, unless that
+            // is too long to travel with the login: then the path alone, or the start.
+            let origin = self.settings.server.public_url.as_str().len();
+            let target = [
+                request.uri().path_and_query().map_or("/", |pq| pq.as_str()),
+                request.uri().path(),
+            ]
+            .into_iter()
+            .find(|target| origin + target.len() <= policy::MAX_RETURN_TARGET)
+            .unwrap_or("/");
             let entry = if self.settings.oidc.skip_sign_in_page {
                 "/oauth2/start"
             } else {
@@ -585,6 +676,14 @@ impl Gateway {
             .public_url
             .join(path)
             .unwrap_or_else(|_| self.settings.server.public_url.clone())
+    }
+}
+
+/// See [`Gateway::login_cookie_prefix`].
+fn login_cookie_prefix(session_cookie: &str) -> String {
+    match session_cookie.strip_prefix("__Host-") {
+        Some(rest) => format!("__Secure-{rest}_csrf_"),
+        None => format!("{session_cookie}_csrf_"),
     }
 }
 

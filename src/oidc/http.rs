@@ -4,7 +4,7 @@
 
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -33,9 +33,6 @@ pub enum ProviderHttpError {
 pub struct ProviderHttp {
     client: Client<HttpsConnector<HttpConnector>, Full<Bytes>>,
     timeout: Duration,
-    /// When the provider last answered without a server error; cleared when a call
-    /// fails to get an answer (refused, timed out, 5xx).
-    last_answer: Arc<Mutex<Option<Instant>>>,
     metrics: Arc<Metrics>,
 }
 
@@ -52,17 +49,8 @@ impl ProviderHttp {
         Self {
             client,
             timeout,
-            last_answer: Arc::default(),
             metrics,
         }
-    }
-
-    /// True when the provider answered within `window` and has not failed since.
-    pub fn answered_within(&self, window: Duration) -> bool {
-        self.last_answer
-            .lock()
-            .unwrap()
-            .is_some_and(|t| t.elapsed() < window)
     }
 
     pub async fn send(
@@ -91,7 +79,6 @@ impl ProviderHttp {
             .map_err(|_| ProviderHttpError::Timeout(self.timeout))
             .and_then(|r| r);
         let answered = result.as_ref().is_ok_and(|r| !r.status().is_server_error());
-        *self.last_answer.lock().unwrap() = answered.then(Instant::now);
         self.metrics.provider_call(started.elapsed(), answered);
         result
     }

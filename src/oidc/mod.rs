@@ -12,6 +12,7 @@ mod http;
 mod logout;
 
 use std::str::FromStr;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -72,18 +73,18 @@ type GateClient = Client<
     EndpointMaybeSet,
 >;
 
-/// A login starts only if the provider answered within this window (and no call has
-/// failed since); otherwise the discovery document is fetched again first, so a
-/// provider that went down gives a clear 503 at the gateway instead of a browser error
-/// page at the provider. The window only merges the probes of a burst of logins.
-const LIVENESS_WINDOW: Duration = Duration::from_secs(2);
+/// The outcome of the latest liveness probe, and its number (1 for the first).
+struct ProbeOutcome {
+    number: u64,
+    result: Result<(), ProviderError>,
+}
 
 /// Shortest pause between two key-set fetches caused by an unknown `kid`, so forged
 /// tokens cannot make the gateway hammer the provider.
 const KEY_REFETCH_INTERVAL: Duration = Duration::from_secs(10);
 
 /// Why the provider could not be used (discovery, keys). Shown to operators.
-#[derive(Debug, thiserror::Error)]
+#[derive(Clone, Debug, thiserror::Error)]
 pub enum ProviderError {
     #[error("cannot reach {url}: {reason}")]
     Unreachable { url: String, reason: String },
@@ -118,12 +119,38 @@ pub enum LoginError {
     Userinfo(String),
 }
 
-/// What `/oauth2/start` must remember until the callback (kept server-side).
-#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
+/// How long a login may take between `/oauth2/start` and the callback.
+pub const LOGIN_TIMEOUT: Duration = Duration::from_secs(600);
+
+/// What `/oauth2/start` must remember until the callback. The gateway keeps none of
+/// it: it travels sealed in the browser's login cookie (short field names, since a
+/// cookie holds about 4 KiB).
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct PendingLogin {
+    #[serde(rename = "s")]
+    pub state: String,
+    #[serde(rename = "v")]
     pub pkce_verifier: String,
+    #[serde(rename = "n")]
     pub nonce: String,
+    #[serde(rename = "r")]
     pub return_to: String,
+    /// When the login started, in seconds since the Unix epoch.
+    #[serde(rename = "t")]
+    pub started_at: u64,
+}
+
+impl PendingLogin {
+    /// Whether the login took longer than [`LOGIN_TIMEOUT`] (or started in the future).
+    pub fn expired(&self) -> bool {
+        let now = unix_seconds(SystemTime::now());
+        now < self.started_at || now - self.started_at > LOGIN_TIMEOUT.as_secs()
+    }
+}
+
+fn unix_seconds(time: SystemTime) -> u64 {
+    time.duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
 }
 
 /// A finished login.
@@ -167,7 +194,11 @@ pub struct Provider {
     /// The ID-token verifier over the current key set, reused until the set changes:
     /// building one copies the whole key set.
     verifier_cache: Mutex<Option<(Arc<CoreJsonWebKeySet>, Arc<GateVerifier>)>>,
-    probe_lock: tokio::sync::Mutex<()>,
+    /// The last liveness probe ([`Provider::probe`]); held while one runs, so that
+    /// logins starting meanwhile share it.
+    last_probe: tokio::sync::Mutex<ProbeOutcome>,
+    /// How many probes have finished (read without waiting for the lock).
+    probes_finished: AtomicU64,
     /// `jti`s of accepted back-channel logout tokens, so none is used twice.
     seen_logout_tokens: moka::sync::Cache<String, ()>,
 }
@@ -189,7 +220,11 @@ impl Provider {
             fetch_lock: tokio::sync::Mutex::new(()),
             last_unknown_kid_refetch: Mutex::new(None),
             verifier_cache: Mutex::new(None),
-            probe_lock: tokio::sync::Mutex::new(()),
+            last_probe: tokio::sync::Mutex::new(ProbeOutcome {
+                number: 0,
+                result: Ok(()),
+            }),
+            probes_finished: AtomicU64::new(0),
             seen_logout_tokens: moka::sync::Cache::builder()
                 .max_capacity(100_000)
                 .time_to_live(logout::MAX_AGE * 2)
@@ -209,8 +244,8 @@ impl Provider {
         self.discovered.read().unwrap().is_some() && self.keys.read().unwrap().is_some()
     }
 
-    /// Fetches and checks the discovery document.
-    pub async fn fetch_metadata(&self) -> Result<ProviderMetadataWithLogout, ProviderError> {
+    /// The discovery document's body, if the provider serves it (200).
+    async fn get_discovery_document(&self) -> Result<Vec<u8>, ProviderError> {
         let url = self.discovery_url();
         let request = ::http::Request::get(&url)
             .header(::http::header::ACCEPT, "application/json")
@@ -233,8 +268,15 @@ impl Provider {
                 status: response.status().as_u16(),
             });
         }
-        let metadata: ProviderMetadataWithLogout = serde_json::from_slice(response.body())
-            .map_err(|e| ProviderError::BadDocument {
+        Ok(response.into_body())
+    }
+
+    /// Fetches and checks the discovery document.
+    pub async fn fetch_metadata(&self) -> Result<ProviderMetadataWithLogout, ProviderError> {
+        let url = self.discovery_url();
+        let body = self.get_discovery_document().await?;
+        let metadata: ProviderMetadataWithLogout =
+            serde_json::from_slice(&body).map_err(|e| ProviderError::BadDocument {
                 url: url.clone(),
                 reason: e.to_string(),
             })?;
@@ -275,17 +317,27 @@ impl Provider {
         Ok(())
     }
 
-    /// Makes sure the provider answers before a person is sent there: one discovery
-    /// fetch per [`LIVENESS_WINDOW`] at most, however many logins start.
+    /// Makes sure the provider answers before a person is sent there, so that one
+    /// that has just gone down gives a clear 503 here instead of a browser error page
+    /// there. Every login start asks, at the time it arrives; starts that arrive
+    /// while a probe runs share its answer (one discovery request however many
+    /// logins start at once).
     async fn probe(&self) -> Result<(), ProviderError> {
-        if self.http.answered_within(LIVENESS_WINDOW) {
-            return Ok(());
+        let arrived_after = self.probes_finished.load(Ordering::Acquire);
+        let mut last = self.last_probe.lock().await;
+        if last.number > arrived_after {
+            return last.result.clone();
         }
-        let _guard = self.probe_lock.lock().await;
-        if self.http.answered_within(LIVENESS_WINDOW) {
-            return Ok(());
-        }
-        self.fetch_metadata().await.map(drop)
+        let result = self.answers().await;
+        last.number += 1;
+        last.result = result.clone();
+        self.probes_finished.store(last.number, Ordering::Release);
+        result
+    }
+
+    /// Whether the discovery document is served now (nothing parsed).
+    async fn answers(&self) -> Result<(), ProviderError> {
+        self.get_discovery_document().await.map(drop)
     }
 
     fn install(&self, metadata: ProviderMetadataWithLogout, keys: CoreJsonWebKeySet) {
@@ -326,7 +378,7 @@ impl Provider {
     pub async fn begin_login(
         &self,
         return_to: String,
-    ) -> Result<(Url, String, PendingLogin), ProviderError> {
+    ) -> Result<(Url, PendingLogin), ProviderError> {
         let discovered = self.ready().await?;
         self.probe().await?;
         let (challenge, verifier) = PkceCodeChallenge::new_random_sha256();
@@ -341,11 +393,13 @@ impl Provider {
         }
         let (url, state, nonce) = request.set_pkce_challenge(challenge).url();
         let pending = PendingLogin {
+            state: state.secret().clone(),
             pkce_verifier: verifier.secret().clone(),
             nonce: nonce.secret().clone(),
             return_to,
+            started_at: unix_seconds(SystemTime::now()),
         };
-        Ok((url, state.secret().clone(), pending))
+        Ok((url, pending))
     }
 
     /// Exchanges the code, verifies the ID token, fetches userinfo.

@@ -44,8 +44,9 @@ const STYLE: &str = "body{font-family:system-ui,sans-serif;background:#f6f6f8;co
 margin:0;display:flex;min-height:100vh;align-items:center;justify-content:center}\
 main{background:#fff;border-radius:8px;box-shadow:0 1px 4px #0002;padding:2rem 2.5rem;max-width:32rem}\
 h1{font-size:1.3rem;margin-top:0}p{line-height:1.5}\
-a.button{display:inline-block;background:#6c5fc7;color:#fff;padding:.7rem 1.2rem;border-radius:6px;\
-text-decoration:none;font-weight:600}a{color:#6c5fc7;margin-right:1rem}";
+.button{display:inline-block;background:#6c5fc7;color:#fff;padding:.7rem 1.2rem;border-radius:6px;\
+text-decoration:none;font-weight:600;border:0;font-size:1rem;cursor:pointer}\
+a{color:#6c5fc7;margin-right:1rem}";
 
 impl Page<'_> {
     pub fn render(&self) -> Response<Full<Bytes>> {
@@ -74,6 +75,30 @@ impl Page<'_> {
         set_page_headers(response.headers_mut(), "text/html; charset=utf-8");
         response
     }
+}
+
+/// A page that asks before doing something: `message`, and a button that posts to
+/// `action` (a path on this origin).
+pub fn confirmation(
+    title: &str,
+    message: &str,
+    action: &str,
+    button: &str,
+) -> Response<Full<Bytes>> {
+    let body = format!(
+        "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\">\
+<meta name=\"viewport\" content=\"width=device-width\"><title>{title}</title>\
+<style>{STYLE}</style></head><body><main><h1>{title}</h1><p>{message}</p>\
+<form method=\"post\" action=\"{action}\"><button class=\"button\" type=\"submit\">{button}</button></form>\
+<p><a href=\"/\">Back to the start</a></p></main></body></html>",
+        title = escape(title),
+        message = escape(message),
+        action = escape(action),
+        button = escape(button),
+    );
+    let mut response = Response::new(Full::new(Bytes::from(body)));
+    set_page_headers(response.headers_mut(), "text/html; charset=utf-8");
+    response
 }
 
 /// Headers for every response the gateway makes itself.

@@ -2,6 +2,7 @@
 //! to. Pure decisions over the identity, the canonical path and the settings; the only
 //! I/O is the reloadable email file.
 
+mod credentials;
 mod emails;
 mod path;
 mod redirect;
@@ -9,10 +10,17 @@ mod rules;
 
 use std::collections::HashSet;
 
+pub use credentials::has_sentry_credential;
 pub use emails::EmailFile;
-pub use path::{PathError, normalize_path};
-pub use redirect::{AllowedHosts, return_target_or_root, validate_return_target};
-pub use rules::{Action, Requirements, RouteRule, describe, first_match, sentry_preset};
+pub use path::{PathError, decoded_views, normalize_path};
+pub use redirect::{
+    AllowedHosts, MAX_RETURN_TARGET, ReturnTargetTooLong, return_target_or_root,
+    validate_return_target,
+};
+pub use rules::{
+    Action, Admission, Requirements, Route, RouteRule, SENTRY_SESSION_COOKIES, decide, describe,
+    first_match, sentry_preset,
+};
 
 use crate::config::AccessSettings;
 use crate::session::Identity;
@@ -33,12 +41,13 @@ struct Check<'a> {
     file_emails: Option<&'a HashSet<String>>,
 }
 
-/// Checks the global access rules, then the matched route's own requirements.
+/// Checks the global access rules, then the requirements of each route rule the
+/// request matched ([`Route::Protected`]).
 pub fn authorize(
     identity: &Identity,
     access: &AccessSettings,
     file_emails: Option<&HashSet<String>>,
-    route: Option<&RouteRule>,
+    routes: &[&RouteRule],
 ) -> Result<(), Refusal> {
     let global = Check {
         source: "access",
@@ -49,7 +58,7 @@ pub fn authorize(
         file_emails,
     };
     check(identity, &global, access)?;
-    if let Some(route) = route {
+    for route in routes {
         let source = format!("access.rules \"{}\"", route.name);
         let r = &route.requirements;
         let local = Check {
@@ -141,7 +150,7 @@ mod tests {
     }
 
     fn allowed(identity: &Identity, rules: &AccessSettings) -> Result<(), Refusal> {
-        authorize(identity, rules, None, None)
+        authorize(identity, rules, None, &[])
     }
 
     #[test]
@@ -207,14 +216,14 @@ mod tests {
         let by_group = allowed(&outsider, &access(&[], &[], &["sentry:admin"])).unwrap_err();
         assert!(by_group.0.contains("permissions"));
         let file: HashSet<String> = ["boss@corp.com".to_string()].into();
-        let by_file = authorize(&outsider, &access(&[], &[], &[]), Some(&file), None).unwrap_err();
+        let by_file = authorize(&outsider, &access(&[], &[], &[]), Some(&file), &[]).unwrap_err();
         assert!(by_file.0.contains("allowed_emails"));
         assert!(
             authorize(
                 &person("boss@corp.com", true, &[]),
                 &access(&[], &[], &[]),
                 Some(&file),
-                None
+                &[]
             )
             .is_ok()
         );
@@ -226,7 +235,7 @@ mod tests {
             name: "admin area".into(),
             methods: vec![],
             path: regex::Regex::new("^/manage/").unwrap(),
-            when_header: None,
+            admission: Admission::Always,
             action: Action::Authenticated,
             requirements: Requirements {
                 allowed_groups: vec!["sentry:admin".into()],
@@ -235,13 +244,13 @@ mod tests {
         };
         let rules = access(&["corp.com"], &[], &[]);
         let member = person("m@corp.com", true, &["sentry:member"]);
-        let refusal = authorize(&member, &rules, None, Some(&route)).unwrap_err();
+        let refusal = authorize(&member, &rules, None, &[&route]).unwrap_err();
         assert!(refusal.0.contains("admin area"), "{}", refusal.0);
         let admin = person("a@corp.com", true, &["sentry:admin"]);
-        assert!(authorize(&admin, &rules, None, Some(&route)).is_ok());
+        assert!(authorize(&admin, &rules, None, &[&route]).is_ok());
         let outside_admin = person("a@evil.com", true, &["sentry:admin"]);
         assert!(
-            authorize(&outside_admin, &rules, None, Some(&route)).is_err(),
+            authorize(&outside_admin, &rules, None, &[&route]).is_err(),
             "global rules still apply"
         );
     }

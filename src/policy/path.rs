@@ -71,6 +71,61 @@ pub fn normalize_path(raw: &str) -> Result<String, PathError> {
     Ok(path)
 }
 
+/// The other forms of a canonical path that an upstream may act on, besides the path
+/// itself: empty when the path holds no percent-escape.
+///
+/// The gateway forwards the canonical path, and the upstream decodes it once more:
+/// uWSGI hands Django a `PATH_INFO` with every escape decoded, `%2F` and `%5C`
+/// included, and Django routes on that as it is. Other servers resolve the `..` that
+/// decoding revealed, or also read `\` as `/`. So the views are the path decoded
+/// once: as it is; with dot segments resolved and empty segments folded; and the same
+/// with `\` read as `/`. A rule decision is made on every view; the strictest wins.
+pub fn decoded_views(canonical: &str) -> Vec<String> {
+    if !canonical.contains('%') {
+        return Vec::new();
+    }
+    let decoded = percent_decode_str(canonical)
+        .decode_utf8_lossy()
+        .into_owned();
+    let mut views = vec![resolve_segments(&decoded)];
+    if decoded.contains('\\') {
+        views.push(resolve_segments(&decoded.replace('\\', "/")));
+    }
+    views.push(decoded);
+    views.sort_unstable();
+    views.dedup();
+    views
+}
+
+/// `path` with `.` and `..` segments resolved and empty segments folded, nothing
+/// decoded (the form [`normalize_path`] gives, for a path that is already decoded).
+fn resolve_segments(path: &str) -> String {
+    let mut segments: Vec<&str> = Vec::new();
+    let mut trailing_slash = false;
+    for segment in path.trim_start_matches('/').split('/') {
+        trailing_slash = true;
+        match segment {
+            "" | "." => {}
+            ".." => {
+                segments.pop();
+            }
+            _ => {
+                segments.push(segment);
+                trailing_slash = false;
+            }
+        }
+    }
+    let mut resolved = String::with_capacity(path.len());
+    for segment in &segments {
+        resolved.push('/');
+        resolved.push_str(segment);
+    }
+    if trailing_slash || resolved.is_empty() {
+        resolved.push('/');
+    }
+    resolved
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -128,6 +183,31 @@ mod tests {
     #[test]
     fn unicode_is_kept_percent_encoded() {
         assert_eq!(n("/caf%C3%A9/"), "/caf%C3%A9/");
+    }
+
+    #[test]
+    fn decoded_views_are_what_an_upstream_may_route_on() {
+        assert!(decoded_views("/manage/users/").is_empty());
+        assert_eq!(decoded_views("/manage%2Fusers"), ["/manage/users"]);
+        assert_eq!(
+            decoded_views("/api/0/relays%2F..%2F..%2Fusers/"),
+            ["/api/0/relays/../../users/", "/api/users/"]
+        );
+        assert_eq!(
+            decoded_views("/a%5C..%5Cmanage%5C"),
+            ["/a\\..\\manage\\", "/manage/"]
+        );
+        assert_eq!(
+            decoded_views("/a%5Cb%2F../manage%2F"),
+            ["/a/manage/", "/a\\b/../manage/", "/manage/"],
+            "with and without `\\` as a separator"
+        );
+        assert_eq!(
+            decoded_views("/a%252Fb"),
+            ["/a%2Fb"],
+            "decoded once, like Django"
+        );
+        assert_eq!(decoded_views("/caf%C3%A9/"), ["/caf\u{e9}/"]);
     }
 
     proptest! {

@@ -64,10 +64,32 @@ pub fn validate_return_target(
     (same_origin || allowed_host).then_some(resolved)
 }
 
-/// [`validate_return_target`] with the start page as the fallback.
-pub fn return_target_or_root(target: &str, public_url: &Url, allowed: &AllowedHosts) -> String {
-    validate_return_target(target, public_url, allowed)
-        .map_or_else(|| public_url.as_str().to_owned(), String::from)
+/// Longest return target, in bytes of the absolute URL it resolves to. It travels in
+/// the login cookie (browsers keep about 4 KiB per cookie), and bounds what a stranger
+/// can make one login start cost.
+pub const MAX_RETURN_TARGET: usize = 2048;
+
+/// A return target longer than [`MAX_RETURN_TARGET`].
+#[derive(Debug, PartialEq, Eq, thiserror::Error)]
+#[error("the return address is longer than {MAX_RETURN_TARGET} bytes")]
+pub struct ReturnTargetTooLong;
+
+/// [`validate_return_target`] with the start page as the fallback; an error for a
+/// target that would resolve to more than [`MAX_RETURN_TARGET`] bytes.
+pub fn return_target_or_root(
+    target: &str,
+    public_url: &Url,
+    allowed: &AllowedHosts,
+) -> Result<String, ReturnTargetTooLong> {
+    if target.len() > MAX_RETURN_TARGET {
+        return Err(ReturnTargetTooLong);
+    }
+    let resolved = validate_return_target(target, public_url, allowed)
+        .map_or_else(|| public_url.as_str().to_owned(), String::from);
+    if resolved.len() > MAX_RETURN_TARGET {
+        return Err(ReturnTargetTooLong);
+    }
+    Ok(resolved)
 }
 
 #[cfg(test)]

@@ -3,6 +3,7 @@
 use std::net::IpAddr;
 
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use percent_encoding::{AsciiSet, CONTROLS, percent_decode_str, utf8_percent_encode};
 
 const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
@@ -10,8 +11,8 @@ const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host")
 const X_REAL_IP: HeaderName = HeaderName::from_static("x-real-ip");
 
 /// Headers that describe one connection, never the message (RFC 9110 section 7.6.1),
-/// plus the proxy-only ones. (Constants: this runs twice per forwarded request, and a
-/// `&str` name would be parsed each time.)
+/// plus the proxy-only ones. (Constants: this runs on every forwarded request and
+/// response, and a `&str` name would be parsed each time.)
 const HOP_BY_HOP: [HeaderName; 8] = [
     header::CONNECTION,
     HeaderName::from_static("keep-alive"),
@@ -23,14 +24,22 @@ const HOP_BY_HOP: [HeaderName; 8] = [
     header::TRANSFER_ENCODING,
 ];
 
-/// Removes hop-by-hop headers, those named in `Connection`, and `Upgrade`.
-pub fn remove_hop_by_hop(headers: &mut HeaderMap) {
-    let named: Vec<HeaderName> = headers
+/// The names a `Connection` header lists (its comma-separated tokens).
+fn connection_tokens(headers: &HeaderMap) -> impl Iterator<Item = &str> {
+    headers
         .get_all(header::CONNECTION)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
-        .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
+        .map(str::trim)
+        .filter(|token| !token.is_empty())
+}
+
+/// Removes hop-by-hop headers, those named in `Connection`, and `Upgrade` (from an
+/// upstream's response).
+pub fn remove_hop_by_hop(headers: &mut HeaderMap) {
+    let named: Vec<HeaderName> = connection_tokens(headers)
+        .filter_map(|name| HeaderName::from_bytes(name.as_bytes()).ok())
         .collect();
     for name in named {
         headers.remove(name);
@@ -39,6 +48,73 @@ pub fn remove_hop_by_hop(headers: &mut HeaderMap) {
         headers.remove(name);
     }
     headers.remove(header::UPGRADE);
+}
+
+/// A client's `Connection` header named a header that must reach the upstream.
+#[derive(Debug, PartialEq, Eq, thiserror::Error)]
+#[error("the Connection header names `{0}`, which is not a hop-by-hop header")]
+pub struct EndToEndInConnection(pub String);
+
+/// Removes a client's hop-by-hop headers, before anything decides on the request:
+/// `Connection` and every header it names, `Keep-Alive`, `TE`, `Trailer`,
+/// `Transfer-Encoding`, `Proxy` and every `Proxy-*` header, and `Upgrade`. With
+/// `upgrade` (a real upgrade, [`super::upgrade_protocol`]) the request keeps
+/// `Connection: upgrade` and that `Upgrade`.
+///
+/// A `Connection` that names a header for which `end_to_end` is true (its name
+/// folded: lower case, `_` as `-`) is refused: the caller answers 400.
+pub fn remove_client_hop_by_hop(
+    headers: &mut HeaderMap,
+    upgrade: Option<HeaderValue>,
+    end_to_end: impl Fn(&str) -> bool,
+) -> Result<(), EndToEndInConnection> {
+    if let Some(token) = connection_tokens(headers).find(|token| end_to_end(&folded_name(token))) {
+        return Err(EndToEndInConnection(token.to_owned()));
+    }
+    remove_hop_by_hop(headers);
+    let proxy_headers: Vec<HeaderName> = headers
+        .keys()
+        .filter(|name| name.as_str() == "proxy" || name.as_str().starts_with("proxy-"))
+        .cloned()
+        .collect();
+    for name in proxy_headers {
+        headers.remove(name);
+    }
+    if let Some(protocol) = upgrade {
+        headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+        headers.insert(header::UPGRADE, protocol);
+    }
+    Ok(())
+}
+
+/// What [`encode_list`] encodes in each item: what could split, join or blur items
+/// (`,`, `%`, spaces, quotes) and what may not travel in a header (controls).
+/// Non-ASCII is always encoded, as its UTF-8 bytes.
+const LIST_ITEM: &AsciiSet = &CONTROLS.add(b' ').add(b'"').add(b'%').add(b',');
+
+/// One header value for a list of names (the groups): each name percent-encoded
+/// ([`LIST_ITEM`]), joined with `,`. So `a,b` arrives as one name, `a%2Cb`, never as
+/// two; a name without those characters arrives as it is.
+pub fn encode_list(items: &[String]) -> String {
+    let mut value = String::new();
+    for (i, item) in items.iter().enumerate() {
+        if i > 0 {
+            value.push(',');
+        }
+        value.extend(utf8_percent_encode(item, LIST_ITEM));
+    }
+    value
+}
+
+/// The names of a list written as [`encode_list`] writes it (blank items skipped,
+/// spaces around items ignored).
+pub fn decode_list(value: &str) -> Vec<String> {
+    value
+        .split(',')
+        .map(str::trim)
+        .filter(|item| !item.is_empty())
+        .map(|item| percent_decode_str(item).decode_utf8_lossy().into_owned())
+        .collect()
 }
 
 /// A header name folded the way some backends fold it: lower case, `_` as `-`.
@@ -188,6 +264,62 @@ mod tests {
         remove_hop_by_hop(&mut h);
         assert_eq!(h.len(), 1);
         assert!(h.contains_key("accept"));
+    }
+
+    #[test]
+    fn client_hop_by_hop_headers_go_and_end_to_end_ones_cannot_be_named() {
+        let mut h = map(&[
+            ("connection", "keep-alive, X-Custom"),
+            ("connection", "te"),
+            ("x-custom", "1"),
+            ("keep-alive", "timeout=5"),
+            ("te", "trailers"),
+            ("trailer", "x-checksum"),
+            ("proxy", "http://evil.example"),
+            ("proxy-authorization", "Basic x"),
+            ("proxy-anything", "1"),
+            ("upgrade", "h2c"),
+            ("accept", "*/*"),
+        ]);
+        let end_to_end = |name: &str| ["authorization", "x-forwarded-user"].contains(&name);
+        remove_client_hop_by_hop(&mut h, None, end_to_end).unwrap();
+        assert_eq!(h.keys().map(|k| k.as_str()).collect::<Vec<_>>(), ["accept"]);
+
+        let mut upgrade = map(&[("connection", "Upgrade"), ("upgrade", "websocket")]);
+        remove_client_hop_by_hop(
+            &mut upgrade,
+            Some(HeaderValue::from_static("websocket")),
+            end_to_end,
+        )
+        .unwrap();
+        assert_eq!(upgrade["connection"], "upgrade");
+        assert_eq!(upgrade["upgrade"], "websocket");
+
+        for named in [
+            "Authorization",
+            "x-forwarded-user",
+            "X_Forwarded_User",
+            "keep-alive, authorization",
+        ] {
+            let mut h = map(&[("connection", named), ("authorization", "Bearer x")]);
+            assert!(
+                remove_client_hop_by_hop(&mut h, None, end_to_end).is_err(),
+                "{named}"
+            );
+        }
+    }
+
+    #[test]
+    fn group_lists_are_unambiguous() {
+        let groups: Vec<String> = ["sentry:member", "a,b", "50%", " x ", "caf\u{e9}", "q\"r"]
+            .map(String::from)
+            .to_vec();
+        let value = encode_list(&groups);
+        assert_eq!(value, "sentry:member,a%2Cb,50%25,%20x%20,caf%C3%A9,q%22r");
+        assert!(HeaderValue::from_str(&value).is_ok());
+        assert_eq!(decode_list(&value), groups);
+        assert_eq!(decode_list(" a , ,b"), ["a", "b"]);
+        assert!(decode_list(", ,").is_empty());
     }
 
     #[test]

@@ -1,7 +1,8 @@
 //! Forwarding to the upstream (Sentry): a pooled client, streaming bodies both ways,
-//! hop-by-hop headers removed, upgrades (WebSocket) tunnelled, request bodies held to
-//! `server.max_body_size` (413), and a 502/504 answer when the upstream fails. It decides nothing about who may pass: the gateway calls it
-//! only for requests that are allowed, with identity headers already set.
+//! hop-by-hop headers removed ([`headers`]), upgrades (WebSocket) tunnelled, request
+//! bodies held to `server.max_body_size` (413), and a 502/504 answer when the upstream
+//! fails. It decides nothing about who may pass: the gateway calls it only for
+//! requests that are allowed, with identity headers already set.
 
 pub mod headers;
 
@@ -121,8 +122,11 @@ impl Upstream {
     }
 
     /// Sends the request on and streams the answer back. `host` is the host the client
-    /// asked for. Never fails: a body over the limit becomes a 413, upstream trouble a
-    /// 502 or 504, each a page or JSON as the request wants ([`pages::problem`]).
+    /// asked for. The client's hop-by-hop headers must be gone already
+    /// ([`headers::remove_client_hop_by_hop`], before anything decided on the request);
+    /// a real upgrade keeps `Connection: upgrade` and its `Upgrade`, and is tunnelled.
+    /// Never fails: a body over the limit becomes a 413, upstream trouble a 502 or 504,
+    /// each a page or JSON as the request wants ([`pages::problem`]).
     pub async fn forward(
         &self,
         mut request: Request<Incoming>,
@@ -141,15 +145,11 @@ impl Upstream {
             .path_and_query()
             .map_or("/", |pq| pq.as_str())
             .to_owned();
-        let upgrade = upgrade_protocol(&request);
-        let client_upgrade = upgrade.is_some().then(|| hyper::upgrade::on(&mut request));
+        let client_upgrade = upgrade_protocol(&request)
+            .is_some()
+            .then(|| hyper::upgrade::on(&mut request));
 
         let headers = request.headers_mut();
-        headers::remove_hop_by_hop(headers);
-        if let Some(protocol) = &upgrade {
-            headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
-            headers.insert(header::UPGRADE, protocol.clone());
-        }
         match (
             self.pass_host_header,
             host.and_then(|h| HeaderValue::from_str(h).ok()),
@@ -297,9 +297,21 @@ fn caused_by_timeout(error: &(dyn std::error::Error + 'static)) -> bool {
     false
 }
 
-/// The protocol of an HTTP/1.1 upgrade request (`Connection: upgrade` + `Upgrade`).
-fn upgrade_protocol<B>(request: &Request<B>) -> Option<HeaderValue> {
+/// The protocol of an HTTP/1.1 upgrade request (`Connection: upgrade` + `Upgrade`),
+/// unless it asks for `h2c`: HTTP/2 over a plain upgrade is never forwarded, since
+/// the upstream would then take requests the gateway never saw.
+pub fn upgrade_protocol<B>(request: &Request<B>) -> Option<HeaderValue> {
     if request.version() != Version::HTTP_11 {
+        return None;
+    }
+    let h2c = request
+        .headers()
+        .get_all(header::UPGRADE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|protocol| protocol.trim().eq_ignore_ascii_case("h2c"));
+    if h2c || request.headers().get_all(header::UPGRADE).iter().count() != 1 {
         return None;
     }
     let asks = request

@@ -68,8 +68,14 @@ impl CookieCodec {
     /// malformed, oversized or forged values all give `None`; if several cookies carry
     /// the name, the first that decrypts wins.
     pub fn open(&self, headers: &HeaderMap, name: &str) -> Option<String> {
+        self.open_limited(headers, name, MAX_SEALED_LEN)
+    }
+
+    /// [`CookieCodec::open`] for a cookie that may be up to `max_len` long sealed
+    /// (the login cookie, which carries a return target).
+    pub fn open_limited(&self, headers: &HeaderMap, name: &str, max_len: usize) -> Option<String> {
         request_cookies(headers)
-            .filter(|(n, v)| *n == name && v.len() <= MAX_SEALED_LEN)
+            .filter(|(n, v)| *n == name && v.len() <= max_len)
             .find_map(|(_, sealed)| self.open_value(name, sealed))
     }
 

@@ -4,7 +4,7 @@
 //! cookie crate's private jar ([`CookieCodec`]). A login always creates a new id (no
 //! fixation). This module never puts tokens or claims in a cookie.
 //!
-//! [`SessionStore`] holds the sessions, and the logins in flight, in one of two ways:
+//! [`SessionStore`] holds the sessions in one of two ways:
 //! - `memory`: in this process (moka), bounded, LRU, with lifetime and idle expiry;
 //! - `redis`: in Redis, shared by every replica ([`shared`]), with moka in front as a
 //!   short-lived local cache that pub/sub invalidations keep honest.
@@ -31,7 +31,6 @@ pub use shared::{SharedStoreError, StoreUnavailable};
 use shared::SharedStore;
 
 use crate::config::{SessionSettings, StoreSettings};
-use crate::oidc::PendingLogin;
 
 /// The signed-in person, as the provider (`oidc.issuer`) described them: what the
 /// identity headers and access rules use, nothing more (no display name, no issuer).
@@ -190,14 +189,27 @@ pub fn random_token() -> String {
     URL_SAFE_NO_PAD.encode(bytes)
 }
 
-/// How long a login may take between `/oauth2/start` and the callback.
-pub const LOGIN_TIMEOUT: Duration = Duration::from_secs(600);
-
-/// Logins in flight at once in the memory store (state entries kept server-side).
-const MAX_PENDING_LOGINS: u64 = 100_000;
+/// Values remembered as used in the memory store ([`SessionStore::first_use`]), at
+/// about 100 bytes each. Only a finished login (a code the provider accepted) or a
+/// verified logout token adds one.
+const MAX_USED_ONCE: u64 = 100_000;
 
 /// Distinct group lists remembered for sharing (most people have one of a few).
 const MAX_GROUP_LISTS: u64 = 10_000;
+
+/// Keeps each used value for the time it was presented with.
+struct KeptFor;
+
+impl moka::Expiry<[u8; 32], Duration> for KeptFor {
+    fn expire_after_create(
+        &self,
+        _key: &[u8; 32],
+        ttl: &Duration,
+        _created_at: Instant,
+    ) -> Option<Duration> {
+        Some(*ttl)
+    }
+}
 
 /// Who may run a session's upkeep (refresh, revalidation) now.
 pub enum Lease {
@@ -211,7 +223,7 @@ pub enum Lease {
     Unavailable(StoreUnavailable),
 }
 
-/// The sessions and the logins in flight: in memory, or in Redis with a local cache.
+/// The sessions: in memory, or in Redis with a local cache.
 ///
 /// The memory store is bounded by `max_sessions`; when full, the least recently used
 /// session is evicted (moka's default TinyLFU admission would instead refuse new
@@ -219,8 +231,9 @@ pub enum Lease {
 pub struct SessionStore {
     /// Memory store: the sessions themselves. Redis: the local cache of them.
     local: Cache<SessionKey, Arc<Session>>,
-    /// Memory store: the logins in flight (Redis keeps its own, for every replica).
-    logins: Cache<String, Arc<PendingLogin>>,
+    /// Memory store: hashes of values used once, each with its time to be kept
+    /// (Redis keeps its own, for every replica).
+    used_once: moka::sync::Cache<[u8; 32], Duration>,
     shared: Option<Arc<SharedStore>>,
     lifetime: Duration,
     /// One copy of each group list, shared by the sessions that have it.
@@ -271,9 +284,9 @@ impl SessionStore {
         };
         Ok(Self {
             local,
-            logins: Cache::builder()
-                .max_capacity(MAX_PENDING_LOGINS)
-                .time_to_live(LOGIN_TIMEOUT)
+            used_once: moka::sync::Cache::builder()
+                .max_capacity(MAX_USED_ONCE)
+                .expire_after(KeptFor)
                 .build(),
             shared,
             lifetime: settings.lifetime,
@@ -417,34 +430,18 @@ impl SessionStore {
         }
     }
 
-    /// Keeps a login's state until its callback, for at most [`LOGIN_TIMEOUT`].
-    pub async fn put_login(
-        &self,
-        state: &str,
-        pending: PendingLogin,
-    ) -> Result<(), StoreUnavailable> {
+    /// True when [`SessionStore::first_use`] already took `value` for `purpose` (and
+    /// has not forgotten it). Only reads: a stranger's request that cannot use a
+    /// value must not make the store keep it.
+    pub async fn already_used(&self, purpose: &str, value: &str) -> Result<bool, StoreUnavailable> {
         match &self.shared {
-            Some(shared) => shared.put_login(state, &pending).await,
-            None => {
-                self.logins
-                    .insert(state.to_owned(), Arc::new(pending))
-                    .await;
-                Ok(())
-            }
-        }
-    }
-
-    /// The login started with `state`, once: a second call finds nothing.
-    pub async fn take_login(&self, state: &str) -> Result<Option<PendingLogin>, StoreUnavailable> {
-        match &self.shared {
-            Some(shared) => shared.take_login(state).await,
-            None => Ok(self.logins.remove(state).await.map(Arc::unwrap_or_clone)),
+            Some(shared) => shared.already_used(purpose, value).await,
+            None => Ok(self.used_once.contains_key(&hash(purpose, value))),
         }
     }
 
     /// True the first time any replica presents `value` for `purpose` within `ttl`
-    /// (e.g. a logout token's `jti`). Always true without a shared store: the caller
-    /// keeps its own memory of what it saw.
+    /// (a logout token's `jti`, a login's `state`).
     pub async fn first_use(
         &self,
         purpose: &str,
@@ -453,7 +450,10 @@ impl SessionStore {
     ) -> Result<bool, StoreUnavailable> {
         match &self.shared {
             Some(shared) => shared.first_use(purpose, value, ttl).await,
-            None => Ok(true),
+            None => {
+                let entry = self.used_once.entry(hash(purpose, value)).or_insert(ttl);
+                Ok(entry.is_fresh())
+            }
         }
     }
 
@@ -599,15 +599,21 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_login_state_is_used_once() {
+    async fn a_value_is_used_once_per_purpose_until_it_is_forgotten() {
         let store = SessionStore::new(&settings(60_000, 60_000, 10)).unwrap();
-        let pending = PendingLogin {
-            pkce_verifier: "v".into(),
-            nonce: "n".into(),
-            return_to: "/".into(),
-        };
-        store.put_login("s", pending).await.unwrap();
-        assert!(store.take_login("s").await.unwrap().is_some());
-        assert!(store.take_login("s").await.unwrap().is_none());
+        let ttl = Duration::from_millis(200);
+        assert!(!store.already_used("login", "s").await.unwrap());
+        assert!(store.first_use("login", "s", ttl).await.unwrap());
+        assert!(store.already_used("login", "s").await.unwrap());
+        assert!(!store.first_use("login", "s", ttl).await.unwrap());
+        assert!(
+            store.first_use("jti", "s", ttl).await.unwrap(),
+            "another purpose"
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert!(
+            store.first_use("login", "s", ttl).await.unwrap(),
+            "forgotten after its time"
+        );
     }
 }

@@ -8,8 +8,8 @@
 //!   for back-channel logout.
 //! - `lease:<key>`: which replica runs the session's refresh right now, so a rotating
 //!   refresh token is used once, whichever replica the requests reach.
-//! - `login:<hash>`: a login in flight, sealed with a key derived from its `state`.
-//! - `once:<purpose>:<hash>`: values that may be used only once (logout token `jti`).
+//! - `once:<purpose>:<hash>`: values that may be used only once (a logout token's
+//!   `jti`, a login's `state`).
 //! - channel `invalidate`: `<replica> <key>` after every change, so other replicas
 //!   drop their cached copy at once.
 //!
@@ -35,7 +35,6 @@ use serde::{Deserialize, Serialize};
 
 use super::{GroupLists, Identity, Session, SessionKey, Tokens, Upkeep, hash, random_token};
 use crate::config::RedisSettings;
-use crate::oidc::PendingLogin;
 
 /// How long one replica may hold a session's refresh lease (longer than any refresh).
 const LEASE_TTL: Duration = Duration::from_secs(15);
@@ -572,31 +571,9 @@ impl SharedStore {
         }
     }
 
-    pub async fn put_login(
-        &self,
-        state: &str,
-        pending: &PendingLogin,
-    ) -> Result<(), StoreUnavailable> {
-        self.ensure_reachable()?;
-        let name = self.index_key("login", state);
-        let plain = serde_json::to_vec(pending).expect("a pending login serialises");
-        let sealed = seal(&sealing_key("login", state), &name, &plain);
-        self.run(
-            redis::cmd("SET")
-                .arg(&name)
-                .arg(sealed)
-                .arg("PX")
-                .arg(millis(super::LOGIN_TIMEOUT)),
-        )
-        .await
-    }
-
-    pub async fn take_login(&self, state: &str) -> Result<Option<PendingLogin>, StoreUnavailable> {
-        let name = self.index_key("login", state);
-        let sealed: Option<Vec<u8>> = self.run(redis::cmd("GETDEL").arg(&name)).await?;
-        Ok(sealed
-            .and_then(|sealed| open(&sealing_key("login", state), &name, &sealed))
-            .and_then(|plain| serde_json::from_slice(&plain).ok()))
+    pub async fn already_used(&self, purpose: &str, value: &str) -> Result<bool, StoreUnavailable> {
+        let name = self.index_key(&format!("once:{purpose}"), value);
+        self.run(redis::cmd("EXISTS").arg(name)).await
     }
 
     pub async fn first_use(
@@ -624,8 +601,8 @@ fn millis(duration: Duration) -> u64 {
     (duration.as_millis() as u64).max(1)
 }
 
-/// The AES-256 key that seals what belongs to one secret value (a session id, a
-/// login state): whoever does not have the value cannot read it.
+/// The AES-256 key that seals what belongs to one secret value (a session id):
+/// whoever does not have the value cannot read it.
 fn sealing_key(purpose: &str, secret: &str) -> LessSafeKey {
     let bytes = hash(&format!("ssogate {purpose} sealing"), secret);
     LessSafeKey::new(UnboundKey::new(&AES_256_GCM, &bytes).expect("a 32-byte AES key"))

@@ -20,6 +20,8 @@ pub use browser::{Browser, TestResponse};
 pub use upstream::TestUpstream;
 
 pub const PASSWORD: &str = "correct horse";
+/// The session cookie's name: the default over https, which every test world uses.
+pub const SESSION_COOKIE: &str = ssogate::config::HOST_COOKIE_NAME;
 pub const CLIENT_ID: &str = "sentry-gateway";
 pub const CLIENT_SECRET: &str = "test-client-secret";
 

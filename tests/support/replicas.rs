@@ -113,6 +113,21 @@ impl RedisServer {
         child.wait().unwrap();
     }
 
+    /// How many keys Redis holds (`DBSIZE`; plain Redis only).
+    pub fn key_count(&self) -> u64 {
+        use std::io::{BufRead, BufReader, Write};
+        assert!(self.tls_ca_file.is_none(), "key_count speaks plain RESP");
+        let mut stream = std::net::TcpStream::connect((Ipv4Addr::LOCALHOST, self.port)).unwrap();
+        stream.write_all(b"DBSIZE\r\n").unwrap();
+        let mut answer = String::new();
+        BufReader::new(stream).read_line(&mut answer).unwrap();
+        answer
+            .trim()
+            .strip_prefix(':')
+            .and_then(|n| n.parse().ok())
+            .unwrap_or_else(|| panic!("DBSIZE answered {answer:?}"))
+    }
+
     /// Answers PING (plain), or accepts connections (TLS: the gateway's own client is
     /// the test of the handshake).
     fn listening(&self) -> bool {
