@@ -743,3 +743,39 @@ fn is_asymmetric(alg: &CoreJwsSigningAlgorithm) -> bool {
             | A::EdDsa
     )
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn started(seconds_ago: i64) -> PendingLogin {
+        let now = unix_seconds(SystemTime::now()) as i64;
+        PendingLogin {
+            state: "s".into(),
+            pkce_verifier: "v".into(),
+            nonce: "n".into(),
+            return_to: "https://sentry.example.com/".into(),
+            started_at: (now - seconds_ago) as u64,
+        }
+    }
+
+    #[test]
+    fn a_login_expires_after_its_timeout_by_its_sealed_start_time() {
+        let timeout = LOGIN_TIMEOUT.as_secs() as i64;
+        assert!(!started(0).expired());
+        assert!(!started(timeout - 5).expired());
+        assert!(started(timeout + 5).expired());
+        assert!(started(-60).expired(), "a start in the future is no start");
+    }
+
+    #[test]
+    fn a_pending_login_travels_as_compact_json() {
+        let pending = started(0);
+        let text = serde_json::to_string(&pending).unwrap();
+        assert!(text.starts_with("{\"s\":\"s\",\"v\":\"v\""), "{text}");
+        assert_eq!(
+            serde_json::from_str::<PendingLogin>(&text).unwrap(),
+            pending
+        );
+    }
+}
