@@ -18,11 +18,13 @@
 //! saw ([`FramingScanner::messages`]).
 //!
 //! Refusing uses hyper's own path for malformed requests: the read is cut at the
-//! offending byte, which becomes a NUL followed by an empty line. hyper sees a
-//! complete head it cannot parse, answers 400 and closes the connection, and nothing
-//! of that request reaches the upstream. (A NUL alone would not do: hyper waits for
-//! an empty line before it parses again.) In a chunked body the request fails the
-//! same way mid-body; the upstream sees one request cut short, never two.
+//! offending byte, which becomes a NUL, a CR without its LF and an empty line. hyper
+//! sees a complete head it cannot parse, answers 400 and closes the connection, and
+//! nothing of that request reaches the upstream. (A NUL alone would not do: hyper
+//! waits for an empty line before it parses again.) In a chunked body the request
+//! fails the same way mid-body (where a NUL alone could pass as a chunk extension or a
+//! trailer byte, the CR without LF cannot); the upstream sees one request cut short,
+//! never two.
 //!
 //! HTTP/2 (after its preface) and upgraded connections (after a 101) are not checked:
 //! their bytes are not HTTP/1.1 messages.
@@ -36,9 +38,13 @@ use std::task::{Context, Poll, ready};
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
-/// What replaces a refused byte: a NUL, which no part of a request may hold, then an
-/// empty line, so that hyper parses (and refuses) the head at once.
-const REFUSAL: &[u8] = b"\0\r\n\r\n";
+/// What replaces a refused byte: a NUL, a CR without its LF, then an empty line. hyper
+/// refuses it wherever the scanner can refuse: in a head (no part of one may hold a
+/// NUL; the empty line makes hyper parse the head at once), in a chunk-size line or
+/// its extension (there a NUL is an extension byte, but the CR must be followed by
+/// LF), after chunk data, and in trailers (hyper keeps a NUL as a trailer byte, then
+/// wants LF after the CR).
+const REFUSAL: &[u8] = b"\0\r\0\r\n\r\n";
 
 /// The first line of the HTTP/2 connection preface.
 const H2_PREFACE_LINE: &[u8] = b"PRI * HTTP/2.0";
