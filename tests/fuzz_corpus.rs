@@ -60,3 +60,8 @@ fn callback_query_corpus() {
 fn config_loader_corpus() {
     replay("config_loader", checks::config_loader);
 }
+
+#[test]
+fn framing_vs_hyper_corpus() {
+    replay("framing_vs_hyper", checks::framing_vs_hyper);
+}

@@ -16,7 +16,9 @@
 //! work-stealing runtime on one core. The thread that calls [`start`] is serving
 //! thread 0 and also runs the background work (provider discovery, Redis).
 
-mod framing;
+/// Public for the differential fuzz target (tests/fuzz, `framing_vs_hyper`), which
+/// checks the scanner against hyper; the server is its only other user.
+pub mod framing;
 mod linger;
 pub mod tls;
 

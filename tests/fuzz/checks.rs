@@ -2,19 +2,34 @@
 //! the parser's invariants. Shared by the libFuzzer targets (fuzz_targets/*.rs) and by
 //! the stable regression test tests/fuzz_corpus.rs, which replays the kept corpora.
 
+use std::convert::Infallible;
+use std::future::Future;
+use std::io;
 use std::path::Path;
+use std::pin::{Pin, pin};
 use std::str::FromStr;
-use std::sync::LazyLock;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, LazyLock, Mutex};
+use std::task::{Context, Poll, Wake, Waker};
 
+use bytes::Bytes;
 use http::header::{COOKIE, HeaderMap, HeaderValue};
 use http::uri::PathAndQuery;
+use http::{Method, Request, Response, StatusCode, Uri, Version};
+use http_body_util::{BodyExt, Empty};
+use hyper::body::Incoming;
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper_util::rt::TokioIo;
 use ssogate::config::Settings;
 use ssogate::gateway::{param, query_params};
 use ssogate::policy::{
     AllowedHosts, MAX_RETURN_TARGET, PathError, normalize_path, return_target_or_root,
     validate_return_target,
 };
+use ssogate::server::framing::{FramingScanner, Message, StrictFraming};
 use ssogate::session::CookieCodec;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use url::Url;
 
 // ---------------------------------------------------------------------------------
@@ -427,4 +442,435 @@ fn unsafe_file(text: &str) -> bool {
             .any(|prefix| real.starts_with(prefix))
     });
     special || !meta.is_file() || meta.len() > 1 << 20
+}
+
+// ---------------------------------------------------------------------------------
+// framing_vs_hyper
+
+/// Input: the bytes a client sends on one HTTP/1.1 connection, then it closes.
+///
+/// They go to `server::framing::FramingScanner` and, apart, to hyper's HTTP/1.1
+/// server (the gateway's options; a service that reads each body whole). Both must
+/// agree on where each request ends:
+///
+/// - Requests both saw complete are the same, in order: request line (method, target,
+///   version) and body length.
+/// - hyper completing more requests than the scanner is allowed only when the scanner
+///   refused (it is stricter; see the last rule).
+/// - The scanner completing more requests than hyper is allowed only when hyper
+///   stopped reading on its own, before the client closed: it refused (a 400, a body
+///   that fails to decode) or closed the connection (HTTP/1.0, `Connection: close`).
+///   If hyper was still reading a request when the client closed, the scanner took
+///   bytes hyper still reads for a new request: the dangerous direction.
+/// - When neither refused nor stopped: when the client closes, the scanner is in the
+///   middle of a request exactly when hyper is.
+/// - The HTTP/2 preface stops the scanner; hyper (HTTP/1.1 only here) then reads no
+///   request.
+/// - Where the scanner refuses byte `at`, hyper is also given the bytes as the
+///   gateway hands them over (`StrictFraming`: the read cut at `at`, the refusal
+///   bytes), in the worst case of a read that ends right after `at`, so that all the
+///   later bytes get through unchecked (and of one that ends right before it, so that
+///   hyper may hold part of a head when the refusal comes). hyper must then stop on
+///   its own (before the client closes), start no request whose head the scanner did
+///   not accept, and complete no request the scanner did not complete.
+///
+/// The scanner's view must not depend on how the bytes are split into reads (whole,
+/// one by one, in pieces of 7). hyper runs without a timer (no header-read timeout,
+/// which would need one) on an in-memory client; the connection future, service
+/// included, is polled here on this thread (no runtime needed) until it waits for
+/// bytes that never come; then the client closes.
+pub fn framing_vs_hyper(data: &[u8]) {
+    let scanned = scan_framing(data, 1);
+    for step in [7, data.len().max(1)] {
+        let pieces = scan_framing(data, step);
+        assert_eq!(
+            pieces.summary(),
+            scanned.summary(),
+            "the scanner reads differently in pieces of {step}"
+        );
+    }
+    let n = scanned.messages.len();
+
+    let hyper = serve(data, Vec::new(), false);
+    let complete = hyper.complete();
+    for (i, (message, (seen, length))) in scanned.messages.iter().zip(&complete).enumerate() {
+        assert!(
+            same_request(data, message, seen, *length),
+            "request {i}: the scanner saw {:?} with {} body bytes, hyper {seen:?} with {length}",
+            String::from_utf8_lossy(request_line(data, message)),
+            message.body_length,
+        );
+    }
+    if scanned.stopped {
+        assert!(
+            hyper.seen.is_empty(),
+            "hyper read a request after the HTTP/2 preface"
+        );
+    }
+    if complete.len() > n {
+        assert!(
+            scanned.refused.is_some(),
+            "hyper read {} requests, the scanner {n} without refusing: {hyper:?}",
+            complete.len()
+        );
+    }
+    if n > complete.len() {
+        assert!(
+            hyper.stopped_on_its_own,
+            "the scanner read {n} requests, hyper {} and was still reading: {hyper:?}",
+            complete.len()
+        );
+    }
+    if scanned.refused.is_none() && !scanned.stopped && !hyper.stopped_on_its_own {
+        assert_eq!(
+            scanned.in_message,
+            hyper.mid_request(),
+            "in the middle of a request at the end, scanner and hyper: {hyper:?}"
+        );
+    }
+
+    if let Some(at) = scanned.refused {
+        let through = serve(data, vec![at, at + 1], true);
+        assert!(
+            through.stopped_on_its_own,
+            "after the refusal at {at}, hyper still reads: {through:?}"
+        );
+        assert!(
+            through.seen.len() as u64 <= scanned.heads,
+            "hyper started {} requests after the refusal at {at}, the scanner accepted {} heads: {through:?}",
+            through.seen.len(),
+            scanned.heads
+        );
+        let complete = through.complete();
+        assert!(
+            complete.len() <= n,
+            "hyper completed {} requests after the refusal at {at}, the scanner {n}: {through:?}",
+            complete.len()
+        );
+        for (message, (seen, length)) in scanned.messages.iter().zip(&complete) {
+            assert!(same_request(data, message, seen, *length), "{through:?}");
+        }
+    }
+}
+
+/// What the scanner made of the input.
+struct Scanned {
+    /// The requests it saw complete (all of them when scanning byte by byte).
+    messages: Vec<Message>,
+    count: u64,
+    heads: u64,
+    refused: Option<usize>,
+    /// By the HTTP/2 preface.
+    stopped: bool,
+    in_message: bool,
+}
+
+impl Scanned {
+    fn summary(&self) -> (u64, u64, Option<usize>, bool, bool) {
+        (
+            self.count,
+            self.heads,
+            self.refused,
+            self.stopped,
+            self.in_message,
+        )
+    }
+}
+
+fn scan_framing(data: &[u8], step: usize) -> Scanned {
+    let mut scanner = FramingScanner::default();
+    let mut messages = Vec::new();
+    let mut refused = None;
+    for (n, piece) in data.chunks(step).enumerate() {
+        let result = scanner.scan(piece);
+        if scanner.messages() > messages.len() as u64 {
+            messages.extend(scanner.last_message().cloned());
+        }
+        if let Err(at) = result {
+            refused = Some(n * step + at);
+            break;
+        }
+    }
+    Scanned {
+        messages,
+        count: scanner.messages(),
+        heads: scanner.heads(),
+        refused,
+        stopped: refused.is_none() && !scanner.checking(),
+        in_message: scanner.in_message(),
+    }
+}
+
+fn request_line<'a>(data: &'a [u8], message: &Message) -> &'a [u8] {
+    let line = &message.request_line;
+    &data[line.start as usize..line.end as usize]
+}
+
+/// Whether the scanner's request is the one hyper read (hyper's target parsed from
+/// the same bytes).
+fn same_request(data: &[u8], message: &Message, seen: &Seen, length: u64) -> bool {
+    let line = request_line(data, message);
+    let (Some(first), Some(last)) = (
+        line.iter().position(|&b| b == b' '),
+        line.iter().rposition(|&b| b == b' '),
+    ) else {
+        return false;
+    };
+    if first >= last {
+        return false;
+    }
+    let version = match &line[last + 1..] {
+        b"HTTP/1.1" => Version::HTTP_11,
+        b"HTTP/1.0" => Version::HTTP_10,
+        _ => return false,
+    };
+    let target = Bytes::copy_from_slice(&line[first + 1..last]);
+    Method::from_bytes(&line[..first]).is_ok_and(|method| method == seen.method)
+        && Uri::from_maybe_shared(target).is_ok_and(|uri| uri == seen.uri)
+        && version == seen.version
+        && message.body_length == length
+}
+
+/// A request hyper handed to the service.
+#[derive(Debug)]
+struct Seen {
+    method: Method,
+    uri: Uri,
+    version: Version,
+    /// None while its body is being read.
+    body: Option<BodyEnd>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum BodyEnd {
+    Complete(u64),
+    /// hyper failed to read the body: it refused it (chunked, before the client
+    /// closed) or the client closed in its middle.
+    Failed {
+        at_eof: bool,
+    },
+}
+
+/// What hyper made of the input.
+#[derive(Debug)]
+struct Served {
+    seen: Vec<Seen>,
+    /// The connection ended before the client closed (hyper refused or closed).
+    stopped_on_its_own: bool,
+    result: Result<(), hyper::Error>,
+}
+
+impl Served {
+    /// The requests hyper read whole, with their body lengths.
+    fn complete(&self) -> Vec<(&Seen, u64)> {
+        self.seen
+            .iter()
+            .map_while(|seen| match seen.body {
+                Some(BodyEnd::Complete(length)) => Some((seen, length)),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// Whether hyper was in the middle of a request when the client closed (when it
+    /// did not stop on its own): reading a head, or a body.
+    fn mid_request(&self) -> bool {
+        let reading_body = |seen: &Seen| !matches!(seen.body, Some(BodyEnd::Complete(_)));
+        self.result.is_err() || self.seen.iter().any(reading_body)
+    }
+}
+
+/// The client's side of the connection, shared with the harness.
+#[derive(Default)]
+struct ClientState {
+    /// Everything was read and the reader waits for more.
+    starved: AtomicBool,
+    /// The client closed: reads return end of file.
+    closed: AtomicBool,
+}
+
+/// A client that sends `data` in reads that end at each of `cuts` (and wherever the
+/// reader's buffer is full), then waits until the harness closes it.
+struct Client {
+    data: Vec<u8>,
+    sent: usize,
+    cuts: Vec<usize>,
+    state: Arc<ClientState>,
+}
+
+impl AsyncRead for Client {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        _: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = &mut *self;
+        if this.sent < this.data.len() {
+            let sent = this.sent;
+            let end = this
+                .cuts
+                .iter()
+                .copied()
+                .find(|&cut| cut > sent)
+                .unwrap_or(this.data.len())
+                .min(this.data.len())
+                .min(sent + buf.remaining());
+            buf.put_slice(&this.data[sent..end]);
+            this.sent = end;
+            Poll::Ready(Ok(()))
+        } else if this.state.closed.load(Ordering::Relaxed) {
+            Poll::Ready(Ok(()))
+        } else {
+            this.state.starved.store(true, Ordering::Relaxed);
+            Poll::Pending
+        }
+    }
+}
+
+impl AsyncWrite for Client {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        _: &mut Context<'_>,
+        data: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Poll::Ready(Ok(data.len()))
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+}
+
+/// hyper's HTTP/1.1 server as `server::connection_builder` sets it up, without the
+/// timer (and so without the header-read timeout).
+fn http1_builder() -> http1::Builder {
+    let mut builder = http1::Builder::new();
+    builder
+        .header_read_timeout(None)
+        .max_buf_size(64 * 1024)
+        .keep_alive(true);
+    builder
+}
+
+/// Serves one connection whose client sends `data` (through `StrictFraming` when
+/// `checked`), until it ends.
+fn serve(data: &[u8], cuts: Vec<usize>, checked: bool) -> Served {
+    let state = Arc::new(ClientState::default());
+    let client = Client {
+        data: data.to_vec(),
+        sent: 0,
+        cuts,
+        state: state.clone(),
+    };
+    let log = Arc::new(Mutex::new(Vec::<Seen>::new()));
+    let service = {
+        let log = log.clone();
+        let state = state.clone();
+        service_fn(move |request: Request<Incoming>| {
+            let log = log.clone();
+            let state = state.clone();
+            async move {
+                let index = {
+                    let mut log = log.lock().expect("log");
+                    log.push(Seen {
+                        method: request.method().clone(),
+                        uri: request.uri().clone(),
+                        version: request.version(),
+                        body: None,
+                    });
+                    log.len() - 1
+                };
+                let mut body = request.into_body();
+                let mut length = 0;
+                let end = loop {
+                    match body.frame().await {
+                        None => break BodyEnd::Complete(length),
+                        Some(Ok(frame)) => {
+                            length += frame.data_ref().map_or(0, |data| data.len() as u64);
+                        }
+                        Some(Err(_)) => {
+                            break BodyEnd::Failed {
+                                at_eof: state.closed.load(Ordering::Relaxed),
+                            };
+                        }
+                    }
+                };
+                log.lock().expect("log")[index].body = Some(end);
+                // Not 2xx: a 2xx to CONNECT would turn the connection into a tunnel.
+                let response = Response::builder()
+                    .status(StatusCode::NOT_FOUND)
+                    .body(Empty::<Bytes>::new())
+                    .expect("a response");
+                Ok::<_, Infallible>(response)
+            }
+        })
+    };
+    let builder = http1_builder();
+    let result = if checked {
+        let io = StrictFraming::new(client, Arc::new(AtomicBool::new(false)));
+        run_connection(
+            builder
+                .serve_connection(TokioIo::new(io), service)
+                .with_upgrades(),
+            &state,
+        )
+    } else {
+        run_connection(
+            builder
+                .serve_connection(TokioIo::new(client), service)
+                .with_upgrades(),
+            &state,
+        )
+    };
+    let seen = std::mem::take(&mut *log.lock().expect("log"));
+    Served {
+        seen,
+        stopped_on_its_own: !state.closed.load(Ordering::Relaxed),
+        result,
+    }
+}
+
+/// Records that the connection asked to be polled again.
+struct Woken(AtomicBool);
+
+impl Wake for Woken {
+    fn wake(self: Arc<Self>) {
+        self.0.store(true, Ordering::Relaxed);
+    }
+
+    fn wake_by_ref(self: &Arc<Self>) {
+        self.0.store(true, Ordering::Relaxed);
+    }
+}
+
+/// Polls the connection (which does all the work on this thread: the service runs
+/// inside it) until it ends. When it waits for the client and nothing else, the client
+/// closes.
+fn run_connection<F: Future<Output = hyper::Result<()>>>(
+    connection: F,
+    client: &ClientState,
+) -> hyper::Result<()> {
+    let woken = Arc::new(Woken(AtomicBool::new(false)));
+    let waker = Waker::from(woken.clone());
+    let mut cx = Context::from_waker(&waker);
+    let mut connection = pin!(connection);
+    for _ in 0..1_000_000 {
+        woken.0.store(false, Ordering::Relaxed);
+        if let Poll::Ready(result) = connection.as_mut().poll(&mut cx) {
+            return result;
+        }
+        if woken.0.load(Ordering::Relaxed) {
+            continue;
+        }
+        assert!(
+            client.starved.load(Ordering::Relaxed) && !client.closed.load(Ordering::Relaxed),
+            "hyper waits for something else than the client"
+        );
+        client.closed.store(true, Ordering::Relaxed);
+    }
+    panic!("hyper never finishes the connection");
 }
