@@ -332,9 +332,10 @@ impl Gateway {
             Err(e) => return self.return_target_too_long(e),
         };
         if !self.sent_by_this_origin(request) {
-            let action = match has_rd {
-                true => format!("/oauth2/sign_out?rd={}", urlencode(&return_to)),
-                false => "/oauth2/sign_out".to_owned(),
+            let action = if has_rd {
+                format!("/oauth2/sign_out?rd={}", urlencode(&return_to))
+            } else {
+                "/oauth2/sign_out".to_owned()
             };
             return pages::confirmation(
                 "Sign out?",

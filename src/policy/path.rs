@@ -39,36 +39,21 @@ pub enum PathError {
 /// The canonical form of `raw` (a request path without its query).
 pub fn normalize_path(raw: &str) -> Result<String, PathError> {
     let rest = raw.strip_prefix('/').ok_or(PathError::NotAbsolute)?;
-    let mut segments: Vec<String> = Vec::new();
-    let mut trailing_slash = false;
-    for raw_segment in rest.split('/') {
-        let decoded = percent_decode_str(raw_segment)
-            .decode_utf8()
-            .map_err(|_| PathError::InvalidUtf8)?;
-        if decoded.chars().any(char::is_control) {
-            return Err(PathError::ControlCharacter);
-        }
-        trailing_slash = true;
-        match decoded.as_ref() {
-            "" | "." => {}
-            ".." => {
-                segments.pop();
+    let decoded = rest
+        .split('/')
+        .map(|segment| {
+            let decoded = percent_decode_str(segment)
+                .decode_utf8()
+                .map_err(|_| PathError::InvalidUtf8)?;
+            if decoded.chars().any(char::is_control) {
+                return Err(PathError::ControlCharacter);
             }
-            _ => {
-                segments.push(utf8_percent_encode(&decoded, SEGMENT).to_string());
-                trailing_slash = false;
-            }
-        }
-    }
-    let mut path = String::with_capacity(raw.len());
-    for segment in &segments {
-        path.push('/');
-        path.push_str(segment);
-    }
-    if trailing_slash || path.is_empty() {
-        path.push('/');
-    }
-    Ok(path)
+            Ok(decoded)
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(joined(resolved(decoded), raw.len(), |path, segment| {
+        path.extend(utf8_percent_encode(segment, SEGMENT))
+    }))
 }
 
 /// The other forms of a canonical path that an upstream may act on, besides the path
@@ -100,30 +85,46 @@ pub fn decoded_views(canonical: &str) -> Vec<String> {
 /// `path` with `.` and `..` segments resolved and empty segments folded, nothing
 /// decoded (the form [`normalize_path`] gives, for a path that is already decoded).
 fn resolve_segments(path: &str) -> String {
-    let mut segments: Vec<&str> = Vec::new();
+    joined(resolved(path.split('/')), path.len(), String::push_str)
+}
+
+/// The segments a path keeps once `.` and `..` are resolved and empty segments are
+/// dropped, and whether it ends with a slash (after a last segment that was dropped).
+fn resolved<S: AsRef<str>>(segments: impl IntoIterator<Item = S>) -> (Vec<S>, bool) {
+    let mut kept = Vec::new();
     let mut trailing_slash = false;
-    for segment in path.trim_start_matches('/').split('/') {
+    for segment in segments {
         trailing_slash = true;
-        match segment {
+        match segment.as_ref() {
             "" | "." => {}
             ".." => {
-                segments.pop();
+                kept.pop();
             }
             _ => {
-                segments.push(segment);
+                kept.push(segment);
                 trailing_slash = false;
             }
         }
     }
-    let mut resolved = String::with_capacity(path.len());
+    (kept, trailing_slash)
+}
+
+/// `/` before each segment (written by `write`), and a `/` at the end when the path
+/// ends with one or has no segment.
+fn joined<S: AsRef<str>>(
+    (segments, trailing_slash): (Vec<S>, bool),
+    capacity: usize,
+    write: impl Fn(&mut String, &str),
+) -> String {
+    let mut path = String::with_capacity(capacity);
     for segment in &segments {
-        resolved.push('/');
-        resolved.push_str(segment);
+        path.push('/');
+        write(&mut path, segment.as_ref());
     }
-    if trailing_slash || resolved.is_empty() {
-        resolved.push('/');
+    if trailing_slash || path.is_empty() {
+        path.push('/');
     }
-    resolved
+    path
 }
 
 #[cfg(test)]

@@ -24,21 +24,22 @@ const HOP_BY_HOP: [HeaderName; 8] = [
     header::TRANSFER_ENCODING,
 ];
 
-/// The names a `Connection` header lists (its comma-separated tokens).
-fn connection_tokens(headers: &HeaderMap) -> impl Iterator<Item = &str> {
+/// The items of a comma-separated list header (`Connection`, `Upgrade`), over all its
+/// lines, trimmed, blank ones skipped.
+pub fn list_items<'h>(headers: &'h HeaderMap, name: &HeaderName) -> impl Iterator<Item = &'h str> {
     headers
-        .get_all(header::CONNECTION)
+        .get_all(name)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
         .map(str::trim)
-        .filter(|token| !token.is_empty())
+        .filter(|item| !item.is_empty())
 }
 
 /// Removes hop-by-hop headers, those named in `Connection`, and `Upgrade` (from an
 /// upstream's response).
 pub fn remove_hop_by_hop(headers: &mut HeaderMap) {
-    let named: Vec<HeaderName> = connection_tokens(headers)
+    let named: Vec<HeaderName> = list_items(headers, &header::CONNECTION)
         .filter_map(|name| HeaderName::from_bytes(name.as_bytes()).ok())
         .collect();
     for name in named {
@@ -68,7 +69,9 @@ pub fn remove_client_hop_by_hop(
     upgrade: Option<HeaderValue>,
     end_to_end: impl Fn(&str) -> bool,
 ) -> Result<(), EndToEndInConnection> {
-    if let Some(token) = connection_tokens(headers).find(|token| end_to_end(&folded_name(token))) {
+    if let Some(token) =
+        list_items(headers, &header::CONNECTION).find(|token| end_to_end(&folded_name(token)))
+    {
         return Err(EndToEndInConnection(token.to_owned()));
     }
     remove_hop_by_hop(headers);

@@ -301,28 +301,16 @@ fn caused_by_timeout(error: &(dyn std::error::Error + 'static)) -> bool {
 /// unless it asks for `h2c`: HTTP/2 over a plain upgrade is never forwarded, since
 /// the upstream would then take requests the gateway never saw.
 pub fn upgrade_protocol<B>(request: &Request<B>) -> Option<HeaderValue> {
-    if request.version() != Version::HTTP_11 {
+    let fields = request.headers();
+    let mut upgrades = fields.get_all(header::UPGRADE).iter();
+    let (Some(protocol), None) = (upgrades.next(), upgrades.next()) else {
         return None;
-    }
-    let h2c = request
-        .headers()
-        .get_all(header::UPGRADE)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .any(|protocol| protocol.trim().eq_ignore_ascii_case("h2c"));
-    if h2c || request.headers().get_all(header::UPGRADE).iter().count() != 1 {
-        return None;
-    }
-    let asks = request
-        .headers()
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .any(|token| token.trim().eq_ignore_ascii_case("upgrade"));
-    asks.then(|| request.headers().get(header::UPGRADE).cloned())
-        .flatten()
+    };
+    let asks = headers::list_items(fields, &header::CONNECTION)
+        .any(|token| token.eq_ignore_ascii_case("upgrade"));
+    let h2c = headers::list_items(fields, &header::UPGRADE)
+        .any(|protocol| protocol.eq_ignore_ascii_case("h2c"));
+    (request.version() == Version::HTTP_11 && asks && !h2c).then(|| protocol.clone())
 }
 
 /// Copies bytes both ways between the client and the upstream after a 101.
