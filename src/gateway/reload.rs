@@ -3,8 +3,9 @@
 //! A reload builds a new [`Gateway`] from the new settings and swaps it in: each
 //! request takes the gateway current when it arrives, and requests already running
 //! finish with the one they started with. Nothing is dropped and nobody is signed
-//! out: the new gateway shares the session store (logins in flight included) and the
-//! metrics, and the provider (its discovered metadata and keys) when the provider's
+//! out: the new gateway shares the session store (and the login states already used)
+//! and the metrics (logins in flight carry their own state, in the browser's sealed
+//! cookie), and the provider (its discovered metadata and keys) when the provider's
 //! settings did not change. A new provider must answer discovery before the swap.
 //!
 //! Some keys shape what was set up at start (listeners, threads, connection limits,
