@@ -47,6 +47,7 @@ fn cookie_and_session(c: &mut Criterion) {
         idle_timeout: Duration::from_secs(28_800),
         max_sessions: 200_000,
         revalidate_every: None,
+        expired_token_grace: Duration::ZERO,
         store: StoreSettings::Memory,
     };
     let store = SessionStore::new(&settings).unwrap();

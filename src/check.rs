@@ -33,9 +33,14 @@ impl Report {
             }
         }
     }
+
+    /// Something that works but that the operator should know (not a failure).
+    fn warn(&mut self, name: &str, text: &str) {
+        println!("WARN {name}: {text}");
+    }
 }
 
-/// Runs every check; returns true when all passed.
+/// Runs every check; returns true when all passed (warnings do not fail it).
 pub async fn run(config: Option<&Path>) -> bool {
     let mut report = Report { failures: 0 };
     let settings = match Settings::load(config) {
@@ -104,6 +109,9 @@ pub async fn run(config: Option<&Path>) -> bool {
             .map(String::from)
             .unwrap_or_default();
         println!("     register this redirect URI at the provider: {callback}");
+        for warning in refresh_warnings(&settings.oidc.scopes, metadata) {
+            report.warn("refresh tokens", &warning);
+        }
     }
     report.step("upstream", reach_upstream(&settings).await);
     if let crate::config::StoreSettings::Redis(redis) = &settings.session.store {
@@ -120,6 +128,48 @@ pub async fn run(config: Option<&Path>) -> bool {
         println!("all checks passed");
     }
     report.failures == 0
+}
+
+/// What stands between the configured scopes and refresh tokens that really arrive,
+/// read from the provider's discovery document.
+fn refresh_warnings(
+    scopes: &[String],
+    metadata: &openidconnect::ProviderMetadataWithLogout,
+) -> Vec<String> {
+    if !scopes.iter().any(|s| s == crate::oidc::OFFLINE_ACCESS) {
+        return vec![
+            "`offline_access` is not among oidc.scopes: no refresh tokens, so every session \
+             signs in again (silently while the provider session lives) when its access token \
+             expires; see README, \"How long a revocation takes\""
+                .into(),
+        ];
+    }
+    let mut warnings = Vec::new();
+    let scope_listed = metadata.scopes_supported().is_some_and(|listed| {
+        listed
+            .iter()
+            .any(|s| s.as_str() == crate::oidc::OFFLINE_ACCESS)
+    });
+    if !scope_listed {
+        warnings.push(
+            "the provider's discovery document does not list `offline_access` in \
+             scopes_supported: it may issue no refresh tokens"
+                .into(),
+        );
+    }
+    // OpenID Connect Discovery: an absent grant_types_supported means
+    // ["authorization_code", "implicit"], so no refresh_token grant.
+    let grant_listed = metadata
+        .grant_types_supported()
+        .is_some_and(|grants| grants.contains(&openidconnect::core::CoreGrantType::RefreshToken));
+    if !grant_listed {
+        warnings.push(
+            "the provider's discovery document does not list the `refresh_token` grant in \
+             grant_types_supported: refreshing sessions will fail"
+                .into(),
+        );
+    }
+    warnings
 }
 
 /// The effective route table, in the order rules are tried.
@@ -170,5 +220,57 @@ async fn reach_upstream(settings: &Settings) -> Result<String, String> {
             crate::oidc::error_chain(&e)
         )),
         Err(_) => Err(format!("{}: no answer within 10s", upstream.url)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::refresh_warnings;
+
+    fn metadata(extra: serde_json::Value) -> openidconnect::ProviderMetadataWithLogout {
+        let mut document = serde_json::json!({
+            "issuer": "https://id.example/api/oidc",
+            "authorization_endpoint": "https://id.example/api/oidc/oidc/auth",
+            "token_endpoint": "https://id.example/api/oidc/oidc/token",
+            "jwks_uri": "https://id.example/api/oidc/oidc/jwks",
+            "response_types_supported": ["code"],
+            "subject_types_supported": ["public"],
+            "id_token_signing_alg_values_supported": ["RS256"],
+        });
+        document
+            .as_object_mut()
+            .unwrap()
+            .extend(extra.as_object().unwrap().clone());
+        serde_json::from_value(document).unwrap()
+    }
+
+    fn scopes(list: &[&str]) -> Vec<String> {
+        list.iter().map(|s| (*s).to_owned()).collect()
+    }
+
+    #[test]
+    fn offline_access_with_a_provider_that_lists_it_and_the_grant_is_quiet() {
+        let listed = metadata(serde_json::json!({
+            "scopes_supported": ["openid", "offline_access"],
+            "grant_types_supported": ["authorization_code", "refresh_token"],
+        }));
+        assert!(refresh_warnings(&scopes(&["openid", "offline_access"]), &listed).is_empty());
+    }
+
+    #[test]
+    fn a_provider_without_the_scope_or_the_grant_is_named() {
+        let bare = metadata(serde_json::json!({}));
+        let warnings = refresh_warnings(&scopes(&["openid", "offline_access"]), &bare);
+        assert_eq!(warnings.len(), 2, "{warnings:?}");
+        assert!(warnings[0].contains("scopes_supported"));
+        assert!(warnings[1].contains("grant_types_supported"));
+    }
+
+    #[test]
+    fn without_offline_access_the_operator_hears_what_people_will_see() {
+        let listed = metadata(serde_json::json!({"scopes_supported": ["openid"]}));
+        let warnings = refresh_warnings(&scopes(&["openid", "email"]), &listed);
+        assert_eq!(warnings.len(), 1);
+        assert!(warnings[0].contains("signs in again"), "{}", warnings[0]);
     }
 }

@@ -82,6 +82,8 @@ issuer = "{issuer}"
 client_id = "{client_id}"
 client_secret = "{client_secret}"
 provider_name = "the demo provider"
+# Refresh tokens keep the demo's sessions confirmed past the 5-minute access tokens.
+scopes = ["openid", "email", "profile", "offline_access"]
 [session]
 secrets = ["{secret}"]
 [access]

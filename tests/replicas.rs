@@ -243,6 +243,72 @@ async fn fifty_requests_over_two_replicas_cause_one_refresh() {
     assert_eq!(cluster.provider.refresh_count(), 2);
 }
 
+/// Issue 18 with shared sessions: a permission removed at the provider, read by a
+/// refresh on one replica, refuses the person on the other one too (which had the
+/// session in its local cache for an hour); End Sessions long after login ends the
+/// session on both.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn demotions_and_ends_at_the_provider_reach_every_replica() {
+    let cluster = Cluster::start(ClusterOptions {
+        oidc_toml: "scopes = [\"openid\", \"email\", \"profile\", \"offline_access\"]".into(),
+        session_toml: format!(
+            "{LONG_LOCAL_CACHE}\n[access]\ngroups_claim = \"permissions\"\nrequired_groups = [\"sentry:member\"]"
+        ),
+        access_token_ttl: Duration::from_secs(2),
+        ..Default::default()
+    })
+    .await;
+    let alice = signed_in(&cluster, 0, "alice").await;
+    for index in [0, 1] {
+        let mut tab = cluster.on(index, &alice);
+        assert_eq!(api_status(&mut tab, "/api/0/").await, StatusCode::OK);
+    }
+    cluster
+        .provider
+        .set_user_claim("alice", "permissions", serde_json::json!([]));
+    tokio::time::sleep(Duration::from_millis(2200)).await; // a refresh is due
+    let mut on_a = cluster.on(0, &alice);
+    assert_eq!(
+        api_status(&mut on_a, "/api/0/").await,
+        StatusCode::FORBIDDEN
+    );
+    assert_eq!(cluster.provider.refresh_count(), 1);
+    tokio::time::sleep(Duration::from_millis(300)).await; // the invalidation travels
+    let mut on_b = cluster.on(1, &alice);
+    assert_eq!(
+        api_status(&mut on_b, "/api/0/").await,
+        StatusCode::FORBIDDEN
+    );
+    assert_eq!(cluster.provider.refresh_count(), 1, "B took A's result");
+
+    // Given back, then ended at the provider several refreshes later.
+    cluster
+        .provider
+        .set_user_claim("alice", "permissions", serde_json::json!(["sentry:member"]));
+    for round in 0..3 {
+        tokio::time::sleep(Duration::from_millis(1100)).await;
+        let mut tab = cluster.on(round % 2, &alice);
+        assert_eq!(
+            api_status(&mut tab, "/api/0/").await,
+            StatusCode::OK,
+            "round {round}"
+        );
+    }
+    assert!(cluster.provider.end_sessions("alice") > 0);
+    tokio::time::sleep(Duration::from_millis(2200)).await;
+    let mut on_a = cluster.on(0, &alice);
+    assert_eq!(
+        api_status(&mut on_a, "/api/0/").await,
+        StatusCode::UNAUTHORIZED
+    );
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let mut on_b = cluster.on(1, &alice);
+    assert_eq!(
+        api_status(&mut on_b, "/api/0/").await,
+        StatusCode::UNAUTHORIZED
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_redis_restart_loses_no_session_and_the_replicas_recover() {
     let mut cluster = Cluster::start(ClusterOptions {

@@ -101,7 +101,8 @@ async fn a_refused_refresh_ends_the_session() {
 
 #[tokio::test]
 async fn an_unreachable_provider_does_not_end_the_session() {
-    let world = refreshing_world("").await;
+    // Within `expired_token_grace`: past it, see tests/revocation.rs.
+    let world = refreshing_world("expired_token_grace = \"1m\"").await;
     let mut browser = world.signed_in("alice").await;
     world.provider.set_token_endpoint_outage(true);
     tokio::time::sleep(Duration::from_millis(1100)).await;

@@ -113,6 +113,7 @@ fn measure(fill: Fill, count: usize) -> Resident {
         idle_timeout: Duration::from_secs(28_800),
         max_sessions: count.max(1) as u64,
         revalidate_every: None,
+        expired_token_grace: Duration::ZERO,
         store: StoreSettings::Memory,
     };
     let runtime = tokio::runtime::Builder::new_current_thread()

@@ -98,6 +98,8 @@ pub struct SessionSection {
     pub max_sessions: Option<u64>,
     #[serde(deserialize_with = "flex::text")]
     pub revalidate_every: Option<String>,
+    #[serde(deserialize_with = "flex::text")]
+    pub expired_token_grace: Option<String>,
     pub store: Option<String>,
     pub redis_url: Option<String>,
     pub redis_url_file: Option<String>,

@@ -185,6 +185,10 @@ pub struct SessionSettings {
     /// Ask the provider again whether a session still stands this often (off: never,
     /// beyond refreshing tokens that expire).
     pub revalidate_every: Option<Duration>,
+    /// How long a session stays trusted after its access token expired without being
+    /// renewed (no refresh token, or the provider could not be reached to refresh it).
+    /// Zero: the access token's lifetime bounds how long the provider's last word counts.
+    pub expired_token_grace: Duration,
     /// Where sessions live: this process only, or Redis shared by every replica.
     pub store: StoreSettings,
 }
@@ -877,6 +881,20 @@ fn validate_session(
         })
         .transpose()?
         .filter(|every| !every.is_zero());
+    let expired_token_grace = session
+        .expired_token_grace
+        .map(|text| {
+            parse_duration(&text)
+                .map_err(|problem| key_error("session.expired_token_grace", problem))
+        })
+        .transpose()?
+        .unwrap_or_default();
+    if expired_token_grace >= lifetime {
+        return Err(key_error(
+            "session.expired_token_grace",
+            "must be shorter than session.lifetime (a grace that long would never end a session the provider can no longer confirm)",
+        ));
+    }
     Ok(SessionSettings {
         cookie_name,
         secrets,
@@ -884,6 +902,7 @@ fn validate_session(
         idle_timeout,
         max_sessions,
         revalidate_every,
+        expired_token_grace,
         store,
     })
 }

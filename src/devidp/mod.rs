@@ -340,6 +340,15 @@ impl DevProvider {
             .end_sessions(username, Instant::now())
     }
 
+    /// The administrator changes `username`'s claim `name` (e.g. `permissions`) to
+    /// `value`: refreshed tokens, userinfo and later logins carry the new value.
+    pub fn set_user_claim(&self, username: &str, name: &str, value: Value) {
+        self.handle
+            .shared
+            .lock()
+            .set_user_claim(username, name, value);
+    }
+
     /// While `down`, `POST /token` answers every request with 503 and
     /// `{"error": "temporarily_unavailable", ...}` without looking at it:
     /// no code or refresh token is used up. The request is still recorded in

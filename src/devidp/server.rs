@@ -55,6 +55,8 @@ pub(crate) struct State {
     pub(crate) token_endpoint_down: bool,
     /// The provider session id (`sid`) of each user's latest login, by username.
     pub(crate) last_sid: HashMap<String, String>,
+    /// Claims an administrator changed since startup, by username.
+    changed_claims: HashMap<String, Map<String, Value>>,
     /// Authorization requests waiting for the login form, by interaction id.
     interactions: HashMap<String, Interaction>,
     /// Issued, not yet redeemed authorization codes.
@@ -142,6 +144,19 @@ impl State {
             !ours
         });
         revoked
+    }
+
+    /// An administrator changes one of a user's claims (e.g. removes a permission):
+    /// every token issued from now on, by logins and refreshes, and userinfo for
+    /// tokens already issued, carry the new value.
+    pub(crate) fn set_user_claim(&mut self, username: &str, name: &str, value: Value) {
+        let changed = self.changed_claims.entry(username.to_owned()).or_default();
+        changed.insert(name.to_owned(), value.clone());
+        let users = (self.grants.values_mut().map(|g| &mut g.user))
+            .chain(self.codes.values_mut().map(|c| &mut c.user));
+        for user in users.filter(|u| u.username == username) {
+            user.claims.insert(name.to_owned(), value.clone());
+        }
     }
 
     /// The administrator's "End Sessions": revokes every token of `username`
@@ -327,6 +342,17 @@ fn authorize(shared: &Shared, query: &Params) -> Response<Body> {
     if !has_scope(scope, "openid") {
         return fail("invalid_scope", "the scope must include openid");
     }
+    // As oidc-provider does (OpenID Connect Core 11): `offline_access` is dropped
+    // unless the request asks for consent.
+    let asks_consent = query
+        .get("prompt")
+        .is_some_and(|prompt| has_scope(prompt, "consent"));
+    let scope = if asks_consent {
+        scope.to_owned()
+    } else {
+        let kept: Vec<&str> = scope.split(' ').filter(|s| *s != OFFLINE_ACCESS).collect();
+        kept.join(" ")
+    };
     let code_challenge = match (
         query.get("code_challenge"),
         query.get("code_challenge_method"),
@@ -348,7 +374,7 @@ fn authorize(shared: &Shared, query: &Params) -> Response<Body> {
         redirect_uri: redirect_uri.to_owned(),
         state: state.map(str::to_owned),
         nonce: query.get("nonce").map(str::to_owned),
-        scope: scope.to_owned(),
+        scope,
         code_challenge: code_challenge.to_owned(),
         expires: now + INTERACTION_TTL,
     };
@@ -375,6 +401,10 @@ fn login(shared: &Shared, form: &Params) -> Response<Body> {
         let error = Some("Wrong username or password.");
         return pages::login(&shared.issuer, interaction, &client_id, error);
     };
+    let mut user = user.clone();
+    if let Some(changed) = locked.changed_claims.get(&user.username) {
+        user.claims.extend(changed.clone());
+    }
     let code = random_token();
     let sid = random_token();
     let redirect_uri = request.redirect_uri.clone();
@@ -382,7 +412,7 @@ fn login(shared: &Shared, form: &Params) -> Response<Body> {
     (locked.last_sid).insert(user.username.clone(), sid.clone());
     let issued = Code {
         request,
-        user: user.clone(),
+        user,
         sid,
         auth_time: unix_now(),
         expires: now + CODE_TTL,

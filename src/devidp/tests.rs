@@ -486,9 +486,10 @@ async fn shutdown_stops_accepting() {
 
 const OFFLINE: &str = "openid offline_access email";
 
-/// Signs in with `scope` and redeems the code; returns the token response.
+/// Signs in with `scope` (asking for consent, which `offline_access` needs) and
+/// redeems the code; returns the token response.
 async fn tokens(idp: &DevProvider, secret: &str, scope: &str) -> Value {
-    let code = sign_in(idp, &[("scope", scope)]).await;
+    let code = sign_in(idp, &[("scope", scope), ("prompt", "consent")]).await;
     let reply = redeem(idp, secret, &code, VERIFIER).await;
     assert_eq!(reply.status, StatusCode::OK, "{}", reply.body);
     reply.json()
@@ -537,6 +538,11 @@ async fn refresh_tokens_come_only_with_offline_access() {
     );
     assert_eq!(idp.sid_of_last_login("nobody"), None);
     assert_eq!(idp.refresh_count(), 0);
+    // As oidc-provider: without prompt=consent, offline_access is dropped.
+    let code = sign_in(&idp, &[("scope", OFFLINE)]).await;
+    let unasked: Value = redeem(&idp, &secret, &code, VERIFIER).await.json();
+    assert!(unasked.get("refresh_token").is_none(), "{unasked}");
+    assert_eq!(unasked["scope"], "openid email");
 }
 
 #[tokio::test]
@@ -756,7 +762,7 @@ async fn logout_tokens_verify_and_carry_the_logout_claims() {
 #[tokio::test]
 async fn code_reuse_revokes_the_refresh_token_too() {
     let (idp, secret) = start(SigningAlg::Es256).await;
-    let code = sign_in(&idp, &[("scope", OFFLINE)]).await;
+    let code = sign_in(&idp, &[("scope", OFFLINE), ("prompt", "consent")]).await;
     let first = redeem(&idp, &secret, &code, VERIFIER).await.json();
     let again = redeem(&idp, &secret, &code, VERIFIER).await;
     assert_eq!(again.error(), invalid_grant());

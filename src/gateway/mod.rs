@@ -33,6 +33,7 @@ use crate::policy::{self, EmailFile, Route, RouteRule};
 use crate::proxy::headers::{self, ForwardedFacts};
 use crate::proxy::{ResponseBody, Upstream, boxed, upgrade_protocol};
 use crate::session::{CookieCodec, Session, SessionStore, StoreUnavailable};
+use upkeep::Standing;
 
 pub use reload::LiveGateway;
 pub use request::{param, query_params};
@@ -61,6 +62,16 @@ const END_TO_END_HEADERS: [&str; 10] = [
     "x-real-ip",
     "x-request-id",
 ];
+
+/// Where a navigation without a usable session is sent.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum SignIn {
+    /// The sign-in page (or straight on with `oidc.skip_sign_in_page`).
+    Page,
+    /// Straight through the provider: a session that only needs confirming again,
+    /// which needs no click while the provider session lives.
+    ThroughProvider,
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum GatewayError {
@@ -361,9 +372,12 @@ impl Gateway {
         record.class = RouteClass::Protected;
 
         // authenticate (and keep the session in step with the provider), authorise.
-        let session = match self.live_session(request.headers()).await {
-            Ok(Some(session)) => session,
-            Ok(None) => return self.unauthenticated(&request),
+        let session = match self.session_standing(request.headers()).await {
+            Ok(Standing::Live(session)) => session,
+            Ok(Standing::Ended) => return self.unauthenticated(&request, SignIn::Page),
+            Ok(Standing::Unconfirmed) => {
+                return self.unauthenticated(&request, SignIn::ThroughProvider);
+            }
             Err(e) => return self.store_unavailable(&request, &e),
         };
         record.session = Some(session.clone());
@@ -530,16 +544,27 @@ impl Gateway {
         Ok(self.sessions.get(&id).await?.map(|session| (id, session)))
     }
 
-    /// The session named by the request's cookie, kept in step with the provider
-    /// ([`Gateway::upkeep`]); `None` when there is none or the provider ended it.
+    /// The standing of the session named by the request's cookie, kept in step with
+    /// the provider ([`Gateway::upkeep`]).
+    async fn session_standing(
+        &self,
+        headers: &http::HeaderMap,
+    ) -> Result<Standing, StoreUnavailable> {
+        let Some((id, session)) = self.session_of(headers).await? else {
+            return Ok(Standing::Ended);
+        };
+        Ok(self.upkeep(&id, session).await)
+    }
+
+    /// The session to serve the request with, `None` when there is none usable.
     async fn live_session(
         &self,
         headers: &http::HeaderMap,
     ) -> Result<Option<Arc<Session>>, StoreUnavailable> {
-        let Some((id, session)) = self.session_of(headers).await? else {
-            return Ok(None);
-        };
-        Ok(self.upkeep(&id, &session).await.then_some(session))
+        Ok(match self.session_standing(headers).await? {
+            Standing::Live(session) => Some(session),
+            Standing::Ended | Standing::Unconfirmed => None,
+        })
     }
 
     /// The session store cannot be asked: 503, as a page or JSON like the 401.
@@ -564,8 +589,13 @@ impl Gateway {
         .map(boxed)
     }
 
-    /// No session: navigations go to the sign-in, everything else gets 401 JSON.
-    fn unauthenticated(&self, request: &Request<Incoming>) -> Response<ResponseBody> {
+    /// No usable session: navigations go to the sign-in, everything else gets 401
+    /// JSON (which makes Sentry's UI reload into a navigation).
+    fn unauthenticated(
+        &self,
+        request: &Request<Incoming>,
+        sign_in: SignIn,
+    ) -> Response<ResponseBody> {
         if is_navigation(request) {
             // Back to the same address after signing in, query included, unless that
             // is too long to travel with the login: then the path alone, or the start.
@@ -577,11 +607,12 @@ impl Gateway {
             .into_iter()
             .find(|target| origin + target.len() <= policy::MAX_RETURN_TARGET)
             .unwrap_or("/");
-            let entry = if self.settings.oidc.skip_sign_in_page {
-                "/oauth2/start"
-            } else {
-                "/oauth2/sign_in"
-            };
+            let entry =
+                if self.settings.oidc.skip_sign_in_page || sign_in == SignIn::ThroughProvider {
+                    "/oauth2/start"
+                } else {
+                    "/oauth2/sign_in"
+                };
             let location = format!("{entry}?rd={}", urlencode(target));
             return redirect(&location);
         }

@@ -1,7 +1,8 @@
 //! Keeping a session in step with the provider, before its request goes on: tokens
 //! about to expire are refreshed, and with `session.revalidate_every` the provider is
 //! asked again whether the session still stands (a refresh when there is a refresh
-//! token, else userinfo).
+//! token, else userinfo). Every confirmation reads the identity again (new ID token,
+//! userinfo), so the access rules apply to what the provider says now.
 //!
 //! One upkeep at a time per session (single flight): requests that arrive meanwhile
 //! wait for it and then use its result. With Redis, one replica at a time as well: the
@@ -9,14 +10,20 @@
 //! the others wait for the lease and adopt what was stored. So a rotating refresh
 //! token is used once, whichever replicas the requests reach.
 //!
-//! A refusal ends the session. A provider (or Redis) that cannot be reached does not:
-//! the session goes on (up to its lifetime) and the upkeep is retried with back-off.
+//! A refusal ends the session. A provider (or Redis) that cannot be reached does not,
+//! at first: the upkeep is retried with back-off. But no session outlives what the
+//! provider last vouched for: once its access token has expired without being renewed
+//! (no refresh token, or none could be used) and `session.expired_token_grace` has
+//! passed, the session is no longer trusted: the person's next page load goes straight
+//! through the provider again (no sign-in page; silent while the provider session
+//! lives), and API calls get 401, which makes Sentry's UI reload into that page load.
 
+use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use super::Gateway;
 use crate::observe::UpkeepOutcome;
-use crate::oidc::UpkeepError;
+use crate::oidc::{Confirmed, UpkeepError};
 use crate::session::{Lease, Renewal, Session, Upkeep};
 
 /// Access tokens are refreshed when they expire within this (or within half their
@@ -25,59 +32,90 @@ const REFRESH_AHEAD: Duration = Duration::from_secs(30);
 /// Longest pause between attempts while the provider cannot be reached.
 const MAX_BACKOFF: Duration = Duration::from_secs(300);
 
+/// A session's standing once its upkeep is done.
+pub(super) enum Standing {
+    /// Serve the request with this session (the one found, or the one holding the
+    /// identity the provider gave now).
+    Live(Arc<Session>),
+    /// There is none, or the provider ended it (it was removed from the store).
+    Ended,
+    /// Nothing the provider said vouches for it any more: the person must pass
+    /// through the provider again. It stays in the store, refused, until then.
+    Unconfirmed,
+}
+
 impl Gateway {
-    /// True when the session may go on; false when the provider ended it (it is
-    /// then removed from the store).
-    pub(super) async fn upkeep(&self, id: &str, session: &Session) -> bool {
+    /// Keeps the session in step with the provider (see the module docs).
+    pub(super) async fn upkeep(&self, id: &str, session: Arc<Session>) -> Standing {
+        match self.confirmed(id, session).await {
+            Some(session) if self.unconfirmable(&*session.upkeep.lock().await) => {
+                tracing::info!(
+                    sub = %session.identity.sub,
+                    grace = ?self.settings.session.expired_token_grace,
+                    "session no longer trusted: its access token expired and the provider has not confirmed it since; the next page load passes through the provider"
+                );
+                self.metrics.upkeep(UpkeepOutcome::Expired);
+                Standing::Unconfirmed
+            }
+            Some(session) => Standing::Live(session),
+            None => Standing::Ended,
+        }
+    }
+
+    /// Refreshes or revalidates when due; the session to go on with, `None` when the
+    /// provider ended it.
+    async fn confirmed(&self, id: &str, session: Arc<Session>) -> Option<Arc<Session>> {
         let arrived = SystemTime::now();
         let mut upkeep = session.upkeep.lock().await;
         if upkeep.validated_at >= arrived {
-            return true; // confirmed by the upkeep this request waited for
+            // Confirmed by the upkeep this request waited for, which may have replaced
+            // the session (a new identity) or ended it: ask the store.
+            drop(upkeep);
+            return match self.sessions.get(id).await {
+                Ok(current) => current,
+                Err(_) => Some(session),
+            };
         }
         let backing_off = upkeep.retry_at.is_some_and(|t| Instant::now() < t);
-        if !self.upkeep_due(&upkeep) || backing_off {
-            return true;
-        }
-        let lease = match self.sessions.lease(id).await {
-            Lease::Busy => {
-                // Another replica is at it: wait, then take what it stored.
-                self.sessions.await_lease(id).await;
-                return match self.sessions.stored_upkeep(id).await {
-                    Ok(Some(stored)) => {
-                        adopt(&mut upkeep, stored);
-                        true
+        let mut current = session.clone();
+        if self.upkeep_due(&upkeep) && !backing_off {
+            match self.sessions.lease(id).await {
+                Lease::Busy => {
+                    // Another replica is at it: wait, then take what it stored.
+                    self.sessions.await_lease(id).await;
+                    match self.sessions.stored(id).await {
+                        Ok(Some(stored)) => {
+                            current = self.adopt(id, &session, &mut upkeep, stored).await;
+                        }
+                        Ok(None) => return None,
+                        Err(_) => {}
                     }
-                    Ok(None) => false,
-                    Err(_) => true,
-                };
-            }
-            Lease::Unavailable(e) => {
-                back_off(&mut upkeep, &session.identity.sub, &e.to_string());
-                return true;
-            }
-            lease @ Lease::Held(_) => {
-                // Another replica may have finished an upkeep since this one cached
-                // the session: start from what is stored.
-                match self.sessions.stored_upkeep(id).await {
-                    Ok(Some(stored)) => adopt(&mut upkeep, stored),
-                    Ok(None) => {
-                        self.sessions.release(id, lease).await;
-                        return false;
-                    }
-                    Err(_) => {}
                 }
-                if !self.upkeep_due(&upkeep) {
+                Lease::Unavailable(e) => back_off(&mut upkeep, &session.identity.sub, &e.0),
+                lease @ Lease::Held(_) => {
+                    // Another replica may have finished an upkeep since this one cached
+                    // the session: start from what is stored.
+                    match self.sessions.stored(id).await {
+                        Ok(Some(stored)) => {
+                            current = self.adopt(id, &session, &mut upkeep, stored).await;
+                        }
+                        Ok(None) => {
+                            self.sessions.release(id, lease).await;
+                            return None;
+                        }
+                        Err(_) => {}
+                    }
+                    if self.upkeep_due(&upkeep) {
+                        current = self.ask_provider(id, &current, &mut upkeep).await?;
+                    }
                     self.sessions.release(id, lease).await;
-                    return true;
                 }
-                lease
+                Lease::Local => {
+                    current = self.ask_provider(id, &session, &mut upkeep).await?;
+                }
             }
-            lease @ Lease::Local => lease,
-        };
-        let alive = self.ask_provider(id, session, &mut upkeep).await;
-        drop(upkeep);
-        self.sessions.release(id, lease).await;
-        alive
+        }
+        Some(current)
     }
 
     fn upkeep_due(&self, upkeep: &Upkeep) -> bool {
@@ -92,27 +130,44 @@ impl Gateway {
         refresh_due || revalidation_due
     }
 
-    /// Refreshes or revalidates now, and records the outcome.
-    async fn ask_provider(&self, id: &str, session: &Session, upkeep: &mut Upkeep) -> bool {
-        let sub = &*session.identity.sub;
+    /// True when nothing the provider said vouches for the session any more: its
+    /// access token expired (and was not renewed) longer than the grace ago.
+    fn unconfirmable(&self, upkeep: &Upkeep) -> bool {
+        let grace = self.settings.session.expired_token_grace;
+        SystemTime::now() >= upkeep.tokens.expires_at + grace
+    }
+
+    /// Refreshes or revalidates now, and records the outcome: the session to go on
+    /// with, or `None` when the provider ended it.
+    async fn ask_provider(
+        &self,
+        id: &str,
+        session: &Arc<Session>,
+        upkeep: &mut Upkeep,
+    ) -> Option<Arc<Session>> {
+        let identity = &session.identity;
         let result = match &upkeep.tokens.renewal {
-            Renewal::RefreshToken(refresh_token) => self
-                .provider
-                .refresh(refresh_token, sub, &upkeep.tokens)
-                .await
-                .map(Some),
+            Renewal::RefreshToken(refresh_token) => {
+                self.provider
+                    .refresh(refresh_token, identity, &upkeep.tokens)
+                    .await
+            }
             // Without a refresh token only a live access token can be asked about.
             Renewal::AccessToken(_) if upkeep.tokens.expires_at <= SystemTime::now() => {
-                return true;
+                return Some(session.clone());
             }
-            Renewal::AccessToken(access_token) => self
-                .provider
-                .check_access_token(access_token, sub)
-                .await
-                .map(|()| None),
+            Renewal::AccessToken(access_token) => {
+                self.provider
+                    .check_access_token(access_token, identity)
+                    .await
+            }
         };
+        let sub = &*identity.sub;
         match result {
-            Ok(tokens) => {
+            Ok(Confirmed {
+                identity: now,
+                tokens,
+            }) => {
                 self.metrics.upkeep(UpkeepOutcome::Confirmed);
                 if let Some(tokens) = tokens {
                     upkeep.tokens = tokens;
@@ -120,31 +175,59 @@ impl Gateway {
                 upkeep.validated_at = SystemTime::now();
                 upkeep.retry_at = None;
                 upkeep.failures = 0;
-                self.sessions.save(id, session, upkeep).await;
-                true
+                if now == session.identity {
+                    self.sessions.save(id, session, upkeep).await;
+                    return Some(session.clone());
+                }
+                tracing::info!(
+                    sub,
+                    groups = now.groups.len(),
+                    "the provider describes the person differently now; the access rules apply to the new identity"
+                );
+                let renewed = Session {
+                    identity: now,
+                    provider_sid: session.provider_sid.clone(),
+                    created_at: session.created_at,
+                    upkeep: tokio::sync::Mutex::new(upkeep.clone()),
+                };
+                self.sessions.replace(id, renewed).await
             }
             Err(UpkeepError::Refused(reason)) => {
                 tracing::info!(sub, %reason, "the provider ended the session");
                 self.metrics.upkeep(UpkeepOutcome::Refused);
                 self.sessions.remove(id).await;
-                false
+                None
             }
             Err(UpkeepError::Unavailable(reason)) => {
                 self.metrics.upkeep(UpkeepOutcome::Unavailable);
                 back_off(upkeep, sub, &reason);
-                true
+                Some(session.clone())
             }
         }
     }
-}
 
-/// Takes over what another replica's upkeep stored, when it is newer.
-fn adopt(upkeep: &mut Upkeep, stored: Upkeep) {
-    if stored.validated_at > upkeep.validated_at {
-        upkeep.tokens = stored.tokens;
-        upkeep.validated_at = stored.validated_at;
-        upkeep.retry_at = None;
-        upkeep.failures = 0;
+    /// Takes over what another replica's upkeep stored, when it is newer: its tokens
+    /// (so requests waiting on this copy go on), and its identity when that changed.
+    async fn adopt(
+        &self,
+        id: &str,
+        session: &Arc<Session>,
+        upkeep: &mut Upkeep,
+        stored: Session,
+    ) -> Arc<Session> {
+        let stored_upkeep = stored.upkeep.lock().await.clone();
+        if stored_upkeep.validated_at <= upkeep.validated_at {
+            return session.clone();
+        }
+        *upkeep = Upkeep {
+            retry_at: None,
+            failures: 0,
+            ..stored_upkeep
+        };
+        if stored.identity == session.identity {
+            return session.clone();
+        }
+        self.sessions.cache(id, stored).await
     }
 }
 
@@ -153,5 +236,5 @@ fn back_off(upkeep: &mut Upkeep, sub: &str, reason: &str) {
     upkeep.failures += 1;
     let pause = Duration::from_secs(1 << upkeep.failures.min(9)).min(MAX_BACKOFF);
     upkeep.retry_at = Some(Instant::now() + pause);
-    tracing::warn!(sub, %reason, retry_in = ?pause, "session upkeep failed; the session goes on");
+    tracing::warn!(sub, %reason, retry_in = ?pause, "session upkeep failed; the session goes on until its access token expires");
 }

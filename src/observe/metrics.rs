@@ -85,16 +85,25 @@ pub enum UpkeepOutcome {
     Refused,
     /// The provider could not be reached; the session goes on and it is retried.
     Unavailable,
+    /// The access token expired (past `session.expired_token_grace`) and the provider
+    /// could not confirm the session since: it ended, the person signs in again.
+    Expired,
 }
 
 impl UpkeepOutcome {
-    const ALL: [UpkeepOutcome; 3] = [Self::Confirmed, Self::Refused, Self::Unavailable];
+    const ALL: [UpkeepOutcome; 4] = [
+        Self::Confirmed,
+        Self::Refused,
+        Self::Unavailable,
+        Self::Expired,
+    ];
 
     fn as_str(self) -> &'static str {
         match self {
             Self::Confirmed => "confirmed",
             Self::Refused => "refused",
             Self::Unavailable => "unavailable",
+            Self::Expired => "expired",
         }
     }
 }

@@ -70,6 +70,40 @@ pub fn identity(
     }
 }
 
+/// The identity after the provider confirmed a session again (a refresh, or userinfo
+/// asked with a live access token), so it follows what the provider says now: a new ID
+/// token (with userinfo) gives the identity as a login would; userinfo alone replaces
+/// the claims it carries and keeps the others; nothing new keeps `previous`.
+pub fn confirmed_identity(
+    previous: &Identity,
+    id_token: Option<&IdTokenClaims<ExtraClaims, CoreGenderClaim>>,
+    userinfo: Option<&UserInfoClaims<ExtraClaims, CoreGenderClaim>>,
+    groups_claim: &str,
+) -> Identity {
+    if let Some(id_token) = id_token {
+        return identity(id_token, userinfo, groups_claim);
+    }
+    let Some(userinfo) = userinfo else {
+        return previous.clone();
+    };
+    let info = claim_set!(userinfo, groups_claim);
+    Identity {
+        sub: previous.sub.clone(),
+        email: info
+            .email
+            .map(Into::into)
+            .or_else(|| previous.email.clone()),
+        email_verified: info.email_verified.unwrap_or(previous.email_verified),
+        preferred_username: info
+            .preferred_username
+            .map(Into::into)
+            .or_else(|| previous.preferred_username.clone()),
+        groups: info
+            .groups
+            .map_or_else(|| previous.groups.clone(), Into::into),
+    }
+}
+
 fn string_claim(claims: &HashMap<String, Value>, name: &str) -> Option<String> {
     claims.get(name)?.as_str().map(str::to_owned)
 }

@@ -119,6 +119,9 @@ pub enum LoginError {
     Userinfo(String),
 }
 
+/// The scope that asks for a refresh token.
+pub const OFFLINE_ACCESS: &str = "offline_access";
+
 /// How long a login may take between `/oauth2/start` and the callback.
 pub const LOGIN_TIMEOUT: Duration = Duration::from_secs(600);
 
@@ -161,6 +164,22 @@ pub struct LoginOutcome {
     /// The provider's session id (`sid`), for back-channel logout.
     pub provider_sid: Option<String>,
 }
+
+/// What the provider said when it confirmed a session again.
+#[derive(Debug)]
+pub struct Confirmed {
+    /// The identity as the provider describes it now.
+    pub identity: Identity,
+    /// New tokens (a refresh); `None` when userinfo confirmed the ones held.
+    pub tokens: Option<Tokens>,
+}
+
+/// Userinfo claims, with every claim the provider sent.
+type UserinfoClaims = openidconnect::UserInfoClaims<ExtraClaims, CoreGenderClaim>;
+
+/// An access token's lifetime when the provider's refresh answer gives none
+/// (no `expires_in`, no ID token).
+const DEFAULT_ACCESS_TOKEN_LIFETIME: Duration = Duration::from_secs(300);
 
 /// Why a refresh or revalidation did not confirm the session.
 #[derive(Debug, thiserror::Error)]
@@ -391,6 +410,12 @@ impl Provider {
         for scope in self.settings.scopes.iter().filter(|s| *s != "openid") {
             request = request.add_scope(Scope::new(scope.clone()));
         }
+        // OpenID Connect Core 11: a provider may ignore `offline_access` unless the
+        // request asks for consent, and oidc-provider (so Encvoy ID) always does: no
+        // refresh token would ever arrive.
+        if self.settings.scopes.iter().any(|s| s == OFFLINE_ACCESS) {
+            request = request.add_prompt(CoreAuthPrompt::Consent);
+        }
         let (url, state, nonce) = request.set_pkce_challenge(challenge).url();
         let pending = PendingLogin {
             state: state.secret().clone(),
@@ -453,14 +478,16 @@ impl Provider {
         Ok(claims::identity(&claims, None, &self.groups_claim))
     }
 
-    /// Exchanges a refresh token for new tokens. A refreshed ID token (optional) must
-    /// verify like the first one, for the same `sub`, and carries no nonce check.
+    /// Exchanges a refresh token for new tokens, and reads the identity again from
+    /// the refreshed ID token (verified like the first one, for the same `sub`, with
+    /// no nonce) and userinfo, so a change at the provider (a permission removed)
+    /// takes effect now rather than at the next login.
     pub async fn refresh(
         &self,
         refresh_token: &str,
-        sub: &str,
+        identity: &Identity,
         previous: &Tokens,
-    ) -> Result<Tokens, UpkeepError> {
+    ) -> Result<Confirmed, UpkeepError> {
         let discovered = self
             .ready()
             .await
@@ -479,52 +506,93 @@ impl Provider {
             Some(rotated) => Renewal::RefreshToken(rotated.secret().as_str().into()),
             None => previous.renewal.clone(),
         };
-        let Some(id_token) = response.id_token() else {
-            return Ok(Tokens {
+        let claims = match response.id_token() {
+            None => None,
+            Some(id_token) => {
+                let any_nonce = |_: Option<&Nonce>| Ok(());
+                let claims = self
+                    .verify_id_token(&discovered, id_token, any_nonce)
+                    .await
+                    .map_err(|e| UpkeepError::Refused(e.to_string()))?;
+                if claims.subject().as_str() != &*identity.sub {
+                    return Err(UpkeepError::Refused(
+                        "the refreshed ID token is for another subject".into(),
+                    ));
+                }
+                Some(claims)
+            }
+        };
+        let tokens = match &claims {
+            Some(claims) => Tokens {
+                renewal,
+                ..tokens_from(&response, claims)
+            },
+            None => Tokens {
                 renewal,
                 issued_at: SystemTime::now(),
-                expires_at: response
-                    .expires_in()
-                    .map_or(SystemTime::now() + Duration::from_secs(300), |d| {
-                        SystemTime::now() + d
-                    }),
-            });
+                expires_at: SystemTime::now()
+                    + response
+                        .expires_in()
+                        .unwrap_or(DEFAULT_ACCESS_TOKEN_LIFETIME),
+            },
         };
-        let any_nonce = |_: Option<&Nonce>| Ok(());
-        let claims = self
-            .verify_id_token(&discovered, id_token, any_nonce)
-            .await
-            .map_err(|e| UpkeepError::Refused(e.to_string()))?;
-        if claims.subject().as_str() != sub {
-            return Err(UpkeepError::Refused(
-                "the refreshed ID token is for another subject".into(),
-            ));
-        }
-        Ok(Tokens {
-            renewal,
-            ..tokens_from(&response, &claims)
+        let userinfo = self
+            .ask_userinfo(&discovered, response.access_token(), &identity.sub)
+            .await?;
+        Ok(Confirmed {
+            identity: claims::confirmed_identity(
+                identity,
+                claims.as_ref(),
+                userinfo.as_ref(),
+                &self.groups_claim,
+            ),
+            tokens: Some(tokens),
         })
     }
 
-    /// Asks the userinfo endpoint whether the access token still works.
+    /// Asks the userinfo endpoint whether the access token still works, and reads
+    /// the claims it carries into the identity.
     pub async fn check_access_token(
         &self,
         access_token: &str,
-        sub: &str,
-    ) -> Result<(), UpkeepError> {
+        identity: &Identity,
+    ) -> Result<Confirmed, UpkeepError> {
         let discovered = self
             .ready()
             .await
             .map_err(|e| UpkeepError::Unavailable(e.to_string()))?;
         let access_token = AccessToken::new(access_token.to_owned());
+        let userinfo = self
+            .ask_userinfo(&discovered, &access_token, &identity.sub)
+            .await?;
+        Ok(Confirmed {
+            identity: claims::confirmed_identity(
+                identity,
+                None,
+                userinfo.as_ref(),
+                &self.groups_claim,
+            ),
+            tokens: None,
+        })
+    }
+
+    /// Userinfo for a session's upkeep: `None` when the provider has no userinfo
+    /// endpoint; a 4xx or claims for another subject is a refusal.
+    async fn ask_userinfo(
+        &self,
+        discovered: &Discovered,
+        access_token: &AccessToken,
+        sub: &str,
+    ) -> Result<Option<UserinfoClaims>, UpkeepError> {
         let subject = openidconnect::SubjectIdentifier::new(sub.to_owned());
-        let Ok(request) = discovered.client.user_info(access_token, Some(subject)) else {
-            return Ok(()); // no userinfo endpoint: nothing to ask
+        let Ok(request) = discovered
+            .client
+            .user_info(access_token.clone(), Some(subject))
+        else {
+            return Ok(None); // no userinfo endpoint: nothing to ask
         };
-        let result: Result<openidconnect::UserInfoClaims<ExtraClaims, CoreGenderClaim>, _> =
-            request.request_async(&self.http).await;
-        match result {
-            Ok(_) => Ok(()),
+        match request.request_async(&self.http).await {
+            Ok(claims) => Ok(Some(claims)),
             Err(openidconnect::UserInfoError::Response(status, _, _))
                 if status.is_client_error() =>
             {

@@ -116,7 +116,7 @@ impl Tokens {
 }
 
 /// What keeping a session in step with the provider needs to remember.
-#[derive(Debug)]
+#[derive(Clone, Debug)]
 pub struct Upkeep {
     pub tokens: Tokens,
     /// When the provider last confirmed the session (login, refresh, userinfo).
@@ -411,15 +411,50 @@ impl SessionStore {
         }
     }
 
-    /// The upkeep state another replica stored for this session: `Ok(None)` when the
-    /// session no longer exists.
-    pub async fn stored_upkeep(&self, id: &str) -> Result<Option<Upkeep>, StoreUnavailable> {
+    /// The session as another replica stored it (Redis, not the local cache):
+    /// `Ok(None)` when it no longer exists.
+    pub async fn stored(&self, id: &str) -> Result<Option<Session>, StoreUnavailable> {
         match &self.shared {
             None => Err(StoreUnavailable("no shared store".into())),
-            Some(shared) => Ok(shared
-                .load(SessionKey::of(id), id)
-                .await?
-                .map(|s| s.upkeep.into_inner())),
+            Some(shared) => shared.load(SessionKey::of(id), id).await,
+        }
+    }
+
+    /// Puts a session another replica stored in this one's cache, and returns it.
+    pub async fn cache(&self, id: &str, mut session: Session) -> Arc<Session> {
+        session.identity.groups = self.group_lists.intern(&session.identity.groups);
+        let session = Arc::new(session);
+        self.local.insert(SessionKey::of(id), session.clone()).await;
+        session
+    }
+
+    /// Replaces a session whose identity changed at the provider (same id, same
+    /// cookie), on every replica. `None` when it was ended meanwhile: a replacement
+    /// never brings an ended session back.
+    pub async fn replace(&self, id: &str, mut session: Session) -> Option<Arc<Session>> {
+        let key = SessionKey::of(id);
+        session.identity.groups = self.group_lists.intern(&session.identity.groups);
+        if let Some(shared) = &self.shared {
+            let upkeep = session.upkeep.lock().await.clone();
+            shared.save(key, id, &session, &upkeep).await;
+        }
+        let session = Arc::new(session);
+        let replaced = self
+            .local
+            .entry(key)
+            .and_compute_with(|existing| {
+                let op = match existing {
+                    Some(_) => moka::ops::compute::Op::Put(session.clone()),
+                    None => moka::ops::compute::Op::Nop,
+                };
+                std::future::ready(op)
+            })
+            .await;
+        match replaced {
+            moka::ops::compute::CompResult::ReplacedWith(_) => Some(session),
+            // Redis: not cached here any more (an invalidation), the stored copy stands.
+            _ if self.shared.is_some() => Some(session),
+            _ => None,
         }
     }
 
@@ -494,6 +529,7 @@ mod tests {
             idle_timeout: Duration::from_millis(idle_ms),
             max_sessions: max,
             revalidate_every: None,
+            expired_token_grace: Duration::ZERO,
             store: StoreSettings::Memory,
         }
     }
