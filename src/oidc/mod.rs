@@ -536,9 +536,19 @@ impl Provider {
                         .unwrap_or(DEFAULT_ACCESS_TOKEN_LIFETIME),
             },
         };
-        let userinfo = self
+        // The refresh went through: its (rotated) tokens must be kept whatever
+        // userinfo says now, or the next refresh would present a used token.
+        let userinfo = match self
             .ask_userinfo(&discovered, response.access_token(), &identity.sub)
-            .await?;
+            .await
+        {
+            Ok(userinfo) => userinfo,
+            Err(UpkeepError::Unavailable(reason)) => {
+                tracing::warn!(sub = %identity.sub, %reason, "userinfo after a refresh failed; the identity comes from the refreshed ID token alone");
+                None
+            }
+            Err(refused) => return Err(refused),
+        };
         Ok(Confirmed {
             identity: claims::confirmed_identity(
                 identity,

@@ -166,6 +166,7 @@ export async function startProvider({
 
   let issuer;
   let current; // { provider, handler }
+  const grants = { refreshTokensIssued: 0 };
   let delay = 0;
 
   function buildProvider() {
@@ -261,6 +262,13 @@ export async function startProvider({
         ctx.type = 'html';
         ctx.body = errorPage(out.error, out.error_description);
       },
+    });
+
+    // Successful token requests by grant type, and refresh tokens issued, for tests.
+    provider.on('grant.success', (ctx) => {
+      const type = ctx.oidc.params?.grant_type ?? 'unknown';
+      grants[type] = (grants[type] ?? 0) + 1;
+      if (ctx.body?.refresh_token) grants.refreshTokensIssued += 1;
     });
 
     if (DEBUG) {
@@ -391,6 +399,14 @@ export async function startProvider({
       return ACCOUNT_MODELS.reduce((n, name) => n + store.deleteWhere(name, (p) => p.accountId === account.sub), 0);
     },
     setDelay(ms) { delay = Math.max(0, Number(ms) || 0); },
+    // An administrator changes a user's permissions: later tokens and userinfo carry them.
+    setPermissions(login, permissions) {
+      const account = accounts.find((a) => a.login === login);
+      if (!account) throw new Error(`no user ${login}`);
+      account.permissions = permissions;
+    },
+    // Successful token requests so far, by grant_type, and refresh tokens issued.
+    grantCounts() { return { ...grants }; },
     stop,
     async start() {
       if (closed) throw new Error('provider was closed');
