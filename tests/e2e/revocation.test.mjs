@@ -2,9 +2,11 @@
 // (oidc-provider 8.8.1, tests/e2e/provider.mjs) in headless Chromium. Access tokens
 // live 4 s here (30 min at Encvoy ID), so "long after login" is a few seconds.
 //
-// Two gateways in front of the same provider and Sentry stand-in:
+// Four gateways in front of the same provider and Sentry stand-in, one per row of
+// README's "How long a revocation takes":
 // - `offline`: scopes with offline_access (refresh tokens), revalidate_every = 1s;
-// - `online`: no offline_access (no refresh token), revalidate_every = 1s.
+// - `online`: no offline_access (no refresh token), revalidate_every = 1s;
+// - `offlineQuiet`, `onlineQuiet`: the same without revalidation.
 // Run with `node --test tests/e2e/` after `cargo build`.
 
 import assert from 'node:assert/strict';
@@ -37,6 +39,10 @@ const USERS = {
   frank: { login: 'frank', password: 'frank-pass', email: 'frank@example.com', email_verified: true, name: 'Frank', permissions: ['sentry'] },
   grace: { login: 'grace', password: 'grace-pass', email: 'grace@example.com', email_verified: true, name: 'Grace', permissions: ['sentry'] },
   heidi: { login: 'heidi', password: 'heidi-pass', email: 'heidi@example.com', email_verified: true, name: 'Heidi', permissions: ['sentry'] },
+  ivan: { login: 'ivan', password: 'ivan-pass', email: 'ivan@example.com', email_verified: true, name: 'Ivan', permissions: ['sentry'] },
+  judy: { login: 'judy', password: 'judy-pass', email: 'judy@example.com', email_verified: true, name: 'Judy', permissions: ['sentry'] },
+  mallory: { login: 'mallory', password: 'mallory-pass', email: 'mallory@example.com', email_verified: true, name: 'Mallory', permissions: ['sentry'] },
+  niaj: { login: 'niaj', password: 'niaj-pass', email: 'niaj@example.com', email_verified: true, name: 'Niaj', permissions: ['sentry'] },
 };
 
 let dir;
@@ -46,7 +52,7 @@ let provider;
 let browser;
 const gateways = {}; // name -> { gateway, origin }
 
-function config({ port, scopes }) {
+function config({ port, scopes, revalidate }) {
   return `# written by tests/e2e/revocation.test.mjs
 [server]
 listen = "127.0.0.1:${port}"
@@ -65,7 +71,7 @@ ca_file = ${JSON.stringify(certs.caFile)}
 scopes = ${JSON.stringify(scopes)}
 [session]
 secrets = ["${crypto.randomBytes(32).toString('hex')}"]
-revalidate_every = "1s"
+${revalidate ? 'revalidate_every = "1s"' : ''}
 [access]
 preset = "sentry"
 groups_claim = "permissions"
@@ -133,7 +139,9 @@ describe('revocation all day, against oidc-provider configured like Encvoy ID', 
     dir = tempDir();
     certs = makeCerts(path.join(dir, 'certs'));
     standin = await startSentryStandin();
-    const ports = { offline: await freePort(), online: await freePort() };
+    const ports = {
+      offline: await freePort(), online: await freePort(), offlineQuiet: await freePort(), onlineQuiet: await freePort(),
+    };
     provider = await startProvider({
       cert: certs.certPem,
       key: certs.keyPem,
@@ -146,14 +154,18 @@ describe('revocation all day, against oidc-provider configured like Encvoy ID', 
       users: Object.values(USERS),
       ttl: { AccessToken: TOKEN_SECONDS, IdToken: TOKEN_SECONDS },
     });
-    const scopes = {
-      offline: ['openid', 'email', 'profile', 'offline_access'],
-      online: ['openid', 'email', 'profile'],
+    const withRefresh = ['openid', 'email', 'profile', 'offline_access'];
+    const withoutRefresh = ['openid', 'email', 'profile'];
+    const settings = {
+      offline: { scopes: withRefresh, revalidate: true },
+      online: { scopes: withoutRefresh, revalidate: true },
+      offlineQuiet: { scopes: withRefresh, revalidate: false },
+      onlineQuiet: { scopes: withoutRefresh, revalidate: false },
     };
     for (const [name, port] of Object.entries(ports)) {
       const gateway = await startGateway({
         port,
-        configToml: config({ port, scopes: scopes[name] }),
+        configToml: config({ port, ...settings[name] }),
         ca: certs.caPem,
         dir: tempDir(`ssogate-${name}-`),
         logFile: path.join(artifactsDir(), `gateway-revocation-${name}.log`),
@@ -276,4 +288,37 @@ describe('revocation all day, against oidc-provider configured like Encvoy ID', 
         await page.context().clearCookies();
       }
     }));
+  test('README\'s table, measured: End Sessions two token lifetimes after login, per configuration', { timeout: TEST_TIMEOUT }, async () => {
+    // Bound of each row (T = 4 s, R = 1 s, G = 0), and a person per gateway (End
+    // Sessions ends every session of that person, whichever client).
+    const rows = [
+      { name: 'offline', user: USERS.ivan, boundMs: 1000, row: 'offline_access, revalidate_every = R' },
+      { name: 'offlineQuiet', user: USERS.judy, boundMs: TOKEN_SECONDS * 1000, row: 'offline_access, no revalidation' },
+      { name: 'online', user: USERS.mallory, boundMs: 1000, row: 'no offline_access, revalidate_every = R' },
+      { name: 'onlineQuiet', user: USERS.niaj, boundMs: TOKEN_SECONDS * 1000, row: 'no offline_access, no revalidation' },
+    ];
+    const measured = await Promise.all(rows.map(({ name, user, boundMs, row }) => new Promise((resolve, reject) => {
+      withPage(`revocation-table-${name}`, async (page) => {
+        const { origin } = gateways[name];
+        await firstLogin(page, origin, user);
+        await browseFor(page, origin, user, 2 * TOKEN_SECONDS * 1000);
+        assert.ok(await provider.endSessions(user.login) >= 1);
+        const ended = Date.now();
+        for (;;) {
+          const response = await page.goto(origin + DEEP_LINK);
+          const at = new URL(page.url());
+          if (at.origin !== origin || at.pathname !== '/organizations/acme/issues/' || response.status() !== 200) break;
+          assert.ok(Date.now() - ended < boundMs + 3000, `${row}: still passing ${Date.now() - ended} ms after End Sessions`);
+          await sleep(100);
+        }
+        const passedMs = Date.now() - ended;
+        resolve({ row, passedMs, boundMs });
+      }).catch(reject);
+    })));
+    for (const { row, passedMs, boundMs } of measured) {
+      console.log(`[e2e] ${row}: passed ${passedMs} ms after End Sessions (bound ${boundMs} ms)`);
+      // The bound plus what one page load and one provider call take here.
+      assert.ok(passedMs <= boundMs + 1500, `${row}: ${passedMs} ms exceeds the bound ${boundMs} ms`);
+    }
+  });
 });
