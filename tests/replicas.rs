@@ -205,6 +205,44 @@ async fn back_channel_logout_at_one_replica_ends_the_sessions_on_every_replica()
     assert!(took < Duration::from_secs(1), "took {took:?}");
 }
 
+/// Issue 22 class 1: a logout token that arrives while Redis is down is refused with
+/// an answer the provider may retry on, and the retry, once Redis is back, ends the
+/// sessions (its `jti` was not taken by the failed attempt).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_back_channel_logout_retried_after_a_redis_outage_ends_the_sessions() {
+    let mut cluster = Cluster::start(ClusterOptions::default()).await;
+    let alice = signed_in(&cluster, 0, "alice").await;
+    let token = cluster.provider.logout_token(Some("sub-alice"), None);
+    cluster.redis.stop();
+    let mut provider = cluster.browser(1);
+    let refused = provider.post_logout_token(&token).await;
+    assert_eq!(refused.status, StatusCode::BAD_REQUEST, "{refused:?}");
+    assert!(
+        refused.body.contains("temporarily_unavailable"),
+        "{refused:?}"
+    );
+    cluster.redis.start_again();
+    for index in [0, 1] {
+        cluster.await_ready(index).await;
+    }
+    let retried = provider.post_logout_token(&token).await;
+    assert_eq!(retried.status, StatusCode::OK, "{retried:?}");
+    for index in [0, 1] {
+        let mut tab = cluster.on(index, &alice);
+        assert_eq!(
+            api_status(&mut tab, "/api/0/").await,
+            StatusCode::UNAUTHORIZED,
+            "replica {index}"
+        );
+    }
+    let replay = provider.post_logout_token(&token).await;
+    assert_eq!(
+        replay.status,
+        StatusCode::BAD_REQUEST,
+        "used once it worked"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fifty_requests_over_two_replicas_cause_one_refresh() {
     let cluster = Cluster::start(ClusterOptions {
@@ -346,14 +384,25 @@ async fn a_redis_restart_loses_no_session_and_the_replicas_recover() {
     let (status, body) = cluster.ready(1).await;
     assert_eq!(status, 503);
     assert!(body.contains("Redis"), "{body}");
-    // Bob signs out on A meanwhile: his session must not come back with Redis.
+    // Bob signs out on A meanwhile: he is told it could not be done (not told he is
+    // signed out while a restart of A could bring his session back), and his cookie
+    // stays so that he can try again.
     let mut bob_on_a = cluster.on(0, &bob);
+    let refused = bob_on_a.navigate("/oauth2/sign_out").await;
     assert_eq!(
-        bob_on_a.navigate("/oauth2/sign_out").await.status,
-        StatusCode::FOUND
+        refused.status,
+        StatusCode::SERVICE_UNAVAILABLE,
+        "{refused:?}"
     );
+    assert!(refused.body.contains("not completed"), "{refused:?}");
+    assert!(refused.set_cookies().is_empty(), "{refused:?}");
 
     cluster.redis.start_again();
+    for index in [0, 1] {
+        cluster.await_ready(index).await;
+    }
+    let signed_out = bob_on_a.navigate("/oauth2/sign_out").await;
+    assert_eq!(signed_out.status, StatusCode::FOUND, "{signed_out:?}");
     for index in [0, 1] {
         cluster.await_ready(index).await;
     }
@@ -368,7 +417,7 @@ async fn a_redis_restart_loses_no_session_and_the_replicas_recover() {
         assert_eq!(
             api_status(&mut tab, "/api/0/").await,
             StatusCode::UNAUTHORIZED,
-            "bob's sign-out during the outage was carried out (replica {index})"
+            "bob's sign-out once Redis was back holds on every replica (replica {index})"
         );
     }
     let carol = signed_in(&cluster, 1, "alice").await;

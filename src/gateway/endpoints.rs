@@ -34,6 +34,8 @@ const SIGN_IN_STORE_DOWN: &str = "Signing in is not possible right now: the sess
 
 /// The purpose under which used login states are remembered.
 const LOGIN_STATE: &str = "login";
+/// Purpose under which back-channel logout tokens' `jti`s are remembered as used.
+const LOGOUT_TOKEN: &str = "jti";
 
 /// Characters of the state used in the login cookie's name.
 const STATE_COOKIE_PREFIX_LEN: usize = 12;
@@ -346,15 +348,23 @@ impl Gateway {
             .map(boxed);
         }
         let post_logout = self.public_url(&self.settings.oidc.post_logout_path);
-        // The session ends even when it cannot be read (Redis down): the removal is
-        // then carried out once Redis is back.
         let id = self
             .cookies
             .open(request.headers(), &self.settings.session.cookie_name);
         let provider_logout = match id {
             Some(id) => {
                 let session = self.sessions.get(&id).await.ok().flatten();
-                self.sessions.remove(&id).await;
+                // Signed out means ended everywhere, durably: while Redis cannot be
+                // reached, say so rather than keep the removal in this replica's memory
+                // (a restart would lose it and the session would come back).
+                if let Err(e) = self.sessions.end(&id).await {
+                    tracing::error!(error = %e, "sign-out refused: the session store cannot be reached");
+                    return self.page(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        "Sign-out not completed",
+                        "Signing out could not be completed: the session store cannot be reached right now, so your session was not ended. Try again in a moment.",
+                    );
+                }
                 match session {
                     Some(session) => tracing::info!(sub = %session.identity.sub, "signed out"),
                     None => tracing::info!("signed out (session already gone or unreadable)"),
@@ -524,13 +534,11 @@ impl Gateway {
             )
             .map(boxed)
         };
-        match self
-            .sessions
-            .first_use("jti", &target.jti, crate::oidc::LOGOUT_TOKEN_MAX_AGE * 2)
-            .await
-        {
-            Ok(true) => {}
-            Ok(false) => return refuse("this token (`jti`) was already used"),
+        // The `jti` is taken only once the sessions it names have ended, so a token
+        // refused because the store could not be reached succeeds when retried.
+        match self.sessions.already_used(LOGOUT_TOKEN, &target.jti).await {
+            Ok(false) => {}
+            Ok(true) => return refuse("this token (`jti`) was already used"),
             Err(e) => return store_down(e),
         }
         let ended = match self
@@ -541,6 +549,19 @@ impl Gateway {
             Ok(ended) => ended,
             Err(e) => return store_down(e),
         };
+        let keep_for = crate::oidc::LOGOUT_TOKEN_MAX_AGE * 2;
+        match self
+            .sessions
+            .first_use(LOGOUT_TOKEN, &target.jti, keep_for)
+            .await
+        {
+            Ok(true) => {}
+            // Delivered twice at the same moment: both ended the same sessions.
+            Ok(false) => tracing::info!("a logout token arrived twice at once"),
+            Err(e) => {
+                tracing::warn!(error = %e, "the logout token's jti could not be recorded; the sessions ended")
+            }
+        }
         tracing::info!(sub = ?target.sub, sid = ?target.sid, ended, "back-channel logout");
         let mut response = pages::text(StatusCode::OK, "").map(boxed);
         response.headers_mut().insert(

@@ -3,8 +3,9 @@
 //!
 //! Checked: signature with the provider's keys (asymmetric algorithms from discovery
 //! only, unknown `kid` refetched once), `iss`, `aud`, `iat` (not in the future, not
-//! older than [`MAX_AGE`]), `exp` if present, a `jti` never seen before, the
-//! back-channel `events` member, `sub` and/or `sid`, and no `nonce`.
+//! older than [`MAX_AGE`]), `exp` if present, a `jti`, the back-channel `events`
+//! member, `sub` and/or `sid`, and no `nonce`. That a `jti` is used once is the
+//! session store's to keep (shared by every replica), once the sessions have ended.
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -136,11 +137,8 @@ impl Provider {
         if sub.is_none() && sid.is_none() {
             return Err("neither `sub` nor `sid`".into());
         }
+        // Its single use is the caller's to enforce, once the sessions have ended.
         let jti = text("jti").ok_or("no `jti`")?;
-        if self.seen_logout_tokens.contains_key(jti) {
-            return Err("this token (`jti`) was already used".into());
-        }
-        self.seen_logout_tokens.insert(jti.to_owned(), ());
         Ok(LogoutTarget {
             sub: sub.map(str::to_owned),
             sid: sid.map(str::to_owned),

@@ -218,8 +218,6 @@ pub struct Provider {
     last_probe: tokio::sync::Mutex<ProbeOutcome>,
     /// How many probes have finished (read without waiting for the lock).
     probes_finished: AtomicU64,
-    /// `jti`s of accepted back-channel logout tokens, so none is used twice.
-    seen_logout_tokens: moka::sync::Cache<String, ()>,
 }
 
 impl Provider {
@@ -244,10 +242,6 @@ impl Provider {
                 result: Ok(()),
             }),
             probes_finished: AtomicU64::new(0),
-            seen_logout_tokens: moka::sync::Cache::builder()
-                .max_capacity(100_000)
-                .time_to_live(logout::MAX_AGE * 2)
-                .build(),
         }
     }
 

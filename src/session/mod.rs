@@ -359,6 +359,18 @@ impl SessionStore {
         }
     }
 
+    /// Ends a session everywhere now, or fails without changing anything (Redis
+    /// cannot be reached): unlike [`SessionStore::remove`], nothing is deferred to a
+    /// replica's memory, where a restart would lose it.
+    pub async fn end(&self, id: &str) -> Result<(), StoreUnavailable> {
+        let key = SessionKey::of(id);
+        if let Some(shared) = &self.shared {
+            shared.end(key).await?;
+        }
+        self.local.invalidate(&key).await;
+        Ok(())
+    }
+
     /// Stores what an upkeep changed (new tokens, a new confirmation time), so other
     /// replicas use it too.
     pub async fn save(&self, id: &str, session: &Session, upkeep: &Upkeep) {

@@ -412,6 +412,14 @@ impl SharedStore {
         }))
     }
 
+    /// Ends a session in Redis now, or says it could not (nothing is deferred): for
+    /// a sign-out the person is told about.
+    pub async fn end(&self, key: SessionKey) -> Result<(), StoreUnavailable> {
+        self.remove_in_redis(key)
+            .await
+            .inspect_err(|e| self.lost(&e.0))
+    }
+
     pub async fn remove(&self, key: SessionKey) {
         if let Err(e) = self.remove_in_redis(key).await {
             tracing::warn!(error = %e.0, "session removal deferred until Redis is back");
