@@ -393,7 +393,7 @@ async fn a_flood_of_login_starts_holds_nothing_and_breaks_no_login_under_way() {
         let start = stranger.navigate(&format!("/oauth2/start?rd={rd}")).await;
         assert_eq!(start.status, StatusCode::FOUND);
         // Each start's state lives in its own cookie, in the stranger's browser.
-        assert!(start.set_cookies()[0].contains("Path=/oauth2/callback"));
+        assert!(start.set_cookies()[0].contains("Path=/oauth2/;"));
         stranger.cookies.clear();
     }
     let landed = alice.follow(&callback).await;

@@ -24,7 +24,7 @@ use crate::oidc::{LOGIN_TIMEOUT, LoginError, PendingLogin};
 use crate::pages::{self, Link, Page};
 use crate::policy::{self, ReturnTargetTooLong, Route, normalize_path, return_target_or_root};
 use crate::proxy::{ResponseBody, boxed};
-use crate::session::{Session, new_session_id};
+use crate::session::{Session, new_session_id, request_cookies};
 
 /// Largest back-channel logout request body read.
 const MAX_LOGOUT_BODY: usize = 64 * 1024;
@@ -39,6 +39,13 @@ const LOGOUT_TOKEN: &str = "jti";
 
 /// Characters of the state used in the login cookie's name.
 const STATE_COOKIE_PREFIX_LEN: usize = 12;
+
+/// Logins under way one browser may hold (a cookie each); a new start removes the
+/// oldest beyond (mod_auth_openidc keeps 7), so tabs left open never add up to a
+/// cookie header the callback must refuse.
+const MAX_PENDING_LOGINS: usize = 7;
+/// Login cookies opened at a start to find the oldest; any beyond are removed unread.
+const MAX_LOGIN_COOKIES_READ: usize = 32;
 
 /// Longest sealed login cookie opened: a pending login with the longest return
 /// target ([`policy::MAX_RETURN_TARGET`]), sealed and base64-encoded, fits.
@@ -137,13 +144,53 @@ impl Gateway {
         let cookie = self.cookies.seal(
             &self.login_cookie_name(&pending.state),
             &sealed,
-            &self.settings.oidc.callback_path,
+            &self.login_cookie_path,
             Some(LOGIN_TIMEOUT),
         );
         self.metrics.login_started();
         let mut response = redirect(url.as_str());
+        for name in self.surplus_login_cookies(request.headers()) {
+            append_cookie(
+                &mut response,
+                &self.cookies.removal(name, &self.login_cookie_path),
+            );
+        }
         append_cookie(&mut response, &cookie);
         response
+    }
+
+    /// The login cookies to remove so that, with the one a start adds, the browser
+    /// holds at most [`MAX_PENDING_LOGINS`]: those that do not open or have expired,
+    /// then the oldest.
+    fn surplus_login_cookies<'a>(&self, headers: &'a http::HeaderMap) -> Vec<&'a str> {
+        let mut names: Vec<&str> = request_cookies(headers)
+            .map(|(name, _)| name)
+            .filter(|name| name.starts_with(&self.login_cookie_prefix))
+            .collect();
+        names.sort_unstable();
+        names.dedup();
+        let mut surplus = names.split_off(names.len().min(MAX_LOGIN_COOKIES_READ));
+        let mut pending: Vec<(u64, &str)> = Vec::new();
+        for name in names {
+            let started = self
+                .cookies
+                .open_limited(headers, name, MAX_LOGIN_COOKIE_LEN)
+                .and_then(|sealed| serde_json::from_str::<PendingLogin>(&sealed).ok())
+                .filter(|login| !login.expired())
+                .map(|login| login.started_at);
+            match started {
+                Some(started) => pending.push((started, name)),
+                None => surplus.push(name),
+            }
+        }
+        pending.sort_unstable_by_key(|(started, _)| std::cmp::Reverse(*started));
+        surplus.extend(
+            pending
+                .into_iter()
+                .skip(MAX_PENDING_LOGINS - 1)
+                .map(|(_, name)| name),
+        );
+        surplus
     }
 
     /// The login this browser started with `state`, from its login cookie; `None`
@@ -299,9 +346,7 @@ impl Gateway {
         append_cookie(&mut response, &session_cookie);
         append_cookie(
             &mut response,
-            &self
-                .cookies
-                .removal(&cookie_name, &self.settings.oidc.callback_path),
+            &self.cookies.removal(&cookie_name, &self.login_cookie_path),
         );
         response
     }

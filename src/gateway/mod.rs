@@ -121,8 +121,11 @@ pub struct Gateway {
     end_to_end_folds: Vec<String>,
     /// What the names of login cookies start with (the state's first characters
     /// follow): the session cookie's name, with `__Secure-` for `__Host-` since a login
-    /// cookie is scoped to the callback path, then `_csrf_`.
+    /// cookie is scoped to a path, not `/`, then `_csrf_`.
     login_cookie_prefix: String,
+    /// The path login cookies are scoped to: the directory `/oauth2/start` and the
+    /// callback share (`/oauth2/` by default), so a start sees the logins under way.
+    login_cookie_path: String,
     allowed_emails_file: Option<Arc<EmailFile>>,
 }
 
@@ -208,6 +211,7 @@ impl Gateway {
                 settings.server.public_url.scheme() == "https",
             ),
             login_cookie_prefix: login_cookie_prefix(&settings.session.cookie_name),
+            login_cookie_path: shared_directory("/oauth2/start", &settings.oidc.callback_path),
             identity_folds,
             path_override_folds,
             end_to_end_folds,
@@ -710,11 +714,37 @@ impl Gateway {
     }
 }
 
+/// The longest directory (a path ending in `/`) both paths are in.
+fn shared_directory(a: &str, b: &str) -> String {
+    let common = a.bytes().zip(b.bytes()).take_while(|(x, y)| x == y).count();
+    let directory = a[..common].rfind('/').map_or(0, |slash| slash + 1);
+    a[..directory.max(1)].to_owned()
+}
+
 /// See [`Gateway::login_cookie_prefix`].
 fn login_cookie_prefix(session_cookie: &str) -> String {
     match session_cookie.strip_prefix("__Host-") {
         Some(rest) => format!("__Secure-{rest}_csrf_"),
         None => format!("{session_cookie}_csrf_"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::shared_directory;
+
+    #[test]
+    fn login_cookies_live_in_the_directory_start_and_callback_share() {
+        assert_eq!(
+            shared_directory("/oauth2/start", "/oauth2/callback"),
+            "/oauth2/"
+        );
+        assert_eq!(
+            shared_directory("/oauth2/start", "/oauth2/start2"),
+            "/oauth2/"
+        );
+        assert_eq!(shared_directory("/oauth2/start", "/sso/callback"), "/");
+        assert_eq!(shared_directory("/oauth2/start", "/oauth"), "/");
     }
 }
 

@@ -25,7 +25,7 @@ use moka::policy::EvictionPolicy;
 use rand::RngCore;
 use serde::{Deserialize, Serialize};
 
-pub use cookies::CookieCodec;
+pub use cookies::{CookieCodec, request_cookies};
 pub use shared::{SharedStoreError, StoreUnavailable};
 
 use shared::SharedStore;

@@ -67,6 +67,8 @@ pub struct Browser {
     client: Client<HttpsConnector<HttpConnector>, TestBody>,
     pub base: String,
     pub cookies: BTreeMap<String, String>,
+    /// The `Path` each cookie was set with; cookies without one go to every path.
+    pub cookie_paths: BTreeMap<String, String>,
 }
 
 impl Browser {
@@ -92,6 +94,7 @@ impl Browser {
             client: client.build(connector),
             base: base.to_owned(),
             cookies: BTreeMap::new(),
+            cookie_paths: BTreeMap::new(),
         }
     }
 
@@ -116,15 +119,25 @@ impl Browser {
     pub async fn try_send(&mut self, mut request: Request<TestBody>) -> Option<TestResponse> {
         let url = request.uri().to_string();
         if !self.cookies.is_empty() && !request.headers().contains_key(COOKIE) {
+            // As a browser does: only cookies whose Path the request's path is in.
+            let path = request.uri().path();
             let cookie = self
                 .cookies
                 .iter()
+                .filter(|(n, _)| {
+                    self.cookie_paths.get(*n).is_none_or(|p| {
+                        path == p.trim_end_matches('/')
+                            || path.starts_with(&format!("{}/", p.trim_end_matches('/')))
+                    })
+                })
                 .map(|(n, v)| format!("{n}={v}"))
                 .collect::<Vec<_>>()
                 .join("; ");
-            request
-                .headers_mut()
-                .insert(COOKIE, cookie.parse().unwrap());
+            if !cookie.is_empty() {
+                request
+                    .headers_mut()
+                    .insert(COOKIE, cookie.parse().unwrap());
+            }
         }
         let response = tokio::time::timeout(Duration::from_secs(20), self.client.request(request))
             .await
@@ -144,8 +157,15 @@ impl Browser {
             let removed = value.is_empty() || set.contains("Max-Age=0");
             if removed {
                 self.cookies.remove(name);
+                self.cookie_paths.remove(name);
             } else {
                 self.cookies.insert(name.to_owned(), value.to_owned());
+                let path = set
+                    .split(';')
+                    .filter_map(|attribute| attribute.trim().split_once('='))
+                    .find(|(key, _)| key.eq_ignore_ascii_case("path"))
+                    .map_or("/", |(_, path)| path);
+                self.cookie_paths.insert(name.to_owned(), path.to_owned());
             }
         }
         Some(response)
