@@ -729,6 +729,18 @@ fn login_cookie_prefix(session_cookie: &str) -> String {
     }
 }
 
+fn redirect(location: &str) -> Response<ResponseBody> {
+    let mut response = pages::text(StatusCode::FOUND, "").map(boxed);
+    if let Ok(value) = HeaderValue::from_str(location) {
+        response.headers_mut().insert(http::header::LOCATION, value);
+    }
+    response
+}
+
+fn urlencode(text: &str) -> String {
+    form_urlencoded::byte_serialize(text.as_bytes()).collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::shared_directory;
@@ -746,16 +758,4 @@ mod tests {
         assert_eq!(shared_directory("/oauth2/start", "/sso/callback"), "/");
         assert_eq!(shared_directory("/oauth2/start", "/oauth"), "/");
     }
-}
-
-fn redirect(location: &str) -> Response<ResponseBody> {
-    let mut response = pages::text(StatusCode::FOUND, "").map(boxed);
-    if let Ok(value) = HeaderValue::from_str(location) {
-        response.headers_mut().insert(http::header::LOCATION, value);
-    }
-    response
-}
-
-fn urlencode(text: &str) -> String {
-    form_urlencoded::byte_serialize(text.as_bytes()).collect()
 }
