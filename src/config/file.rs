@@ -33,6 +33,12 @@ pub struct ServerSection {
     pub max_connections: Option<u64>,
     #[serde(deserialize_with = "flex::u64")]
     pub http2_max_streams: Option<u64>,
+    #[serde(deserialize_with = "flex::u64")]
+    pub max_tunnels: Option<u64>,
+    #[serde(deserialize_with = "flex::text")]
+    pub tunnel_idle_timeout: Option<String>,
+    #[serde(deserialize_with = "flex::text")]
+    pub tunnel_check_every: Option<String>,
     pub metrics_listen: Option<String>,
     #[serde(deserialize_with = "flex::list")]
     pub metrics_networks: Option<Vec<String>>,

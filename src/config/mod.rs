@@ -115,6 +115,13 @@ pub struct ServerSettings {
     pub max_connections: usize,
     /// Concurrent streams per HTTP/2 connection.
     pub http2_max_streams: u32,
+    /// Upgraded connections (WebSocket tunnels) open at once; each also keeps its
+    /// place in `max_connections`. Beyond this an upgrade gets 503.
+    pub max_tunnels: usize,
+    /// A tunnel through which nothing moved for this long is closed.
+    pub tunnel_idle_timeout: Duration,
+    /// How often a tunnel's session and rules are checked again (at most a minute).
+    pub tunnel_check_every: Duration,
     /// A separate plain-HTTP listener for `/metrics`; without it, `/metrics` is on the
     /// main listener for direct clients from `metrics_networks`.
     pub metrics_listen: Option<SocketAddr>,
@@ -580,6 +587,37 @@ fn validate_server(
                     "must be between 1 and 10000",
                 ));
             }
+        },
+        max_tunnels: match server.max_tunnels {
+            None => 1_000,
+            Some(0) => return Err(key_error("server.max_tunnels", "must be at least 1")),
+            Some(n) => n.min(1 << 24) as usize,
+        },
+        tunnel_idle_timeout: match duration_or(
+            "server.tunnel_idle_timeout",
+            server.tunnel_idle_timeout,
+            Duration::from_secs(300),
+        )? {
+            zero if zero.is_zero() => {
+                return Err(key_error(
+                    "server.tunnel_idle_timeout",
+                    "must be longer than zero",
+                ));
+            }
+            timeout => timeout,
+        },
+        tunnel_check_every: match duration_or(
+            "server.tunnel_check_every",
+            server.tunnel_check_every,
+            Duration::from_secs(60),
+        )? {
+            every if every.is_zero() || every > Duration::from_secs(60) => {
+                return Err(key_error(
+                    "server.tunnel_check_every",
+                    "must be longer than zero and at most 1m (a tunnel must not outlive its session by more)",
+                ));
+            }
+            every => every,
         },
         metrics_listen: server
             .metrics_listen

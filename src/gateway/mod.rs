@@ -31,7 +31,7 @@ use crate::outbound;
 use crate::pages::{self, Link, Page, is_navigation};
 use crate::policy::{self, EmailFile, Route, RouteRule};
 use crate::proxy::headers::{self, ForwardedFacts};
-use crate::proxy::{ResponseBody, Upstream, boxed, upgrade_protocol};
+use crate::proxy::{ResponseBody, Upstream, boxed, tunnel, upgrade_protocol};
 use crate::session::{CookieCodec, Session, SessionStore, StoreUnavailable};
 use upkeep::Standing;
 
@@ -62,6 +62,16 @@ const END_TO_END_HEADERS: [&str; 10] = [
     "x-real-ip",
     "x-request-id",
 ];
+
+/// What a tunnel was opened with, so that it can be checked again while it lasts
+/// ([`Gateway::tunnel_may_continue`]).
+pub struct TunnelPass {
+    /// The session it was opened for; `None` on a public route.
+    session_id: Option<String>,
+    method: http::Method,
+    path: String,
+    headers: http::HeaderMap,
+}
 
 /// Where a navigation without a usable session is sent.
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -446,6 +456,8 @@ impl Gateway {
     }
 
     /// forward: the gateway's cookies out, identity (if any) and `X-Forwarded-*` in.
+    /// An upgrade the upstream accepted leaves with a [`TunnelPass`], for the server
+    /// to check the tunnel against while it lasts.
     async fn forward(
         &self,
         mut request: Request<Incoming>,
@@ -453,8 +465,53 @@ impl Gateway {
         caller: Caller<'_>,
     ) -> Response<ResponseBody> {
         let host = request::host(&request).map(str::to_owned);
+        let pass = upgrade_protocol(&request).is_some().then(|| TunnelPass {
+            session_id: matches!(caller, Caller::SignedIn(_))
+                .then(|| {
+                    self.cookies
+                        .open(request.headers(), &self.settings.session.cookie_name)
+                })
+                .flatten(),
+            method: request.method().clone(),
+            path: request.uri().path().to_owned(),
+            headers: request.headers().clone(),
+        });
         self.prepare_upstream_headers(request.headers_mut(), peer, host.as_deref(), caller);
-        self.upstream.forward(request, host.as_deref()).await
+        let mut response = self.upstream.forward(request, host.as_deref()).await;
+        if let Some(pass) = pass
+            && response.extensions().get::<tunnel::Upgraded>().is_some()
+        {
+            response.extensions_mut().insert(Arc::new(pass));
+        }
+        response
+    }
+
+    /// Whether a tunnel opened with `pass` may go on: its route is still public, or
+    /// its session still stands (kept in step with the provider) and the rules, as
+    /// they are now, still admit it. A session store that cannot be asked does not
+    /// close it (cached sessions go on too).
+    pub async fn tunnel_may_continue(&self, pass: &TunnelPass) -> bool {
+        let rules = match policy::decide(
+            &self.settings.access.rules,
+            &pass.method,
+            &pass.path,
+            &pass.headers,
+        ) {
+            Route::Public { .. } => return true,
+            Route::Protected(rules) => rules,
+        };
+        let Some(id) = &pass.session_id else {
+            return false;
+        };
+        let session = match self.sessions.get(id).await {
+            Ok(Some(session)) => session,
+            Ok(None) => return false,
+            Err(_) => return true,
+        };
+        match self.upkeep(id, session).await {
+            Standing::Live(session) => self.authorize(&session, &rules).is_ok(),
+            Standing::Ended | Standing::Unconfirmed => false,
+        }
     }
 
     /// The header work of forwarding: the path overrides and the gateway's cookies

@@ -1,10 +1,12 @@
 //! Forwarding to the upstream (Sentry): a pooled client, streaming bodies both ways,
-//! hop-by-hop headers removed ([`headers`]), upgrades (WebSocket) tunnelled, request
+//! hop-by-hop headers removed ([`headers`]), upgrades (WebSocket) handed over as
+//! [`tunnel`]s, request
 //! bodies held to `server.max_body_size` (413), and a 502/504 answer when the upstream
 //! fails. It decides nothing about who may pass: the gateway calls it only for
 //! requests that are allowed, with identity headers already set.
 
 pub mod headers;
+pub mod tunnel;
 
 use std::cell::Cell;
 use std::sync::Arc;
@@ -19,7 +21,7 @@ use hyper::body::Incoming;
 use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::rt::{TokioExecutor, TokioTimer};
 use url::Url;
 
 use crate::config::UpstreamSettings;
@@ -219,9 +221,13 @@ impl Upstream {
             && let Some(client_upgrade) = client_upgrade
         {
             let upstream_upgrade = hyper::upgrade::on(&mut response);
-            tokio::spawn(tunnel(client_upgrade, upstream_upgrade));
             let (parts, body) = response.into_parts();
-            return Response::from_parts(parts, boxed(body));
+            let mut response = Response::from_parts(parts, boxed(body));
+            // The server runs the tunnel (it owns connections and their limits).
+            response
+                .extensions_mut()
+                .insert(tunnel::Upgraded::new(client_upgrade, upstream_upgrade));
+            return response;
         }
         headers::remove_hop_by_hop(response.headers_mut());
         let (parts, body) = response.into_parts();
@@ -311,22 +317,6 @@ pub fn upgrade_protocol<B>(request: &Request<B>) -> Option<HeaderValue> {
     let h2c = headers::list_items(fields, &header::UPGRADE)
         .any(|protocol| protocol.eq_ignore_ascii_case("h2c"));
     (request.version() == Version::HTTP_11 && asks && !h2c).then(|| protocol.clone())
-}
-
-/// Copies bytes both ways between the client and the upstream after a 101.
-async fn tunnel(client: hyper::upgrade::OnUpgrade, upstream: hyper::upgrade::OnUpgrade) {
-    let (client, upstream) = match tokio::try_join!(client, upstream) {
-        Ok(pair) => pair,
-        Err(e) => {
-            tracing::debug!(error = %e, "upgrade did not complete");
-            return;
-        }
-    };
-    let mut client = TokioIo::new(client);
-    let mut upstream = TokioIo::new(upstream);
-    if let Err(e) = tokio::io::copy_bidirectional(&mut client, &mut upstream).await {
-        tracing::debug!(error = %e, "upgraded connection closed with an error");
-    }
 }
 
 fn problem(page: bool, status: StatusCode, title: &str, message: &str) -> Response<ResponseBody> {

@@ -43,8 +43,9 @@ use tokio_rustls::TlsAcceptor;
 use crate::config::Settings;
 use std::path::PathBuf;
 
-use crate::gateway::{Gateway, GatewayError, LiveGateway};
+use crate::gateway::{Gateway, GatewayError, LiveGateway, TunnelPass};
 use crate::observe::Metrics;
+use crate::proxy::tunnel::{self, TunnelEnd, TunnelTerms};
 use crate::proxy::{ResponseBody, boxed};
 use framing::StrictFraming;
 use linger::LingeringClose;
@@ -74,6 +75,9 @@ pub struct GatewayService {
     /// Set once a request on this connection was answered with 101 (upgraded).
     upgraded: Arc<AtomicBool>,
     activity: Arc<Activity>,
+    /// The connection's place in the limits; a tunnel keeps it while it lasts.
+    open: Arc<OpenConnection>,
+    tunnels: Arc<Semaphore>,
 }
 
 impl tower::Service<Request<Incoming>> for GatewayService {
@@ -90,16 +94,75 @@ impl tower::Service<Request<Incoming>> for GatewayService {
         let peer = self.peer;
         let upgraded = self.upgraded.clone();
         let activity = self.activity.clone();
+        let live = self.live.clone();
+        let open = self.open.clone();
+        let tunnels = self.tunnels.clone();
         activity.request_started();
         Box::pin(async move {
-            let response = gateway.handle(request, peer).await;
+            let mut response = gateway.handle(request, peer).await;
             activity.request_answered();
             if response.status() == StatusCode::SWITCHING_PROTOCOLS {
-                upgraded.store(true, Ordering::Relaxed);
+                response = start_tunnel(response, &gateway, live, open, &tunnels);
+                if response.status() == StatusCode::SWITCHING_PROTOCOLS {
+                    upgraded.store(true, Ordering::Relaxed);
+                }
             }
             Ok(response)
         })
     }
+}
+
+/// Runs the tunnel an accepted upgrade brought (see [`tunnel`]): it holds its
+/// connection's place in `server.max_connections` and one of `server.max_tunnels`
+/// (none left: 503 instead of the 101), and is checked against the gateway current at
+/// each check, so a reload's rules apply to tunnels already open.
+fn start_tunnel(
+    mut response: Response<ResponseBody>,
+    gateway: &Gateway,
+    live: Arc<LiveGateway>,
+    open: Arc<OpenConnection>,
+    tunnels: &Arc<Semaphore>,
+) -> Response<ResponseBody> {
+    let pair = response.extensions_mut().remove::<tunnel::Upgraded>();
+    let pass = response.extensions_mut().remove::<Arc<TunnelPass>>();
+    let page =
+        |status, title, message| crate::pages::problem(false, status, title, message).map(boxed);
+    let (Some(pair), Some(pass)) = (pair, pass) else {
+        tracing::warn!("a 101 without a tunnel to run; refused");
+        return page(
+            StatusCode::BAD_GATEWAY,
+            "Upgrade refused",
+            "The connection could not be upgraded.",
+        );
+    };
+    let Ok(slot) = tunnels.clone().try_acquire_owned() else {
+        tracing::warn!("upgrade refused: server.max_tunnels tunnels are open");
+        return page(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "Too many open connections",
+            "Too many upgraded connections are open. Try again in a moment.",
+        );
+    };
+    let server = &gateway.settings().server;
+    let terms = TunnelTerms {
+        idle_timeout: server.tunnel_idle_timeout,
+        check_every: server.tunnel_check_every,
+    };
+    tokio::spawn(async move {
+        let _held = (open, slot);
+        let still_allowed = || {
+            let (live, pass) = (live.clone(), pass.clone());
+            async move { live.current().tunnel_may_continue(&pass).await }
+        };
+        match tunnel::run(pair, terms, still_allowed).await {
+            TunnelEnd::Refused => {
+                tracing::info!("tunnel closed: its session ended or the rules refuse it now");
+            }
+            TunnelEnd::Idle => tracing::debug!("tunnel closed: idle"),
+            end => tracing::debug!(?end, "tunnel closed"),
+        }
+    });
+    response
 }
 
 /// A started gateway. Dropping it does not stop it; call [`RunningGateway::shutdown`].
@@ -283,8 +346,11 @@ fn spawn_serving_threads(
 ) -> Result<tokio::task::JoinHandle<()>, ServerError> {
     let settings = live.current().settings().server.clone();
     let listener = listener.into_std().map_err(ServerError::Thread)?;
-    // One budget of connections for all threads.
-    let connections = Arc::new(Semaphore::new(settings.max_connections));
+    // One budget of connections and of tunnels for all threads.
+    let limits = Limits {
+        connections: Arc::new(Semaphore::new(settings.max_connections)),
+        tunnels: Arc::new(Semaphore::new(settings.max_tunnels)),
+    };
     let mut threads = Vec::new();
     for index in 1..settings.threads {
         let listener = listener.try_clone().map_err(ServerError::Thread)?;
@@ -293,14 +359,14 @@ fn spawn_serving_threads(
             .build()
             .map_err(ServerError::Thread)?;
         let (tls, live, stop) = (tls.clone(), live.clone(), stop.clone());
-        let connections = connections.clone();
+        let limits = limits.clone();
         let thread = std::thread::Builder::new()
             .name(format!("ssogate-serve-{index}"))
             .spawn(move || {
                 crate::proxy::set_serving_thread(index);
                 runtime.block_on(async move {
                     match TcpListener::from_std(listener) {
-                        Ok(listener) => serve(listener, tls, live, connections, stop).await,
+                        Ok(listener) => serve(listener, tls, live, limits, stop).await,
                         Err(e) => tracing::error!(thread = index, error = %e, "serving thread cannot use the listener"),
                     }
                 });
@@ -311,7 +377,7 @@ fn spawn_serving_threads(
     let listener = TcpListener::from_std(listener).map_err(ServerError::Thread)?;
     let live = live.clone();
     Ok(tokio::spawn(async move {
-        serve(listener, tls, live, connections, stop).await;
+        serve(listener, tls, live, limits, stop).await;
         for thread in threads {
             let _ = tokio::task::spawn_blocking(move || thread.join()).await;
         }
@@ -335,6 +401,13 @@ fn connection_builder(settings: &Settings) -> auto::Builder<TokioExecutor> {
         .max_header_list_size(u32::try_from(server.max_header_size).unwrap_or(u32::MAX))
         .keep_alive_interval(Some(Duration::from_secs(30)));
     builder
+}
+
+/// What every serving thread shares: places for connections and for tunnels.
+#[derive(Clone)]
+struct Limits {
+    connections: Arc<Semaphore>,
+    tunnels: Arc<Semaphore>,
 }
 
 /// A connection's place in `server.max_connections`, and its count in the metrics,
@@ -364,7 +437,7 @@ async fn serve(
     listener: TcpListener,
     tls: Option<Arc<rustls::ServerConfig>>,
     live: Arc<LiveGateway>,
-    connections: Arc<Semaphore>,
+    limits: Limits,
     mut stop: watch::Receiver<bool>,
 ) {
     // Connection settings take effect at start (a reload keeps them; see LiveGateway).
@@ -379,7 +452,7 @@ async fn serve(
         // At the limit, wait for a connection to end before accepting another: new
         // clients queue in the kernel's backlog instead of being dropped.
         let permit = tokio::select! {
-            permit = connections.clone().acquire_owned() => match permit {
+            permit = limits.connections.clone().acquire_owned() => match permit {
                 Ok(permit) => permit,
                 Err(_) => break,
             },
@@ -399,16 +472,18 @@ async fn serve(
         let _ = stream.set_nodelay(true);
         let upgraded = Arc::new(AtomicBool::new(false));
         let activity = Arc::new(Activity::new());
+        let open = Arc::new(OpenConnection::new(permit, gateway.metrics()));
         let service = TowerToHyperService::new(GatewayService {
             live: live.clone(),
             peer,
             upgraded: upgraded.clone(),
             activity: activity.clone(),
+            open: open.clone(),
+            tunnels: limits.tunnels.clone(),
         });
         let builder = builder.clone();
         let acceptor = acceptor.clone();
         let stop = stop.clone();
-        let open = OpenConnection::new(permit, gateway.metrics());
         open_connections.spawn(async move {
             let _open = open;
             let result = match acceptor {
