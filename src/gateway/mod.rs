@@ -567,22 +567,9 @@ impl Gateway {
     /// No session: navigations go to the sign-in, everything else gets 401 JSON.
     fn unauthenticated(&self, request: &Request<Incoming>) -> Response<ResponseBody> {
         if is_navigation(request) {
-            // Back to the same address after signing in, query included, unless that
-            // is too long to travel with the login: then the path alone, or the start.
-            let origin = self.settings.server.public_url.as_str().len();
-            let target = [
-                request.uri().path_and_query().map_or("/", |pq| pq.as_str()),
-                request.uri().path(),
-            ]
-            .into_iter()
-            .find(|target| origin + target.len() <= policy::MAX_RETURN_TARGET)
-            .unwrap_or("/");
-            let entry = if self.settings.oidc.skip_sign_in_page {
-                "/oauth2/start"
-            } else {
-                "/oauth2/sign_in"
-            };
-            let location = format!("{entry}?rd={}", urlencode(target));
+            let uri = request.uri();
+            let location =
+                self.sign_in_location(uri.path_and_query().map_or("/", |pq| pq.as_str()));
             return redirect(&location);
         }
         pages::json(
@@ -594,6 +581,24 @@ impl Gateway {
             }),
         )
         .map(boxed)
+    }
+
+    /// Where a navigation without a session goes: the sign-in, and back to
+    /// `path_and_query` afterwards, query included (encoded whole into `rd`), unless
+    /// that is too long to travel with the login: then the path alone, or the start.
+    fn sign_in_location(&self, path_and_query: &str) -> String {
+        let origin = self.settings.server.public_url.as_str().len();
+        let path = path_and_query.split('?').next().unwrap_or("/");
+        let target = [path_and_query, path]
+            .into_iter()
+            .find(|target| origin + target.len() <= policy::MAX_RETURN_TARGET)
+            .unwrap_or("/");
+        let entry = if self.settings.oidc.skip_sign_in_page {
+            "/oauth2/start"
+        } else {
+            "/oauth2/sign_in"
+        };
+        format!("{entry}?rd={}", urlencode(target))
     }
 
     fn refused(&self, session: &Session, refusal: &policy::Refusal) -> Response<ResponseBody> {
