@@ -17,7 +17,6 @@ mod upkeep;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
 
 use http::header::HeaderValue;
 use http::{Request, Response, StatusCode};
@@ -238,17 +237,23 @@ impl Gateway {
         if let Err(e) = self.provider.discover().await {
             tracing::error!(issuer = %self.settings.oidc.issuer, error = %e, "identity provider not available; retrying in the background");
             let provider = self.provider.clone();
+            // On the provider's retry schedule, which requests that need the
+            // metadata share: they cannot make it call the provider more often.
             tokio::spawn(async move {
-                let mut delay = Duration::from_secs(2);
                 while !provider.is_ready() {
-                    tokio::time::sleep(delay).await;
-                    match provider.discover().await {
+                    let due = provider.next_discovery_attempt();
+                    if let Some(due) = due {
+                        tokio::time::sleep_until(due.into()).await;
+                    }
+                    if provider.next_discovery_attempt() != due {
+                        continue; // a request made this attempt meanwhile
+                    }
+                    match provider.discover_when_due().await {
                         Ok(()) => tracing::info!("identity provider metadata loaded"),
                         Err(e) => {
                             tracing::warn!(error = %e, "identity provider still not available")
                         }
                     }
-                    delay = (delay * 2).min(Duration::from_secs(60));
                 }
             });
         } else {
