@@ -36,6 +36,10 @@ use crate::session::{CookieCodec, Session, SessionStore, StoreUnavailable};
 pub use reload::LiveGateway;
 pub use request::{param, query_params};
 
+/// How long `/ready`'s upstream check answers for: a flood of probes costs one
+/// upstream connection per this.
+const READY_CHECK_TTL: std::time::Duration = std::time::Duration::from_secs(1);
+
 /// Headers that some backends take as the request path (IIS, Symfony, nginx setups).
 /// A client must never choose the path the upstream acts on, so they are removed
 /// before forwarding. (Forward-auth reads them from a trusted proxy.)
@@ -112,6 +116,8 @@ pub struct Gateway {
     /// cookie is scoped to the callback path, then `_csrf_`.
     login_cookie_prefix: String,
     allowed_emails_file: Option<Arc<EmailFile>>,
+    /// The last `/ready` connection to the upstream: when, and whether it was accepted.
+    last_upstream_check: tokio::sync::Mutex<Option<(std::time::Instant, bool)>>,
 }
 
 impl Gateway {
@@ -200,6 +206,7 @@ impl Gateway {
             path_override_folds,
             end_to_end_folds,
             allowed_emails_file,
+            last_upstream_check: tokio::sync::Mutex::new(None),
             metrics,
             hsts: settings.hsts_max_age.map(|age| {
                 HeaderValue::from_str(&format!("max-age={}", age.as_secs()))
@@ -326,7 +333,7 @@ impl Gateway {
         let oidc = &self.settings.oidc;
         match path {
             "/ping" => return pages::text(StatusCode::OK, "OK\n").map(boxed),
-            "/ready" => return self.ready().await,
+            "/ready" => return self.ready(&request, peer).await,
             "/metrics" if self.settings.server.metrics_listen.is_none() => {
                 return self.metrics_on_main_listener(&request, peer).await;
             }
@@ -387,14 +394,7 @@ impl Gateway {
         request: &Request<Incoming>,
         peer: SocketAddr,
     ) -> Response<ResponseBody> {
-        let direct = !request.headers().contains_key("x-forwarded-for");
-        let allowed = self
-            .settings
-            .server
-            .metrics_networks
-            .iter()
-            .any(|net| net.contains(&peer.ip()));
-        if direct && allowed {
+        if self.may_read_internals(request, peer) {
             return self.metrics_page().await;
         }
         self.page(
@@ -402,6 +402,19 @@ impl Gateway {
             "Not found",
             "This gateway has no such page.",
         )
+    }
+
+    /// Whether the client may read the gateway's internals (metrics, why it is not
+    /// ready): a direct client (no proxy between) from `server.metrics_networks`.
+    fn may_read_internals<B>(&self, request: &Request<B>, peer: SocketAddr) -> bool {
+        let direct = !request.headers().contains_key("x-forwarded-for");
+        direct
+            && self
+                .settings
+                .server
+                .metrics_networks
+                .iter()
+                .any(|net| net.contains(&peer.ip()))
     }
 
     /// `GET /metrics`: the Prometheus text exposition.
@@ -536,7 +549,10 @@ impl Gateway {
     }
 
     /// The session named by the request's cookie, kept in step with the provider
-    /// ([`Gateway::upkeep`]); `None` when there is none or the provider ended it.
+    /// ([`Gateway::upkeep`]); `None` when there is none or the provider ended it, or
+    /// when its groups were read from another claim than `access.groups_claim` (a
+    /// reload changed it): that person signs in again, so no decision is made on
+    /// groups from a claim no longer configured.
     async fn live_session(
         &self,
         headers: &http::HeaderMap,
@@ -544,6 +560,10 @@ impl Gateway {
         let Some((id, session)) = self.session_of(headers).await? else {
             return Ok(None);
         };
+        if *session.identity.groups_claim != *self.settings.access.groups_claim {
+            tracing::info!(sub = %session.identity.sub, claim = %session.identity.groups_claim, "session not used: its groups were read from another claim than access.groups_claim; signing in again");
+            return Ok(None);
+        }
         Ok(self.upkeep(&id, &session).await.then_some(session))
     }
 
@@ -631,17 +651,40 @@ impl Gateway {
         .map(boxed)
     }
 
-    async fn ready(&self) -> Response<ResponseBody> {
-        if !self.provider.is_ready() {
-            return pages::text(
+    /// `/ready`: 200 `READY` or 503 `NOT READY`, and why only for a client that may
+    /// read the internals ([`Gateway::may_read_internals`]).
+    async fn ready<B>(&self, request: &Request<B>, peer: SocketAddr) -> Response<ResponseBody> {
+        let problem = if !self.provider.is_ready() {
+            Some("identity provider metadata not loaded".to_owned())
+        } else if let Some(reason) = self.sessions.unavailable() {
+            Some(format!("session store (Redis) unreachable: {reason}"))
+        } else if !self.upstream_accepts().await {
+            Some("upstream unreachable".to_owned())
+        } else {
+            None
+        };
+        let detail = self.may_read_internals(request, peer);
+        match problem {
+            None => pages::text(StatusCode::OK, "READY\n").map(boxed),
+            Some(problem) if detail => pages::text(
                 StatusCode::SERVICE_UNAVAILABLE,
-                "NOT READY: identity provider metadata not loaded\n",
+                format!("NOT READY: {problem}\n"),
             )
-            .map(boxed);
+            .map(boxed),
+            Some(_) => pages::text(StatusCode::SERVICE_UNAVAILABLE, "NOT READY\n").map(boxed),
         }
-        if let Some(reason) = self.sessions.unavailable() {
-            let text = format!("NOT READY: session store (Redis) unreachable: {reason}\n");
-            return pages::text(StatusCode::SERVICE_UNAVAILABLE, text).map(boxed);
+    }
+
+    /// Whether the upstream accepts a connection. Asked at most once per
+    /// [`READY_CHECK_TTL`] however many probes arrive: those arriving while one
+    /// connection attempt runs wait for it, later ones take its answer until it is
+    /// that old.
+    async fn upstream_accepts(&self) -> bool {
+        let mut last = self.last_upstream_check.lock().await;
+        if let Some((at, accepts)) = *last
+            && at.elapsed() < READY_CHECK_TTL
+        {
+            return accepts;
         }
         let url = &self.settings.upstream.url;
         let address = (
@@ -656,14 +699,9 @@ impl Gateway {
             tokio::net::TcpStream::connect(address),
         )
         .await;
-        match connect {
-            Ok(Ok(_)) => pages::text(StatusCode::OK, "READY\n").map(boxed),
-            _ => pages::text(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "NOT READY: upstream unreachable\n",
-            )
-            .map(boxed),
-        }
+        let accepts = matches!(connect, Ok(Ok(_)));
+        *last = Some((std::time::Instant::now(), accepts));
+        accepts
     }
 
     fn page(&self, status: StatusCode, title: &str, message: &str) -> Response<ResponseBody> {

@@ -67,6 +67,7 @@ pub fn identity(
             .or(token.preferred_username)
             .map(Into::into),
         groups: info.groups.or(token.groups).unwrap_or_default().into(),
+        groups_claim: groups_claim.into(),
     }
 }
 
