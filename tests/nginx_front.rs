@@ -512,3 +512,33 @@ async fn readme_shows_the_tested_files() {
         "README's nginx block is not {PROTECT} (from its first directive on)"
     );
 }
+
+#[tokio::test]
+async fn token_traffic_passes_without_sentrys_session_cookies_only() {
+    let front = NginxFront::start().await;
+    let token = ("authorization", "Bearer sntrys_0123456789abcdef");
+    let json = ("accept", "application/json");
+    let mut cli = front.browser();
+    let answer = send(&mut cli, Method::GET, "/api/0/", &[token, json]).await;
+    assert_eq!(answer.status, StatusCode::OK, "{answer:?}");
+    let seen = front.upstream.last();
+    assert_eq!(seen.path_and_query, "/api/0/");
+    assert_eq!(
+        seen.headers["authorization"],
+        "Bearer sntrys_0123456789abcdef"
+    );
+    for name in IDENTITY_HEADERS.iter().chain(&["cookie"]) {
+        assert!(!seen.headers.contains_key(*name), "{name}: {seen:?}");
+    }
+
+    // With Sentry's session cookie, a token is no way around the gateway: nginx would
+    // forward the cookie, and Sentry may authenticate by it.
+    let before = front.app_requests();
+    let mut browser = front.browser();
+    browser
+        .cookies
+        .insert("sentrysid".into(), "old-session".into());
+    let refused = send(&mut browser, Method::GET, "/api/0/", &[token, json]).await;
+    assert_eq!(refused.status, StatusCode::UNAUTHORIZED, "{refused:?}");
+    assert_eq!(front.app_requests(), before);
+}

@@ -413,9 +413,9 @@ impl Gateway {
     /// The route rules apply to the original request when a trusted proxy reports it
     /// (`X-Original-URI` and `X-Original-Method` from nginx, `X-Forwarded-Uri` and
     /// `X-Forwarded-Method` from Traefik), decided as for a request the gateway
-    /// forwards itself: a public route gets 202 without identity (unless it is public
-    /// by a credential: the proxy cannot remove the upstream's session cookies, so
-    /// token traffic needs its own location there). `?allowed_groups=a,b` (names as in
+    /// forwards itself: a public route gets 202 without identity, and so does token
+    /// traffic when it carries none of the upstream's session cookies (a proxy may
+    /// forward its cookies as they are). `?allowed_groups=a,b` (names as in
     /// `X-Forwarded-Groups`) requires one of those groups too; a repeated or empty one
     /// is a 400, never "no restriction".
     ///
@@ -454,6 +454,15 @@ impl Gateway {
                     Route::Public {
                         by_credential: false,
                     } => return self.forward_auth_admitted(request, None),
+                    // Token traffic: the proxy may forward the request's own cookies,
+                    // so it is let through only when none of them is the upstream's
+                    // session (its credential is then all the upstream can go by);
+                    // with one, it needs a session like any other request.
+                    Route::Public {
+                        by_credential: true,
+                    } if !self.carries_upstream_session_cookie(request.headers()) => {
+                        return self.forward_auth_admitted(request, None);
+                    }
                     Route::Public {
                         by_credential: true,
                     } => Vec::new(),
@@ -518,6 +527,18 @@ impl Gateway {
             self.set_identity_headers(response.headers_mut(), session);
         }
         response
+    }
+
+    /// Whether the request carries one of the upstream's session cookies
+    /// (`access.upstream_session_cookies`).
+    fn carries_upstream_session_cookie(&self, headers: &http::HeaderMap) -> bool {
+        let names = &self.settings.access.upstream_session_cookies;
+        headers
+            .get_all(http::header::COOKIE)
+            .iter()
+            .flat_map(|value| value.as_bytes().split(|b| *b == b';'))
+            .filter_map(|pair| pair.split(|b| *b == b'=').next())
+            .any(|name| names.iter().any(|n| n.as_bytes() == name.trim_ascii()))
     }
 
     /// For forward-auth's 401: where the proxy should send the request it asks about
