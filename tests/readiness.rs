@@ -85,6 +85,7 @@ async fn a_flood_of_ready_probes_opens_few_upstream_connections() {
     // probe opened its own connection before.
     let seconds = began.elapsed().as_secs() as usize;
     let connections = accepted.load(Ordering::SeqCst);
+    println!("{connections} upstream connections for 200 probes in {seconds} s");
     assert!(
         connections <= seconds + 2,
         "{connections} upstream connections for 200 probes in {seconds} s"
