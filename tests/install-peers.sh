@@ -7,9 +7,10 @@
 #     tests/e2e/node_modules, and Debian's chromium, for the browser tests in tests/e2e
 #   - Debian's redis-server, which tests/replicas.rs starts on free loopback ports
 #   - Debian's testssl.sh, which tests/tls_grade.rs runs against the listener
+#   - Debian's nginx, which tests/nginx_front.rs runs with config/nginx/ in front
 # Idempotent: a step is skipped while its stamp (a hash of its inputs) still matches.
-# Needs python3 with pip, node and npm, and root (or chromium and redis-server
-# already installed);
+# Needs python3 with pip, node and npm, and root (or chromium, redis-server, testssl.sh
+# and nginx already installed);
 # reaches only PyPI, the npm registry and Debian's archive.
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -73,11 +74,13 @@ else
 fi
 
 # --- Debian: chromium for the browser tests, redis-server for tests/replicas.rs, -----
-# --- testssl.sh for tests/tls_grade.rs ---------------------------------------------
+# --- testssl.sh for tests/tls_grade.rs, nginx for tests/nginx_front.rs ---------------
 missing=()
 command -v "${CHROMIUM:-chromium}" >/dev/null 2>&1 || missing+=(chromium)
 command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
 command -v testssl >/dev/null 2>&1 || missing+=(testssl.sh)
+# Not always on a non-root PATH: Debian puts it in /usr/sbin.
+[[ -x ${NGINX:-/usr/sbin/nginx} ]] || command -v nginx >/dev/null 2>&1 || missing+=(nginx)
 if ((${#missing[@]})); then
   if [[ $(id -u) != 0 ]]; then
     echo "peers: missing ${missing[*]}; install with: sudo apt-get install ${missing[*]}" >&2
@@ -90,3 +93,4 @@ fi
 echo "peers: $("${CHROMIUM:-chromium}" --version 2>/dev/null | head -n1)"
 echo "peers: $(redis-server --version)"
 echo "peers: testssl.sh $(dpkg-query -W -f='${Version}' testssl.sh 2>/dev/null || echo '(not from Debian)')"
+echo "peers: $("${NGINX:-$(command -v nginx || echo /usr/sbin/nginx)}" -v 2>&1)"

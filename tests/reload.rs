@@ -245,3 +245,39 @@ async fn a_reload_keeps_sessions_and_refuses_a_provider_that_cannot_be_reached()
         "{metrics}"
     );
 }
+
+#[tokio::test]
+async fn a_reload_that_changes_the_groups_claim_signs_in_again_the_sessions_read_with_the_old_one()
+{
+    // Alice is a member by the `permissions` claim, not by `groups`.
+    let mut alice = support::user("alice", "alice@corp.example", true, &["sentry:member"]);
+    alice
+        .claims
+        .insert("groups".into(), serde_json::json!(["outsiders"]));
+    let world = support::World::start_with(support::WorldOptions {
+        extra_toml:
+            "[access]\ngroups_claim = \"permissions\"\nrequired_groups = [\"sentry:member\"]\n"
+                .into(),
+        users: vec![alice],
+        ..Default::default()
+    })
+    .await;
+    let mut browser = world.signed_in("alice").await;
+    assert_eq!(browser.navigate("/issues/").await.status, StatusCode::OK);
+
+    let mut next = world.gateway.gateway().settings().clone();
+    next.access.groups_claim = "groups".into();
+    world.gateway.reload(next).await.unwrap();
+    // Her session's groups came from `permissions`: it is not used any more, and a
+    // fresh login reads `groups`, by which she is refused.
+    let before = world.upstream.requests().len();
+    let again = browser.navigate("/issues/").await;
+    assert!(again.is_sign_in_redirect(), "{again:?}");
+    assert_eq!(
+        world.upstream.requests().len(),
+        before,
+        "nothing reached the upstream"
+    );
+    let relogin = browser.login("/issues/", "alice", support::PASSWORD).await;
+    assert_eq!(relogin.status, StatusCode::FORBIDDEN, "{relogin:?}");
+}

@@ -19,6 +19,7 @@ pub fn session(n: usize) -> Session {
             "billing:read".into(),
         ]
         .into(),
+        groups_claim: "groups".into(),
     };
     let tokens = Tokens {
         renewal: Renewal::RefreshToken(random_token().into()),

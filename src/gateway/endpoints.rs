@@ -18,13 +18,21 @@ use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
 
 use super::request::{param, query_params};
-use super::{Gateway, redirect, urlencode};
+use super::{Gateway, SignIn, Standing, redirect, urlencode};
 use crate::observe::LoginRefusal;
 use crate::oidc::{LOGIN_TIMEOUT, LoginError, PendingLogin};
 use crate::pages::{self, Link, Page};
 use crate::policy::{self, ReturnTargetTooLong, Route, normalize_path, return_target_or_root};
 use crate::proxy::{ResponseBody, boxed};
 use crate::session::{Session, new_session_id, request_cookies};
+
+/// Forward-auth's answer header with the `Cookie` the app should get: the request's,
+/// without the gateway's cookies (see `config/nginx/ssogate-protect.conf`).
+const APP_COOKIE_ANSWER: &str = "x-ssogate-cookie";
+
+/// Forward-auth's answer header, on a 401 for a top-level navigation, with where to
+/// redirect it: the sign-in, with the original URI encoded as the return target.
+const SIGN_IN_ANSWER: &str = "x-ssogate-sign-in";
 
 /// Largest back-channel logout request body read.
 const MAX_LOGOUT_BODY: usize = 64 * 1024;
@@ -460,11 +468,15 @@ impl Gateway {
     /// The route rules apply to the original request when a trusted proxy reports it
     /// (`X-Original-URI` and `X-Original-Method` from nginx, `X-Forwarded-Uri` and
     /// `X-Forwarded-Method` from Traefik), decided as for a request the gateway
-    /// forwards itself: a public route gets 202 without identity (unless it is public
-    /// by a credential: the proxy cannot remove the upstream's session cookies, so
-    /// token traffic needs its own location there). `?allowed_groups=a,b` (names as in
+    /// forwards itself: a public route gets 202 without identity, and so does token
+    /// traffic when it carries none of the upstream's session cookies (a proxy may
+    /// forward its cookies as they are). `?allowed_groups=a,b` (names as in
     /// `X-Forwarded-Groups`) requires one of those groups too; a repeated or empty one
     /// is a 400, never "no restriction".
+    ///
+    /// For a proxy that cannot do the gateway's header work itself (nginx), a 202
+    /// carries the `Cookie` the app should get ([`APP_COOKIE_ANSWER`]) and a 401 for a
+    /// navigation where to send it ([`SIGN_IN_ANSWER`]); `config/nginx/` uses both.
     pub(super) async fn forward_auth(
         &self,
         request: &Request<Incoming>,
@@ -496,7 +508,16 @@ impl Gateway {
                 match policy::decide(&self.settings.access.rules, method, path, request.headers()) {
                     Route::Public {
                         by_credential: false,
-                    } => return pages::text(StatusCode::ACCEPTED, "").map(boxed),
+                    } => return self.forward_auth_admitted(request, None),
+                    // Token traffic: the proxy may forward the request's own cookies,
+                    // so it is let through only when none of them is the upstream's
+                    // session (its credential is then all the upstream can go by);
+                    // with one, it needs a session like any other request.
+                    Route::Public {
+                        by_credential: true,
+                    } if !self.carries_upstream_session_cookie(request.headers()) => {
+                        return self.forward_auth_admitted(request, None);
+                    }
                     Route::Public {
                         by_credential: true,
                     } => Vec::new(),
@@ -504,16 +525,25 @@ impl Gateway {
                 }
             }
         };
-        let session = match self.live_session(request.headers()).await {
-            Ok(Some(session)) => session,
-            Ok(None) => {
-                return pages::json(
+        let sign_in = match self.session_standing(request.headers()).await {
+            Ok(Standing::Live(session)) => Ok(session),
+            Ok(Standing::Ended) => Err(SignIn::Page),
+            Ok(Standing::Unconfirmed) => Err(SignIn::ThroughProvider),
+            Err(e) => return self.store_unavailable(request, &e),
+        };
+        let session = match sign_in {
+            Ok(session) => session,
+            Err(sign_in) => {
+                let mut response = pages::json(
                     StatusCode::UNAUTHORIZED,
                     &serde_json::json!({"error": "unauthorized"}),
                 )
                 .map(boxed);
+                if let Some(location) = self.sign_in_for_reported(request.headers(), sign_in) {
+                    response.headers_mut().insert(SIGN_IN_ANSWER, location);
+                }
+                return response;
             }
-            Err(e) => return self.store_unavailable(request, &e),
         };
         let refusal = self.authorize(&session, &rules).err().or_else(|| {
             let admitted =
@@ -529,9 +559,76 @@ impl Gateway {
             )
             .map(boxed);
         }
+        self.forward_auth_admitted(request, Some(&session))
+    }
+
+    /// Forward-auth's 202: the identity headers of `session` (none on a public route),
+    /// and in [`APP_COOKIE_ANSWER`] the request's `Cookie` without the gateway's own
+    /// cookies, for the proxy to forward in place of the client's (nginx cannot drop
+    /// one cookie by itself). No cookie left: no such header, and the proxy sends none.
+    fn forward_auth_admitted(
+        &self,
+        request: &Request<Incoming>,
+        session: Option<&Session>,
+    ) -> Response<ResponseBody> {
         let mut response = pages::text(StatusCode::ACCEPTED, "").map(boxed);
-        self.set_identity_headers(response.headers_mut(), &session);
+        let mut cookies = http::HeaderMap::new();
+        for value in request.headers().get_all(http::header::COOKIE) {
+            cookies.append(http::header::COOKIE, value.clone());
+        }
+        let cookie_name = &self.settings.session.cookie_name;
+        crate::proxy::headers::remove_cookies(&mut cookies, |name| {
+            self.is_gateway_cookie(name, cookie_name)
+        });
+        if let Some(kept) = cookies.remove(http::header::COOKIE) {
+            response.headers_mut().insert(APP_COOKIE_ANSWER, kept);
+        }
+        if let Some(session) = session {
+            self.set_identity_headers(response.headers_mut(), session);
+        }
         response
+    }
+
+    /// Whether the request carries one of the upstream's session cookies
+    /// (`access.upstream_session_cookies`).
+    fn carries_upstream_session_cookie(&self, headers: &http::HeaderMap) -> bool {
+        let names = &self.settings.access.upstream_session_cookies;
+        headers
+            .get_all(http::header::COOKIE)
+            .iter()
+            .flat_map(|value| value.as_bytes().split(|b| *b == b';'))
+            .filter_map(|pair| pair.split(|b| *b == b'=').next())
+            .any(|name| names.iter().any(|n| n.as_bytes() == name.trim_ascii()))
+    }
+
+    /// For forward-auth's 401: where the proxy should send the request it asks about
+    /// when that is a top-level navigation (decided as for a request the gateway
+    /// serves itself, on the reported method and path and the passed-on headers): the
+    /// sign-in, with the reported URI as the return target, encoded. `None` for
+    /// anything else (the proxy answers 401), or when the proxy reports nothing.
+    ///
+    /// Any caller gets this answer, trusted proxy or not: it only says where that
+    /// caller would be sent, and the return target is validated at the sign-in.
+    fn sign_in_for_reported(
+        &self,
+        headers: &http::HeaderMap,
+        sign_in: SignIn,
+    ) -> Option<HeaderValue> {
+        let text = |names: [&str; 2]| {
+            names
+                .iter()
+                .find_map(|name| headers.get(*name))
+                .and_then(|value| value.to_str().ok())
+        };
+        let uri = text(["x-original-uri", "x-forwarded-uri"]).filter(|u| u.starts_with('/'))?;
+        let method = text(["x-original-method", "x-forwarded-method"])?;
+        let method = http::Method::from_bytes(method.trim().as_bytes()).ok()?;
+        let path = uri.split(['?', '#']).next().unwrap_or("/");
+        if !pages::is_navigation_of(&method, path, headers) {
+            return None;
+        }
+        let uri = uri.split('#').next().unwrap_or("/");
+        HeaderValue::from_str(&self.sign_in_location(uri, sign_in)).ok()
     }
 
     /// OpenID Connect Back-Channel Logout: the provider POSTs a signed `logout_token`;

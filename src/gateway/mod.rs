@@ -17,7 +17,6 @@ mod upkeep;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
 
 use http::header::HeaderValue;
 use http::{Request, Response, StatusCode};
@@ -37,6 +36,10 @@ use upkeep::Standing;
 
 pub use reload::LiveGateway;
 pub use request::{param, query_params};
+
+/// How long `/ready`'s upstream check answers for: a flood of probes costs one
+/// upstream connection per this.
+const READY_CHECK_TTL: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// Headers that some backends take as the request path (IIS, Symfony, nginx setups).
 /// A client must never choose the path the upstream acts on, so they are removed
@@ -137,6 +140,8 @@ pub struct Gateway {
     /// callback share (`/oauth2/` by default), so a start sees the logins under way.
     login_cookie_path: String,
     allowed_emails_file: Option<Arc<EmailFile>>,
+    /// The last `/ready` connection to the upstream: when, and whether it was accepted.
+    last_upstream_check: tokio::sync::Mutex<Option<(std::time::Instant, bool)>>,
 }
 
 impl Gateway {
@@ -226,6 +231,7 @@ impl Gateway {
             path_override_folds,
             end_to_end_folds,
             allowed_emails_file,
+            last_upstream_check: tokio::sync::Mutex::new(None),
             metrics,
             hsts: settings.hsts_max_age.map(|age| {
                 HeaderValue::from_str(&format!("max-age={}", age.as_secs()))
@@ -263,17 +269,23 @@ impl Gateway {
         if let Err(e) = self.provider.discover().await {
             tracing::error!(issuer = %self.settings.oidc.issuer, error = %e, "identity provider not available; retrying in the background");
             let provider = self.provider.clone();
+            // On the provider's retry schedule, which requests that need the
+            // metadata share: they cannot make it call the provider more often.
             tokio::spawn(async move {
-                let mut delay = Duration::from_secs(2);
                 while !provider.is_ready() {
-                    tokio::time::sleep(delay).await;
-                    match provider.discover().await {
+                    let due = provider.next_discovery_attempt();
+                    if let Some(due) = due {
+                        tokio::time::sleep_until(due.into()).await;
+                    }
+                    if provider.next_discovery_attempt() != due {
+                        continue; // a request made this attempt meanwhile
+                    }
+                    match provider.discover_when_due().await {
                         Ok(()) => tracing::info!("identity provider metadata loaded"),
                         Err(e) => {
                             tracing::warn!(error = %e, "identity provider still not available")
                         }
                     }
-                    delay = (delay * 2).min(Duration::from_secs(60));
                 }
             });
         } else {
@@ -346,7 +358,7 @@ impl Gateway {
         let oidc = &self.settings.oidc;
         match path {
             "/ping" => return pages::text(StatusCode::OK, "OK\n").map(boxed),
-            "/ready" => return self.ready().await,
+            "/ready" => return self.ready(&request, peer).await,
             "/metrics" if self.settings.server.metrics_listen.is_none() => {
                 return self.metrics_on_main_listener(&request, peer).await;
             }
@@ -410,14 +422,7 @@ impl Gateway {
         request: &Request<Incoming>,
         peer: SocketAddr,
     ) -> Response<ResponseBody> {
-        let direct = !request.headers().contains_key("x-forwarded-for");
-        let allowed = self
-            .settings
-            .server
-            .metrics_networks
-            .iter()
-            .any(|net| net.contains(&peer.ip()));
-        if direct && allowed {
+        if self.may_read_internals(request, peer) {
             return self.metrics_page().await;
         }
         self.page(
@@ -425,6 +430,19 @@ impl Gateway {
             "Not found",
             "This gateway has no such page.",
         )
+    }
+
+    /// Whether the client may read the gateway's internals (metrics, why it is not
+    /// ready): a direct client (no proxy between) from `server.metrics_networks`.
+    fn may_read_internals<B>(&self, request: &Request<B>, peer: SocketAddr) -> bool {
+        let direct = !request.headers().contains_key("x-forwarded-for");
+        direct
+            && self
+                .settings
+                .server
+                .metrics_networks
+                .iter()
+                .any(|net| net.contains(&peer.ip()))
     }
 
     /// `GET /metrics`: the Prometheus text exposition.
@@ -606,7 +624,10 @@ impl Gateway {
     }
 
     /// The standing of the session named by the request's cookie, kept in step with
-    /// the provider ([`Gateway::upkeep`]).
+    /// the provider ([`Gateway::upkeep`]). A session whose groups were read from
+    /// another claim than `access.groups_claim` (a reload changed it) has ended: that
+    /// person signs in again, so no decision is made on groups from a claim no longer
+    /// configured.
     async fn session_standing(
         &self,
         headers: &http::HeaderMap,
@@ -614,6 +635,10 @@ impl Gateway {
         let Some((id, session)) = self.session_of(headers).await? else {
             return Ok(Standing::Ended);
         };
+        if *session.identity.groups_claim != *self.settings.access.groups_claim {
+            tracing::info!(sub = %session.identity.sub, claim = %session.identity.groups_claim, "session not used: its groups were read from another claim than access.groups_claim; signing in again");
+            return Ok(Standing::Ended);
+        }
         Ok(self.upkeep(&id, session).await)
     }
 
@@ -658,23 +683,9 @@ impl Gateway {
         sign_in: SignIn,
     ) -> Response<ResponseBody> {
         if is_navigation(request) {
-            // Back to the same address after signing in, query included, unless that
-            // is too long to travel with the login: then the path alone, or the start.
-            let origin = self.settings.server.public_url.as_str().len();
-            let target = [
-                request.uri().path_and_query().map_or("/", |pq| pq.as_str()),
-                request.uri().path(),
-            ]
-            .into_iter()
-            .find(|target| origin + target.len() <= policy::MAX_RETURN_TARGET)
-            .unwrap_or("/");
-            let entry =
-                if self.settings.oidc.skip_sign_in_page || sign_in == SignIn::ThroughProvider {
-                    "/oauth2/start"
-                } else {
-                    "/oauth2/sign_in"
-                };
-            let location = format!("{entry}?rd={}", urlencode(target));
+            let uri = request.uri();
+            let location =
+                self.sign_in_location(uri.path_and_query().map_or("/", |pq| pq.as_str()), sign_in);
             return redirect(&location);
         }
         pages::json(
@@ -686,6 +697,24 @@ impl Gateway {
             }),
         )
         .map(boxed)
+    }
+
+    /// Where a navigation without a session goes: the sign-in, and back to
+    /// `path_and_query` afterwards, query included (encoded whole into `rd`), unless
+    /// that is too long to travel with the login: then the path alone, or the start.
+    fn sign_in_location(&self, path_and_query: &str, sign_in: SignIn) -> String {
+        let origin = self.settings.server.public_url.as_str().len();
+        let path = path_and_query.split('?').next().unwrap_or("/");
+        let target = [path_and_query, path]
+            .into_iter()
+            .find(|target| origin + target.len() <= policy::MAX_RETURN_TARGET)
+            .unwrap_or("/");
+        let entry = if self.settings.oidc.skip_sign_in_page || sign_in == SignIn::ThroughProvider {
+            "/oauth2/start"
+        } else {
+            "/oauth2/sign_in"
+        };
+        format!("{entry}?rd={}", urlencode(target))
     }
 
     fn refused(&self, session: &Session, refusal: &policy::Refusal) -> Response<ResponseBody> {
@@ -713,17 +742,40 @@ impl Gateway {
         .map(boxed)
     }
 
-    async fn ready(&self) -> Response<ResponseBody> {
-        if !self.provider.is_ready() {
-            return pages::text(
+    /// `/ready`: 200 `READY` or 503 `NOT READY`, and why only for a client that may
+    /// read the internals ([`Gateway::may_read_internals`]).
+    async fn ready<B>(&self, request: &Request<B>, peer: SocketAddr) -> Response<ResponseBody> {
+        let problem = if !self.provider.is_ready() {
+            Some("identity provider metadata not loaded".to_owned())
+        } else if let Some(reason) = self.sessions.unavailable() {
+            Some(format!("session store (Redis) unreachable: {reason}"))
+        } else if !self.upstream_accepts().await {
+            Some("upstream unreachable".to_owned())
+        } else {
+            None
+        };
+        let detail = self.may_read_internals(request, peer);
+        match problem {
+            None => pages::text(StatusCode::OK, "READY\n").map(boxed),
+            Some(problem) if detail => pages::text(
                 StatusCode::SERVICE_UNAVAILABLE,
-                "NOT READY: identity provider metadata not loaded\n",
+                format!("NOT READY: {problem}\n"),
             )
-            .map(boxed);
+            .map(boxed),
+            Some(_) => pages::text(StatusCode::SERVICE_UNAVAILABLE, "NOT READY\n").map(boxed),
         }
-        if let Some(reason) = self.sessions.unavailable() {
-            let text = format!("NOT READY: session store (Redis) unreachable: {reason}\n");
-            return pages::text(StatusCode::SERVICE_UNAVAILABLE, text).map(boxed);
+    }
+
+    /// Whether the upstream accepts a connection. Asked at most once per
+    /// [`READY_CHECK_TTL`] however many probes arrive: those arriving while one
+    /// connection attempt runs wait for it, later ones take its answer until it is
+    /// that old.
+    async fn upstream_accepts(&self) -> bool {
+        let mut last = self.last_upstream_check.lock().await;
+        if let Some((at, accepts)) = *last
+            && at.elapsed() < READY_CHECK_TTL
+        {
+            return accepts;
         }
         let url = &self.settings.upstream.url;
         let address = (
@@ -738,14 +790,9 @@ impl Gateway {
             tokio::net::TcpStream::connect(address),
         )
         .await;
-        match connect {
-            Ok(Ok(_)) => pages::text(StatusCode::OK, "READY\n").map(boxed),
-            _ => pages::text(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "NOT READY: upstream unreachable\n",
-            )
-            .map(boxed),
-        }
+        let accepts = matches!(connect, Ok(Ok(_)));
+        *last = Some((std::time::Instant::now(), accepts));
+        accepts
     }
 
     fn page(&self, status: StatusCode, title: &str, message: &str) -> Response<ResponseBody> {

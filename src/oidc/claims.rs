@@ -67,6 +67,7 @@ pub fn identity(
             .or(token.preferred_username)
             .map(Into::into),
         groups: info.groups.or(token.groups).unwrap_or_default().into(),
+        groups_claim: groups_claim.into(),
     }
 }
 
@@ -97,6 +98,7 @@ pub fn confirmed_identity(
             .map(Into::into)
             .or_else(|| previous.preferred_username.clone()),
         groups: (info.groups.or(token.groups)).map_or_else(|| previous.groups.clone(), Into::into),
+        groups_claim: previous.groups_claim.clone(),
     }
 }
 
@@ -130,6 +132,7 @@ mod tests {
             email_verified: true,
             preferred_username: Some("alice".into()),
             groups: vec!["sentry:member".to_owned()].into(),
+            groups_claim: "permissions".into(),
         }
     }
 

@@ -8,6 +8,7 @@
 //! logs tokens or secrets.
 
 mod claims;
+mod discovery;
 mod http;
 mod logout;
 
@@ -209,6 +210,9 @@ pub struct Provider {
     keys: RwLock<Option<Arc<CoreJsonWebKeySet>>>,
     /// Serialises discovery and key fetches so a burst of logins makes one request.
     fetch_lock: tokio::sync::Mutex<()>,
+    /// The retry schedule while discovery fails, shared by requests and the
+    /// background retry ([`Provider::discover_when_due`]).
+    discovery_retry: discovery::DiscoveryRetry,
     last_unknown_kid_refetch: Mutex<Option<Instant>>,
     /// The ID-token verifier over the current key set, reused until the set changes:
     /// building one copies the whole key set.
@@ -235,6 +239,7 @@ impl Provider {
             discovered: RwLock::new(None),
             keys: RwLock::new(None),
             fetch_lock: tokio::sync::Mutex::new(()),
+            discovery_retry: discovery::DiscoveryRetry::default(),
             last_unknown_kid_refetch: Mutex::new(None),
             verifier_cache: Mutex::new(None),
             last_probe: tokio::sync::Mutex::new(ProbeOutcome {
@@ -324,10 +329,43 @@ impl Provider {
     /// provider is down, and lazily by a login that finds nothing loaded.
     pub async fn discover(&self) -> Result<(), ProviderError> {
         let _guard = self.fetch_lock.lock().await;
-        let metadata = self.fetch_metadata().await?;
-        let keys = self.fetch_keys(&metadata).await?;
-        self.install(metadata, keys);
-        Ok(())
+        self.discover_locked().await
+    }
+
+    /// Discovery when the shared retry schedule allows it (see [`discovery`]): for
+    /// requests that need the metadata and for the background retry. One attempt at a
+    /// time, whose outcome the callers waiting for it share; before the next attempt
+    /// is due, the last failure.
+    pub async fn discover_when_due(&self) -> Result<(), ProviderError> {
+        let arrival = self.discovery_retry.arrival();
+        let _guard = self.fetch_lock.lock().await;
+        if self.is_ready() {
+            return Ok(());
+        }
+        if let Some(error) = self.discovery_retry.instead_of_attempt(arrival) {
+            return Err(error);
+        }
+        self.discover_locked().await
+    }
+
+    /// When [`Provider::discover_when_due`] will next make an attempt; `None` while
+    /// no attempt has failed.
+    pub fn next_discovery_attempt(&self) -> Option<Instant> {
+        self.discovery_retry.next_attempt()
+    }
+
+    /// One discovery attempt (metadata, then keys), recorded in the retry schedule.
+    /// The caller holds `fetch_lock`.
+    async fn discover_locked(&self) -> Result<(), ProviderError> {
+        let result = async {
+            let metadata = self.fetch_metadata().await?;
+            let keys = self.fetch_keys(&metadata).await?;
+            self.install(metadata, keys);
+            Ok(())
+        }
+        .await;
+        self.discovery_retry.record(&result);
+        result
     }
 
     /// Makes sure the provider answers before a person is sent there, so that one
@@ -378,7 +416,7 @@ impl Provider {
         if let Some(discovered) = self.discovered.read().unwrap().clone() {
             return Ok(discovered);
         }
-        self.discover().await?;
+        self.discover_when_due().await?;
         Ok(self
             .discovered
             .read()

@@ -134,9 +134,14 @@ pub fn json(status: StatusCode, value: &serde_json::Value) -> Response<Full<Byte
 /// Everything else (fetch/XHR, API paths, JSON clients, non-GET) must get a 401, or
 /// the Sentry app would follow a redirect cross-origin and break (SENTRY.md section 2).
 pub fn is_navigation<B>(request: &Request<B>) -> bool {
-    let headers = request.headers();
+    is_navigation_of(request.method(), request.uri().path(), request.headers())
+}
+
+/// [`is_navigation`] for a request known by its parts: forward-auth decides on the
+/// request a proxy reports (its method and path) with the headers the proxy passed on.
+pub fn is_navigation_of(method: &http::Method, path: &str, headers: &http::HeaderMap) -> bool {
     let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
-    if !matches!(*request.method(), http::Method::GET | http::Method::HEAD) {
+    if !matches!(*method, http::Method::GET | http::Method::HEAD) {
         return false;
     }
     if header("sec-fetch-mode").is_some_and(|mode| !mode.eq_ignore_ascii_case("navigate")) {
@@ -150,7 +155,7 @@ pub fn is_navigation<B>(request: &Request<B>) -> bool {
         .iter()
         .filter_map(|v| v.to_str().ok())
         .any(|v| v.to_ascii_lowercase().contains("application/json"));
-    !wants_json && !request.uri().path().starts_with("/api/")
+    !wants_json && !path.starts_with("/api/")
 }
 
 /// A refusal or failure in the form the request wants: a page with `title` and

@@ -135,6 +135,7 @@ mod tests {
             email_verified: verified,
             preferred_username: None,
             groups: groups.iter().map(|g| g.to_string()).collect(),
+            groups_claim: "permissions".into(),
         }
     }
 

@@ -47,6 +47,11 @@ pub struct Identity {
     /// Values of the configured groups claim (Encvoy ID: `permissions`). Sessions
     /// with the same groups share one list ([`SessionStore`] interns them).
     pub groups: Arc<[String]>,
+    /// The claim `groups` was read from (`access.groups_claim` at sign-in): a session
+    /// is used only while that is still the configured claim. Empty in sessions from
+    /// versions that did not record it, which therefore sign in again.
+    #[serde(default)]
+    pub groups_claim: Box<str>,
 }
 
 /// One signed-in browser.
@@ -553,6 +558,7 @@ mod tests {
             email_verified: false,
             preferred_username: None,
             groups: Arc::new([]),
+            groups_claim: "groups".into(),
         };
         let tokens = Tokens {
             renewal: Renewal::AccessToken("".into()),
