@@ -39,6 +39,10 @@ pub struct ServerSection {
     pub tunnel_idle_timeout: Option<String>,
     #[serde(deserialize_with = "flex::text")]
     pub tunnel_check_every: Option<String>,
+    #[serde(deserialize_with = "flex::text")]
+    pub send_timeout: Option<String>,
+    #[serde(deserialize_with = "flex::text")]
+    pub body_idle_timeout: Option<String>,
     pub metrics_listen: Option<String>,
     #[serde(deserialize_with = "flex::list")]
     pub metrics_networks: Option<Vec<String>>,
@@ -66,6 +70,10 @@ pub struct UpstreamSection {
     pub ca_file: Option<String>,
     #[serde(deserialize_with = "flex::bool")]
     pub pass_host_header: Option<bool>,
+    #[serde(deserialize_with = "flex::u64")]
+    pub max_in_flight: Option<u64>,
+    #[serde(deserialize_with = "flex::u64")]
+    pub max_in_flight_per_client: Option<u64>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -122,6 +122,12 @@ pub struct ServerSettings {
     pub tunnel_idle_timeout: Duration,
     /// How often a tunnel's session and rules are checked again (at most a minute).
     pub tunnel_check_every: Duration,
+    /// A response the client takes nothing of for this long (a send stall) is
+    /// abandoned and its upstream connection released; also how long a connection
+    /// being closed gracefully may take before it is closed.
+    pub send_timeout: Duration,
+    /// A request body that delivers no byte for this long is cut (408).
+    pub body_idle_timeout: Duration,
     /// A separate plain-HTTP listener for `/metrics`; without it, `/metrics` is on the
     /// main listener for direct clients from `metrics_networks`.
     pub metrics_listen: Option<SocketAddr>,
@@ -163,6 +169,10 @@ pub struct UpstreamSettings {
     pub ca_file: Option<PathBuf>,
     /// Forward the client's `Host` (true) or the upstream URL's host (false).
     pub pass_host_header: bool,
+    /// Upstream requests in flight at once, all clients; beyond this, 503.
+    pub max_in_flight: usize,
+    /// Upstream requests in flight at once per client address; beyond this, 503.
+    pub max_in_flight_per_client: usize,
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -619,12 +629,34 @@ fn validate_server(
             }
             every => every,
         },
+        send_timeout: positive_duration(
+            "server.send_timeout",
+            server.send_timeout,
+            Duration::from_secs(30),
+        )?,
+        body_idle_timeout: positive_duration(
+            "server.body_idle_timeout",
+            server.body_idle_timeout,
+            Duration::from_secs(30),
+        )?,
         metrics_listen: server
             .metrics_listen
             .map(|text| socket_addr("server.metrics_listen", &text))
             .transpose()?,
         metrics_networks,
     })
+}
+
+/// A duration longer than zero, `default` when unset.
+fn positive_duration(
+    key: &str,
+    text: Option<String>,
+    default: Duration,
+) -> Result<Duration, ConfigError> {
+    match duration_or(key, text, default)? {
+        zero if zero.is_zero() => Err(key_error(key, "must be longer than zero")),
+        duration => Ok(duration),
+    }
 }
 
 /// IP addresses or CIDR blocks.
@@ -706,6 +738,27 @@ fn validate_upstream(upstream: file::UpstreamSection) -> Result<UpstreamSettings
             format!("`{text}` must not have a query or fragment"),
         ));
     }
+    let max_in_flight = match upstream.max_in_flight {
+        None => 512,
+        Some(0) => return Err(key_error("upstream.max_in_flight", "must be at least 1")),
+        Some(n) => n.min(1 << 24) as usize,
+    };
+    let max_in_flight_per_client = match upstream.max_in_flight_per_client {
+        None => 64.min(max_in_flight),
+        Some(0) => {
+            return Err(key_error(
+                "upstream.max_in_flight_per_client",
+                "must be at least 1",
+            ));
+        }
+        Some(n) if n as usize > max_in_flight => {
+            return Err(key_error(
+                "upstream.max_in_flight_per_client",
+                format!("must be at most upstream.max_in_flight ({max_in_flight})"),
+            ));
+        }
+        Some(n) => n as usize,
+    };
     Ok(UpstreamSettings {
         url,
         connect_timeout: duration_or(
@@ -720,6 +773,8 @@ fn validate_upstream(upstream: file::UpstreamSection) -> Result<UpstreamSettings
         )?,
         ca_file: existing_file("upstream.ca_file", upstream.ca_file)?,
         pass_host_header: upstream.pass_host_header.unwrap_or(true),
+        max_in_flight,
+        max_in_flight_per_client,
     })
 }
 

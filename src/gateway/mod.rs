@@ -30,7 +30,8 @@ use crate::outbound;
 use crate::pages::{self, Link, Page, is_navigation};
 use crate::policy::{self, EmailFile, Route, RouteRule};
 use crate::proxy::headers::{self, ForwardedFacts};
-use crate::proxy::{ResponseBody, Upstream, boxed, tunnel, upgrade_protocol};
+use crate::proxy::limits::{self, InFlight};
+use crate::proxy::{Bounds, ResponseBody, Upstream, boxed, tunnel, upgrade_protocol};
 use crate::session::{CookieCodec, Session, SessionStore, StoreUnavailable};
 use upkeep::Standing;
 
@@ -217,6 +218,21 @@ impl Gateway {
                 upstream_connector,
                 settings.server.threads,
                 settings.server.max_body_size,
+                Bounds {
+                    // Shared with the gateway this one replaces: the bounds are kept
+                    // until a restart (see reload.rs).
+                    in_flight: previous.map_or_else(
+                        || {
+                            Arc::new(InFlight::new(
+                                settings.upstream.max_in_flight,
+                                settings.upstream.max_in_flight_per_client,
+                            ))
+                        },
+                        |g| g.upstream.in_flight(),
+                    ),
+                    send_timeout: settings.server.send_timeout,
+                    body_idle_timeout: settings.server.body_idle_timeout,
+                },
                 metrics.clone(),
             ),
             provider,
@@ -494,8 +510,19 @@ impl Gateway {
             path: request.uri().path().to_owned(),
             headers: request.headers().clone(),
         });
+        // Read before the peer joins X-Forwarded-For.
+        let client = limits::client_address(request.headers(), peer.ip(), |ip| {
+            self.settings
+                .server
+                .trusted_proxies
+                .iter()
+                .any(|net| net.contains(&ip))
+        });
         self.prepare_upstream_headers(request.headers_mut(), peer, host.as_deref(), caller);
-        let mut response = self.upstream.forward(request, host.as_deref()).await;
+        let mut response = self
+            .upstream
+            .forward(request, host.as_deref(), client)
+            .await;
         if let Some(pass) = pass
             && response.extensions().get::<tunnel::Upgraded>().is_some()
         {

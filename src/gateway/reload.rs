@@ -94,6 +94,11 @@ fn keep_running_values(running: &Settings, next: &mut Settings) -> Vec<&'static 
     keep!("server.http2_max_streams", server.http2_max_streams);
     keep!("server.shutdown_grace", server.shutdown_grace);
     keep!("server.idle_timeout", server.idle_timeout);
+    keep!("upstream.max_in_flight", upstream.max_in_flight);
+    keep!(
+        "upstream.max_in_flight_per_client",
+        upstream.max_in_flight_per_client
+    );
     keep!("tls", tls);
     keep!("session.store", session.store);
     keep!("session.max_sessions", session.max_sessions);

@@ -115,15 +115,19 @@ pub enum UpstreamFailure {
     Unavailable,
     /// No connection or no response headers in time (504).
     Timeout,
+    /// Refused before reaching the upstream: `upstream.max_in_flight` or
+    /// `upstream.max_in_flight_per_client` requests were in flight (503).
+    Busy,
 }
 
 impl UpstreamFailure {
-    const ALL: [UpstreamFailure; 2] = [Self::Unavailable, Self::Timeout];
+    const ALL: [UpstreamFailure; 3] = [Self::Unavailable, Self::Timeout, Self::Busy];
 
     fn as_str(self) -> &'static str {
         match self {
             Self::Unavailable => "unavailable",
             Self::Timeout => "timeout",
+            Self::Busy => "busy",
         }
     }
 }

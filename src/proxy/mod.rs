@@ -4,11 +4,19 @@
 //! bodies held to `server.max_body_size` (413), and a 502/504 answer when the upstream
 //! fails. It decides nothing about who may pass: the gateway calls it only for
 //! requests that are allowed, with identity headers already set.
+//!
+//! What one client can hold of the upstream is bounded: requests in flight in total
+//! and per client address ([`limits`], 503 beyond), a request body that stops
+//! delivering (`server.body_idle_timeout`, 408) and a response the client stops
+//! taking (`server.send_timeout`, abandoned) ([`bodies`]).
 
+pub mod bodies;
 pub mod headers;
+pub mod limits;
 pub mod tunnel;
 
 use std::cell::Cell;
+use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -28,6 +36,8 @@ use crate::config::UpstreamSettings;
 use crate::observe::{Metrics, UpstreamFailure};
 use crate::oidc::error_chain;
 use crate::pages;
+use bodies::{BUFFERED_MAX, BodyIdle, Delivery, IdleRequestBody};
+use limits::{InFlight, InFlightSlot};
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 /// The body of every response the gateway sends: streamed from the upstream, or a page.
@@ -60,7 +70,7 @@ pub struct Upstream {
     /// One connection pool per serving thread, so that a request and the upstream
     /// connection it travels on are driven by the same thread, with no hand-over
     /// between threads.
-    clients: Box<[Client<HttpsConnector<HttpConnector>, Limited<Incoming>>]>,
+    clients: Box<[Client<HttpsConnector<HttpConnector>, RequestBody>]>,
     base: Url,
     /// The scheme and authority of `base`, ready for each request's URI.
     scheme: http::uri::Scheme,
@@ -69,7 +79,25 @@ pub struct Upstream {
     pass_host_header: bool,
     /// Largest request body forwarded (`server.max_body_size`).
     max_body_size: u64,
+    /// Upstream requests in flight, in total and per client (shared across reloads).
+    in_flight: Arc<InFlight>,
+    /// `server.send_timeout`: a response the client takes nothing of for this long
+    /// is abandoned.
+    send_timeout: Duration,
+    /// `server.body_idle_timeout`: a request body that delivers nothing for this long
+    /// is cut (408).
+    body_idle_timeout: Duration,
     metrics: Arc<Metrics>,
+}
+
+/// A request body as it goes upstream: held to the idle timeout and the size limit.
+type RequestBody = Limited<IdleRequestBody<Incoming>>;
+
+/// The time bounds of forwarding, and the in-flight counts to hold requests to.
+pub struct Bounds {
+    pub in_flight: Arc<InFlight>,
+    pub send_timeout: Duration,
+    pub body_idle_timeout: Duration,
 }
 
 impl Upstream {
@@ -78,6 +106,7 @@ impl Upstream {
         connector: HttpsConnector<HttpConnector>,
         threads: usize,
         max_body_size: u64,
+        bounds: Bounds,
         metrics: Arc<Metrics>,
     ) -> Self {
         let clients = (0..threads.max(1))
@@ -105,8 +134,16 @@ impl Upstream {
             read_timeout: settings.read_timeout,
             pass_host_header: settings.pass_host_header,
             max_body_size,
+            in_flight: bounds.in_flight,
+            send_timeout: bounds.send_timeout,
+            body_idle_timeout: bounds.body_idle_timeout,
             metrics,
         }
+    }
+
+    /// The in-flight counts, for the gateway that takes over on reload.
+    pub fn in_flight(&self) -> Arc<InFlight> {
+        self.in_flight.clone()
     }
 
     /// The upstream URI for a request path (the upstream URL's own path is a prefix).
@@ -124,7 +161,9 @@ impl Upstream {
     }
 
     /// Sends the request on and streams the answer back. `host` is the host the client
-    /// asked for. The client's hop-by-hop headers must be gone already
+    /// asked for; `client` the address the request counts against in
+    /// `upstream.max_in_flight_per_client` (None: only the total bound,
+    /// [`limits::client_address`]). The client's hop-by-hop headers must be gone already
     /// ([`headers::remove_client_hop_by_hop`], before anything decided on the request);
     /// a real upgrade keeps `Connection: upgrade` and its `Upgrade`, and is tunnelled.
     /// Never fails: a body over the limit becomes a 413, upstream trouble a 502 or 504,
@@ -133,6 +172,7 @@ impl Upstream {
         &self,
         mut request: Request<Incoming>,
         host: Option<&str>,
+        client: Option<IpAddr>,
     ) -> Response<ResponseBody> {
         let page = pages::is_navigation(&request);
         let declared = request
@@ -142,6 +182,27 @@ impl Upstream {
         if declared.is_some_and(|length| length > self.max_body_size) {
             return self.body_too_large(page);
         }
+        let slot = match self.in_flight.try_acquire(client) {
+            Ok(slot) => slot,
+            Err(refusal) => {
+                tracing::warn!(
+                    client = ?client,
+                    bound = refusal.key(),
+                    "request refused: too many upstream requests in flight"
+                );
+                self.metrics.upstream_failure(UpstreamFailure::Busy);
+                let mut response = problem(
+                    page,
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "Too many requests",
+                    "Too many requests are waiting for the application behind the sign-in gateway. Try again in a moment.",
+                );
+                response
+                    .headers_mut()
+                    .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+                return response;
+            }
+        };
         let path_and_query = request
             .uri()
             .path_and_query()
@@ -177,7 +238,9 @@ impl Upstream {
         }
         *request.version_mut() = Version::HTTP_11;
         let limit = usize::try_from(self.max_body_size).unwrap_or(usize::MAX);
-        let request = request.map(|body| Limited::new(body, limit));
+        let idle_timeout = self.body_idle_timeout;
+        let request =
+            request.map(|body| Limited::new(IdleRequestBody::new(body, idle_timeout), limit));
 
         let client = &self.clients[SERVING_THREAD.get() % self.clients.len()];
         let started = Instant::now();
@@ -186,6 +249,15 @@ impl Upstream {
             Ok(Ok(response)) => response,
             Ok(Err(e)) if caused_by::<LengthLimitError>(&e) => {
                 return self.body_too_large(page);
+            }
+            Ok(Err(e)) if caused_by::<BodyIdle>(&e) => {
+                tracing::info!(timeout = ?self.body_idle_timeout, "request refused: its body delivered nothing for server.body_idle_timeout");
+                return problem(
+                    page,
+                    StatusCode::REQUEST_TIMEOUT,
+                    "Request timed out",
+                    "The request body stopped arriving.",
+                );
             }
             Ok(Err(e)) if client_body_failed(&e) => {
                 tracing::info!(error = %error_chain(&e), "request refused: the client's body broke off or was malformed");
@@ -227,11 +299,59 @@ impl Upstream {
             response
                 .extensions_mut()
                 .insert(tunnel::Upgraded::new(client_upgrade, upstream_upgrade));
+            // The tunnel counts in server.max_tunnels instead.
             return response;
         }
         headers::remove_hop_by_hop(response.headers_mut());
         let (parts, body) = response.into_parts();
-        Response::from_parts(parts, boxed(body))
+        let body = match self
+            .deliverable(&parts.headers, body, slot, started, page)
+            .await
+        {
+            Ok(body) => body,
+            Err(problem) => return problem,
+        };
+        Response::from_parts(parts, body)
+    }
+
+    /// The upstream body as it goes to the client. A small declared body is read
+    /// whole first (within what is left of the read timeout), which releases the
+    /// upstream connection and the slot at once; any other is watched for send
+    /// stalls ([`Delivery`]), holding the slot until it ends or is abandoned.
+    async fn deliverable(
+        &self,
+        headers: &http::HeaderMap,
+        body: Incoming,
+        slot: InFlightSlot,
+        started: Instant,
+        page: bool,
+    ) -> Result<ResponseBody, Response<ResponseBody>> {
+        let declared = headers
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+        if hyper::body::Body::is_end_stream(&body)
+            || declared.is_some_and(|length| length <= BUFFERED_MAX)
+        {
+            let left = self.read_timeout.saturating_sub(started.elapsed());
+            return match tokio::time::timeout(left, body.collect()).await {
+                Ok(Ok(collected)) => Ok(boxed(http_body_util::Full::new(collected.to_bytes()))),
+                Ok(Err(e)) => {
+                    tracing::warn!(upstream = %self.base, error = %error_chain(&e), "upstream response body failed");
+                    self.metrics.upstream_failure(UpstreamFailure::Unavailable);
+                    Err(problem(
+                        page,
+                        StatusCode::BAD_GATEWAY,
+                        "Upstream unavailable",
+                        "The application behind the sign-in gateway broke off its answer. Try again in a moment.",
+                    ))
+                }
+                Err(_) => {
+                    tracing::warn!(upstream = %self.base, timeout = ?self.read_timeout, "upstream did not send its response body in time");
+                    Err(self.timed_out(page))
+                }
+            };
+        }
+        Ok(boxed(Delivery::watch(body, slot, self.send_timeout)))
     }
 
     fn body_too_large(&self, page: bool) -> Response<ResponseBody> {
@@ -334,6 +454,8 @@ mod tests {
             read_timeout: Duration::from_secs(1),
             ca_file: None,
             pass_host_header: true,
+            max_in_flight: 8,
+            max_in_flight_per_client: 8,
         };
         let roots = rustls::RootCertStore::empty();
         Upstream::new(
@@ -341,6 +463,11 @@ mod tests {
             crate::outbound::connector(roots, Duration::from_secs(1)).unwrap(),
             1,
             1024,
+            Bounds {
+                in_flight: Arc::new(InFlight::new(8, 8)),
+                send_timeout: Duration::from_secs(1),
+                body_idle_timeout: Duration::from_secs(1),
+            },
             Arc::new(Metrics::new()),
         )
     }
