@@ -123,8 +123,8 @@ pub struct ServerSettings {
     /// How often a tunnel's session and rules are checked again (at most a minute).
     pub tunnel_check_every: Duration,
     /// A response the client takes nothing of for this long (a send stall) is
-    /// abandoned and its upstream connection released; also how long a connection
-    /// being closed gracefully may take before it is closed.
+    /// abandoned and its upstream connection released; a connection being closed
+    /// gracefully that writes (almost) nothing for this long is closed.
     pub send_timeout: Duration,
     /// A request body that delivers no byte for this long is cut (408).
     pub body_idle_timeout: Duration,

@@ -446,6 +446,7 @@ async fn serve(
     let acceptor = tls.map(TlsAcceptor::from);
     let handshake_timeout = gateway.settings().server.header_read_timeout;
     let idle_timeout = gateway.settings().server.idle_timeout;
+    let send_timeout = gateway.settings().server.send_timeout;
     let mut open_connections = tokio::task::JoinSet::new();
     loop {
         while open_connections.try_join_next().is_some() {} // forget finished ones
@@ -496,10 +497,13 @@ async fn serve(
                                 stream = stream.unchecked();
                             }
                             let connection = builder.serve_connection_with_upgrades(
-                                TokioIo::new(LingeringClose::new(stream)),
+                                TokioIo::new(CountWrites::new(
+                                    LingeringClose::new(stream),
+                                    activity.clone(),
+                                )),
                                 service,
                             );
-                            drive(connection, &activity, idle_timeout, stop).await
+                            drive(connection, &activity, idle_timeout, send_timeout, stop).await
                         }
                         Ok(Err(e)) => {
                             tracing::debug!(%peer, error = %e, "TLS handshake failed");
@@ -514,10 +518,13 @@ async fn serve(
                 None => {
                     let stream = StrictFraming::new(stream, upgraded);
                     let connection = builder.serve_connection_with_upgrades(
-                        TokioIo::new(LingeringClose::new(stream)),
+                        TokioIo::new(CountWrites::new(
+                            LingeringClose::new(stream),
+                            activity.clone(),
+                        )),
                         service,
                     );
-                    drive(connection, &activity, idle_timeout, stop).await
+                    drive(connection, &activity, idle_timeout, send_timeout, stop).await
                 }
             };
             if let Err(e) = result {
@@ -537,11 +544,15 @@ async fn serve(
 
 /// Serves one connection until it ends. It is asked to close gracefully (hyper
 /// finishes the requests in flight; HTTP/2 sends GOAWAY) when the gateway stops, or
-/// when no request has started on it for `idle_timeout`.
+/// when no request has started on it for `idle_timeout`. Once closing, it is closed
+/// outright when it wrote less than [`CLOSING_PROGRESS`] bytes in a `send_timeout`
+/// (a client that takes nothing would otherwise keep it, and its streams, forever;
+/// a slow download still finishes).
 async fn drive<C, E>(
     connection: C,
     activity: &Activity,
     idle_timeout: Duration,
+    send_timeout: Duration,
     mut stop: watch::Receiver<bool>,
 ) -> Result<(), E>
 where
@@ -549,14 +560,99 @@ where
 {
     let mut connection = std::pin::pin!(connection);
     let mut closing = false;
+    let check = tokio::time::sleep(send_timeout);
+    let mut check = std::pin::pin!(check);
+    let mut written_at_check = 0;
     loop {
         tokio::select! {
             result = connection.as_mut() => return result,
             _ = stopped(&mut stop), if !closing => {}
             _ = activity.idle_for(idle_timeout), if !closing => {}
+            () = check.as_mut(), if closing => {
+                let written = activity.written.load(Ordering::Relaxed);
+                if written - written_at_check < CLOSING_PROGRESS {
+                    tracing::debug!(?send_timeout, "closing connection took nothing for server.send_timeout; closed");
+                    return Ok(());
+                }
+                written_at_check = written;
+                check.as_mut().reset(tokio::time::Instant::now() + send_timeout);
+                continue;
+            }
         }
         connection.as_mut().close_gracefully();
         closing = true;
+        written_at_check = activity.written.load(Ordering::Relaxed);
+        check
+            .as_mut()
+            .reset(tokio::time::Instant::now() + send_timeout);
+    }
+}
+
+/// Fewer bytes than this written in a `server.send_timeout` while closing (pings and
+/// a GOAWAY are less) end a connection: see [`drive`].
+const CLOSING_PROGRESS: u64 = 1024;
+
+/// Counts what a connection writes into its [`Activity`].
+struct CountWrites<IO> {
+    io: IO,
+    activity: Arc<Activity>,
+}
+
+impl<IO> CountWrites<IO> {
+    fn new(io: IO, activity: Arc<Activity>) -> Self {
+        Self { io, activity }
+    }
+
+    fn count(&self, written: &Poll<std::io::Result<usize>>) {
+        if let Poll::Ready(Ok(n)) = written {
+            self.activity
+                .written
+                .fetch_add(*n as u64, Ordering::Relaxed);
+        }
+    }
+}
+
+impl<IO: tokio::io::AsyncRead + Unpin> tokio::io::AsyncRead for CountWrites<IO> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.io).poll_read(cx, buf)
+    }
+}
+
+impl<IO: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for CountWrites<IO> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        data: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        let written = Pin::new(&mut self.io).poll_write(cx, data);
+        self.count(&written);
+        written
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        data: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        let written = Pin::new(&mut self.io).poll_write_vectored(cx, data);
+        self.count(&written);
+        written
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.io).poll_shutdown(cx)
     }
 }
 
@@ -585,6 +681,8 @@ struct Activity {
     /// Milliseconds after `since` when the last request started.
     last_request: std::sync::atomic::AtomicU64,
     in_flight: std::sync::atomic::AtomicUsize,
+    /// Bytes written to the connection ([`CountWrites`]).
+    written: std::sync::atomic::AtomicU64,
 }
 
 impl Activity {
@@ -593,6 +691,7 @@ impl Activity {
             since: std::time::Instant::now(),
             last_request: std::sync::atomic::AtomicU64::new(0),
             in_flight: std::sync::atomic::AtomicUsize::new(0),
+            written: std::sync::atomic::AtomicU64::new(0),
         }
     }
 

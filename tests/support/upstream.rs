@@ -1,10 +1,12 @@
 //! A recording upstream: remembers every request's method, path and headers, reports
 //! body chunks as they arrive, answers 200 (or sleeps: 30 s on `/slow`, 1 s on any
-//! path with `/delay`).
+//! path with `/delay`; answers [`LARGE_BODY`] bytes on any path with `/large`), and
+//! counts the connections it accepted and holds open.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -30,6 +32,22 @@ pub struct TestUpstream {
     seen: Arc<Mutex<Vec<Seen>>>,
     /// Lengths of body chunks as they arrive, for streaming tests.
     chunks: Arc<Mutex<Option<mpsc::UnboundedSender<usize>>>>,
+    /// Connections accepted, and those still open.
+    accepted: Arc<AtomicUsize>,
+    open: Arc<AtomicUsize>,
+}
+
+/// The size of the answer on paths with `/large`: more than the gateway and the
+/// kernel buffer between them, so a client that reads nothing keeps it unfinished.
+pub const LARGE_BODY: usize = 32 * 1024 * 1024;
+
+/// Counts a connection open while it lives.
+struct OpenGuard(Arc<AtomicUsize>);
+
+impl Drop for OpenGuard {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
 }
 
 impl TestUpstream {
@@ -39,6 +57,8 @@ impl TestUpstream {
             addr: listener.local_addr().unwrap(),
             seen: Arc::default(),
             chunks: Arc::default(),
+            accepted: Arc::default(),
+            open: Arc::default(),
         };
         let serving = upstream.clone();
         tokio::spawn(async move {
@@ -47,7 +67,11 @@ impl TestUpstream {
                     continue;
                 };
                 let upstream = serving.clone();
+                upstream.accepted.fetch_add(1, Ordering::SeqCst);
+                upstream.open.fetch_add(1, Ordering::SeqCst);
+                let guard = OpenGuard(upstream.open.clone());
                 tokio::spawn(async move {
+                    let _guard = guard;
                     let service = hyper::service::service_fn(move |request| {
                         let upstream = upstream.clone();
                         async move { Ok::<_, Infallible>(upstream.answer(request).await) }
@@ -66,6 +90,29 @@ impl TestUpstream {
         let (sender, receiver) = mpsc::unbounded_channel();
         *self.chunks.lock().unwrap() = Some(sender);
         receiver
+    }
+
+    /// Connections the upstream has accepted so far.
+    pub fn accepted_connections(&self) -> usize {
+        self.accepted.load(Ordering::SeqCst)
+    }
+
+    /// Connections open now.
+    pub fn open_connections(&self) -> usize {
+        self.open.load(Ordering::SeqCst)
+    }
+
+    /// Waits (at most `within`) until at most `count` connections are open; false if
+    /// they never were.
+    pub async fn await_open_at_most(&self, count: usize, within: Duration) -> bool {
+        let deadline = tokio::time::Instant::now() + within;
+        while self.open_connections() > count {
+            if tokio::time::Instant::now() >= deadline {
+                return false;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        true
     }
 
     pub fn requests(&self) -> Vec<Seen> {
@@ -124,6 +171,11 @@ impl TestUpstream {
         }
         if path_and_query.contains("/delay") {
             tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+        if path_and_query.contains("/large") {
+            static LARGE: OnceLock<Bytes> = OnceLock::new();
+            let body = LARGE.get_or_init(|| Bytes::from(vec![b'x'; LARGE_BODY]));
+            return Response::new(Full::new(body.clone()));
         }
         sentry_like_answer(&path_and_query, body_len)
     }
