@@ -73,6 +73,10 @@ fn minimal_config_gets_documented_defaults() {
     assert_eq!(s.access.groups_claim, "groups");
     assert!(s.access.require_email_verified);
     assert!(s.upstream.read_timeout >= Duration::from_secs(95));
+    assert_eq!(s.upstream.max_in_flight, 512);
+    assert_eq!(s.upstream.max_in_flight_per_client, 64);
+    assert_eq!(s.server.send_timeout, Duration::from_secs(30));
+    assert_eq!(s.server.body_idle_timeout, Duration::from_secs(30));
 }
 
 #[test]
@@ -204,6 +208,33 @@ fn mistakes_name_the_key() {
             vec![("SSOGATE_UPSTREAM_READ_TIMEOUT", "soon")],
             "upstream.read_timeout",
             "not a duration",
+        ),
+        (
+            minimal(),
+            vec![("SSOGATE_UPSTREAM_MAX_IN_FLIGHT", "0")],
+            "upstream.max_in_flight",
+            "at least 1",
+        ),
+        (
+            minimal(),
+            vec![
+                ("SSOGATE_UPSTREAM_MAX_IN_FLIGHT", "10"),
+                ("SSOGATE_UPSTREAM_MAX_IN_FLIGHT_PER_CLIENT", "11"),
+            ],
+            "upstream.max_in_flight_per_client",
+            "at most upstream.max_in_flight",
+        ),
+        (
+            minimal(),
+            vec![("SSOGATE_SERVER_SEND_TIMEOUT", "0s")],
+            "server.send_timeout",
+            "longer than zero",
+        ),
+        (
+            minimal(),
+            vec![("SSOGATE_SERVER_BODY_IDLE_TIMEOUT", "0s")],
+            "server.body_idle_timeout",
+            "longer than zero",
         ),
         (
             minimal(),
