@@ -130,17 +130,19 @@ pub fn client_address(
     if !trusted(peer) {
         return Some(peer);
     }
-    let mut entries: Vec<&str> = Vec::new();
-    for value in headers.get_all("x-forwarded-for") {
-        let Ok(text) = value.to_str() else {
-            return None;
-        };
-        entries.extend(text.split(',').map(str::trim));
-    }
-    for entry in entries.iter().rev() {
-        let ip = parse_hop(entry)?;
-        if !trusted(ip) {
-            return Some(ip);
+    // Bytes, not text: what a client wrote to the left (even bytes that are not
+    // text) must not hide the entries the proxies appended.
+    let values: Vec<&[u8]> = headers
+        .get_all("x-forwarded-for")
+        .iter()
+        .map(|value| value.as_bytes())
+        .collect();
+    for value in values.into_iter().rev() {
+        for entry in value.rsplit(|&byte| byte == b',') {
+            let ip = parse_hop(entry)?;
+            if !trusted(ip) {
+                return Some(ip);
+            }
         }
     }
     None
@@ -148,7 +150,8 @@ pub fn client_address(
 
 /// An `X-Forwarded-For` entry: an address, maybe with a port (`1.2.3.4:5`,
 /// `[::1]:5`).
-fn parse_hop(entry: &str) -> Option<IpAddr> {
+fn parse_hop(entry: &[u8]) -> Option<IpAddr> {
+    let entry = std::str::from_utf8(entry).ok()?.trim();
     if let Ok(ip) = entry.parse() {
         return Some(ip);
     }
@@ -219,6 +222,15 @@ mod tests {
             client_address(&headers, ip("10.0.0.1"), trusted),
             Some(ip("203.0.113.4")),
             "the client-chosen first entry is not believed"
+        );
+        headers.insert(
+            "x-forwarded-for",
+            http::HeaderValue::from_bytes(b"\xff\xfe, 203.0.113.5").unwrap(),
+        );
+        assert_eq!(
+            client_address(&headers, ip("10.0.0.1"), trusted),
+            Some(ip("203.0.113.5")),
+            "bytes that are not text, to the left, hide nothing"
         );
         headers.insert("x-forwarded-for", "[2001:db8::1]:443".parse().unwrap());
         assert_eq!(
