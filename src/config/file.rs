@@ -34,6 +34,8 @@ pub struct ServerSection {
     #[serde(deserialize_with = "flex::u64")]
     pub http2_max_streams: Option<u64>,
     #[serde(deserialize_with = "flex::u64")]
+    pub max_connections_per_address: Option<u64>,
+    #[serde(deserialize_with = "flex::u64")]
     pub max_tunnels: Option<u64>,
     #[serde(deserialize_with = "flex::text")]
     pub tunnel_idle_timeout: Option<String>,

@@ -113,6 +113,9 @@ pub struct ServerSettings {
     pub max_body_size: u64,
     /// Client connections served at once; beyond this, new ones wait to be accepted.
     pub max_connections: usize,
+    /// Client connections one address may have open (trusted proxies are exempt);
+    /// beyond this, its new connections are closed at once.
+    pub max_connections_per_address: usize,
     /// Concurrent streams per HTTP/2 connection.
     pub http2_max_streams: u32,
     /// Upgraded connections (WebSocket tunnels) open at once; each also keeps its
@@ -597,6 +600,16 @@ fn validate_server(
                     "must be between 1 and 10000",
                 ));
             }
+        },
+        max_connections_per_address: match server.max_connections_per_address {
+            None => 1_000,
+            Some(0) => {
+                return Err(key_error(
+                    "server.max_connections_per_address",
+                    "must be at least 1",
+                ));
+            }
+            Some(n) => n.min(1 << 24) as usize,
         },
         max_tunnels: match server.max_tunnels {
             None => 1_000,

@@ -19,6 +19,7 @@
 /// Public for the differential fuzz target (tests/fuzz, `framing_vs_hyper`), which
 /// checks the scanner against hyper; the server is its only other user.
 pub mod framing;
+mod limits;
 mod linger;
 pub mod tls;
 
@@ -40,7 +41,7 @@ use tokio::net::TcpListener;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
 use tokio_rustls::TlsAcceptor;
 
-use crate::config::Settings;
+use crate::config::{ServerSettings, Settings};
 use std::path::PathBuf;
 
 use crate::gateway::{Gateway, GatewayError, LiveGateway, TunnelPass};
@@ -48,6 +49,7 @@ use crate::observe::Metrics;
 use crate::proxy::tunnel::{self, TunnelEnd, TunnelTerms};
 use crate::proxy::{ResponseBody, boxed};
 use framing::StrictFraming;
+use limits::{AddressSlot, Limits};
 use linger::LingeringClose;
 
 #[derive(Debug, thiserror::Error)]
@@ -316,12 +318,21 @@ pub async fn start_on(
         tracing::info!(?grace, "shutting down: waiting for in-flight requests");
         let _ = external_stop.send(true);
     });
+    let server = &gateway.settings().server;
     if let Some(listener) = redirect_listener {
-        let public_url = gateway.settings().server.public_url.clone();
-        tokio::spawn(serve_redirects(listener, public_url, stop_receiver.clone()));
+        tokio::spawn(serve_redirects(
+            listener,
+            server.clone(),
+            stop_receiver.clone(),
+        ));
     }
     if let Some(listener) = metrics_listener {
-        tokio::spawn(serve_metrics(listener, live.clone(), stop_receiver));
+        tokio::spawn(serve_metrics(
+            listener,
+            server.clone(),
+            live.clone(),
+            stop_receiver,
+        ));
     }
     tracing::info!(%local_addr, public_url = %gateway.settings().server.public_url, threads = gateway.settings().server.threads, "ssogate listening");
     Ok(RunningGateway {
@@ -346,11 +357,8 @@ fn spawn_serving_threads(
 ) -> Result<tokio::task::JoinHandle<()>, ServerError> {
     let settings = live.current().settings().server.clone();
     let listener = listener.into_std().map_err(ServerError::Thread)?;
-    // One budget of connections and of tunnels for all threads.
-    let limits = Limits {
-        connections: Arc::new(Semaphore::new(settings.max_connections)),
-        tunnels: Arc::new(Semaphore::new(settings.max_tunnels)),
-    };
+    // One budget of connections, tunnels and places per address for all threads.
+    let limits = Limits::new(&settings);
     let mut threads = Vec::new();
     for index in 1..settings.threads {
         let listener = listener.try_clone().map_err(ServerError::Thread)?;
@@ -403,25 +411,20 @@ fn connection_builder(settings: &Settings) -> auto::Builder<TokioExecutor> {
     builder
 }
 
-/// What every serving thread shares: places for connections and for tunnels.
-#[derive(Clone)]
-struct Limits {
-    connections: Arc<Semaphore>,
-    tunnels: Arc<Semaphore>,
-}
-
 /// A connection's place in `server.max_connections`, and its count in the metrics,
 /// both given back when the connection ends.
 struct OpenConnection {
     _permit: OwnedSemaphorePermit,
+    _address: AddressSlot,
     metrics: Arc<Metrics>,
 }
 
 impl OpenConnection {
-    fn new(permit: OwnedSemaphorePermit, metrics: &Arc<Metrics>) -> Self {
+    fn new(permit: OwnedSemaphorePermit, address: AddressSlot, metrics: &Arc<Metrics>) -> Self {
         metrics.connection_opened();
         Self {
             _permit: permit,
+            _address: address,
             metrics: metrics.clone(),
         }
     }
@@ -470,10 +473,14 @@ async fn serve(
             },
             _ = stopped(&mut stop) => break,
         };
+        let Some(address_slot) = limits.per_address.take(peer.ip()) else {
+            refused_for_address(peer);
+            continue; // closed at once: its place and permit go back
+        };
         let _ = stream.set_nodelay(true);
         let upgraded = Arc::new(AtomicBool::new(false));
         let activity = Arc::new(Activity::new());
-        let open = Arc::new(OpenConnection::new(permit, gateway.metrics()));
+        let open = Arc::new(OpenConnection::new(permit, address_slot, gateway.metrics()));
         let service = TowerToHyperService::new(GatewayService {
             live: live.clone(),
             peer,
@@ -539,6 +546,25 @@ async fn serve(
     if tokio::time::timeout(grace, drained).await.is_err() {
         tracing::warn!("grace period over; closing remaining connections");
         open_connections.shutdown().await;
+    }
+}
+
+/// Logs a connection closed for `server.max_connections_per_address`: at most one
+/// warning every 10 seconds (a flood must not flood the log), the rest at debug.
+fn refused_for_address(peer: SocketAddr) {
+    static LAST_WARNING: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let last = LAST_WARNING.load(Ordering::Relaxed);
+    if now >= last + 10
+        && LAST_WARNING
+            .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+            .is_ok()
+    {
+        tracing::warn!(address = %peer.ip(), "connection closed: this address has server.max_connections_per_address open (further ones for 10 s at debug)");
+    } else {
+        tracing::debug!(address = %peer.ip(), "connection closed: server.max_connections_per_address");
     }
 }
 
@@ -661,6 +687,20 @@ trait GracefulClose {
     fn close_gracefully(self: Pin<&mut Self>);
 }
 
+impl<I, S, E> GracefulClose for auto::Connection<'_, I, S, E>
+where
+    S: hyper::service::HttpService<Incoming>,
+    S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    S::ResBody: hyper::body::Body + Send + 'static,
+    <S::ResBody as hyper::body::Body>::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    I: hyper::rt::Read + hyper::rt::Write + Unpin + 'static,
+    E: hyper::rt::bounds::Http2ServerConnExec<S::Future, S::ResBody>,
+{
+    fn close_gracefully(self: Pin<&mut Self>) {
+        self.graceful_shutdown();
+    }
+}
+
 impl<I, S, E> GracefulClose for auto::UpgradeableConnection<'_, I, S, E>
 where
     S: hyper::service::HttpService<Incoming>,
@@ -731,64 +771,109 @@ impl Activity {
 /// Plain-HTTP listener: every request gets a permanent redirect to the HTTPS address.
 async fn serve_redirects(
     listener: TcpListener,
-    public_url: url::Url,
-    mut stop: watch::Receiver<bool>,
+    server: ServerSettings,
+    stop: watch::Receiver<bool>,
 ) {
-    let builder = auto::Builder::new(TokioExecutor::new());
-    loop {
-        let stream = tokio::select! {
-            accepted = listener.accept() => match accepted { Ok((s, _)) => s, Err(_) => continue },
-            _ = stopped(&mut stop) => return,
-        };
-        let public_url = public_url.clone();
-        let builder = builder.clone();
-        tokio::spawn(async move {
-            let service = hyper::service::service_fn(move |request: Request<Incoming>| {
-                let target = request.uri().path_and_query().map_or("/", |pq| pq.as_str());
-                let location = format!("{}{}", public_url.as_str().trim_end_matches('/'), target);
-                let mut response =
-                    crate::pages::text(StatusCode::PERMANENT_REDIRECT, "").map(boxed);
-                if let Ok(value) = http::HeaderValue::from_str(&location) {
-                    response.headers_mut().insert(http::header::LOCATION, value);
-                }
-                async move { Ok::<_, Infallible>(response) }
-            });
-            let _ = builder
-                .serve_connection(TokioIo::new(stream), service)
-                .await;
-        });
-    }
+    let public_url = server.public_url.clone();
+    let answer: SideService = Arc::new(move |request: Request<Incoming>| {
+        let target = request.uri().path_and_query().map_or("/", |pq| pq.as_str());
+        let location = format!("{}{}", public_url.as_str().trim_end_matches('/'), target);
+        let mut response = crate::pages::text(StatusCode::PERMANENT_REDIRECT, "").map(boxed);
+        if let Ok(value) = http::HeaderValue::from_str(&location) {
+            response.headers_mut().insert(http::header::LOCATION, value);
+        }
+        Box::pin(async move { response })
+    });
+    serve_side(listener, &server, answer, stop).await;
 }
 
 /// The metrics listener (`server.metrics_listen`): `/metrics`, and 404 for anything else.
 async fn serve_metrics(
     listener: TcpListener,
+    server: ServerSettings,
     live: Arc<LiveGateway>,
+    stop: watch::Receiver<bool>,
+) {
+    let answer: SideService = Arc::new(move |request: Request<Incoming>| {
+        let gateway = live.current();
+        Box::pin(async move {
+            if request.uri().path() == "/metrics" {
+                gateway.metrics_page().await
+            } else {
+                crate::pages::text(StatusCode::NOT_FOUND, "Not found: try /metrics\n").map(boxed)
+            }
+        })
+    });
+    serve_side(listener, &server, answer, stop).await;
+}
+
+/// What a side listener answers.
+type SideService = Arc<
+    dyn Fn(Request<Incoming>) -> Pin<Box<dyn Future<Output = Response<ResponseBody>> + Send>>
+        + Send
+        + Sync,
+>;
+
+/// A side listener gets the main listener's protections on a budget of its own: at
+/// most [`limits::SIDE_LISTENER_CONNECTIONS`] connections (more wait in the kernel's
+/// backlog, holding no descriptor of ours), the head read timeout and size limit,
+/// closed when idle for `server.idle_timeout`, accept errors (descriptors exhausted)
+/// backed off rather than retried in a loop.
+async fn serve_side(
+    listener: TcpListener,
+    server: &ServerSettings,
+    answer: SideService,
     mut stop: watch::Receiver<bool>,
 ) {
-    let builder = auto::Builder::new(TokioExecutor::new());
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(server.header_read_timeout)
+        .max_buf_size(server.max_header_size);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_concurrent_streams(server.http2_max_streams)
+        .max_header_list_size(u32::try_from(server.max_header_size).unwrap_or(u32::MAX));
+    let builder = Arc::new(builder);
+    let places = Arc::new(Semaphore::new(limits::SIDE_LISTENER_CONNECTIONS));
+    let idle_timeout = server.idle_timeout;
     loop {
-        let stream = tokio::select! {
-            accepted = listener.accept() => match accepted { Ok((s, _)) => s, Err(_) => continue },
+        let place = tokio::select! {
+            place = places.clone().acquire_owned() => match place {
+                Ok(place) => place,
+                Err(_) => return,
+            },
             _ = stopped(&mut stop) => return,
         };
-        let live = live.clone();
-        let builder = builder.clone();
+        let stream = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => stream,
+                Err(e) => {
+                    tracing::warn!(error = %e, "accept failed on a side listener");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+            _ = stopped(&mut stop) => return,
+        };
+        let (builder, answer, stop) = (builder.clone(), answer.clone(), stop.clone());
         tokio::spawn(async move {
+            let _place = place;
+            let activity = Arc::new(Activity::new());
+            let counted = activity.clone();
             let service = hyper::service::service_fn(move |request: Request<Incoming>| {
-                let gateway = live.current();
+                let (answer, activity) = (answer.clone(), counted.clone());
+                activity.request_started();
                 async move {
-                    Ok::<_, Infallible>(if request.uri().path() == "/metrics" {
-                        gateway.metrics_page().await
-                    } else {
-                        crate::pages::text(StatusCode::NOT_FOUND, "Not found: try /metrics\n")
-                            .map(boxed)
-                    })
+                    let response = answer(request).await;
+                    activity.request_answered();
+                    Ok::<_, Infallible>(response)
                 }
             });
-            let _ = builder
-                .serve_connection(TokioIo::new(stream), service)
-                .await;
+            let connection = builder.serve_connection(TokioIo::new(stream), service);
+            let _ = drive(connection, &activity, idle_timeout, stop).await;
         });
     }
 }
