@@ -839,6 +839,7 @@ async fn serve_side(
     let builder = Arc::new(builder);
     let places = Arc::new(Semaphore::new(limits::SIDE_LISTENER_CONNECTIONS));
     let idle_timeout = server.idle_timeout;
+    let send_timeout = server.send_timeout;
     loop {
         let place = tokio::select! {
             place = places.clone().acquire_owned() => match place {
@@ -872,8 +873,9 @@ async fn serve_side(
                     Ok::<_, Infallible>(response)
                 }
             });
+            let stream = CountWrites::new(stream, activity.clone());
             let connection = builder.serve_connection(TokioIo::new(stream), service);
-            let _ = drive(connection, &activity, idle_timeout, stop).await;
+            let _ = drive(connection, &activity, idle_timeout, send_timeout, stop).await;
         });
     }
 }
