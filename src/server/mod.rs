@@ -43,7 +43,7 @@ use tokio_rustls::TlsAcceptor;
 use crate::config::Settings;
 use std::path::PathBuf;
 
-use crate::gateway::{Gateway, GatewayError, LiveGateway};
+use crate::gateway::{Gateway, GatewayError, LiveGateway, TlsServerName};
 use crate::observe::Metrics;
 use crate::proxy::{ResponseBody, boxed};
 use framing::StrictFraming;
@@ -74,6 +74,8 @@ pub struct GatewayService {
     /// Set once a request on this connection was answered with 101 (upgraded).
     upgraded: Arc<AtomicBool>,
     activity: Arc<Activity>,
+    /// The server name the TLS client sent (SNI), given to each request.
+    tls_name: Option<TlsServerName>,
 }
 
 impl tower::Service<Request<Incoming>> for GatewayService {
@@ -85,7 +87,10 @@ impl tower::Service<Request<Incoming>> for GatewayService {
         Poll::Ready(Ok(()))
     }
 
-    fn call(&mut self, request: Request<Incoming>) -> Self::Future {
+    fn call(&mut self, mut request: Request<Incoming>) -> Self::Future {
+        if let Some(name) = &self.tls_name {
+            request.extensions_mut().insert(name.clone());
+        }
         let gateway = self.live.current();
         let peer = self.peer;
         let upgraded = self.upgraded.clone();
@@ -399,12 +404,13 @@ async fn serve(
         let _ = stream.set_nodelay(true);
         let upgraded = Arc::new(AtomicBool::new(false));
         let activity = Arc::new(Activity::new());
-        let service = TowerToHyperService::new(GatewayService {
+        let service = GatewayService {
             live: live.clone(),
             peer,
             upgraded: upgraded.clone(),
             activity: activity.clone(),
-        });
+            tls_name: None,
+        };
         let builder = builder.clone();
         let acceptor = acceptor.clone();
         let stop = stop.clone();
@@ -415,7 +421,14 @@ async fn serve(
                 Some(acceptor) => {
                     match tokio::time::timeout(handshake_timeout, acceptor.accept(stream)).await {
                         Ok(Ok(tls_stream)) => {
-                            let h2 = tls_stream.get_ref().1.alpn_protocol() == Some(b"h2");
+                            let connection = tls_stream.get_ref().1;
+                            let h2 = connection.alpn_protocol() == Some(b"h2");
+                            let service = TowerToHyperService::new(GatewayService {
+                                tls_name: connection
+                                    .server_name()
+                                    .map(|name| TlsServerName(name.into())),
+                                ..service
+                            });
                             let mut stream = StrictFraming::new(tls_stream, upgraded);
                             if h2 {
                                 stream = stream.unchecked();
@@ -437,6 +450,7 @@ async fn serve(
                     }
                 }
                 None => {
+                    let service = TowerToHyperService::new(service);
                     let stream = StrictFraming::new(stream, upgraded);
                     let connection = builder.serve_connection_with_upgrades(
                         TokioIo::new(LingeringClose::new(stream)),
