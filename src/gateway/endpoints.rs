@@ -161,7 +161,7 @@ impl Gateway {
             self.metrics.login_refused(why);
             self.login_failed(status, message)
         };
-        let params = match query_params(request, &["state", "code", "error"]) {
+        let params = match query_params(request, &["state", "code", "error", "iss"]) {
             Ok(params) => params,
             Err(problem) => {
                 return failed(
@@ -171,6 +171,21 @@ impl Gateway {
                 );
             }
         };
+        // RFC 9207, before anything else in the answer is believed.
+        if let Err(e) = self
+            .provider
+            .check_response_issuer(param(&params, "iss"))
+            .await
+        {
+            tracing::warn!(error = %e, "callback refused: not from the configured provider");
+            let (why, status) = match e {
+                LoginError::ProviderUnavailable(_) => {
+                    (LoginRefusal::ProviderUnavailable, StatusCode::BAD_GATEWAY)
+                }
+                _ => (LoginRefusal::IssuerMismatch, StatusCode::BAD_REQUEST),
+            };
+            return failed(why, status, &format!("Signing in failed: {e}."));
+        }
         if let Some(error) = param(&params, "error") {
             let description = param(&params, "error_description").unwrap_or("");
             tracing::info!(

@@ -38,7 +38,7 @@ pub enum HostRefusal {
     Conflicting,
     #[error("the request is for a host this gateway does not serve")]
     Foreign,
-    #[error("the request is for another host than its TLS connection was opened for")]
+    #[error("the request's TLS connection was opened for another host")]
     OtherThanTlsName,
 }
 
@@ -83,10 +83,7 @@ impl ServedHosts {
         };
         if let Some(tls_name) = tls_name {
             let tls_name = normalized(tls_name);
-            if !self.is_served(&tls_name) {
-                return Err(HostRefusal::Foreign);
-            }
-            if requested.is_some_and(|host| host != tls_name) {
+            if !self.is_served(&tls_name) || requested.is_some_and(|host| host != tls_name) {
                 return Err(HostRefusal::OtherThanTlsName);
             }
         }

@@ -452,15 +452,21 @@ impl Gateway {
     }
 
     /// The metrics, on the main listener: only to a direct client from
-    /// `server.metrics_networks`, decided by the connection: a trusted proxy's
-    /// connection is never direct, whatever it sends. Anyone else gets the same 404 as
-    /// an unknown page.
+    /// `server.metrics_networks`. Direct is decided by the connection: a trusted
+    /// proxy's connection is never direct, whatever it sends or leaves out. (A request
+    /// that says it was forwarded is not direct either: a proxy on the same machine that
+    /// is missing from `server.trusted_proxies` must not open the metrics to everyone.)
+    /// Anyone else gets the same 404 as an unknown page.
     async fn metrics_on_main_listener(
         &self,
-        _request: &Request<Incoming>,
+        request: &Request<Incoming>,
         peer: SocketAddr,
     ) -> Response<ResponseBody> {
-        let direct = !self.peer_is_trusted(peer);
+        let says_forwarded = request.headers().keys().any(|name| {
+            ["forwarded", "x-forwarded-for", "x-real-ip"]
+                .contains(&headers::folded_name(name.as_str()).as_str())
+        });
+        let direct = !self.peer_is_trusted(peer) && !says_forwarded;
         let allowed = self
             .settings
             .server
