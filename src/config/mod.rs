@@ -614,7 +614,7 @@ fn host_alias(text: &str) -> Result<String, ConfigError> {
     }
     let bare_ipv6 = text.parse::<std::net::Ipv6Addr>().ok();
     if bare_ipv6.is_none() && !text.starts_with('[') && text.contains(':') {
-        return Err(refuse("no port: the port is public_url's"));
+        return Err(refuse("no port: ports are not compared"));
     }
     let host = match bare_ipv6 {
         Some(ip) => url::Host::Ipv6(ip),

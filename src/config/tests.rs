@@ -509,7 +509,13 @@ fn a_syntax_error_names_the_place_but_never_quotes_the_line() {
 
 #[test]
 fn host_aliases_are_bare_host_names_or_addresses() {
-    assert!(load(&minimal(), &[]).unwrap().server.host_aliases.is_empty());
+    assert!(
+        load(&minimal(), &[])
+            .unwrap()
+            .server
+            .host_aliases
+            .is_empty()
+    );
     let s = load(
         &minimal(),
         &[(
@@ -538,10 +544,7 @@ fn host_aliases_are_bare_host_names_or_addresses() {
         "bad host",
         "[::1]:443",
     ] {
-        let text = minimal().replace(
-            "[tls]",
-            &format!("host_aliases = [{:?}]\n[tls]", bad),
-        );
+        let text = minimal().replace("[tls]", &format!("host_aliases = [{:?}]\n[tls]", bad));
         let (key, problem) = problem_for(&text, &[]);
         assert_eq!(key, "server.host_aliases", "{bad}");
         assert!(problem.contains(bad), "{bad}: {problem}");

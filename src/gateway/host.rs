@@ -1,9 +1,11 @@
 //! Which host a request is for, and whether this gateway serves it.
 //!
 //! The gateway answers for `public_url`'s host and the names in `server.host_aliases`,
-//! on `public_url`'s port, and for nothing else: a request for another host would reach
-//! Sentry, which builds absolute URLs (password-reset mails, redirects) from the host
-//! it is told. The host a request is for is
+//! and for nothing else: a request for another host would reach Sentry, which builds
+//! absolute URLs (password-reset mails, redirects) from the host it is told. Names are
+//! compared without case and a final dot; a port must be well-formed but is not
+//! compared (replicas and NAT reach the gateway on other ports than `public_url`'s, and
+//! the upstream is told `public_url`'s anyway). The host a request is for is
 //! - HTTP/1.x: the authority of an absolute-form target when there is one (its `Host`
 //!   is then ignored, RFC 9112 section 3.2.2), else `Host` (required in HTTP/1.1; an
 //!   HTTP/1.0 request without one is for `public_url`);
@@ -55,7 +57,8 @@ impl HostRefusal {
 pub struct ServedHosts {
     /// `public_url`'s host, lower case (IPv6 in brackets).
     public: String,
-    /// `public_url`'s port, explicit or the scheme's default.
+    /// `public_url`'s port, explicit or the scheme's default: the port of an
+    /// authority without one, when `Host` and `:authority` are compared.
     port: u16,
     /// `server.host_aliases`, in the same form as `public`.
     aliases: Vec<String>,
@@ -90,15 +93,12 @@ impl ServedHosts {
         Ok(())
     }
 
-    /// The host of `authority`, when it is served on the served port.
+    /// The host of `authority`, when it is served.
     fn served_name<'a>(
         &self,
         authority: &'a str,
     ) -> Result<std::borrow::Cow<'a, str>, HostRefusal> {
-        let (host, port) = parse_authority(authority)?;
-        if port.is_some_and(|port| port != self.port) {
-            return Err(HostRefusal::Foreign);
-        }
+        let (host, _port) = parse_authority(authority)?;
         let host = normalized(host);
         if !self.is_served(&host) {
             return Err(HostRefusal::Foreign);
@@ -205,7 +205,7 @@ mod tests {
     }
 
     #[test]
-    fn only_public_url_and_the_aliases_on_its_port_are_served() {
+    fn only_public_url_and_the_aliases_are_served() {
         let hosts = served();
         let served_hosts = [
             "sentry.example.com",
@@ -216,6 +216,8 @@ mod tests {
             "sentry.internal:443",
             "[2001:db8::5]",
             "[2001:db8::5]:443",
+            "sentry.example.com:8443",
+            "sentry.example.com:",
         ];
         for host in served_hosts {
             let r = request(Version::HTTP_11, "/", &[host]);
@@ -225,8 +227,6 @@ mod tests {
             "evil.example",
             "sentry.example.com.evil.example",
             "evil.example:443",
-            "sentry.example.com:8443",
-            "sentry.example.com:80",
             "127.0.0.1",
             "[::1]",
             "sentry.example.co",
@@ -311,13 +311,26 @@ mod tests {
         );
         assert_eq!(
             hosts.check(&r, Some("evil.example")),
-            Err(HostRefusal::Foreign)
+            Err(HostRefusal::OtherThanTlsName)
         );
         let r = request(Version::HTTP_10, "/", &[]);
         assert_eq!(
             hosts.check(&r, Some("evil.example")),
+            Err(HostRefusal::OtherThanTlsName)
+        );
+        // A foreign host is foreign first (a page load may be sent to public_url).
+        let r = request(Version::HTTP_11, "/", &["evil.example"]);
+        assert_eq!(
+            hosts.check(&r, Some("evil.example")),
             Err(HostRefusal::Foreign)
         );
+    }
+
+    #[test]
+    fn an_http10_request_without_host_is_for_its_tls_name() {
+        let hosts = served();
+        let r = request(Version::HTTP_10, "/", &[]);
         assert_eq!(hosts.check(&r, Some("sentry.internal")), Ok(()));
+        assert_eq!(hosts.check(&r, None), Ok(()));
     }
 }
