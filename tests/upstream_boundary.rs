@@ -207,6 +207,26 @@ async fn requests_for_another_host_get_421_and_page_loads_go_to_public_url() {
             "{host}"
         );
     }
+    // The redirect stays on public_url, whatever the path looks like.
+    for path in ["//evil.example/x", "/%2F%2Fevil.example", "/\\evil.example"] {
+        let page = client
+            .request(Method::GET, path)
+            .header("host", "evil.example")
+            .header("sec-fetch-mode", "navigate")
+            .body(empty())
+            .unwrap();
+        let page = client.send(page).await;
+        let location = page.location().unwrap_or_default().to_owned();
+        assert!(
+            location.starts_with(&format!("{}/", world.base)),
+            "{path}: {location}"
+        );
+        let resolved = support::browser::resolve(&world.base, &location);
+        assert!(
+            resolved.starts_with(&format!("{}/", world.base)),
+            "{path}: {resolved}"
+        );
+    }
     assert!(
         world.upstream.requests().is_empty(),
         "no request for another host reached the upstream: {:?}",

@@ -435,8 +435,15 @@ impl Gateway {
         }
         // The client's connection is for another name: only a fresh one helps.
         if page && *refusal == host::HostRefusal::Foreign {
+            // Appended to the origin, never resolved against it: `//other/` stays a path.
             let target = request.uri().path_and_query().map_or("/", |pq| pq.as_str());
-            return redirect(self.public_url(target).as_str());
+            let origin = self
+                .settings
+                .server
+                .public_url
+                .as_str()
+                .trim_end_matches('/');
+            return redirect(&format!("{origin}{target}"));
         }
         let message = format!(
             "This gateway answers only for {}.",
