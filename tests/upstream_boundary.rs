@@ -612,6 +612,35 @@ async fn the_client_address_is_the_first_untrusted_hop_from_the_right() {
 }
 
 #[tokio::test]
+async fn underscore_spellings_of_removed_headers_are_removed_too() {
+    let world = World::start_with(sentry_world_options("", "")).await;
+    let mut client = world.browser();
+    let spellings = [
+        ("x_forwarded_for", "6.6.6.6"),
+        ("X_Forwarded_Host", "evil.example"),
+        ("x_forwarded_proto", "http"),
+        ("X_Real_IP", "6.6.6.6"),
+        ("x_request_id", "chosen"),
+        ("x_original_url", "/manage/"),
+        ("Transfer_Encoding", "chunked"),
+        ("keep_alive", "timeout=5"),
+        ("Proxy_Authorization", "Basic eDp4"),
+        ("proxy_connection", "close"),
+    ];
+    envelope(&mut client, &spellings).await;
+    let seen = world.upstream.last();
+    let underscored: Vec<&str> = seen
+        .headers
+        .keys()
+        .map(|name| name.as_str())
+        .filter(|name| name.contains('_'))
+        .collect();
+    assert!(underscored.is_empty(), "{underscored:?}");
+    assert_eq!(seen.headers["x-forwarded-for"], "127.0.0.1");
+    assert_ne!(seen.headers["x-request-id"], "chosen");
+}
+
+#[tokio::test]
 async fn metrics_are_never_direct_through_a_trusted_proxy() {
     let world = World::start_with(sentry_world_options(
         "trusted_proxies = [\"127.0.0.1\"]",

@@ -75,9 +75,19 @@ pub fn remove_client_hop_by_hop(
         return Err(EndToEndInConnection(token.to_owned()));
     }
     remove_hop_by_hop(headers);
+    // Also their spellings with `_` for `-` (`Transfer_Encoding`, `Keep_Alive`,
+    // `Proxy_Authorization`), which WSGI servers fold into the same variable.
     let proxy_headers: Vec<HeaderName> = headers
         .keys()
-        .filter(|name| name.as_str() == "proxy" || name.as_str().starts_with("proxy-"))
+        .filter(|name| {
+            let name = name.as_str();
+            let proxy = |name: &str| name == "proxy" || name.starts_with("proxy-");
+            proxy(name)
+                || (name.contains('_') && {
+                    let folded = folded_name(name);
+                    proxy(&folded) || HOP_BY_HOP.iter().any(|h| h.as_str() == folded)
+                })
+        })
         .cloned()
         .collect();
     for name in proxy_headers {
@@ -418,6 +428,10 @@ mod tests {
             ("proxy", "http://evil.example"),
             ("proxy-authorization", "Basic x"),
             ("proxy-anything", "1"),
+            ("proxy_authorization", "Basic x"),
+            ("Transfer_Encoding", "chunked"),
+            ("keep_alive", "1"),
+            ("Proxy_Connection", "close"),
             ("upgrade", "h2c"),
             ("accept", "*/*"),
         ]);
