@@ -69,27 +69,27 @@ fn status_lines(text: &str) -> Vec<&str> {
 const SMUGGLING: [(&str, &str); 11] = [
     (
         "Content-Length twice, different",
-        "POST /api/1/envelope/ HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\nContent-Length: 36\r\n\r\nhello",
+        "POST /api/1/envelope/ HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 5\r\nContent-Length: 36\r\n\r\nhello",
     ),
     (
         "Content-Length and Transfer-Encoding",
-        "POST /api/1/envelope/ HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+        "POST /api/1/envelope/ HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
     ),
     (
         "Transfer-Encoding and Content-Length",
-        "POST /api/1/envelope/ HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\nContent-Length: 5\r\n\r\n0\r\n\r\n",
+        "POST /api/1/envelope/ HTTP/1.1\r\nHost: 127.0.0.1\r\nTransfer-Encoding: chunked\r\nContent-Length: 5\r\n\r\n0\r\n\r\n",
     ),
     (
         "Transfer-Encoding not chunked",
-        "POST /api/1/envelope/ HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked, identity\r\n\r\n0\r\n\r\n",
+        "POST /api/1/envelope/ HTTP/1.1\r\nHost: 127.0.0.1\r\nTransfer-Encoding: chunked, identity\r\n\r\n0\r\n\r\n",
     ),
     (
         "Transfer-Encoding with a space before the colon",
-        "POST /api/1/envelope/ HTTP/1.1\r\nHost: a\r\nTransfer-Encoding : chunked\r\nContent-Length: 5\r\n\r\n0\r\n\r\n",
+        "POST /api/1/envelope/ HTTP/1.1\r\nHost: 127.0.0.1\r\nTransfer-Encoding : chunked\r\nContent-Length: 5\r\n\r\n0\r\n\r\n",
     ),
     (
         "obs-fold",
-        "POST /api/1/envelope/ HTTP/1.1\r\nHost: a\r\nX-Note: a\r\n Transfer-Encoding: chunked\r\nContent-Length: 5\r\n\r\n0\r\n\r\n",
+        "POST /api/1/envelope/ HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Note: a\r\n Transfer-Encoding: chunked\r\nContent-Length: 5\r\n\r\n0\r\n\r\n",
     ),
     (
         "bare LF in the head",
@@ -97,23 +97,23 @@ const SMUGGLING: [(&str, &str); 11] = [
     ),
     (
         "bare LF in a chunk line",
-        "POST /api/1/envelope/ HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n5\nhello\r\n0\r\n\r\n",
+        "POST /api/1/envelope/ HTTP/1.1\r\nHost: 127.0.0.1\r\nTransfer-Encoding: chunked\r\n\r\n5\nhello\r\n0\r\n\r\n",
     ),
     (
         "invalid header name",
-        "POST /api/1/envelope/ HTTP/1.1\r\nHost: a\r\nContent Length: 5\r\n\r\nhello",
+        "POST /api/1/envelope/ HTTP/1.1\r\nHost: 127.0.0.1\r\nContent Length: 5\r\n\r\nhello",
     ),
     (
         "two Host headers",
-        "GET /api/1/envelope/ HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n",
+        "GET /api/1/envelope/ HTTP/1.1\r\nHost: 127.0.0.1\r\nHost: b\r\n\r\n",
     ),
     (
         "Content-Length with a sign",
-        "POST /api/1/envelope/ HTTP/1.1\r\nHost: a\r\nContent-Length: +5\r\n\r\nhello",
+        "POST /api/1/envelope/ HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: +5\r\n\r\nhello",
     ),
 ];
 
-const FOLLOWING: &str = "GET /api/1/store/?smuggled=1 HTTP/1.1\r\nHost: a\r\n\r\n";
+const FOLLOWING: &str = "GET /api/1/store/?smuggled=1 HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n";
 
 #[tokio::test]
 async fn well_framed_pipelined_requests_reach_the_upstream_one_each() {
@@ -121,8 +121,8 @@ async fn well_framed_pipelined_requests_reach_the_upstream_one_each() {
     let world = World::start_with(sentry_world("")).await;
     let mut stream = raw_tls(&world).await;
     let requests = format!(
-        "POST /api/1/envelope/ HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\n\r\nhello\
-         POST /api/1/envelope/ HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n\
+        "POST /api/1/envelope/ HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 5\r\n\r\nhello\
+         POST /api/1/envelope/ HTTP/1.1\r\nHost: 127.0.0.1\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n\
          {}",
         FOLLOWING.replace("HTTP/1.1\r\n", "HTTP/1.1\r\nConnection: close\r\n")
     );
@@ -277,7 +277,7 @@ async fn slow_loris_and_idle_connections_are_closed_after_the_header_timeout() {
     let mut slow = raw_tls(&world).await;
     let mut closed_while_sending = false;
     for byte in format!(
-        "GET /api/1/store/ HTTP/1.1\r\nHost: a\r\nX-Slow: {}",
+        "GET /api/1/store/ HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Slow: {}",
         "s".repeat(30)
     )
     .bytes()
@@ -297,7 +297,7 @@ async fn slow_loris_and_idle_connections_are_closed_after_the_header_timeout() {
 
     // A kept-alive connection that goes quiet is closed too.
     let mut idle = raw_tls(&world).await;
-    idle.write_all(b"GET /ping HTTP/1.1\r\nHost: a\r\n\r\n")
+    idle.write_all(b"GET /ping HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
         .await
         .unwrap();
     let answer = read_until_closed(&mut idle)
@@ -312,7 +312,7 @@ async fn connections_over_the_limit_wait_until_one_ends() {
     let first = raw_tls(&world).await;
     let mut second = raw_tls(&world).await;
     second
-        .write_all(b"GET /ping HTTP/1.1\r\nHost: a\r\n\r\n")
+        .write_all(b"GET /ping HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
         .await
         .unwrap();
     let mut buf = [0u8; 512];
