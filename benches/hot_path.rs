@@ -172,12 +172,7 @@ fn forwarded_headers(c: &mut Criterion) {
         b.iter_batched(
             || browser.clone(),
             |mut headers| {
-                gateway.prepare_upstream_headers(
-                    &mut headers,
-                    peer,
-                    Some("sentry.example.com"),
-                    Caller::SignedIn(&session),
-                );
+                gateway.prepare_upstream_headers(&mut headers, peer, Caller::SignedIn(&session));
                 headers
             },
             BatchSize::SmallInput,

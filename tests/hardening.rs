@@ -23,24 +23,9 @@ fn sentry_world(server_toml: &str) -> WorldOptions {
     }
 }
 
-type RawTls = tokio_rustls::client::TlsStream<tokio::net::TcpStream>;
-
-/// A TLS connection to the gateway for speaking HTTP/1.1 by hand (no ALPN).
-async fn raw_tls(world: &World) -> RawTls {
-    let config = support::browser::tls_trusting(&world.ca_pem);
-    let tcp = tokio::net::TcpStream::connect(world.gateway.local_addr)
-        .await
-        .unwrap();
-    let name = rustls_pki_types::ServerName::try_from("127.0.0.1").unwrap();
-    tokio_rustls::TlsConnector::from(Arc::new(config))
-        .connect(name, tcp)
-        .await
-        .unwrap()
-}
-
 /// Everything the gateway sends until it closes the connection (None: still open
 /// after 5 s).
-async fn read_until_closed(stream: &mut RawTls) -> Option<String> {
+async fn read_until_closed(stream: &mut support::RawTls) -> Option<String> {
     let mut out = Vec::new();
     let read = tokio::time::timeout(Duration::from_secs(5), async {
         let mut buf = [0u8; 4096];
@@ -69,27 +54,27 @@ fn status_lines(text: &str) -> Vec<&str> {
 const SMUGGLING: [(&str, &str); 11] = [
     (
         "Content-Length twice, different",
-        "POST /api/1/envelope/ HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\nContent-Length: 36\r\n\r\nhello",
+        "POST /api/1/envelope/ HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 5\r\nContent-Length: 36\r\n\r\nhello",
     ),
     (
         "Content-Length and Transfer-Encoding",
-        "POST /api/1/envelope/ HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+        "POST /api/1/envelope/ HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
     ),
     (
         "Transfer-Encoding and Content-Length",
-        "POST /api/1/envelope/ HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\nContent-Length: 5\r\n\r\n0\r\n\r\n",
+        "POST /api/1/envelope/ HTTP/1.1\r\nHost: 127.0.0.1\r\nTransfer-Encoding: chunked\r\nContent-Length: 5\r\n\r\n0\r\n\r\n",
     ),
     (
         "Transfer-Encoding not chunked",
-        "POST /api/1/envelope/ HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked, identity\r\n\r\n0\r\n\r\n",
+        "POST /api/1/envelope/ HTTP/1.1\r\nHost: 127.0.0.1\r\nTransfer-Encoding: chunked, identity\r\n\r\n0\r\n\r\n",
     ),
     (
         "Transfer-Encoding with a space before the colon",
-        "POST /api/1/envelope/ HTTP/1.1\r\nHost: a\r\nTransfer-Encoding : chunked\r\nContent-Length: 5\r\n\r\n0\r\n\r\n",
+        "POST /api/1/envelope/ HTTP/1.1\r\nHost: 127.0.0.1\r\nTransfer-Encoding : chunked\r\nContent-Length: 5\r\n\r\n0\r\n\r\n",
     ),
     (
         "obs-fold",
-        "POST /api/1/envelope/ HTTP/1.1\r\nHost: a\r\nX-Note: a\r\n Transfer-Encoding: chunked\r\nContent-Length: 5\r\n\r\n0\r\n\r\n",
+        "POST /api/1/envelope/ HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Note: a\r\n Transfer-Encoding: chunked\r\nContent-Length: 5\r\n\r\n0\r\n\r\n",
     ),
     (
         "bare LF in the head",
@@ -97,32 +82,32 @@ const SMUGGLING: [(&str, &str); 11] = [
     ),
     (
         "bare LF in a chunk line",
-        "POST /api/1/envelope/ HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n5\nhello\r\n0\r\n\r\n",
+        "POST /api/1/envelope/ HTTP/1.1\r\nHost: 127.0.0.1\r\nTransfer-Encoding: chunked\r\n\r\n5\nhello\r\n0\r\n\r\n",
     ),
     (
         "invalid header name",
-        "POST /api/1/envelope/ HTTP/1.1\r\nHost: a\r\nContent Length: 5\r\n\r\nhello",
+        "POST /api/1/envelope/ HTTP/1.1\r\nHost: 127.0.0.1\r\nContent Length: 5\r\n\r\nhello",
     ),
     (
         "two Host headers",
-        "GET /api/1/envelope/ HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n",
+        "GET /api/1/envelope/ HTTP/1.1\r\nHost: 127.0.0.1\r\nHost: b\r\n\r\n",
     ),
     (
         "Content-Length with a sign",
-        "POST /api/1/envelope/ HTTP/1.1\r\nHost: a\r\nContent-Length: +5\r\n\r\nhello",
+        "POST /api/1/envelope/ HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: +5\r\n\r\nhello",
     ),
 ];
 
-const FOLLOWING: &str = "GET /api/1/store/?smuggled=1 HTTP/1.1\r\nHost: a\r\n\r\n";
+const FOLLOWING: &str = "GET /api/1/store/?smuggled=1 HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n";
 
 #[tokio::test]
 async fn well_framed_pipelined_requests_reach_the_upstream_one_each() {
     // The control for the smuggling test: the same connection and paths, well framed.
     let world = World::start_with(sentry_world("")).await;
-    let mut stream = raw_tls(&world).await;
+    let mut stream = world.raw_tls().await;
     let requests = format!(
-        "POST /api/1/envelope/ HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\n\r\nhello\
-         POST /api/1/envelope/ HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n\
+        "POST /api/1/envelope/ HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 5\r\n\r\nhello\
+         POST /api/1/envelope/ HTTP/1.1\r\nHost: 127.0.0.1\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n\
          {}",
         FOLLOWING.replace("HTTP/1.1\r\n", "HTTP/1.1\r\nConnection: close\r\n")
     );
@@ -156,7 +141,7 @@ async fn ambiguous_framing_gets_400_and_a_closed_connection() {
         // Whole, and one byte at a time (each byte its own TLS record).
         for bytewise in [false, true] {
             let before = world.upstream.requests().len();
-            let mut stream = raw_tls(&world).await;
+            let mut stream = world.raw_tls().await;
             let sent = format!("{request}{FOLLOWING}");
             if bytewise {
                 for byte in sent.as_bytes() {
@@ -274,10 +259,10 @@ async fn oversized_body_gets_413_as_json_for_api_clients() {
 async fn slow_loris_and_idle_connections_are_closed_after_the_header_timeout() {
     let world = World::start_with(sentry_world("header_read_timeout = \"1s\"")).await;
     // A head sent one byte every 200 ms: 60 bytes would take 12 s.
-    let mut slow = raw_tls(&world).await;
+    let mut slow = world.raw_tls().await;
     let mut closed_while_sending = false;
     for byte in format!(
-        "GET /api/1/store/ HTTP/1.1\r\nHost: a\r\nX-Slow: {}",
+        "GET /api/1/store/ HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Slow: {}",
         "s".repeat(30)
     )
     .bytes()
@@ -296,8 +281,8 @@ async fn slow_loris_and_idle_connections_are_closed_after_the_header_timeout() {
     assert!(world.upstream.requests().is_empty());
 
     // A kept-alive connection that goes quiet is closed too.
-    let mut idle = raw_tls(&world).await;
-    idle.write_all(b"GET /ping HTTP/1.1\r\nHost: a\r\n\r\n")
+    let mut idle = world.raw_tls().await;
+    idle.write_all(b"GET /ping HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
         .await
         .unwrap();
     let answer = read_until_closed(&mut idle)
@@ -309,10 +294,10 @@ async fn slow_loris_and_idle_connections_are_closed_after_the_header_timeout() {
 #[tokio::test]
 async fn connections_over_the_limit_wait_until_one_ends() {
     let world = World::start_with(sentry_world("max_connections = 2")).await;
-    let first = raw_tls(&world).await;
-    let mut second = raw_tls(&world).await;
+    let first = world.raw_tls().await;
+    let mut second = world.raw_tls().await;
     second
-        .write_all(b"GET /ping HTTP/1.1\r\nHost: a\r\n\r\n")
+        .write_all(b"GET /ping HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
         .await
         .unwrap();
     let mut buf = [0u8; 512];

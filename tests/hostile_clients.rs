@@ -53,22 +53,6 @@ async fn login_starts_never_pile_up_cookies_that_break_the_next_login() {
     assert_eq!(stale.status, StatusCode::BAD_REQUEST, "{stale:?}");
 }
 
-/// A raw TLS connection to the gateway, handshake done (`None` when the gateway
-/// closed it instead).
-async fn tls_connection(
-    world: &World,
-) -> Option<tokio_rustls::client::TlsStream<tokio::net::TcpStream>> {
-    let config = support::browser::tls_trusting(&world.ca_pem);
-    let tcp = tokio::net::TcpStream::connect(world.gateway.local_addr)
-        .await
-        .ok()?;
-    let name = rustls_pki_types::ServerName::try_from("127.0.0.1").unwrap();
-    tokio_rustls::TlsConnector::from(std::sync::Arc::new(config))
-        .connect(name, tcp)
-        .await
-        .ok()
-}
-
 /// Sends a GET for /ping on `stream` and reads the status line.
 async fn ping<S: AsyncRead + AsyncWrite + Unpin>(stream: &mut S) -> Option<String> {
     stream
@@ -95,16 +79,16 @@ async fn one_address_cannot_take_every_connection() {
     .await;
     let mut held = Vec::new();
     for _ in 0..4 {
-        held.push(tls_connection(&world).await.expect("within the cap"));
+        held.push(world.try_raw_tls().await.expect("within the cap"));
     }
     assert!(
-        tls_connection(&world).await.is_none(),
+        world.try_raw_tls().await.is_none(),
         "a fifth connection from the same address was served"
     );
     assert_eq!(ping(&mut held[0]).await.as_deref(), Some("HTTP/1.1 200"));
     drop(held.pop());
     tokio::time::sleep(Duration::from_millis(200)).await;
-    let mut again = tls_connection(&world).await.expect("a place came back");
+    let mut again = world.try_raw_tls().await.expect("a place came back");
     assert_eq!(ping(&mut again).await.as_deref(), Some("HTTP/1.1 200"));
 }
 

@@ -3,7 +3,6 @@
 
 mod support;
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use http::{Method, StatusCode};
@@ -105,19 +104,6 @@ async fn http2_requests_are_forwarded_with_identity() {
     );
 }
 
-/// A raw TLS connection to the gateway, for speaking HTTP/1.1 by hand.
-async fn raw_tls(world: &World) -> tokio_rustls::client::TlsStream<tokio::net::TcpStream> {
-    let config = support::browser::tls_trusting(&world.ca_pem);
-    let tcp = tokio::net::TcpStream::connect(world.gateway.local_addr)
-        .await
-        .unwrap();
-    let name = rustls_pki_types::ServerName::try_from("127.0.0.1").unwrap();
-    tokio_rustls::TlsConnector::from(Arc::new(config))
-        .connect(name, tcp)
-        .await
-        .unwrap()
-}
-
 #[tokio::test]
 async fn upgrades_are_tunnelled_to_the_upstream() {
     let world = World::start().await;
@@ -128,7 +114,7 @@ async fn upgrades_are_tunnelled_to_the_upstream() {
         .map(|(n, v)| format!("{n}={v}"))
         .collect::<Vec<_>>()
         .join("; ");
-    let mut stream = raw_tls(&world).await;
+    let mut stream = world.raw_tls().await;
     let request = format!(
         "GET /socket HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
          Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nCookie: {cookie}\r\n\r\n"
@@ -158,7 +144,7 @@ async fn upgrades_are_tunnelled_to_the_upstream() {
 #[tokio::test]
 async fn upgrade_without_a_session_is_refused() {
     let world = World::start().await;
-    let mut stream = raw_tls(&world).await;
+    let mut stream = world.raw_tls().await;
     stream
         .write_all(b"GET /socket HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-Fetch-Mode: websocket\r\n\r\n")
         .await

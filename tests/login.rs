@@ -263,8 +263,12 @@ async fn duplicated_callback_parameters_are_refused() {
 async fn provider_error_is_shown_escaped() {
     let world = World::start().await;
     let mut browser = world.browser();
+    // With the provider's `iss`, as its error answers carry (RFC 9207).
     let page = browser
-        .navigate("/oauth2/callback?error=access_denied&error_description=%3Cscript%3Ealert(1)%3C%2Fscript%3E")
+        .navigate(&format!(
+            "/oauth2/callback?error=access_denied&error_description=%3Cscript%3Ealert(1)%3C%2Fscript%3E&iss={}",
+            form_urlencoded::byte_serialize(world.provider.issuer().as_bytes()).collect::<String>()
+        ))
         .await;
     assert_eq!(page.status, StatusCode::FORBIDDEN);
     assert!(page.body.contains("access_denied"));

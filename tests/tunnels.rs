@@ -4,15 +4,12 @@
 
 mod support;
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use http::StatusCode;
 use support::browser::Browser;
-use support::{World, WorldOptions};
+use support::{RawTls, World, WorldOptions};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-
-type Tls = tokio_rustls::client::TlsStream<tokio::net::TcpStream>;
 
 async fn world(server_toml: &str) -> World {
     World::start_with(WorldOptions {
@@ -24,16 +21,8 @@ async fn world(server_toml: &str) -> World {
 
 /// Opens a WebSocket-style upgrade with `browser`'s cookies; the answer's head and,
 /// for a 101, the open tunnel.
-async fn upgrade(world: &World, browser: &Browser) -> (String, Tls) {
-    let config = support::browser::tls_trusting(&world.ca_pem);
-    let tcp = tokio::net::TcpStream::connect(world.gateway.local_addr)
-        .await
-        .unwrap();
-    let name = rustls_pki_types::ServerName::try_from("127.0.0.1").unwrap();
-    let mut stream = tokio_rustls::TlsConnector::from(Arc::new(config))
-        .connect(name, tcp)
-        .await
-        .unwrap();
+async fn upgrade(world: &World, browser: &Browser) -> (String, RawTls) {
+    let mut stream = world.raw_tls().await;
     let cookie: Vec<String> = browser
         .cookies
         .iter()
@@ -57,7 +46,7 @@ async fn upgrade(world: &World, browser: &Browser) -> (String, Tls) {
 }
 
 /// Sends a line through the tunnel and reads its echo; false when the tunnel is gone.
-async fn echoes(stream: &mut Tls) -> bool {
+async fn echoes(stream: &mut RawTls) -> bool {
     if stream.write_all(b"ping").await.is_err() {
         return false;
     }
@@ -69,7 +58,7 @@ async fn echoes(stream: &mut Tls) -> bool {
 }
 
 /// Waits (at most `within`) for the gateway to close the tunnel.
-async fn closed_within(stream: &mut Tls, within: Duration) -> bool {
+async fn closed_within(stream: &mut RawTls, within: Duration) -> bool {
     let mut byte = [0u8; 1];
     match tokio::time::timeout(within, stream.read(&mut byte)).await {
         Ok(Ok(0)) | Ok(Err(_)) => true,

@@ -25,6 +25,8 @@ pub struct ServerSection {
     pub threads: Option<u64>,
     #[serde(deserialize_with = "flex::list")]
     pub allowed_redirect_hosts: Option<Vec<String>>,
+    #[serde(deserialize_with = "flex::list")]
+    pub host_aliases: Option<Vec<String>>,
     #[serde(deserialize_with = "flex::text")]
     pub max_header_size: Option<String>,
     #[serde(deserialize_with = "flex::text")]

@@ -107,6 +107,9 @@ pub struct ServerSettings {
     pub threads: usize,
     /// Hosts besides this one that return targets (`rd`) may point to.
     pub allowed_redirect_hosts: AllowedHosts,
+    /// Other names this gateway answers for besides `public_url`'s host (lower case,
+    /// IPv6 in brackets, no port); their requests reach the upstream as `public_url`'s.
+    pub host_aliases: Vec<String>,
     /// Largest request head (request line and headers) in bytes; more gets 431.
     pub max_header_size: usize,
     /// Largest request body forwarded, in bytes; more gets 413.
@@ -580,6 +583,12 @@ fn validate_server(
         allowed_redirect_hosts: AllowedHosts::new(
             server.allowed_redirect_hosts.unwrap_or_default(),
         ),
+        host_aliases: server
+            .host_aliases
+            .unwrap_or_default()
+            .iter()
+            .map(|alias| host_alias(alias))
+            .collect::<Result<_, _>>()?,
         max_header_size: max_header_size as usize,
         max_body_size: size_or(
             "server.max_body_size",
@@ -670,6 +679,35 @@ fn positive_duration(
         zero if zero.is_zero() => Err(key_error(key, "must be longer than zero")),
         duration => Ok(duration),
     }
+}
+
+/// One `server.host_aliases` entry: a host name or IP address, without scheme, port,
+/// path or wildcard, in the form requests are compared in (lower case, IPv6 in brackets).
+fn host_alias(text: &str) -> Result<String, ConfigError> {
+    let refuse = |why: &str| {
+        key_error(
+            "server.host_aliases",
+            format!(
+                "`{text}` is not a host name or IP address ({why}), e.g. sentry.internal.example or 192.0.2.10"
+            ),
+        )
+    };
+    let text = text.trim();
+    if text.is_empty() {
+        return Err(refuse("it is empty"));
+    }
+    if text.contains(['/', '@', '*', '?', '#']) || text.contains("://") {
+        return Err(refuse("a host only: no scheme, path, user or wildcard"));
+    }
+    let bare_ipv6 = text.parse::<std::net::Ipv6Addr>().ok();
+    if bare_ipv6.is_none() && !text.starts_with('[') && text.contains(':') {
+        return Err(refuse("no port: ports are not compared"));
+    }
+    let host = match bare_ipv6 {
+        Some(ip) => url::Host::Ipv6(ip),
+        None => url::Host::parse(text).map_err(|e| refuse(&e.to_string()))?,
+    };
+    Ok(host.to_string().trim_end_matches('.').to_ascii_lowercase())
 }
 
 /// IP addresses or CIDR blocks.

@@ -537,3 +537,47 @@ fn a_syntax_error_names_the_place_but_never_quotes_the_line() {
     assert!(error.contains("line 3"), "{error}");
     assert!(!error.contains("s3cret-value-1234"), "{error}");
 }
+
+#[test]
+fn host_aliases_are_bare_host_names_or_addresses() {
+    assert!(
+        load(&minimal(), &[])
+            .unwrap()
+            .server
+            .host_aliases
+            .is_empty()
+    );
+    let s = load(
+        &minimal(),
+        &[(
+            "SSOGATE_SERVER_HOST_ALIASES",
+            "Sentry.Internal, 192.0.2.10 [2001:DB8::1] 2001:db8::2 old.example.com.",
+        )],
+    )
+    .unwrap();
+    assert_eq!(
+        s.server.host_aliases,
+        [
+            "sentry.internal",
+            "192.0.2.10",
+            "[2001:db8::1]",
+            "[2001:db8::2]",
+            "old.example.com"
+        ]
+    );
+    for bad in [
+        "https://sentry.internal",
+        "sentry.internal:8443",
+        "192.0.2.10:443",
+        "sentry.internal/path",
+        "*.example.com",
+        "user@sentry.internal",
+        "bad host",
+        "[::1]:443",
+    ] {
+        let text = minimal().replace("[tls]", &format!("host_aliases = [{:?}]\n[tls]", bad));
+        let (key, problem) = problem_for(&text, &[]);
+        assert_eq!(key, "server.host_aliases", "{bad}");
+        assert!(problem.contains(bad), "{bad}: {problem}");
+    }
+}

@@ -213,12 +213,31 @@ impl Gateway {
         constant_time_eq(pending.state.as_bytes(), state.as_bytes()).then_some(pending)
     }
 
+    /// RFC 9207 ([`crate::oidc::Provider::check_response_issuer`]): a refusal page,
+    /// counted, when the callback's `iss` is not the configured provider's.
+    async fn wrong_issuer(&self, params: &[(String, String)]) -> Option<Response<ResponseBody>> {
+        let e = self
+            .provider
+            .check_response_issuer(param(params, "iss"))
+            .await
+            .err()?;
+        tracing::warn!(error = %e, "callback refused: not from the configured provider");
+        let (why, status) = match e {
+            LoginError::ProviderUnavailable(_) => {
+                (LoginRefusal::ProviderUnavailable, StatusCode::BAD_GATEWAY)
+            }
+            _ => (LoginRefusal::IssuerMismatch, StatusCode::BAD_REQUEST),
+        };
+        self.metrics.login_refused(why);
+        Some(self.login_failed(status, &format!("Signing in failed: {e}.")))
+    }
+
     pub(super) async fn callback(&self, request: &Request<Incoming>) -> Response<ResponseBody> {
         let failed = |why, status, message: &str| {
             self.metrics.login_refused(why);
             self.login_failed(status, message)
         };
-        let params = match query_params(request, &["state", "code", "error"]) {
+        let params = match query_params(request, &["state", "code", "error", "iss"]) {
             Ok(params) => params,
             Err(problem) => {
                 return failed(
@@ -229,6 +248,9 @@ impl Gateway {
             }
         };
         if let Some(error) = param(&params, "error") {
+            if let Some(refusal) = self.wrong_issuer(&params).await {
+                return refusal;
+            }
             let description = param(&params, "error_description").unwrap_or("");
             tracing::info!(
                 error,
@@ -285,6 +307,10 @@ impl Gateway {
                 "This sign-in has expired or was already used.",
             )
         };
+        // Only an answer from the configured provider is used (its code, above all).
+        if let Some(refusal) = self.wrong_issuer(&params).await {
+            return refusal;
+        }
         // A replay is refused without asking the provider; the state is marked used
         // only below, once the provider accepted the code (so a stranger's callbacks
         // make the store keep nothing).

@@ -11,6 +11,7 @@
 //! the upstream may decode it to ([`policy::decide`]).
 
 mod endpoints;
+mod host;
 mod reload;
 mod request;
 mod upkeep;
@@ -30,11 +31,12 @@ use crate::outbound;
 use crate::pages::{self, Link, Page, is_navigation};
 use crate::policy::{self, EmailFile, Route, RouteRule};
 use crate::proxy::headers::{self, ForwardedFacts};
-use crate::proxy::limits::{self, InFlight};
+use crate::proxy::limits::InFlight;
 use crate::proxy::{Bounds, ResponseBody, Upstream, boxed, tunnel, upgrade_protocol};
 use crate::session::{CookieCodec, Session, SessionStore, StoreUnavailable};
 use upkeep::Standing;
 
+pub use host::TlsServerName;
 pub use reload::LiveGateway;
 pub use request::{param, query_params};
 
@@ -128,9 +130,14 @@ pub struct Gateway {
     /// Folded names (lower case, `_` as `-`) of the identity headers: removed from
     /// every request before anything else.
     identity_folds: Vec<String>,
-    /// Folded names of the path overrides some backends honour: removed before
-    /// forwarding.
-    path_override_folds: Vec<String>,
+    /// Folded names of the path overrides some backends honour and of the
+    /// forwarding headers ([`headers::FORWARDING_HEADERS`]): removed before forwarding.
+    upstream_strip_folds: Vec<String>,
+    /// The hosts requests may be for ([`host`]).
+    served_hosts: host::ServedHosts,
+    /// `public_url`'s host (and port unless the default): the upstream's `Host` and
+    /// `X-Forwarded-Host`.
+    public_host: HeaderValue,
     /// Folded names a client's `Connection` header may not name.
     end_to_end_folds: Vec<String>,
     /// What the names of login cookies start with (the state's first characters
@@ -196,7 +203,18 @@ impl Gateway {
             .iter()
             .map(|name| headers::folded_name(name.as_str()))
             .collect();
-        let path_override_folds = PATH_OVERRIDE_HEADERS.map(headers::folded_name).to_vec();
+        let upstream_strip_folds = PATH_OVERRIDE_HEADERS
+            .iter()
+            .chain(&headers::FORWARDING_HEADERS)
+            .chain(&[REQUEST_ID.as_str()])
+            .map(|name| headers::folded_name(name))
+            .collect();
+        let public_url = &settings.server.public_url;
+        let public_host = HeaderValue::from_str(&match public_url.port() {
+            Some(port) => format!("{}:{port}", public_url.host_str().unwrap_or_default()),
+            None => public_url.host_str().unwrap_or_default().to_owned(),
+        })
+        .expect("a URL's host is a valid header value");
         let end_to_end_folds = END_TO_END_HEADERS
             .iter()
             .map(|name| headers::folded_name(name))
@@ -244,7 +262,12 @@ impl Gateway {
             login_cookie_prefix: login_cookie_prefix(&settings.session.cookie_name),
             login_cookie_path: shared_directory("/oauth2/start", &settings.oidc.callback_path),
             identity_folds,
-            path_override_folds,
+            upstream_strip_folds,
+            served_hosts: host::ServedHosts::new(
+                &settings.server.public_url,
+                &settings.server.host_aliases,
+            ),
+            public_host,
             end_to_end_folds,
             allowed_emails_file,
             last_upstream_check: tokio::sync::Mutex::new(None),
@@ -369,8 +392,16 @@ impl Gateway {
             );
         }
 
-        // route: the gateway's own endpoints, then the rules.
+        // Only requests for this gateway's host go on (health checks come by IP).
         let path = request.uri().path();
+        let health = path == "/ping"
+            || path == "/ready"
+            || (path == "/metrics" && self.settings.server.metrics_listen.is_none());
+        if !health && let Err(refusal) = self.check_host(&request) {
+            return self.misdirected(&request, &refusal);
+        }
+
+        // route: the gateway's own endpoints, then the rules.
         let oidc = &self.settings.oidc;
         match path {
             "/ping" => return pages::text(StatusCode::OK, "OK\n").map(boxed),
@@ -431,8 +462,64 @@ impl Gateway {
             .await
     }
 
-    /// The metrics, on the main listener: only to a direct client (no proxy between)
-    /// from `server.metrics_networks`; anyone else gets the same 404 as an unknown page.
+    /// Whether the request is for a host this gateway serves ([`host`]).
+    fn check_host(&self, request: &Request<Incoming>) -> Result<(), host::HostRefusal> {
+        let tls_name = request.extensions().get::<TlsServerName>();
+        self.served_hosts
+            .check(request, tls_name.map(|name| &*name.0))
+    }
+
+    /// A request for a host this gateway does not serve: a page load is sent to the
+    /// same path on `public_url`; anything else gets 421 (400 for a missing, malformed
+    /// or self-contradicting host), as a page or JSON.
+    fn misdirected(
+        &self,
+        request: &Request<Incoming>,
+        refusal: &host::HostRefusal,
+    ) -> Response<ResponseBody> {
+        let page = is_navigation(request);
+        let tls_name = request.extensions().get::<TlsServerName>().is_some();
+        tracing::info!(host = ?request.headers().get(http::header::HOST), authority = ?request.uri().authority(), tls_name, reason = %refusal, "request refused: not for this gateway's host");
+        if !refusal.is_misdirected() {
+            return pages::problem(
+                page,
+                StatusCode::BAD_REQUEST,
+                "Bad request",
+                &format!("The request cannot be used: {refusal}."),
+            )
+            .map(boxed);
+        }
+        // The client's connection is for another name: only a fresh one helps.
+        if page && *refusal == host::HostRefusal::Foreign {
+            // Appended to the origin, never resolved against it: `//other/` stays a path.
+            let target = request.uri().path_and_query().map_or("/", |pq| pq.as_str());
+            let origin = self
+                .settings
+                .server
+                .public_url
+                .as_str()
+                .trim_end_matches('/');
+            return redirect(&format!("{origin}{target}"));
+        }
+        let message = format!(
+            "This gateway answers only for {}.",
+            self.public_host.to_str().unwrap_or_default()
+        );
+        pages::problem(
+            page,
+            StatusCode::MISDIRECTED_REQUEST,
+            "Misdirected request",
+            &message,
+        )
+        .map(boxed)
+    }
+
+    /// The metrics, on the main listener: only to a direct client from
+    /// `server.metrics_networks`. Direct is decided by the connection: a trusted
+    /// proxy's connection is never direct, whatever it sends or leaves out. (A request
+    /// that says it was forwarded is not direct either: a proxy on the same machine that
+    /// is missing from `server.trusted_proxies` must not open the metrics to everyone.)
+    /// Anyone else gets the same 404 as an unknown page.
     async fn metrics_on_main_listener(
         &self,
         request: &Request<Incoming>,
@@ -451,7 +538,14 @@ impl Gateway {
     /// Whether the client may read the gateway's internals (metrics, why it is not
     /// ready): a direct client (no proxy between) from `server.metrics_networks`.
     fn may_read_internals<B>(&self, request: &Request<B>, peer: SocketAddr) -> bool {
-        let direct = !request.headers().contains_key("x-forwarded-for");
+        // Direct: decided by the connection (never through a trusted proxy), and not
+        // claimed otherwise by a forwarding header in any spelling (a local proxy
+        // missing from trusted_proxies would otherwise expose it to everyone).
+        let says_forwarded = request.headers().keys().any(|name| {
+            ["forwarded", "x-forwarded-for", "x-real-ip"]
+                .contains(&headers::folded_name(name.as_str()).as_str())
+        });
+        let direct = !self.peer_is_trusted(peer) && !says_forwarded;
         direct
             && self
                 .settings
@@ -474,11 +568,15 @@ impl Gateway {
     }
 
     fn peer_is_trusted(&self, peer: SocketAddr) -> bool {
+        self.peer_is_trusted_address(peer.ip())
+    }
+
+    fn peer_is_trusted_address(&self, address: std::net::IpAddr) -> bool {
         self.settings
             .server
             .trusted_proxies
             .iter()
-            .any(|net| net.contains(&peer.ip()))
+            .any(|net| net.contains(&address.to_canonical()))
     }
 
     /// Global access rules and the matched routes' own; logs refusals.
@@ -498,7 +596,6 @@ impl Gateway {
         peer: SocketAddr,
         caller: Caller<'_>,
     ) -> Response<ResponseBody> {
-        let host = request::host(&request).map(str::to_owned);
         let pass = upgrade_protocol(&request).is_some().then(|| TunnelPass {
             session_id: matches!(caller, Caller::SignedIn(_))
                 .then(|| {
@@ -510,19 +607,32 @@ impl Gateway {
             path: request.uri().path().to_owned(),
             headers: request.headers().clone(),
         });
-        // Read before the peer joins X-Forwarded-For.
-        let client = limits::client_address(request.headers(), peer.ip(), |ip| {
-            self.settings
-                .server
-                .trusted_proxies
-                .iter()
-                .any(|net| net.contains(&ip))
+        // The address upstream.max_in_flight_per_client counts against: none when
+        // the client is not known behind a trusted proxy (its requests are many
+        // people's), read before the peer joins X-Forwarded-For.
+        let client = headers::client_address(request.headers(), peer.ip(), |ip| {
+            self.peer_is_trusted_address(ip)
         });
-        self.prepare_upstream_headers(request.headers_mut(), peer, host.as_deref(), caller);
+        let client = (!self.peer_is_trusted_address(client)).then_some(client);
+        self.prepare_upstream_headers(request.headers_mut(), peer, caller);
         let mut response = self
             .upstream
-            .forward(request, host.as_deref(), client)
+            .forward(request, &self.public_host, client)
             .await;
+        // The gateway's cookies are the gateway's: the upstream may neither set nor
+        // clear them.
+        let cookie_name = self.settings.session.cookie_name.as_bytes();
+        let removed = headers::remove_set_cookies(response.headers_mut(), |name| {
+            name.eq_ignore_ascii_case(cookie_name)
+                || name
+                    .get(..self.login_cookie_prefix.len())
+                    .is_some_and(|start| {
+                        start.eq_ignore_ascii_case(self.login_cookie_prefix.as_bytes())
+                    })
+        });
+        if !removed.is_empty() {
+            tracing::warn!(cookies = ?removed, "upstream response tried to set the gateway's own cookies; removed");
+        }
         if let Some(pass) = pass
             && response.extensions().get::<tunnel::Upgraded>().is_some()
         {
@@ -559,18 +669,29 @@ impl Gateway {
         }
     }
 
-    /// The header work of forwarding: the path overrides and the gateway's cookies
-    /// out (and the upstream's session cookies, for a request let through by its
-    /// credential), the identity (if any) and `X-Forwarded-*` in. (Public for the
-    /// hot-path benchmark.)
+    /// The header work of forwarding: the path overrides, every spelling of the
+    /// forwarding headers and the gateway's cookies out (and the upstream's session
+    /// cookies, for a request let through by its credential), the identity (if any)
+    /// and `X-Forwarded-*` in. (Public for the hot-path benchmark.)
     pub fn prepare_upstream_headers(
         &self,
         headers: &mut http::HeaderMap,
         peer: SocketAddr,
-        host: Option<&str>,
         caller: Caller<'_>,
     ) {
-        headers::remove_folded(headers, &self.path_override_folds);
+        let client = headers::client_address(headers, peer.ip(), |ip| {
+            self.settings
+                .server
+                .trusted_proxies
+                .iter()
+                .any(|net| net.contains(&ip))
+        });
+        // The request id (set by `handle`) stays; other spellings of it go.
+        let request_id = headers.remove(REQUEST_ID);
+        headers::remove_folded(headers, &self.upstream_strip_folds);
+        if let Some(request_id) = request_id {
+            headers.insert(REQUEST_ID, request_id);
+        }
         let cookie_name = &self.settings.session.cookie_name;
         let upstream_session = &self.settings.access.upstream_session_cookies;
         let credential = matches!(caller, Caller::Credential);
@@ -581,14 +702,12 @@ impl Gateway {
         if let Caller::SignedIn(session) = caller {
             self.set_identity_headers(headers, session);
         }
-        let peer_is_trusted = self.peer_is_trusted(peer);
         headers::set_forwarded(
             headers,
             &ForwardedFacts {
-                peer: peer.ip(),
-                peer_is_trusted,
+                client,
                 proto: self.settings.server.public_url.scheme(),
-                host,
+                host: &self.public_host,
             },
         );
     }

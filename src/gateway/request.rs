@@ -1,19 +1,9 @@
-//! Facts read off an incoming request: which host it asked for, its canonical path,
-//! its query parameters.
+//! Facts read off an incoming request: its canonical path, its query parameters (the
+//! host it is for: [`super::host`]).
 
 use http::Request;
-use http::header::HOST;
 
 use crate::policy::{PathError, normalize_path};
-
-/// The host the client asked for: `Host` (HTTP/1.1) or the `:authority` (HTTP/2).
-pub fn host<B>(request: &Request<B>) -> Option<&str> {
-    request
-        .headers()
-        .get(HOST)
-        .and_then(|v| v.to_str().ok())
-        .or_else(|| request.uri().authority().map(|a| a.as_str()))
-}
 
 /// Replaces the request's path with its canonical form ([`normalize_path`]), keeping
 /// the query as sent. Everything after this sees, and forwards, the canonical path.

@@ -47,19 +47,23 @@ pub(super) enum Standing {
 impl Gateway {
     /// Keeps the session in step with the provider (see the module docs).
     pub(super) async fn upkeep(&self, id: &str, session: Arc<Session>) -> Standing {
-        match self.confirmed(id, session).await {
-            Some(session) if self.unconfirmable(&*session.upkeep.lock().await) => {
-                tracing::info!(
-                    sub = %session.identity.sub,
-                    grace = ?self.settings.session.expired_token_grace,
-                    "session no longer trusted: its access token expired and the provider has not confirmed it since; the next page load passes through the provider"
-                );
-                self.metrics.upkeep(UpkeepOutcome::Expired);
-                Standing::Unconfirmed
-            }
-            Some(session) => Standing::Live(session),
-            None => Standing::Ended,
+        let Some(session) = self.confirmed(id, session).await else {
+            return Standing::Ended;
+        };
+        let mut upkeep = session.upkeep.lock().await;
+        if !self.unconfirmable(&upkeep) {
+            drop(upkeep);
+            return Standing::Live(session);
         }
+        if !std::mem::replace(&mut upkeep.unconfirmed_reported, true) {
+            tracing::info!(
+                sub = %session.identity.sub,
+                grace = ?self.settings.session.expired_token_grace,
+                "session no longer trusted: its access token expired and the provider has not confirmed it since; the next page load passes through the provider"
+            );
+            self.metrics.upkeep(UpkeepOutcome::Expired);
+        }
+        Standing::Unconfirmed
     }
 
     /// Refreshes or revalidates when due; the session to go on with, `None` when the
@@ -105,10 +109,13 @@ impl Gateway {
                         }
                         Err(_) => {}
                     }
-                    if self.upkeep_due(&upkeep) {
-                        current = self.ask_provider(id, &current, &mut upkeep).await?;
-                    }
+                    let asked = if self.upkeep_due(&upkeep) {
+                        self.ask_provider(id, &current, &mut upkeep).await
+                    } else {
+                        Some(current)
+                    };
                     self.sessions.release(id, lease).await;
+                    current = asked?;
                 }
                 Lease::Local => {
                     current = self.ask_provider(id, &session, &mut upkeep).await?;
@@ -222,6 +229,7 @@ impl Gateway {
         *upkeep = Upkeep {
             retry_at: None,
             failures: 0,
+            unconfirmed_reported: false,
             ..stored_upkeep
         };
         if stored.identity == session.identity {

@@ -50,10 +50,12 @@ pub enum LoginRefusal {
     IdTokenRefused,
     /// The session store could not be reached.
     StoreUnavailable,
+    /// The callback's `iss` was missing or another issuer's (RFC 9207).
+    IssuerMismatch,
 }
 
 impl LoginRefusal {
-    const ALL: [LoginRefusal; 7] = [
+    const ALL: [LoginRefusal; 8] = [
         Self::ProviderUnavailable,
         Self::ProviderError,
         Self::MalformedCallback,
@@ -61,6 +63,7 @@ impl LoginRefusal {
         Self::StateExpired,
         Self::IdTokenRefused,
         Self::StoreUnavailable,
+        Self::IssuerMismatch,
     ];
 
     fn as_str(self) -> &'static str {
@@ -72,6 +75,7 @@ impl LoginRefusal {
             Self::StateExpired => "state_expired",
             Self::IdTokenRefused => "id_token_refused",
             Self::StoreUnavailable => "store_unavailable",
+            Self::IssuerMismatch => "issuer_mismatch",
         }
     }
 }

@@ -13,7 +13,7 @@ mod http;
 mod logout;
 
 use std::str::FromStr;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -118,6 +118,8 @@ pub enum LoginError {
     IdTokenRefused(String),
     #[error("fetching userinfo failed: {0}")]
     Userinfo(String),
+    #[error("the answer does not say it comes from this provider ({0})")]
+    WrongIssuer(String),
 }
 
 /// The scope that asks for a refresh token.
@@ -222,6 +224,9 @@ pub struct Provider {
     last_probe: tokio::sync::Mutex<ProbeOutcome>,
     /// How many probes have finished (read without waiting for the lock).
     probes_finished: AtomicU64,
+    /// The latest discovery document advertised
+    /// `authorization_response_iss_parameter_supported` (RFC 9207).
+    sends_response_issuer: AtomicBool,
 }
 
 impl Provider {
@@ -247,6 +252,7 @@ impl Provider {
                 result: Ok(()),
             }),
             probes_finished: AtomicU64::new(0),
+            sends_response_issuer: AtomicBool::new(false),
         }
     }
 
@@ -308,6 +314,8 @@ impl Provider {
         if metadata.token_endpoint().is_none() {
             return Err(ProviderError::MissingEndpoint("token_endpoint"));
         }
+        self.sends_response_issuer
+            .store(advertises_response_issuer(&body), Ordering::Relaxed);
         Ok(metadata)
     }
 
@@ -457,6 +465,24 @@ impl Provider {
             started_at: unix_seconds(SystemTime::now()),
         };
         Ok((url, pending))
+    }
+
+    /// RFC 9207: the `iss` of an authorization response (success or error) must be
+    /// this provider's issuer exactly when it is present, and must be present when
+    /// the provider advertises `authorization_response_iss_parameter_supported`; so a
+    /// response another provider produced (a mix-up attack) is refused.
+    pub async fn check_response_issuer(&self, iss: Option<&str>) -> Result<(), LoginError> {
+        self.ready().await?; // what the provider advertises is known from here on
+        match iss {
+            Some(iss) if iss == self.settings.issuer => Ok(()),
+            Some(_) => Err(LoginError::WrongIssuer(
+                "its `iss` names another issuer".into(),
+            )),
+            None if self.sends_response_issuer.load(Ordering::Relaxed) => Err(
+                LoginError::WrongIssuer("it has no `iss`, which this provider always sends".into()),
+            ),
+            None => Ok(()),
+        }
     }
 
     /// Exchanges the code, verifies the ID token, fetches userinfo.
@@ -838,6 +864,25 @@ fn classify_token_error<E: std::error::Error + 'static>(
     }
 }
 
+/// Whether a discovery document says `authorization_response_iss_parameter_supported:
+/// true` (or `"true"`, as some providers write booleans).
+fn advertises_response_issuer(document: &[u8]) -> bool {
+    #[derive(serde::Deserialize)]
+    struct Rfc9207 {
+        authorization_response_iss_parameter_supported: Option<serde_json::Value>,
+    }
+    serde_json::from_slice::<Rfc9207>(document).is_ok_and(|doc| {
+        matches!(
+            doc.authorization_response_iss_parameter_supported,
+            Some(serde_json::Value::Bool(true))
+        ) || doc
+            .authorization_response_iss_parameter_supported
+            .as_ref()
+            .and_then(serde_json::Value::as_str)
+            == Some("true")
+    })
+}
+
 fn is_asymmetric(alg: &CoreJwsSigningAlgorithm) -> bool {
     use CoreJwsSigningAlgorithm as A;
     matches!(
@@ -876,6 +921,36 @@ mod tests {
         assert!(!started(timeout - 5).expired());
         assert!(started(timeout + 5).expired());
         assert!(started(-60).expired(), "a start in the future is no start");
+    }
+
+    #[test]
+    fn the_response_issuer_requirement_is_read_from_discovery() {
+        for (document, advertised) in [
+            (
+                r#"{"authorization_response_iss_parameter_supported": true}"#,
+                true,
+            ),
+            (
+                r#"{"authorization_response_iss_parameter_supported": "true"}"#,
+                true,
+            ),
+            (
+                r#"{"authorization_response_iss_parameter_supported": false}"#,
+                false,
+            ),
+            (
+                r#"{"authorization_response_iss_parameter_supported": 1}"#,
+                false,
+            ),
+            (r#"{"issuer": "https://id.example.com"}"#, false),
+            ("not json", false),
+        ] {
+            assert_eq!(
+                advertises_response_issuer(document.as_bytes()),
+                advertised,
+                "{document}"
+            );
+        }
     }
 
     #[test]

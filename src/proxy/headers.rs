@@ -75,9 +75,19 @@ pub fn remove_client_hop_by_hop(
         return Err(EndToEndInConnection(token.to_owned()));
     }
     remove_hop_by_hop(headers);
+    // Also their spellings with `_` for `-` (`Transfer_Encoding`, `Keep_Alive`,
+    // `Proxy_Authorization`), which WSGI servers fold into the same variable.
     let proxy_headers: Vec<HeaderName> = headers
         .keys()
-        .filter(|name| name.as_str() == "proxy" || name.as_str().starts_with("proxy-"))
+        .filter(|name| {
+            let name = name.as_str();
+            let proxy = |name: &str| name == "proxy" || name.starts_with("proxy-");
+            proxy(name)
+                || (name.contains('_') && {
+                    let folded = folded_name(name);
+                    proxy(&folded) || HOP_BY_HOP.iter().any(|h| h.as_str() == folded)
+                })
+        })
         .cloned()
         .collect();
     for name in proxy_headers {
@@ -186,51 +196,188 @@ pub fn remove_cookies(headers: &mut HeaderMap, drop: impl Fn(&str) -> bool) {
     }
 }
 
-/// Where the request came from and how it reached the gateway.
-pub struct ForwardedFacts<'a> {
-    /// The TCP peer.
-    pub peer: IpAddr,
-    /// True when the peer is a configured trusted proxy.
-    pub peer_is_trusted: bool,
-    /// `https` or `http`: the scheme the gateway is published under.
-    pub proto: &'a str,
-    /// The host the client asked for.
-    pub host: Option<&'a str>,
+/// Prepares an upstream's response headers for the client: a `Content-Length` beside
+/// a `Transfer-Encoding` goes (the encoding frames the body, RFC 9112 section 6.3, and
+/// the client must never see two framings), then the hop-by-hop headers, then the
+/// instructions meant for a front server (`X-Accel-*`, `X-Sendfile`,
+/// `X-Lighttpd-Send-File`, in any spelling), which would make a server in front of
+/// the gateway serve files or change its buffering for the upstream.
+pub fn sanitize_upstream_response(headers: &mut HeaderMap) {
+    if headers.contains_key(header::TRANSFER_ENCODING) {
+        headers.remove(header::CONTENT_LENGTH);
+    }
+    remove_hop_by_hop(headers);
+    remove_front_server_instructions(headers);
 }
 
-/// Sets `X-Forwarded-For`, `-Proto` and `-Host` truthfully. A trusted proxy's
-/// `X-Forwarded-For` is extended; anyone else's is replaced, and their `Forwarded`
-/// and `X-Real-IP` are dropped.
-pub fn set_forwarded(headers: &mut HeaderMap, facts: &ForwardedFacts<'_>) {
-    let peer = facts.peer.to_string();
-    let forwarded_for = if facts.peer_is_trusted {
-        let prior: Vec<&str> = headers
-            .get_all(&X_FORWARDED_FOR)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .collect();
-        if prior.is_empty() {
-            peer
-        } else {
-            format!("{}, {peer}", prior.join(", "))
-        }
-    } else {
-        headers.remove(header::FORWARDED);
-        headers.remove(X_REAL_IP);
-        peer
-    };
-    set(headers, X_FORWARDED_FOR, &forwarded_for);
-    if !(facts.peer_is_trusted && headers.contains_key(X_FORWARDED_PROTO)) {
-        set(headers, X_FORWARDED_PROTO, facts.proto);
+/// Removes `X-Accel-*`, `X-Sendfile` and `X-Lighttpd-Send-File`, in any spelling (also
+/// from a `101`, whose `Connection` and `Upgrade` must stay).
+pub fn remove_front_server_instructions(headers: &mut HeaderMap) {
+    let internal: Vec<HeaderName> = headers
+        .keys()
+        .filter(|name| is_front_server_instruction(name.as_str()))
+        .cloned()
+        .collect();
+    for name in internal {
+        headers.remove(name);
     }
-    if !(facts.peer_is_trusted && headers.contains_key(X_FORWARDED_HOST)) {
-        match facts.host {
-            Some(host) => set(headers, X_FORWARDED_HOST, host),
-            None => {
-                headers.remove(X_FORWARDED_HOST);
+}
+
+/// `X-Accel-*` (nginx), `X-Sendfile` (Apache, lighttpd), `X-Lighttpd-Send-File`.
+fn is_front_server_instruction(name: &str) -> bool {
+    const ACCEL: &str = "x-accel-";
+    (name.len() > ACCEL.len() && folds_to(&name[..ACCEL.len()], ACCEL))
+        || folds_to(name, "x-sendfile")
+        || folds_to(name, "x-lighttpd-send-file")
+}
+
+/// The name of the cookie a `Set-Cookie` value sets, as a browser would store it:
+/// the text before the first `=` of the part before the first `;`, trimmed. A
+/// nameless cookie (`=name=value`, or no `=` at all) is sent back by browsers as its
+/// bare value, so its value's own leading name is what counts.
+fn set_cookie_name(value: &[u8]) -> &[u8] {
+    let pair = value.split(|b| *b == b';').next().unwrap_or_default();
+    let pair = pair.trim_ascii_start();
+    let pair = match pair.strip_prefix(b"=") {
+        Some(rest) => rest.trim_ascii_start(),
+        None => pair,
+    };
+    pair.split(|b| *b == b'=')
+        .next()
+        .unwrap_or_default()
+        .trim_ascii()
+}
+
+/// Removes every `Set-Cookie` whose cookie name `drop` selects ([`set_cookie_name`]);
+/// the others stay, in order. Returns the names removed.
+pub fn remove_set_cookies(headers: &mut HeaderMap, drop: impl Fn(&[u8]) -> bool) -> Vec<String> {
+    let doomed = headers
+        .get_all(header::SET_COOKIE)
+        .iter()
+        .any(|value| drop(set_cookie_name(value.as_bytes())));
+    if !doomed {
+        return Vec::new();
+    }
+    let mut removed = Vec::new();
+    let values: Vec<HeaderValue> = headers
+        .get_all(header::SET_COOKIE)
+        .iter()
+        .cloned()
+        .collect();
+    headers.remove(header::SET_COOKIE);
+    for value in values {
+        let name = set_cookie_name(value.as_bytes());
+        if drop(name) {
+            removed.push(String::from_utf8_lossy(name).into_owned());
+        } else {
+            headers.append(header::SET_COOKIE, value);
+        }
+    }
+    removed
+}
+
+/// Headers that tell an upstream who the client is or how the request was addressed
+/// (Django's `USE_X_FORWARDED_HOST`/`_PORT`, `SECURE_PROXY_SSL_HEADER`, Sentry's
+/// `SENTRY_USE_X_FORWARDED_FOR`, and what other frameworks read). Every spelling of
+/// them (any case, `_` for `-`) is removed from what a client or a trusted proxy sent;
+/// the gateway then sets `X-Forwarded-For`, `X-Real-IP`, `X-Forwarded-Proto` and
+/// `X-Forwarded-Host` itself ([`set_forwarded`]).
+pub const FORWARDING_HEADERS: [&str; 17] = [
+    "forwarded",
+    "x-forwarded-for",
+    "x-forwarded-host",
+    "x-forwarded-proto",
+    "x-forwarded-port",
+    "x-forwarded-scheme",
+    "x-forwarded-ssl",
+    "x-forwarded-server",
+    "x-forwarded-prefix",
+    "x-real-ip",
+    "x-client-ip",
+    "x-cluster-client-ip",
+    "true-client-ip",
+    "x-host",
+    "x-original-host",
+    "front-end-https",
+    "x-url-scheme",
+];
+
+/// The client's address: the first address not in `trusted`, counted from the right
+/// of the chain `X-Forwarded-For` + the TCP peer. Each trusted hop vouches only for the
+/// hop before it, so the walk stops at the first address it cannot vouch for (which is
+/// then the client) or at an entry that is not an address (then the last trusted hop
+/// is the best that is known). A peer that is not trusted is the client, whatever it
+/// sent. Everything left of the client was written by the client and is never read.
+pub fn client_address(
+    headers: &HeaderMap,
+    peer: IpAddr,
+    trusted: impl Fn(IpAddr) -> bool,
+) -> IpAddr {
+    let mut client = peer.to_canonical();
+    if !trusted(client) {
+        return client;
+    }
+    let lines: Vec<&HeaderValue> = headers.get_all(&X_FORWARDED_FOR).iter().collect();
+    for line in lines.into_iter().rev() {
+        let Ok(text) = line.to_str() else {
+            return client;
+        };
+        for entry in text.rsplit(',').map(str::trim) {
+            if entry.is_empty() {
+                continue;
+            }
+            let Some(address) = forwarded_address(entry) else {
+                return client;
+            };
+            client = address;
+            if !trusted(client) {
+                return client;
             }
         }
     }
+    client
+}
+
+/// One `X-Forwarded-For` entry as an address: `192.0.2.1`, `192.0.2.1:5678`,
+/// `2001:db8::1`, `[2001:db8::1]`, `[2001:db8::1]:5678`; `None` for anything else
+/// (`unknown`, obfuscated identifiers, garbage).
+fn forwarded_address(entry: &str) -> Option<IpAddr> {
+    let address = entry
+        .parse::<IpAddr>()
+        .ok()
+        .or_else(|| entry.parse::<std::net::SocketAddr>().ok().map(|s| s.ip()))
+        .or_else(|| {
+            entry
+                .strip_prefix('[')?
+                .strip_suffix(']')?
+                .parse::<std::net::Ipv6Addr>()
+                .ok()
+                .map(IpAddr::V6)
+        })?;
+    Some(address.to_canonical())
+}
+
+/// What the gateway tells the upstream about a request.
+pub struct ForwardedFacts<'a> {
+    /// The client's address ([`client_address`]).
+    pub client: IpAddr,
+    /// `https` or `http`: the scheme the gateway is published under.
+    pub proto: &'a str,
+    /// `public_url`'s host (and port, when it is not the scheme's default).
+    pub host: &'a HeaderValue,
+}
+
+/// Sets `X-Forwarded-For` and `X-Real-IP` to the client's address alone (so the first
+/// entry, the one Sentry reads, is never a client-chosen value), `X-Forwarded-Proto`
+/// and `X-Forwarded-Host` to `public_url`'s. Every other spelling of these and of the
+/// rest of [`FORWARDING_HEADERS`] must be gone already ([`remove_folded`]).
+pub fn set_forwarded(headers: &mut HeaderMap, facts: &ForwardedFacts<'_>) {
+    let client = HeaderValue::from_str(&facts.client.to_string())
+        .expect("an IP address is a valid header value");
+    headers.insert(X_FORWARDED_FOR, client.clone());
+    headers.insert(X_REAL_IP, client);
+    set(headers, X_FORWARDED_PROTO, facts.proto);
+    headers.insert(X_FORWARDED_HOST, facts.host.clone());
 }
 
 fn set(headers: &mut HeaderMap, name: HeaderName, value: &str) {
@@ -281,6 +428,10 @@ mod tests {
             ("proxy", "http://evil.example"),
             ("proxy-authorization", "Basic x"),
             ("proxy-anything", "1"),
+            ("proxy_authorization", "Basic x"),
+            ("Transfer_Encoding", "chunked"),
+            ("keep_alive", "1"),
+            ("Proxy_Connection", "close"),
             ("upgrade", "h2c"),
             ("accept", "*/*"),
         ]);
@@ -367,27 +518,200 @@ mod tests {
         assert_eq!(raw["cookie"].as_bytes(), b"a=caf\xe9; b=\"q\"");
     }
 
+    fn trusted_nets(ip: IpAddr) -> bool {
+        ["10.0.0.0/8", "192.168.0.0/16", "::1/128"]
+            .iter()
+            .any(|net| net.parse::<ipnet::IpNet>().unwrap().contains(&ip))
+    }
+
+    fn address(text: &str) -> IpAddr {
+        text.parse().unwrap()
+    }
+
     #[test]
-    fn untrusted_forwarded_for_is_replaced_trusted_is_extended() {
-        let facts = |trusted| ForwardedFacts {
-            peer: "192.0.2.7".parse().unwrap(),
-            peer_is_trusted: trusted,
-            proto: "https",
-            host: Some("sentry.example.com"),
-        };
+    fn the_client_is_the_first_untrusted_hop_from_the_right() {
+        let cases: &[(&str, &[&str], &str)] = &[
+            // peer, X-Forwarded-For lines, client
+            ("203.0.113.9", &["6.6.6.6"], "203.0.113.9"),
+            ("203.0.113.9", &[], "203.0.113.9"),
+            ("10.0.0.2", &[], "10.0.0.2"),
+            ("10.0.0.2", &["198.51.100.4"], "198.51.100.4"),
+            ("10.0.0.2", &["6.6.6.6, 198.51.100.4"], "198.51.100.4"),
+            ("10.0.0.2", &["6.6.6.6", "198.51.100.4"], "198.51.100.4"),
+            (
+                "10.0.0.2",
+                &["6.6.6.6, 198.51.100.4, 10.0.0.1"],
+                "198.51.100.4",
+            ),
+            (
+                "10.0.0.2",
+                &["6.6.6.6, 198.51.100.4", "192.168.1.1, 10.0.0.1"],
+                "198.51.100.4",
+            ),
+            ("10.0.0.2", &["10.9.9.9, 10.0.0.1"], "10.9.9.9"),
+            ("10.0.0.2", &["198.51.100.4:5678"], "198.51.100.4"),
+            ("10.0.0.2", &["[2001:db8::7]:443"], "2001:db8::7"),
+            ("10.0.0.2", &["[2001:db8::7]"], "2001:db8::7"),
+            ("10.0.0.2", &["2001:db8::7"], "2001:db8::7"),
+            ("10.0.0.2", &["::ffff:198.51.100.4"], "198.51.100.4"),
+            ("::ffff:10.0.0.2", &["198.51.100.4"], "198.51.100.4"),
+            // Not an address: the hop that wrote it is the last one known.
+            ("10.0.0.2", &["6.6.6.6, unknown"], "10.0.0.2"),
+            ("10.0.0.2", &["6.6.6.6, _hidden, 10.0.0.1"], "10.0.0.1"),
+            ("10.0.0.2", &["1.2.3.4 5.6.7.8"], "10.0.0.2"),
+            ("10.0.0.2", &[" , 198.51.100.4 ,"], "198.51.100.4"),
+        ];
+        for (peer, lines, client) in cases {
+            let pairs: Vec<(&str, &str)> = lines.iter().map(|l| ("x-forwarded-for", *l)).collect();
+            let h = map(&pairs);
+            assert_eq!(
+                client_address(&h, address(peer), trusted_nets),
+                address(client),
+                "peer {peer}, X-Forwarded-For {lines:?}"
+            );
+        }
+    }
+
+    proptest::proptest! {
+        /// Whatever a client sends in X-Forwarded-For (any text, any number of lines),
+        /// behind trusted proxies that each append the address they saw, the client's
+        /// address is the one the first proxy saw.
+        #[test]
+        fn nothing_a_client_writes_chooses_its_address(
+            sent in proptest::collection::vec("[ -~]{0,40}", 0..4),
+            client in proptest::prop_oneof![
+                proptest::strategy::Just("198.51.100.4"),
+                proptest::strategy::Just("2001:db8::7"),
+                proptest::strategy::Just("8.8.8.8"),
+            ],
+            hops in proptest::collection::vec(proptest::prop_oneof![
+                proptest::strategy::Just("10.0.0.1"),
+                proptest::strategy::Just("192.168.3.4"),
+                proptest::strategy::Just("::1"),
+            ], 0..3),
+        ) {
+            let mut h = HeaderMap::new();
+            for line in &sent {
+                h.append(X_FORWARDED_FOR, HeaderValue::from_str(line).unwrap());
+            }
+            // The first trusted proxy appends the client it saw, each next one the
+            // proxy before it (as nginx's $proxy_add_x_forwarded_for does).
+            let mut chain: Vec<&str> = vec![client];
+            chain.extend(&hops);
+            let peer = "10.0.0.2";
+            let appended = chain.join(", ");
+            let joined: Vec<String> = sent.iter().cloned().chain([appended]).collect();
+            h.remove(X_FORWARDED_FOR);
+            h.insert(X_FORWARDED_FOR, HeaderValue::from_str(&joined.join(", ")).unwrap());
+            proptest::prop_assert_eq!(client_address(&h, address(peer), trusted_nets), address(client));
+            // And without a trusted proxy in front, the peer itself.
+            proptest::prop_assert_eq!(client_address(&h, address(client), trusted_nets), address(client));
+        }
+    }
+
+    #[test]
+    fn forwarded_facts_are_the_gateways_alone() {
+        let host = HeaderValue::from_static("sentry.example.com");
         let mut h = map(&[
             ("x-forwarded-for", "6.6.6.6"),
+            ("X_Forwarded_For", "6.6.6.6"),
             ("x-forwarded-proto", "http"),
             ("x-real-ip", "6.6.6.6"),
+            ("X_Real_IP", "6.6.6.6"),
+            ("forwarded", "for=6.6.6.6;host=evil.example"),
+            ("x-forwarded-host", "evil.example"),
+            ("X-Forwarded-Port", "1"),
+            ("x_forwarded_host", "evil.example"),
+            ("True-Client-IP", "6.6.6.6"),
+            ("accept", "*/*"),
         ]);
-        set_forwarded(&mut h, &facts(false));
+        let folds: Vec<String> = FORWARDING_HEADERS.iter().map(|n| folded_name(n)).collect();
+        remove_folded(&mut h, &folds);
+        set_forwarded(
+            &mut h,
+            &ForwardedFacts {
+                client: address("192.0.2.7"),
+                proto: "https",
+                host: &host,
+            },
+        );
+        let mut names: Vec<&str> = h.keys().map(HeaderName::as_str).collect();
+        names.sort_unstable();
+        assert_eq!(
+            names,
+            [
+                "accept",
+                "x-forwarded-for",
+                "x-forwarded-host",
+                "x-forwarded-proto",
+                "x-real-ip"
+            ]
+        );
+        assert_eq!(h.get_all("x-forwarded-for").iter().count(), 1);
         assert_eq!(h["x-forwarded-for"], "192.0.2.7");
+        assert_eq!(h["x-real-ip"], "192.0.2.7");
         assert_eq!(h["x-forwarded-proto"], "https");
         assert_eq!(h["x-forwarded-host"], "sentry.example.com");
-        assert!(!h.contains_key("x-real-ip"));
+    }
 
-        let mut h = map(&[("x-forwarded-for", "203.0.113.9")]);
-        set_forwarded(&mut h, &facts(true));
-        assert_eq!(h["x-forwarded-for"], "203.0.113.9, 192.0.2.7");
+    #[test]
+    fn upstream_answers_lose_double_framing_and_front_server_instructions() {
+        let mut h = map(&[
+            ("content-length", "5"),
+            ("transfer-encoding", "chunked"),
+            ("X-Accel-Redirect", "/internal/secret"),
+            ("x-accel-buffering", "no"),
+            ("X_Accel_Limit_Rate", "1"),
+            ("X-Sendfile", "/etc/passwd"),
+            ("x_sendfile", "/etc/passwd"),
+            ("X-Lighttpd-Send-File", "/etc/passwd"),
+            ("x-accel", "keep: not an nginx instruction"),
+            ("x-sendfile-type", "keep"),
+            ("content-type", "text/plain"),
+        ]);
+        sanitize_upstream_response(&mut h);
+        let mut names: Vec<&str> = h.keys().map(HeaderName::as_str).collect();
+        names.sort_unstable();
+        assert_eq!(names, ["content-type", "x-accel", "x-sendfile-type"]);
+
+        let mut sized = map(&[("content-length", "5")]);
+        sanitize_upstream_response(&mut sized);
+        assert_eq!(sized["content-length"], "5", "a lone Content-Length stays");
+    }
+
+    #[test]
+    fn set_cookie_names_are_read_as_browsers_store_them() {
+        for (value, name) in [
+            ("_ssogate=x; Path=/", "_ssogate"),
+            (" _ssogate =x", "_ssogate"),
+            ("_ssogate", "_ssogate"),
+            ("=_ssogate=x", "_ssogate"),
+            ("= _ssogate=x", "_ssogate"),
+            ("_ssogate;Max-Age=0", "_ssogate"),
+            ("sentrysid=abc; HttpOnly", "sentrysid"),
+            ("", ""),
+        ] {
+            assert_eq!(
+                set_cookie_name(value.as_bytes()),
+                name.as_bytes(),
+                "{value:?}"
+            );
+        }
+        let mut h = map(&[
+            ("set-cookie", "sentrysid=1; Path=/"),
+            ("set-cookie", "_ssogate=evil; Path=/"),
+            ("set-cookie", "sc=2"),
+            ("set-cookie", "_ssogate_csrf_abc=x"),
+        ]);
+        let removed = remove_set_cookies(&mut h, |name| {
+            name == b"_ssogate" || name.starts_with(b"_ssogate_csrf_")
+        });
+        assert_eq!(removed, ["_ssogate", "_ssogate_csrf_abc"]);
+        let kept: Vec<&str> = h
+            .get_all("set-cookie")
+            .iter()
+            .map(|v| v.to_str().unwrap())
+            .collect();
+        assert_eq!(kept, ["sentrysid=1; Path=/", "sc=2"]);
     }
 }

@@ -11,19 +11,18 @@
 //! hash key is random per process, so a client cannot choose whom it shares with, and
 //! with [`BUCKETS`] counters two given clients share one with a chance of 1 in 16384.
 //!
-//! The client address ([`client_address`]): the connection's peer; behind a trusted
+//! The client address is the one the gateway reports to the upstream
+//! ([`super::headers::client_address`]): the connection's peer; behind a trusted
 //! proxy, the first address in `X-Forwarded-For` counted from the right that is not a
-//! trusted proxy, so that everyone behind a load balancer is not one client. A trusted
-//! proxy that names no client gets no per-client bound (only the total), since its
-//! requests are many people's. IPv6 addresses count per /64, the block one subscriber
-//! is usually given.
+//! trusted proxy, so that everyone behind a load balancer is not one client. When that
+//! is still a trusted proxy (it named no client), the request gets no per-client bound
+//! (only the total), since its requests are many people's. IPv6 addresses count per
+//! /64, the block one subscriber is usually given.
 
 use std::hash::BuildHasher;
 use std::net::IpAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
-
-use http::HeaderMap;
 
 /// Per-client counters in the table.
 const BUCKETS: usize = 16 * 1024;
@@ -119,48 +118,6 @@ impl Drop for InFlightSlot {
     }
 }
 
-/// The client a request counts against: the peer, or behind a trusted proxy the first
-/// untrusted address of `X-Forwarded-For` counted from the right (None when a trusted
-/// proxy names none). Read before the gateway appends the peer to the header.
-pub fn client_address(
-    headers: &HeaderMap,
-    peer: IpAddr,
-    trusted: impl Fn(IpAddr) -> bool,
-) -> Option<IpAddr> {
-    if !trusted(peer) {
-        return Some(peer);
-    }
-    // Bytes, not text: what a client wrote to the left (even bytes that are not
-    // text) must not hide the entries the proxies appended.
-    let values: Vec<&[u8]> = headers
-        .get_all("x-forwarded-for")
-        .iter()
-        .map(|value| value.as_bytes())
-        .collect();
-    for value in values.into_iter().rev() {
-        for entry in value.rsplit(|&byte| byte == b',') {
-            let ip = parse_hop(entry)?;
-            if !trusted(ip) {
-                return Some(ip);
-            }
-        }
-    }
-    None
-}
-
-/// An `X-Forwarded-For` entry: an address, maybe with a port (`1.2.3.4:5`,
-/// `[::1]:5`).
-fn parse_hop(entry: &[u8]) -> Option<IpAddr> {
-    let entry = std::str::from_utf8(entry).ok()?.trim();
-    if let Ok(ip) = entry.parse() {
-        return Some(ip);
-    }
-    entry
-        .parse::<std::net::SocketAddr>()
-        .ok()
-        .map(|address| address.ip())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -199,45 +156,5 @@ mod tests {
             limits.try_acquire(Some(ip("::ffff:192.0.2.9"))).err(),
             Some(Refusal::PerClient)
         );
-    }
-
-    #[test]
-    fn the_client_behind_trusted_proxies_is_the_first_untrusted_hop_from_the_right() {
-        let trusted = |ip: IpAddr| ip.to_string().starts_with("10.");
-        let mut headers = HeaderMap::new();
-        let direct = client_address(&headers, ip("192.0.2.7"), trusted);
-        assert_eq!(
-            direct,
-            Some(ip("192.0.2.7")),
-            "an untrusted peer is the client"
-        );
-        assert_eq!(
-            client_address(&headers, ip("10.0.0.1"), trusted),
-            None,
-            "a trusted proxy that names nobody"
-        );
-        headers.append("x-forwarded-for", "6.6.6.6, 203.0.113.4".parse().unwrap());
-        headers.append("x-forwarded-for", "10.0.0.9".parse().unwrap());
-        assert_eq!(
-            client_address(&headers, ip("10.0.0.1"), trusted),
-            Some(ip("203.0.113.4")),
-            "the client-chosen first entry is not believed"
-        );
-        headers.insert(
-            "x-forwarded-for",
-            http::HeaderValue::from_bytes(b"\xff\xfe, 203.0.113.5").unwrap(),
-        );
-        assert_eq!(
-            client_address(&headers, ip("10.0.0.1"), trusted),
-            Some(ip("203.0.113.5")),
-            "bytes that are not text, to the left, hide nothing"
-        );
-        headers.insert("x-forwarded-for", "[2001:db8::1]:443".parse().unwrap());
-        assert_eq!(
-            client_address(&headers, ip("10.0.0.1"), trusted),
-            Some(ip("2001:db8::1"))
-        );
-        headers.insert("x-forwarded-for", "unknown".parse().unwrap());
-        assert_eq!(client_address(&headers, ip("10.0.0.1"), trusted), None);
     }
 }

@@ -160,10 +160,11 @@ impl Upstream {
         Ok(Uri::from_parts(parts)?)
     }
 
-    /// Sends the request on and streams the answer back. `host` is the host the client
-    /// asked for; `client` the address the request counts against in
-    /// `upstream.max_in_flight_per_client` (None: only the total bound,
-    /// [`limits::client_address`]). The client's hop-by-hop headers must be gone already
+    /// Sends the request on and streams the answer back. `public_host` is
+    /// `public_url`'s host (and port), sent as `Host` unless `upstream.pass_host_header`
+    /// is off (then the upstream URL's); `client` the address the request counts
+    /// against in `upstream.max_in_flight_per_client` (None: only the total bound).
+    /// The client's hop-by-hop headers must be gone already
     /// ([`headers::remove_client_hop_by_hop`], before anything decided on the request);
     /// a real upgrade keeps `Connection: upgrade` and its `Upgrade`, and is tunnelled.
     /// Never fails: a body over the limit becomes a 413, upstream trouble a 502 or 504,
@@ -171,7 +172,7 @@ impl Upstream {
     pub async fn forward(
         &self,
         mut request: Request<Incoming>,
-        host: Option<&str>,
+        public_host: &HeaderValue,
         client: Option<IpAddr>,
     ) -> Response<ResponseBody> {
         let page = pages::is_navigation(&request);
@@ -213,16 +214,10 @@ impl Upstream {
             .then(|| hyper::upgrade::on(&mut request));
 
         let headers = request.headers_mut();
-        match (
-            self.pass_host_header,
-            host.and_then(|h| HeaderValue::from_str(h).ok()),
-        ) {
-            (true, Some(host)) => {
-                headers.insert(header::HOST, host);
-            }
-            _ => {
-                headers.remove(header::HOST);
-            }
+        if self.pass_host_header {
+            headers.insert(header::HOST, public_host.clone());
+        } else {
+            headers.remove(header::HOST);
         }
         match self.target(&path_and_query) {
             Ok(uri) => *request.uri_mut() = uri,
@@ -289,9 +284,20 @@ impl Upstream {
         };
         self.metrics.upstream_response(started.elapsed());
 
-        if response.status() == StatusCode::SWITCHING_PROTOCOLS
-            && let Some(client_upgrade) = client_upgrade
-        {
+        if response.status() == StatusCode::SWITCHING_PROTOCOLS {
+            let Some(client_upgrade) = client_upgrade else {
+                // The client would be told its connection now speaks another protocol
+                // it never asked for; the upstream's connection goes with the answer.
+                tracing::warn!(upstream = %self.base, "upstream answered 101 Switching Protocols to a request that asked for no upgrade; answered 502");
+                self.metrics.upstream_failure(UpstreamFailure::Unavailable);
+                return problem(
+                    page,
+                    StatusCode::BAD_GATEWAY,
+                    "Upstream error",
+                    "The application behind the sign-in gateway gave an answer that cannot be passed on.",
+                );
+            };
+            headers::remove_front_server_instructions(response.headers_mut());
             let upstream_upgrade = hyper::upgrade::on(&mut response);
             let (parts, body) = response.into_parts();
             let mut response = Response::from_parts(parts, boxed(body));
@@ -302,7 +308,7 @@ impl Upstream {
             // The tunnel counts in server.max_tunnels instead.
             return response;
         }
-        headers::remove_hop_by_hop(response.headers_mut());
+        headers::sanitize_upstream_response(response.headers_mut());
         let (parts, body) = response.into_parts();
         let body = match self
             .deliverable(&parts.headers, body, slot, started, page)

@@ -44,7 +44,7 @@ use tokio_rustls::TlsAcceptor;
 use crate::config::{ServerSettings, Settings};
 use std::path::PathBuf;
 
-use crate::gateway::{Gateway, GatewayError, LiveGateway, TunnelPass};
+use crate::gateway::{Gateway, GatewayError, LiveGateway, TlsServerName, TunnelPass};
 use crate::observe::Metrics;
 use crate::proxy::tunnel::{self, TunnelEnd, TunnelTerms};
 use crate::proxy::{ResponseBody, boxed};
@@ -80,6 +80,8 @@ pub struct GatewayService {
     /// The connection's place in the limits; a tunnel keeps it while it lasts.
     open: Arc<OpenConnection>,
     tunnels: Arc<Semaphore>,
+    /// The server name the TLS client sent (SNI), given to each request.
+    tls_name: Option<TlsServerName>,
 }
 
 impl tower::Service<Request<Incoming>> for GatewayService {
@@ -91,7 +93,10 @@ impl tower::Service<Request<Incoming>> for GatewayService {
         Poll::Ready(Ok(()))
     }
 
-    fn call(&mut self, request: Request<Incoming>) -> Self::Future {
+    fn call(&mut self, mut request: Request<Incoming>) -> Self::Future {
+        if let Some(name) = &self.tls_name {
+            request.extensions_mut().insert(name.clone());
+        }
         let gateway = self.live.current();
         let peer = self.peer;
         let upgraded = self.upgraded.clone();
@@ -481,14 +486,15 @@ async fn serve(
         let upgraded = Arc::new(AtomicBool::new(false));
         let activity = Arc::new(Activity::new());
         let open = Arc::new(OpenConnection::new(permit, address_slot, gateway.metrics()));
-        let service = TowerToHyperService::new(GatewayService {
+        let service = GatewayService {
             live: live.clone(),
             peer,
             upgraded: upgraded.clone(),
             activity: activity.clone(),
             open: open.clone(),
             tunnels: limits.tunnels.clone(),
-        });
+            tls_name: None,
+        };
         let builder = builder.clone();
         let acceptor = acceptor.clone();
         let stop = stop.clone();
@@ -498,7 +504,14 @@ async fn serve(
                 Some(acceptor) => {
                     match tokio::time::timeout(handshake_timeout, acceptor.accept(stream)).await {
                         Ok(Ok(tls_stream)) => {
-                            let h2 = tls_stream.get_ref().1.alpn_protocol() == Some(b"h2");
+                            let connection = tls_stream.get_ref().1;
+                            let h2 = connection.alpn_protocol() == Some(b"h2");
+                            let service = TowerToHyperService::new(GatewayService {
+                                tls_name: connection
+                                    .server_name()
+                                    .map(|name| TlsServerName(name.into())),
+                                ..service
+                            });
                             let mut stream = StrictFraming::new(tls_stream, upgraded);
                             if h2 {
                                 stream = stream.unchecked();
@@ -523,6 +536,7 @@ async fn serve(
                     }
                 }
                 None => {
+                    let service = TowerToHyperService::new(service);
                     let stream = StrictFraming::new(stream, upgraded);
                     let connection = builder.serve_connection_with_upgrades(
                         TokioIo::new(CountWrites::new(

@@ -129,6 +129,9 @@ pub struct Upkeep {
     /// After the provider could not be reached: no new attempt before this.
     pub retry_at: Option<Instant>,
     pub failures: u32,
+    /// Whether this replica has already logged (and counted) that the session can no
+    /// longer be confirmed: once per session, however many requests it still sends.
+    pub unconfirmed_reported: bool,
 }
 
 impl Upkeep {
@@ -138,6 +141,7 @@ impl Upkeep {
             validated_at: SystemTime::now(),
             retry_at: None,
             failures: 0,
+            unconfirmed_reported: false,
         }
     }
 }

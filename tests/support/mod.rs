@@ -100,7 +100,30 @@ pub fn unused_address() -> SocketAddr {
         .unwrap()
 }
 
+/// A TLS connection to the gateway for speaking HTTP/1.1 by hand (no ALPN).
+pub type RawTls = tokio_rustls::client::TlsStream<tokio::net::TcpStream>;
+
 impl World {
+    /// A [`RawTls`] connection, handshake done.
+    pub async fn raw_tls(&self) -> RawTls {
+        self.try_raw_tls()
+            .await
+            .expect("a TLS connection to the gateway")
+    }
+
+    /// A [`RawTls`] connection; `None` when the gateway closes it instead.
+    pub async fn try_raw_tls(&self) -> Option<RawTls> {
+        let config = browser::tls_trusting(&self.ca_pem);
+        let tcp = tokio::net::TcpStream::connect(self.gateway.local_addr)
+            .await
+            .ok()?;
+        let name = rustls_pki_types::ServerName::try_from("127.0.0.1").unwrap();
+        tokio_rustls::TlsConnector::from(std::sync::Arc::new(config))
+            .connect(name, tcp)
+            .await
+            .ok()
+    }
+
     pub async fn start() -> World {
         Self::start_with(WorldOptions::default()).await
     }
