@@ -304,23 +304,8 @@ async fn a_client_that_reads_gets_a_large_file_whole_despite_a_short_send_timeou
     assert_eq!(received, LARGE_BODY);
 }
 
-type RawTls = tokio_rustls::client::TlsStream<tokio::net::TcpStream>;
-
-/// A TLS connection to the gateway for speaking HTTP/1.1 by hand (no ALPN).
-async fn raw_tls(world: &World) -> RawTls {
-    let config = support::browser::tls_trusting(&world.ca_pem);
-    let tcp = tokio::net::TcpStream::connect(world.gateway.local_addr)
-        .await
-        .unwrap();
-    let name = rustls_pki_types::ServerName::try_from("127.0.0.1").unwrap();
-    tokio_rustls::TlsConnector::from(Arc::new(config))
-        .connect(name, tcp)
-        .await
-        .unwrap()
-}
-
 /// The status line of the first response on `stream` (at most 10 s).
-async fn status_line(stream: &mut RawTls) -> String {
+async fn status_line(stream: &mut support::RawTls) -> String {
     let mut out = Vec::new();
     let read = tokio::time::timeout(Duration::from_secs(10), async {
         let mut buf = [0u8; 4096];
@@ -341,7 +326,7 @@ async fn status_line(stream: &mut RawTls) -> String {
 async fn a_request_body_that_stops_arriving_is_answered_408() {
     // The upstream read timeout (3 s in the test world) would answer 504 later.
     let world = World::start_with(sentry_world("body_idle_timeout = \"1s\"", "")).await;
-    let mut stream = raw_tls(&world).await;
+    let mut stream = world.raw_tls().await;
     stream
         .write_all(
             b"POST /api/1/envelope/ HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 100\r\n\r\n{\"event_id\":",
@@ -367,7 +352,7 @@ async fn a_request_body_that_stops_arriving_is_answered_408() {
 #[tokio::test]
 async fn a_request_body_that_keeps_arriving_slowly_is_forwarded() {
     let world = World::start_with(sentry_world("body_idle_timeout = \"1s\"", "")).await;
-    let mut stream = raw_tls(&world).await;
+    let mut stream = world.raw_tls().await;
     stream
         .write_all(
             b"POST /api/1/envelope/ HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 8\r\n\r\n",
