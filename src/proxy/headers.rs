@@ -319,14 +319,14 @@ pub fn client_address(
     }
     let lines: Vec<&HeaderValue> = headers.get_all(&X_FORWARDED_FOR).iter().collect();
     for line in lines.into_iter().rev() {
-        let Ok(text) = line.to_str() else {
-            return client;
-        };
-        for entry in text.rsplit(',').map(str::trim) {
-            if entry.is_empty() {
+        // Entry by entry, as bytes: a client's own non-text entry on the left of a
+        // line must not hide the entries the proxies appended on its right.
+        for entry in line.as_bytes().rsplit(|b| *b == b',') {
+            let entry = std::str::from_utf8(entry).map(str::trim);
+            if entry.is_ok_and(str::is_empty) {
                 continue;
             }
-            let Some(address) = forwarded_address(entry) else {
+            let Some(address) = entry.ok().and_then(forwarded_address) else {
                 return client;
             };
             client = address;
@@ -561,6 +561,16 @@ mod tests {
             ("10.0.0.2", &["1.2.3.4 5.6.7.8"], "10.0.0.2"),
             ("10.0.0.2", &[" , 198.51.100.4 ,"], "198.51.100.4"),
         ];
+        // A client's non-text entry left of what its proxy appended hides nothing.
+        let mut h = HeaderMap::new();
+        h.insert(
+            X_FORWARDED_FOR,
+            HeaderValue::from_bytes(b"\xff\xfe, 198.51.100.4").unwrap(),
+        );
+        assert_eq!(
+            client_address(&h, address("10.0.0.2"), trusted_nets),
+            address("198.51.100.4")
+        );
         for (peer, lines, client) in cases {
             let pairs: Vec<(&str, &str)> = lines.iter().map(|l| ("x-forwarded-for", *l)).collect();
             let h = map(&pairs);
@@ -578,7 +588,14 @@ mod tests {
         /// address is the one the first proxy saw.
         #[test]
         fn nothing_a_client_writes_chooses_its_address(
-            sent in proptest::collection::vec("[ -~]{0,40}", 0..4),
+            // Visible ASCII and obs-text bytes (what a header value may hold).
+            sent in proptest::collection::vec(
+                proptest::collection::vec(
+                    proptest::prop_oneof![0x20u8..0x7f, 0x80u8..=0xff],
+                    0..40,
+                ),
+                0..4,
+            ),
             client in proptest::prop_oneof![
                 proptest::strategy::Just("198.51.100.4"),
                 proptest::strategy::Just("2001:db8::7"),
@@ -592,17 +609,17 @@ mod tests {
         ) {
             let mut h = HeaderMap::new();
             for line in &sent {
-                h.append(X_FORWARDED_FOR, HeaderValue::from_str(line).unwrap());
+                h.append(X_FORWARDED_FOR, HeaderValue::from_bytes(line).unwrap());
             }
             // The first trusted proxy appends the client it saw, each next one the
             // proxy before it (as nginx's $proxy_add_x_forwarded_for does).
             let mut chain: Vec<&str> = vec![client];
             chain.extend(&hops);
             let peer = "10.0.0.2";
-            let appended = chain.join(", ");
-            let joined: Vec<String> = sent.iter().cloned().chain([appended]).collect();
+            let appended = chain.join(", ").into_bytes();
+            let joined: Vec<Vec<u8>> = sent.iter().cloned().chain([appended]).collect();
             h.remove(X_FORWARDED_FOR);
-            h.insert(X_FORWARDED_FOR, HeaderValue::from_str(&joined.join(", ")).unwrap());
+            h.insert(X_FORWARDED_FOR, HeaderValue::from_bytes(&joined.join(&b", "[..])).unwrap());
             proptest::prop_assert_eq!(client_address(&h, address(peer), trusted_nets), address(client));
             // And without a trusted proxy in front, the peer itself.
             proptest::prop_assert_eq!(client_address(&h, address(client), trusted_nets), address(client));
