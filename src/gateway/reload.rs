@@ -89,6 +89,12 @@ fn keep_running_values(running: &Settings, next: &mut Settings) -> Vec<&'static 
     keep!("server.metrics_listen", server.metrics_listen);
     keep!("server.threads", server.threads);
     keep!("server.max_connections", server.max_connections);
+    keep!(
+        "server.max_connections_per_address",
+        server.max_connections_per_address
+    );
+    keep!("server.max_tunnels", server.max_tunnels);
+    keep!("server.send_timeout", server.send_timeout);
     keep!("server.header_read_timeout", server.header_read_timeout);
     keep!("server.max_header_size", server.max_header_size);
     keep!("server.http2_max_streams", server.http2_max_streams);
