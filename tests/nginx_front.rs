@@ -18,7 +18,7 @@ use std::time::Duration;
 
 use http::{Method, StatusCode};
 use ssogate::config::Settings;
-use ssogate::devidp::{DevClient, DevProvider, DevProviderConfig};
+use ssogate::devidp::{DevProvider, DevProviderConfig};
 use ssogate::server::{self, RunningGateway};
 use support::browser::{Browser, empty, full};
 use support::{CLIENT_ID, CLIENT_SECRET, PASSWORD, TestUpstream, unused_address, user};
@@ -96,12 +96,7 @@ impl NginxFront {
         let provider = DevProvider::start(
             SocketAddr::from((Ipv4Addr::LOCALHOST, 0)),
             DevProviderConfig::new(
-                DevClient {
-                    client_id: CLIENT_ID.into(),
-                    client_secret: CLIENT_SECRET.into(),
-                    redirect_uris: vec![format!("{base}/oauth2/callback")],
-                    post_logout_redirect_uris: vec![format!("{base}/oauth2/sign_in")],
-                },
+                support::test_client(&base),
                 vec![
                     user("alice", "alice@corp.example", true, &["sentry:member"]),
                     user("nemo", "nemo@corp.example", true, &[]),

@@ -17,7 +17,7 @@ use http::{Method, StatusCode};
 use http_body_util::Full;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use ssogate::config::Settings;
-use ssogate::devidp::{DevClient, DevProvider, DevProviderConfig};
+use ssogate::devidp::{DevProvider, DevProviderConfig};
 use ssogate::server::{self, RunningGateway};
 use support::browser::{Browser, full};
 use support::{CLIENT_ID, CLIENT_SECRET, PASSWORD, TestUpstream, user};
@@ -170,12 +170,7 @@ async fn a_flood_while_the_provider_is_down_makes_few_discovery_calls_and_it_rec
     let provider = DevProvider::start(
         down.addr,
         DevProviderConfig::new(
-            DevClient {
-                client_id: CLIENT_ID.into(),
-                client_secret: CLIENT_SECRET.into(),
-                redirect_uris: vec![format!("{base}/oauth2/callback")],
-                post_logout_redirect_uris: vec![format!("{base}/oauth2/sign_in")],
-            },
+            support::test_client(&base),
             vec![user(
                 "alice",
                 "alice@corp.example",

@@ -100,6 +100,17 @@ pub fn unused_address() -> SocketAddr {
         .unwrap()
 }
 
+/// The test client registered at the provider for a gateway at `public_url`: its
+/// callback and its sign-in page as the post-logout target.
+pub fn test_client(public_url: &str) -> DevClient {
+    DevClient {
+        client_id: CLIENT_ID.into(),
+        client_secret: CLIENT_SECRET.into(),
+        redirect_uris: vec![format!("{public_url}/oauth2/callback")],
+        post_logout_redirect_uris: vec![format!("{public_url}/oauth2/sign_in")],
+    }
+}
+
 /// A TLS connection to the gateway for speaking HTTP/1.1 by hand (no ALPN).
 pub type RawTls = tokio_rustls::client::TlsStream<tokio::net::TcpStream>;
 
@@ -143,15 +154,7 @@ impl World {
             DevProviderConfig {
                 signing_alg: options.alg,
                 access_token_ttl: options.access_token_ttl,
-                ..DevProviderConfig::new(
-                    DevClient {
-                        client_id: CLIENT_ID.into(),
-                        client_secret: CLIENT_SECRET.into(),
-                        redirect_uris: vec![format!("{base}/oauth2/callback")],
-                        post_logout_redirect_uris: vec![format!("{base}/oauth2/sign_in")],
-                    },
-                    options.users,
-                )
+                ..DevProviderConfig::new(test_client(&base), options.users)
             },
         )
         .await

@@ -57,12 +57,7 @@ impl GatewayProcess {
         let provider = DevProvider::start(
             SocketAddr::from((Ipv4Addr::LOCALHOST, 0)),
             DevProviderConfig::new(
-                DevClient {
-                    client_id: CLIENT_ID.into(),
-                    client_secret: CLIENT_SECRET.into(),
-                    redirect_uris: vec![format!("{base}/oauth2/callback")],
-                    post_logout_redirect_uris: vec![format!("{base}/oauth2/sign_in")],
-                },
+                super::test_client(&base),
                 vec![user(
                     "alice",
                     "alice@corp.example",

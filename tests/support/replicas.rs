@@ -242,15 +242,7 @@ impl Cluster {
             SocketAddr::from((Ipv4Addr::LOCALHOST, 0)),
             DevProviderConfig {
                 access_token_ttl: options.access_token_ttl,
-                ..DevProviderConfig::new(
-                    DevClient {
-                        client_id: CLIENT_ID.into(),
-                        client_secret: CLIENT_SECRET.into(),
-                        redirect_uris: vec![format!("{public_url}/oauth2/callback")],
-                        post_logout_redirect_uris: vec![format!("{public_url}/oauth2/sign_in")],
-                    },
-                    options.users,
-                )
+                ..DevProviderConfig::new(super::test_client(&public_url), options.users)
             },
         )
         .await
