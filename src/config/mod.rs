@@ -115,7 +115,9 @@ pub struct ServerSettings {
     /// Largest request body forwarded, in bytes; more gets 413.
     pub max_body_size: u64,
     /// Client connections served at once; beyond this, new ones wait to be accepted.
-    pub max_connections: usize,
+    /// `None` (not set): [`DEFAULT_MAX_CONNECTIONS`], or fewer if the open-files limit
+    /// allows fewer.
+    pub max_connections: Option<usize>,
     /// Client connections one address may have open (trusted proxies are exempt);
     /// beyond this, its new connections are closed at once.
     pub max_connections_per_address: usize,
@@ -196,6 +198,9 @@ pub struct OidcSettings {
     pub http_timeout: Duration,
     pub clock_skew: Duration,
 }
+
+/// `server.max_connections` when not set (lowered to fit the open-files limit).
+pub const DEFAULT_MAX_CONNECTIONS: usize = 10_000;
 
 #[derive(Clone, Debug)]
 pub struct SessionSettings {
@@ -596,9 +601,9 @@ fn validate_server(
             200 * 1024 * 1024,
         )?,
         max_connections: match server.max_connections {
-            None => 10_000,
+            None => None,
             Some(0) => return Err(key_error("server.max_connections", "must be at least 1")),
-            Some(n) => n.min(1 << 24) as usize,
+            Some(n) => Some(n.min(1 << 24) as usize),
         },
         http2_max_streams: match server.http2_max_streams {
             None => 100,

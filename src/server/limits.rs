@@ -12,7 +12,7 @@ use std::sync::{Arc, Mutex};
 use ipnet::IpNet;
 use tokio::sync::Semaphore;
 
-use crate::config::ServerSettings;
+use crate::config::{DEFAULT_MAX_CONNECTIONS, ServerSettings};
 
 /// Connections each side listener serves at once (more wait in the kernel's backlog).
 pub const SIDE_LISTENER_CONNECTIONS: usize = 64;
@@ -45,26 +45,36 @@ impl Limits {
     }
 }
 
-/// `server.max_connections`, lowered to what the descriptor limit allows: each client
-/// connection may hold two descriptors (its own and one to the upstream), after the
-/// reserve and the side listeners. Says so in the log when it lowers it.
-fn max_connections(configured: usize, open_files: Option<u64>) -> usize {
+/// `server.max_connections`, or by default [`DEFAULT_MAX_CONNECTIONS`], lowered to
+/// what the descriptor limit allows: each client connection may hold two descriptors
+/// (its own and one to the upstream), after the reserve and the side listeners. A
+/// default lowered is logged at info; a value the operator set, as a warning.
+fn max_connections(configured: Option<usize>, open_files: Option<u64>) -> usize {
+    let wanted = configured.unwrap_or(DEFAULT_MAX_CONNECTIONS);
     let Some(open_files) = open_files else {
-        return configured;
+        return wanted;
     };
     let side = 2 * SIDE_LISTENER_CONNECTIONS as u64;
     let fits = (open_files.saturating_sub(RESERVED_DESCRIPTORS + side) / 2).max(1);
     let fits = usize::try_from(fits).unwrap_or(usize::MAX);
-    if configured > fits {
+    if wanted <= fits {
+        return wanted;
+    }
+    if configured.is_some() {
         tracing::warn!(
-            configured,
+            configured = wanted,
             open_files,
             using = fits,
             "server.max_connections is more than the open-files limit allows (two descriptors per connection, plus a reserve); raise LimitNOFILE to serve more"
         );
-        return fits;
+    } else {
+        tracing::info!(
+            open_files,
+            using = fits,
+            "server.max_connections (not set) fitted to the open-files limit"
+        );
     }
-    configured
+    fits
 }
 
 /// The soft open-files limit (`RLIMIT_NOFILE`), from `/proc/self/limits`; `None`
@@ -151,11 +161,13 @@ mod tests {
 
     #[test]
     fn max_connections_fit_the_descriptors() {
-        assert_eq!(max_connections(10_000, None), 10_000);
-        assert_eq!(max_connections(10_000, Some(65_536)), 10_000);
+        assert_eq!(max_connections(None, None), 10_000);
+        assert_eq!(max_connections(Some(20_000), None), 20_000);
+        assert_eq!(max_connections(None, Some(65_536)), 10_000);
         // 1024 descriptors: 64 reserved, 128 for the side listeners, two per connection.
-        assert_eq!(max_connections(10_000, Some(1024)), 416);
-        assert_eq!(max_connections(100, Some(1024)), 100);
+        assert_eq!(max_connections(None, Some(1024)), 416);
+        assert_eq!(max_connections(Some(10_000), Some(1024)), 416);
+        assert_eq!(max_connections(Some(100), Some(1024)), 100);
     }
 
     #[test]
