@@ -72,6 +72,14 @@ pub enum ServerError {
 /// Each request goes to the gateway current when it arrives (see [`LiveGateway`]).
 #[derive(Clone)]
 pub struct GatewayService {
+    /// What every request of the connection shares (one `Arc` clone per request).
+    connection: Arc<ServedConnection>,
+    /// The server name the TLS client sent (SNI), given to each request.
+    tls_name: Option<TlsServerName>,
+}
+
+/// One client connection, as its requests see it.
+struct ServedConnection {
     live: Arc<LiveGateway>,
     peer: SocketAddr,
     /// Set once a request on this connection was answered with 101 (upgraded).
@@ -80,8 +88,6 @@ pub struct GatewayService {
     /// The connection's place in the limits; a tunnel keeps it while it lasts.
     open: Arc<OpenConnection>,
     tunnels: Arc<Semaphore>,
-    /// The server name the TLS client sent (SNI), given to each request.
-    tls_name: Option<TlsServerName>,
 }
 
 impl tower::Service<Request<Incoming>> for GatewayService {
@@ -97,21 +103,16 @@ impl tower::Service<Request<Incoming>> for GatewayService {
         if let Some(name) = &self.tls_name {
             request.extensions_mut().insert(name.clone());
         }
-        let gateway = self.live.current();
-        let peer = self.peer;
-        let upgraded = self.upgraded.clone();
-        let activity = self.activity.clone();
-        let live = self.live.clone();
-        let open = self.open.clone();
-        let tunnels = self.tunnels.clone();
-        activity.request_started();
+        let connection = self.connection.clone();
+        let gateway = connection.live.current();
+        connection.activity.request_started();
         Box::pin(async move {
-            let mut response = gateway.handle(request, peer).await;
-            activity.request_answered();
+            let mut response = gateway.handle(request, connection.peer).await;
+            connection.activity.request_answered();
             if response.status() == StatusCode::SWITCHING_PROTOCOLS {
-                response = start_tunnel(response, &gateway, live, open, &tunnels);
+                response = start_tunnel(response, &gateway, &connection);
                 if response.status() == StatusCode::SWITCHING_PROTOCOLS {
-                    upgraded.store(true, Ordering::Relaxed);
+                    connection.upgraded.store(true, Ordering::Relaxed);
                 }
             }
             Ok(response)
@@ -126,9 +127,7 @@ impl tower::Service<Request<Incoming>> for GatewayService {
 fn start_tunnel(
     mut response: Response<ResponseBody>,
     gateway: &Gateway,
-    live: Arc<LiveGateway>,
-    open: Arc<OpenConnection>,
-    tunnels: &Arc<Semaphore>,
+    connection: &ServedConnection,
 ) -> Response<ResponseBody> {
     let pair = response.extensions_mut().remove::<tunnel::Upgraded>();
     let pass = response.extensions_mut().remove::<Arc<TunnelPass>>();
@@ -142,7 +141,7 @@ fn start_tunnel(
             "The connection could not be upgraded.",
         );
     };
-    let Ok(slot) = tunnels.clone().try_acquire_owned() else {
+    let Ok(slot) = connection.tunnels.clone().try_acquire_owned() else {
         tracing::warn!("upgrade refused: server.max_tunnels tunnels are open");
         return page(
             StatusCode::SERVICE_UNAVAILABLE,
@@ -155,6 +154,7 @@ fn start_tunnel(
         idle_timeout: server.tunnel_idle_timeout,
         check_every: server.tunnel_check_every,
     };
+    let (live, open) = (connection.live.clone(), connection.open.clone());
     tokio::spawn(async move {
         let _held = (open, slot);
         let still_allowed = || {
@@ -487,19 +487,22 @@ async fn serve(
         let activity = Arc::new(Activity::new());
         let open = Arc::new(OpenConnection::new(permit, address_slot, gateway.metrics()));
         let service = GatewayService {
-            live: live.clone(),
-            peer,
-            upgraded: upgraded.clone(),
-            activity: activity.clone(),
-            open: open.clone(),
-            tunnels: limits.tunnels.clone(),
+            connection: Arc::new(ServedConnection {
+                live: live.clone(),
+                peer,
+                upgraded: upgraded.clone(),
+                activity: activity.clone(),
+                open,
+                tunnels: limits.tunnels.clone(),
+            }),
             tls_name: None,
         };
         let builder = builder.clone();
         let acceptor = acceptor.clone();
         let stop = stop.clone();
+        // The service holds the connection's place (and a tunnel after it, if any):
+        // it goes back when both are gone.
         open_connections.spawn(async move {
-            let _open = open;
             let result = match acceptor {
                 Some(acceptor) => {
                     match tokio::time::timeout(handshake_timeout, acceptor.accept(stream)).await {
