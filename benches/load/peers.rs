@@ -35,7 +35,7 @@ impl Server {
             .args(args)
             .stdout(output.try_clone().unwrap())
             .stderr(output)
-            .env("SSOGATE_LOG", "warn") // read by ssogate only
+            .env("SSOGATE_LOG", "info") // read by ssogate only: access lines on, as by default
             .spawn()
             .unwrap_or_else(|e| panic!("{} starts: {e}", program.display()));
         Server {
