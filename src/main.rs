@@ -51,7 +51,13 @@ enum Command {
 /// others, each with its own runtime (see `server`).
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let code = run(Cli::parse()).await;
+    // Lines still on their way to standard output.
+    logging::flush();
+    code
+}
+
+async fn run(cli: Cli) -> ExitCode {
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
     match cli.command {
         Command::GenSecret => {

@@ -304,3 +304,53 @@ async fn sigterm_lets_a_slow_request_finish_and_exits_0() {
     assert!(out.contains("SIGTERM received"), "{out}");
     assert!(tokio::net::TcpStream::connect(addr).await.is_err());
 }
+
+#[tokio::test]
+async fn a_stalled_log_output_costs_log_lines_never_requests() {
+    let gateway = GatewayProcess::start(&[], "", false).await;
+    // Nobody reads the log: the pipe fills, then the writer thread's write blocks.
+    gateway.read_output(false);
+    // Far more access lines (about 190 bytes each) than the pipe and the serving
+    // threads' pending buffers (2 MiB each) hold.
+    let clients: Vec<_> = (0..8)
+        .map(|_| {
+            let base = gateway.base.clone();
+            tokio::spawn(async move {
+                let mut client = Browser::new("", &base);
+                let mut answered = 0;
+                for _ in 0..5000 {
+                    if client.navigate("/ping").await.status == StatusCode::OK {
+                        answered += 1;
+                    }
+                }
+                answered
+            })
+        })
+        .collect();
+    for client in clients {
+        assert_eq!(client.await.unwrap(), 5000, "every request is answered");
+    }
+    let metrics = scrape(&mut Browser::new("", &gateway.base)).await;
+    let dropped = sample(&metrics, "ssogate_log_lines_dropped_total");
+    println!("log lines dropped while the output was stalled: {dropped}");
+    assert!(dropped > 0.0, "{metrics}");
+
+    // Read again: the writer catches up and says what was lost.
+    gateway.read_output(true);
+    for _ in 0..200 {
+        if gateway.output().contains("log lines dropped") {
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    panic!(
+        "no line about the dropped lines in:\n{}",
+        gateway
+            .output()
+            .lines()
+            .rev()
+            .take(5)
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+}

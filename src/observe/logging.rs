@@ -13,11 +13,21 @@
 //! without colours (files, journald) so do the C0 controls other than the tab and
 //! the line's own end. In JSON they become `\u0085`, which a JSON reader decodes to
 //! the same string: the collector keeps the exact value, the file shows no raw control.
+//!
+//! Lines reach standard output in batches from a writer thread of their own
+//! ([`super::log_output`]): logging never makes a serving thread wait or make a system
+//! call. Call [`flush`] before the process exits.
 
 use std::borrow::Cow;
 use std::io::Write;
+use std::sync::{Arc, OnceLock};
 
 use tracing_subscriber::fmt::MakeWriter;
+
+use super::log_output::{Batched, LineBatcher};
+
+/// The output [`init`] installed.
+static OUTPUT: OnceLock<Arc<LineBatcher>> = OnceLock::new();
 
 /// The shape of log lines.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
@@ -29,12 +39,30 @@ pub enum LogFormat {
     Json,
 }
 
-/// Installs the global subscriber, writing to standard output.
+/// Installs the global subscriber, writing to standard output in batches.
 pub fn init(format: LogFormat) {
     // Colours only for a person at a terminal, not in files or a log collector.
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stdout());
+    let output = OUTPUT.get_or_init(|| LineBatcher::start(Box::new(std::io::stdout())));
     // Also takes the `log` records of the libraries (rustls), as `fmt().init()` does.
-    tracing_subscriber::util::SubscriberInitExt::init(subscriber(format, ansi, std::io::stdout));
+    tracing_subscriber::util::SubscriberInitExt::init(subscriber(
+        format,
+        ansi,
+        Batched(output.clone()),
+    ));
+}
+
+/// Writes every log line still pending (before the process exits).
+pub fn flush() {
+    if let Some(output) = OUTPUT.get() {
+        output.flush();
+    }
+}
+
+/// Log lines dropped because the output did not keep up
+/// (`ssogate_log_lines_dropped_total`).
+pub fn lines_dropped() -> u64 {
+    OUTPUT.get().map_or(0, |output| output.lines_dropped())
 }
 
 /// The subscriber [`init`] installs, writing through an [`EscapingWriter`] to `out`.

@@ -490,6 +490,17 @@ impl Metrics {
         );
         family(
             &mut out,
+            "ssogate_log_lines_dropped_total",
+            "counter",
+            "Log lines dropped because the log output (disk, pipe) did not keep up.",
+        );
+        let _ = writeln!(
+            out,
+            "ssogate_log_lines_dropped_total {}",
+            super::logging::lines_dropped()
+        );
+        family(
+            &mut out,
             "ssogate_build_info",
             "gauge",
             "The running version.",

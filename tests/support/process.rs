@@ -6,6 +6,7 @@ use std::io::Read;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -29,6 +30,8 @@ pub struct GatewayProcess {
     /// Standard output so far, read continuously (a full pipe would stall the process).
     output: Arc<Mutex<String>>,
     reader: Option<std::thread::JoinHandle<()>>,
+    /// Cleared to leave the output pipe unread, as a stalled log collector would.
+    reading: Arc<AtomicBool>,
 }
 
 impl GatewayProcess {
@@ -106,12 +109,20 @@ preset = "sentry"
             .spawn()
             .expect("the ssogate binary starts");
         let output = Arc::new(Mutex::new(String::new()));
+        let reading = Arc::new(AtomicBool::new(true));
         let mut stdout = child.stdout.take().unwrap();
         let reader = std::thread::spawn({
             let output = output.clone();
+            let reading = reading.clone();
             move || {
                 let mut buf = [0u8; 8192];
-                while let Ok(n) = stdout.read(&mut buf) {
+                loop {
+                    while !reading.load(Ordering::Relaxed) {
+                        std::thread::sleep(Duration::from_millis(10));
+                    }
+                    let Ok(n) = stdout.read(&mut buf) else {
+                        break;
+                    };
                     if n == 0 {
                         break;
                     }
@@ -135,6 +146,7 @@ preset = "sentry"
                     dir,
                     output,
                     reader: Some(reader),
+                    reading,
                 };
             }
             tokio::time::sleep(Duration::from_millis(25)).await;
@@ -172,6 +184,12 @@ impl GatewayProcess {
     /// Standard output so far.
     pub fn output(&self) -> String {
         self.output.lock().unwrap().clone()
+    }
+
+    /// Stops or resumes reading standard output: unread, the pipe fills and the
+    /// process's log writes block, as behind a stalled log collector.
+    pub fn read_output(&self, read: bool) {
+        self.reading.store(read, Ordering::Relaxed);
     }
 }
 
