@@ -37,12 +37,18 @@ pub const BUFFERED_MAX: u64 = 64 * 1024;
 #[error("the request body delivered nothing for {0:?}")]
 pub struct BodyIdle(pub Duration);
 
-/// A request body held to an idle timeout. The timer exists only while the body
-/// waits for the client, so a body that arrives at once costs none.
+/// A request body held to an idle timeout: it fails once it has been waited on for
+/// `timeout` without delivering. Time when nobody polls it (the upstream is not
+/// reading) does not count. Its timer is made the first time the body waits and then
+/// only moved when it fires, so a body that arrives in many pieces costs one timer,
+/// not one per piece.
 pub struct IdleRequestBody<B> {
     inner: B,
     timeout: Duration,
     timer: Option<Pin<Box<Sleep>>>,
+    /// Since when the body has been waited on without delivering (None: it has just
+    /// delivered).
+    waiting_since: Option<Instant>,
 }
 
 impl<B> IdleRequestBody<B> {
@@ -51,6 +57,7 @@ impl<B> IdleRequestBody<B> {
             inner,
             timeout,
             timer: None,
+            waiting_since: None,
         }
     }
 }
@@ -68,21 +75,24 @@ where
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let this = &mut *self;
-        match Pin::new(&mut this.inner).poll_frame(cx) {
-            Poll::Ready(frame) => {
-                this.timer = None;
-                Poll::Ready(frame.map(|f| f.map_err(Into::into)))
+        if let Poll::Ready(frame) = Pin::new(&mut this.inner).poll_frame(cx) {
+            this.waiting_since = None;
+            return Poll::Ready(frame.map(|f| f.map_err(Into::into)));
+        }
+        let deadline = *this.waiting_since.get_or_insert_with(Instant::now) + this.timeout;
+        // An earlier deadline than this one (from an earlier wait) fires early and
+        // is moved below; never a later one.
+        let timer = this
+            .timer
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline.into())));
+        loop {
+            if timer.as_mut().poll(cx).is_pending() {
+                return Poll::Pending;
             }
-            Poll::Pending => {
-                let timeout = this.timeout;
-                let timer = this
-                    .timer
-                    .get_or_insert_with(|| Box::pin(tokio::time::sleep(timeout)));
-                match timer.as_mut().poll(cx) {
-                    Poll::Ready(()) => Poll::Ready(Some(Err(Box::new(BodyIdle(timeout))))),
-                    Poll::Pending => Poll::Pending,
-                }
+            if deadline <= Instant::now() {
+                return Poll::Ready(Some(Err(Box::new(BodyIdle(this.timeout)))));
             }
+            timer.as_mut().reset(deadline.into());
         }
     }
 
@@ -257,6 +267,75 @@ mod tests {
             .unwrap()
             .unwrap_err();
         assert!(error.is::<BodyIdle>(), "{error}");
+    }
+
+    /// A body whose `pieces` each arrive `gap` after they are first asked for.
+    fn slow_body(
+        pieces: usize,
+        gap: Duration,
+    ) -> StreamBody<impl futures_util::Stream<Item = Result<Frame<Bytes>, BoxError>> + Unpin> {
+        StreamBody::new(Box::pin(futures_util::stream::unfold(
+            0,
+            move |n| async move {
+                if n == pieces {
+                    return None;
+                }
+                tokio::time::sleep(gap).await;
+                Some((Ok(Frame::data(Bytes::from_static(b"piece"))), n + 1))
+            },
+        )))
+    }
+
+    #[tokio::test]
+    async fn a_body_that_keeps_delivering_is_never_idle_however_long_it_takes() {
+        // Nine pieces, a third of the timeout apart: three timeouts in all.
+        let body = IdleRequestBody::new(
+            slow_body(9, Duration::from_millis(100)),
+            Duration::from_millis(300),
+        );
+        let collected = body.collect().await.expect("never idle");
+        assert_eq!(collected.to_bytes().len(), 9 * 5);
+    }
+
+    #[tokio::test]
+    async fn a_body_that_stops_after_delivering_fails_a_timeout_after_its_last_piece() {
+        use futures_util::StreamExt;
+        let pieces = slow_body(3, Duration::from_millis(100))
+            .into_data_stream()
+            .map(|piece| piece.map(Frame::data))
+            .chain(futures_util::stream::pending());
+        let mut body = IdleRequestBody::new(StreamBody::new(pieces), Duration::from_millis(250));
+        for _ in 0..3 {
+            body.frame().await.unwrap().unwrap();
+        }
+        let waited = std::time::Instant::now();
+        let error = tokio::time::timeout(Duration::from_secs(10), body.frame())
+            .await
+            .expect("the idle timeout ends the wait")
+            .unwrap()
+            .unwrap_err();
+        assert!(error.is::<BodyIdle>(), "{error}");
+        assert!(
+            waited.elapsed() >= Duration::from_millis(250),
+            "{:?}",
+            waited.elapsed()
+        );
+    }
+
+    #[tokio::test]
+    async fn time_nobody_asks_for_the_body_is_not_idle_time() {
+        let mut body = IdleRequestBody::new(
+            slow_body(2, Duration::from_millis(100)),
+            Duration::from_millis(300),
+        );
+        body.frame().await.unwrap().unwrap();
+        // The upstream reads nothing for twice the timeout (back-pressure).
+        tokio::time::sleep(Duration::from_millis(600)).await;
+        body.frame()
+            .await
+            .unwrap()
+            .expect("not idle: it was not asked");
+        assert!(body.frame().await.is_none());
     }
 
     #[tokio::test]
