@@ -263,7 +263,8 @@ mod tests {
         KeepAlive,
         /// Answers with `Connection: close` and closes.
         SayClose,
-        /// Closes it without a word, after `delay`.
+        /// Closes it without a word, after `delay`; or, with a cue socket, once
+        /// cued (a byte from the test), answering the cue just before it closes.
         Close { delay: Duration },
         /// Answers the first request; of any further request, reads it and closes
         /// without answering.
@@ -283,11 +284,12 @@ mod tests {
     /// The upstream runs on a thread of its own, so that it acts while the test's
     /// runtime is blocked.
     fn test_upstream(after: After) -> TestUpstream {
-        test_upstream_signalling(after, None)
+        test_upstream_cued(after, None)
     }
 
-    /// With `signal`, a byte is written to it just before each `After::Close`.
-    fn test_upstream_signalling(after: After, signal: Option<UnixStream>) -> TestUpstream {
+    /// With `cue`, each `After::Close` waits for a byte on it, and writes one back
+    /// just before it closes.
+    fn test_upstream_cued(after: After, cue: Option<UnixStream>) -> TestUpstream {
         let std_listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         std_listener.set_nonblocking(true).unwrap();
         let addr = std_listener.local_addr().unwrap();
@@ -304,8 +306,8 @@ mod tests {
                 loop {
                     let (stream, _) = listener.accept().await.unwrap();
                     a.fetch_add(1, Ordering::SeqCst);
-                    let signal = signal.as_ref().map(|s| s.try_clone().unwrap());
-                    tokio::spawn(serve(stream, after, c.clone(), signal));
+                    let cue = cue.as_ref().map(|s| s.try_clone().unwrap());
+                    tokio::spawn(serve(stream, after, c.clone(), cue));
                 }
             });
         });
@@ -320,7 +322,7 @@ mod tests {
         mut stream: TcpStream,
         after: After,
         closed_by_peer: Arc<AtomicUsize>,
-        signal: Option<UnixStream>,
+        cue: Option<UnixStream>,
     ) {
         let mut answered = 0;
         loop {
@@ -375,10 +377,14 @@ mod tests {
             match after {
                 After::SayClose => return,
                 After::Close { delay } => {
-                    tokio::time::sleep(delay).await;
-                    if let Some(mut signal) = signal {
-                        signal.write_all(b"!").unwrap();
-                    }
+                    let Some(cue) = cue else {
+                        tokio::time::sleep(delay).await;
+                        return;
+                    };
+                    cue.set_nonblocking(true).unwrap();
+                    let mut cue = tokio::net::UnixStream::from_std(cue).unwrap();
+                    cue.read_exact(&mut [0; 1]).await.unwrap();
+                    cue.write_all(b"!").await.unwrap();
                     return;
                 }
                 _ => {}
@@ -499,13 +505,13 @@ mod tests {
     #[tokio::test]
     async fn a_connection_the_upstream_closed_is_not_reused() {
         let upstream = test_upstream(After::Close {
-            delay: Duration::ZERO,
+            delay: Duration::from_millis(300),
         });
         let pool = pool(&upstream);
         fetch(&pool).await.unwrap();
-        // The connection's task sees the close.
-        tokio::time::sleep(Duration::from_millis(200)).await;
         assert_eq!(idle_count(&pool), 1, "returned before the close");
+        // The connection's task sees the close.
+        tokio::time::sleep(Duration::from_millis(600)).await;
         assert!(pool.checkout().await.is_none(), "discarded at checkout");
         fetch(&pool).await.unwrap();
         assert_eq!(upstream.accepted.load(Ordering::SeqCst), 2);
@@ -526,25 +532,30 @@ mod tests {
     /// the connection looks open and ready at checkout, and its task sees the close
     /// only after the request was queued on it: the request comes back unsent
     /// (hyper returns a request only when none of it was written). The test task
-    /// runs first: the upstream signals (on a socket the test waits on) just before
-    /// it closes, and the runtime wakes tasks in the order their events came.
+    /// runs first: the upstream answers the cue (on a socket the test waits on)
+    /// just before it closes, and the runtime wakes tasks in the order their events
+    /// came.
     #[tokio::test]
     async fn a_request_that_came_back_unsent_is_sent_again_on_a_new_connection() {
         let (theirs, ours) = UnixStream::pair().unwrap();
-        let upstream = test_upstream_signalling(
+        let upstream = test_upstream_cued(
             After::Close {
-                delay: Duration::from_millis(100),
+                delay: Duration::ZERO,
             },
             Some(theirs),
         );
+        let mut cue = ours.try_clone().unwrap();
         ours.set_nonblocking(true).unwrap();
         let mut ours = tokio::net::UnixStream::from_std(ours).unwrap();
         let pool = pool(&upstream);
         fetch(&pool).await.unwrap();
         // The connection's task settles into idle; then the thread is blocked
-        // while the upstream signals and closes.
+        // while the upstream, cued, answers and closes.
         tokio::time::sleep(Duration::from_millis(20)).await;
-        tokio::spawn(async { std::thread::sleep(Duration::from_millis(400)) });
+        tokio::spawn(async move {
+            cue.write_all(b"?").unwrap();
+            std::thread::sleep(Duration::from_millis(400));
+        });
         ours.read_exact(&mut [0; 1]).await.unwrap();
         {
             let idle = pool.idle.lock().unwrap();
