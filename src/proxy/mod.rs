@@ -1,4 +1,5 @@
-//! Forwarding to the upstream (Sentry): a pooled client, streaming bodies both ways,
+//! Forwarding to the upstream (Sentry): pooled HTTP/1.1 connections ([`pool`]),
+//! streaming bodies both ways,
 //! hop-by-hop headers removed ([`headers`]), upgrades (WebSocket) handed over as
 //! [`tunnel`]s, request
 //! bodies held to `server.max_body_size` (413), and a 502/504 answer when the upstream
@@ -13,6 +14,7 @@
 pub mod bodies;
 pub mod headers;
 pub mod limits;
+pub mod pool;
 pub mod tunnel;
 
 use std::cell::Cell;
@@ -27,9 +29,7 @@ use http_body_util::combinators::UnsyncBoxBody;
 use http_body_util::{BodyExt, LengthLimitError, Limited};
 use hyper::body::Incoming;
 use hyper_rustls::HttpsConnector;
-use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::{TokioExecutor, TokioTimer};
 use url::Url;
 
 use crate::config::UpstreamSettings;
@@ -38,6 +38,7 @@ use crate::oidc::error_chain;
 use crate::pages;
 use bodies::{BUFFERED_MAX, BodyIdle, Delivery, IdleRequestBody};
 use limits::{InFlight, InFlightSlot};
+use pool::{Pool, PooledBody};
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 /// The body of every response the gateway sends: streamed from the upstream, or a page.
@@ -51,9 +52,6 @@ where
 {
     body.map_err(Into::into).boxed_unsync()
 }
-
-/// Idle upstream connections are closed after this (below Sentry nginx's 75 s).
-const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 
 thread_local! {
     /// Which serving thread this is (0 for the thread that started the gateway).
@@ -70,11 +68,11 @@ pub struct Upstream {
     /// One connection pool per serving thread, so that a request and the upstream
     /// connection it travels on are driven by the same thread, with no hand-over
     /// between threads.
-    clients: Box<[Client<HttpsConnector<HttpConnector>, RequestBody>]>,
+    pools: Box<[Arc<Pool<RequestBody>>]>,
     base: Url,
-    /// The scheme and authority of `base`, ready for each request's URI.
-    scheme: http::uri::Scheme,
-    authority: http::uri::Authority,
+    /// `Host` when the public host is not passed on: the upstream URL's host, and
+    /// its port unless the scheme's default.
+    upstream_host: HeaderValue,
     read_timeout: Duration,
     pass_host_header: bool,
     /// Largest request body forwarded (`server.max_body_size`).
@@ -92,6 +90,8 @@ pub struct Upstream {
 
 /// A request body as it goes upstream: held to the idle timeout and the size limit.
 type RequestBody = Limited<IdleRequestBody<Incoming>>;
+/// A response body as it comes from the upstream: it returns its connection at its end.
+type UpstreamBody = PooledBody<RequestBody>;
 
 /// The time bounds of forwarding, and the in-flight counts to hold requests to.
 pub struct Bounds {
@@ -109,27 +109,24 @@ impl Upstream {
         bounds: Bounds,
         metrics: Arc<Metrics>,
     ) -> Self {
-        let clients = (0..threads.max(1))
-            .map(|_| {
-                Client::builder(TokioExecutor::new())
-                    .pool_idle_timeout(POOL_IDLE_TIMEOUT)
-                    .pool_max_idle_per_host(64)
-                    .pool_timer(TokioTimer::new())
-                    .timer(TokioTimer::new())
-                    .build(connector.clone())
-            })
-            .collect();
         // Validated by the config (an http or https URL with a host).
         let origin: Uri = settings.url[..url::Position::BeforePath]
             .parse()
             .expect("upstream.url is an absolute URL");
+        let pools = (0..threads.max(1))
+            .map(|_| Arc::new(Pool::new(connector.clone(), origin.clone())))
+            .collect();
+        // As the legacy client set it from the URI: the port only when not the
+        // scheme's default (which `Url::port` leaves out).
+        let host = settings.url.host_str().expect("upstream.url has a host");
+        let upstream_host = match settings.url.port() {
+            Some(port) => format!("{host}:{port}"),
+            None => host.to_owned(),
+        };
         Self {
-            clients,
-            scheme: origin.scheme().cloned().expect("upstream.url has a scheme"),
-            authority: origin
-                .authority()
-                .cloned()
-                .expect("upstream.url has a host"),
+            pools,
+            upstream_host: HeaderValue::from_str(&upstream_host)
+                .expect("a URL's host is a valid header value"),
             base: settings.url.clone(),
             read_timeout: settings.read_timeout,
             pass_host_header: settings.pass_host_header,
@@ -146,12 +143,11 @@ impl Upstream {
         self.in_flight.clone()
     }
 
-    /// The upstream URI for a request path (the upstream URL's own path is a prefix).
+    /// The upstream URI for a request path, in origin form (path and query, as an
+    /// HTTP/1.1 connection sends it); the upstream URL's own path is a prefix.
     fn target(&self, path_and_query: &str) -> Result<Uri, http::Error> {
         let prefix = self.base.path().trim_end_matches('/');
         let mut parts = http::uri::Parts::default();
-        parts.scheme = Some(self.scheme.clone());
-        parts.authority = Some(self.authority.clone());
         parts.path_and_query = Some(if prefix.is_empty() {
             path_and_query.parse()?
         } else {
@@ -213,12 +209,12 @@ impl Upstream {
             .is_some()
             .then(|| hyper::upgrade::on(&mut request));
 
-        let headers = request.headers_mut();
-        if self.pass_host_header {
-            headers.insert(header::HOST, public_host.clone());
+        let host = if self.pass_host_header {
+            public_host
         } else {
-            headers.remove(header::HOST);
-        }
+            &self.upstream_host
+        };
+        request.headers_mut().insert(header::HOST, host.clone());
         match self.target(&path_and_query) {
             Ok(uri) => *request.uri_mut() = uri,
             Err(e) => {
@@ -237,15 +233,15 @@ impl Upstream {
         let request =
             request.map(|body| Limited::new(IdleRequestBody::new(body, idle_timeout), limit));
 
-        let client = &self.clients[SERVING_THREAD.get() % self.clients.len()];
+        let pool = &self.pools[SERVING_THREAD.get() % self.pools.len()];
         let started = Instant::now();
-        let sent = tokio::time::timeout(self.read_timeout, client.request(request)).await;
+        let sent = tokio::time::timeout(self.read_timeout, pool.send(request)).await;
         let mut response = match sent {
             Ok(Ok(response)) => response,
-            Ok(Err(e)) if caused_by::<LengthLimitError>(&e) => {
+            Ok(Err(e)) if caused_by::<LengthLimitError>(&*e) => {
                 return self.body_too_large(page);
             }
-            Ok(Err(e)) if caused_by::<BodyIdle>(&e) => {
+            Ok(Err(e)) if caused_by::<BodyIdle>(&*e) => {
                 tracing::info!(timeout = ?self.body_idle_timeout, "request refused: its body delivered nothing for server.body_idle_timeout");
                 return problem(
                     page,
@@ -254,8 +250,8 @@ impl Upstream {
                     "The request body stopped arriving.",
                 );
             }
-            Ok(Err(e)) if client_body_failed(&e) => {
-                tracing::info!(error = %error_chain(&e), "request refused: the client's body broke off or was malformed");
+            Ok(Err(e)) if client_body_failed(&*e) => {
+                tracing::info!(error = %error_chain(&*e), "request refused: the client's body broke off or was malformed");
                 return problem(
                     page,
                     StatusCode::BAD_REQUEST,
@@ -263,12 +259,12 @@ impl Upstream {
                     "The request body could not be read: it was malformed or cut short.",
                 );
             }
-            Ok(Err(e)) if caused_by_timeout(&e) => {
-                tracing::warn!(upstream = %self.base, error = %error_chain(&e), "upstream connection timed out");
+            Ok(Err(e)) if caused_by_timeout(&*e) => {
+                tracing::warn!(upstream = %self.base, error = %error_chain(&*e), "upstream connection timed out");
                 return self.timed_out(page);
             }
             Ok(Err(e)) => {
-                tracing::warn!(upstream = %self.base, error = %error_chain(&e), "upstream request failed");
+                tracing::warn!(upstream = %self.base, error = %error_chain(&*e), "upstream request failed");
                 self.metrics.upstream_failure(UpstreamFailure::Unavailable);
                 return problem(
                     page,
@@ -322,12 +318,14 @@ impl Upstream {
 
     /// The upstream body as it goes to the client. A small declared body is read
     /// whole first (within what is left of the read timeout), which releases the
-    /// upstream connection and the slot at once; any other is watched for send
-    /// stalls ([`Delivery`]), holding the slot until it ends or is abandoned.
+    /// upstream connection (back to the pool) and the slot at once; any other is
+    /// watched for send stalls ([`Delivery`]), holding the slot until it ends or is
+    /// abandoned. Either way the connection goes back to the pool only when the body
+    /// ended, and closes when it did not.
     async fn deliverable(
         &self,
         headers: &http::HeaderMap,
-        body: Incoming,
+        body: UpstreamBody,
         slot: InFlightSlot,
         started: Instant,
         page: bool,
@@ -481,11 +479,30 @@ mod tests {
     #[test]
     fn upstream_path_is_a_prefix() {
         let u = upstream("http://127.0.0.1:9000/sentry/");
-        assert_eq!(
-            u.target("/api/0/?x=1").unwrap(),
-            "http://127.0.0.1:9000/sentry/api/0/?x=1"
-        );
+        assert_eq!(u.target("/api/0/?x=1").unwrap(), "/sentry/api/0/?x=1");
         let u = upstream("https://sentry.internal");
-        assert_eq!(u.target("/").unwrap(), "https://sentry.internal/");
+        assert_eq!(u.target("/").unwrap(), "/");
+        assert_eq!(u.target("/a?b").unwrap(), "/a?b");
+    }
+
+    #[test]
+    fn upstream_host_leaves_out_the_default_port_only() {
+        assert_eq!(
+            upstream("https://sentry.internal/").upstream_host,
+            "sentry.internal"
+        );
+        assert_eq!(
+            upstream("http://sentry.internal:80/").upstream_host,
+            "sentry.internal"
+        );
+        assert_eq!(
+            upstream("https://sentry.internal:80/").upstream_host,
+            "sentry.internal:80"
+        );
+        assert_eq!(
+            upstream("http://127.0.0.1:9000/x").upstream_host,
+            "127.0.0.1:9000"
+        );
+        assert_eq!(upstream("http://[::1]:9000/").upstream_host, "[::1]:9000");
     }
 }
