@@ -468,7 +468,7 @@ mod tests {
     #[test]
     fn hop_by_hop_and_connection_listed_headers_go() {
         let mut h = map(&[
-            ("connection", "keep-alive, x-secret"),
+            ("connection", "Keep-Alive, X-Secret, , not a name"),
             ("x-secret", "1"),
             ("keep-alive", "timeout=5"),
             ("te", "trailers"),
@@ -733,6 +733,39 @@ mod tests {
         assert_eq!(h["x-real-ip"], "192.0.2.7");
         assert_eq!(h["x-forwarded-proto"], "https");
         assert_eq!(h["x-forwarded-host"], "sentry.example.com");
+    }
+
+    #[test]
+    fn forwarded_addresses_and_schemes_are_written_as_they_are() {
+        let host = HeaderValue::from_static("sentry.example.com");
+        for (client, proto) in [
+            ("ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff", "http"),
+            ("::ffff:255.255.255.255", "https"),
+            ("2001:db8::1", "wss"),
+            ("10.0.0.1", "http"),
+        ] {
+            let mut h = HeaderMap::new();
+            let client = client.parse::<IpAddr>().unwrap();
+            set_forwarded(
+                &mut h,
+                &ForwardedFacts {
+                    client,
+                    proto,
+                    host: &host,
+                },
+            );
+            assert_eq!(h["x-forwarded-for"], client.to_string().as_str());
+            assert_eq!(h["x-real-ip"], client.to_string().as_str());
+            assert_eq!(h["x-forwarded-proto"], proto);
+        }
+    }
+
+    #[test]
+    fn folding_borrows_a_name_that_is_folded_already() {
+        assert!(matches!(folded("x-forwarded-for"), Cow::Borrowed(_)));
+        assert_eq!(folded("X_Forwarded_For"), "x-forwarded-for");
+        assert_eq!(folded_name("Keep_Alive"), "keep-alive");
+        assert_eq!(folded_name("Caf\u{e9}_X"), "caf\u{e9}-x");
     }
 
     #[test]
