@@ -344,7 +344,7 @@ impl Gateway {
         let mut record = AccessRecord::new(
             self.metrics.clone(),
             request.method().clone(),
-            request.uri().path(),
+            request.uri(),
             id.clone(),
         );
         let response = self.serve(request, peer, &mut record).await;
@@ -834,15 +834,7 @@ impl Gateway {
                 self.sign_in_location(uri.path_and_query().map_or("/", |pq| pq.as_str()), sign_in);
             return redirect(&location);
         }
-        pages::json(
-            StatusCode::UNAUTHORIZED,
-            &serde_json::json!({
-                "error": "unauthorized",
-                "message": "Sign in required",
-                "sign_in_url": "/oauth2/sign_in",
-            }),
-        )
-        .map(boxed)
+        pages::json_text(StatusCode::UNAUTHORIZED, SIGN_IN_REQUIRED).map(boxed)
     }
 
     /// Where a navigation without a session goes: the sign-in, and back to
@@ -860,7 +852,12 @@ impl Gateway {
         } else {
             "/oauth2/sign_in"
         };
-        format!("{entry}?rd={}", urlencode(target))
+        // One allocation: an escaped byte takes at most three.
+        let mut location = String::with_capacity(entry.len() + "?rd=".len() + 3 * target.len());
+        location.push_str(entry);
+        location.push_str("?rd=");
+        location.extend(form_urlencoded::byte_serialize(target.as_bytes()));
+        location
     }
 
     fn refused(&self, session: &Session, refusal: &policy::Refusal) -> Response<ResponseBody> {
@@ -979,6 +976,12 @@ fn login_cookie_prefix(session_cookie: &str) -> String {
     }
 }
 
+/// The 401 JSON for a request without a session that is not a navigation (as
+/// `serde_json` writes `{"error": "unauthorized", "message": "Sign in required",
+/// "sign_in_url": "/oauth2/sign_in"}`; a constant, so that it costs no allocation).
+const SIGN_IN_REQUIRED: &str =
+    r#"{"error":"unauthorized","message":"Sign in required","sign_in_url":"/oauth2/sign_in"}"#;
+
 fn redirect(location: &str) -> Response<ResponseBody> {
     let mut response = pages::text(StatusCode::FOUND, "").map(boxed);
     if let Ok(value) = HeaderValue::from_str(location) {
@@ -994,6 +997,17 @@ fn urlencode(text: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::shared_directory;
+
+    #[test]
+    fn the_sign_in_required_answer_is_the_json_it_says() {
+        let written = serde_json::json!({
+            "error": "unauthorized",
+            "message": "Sign in required",
+            "sign_in_url": "/oauth2/sign_in",
+        })
+        .to_string();
+        assert_eq!(super::SIGN_IN_REQUIRED, written);
+    }
 
     #[test]
     fn login_cookies_live_in_the_directory_start_and_callback_share() {

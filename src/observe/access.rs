@@ -17,7 +17,7 @@ use std::task::{Context, Poll};
 use std::time::Instant;
 
 use bytes::Bytes;
-use http::{HeaderMap, HeaderName, HeaderValue, Method};
+use http::{HeaderMap, HeaderName, HeaderValue, Method, Uri};
 use hyper::body::{Body, Frame, SizeHint};
 use rand::RngCore;
 
@@ -51,7 +51,10 @@ pub fn request_id(headers: &HeaderMap, peer_is_trusted: bool) -> HeaderValue {
         hex[2 * i] = HEX[usize::from(byte >> 4)];
         hex[2 * i + 1] = HEX[usize::from(byte & 0xf)];
     }
-    HeaderValue::from_bytes(&hex).expect("hex digits are a valid header value")
+    // Owned by its `Bytes`, so that the clones (the request's, the response's, the
+    // access line's) share it.
+    HeaderValue::from_maybe_shared(Bytes::from_owner(hex))
+        .expect("hex digits are a valid header value")
 }
 
 const HEX: &[u8; 16] = b"0123456789abcdef";
@@ -62,7 +65,9 @@ pub struct AccessRecord {
     metrics: Arc<Metrics>,
     started: Instant,
     method: Method,
-    path: String,
+    /// The request's target as it came (the line shows only its path): a clone
+    /// shares the request's bytes rather than copying them.
+    target: Uri,
     request_id: HeaderValue,
     /// Which part of the gateway answered (set while routing).
     pub class: RouteClass,
@@ -72,12 +77,17 @@ pub struct AccessRecord {
 }
 
 impl AccessRecord {
-    pub fn new(metrics: Arc<Metrics>, method: Method, path: &str, request_id: HeaderValue) -> Self {
+    pub fn new(
+        metrics: Arc<Metrics>,
+        method: Method,
+        target: &Uri,
+        request_id: HeaderValue,
+    ) -> Self {
         Self {
             metrics,
             started: Instant::now(),
             method,
-            path: path.to_owned(),
+            target: target.clone(),
             request_id,
             class: RouteClass::Gateway,
             session: None,
@@ -102,7 +112,7 @@ impl AccessRecord {
         tracing::info!(
             target: "ssogate::access",
             method = %self.method,
-            path = %self.path,
+            path = %self.target.path(),
             route = self.class.as_str(),
             status = self.status,
             duration_us = took.as_micros() as u64,

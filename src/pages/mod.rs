@@ -103,6 +103,9 @@ pub fn confirmation(
 
 /// Headers for every response the gateway makes itself.
 pub fn set_page_headers(headers: &mut http::HeaderMap, content_type: &'static str) {
+    // Room for these six and what is added later (`Location`, `Set-Cookie`,
+    // `X-Request-Id`, `Strict-Transport-Security`) at once, not in steps.
+    headers.reserve(12);
     headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
     headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     headers.insert(
@@ -124,7 +127,16 @@ pub fn set_page_headers(headers: &mut http::HeaderMap, content_type: &'static st
 
 /// A small JSON answer, e.g. the 401 for API calls without a session.
 pub fn json(status: StatusCode, value: &serde_json::Value) -> Response<Full<Bytes>> {
-    let mut response = Response::new(Full::new(Bytes::from(value.to_string())));
+    json_body(status, Bytes::from(value.to_string()))
+}
+
+/// [`json`] for an answer written beforehand (JSON text).
+pub fn json_text(status: StatusCode, text: &'static str) -> Response<Full<Bytes>> {
+    json_body(status, Bytes::from_static(text.as_bytes()))
+}
+
+fn json_body(status: StatusCode, body: Bytes) -> Response<Full<Bytes>> {
+    let mut response = Response::new(Full::new(body));
     *response.status_mut() = status;
     set_page_headers(response.headers_mut(), "application/json");
     response
@@ -154,7 +166,11 @@ pub fn is_navigation_of(method: &http::Method, path: &str, headers: &http::Heade
         .get_all(ACCEPT)
         .iter()
         .filter_map(|v| v.to_str().ok())
-        .any(|v| v.to_ascii_lowercase().contains("application/json"));
+        .any(|v| {
+            v.as_bytes()
+                .windows(b"application/json".len())
+                .any(|w| w.eq_ignore_ascii_case(b"application/json"))
+        });
     !wants_json && !path.starts_with("/api/")
 }
 

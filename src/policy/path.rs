@@ -39,19 +39,26 @@ pub enum PathError {
 /// The canonical form of `raw` (a request path without its query).
 pub fn normalize_path(raw: &str) -> Result<String, PathError> {
     let rest = raw.strip_prefix('/').ok_or(PathError::NotAbsolute)?;
+    let decode = |segment| {
+        let decoded = percent_decode_str(segment)
+            .decode_utf8()
+            .map_err(|_| PathError::InvalidUtf8)?;
+        if decoded.chars().any(char::is_control) {
+            return Err(PathError::ControlCharacter);
+        }
+        Ok(decoded)
+    };
+    // Resolved as they are decoded (one list of segments, not two); the first segment
+    // that cannot be decoded stops it, and its error is the answer.
+    let mut refused = None;
     let decoded = rest
         .split('/')
-        .map(|segment| {
-            let decoded = percent_decode_str(segment)
-                .decode_utf8()
-                .map_err(|_| PathError::InvalidUtf8)?;
-            if decoded.chars().any(char::is_control) {
-                return Err(PathError::ControlCharacter);
-            }
-            Ok(decoded)
-        })
-        .collect::<Result<Vec<_>, _>>()?;
-    Ok(joined(resolved(decoded), raw.len(), |path, segment| {
+        .map_while(|segment| decode(segment).map_err(|e| refused = Some(e)).ok());
+    let kept = resolved(decoded);
+    if let Some(error) = refused {
+        return Err(error);
+    }
+    Ok(joined(kept, raw.len(), |path, segment| {
         path.extend(utf8_percent_encode(segment, SEGMENT))
     }))
 }

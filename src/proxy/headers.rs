@@ -1,5 +1,6 @@
 //! Header operations on forwarded requests and responses, one small function each.
 
+use std::borrow::Cow;
 use std::net::IpAddr;
 
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
@@ -39,11 +40,27 @@ pub fn list_items<'h>(headers: &'h HeaderMap, name: &HeaderName) -> impl Iterato
 /// Removes hop-by-hop headers, those named in `Connection`, and `Upgrade` (from an
 /// upstream's response).
 pub fn remove_hop_by_hop(headers: &mut HeaderMap) {
-    let named: Vec<HeaderName> = list_items(headers, &header::CONNECTION)
-        .filter_map(|name| HeaderName::from_bytes(name.as_bytes()).ok())
-        .collect();
-    for name in named {
-        headers.remove(name);
+    if headers.get_all(header::CONNECTION).iter().nth(1).is_none() {
+        // One `Connection` (the usual case): taken out first, so that the headers it
+        // names can be removed by their text, which is parsed on the stack (this runs
+        // on every forwarded request and response).
+        if let Some(connection) = headers.remove(header::CONNECTION) {
+            let items = connection
+                .to_str()
+                .ok()
+                .into_iter()
+                .flat_map(|v| v.split(','));
+            for name in items.map(str::trim).filter(|item| !item.is_empty()) {
+                headers.remove(name);
+            }
+        }
+    } else {
+        let named: Vec<HeaderName> = list_items(headers, &header::CONNECTION)
+            .filter_map(|name| HeaderName::from_bytes(name.as_bytes()).ok())
+            .collect();
+        for name in named {
+            headers.remove(name);
+        }
     }
     for name in &HOP_BY_HOP {
         headers.remove(name);
@@ -70,7 +87,7 @@ pub fn remove_client_hop_by_hop(
     end_to_end: impl Fn(&str) -> bool,
 ) -> Result<(), EndToEndInConnection> {
     if let Some(token) =
-        list_items(headers, &header::CONNECTION).find(|token| end_to_end(&folded_name(token)))
+        list_items(headers, &header::CONNECTION).find(|token| end_to_end(&folded(token)))
     {
         return Err(EndToEndInConnection(token.to_owned()));
     }
@@ -84,7 +101,7 @@ pub fn remove_client_hop_by_hop(
             let proxy = |name: &str| name == "proxy" || name.starts_with("proxy-");
             proxy(name)
                 || (name.contains('_') && {
-                    let folded = folded_name(name);
+                    let folded = folded(name);
                     proxy(&folded) || HOP_BY_HOP.iter().any(|h| h.as_str() == folded)
                 })
         })
@@ -132,7 +149,20 @@ pub fn decode_list(value: &str) -> Vec<String> {
 
 /// A header name folded the way some backends fold it: lower case, `_` as `-`.
 pub fn folded_name(name: &str) -> String {
-    name.to_ascii_lowercase().replace('_', "-")
+    folded(name).into_owned()
+}
+
+/// [`folded_name`], borrowed when `name` is folded already (no upper case, no `_`).
+pub fn folded(name: &str) -> Cow<'_, str> {
+    if !name.bytes().any(|b| b.is_ascii_uppercase() || b == b'_') {
+        return Cow::Borrowed(name);
+    }
+    let mut folded = String::with_capacity(name.len());
+    folded.extend(name.chars().map(|c| match c {
+        '_' => '-',
+        c => c.to_ascii_lowercase(),
+    }));
+    Cow::Owned(folded)
 }
 
 /// True when `name` folds to `folded` (which is already folded), without allocating.
@@ -181,7 +211,14 @@ pub fn remove_cookies(headers: &mut HeaderMap, drop: impl Fn(&str) -> bool) {
     if header_count == 0 || (header_count == 1 && !pairs().any(is_dropped)) {
         return;
     }
-    let mut kept = Vec::with_capacity(values.iter().map(|v| v.len()).sum());
+    // The exact length, so that the buffer becomes the header value as it is (a
+    // buffer with spare room would cost `Bytes` another allocation).
+    let (count, length) = pairs()
+        .filter(|pair| !is_dropped(pair))
+        .fold((0_usize, 0_usize), |(count, length), pair| {
+            (count + 1, length + pair.len())
+        });
+    let mut kept = Vec::with_capacity(length + 2 * count.saturating_sub(1));
     for pair in pairs().filter(|pair| !is_dropped(pair)) {
         if !kept.is_empty() {
             kept.extend_from_slice(b"; ");
@@ -372,12 +409,39 @@ pub struct ForwardedFacts<'a> {
 /// and `X-Forwarded-Host` to `public_url`'s. Every other spelling of these and of the
 /// rest of [`FORWARDING_HEADERS`] must be gone already ([`remove_folded`]).
 pub fn set_forwarded(headers: &mut HeaderMap, facts: &ForwardedFacts<'_>) {
-    let client = HeaderValue::from_str(&facts.client.to_string())
-        .expect("an IP address is a valid header value");
+    let client = address_value(facts.client);
     headers.insert(X_FORWARDED_FOR, client.clone());
     headers.insert(X_REAL_IP, client);
-    set(headers, X_FORWARDED_PROTO, facts.proto);
+    // The two schemes as constants: no allocation for them.
+    match facts.proto {
+        "https" => set_static(headers, X_FORWARDED_PROTO, "https"),
+        "http" => set_static(headers, X_FORWARDED_PROTO, "http"),
+        proto => set(headers, X_FORWARDED_PROTO, proto),
+    }
     headers.insert(X_FORWARDED_HOST, facts.host.clone());
+}
+
+/// An IP address as a header value: written on the stack and shared by its clones
+/// (one allocation, however many headers carry it).
+fn address_value(address: IpAddr) -> HeaderValue {
+    /// The longest address text (an IPv6 address with an IPv4 tail) fits.
+    struct Text([u8; 48], usize);
+    impl AsRef<[u8]> for Text {
+        fn as_ref(&self) -> &[u8] {
+            &self.0[..self.1]
+        }
+    }
+    let mut text = Text([0; 48], 0);
+    let mut cursor = std::io::Cursor::new(&mut text.0[..]);
+    std::io::Write::write_fmt(&mut cursor, format_args!("{address}"))
+        .expect("an IP address fits in 48 bytes");
+    text.1 = cursor.position() as usize;
+    HeaderValue::from_maybe_shared(bytes::Bytes::from_owner(text))
+        .expect("an IP address is a valid header value")
+}
+
+fn set_static(headers: &mut HeaderMap, name: HeaderName, value: &'static str) {
+    headers.insert(name, HeaderValue::from_static(value));
 }
 
 fn set(headers: &mut HeaderMap, name: HeaderName, value: &str) {
@@ -404,7 +468,7 @@ mod tests {
     #[test]
     fn hop_by_hop_and_connection_listed_headers_go() {
         let mut h = map(&[
-            ("connection", "keep-alive, x-secret"),
+            ("connection", "Keep-Alive, X-Secret, , not a name"),
             ("x-secret", "1"),
             ("keep-alive", "timeout=5"),
             ("te", "trailers"),
@@ -669,6 +733,39 @@ mod tests {
         assert_eq!(h["x-real-ip"], "192.0.2.7");
         assert_eq!(h["x-forwarded-proto"], "https");
         assert_eq!(h["x-forwarded-host"], "sentry.example.com");
+    }
+
+    #[test]
+    fn forwarded_addresses_and_schemes_are_written_as_they_are() {
+        let host = HeaderValue::from_static("sentry.example.com");
+        for (client, proto) in [
+            ("ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff", "http"),
+            ("::ffff:255.255.255.255", "https"),
+            ("2001:db8::1", "wss"),
+            ("10.0.0.1", "http"),
+        ] {
+            let mut h = HeaderMap::new();
+            let client = client.parse::<IpAddr>().unwrap();
+            set_forwarded(
+                &mut h,
+                &ForwardedFacts {
+                    client,
+                    proto,
+                    host: &host,
+                },
+            );
+            assert_eq!(h["x-forwarded-for"], client.to_string().as_str());
+            assert_eq!(h["x-real-ip"], client.to_string().as_str());
+            assert_eq!(h["x-forwarded-proto"], proto);
+        }
+    }
+
+    #[test]
+    fn folding_borrows_a_name_that_is_folded_already() {
+        assert!(matches!(folded("x-forwarded-for"), Cow::Borrowed(_)));
+        assert_eq!(folded("X_Forwarded_For"), "x-forwarded-for");
+        assert_eq!(folded_name("Keep_Alive"), "keep-alive");
+        assert_eq!(folded_name("Caf\u{e9}_X"), "caf\u{e9}-x");
     }
 
     #[test]

@@ -80,10 +80,13 @@ impl CookieCodec {
     }
 
     fn open_value(&self, name: &str, sealed: &str) -> Option<String> {
+        // An empty jar, only for its decryption: what `private(key).get(name)` does to
+        // a jar holding the cookie, without building that jar on every request.
+        let jar = CookieJar::new();
         self.keys.iter().find_map(|key| {
-            let mut jar = CookieJar::new();
-            jar.add_original(Cookie::new(name.to_owned(), sealed.to_owned()));
-            jar.private(key).get(name).map(|c| c.value().to_owned())
+            jar.private(key)
+                .decrypt(Cookie::new(name.to_owned(), sealed.to_owned()))
+                .map(|c| c.value().to_owned())
         })
     }
 }
