@@ -405,17 +405,22 @@ impl Gateway {
         let oidc = &self.settings.oidc;
         match path {
             "/ping" => return pages::text(StatusCode::OK, "OK\n").map(boxed),
-            "/ready" => return self.ready(&request, peer).await,
+            // The endpoints' futures are boxed (a login's is large), so that the
+            // future of every forwarded request stays small; forward-auth is the
+            // forwarded request of nginx-in-front deployments.
+            "/ready" => return Box::pin(self.ready(&request, peer)).await,
             "/metrics" if self.settings.server.metrics_listen.is_none() => {
-                return self.metrics_on_main_listener(&request, peer).await;
+                return Box::pin(self.metrics_on_main_listener(&request, peer)).await;
             }
             "/oauth2/sign_in" => return self.sign_in_page(&request),
-            "/oauth2/start" => return self.start_login(&request).await,
-            "/oauth2/sign_out" => return self.sign_out(&request).await,
-            "/oauth2/userinfo" => return self.userinfo(&request).await,
+            "/oauth2/start" => return Box::pin(self.start_login(&request)).await,
+            "/oauth2/sign_out" => return Box::pin(self.sign_out(&request)).await,
+            "/oauth2/userinfo" => return Box::pin(self.userinfo(&request)).await,
             "/oauth2/auth" => return self.forward_auth(&request, peer).await,
-            "/oauth2/backchannel-logout" => return self.backchannel_logout(request).await,
-            p if p == oidc.callback_path => return self.callback(&request).await,
+            "/oauth2/backchannel-logout" => {
+                return Box::pin(self.backchannel_logout(request)).await;
+            }
+            p if p == oidc.callback_path => return Box::pin(self.callback(&request)).await,
             p if p.starts_with("/oauth2/") => {
                 return self.page(
                     StatusCode::NOT_FOUND,

@@ -81,45 +81,61 @@ impl Gateway {
             };
         }
         let backing_off = upkeep.retry_at.is_some_and(|t| Instant::now() < t);
+        if !self.upkeep_due(&upkeep) || backing_off {
+            drop(upkeep);
+            return Some(session);
+        }
+        // Rare (a refresh or revalidation is due), and a large future: boxed, so that
+        // the future of every other request stays small.
+        Box::pin(self.renew(id, &session, &mut upkeep)).await
+    }
+
+    /// Refreshes or revalidates a session whose upkeep is due, holding the store's
+    /// lease on it when there is one; the session to go on with, `None` when the
+    /// provider ended it.
+    async fn renew(
+        &self,
+        id: &str,
+        session: &Arc<Session>,
+        upkeep: &mut Upkeep,
+    ) -> Option<Arc<Session>> {
         let mut current = session.clone();
-        if self.upkeep_due(&upkeep) && !backing_off {
-            match self.sessions.lease(id).await {
-                Lease::Busy => {
-                    // Another replica is at it: wait, then take what it stored.
-                    self.sessions.await_lease(id).await;
-                    match self.sessions.stored(id).await {
-                        Ok(Some(stored)) => {
-                            current = self.adopt(id, &session, &mut upkeep, stored).await;
-                        }
-                        Ok(None) => return None,
-                        Err(_) => {}
+        match self.sessions.lease(id).await {
+            Lease::Busy => {
+                // Another replica is at it: wait, then take what it stored.
+                self.sessions.await_lease(id).await;
+                match self.sessions.stored(id).await {
+                    Ok(Some(stored)) => {
+                        current = self.adopt(id, session, upkeep, stored).await;
                     }
+                    Ok(None) => return None,
+                    Err(_) => {}
                 }
-                Lease::Unavailable(e) => back_off(&mut upkeep, &session.identity.sub, &e.0),
-                lease @ Lease::Held(_) => {
-                    // Another replica may have finished an upkeep since this one cached
-                    // the session: start from what is stored.
-                    match self.sessions.stored(id).await {
-                        Ok(Some(stored)) => {
-                            current = self.adopt(id, &session, &mut upkeep, stored).await;
-                        }
-                        Ok(None) => {
-                            self.sessions.release(id, lease).await;
-                            return None;
-                        }
-                        Err(_) => {}
+            }
+            Lease::Unavailable(e) => back_off(upkeep, &session.identity.sub, &e.0),
+            lease @ Lease::Held(_) => {
+                // Another replica may have finished an upkeep since this one cached
+                // the session: start from what is stored.
+                match self.sessions.stored(id).await {
+                    Ok(Some(stored)) => {
+                        current = self.adopt(id, session, upkeep, stored).await;
                     }
-                    let asked = if self.upkeep_due(&upkeep) {
-                        self.ask_provider(id, &current, &mut upkeep).await
-                    } else {
-                        Some(current)
-                    };
-                    self.sessions.release(id, lease).await;
-                    current = asked?;
+                    Ok(None) => {
+                        self.sessions.release(id, lease).await;
+                        return None;
+                    }
+                    Err(_) => {}
                 }
-                Lease::Local => {
-                    current = self.ask_provider(id, &session, &mut upkeep).await?;
-                }
+                let asked = if self.upkeep_due(upkeep) {
+                    self.ask_provider(id, &current, upkeep).await
+                } else {
+                    Some(current)
+                };
+                self.sessions.release(id, lease).await;
+                current = asked?;
+            }
+            Lease::Local => {
+                current = self.ask_provider(id, session, upkeep).await?;
             }
         }
         Some(current)

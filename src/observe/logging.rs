@@ -24,6 +24,7 @@ use std::sync::{Arc, OnceLock};
 
 use tracing_subscriber::fmt::MakeWriter;
 
+use super::access_format::AccessLines;
 use super::log_output::{Batched, LineBatcher};
 
 /// The output [`init`] installed.
@@ -75,9 +76,26 @@ pub fn subscriber<W>(
 where
     W: for<'w> MakeWriter<'w> + Send + Sync + 'static,
 {
+    subscriber_with(format, ansi, out, true)
+}
+
+/// [`subscriber`], with access lines formatted by [`AccessLines`] or (to compare,
+/// in tests) by the general formatter.
+pub(crate) fn subscriber_with<W>(
+    format: LogFormat,
+    ansi: bool,
+    out: W,
+    access_lines: bool,
+) -> Box<dyn tracing::Subscriber + Send + Sync>
+where
+    W: for<'w> MakeWriter<'w> + Send + Sync + 'static,
+{
     let filter = tracing_subscriber::EnvFilter::try_from_env("SSOGATE_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(ansi);
+    let general = tracing_subscriber::fmt::format();
     match format {
         LogFormat::Text => {
             let escaping = Escaping {
@@ -88,27 +106,41 @@ where
                     LineStyle::Text
                 },
             };
-            Box::new(
-                builder
-                    .with_target(false)
-                    .with_ansi(ansi)
-                    .with_writer(escaping)
-                    .finish(),
-            )
+            let general = general.with_target(false);
+            let builder = builder.with_writer(escaping);
+            if access_lines {
+                let lines = AccessLines {
+                    inner: general,
+                    json: false,
+                };
+                Box::new(builder.event_format(lines).finish())
+            } else {
+                Box::new(builder.event_format(general).finish())
+            }
         }
         // The target (`ssogate::access` for access lines) lets a collector route them.
-        LogFormat::Json => Box::new(
-            builder
+        LogFormat::Json => {
+            let general = general
                 .json()
                 .flatten_event(true)
                 .with_current_span(false)
-                .with_span_list(false)
+                .with_span_list(false);
+            let builder = builder
+                .fmt_fields(tracing_subscriber::fmt::format::JsonFields::new())
                 .with_writer(Escaping {
                     inner: out,
                     style: LineStyle::Json,
-                })
-                .finish(),
-        ),
+                });
+            if access_lines {
+                let lines = AccessLines {
+                    inner: general,
+                    json: true,
+                };
+                Box::new(builder.event_format(lines).finish())
+            } else {
+                Box::new(builder.event_format(general).finish())
+            }
+        }
     }
 }
 

@@ -1,5 +1,6 @@
 //! What an operator sees of the gateway at work: Prometheus metrics ([`metrics`]),
-//! one access line per request with its request id ([`access`]), and the log output
+//! one access line per request with its request id ([`access`], formatted by
+//! [`access_format`]), and the log output
 //! itself, human-readable or JSON ([`logging`]), written in batches off the serving
 //! threads ([`log_output`]).
 //!
@@ -7,6 +8,7 @@
 //! secret: no cookie, token, code or query string reaches a log line.
 
 pub mod access;
+pub mod access_format;
 pub mod log_output;
 pub mod logging;
 pub mod metrics;

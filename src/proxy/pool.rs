@@ -97,7 +97,8 @@ where
     ) -> Result<Response<PooledBody<B>>, BoxError> {
         let (mut sender, reused) = match self.checkout().await {
             Some(sender) => (sender, true),
-            None => (self.connect().await?, false),
+            // Boxed: connecting (TLS included) is a large future, and rare.
+            None => (Box::pin(self.connect()).await?, false),
         };
         let response = match sender.try_send_request(request).await {
             Ok(response) => response,
@@ -106,7 +107,7 @@ where
                 // this request. Sent once more, on a new connection.
                 Some(request) if reused => {
                     tracing::debug!(error = %error.into_error(), "idle upstream connection closed; request sent again on a new one");
-                    sender = self.connect().await?;
+                    sender = Box::pin(self.connect()).await?;
                     sender.send_request(request).await?
                 }
                 _ => return Err(Box::new(error.into_error())),

@@ -329,32 +329,43 @@ impl SessionStore {
     /// An error only when the session is not cached here and Redis cannot be asked.
     pub async fn get(&self, id: &str) -> Result<Option<Arc<Session>>, StoreUnavailable> {
         let key = SessionKey::of(id);
-        let session = match &self.shared {
-            None => self.local.get(&key).await,
-            // Concurrent misses for one session wait for a single read from Redis.
-            Some(shared) => {
-                let load = async {
-                    match shared.load(key, id).await {
-                        Ok(Some(session)) => Ok(Arc::new(session)),
-                        Ok(None) => Err(None),
-                        Err(e) => Err(Some(e)),
-                    }
-                };
-                match self.local.try_get_with(key, load).await {
-                    Ok(session) => Some(session),
-                    Err(error) => match error.as_ref() {
-                        None => None,
-                        Some(unavailable) => return Err(unavailable.clone()),
-                    },
-                }
-            }
+        let session = match (self.local.get(&key).await, &self.shared) {
+            (Some(session), _) => Some(session),
+            (None, None) => None,
+            // A miss that Redis may answer: boxed, so that the future of a request
+            // that finds its session cached (nearly every request) stays small.
+            (None, Some(shared)) => Box::pin(self.load(shared, key, id)).await?,
         };
         match session {
             Some(session) if session.outlived(self.lifetime) => {
-                self.remove(id).await;
+                Box::pin(self.remove(id)).await;
                 Ok(None)
             }
             other => Ok(other),
+        }
+    }
+
+    /// A session this replica has not cached, read from Redis (and cached).
+    /// Concurrent misses for one session wait for a single read.
+    async fn load(
+        &self,
+        shared: &SharedStore,
+        key: SessionKey,
+        id: &str,
+    ) -> Result<Option<Arc<Session>>, StoreUnavailable> {
+        let load = async {
+            match shared.load(key, id).await {
+                Ok(Some(session)) => Ok(Arc::new(session)),
+                Ok(None) => Err(None),
+                Err(e) => Err(Some(e)),
+            }
+        };
+        match self.local.try_get_with(key, load).await {
+            Ok(session) => Ok(Some(session)),
+            Err(error) => match error.as_ref() {
+                None => Ok(None),
+                Some(unavailable) => Err(unavailable.clone()),
+            },
         }
     }
 
