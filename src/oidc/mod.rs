@@ -10,6 +10,7 @@
 mod claims;
 mod discovery;
 mod http;
+mod keys;
 mod logout;
 
 use std::str::FromStr;
@@ -19,9 +20,8 @@ use std::time::{Duration, Instant, SystemTime};
 
 use openidconnect::core::{
     CoreAuthDisplay, CoreAuthPrompt, CoreAuthenticationFlow, CoreErrorResponseType,
-    CoreGenderClaim, CoreJsonWebKey, CoreJsonWebKeySet, CoreJweContentEncryptionAlgorithm,
-    CoreJwsSigningAlgorithm, CoreRevocableToken, CoreRevocationErrorResponse,
-    CoreTokenIntrospectionResponse, CoreTokenType,
+    CoreGenderClaim, CoreJsonWebKey, CoreJweContentEncryptionAlgorithm, CoreJwsSigningAlgorithm,
+    CoreRevocableToken, CoreRevocationErrorResponse, CoreTokenIntrospectionResponse, CoreTokenType,
 };
 use openidconnect::{
     AccessToken, AuthorizationCode, Client, ClientId, ClientSecret, CsrfToken,
@@ -34,6 +34,7 @@ use url::Url;
 
 pub use self::claims::{ExtraClaims, string_list};
 pub use self::http::{ProviderHttp, ProviderHttpError, error_chain};
+pub use self::keys::{GateJsonWebKey, GateKeySet};
 pub use self::logout::{BACKCHANNEL_LOGOUT_EVENT, LogoutTarget, MAX_AGE as LOGOUT_TOKEN_MAX_AGE};
 use crate::config::OidcSettings;
 use crate::session::{Identity, Renewal, Tokens};
@@ -52,7 +53,7 @@ type GateIdToken = IdToken<
     CoreJweContentEncryptionAlgorithm,
     CoreJwsSigningAlgorithm,
 >;
-type GateVerifier = IdTokenVerifier<'static, CoreJsonWebKey>;
+type GateVerifier = IdTokenVerifier<'static, GateJsonWebKey>;
 /// The openidconnect client with the endpoints discovery gives us.
 type GateClient = Client<
     ExtraClaims,
@@ -209,7 +210,7 @@ pub struct Provider {
     http: ProviderHttp,
     discovered: RwLock<Option<Arc<Discovered>>>,
     /// The provider's signing keys, replaced on rotation (openidconnect's client copies them once).
-    keys: RwLock<Option<Arc<CoreJsonWebKeySet>>>,
+    keys: RwLock<Option<Arc<GateKeySet>>>,
     /// Serialises discovery and key fetches so a burst of logins makes one request.
     fetch_lock: tokio::sync::Mutex<()>,
     /// The retry schedule while discovery fails, shared by requests and the
@@ -218,7 +219,7 @@ pub struct Provider {
     last_unknown_kid_refetch: Mutex<Option<Instant>>,
     /// The ID-token verifier over the current key set, reused until the set changes:
     /// building one copies the whole key set.
-    verifier_cache: Mutex<Option<(Arc<CoreJsonWebKeySet>, Arc<GateVerifier>)>>,
+    verifier_cache: Mutex<Option<(Arc<GateKeySet>, Arc<GateVerifier>)>>,
     /// The last liveness probe ([`Provider::probe`]); held while one runs, so that
     /// logins starting meanwhile share it.
     last_probe: tokio::sync::Mutex<ProbeOutcome>,
@@ -319,11 +320,11 @@ impl Provider {
         Ok(metadata)
     }
 
-    /// Fetches the provider's signing keys.
+    /// Fetches the provider's signing keys (RSA keys parsed here, once per key set).
     pub async fn fetch_keys(
         &self,
         metadata: &ProviderMetadataWithLogout,
-    ) -> Result<CoreJsonWebKeySet, ProviderError> {
+    ) -> Result<GateKeySet, ProviderError> {
         let url = metadata.jwks_uri();
         JsonWebKeySet::fetch_async(url, &self.http)
             .await
@@ -399,7 +400,7 @@ impl Provider {
         self.get_discovery_document().await.map(drop)
     }
 
-    fn install(&self, metadata: ProviderMetadataWithLogout, keys: CoreJsonWebKeySet) {
+    fn install(&self, metadata: ProviderMetadataWithLogout, keys: GateKeySet) {
         let signing_algs = metadata
             .id_token_signing_alg_values_supported()
             .iter()
