@@ -303,6 +303,8 @@ pub fn ssogate_config(
 [server]
 listen = "127.0.0.1:{port}"
 public_url = "{public_url}"
+# The upload section sends 1 GiB in one request (the default limit is 200 MiB).
+max_body_size = "2GiB"
 [tls]
 {tls}
 [upstream]
