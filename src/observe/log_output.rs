@@ -174,27 +174,15 @@ impl<'a> MakeWriter<'a> for Batched {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::observe::logging::tests::Buffer;
 
-    #[derive(Clone, Default)]
-    struct Sink(Arc<Mutex<Vec<u8>>>);
-
-    impl Write for Sink {
-        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-            self.0.lock().unwrap().extend_from_slice(buf);
-            Ok(buf.len())
-        }
-        fn flush(&mut self) -> std::io::Result<()> {
-            Ok(())
-        }
-    }
-
-    fn text(sink: &Sink) -> String {
+    fn text(sink: &Buffer) -> String {
         String::from_utf8(sink.0.lock().unwrap().clone()).unwrap()
     }
 
     #[test]
     fn lines_wait_for_the_writer_and_keep_each_threads_order() {
-        let sink = Sink::default();
+        let sink = Buffer::default();
         let batcher = Arc::new(LineBatcher::new(Box::new(sink.clone()), MAX_PENDING));
         let threads: Vec<_> = (0..4)
             .map(|t| {
@@ -227,7 +215,7 @@ mod tests {
 
     #[test]
     fn a_full_buffer_drops_and_counts_lines_instead_of_growing() {
-        let sink = Sink::default();
+        let sink = Buffer::default();
         let line = "x".repeat(99) + "\n";
         let batcher = LineBatcher::new(Box::new(sink.clone()), 1000);
         for _ in 0..25 {
@@ -246,7 +234,7 @@ mod tests {
 
     #[test]
     fn the_writer_thread_writes_pending_lines_without_being_asked() {
-        let sink = Sink::default();
+        let sink = Buffer::default();
         let batcher = LineBatcher::start(Box::new(sink.clone()));
         batcher.append(b"one quiet line\n");
         let deadline = std::time::Instant::now() + Duration::from_secs(10);

@@ -248,7 +248,7 @@ fn misleads_viewers(c: char) -> bool {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use std::sync::{Arc, Mutex};
 
@@ -259,8 +259,9 @@ mod tests {
         '\u{2069}', '\u{202b}',
     ];
 
+    /// Log output kept in memory (also for the other `observe` tests).
     #[derive(Clone, Default)]
-    struct Buffer(Arc<Mutex<Vec<u8>>>);
+    pub(crate) struct Buffer(pub(crate) Arc<Mutex<Vec<u8>>>);
 
     impl Write for Buffer {
         fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
