@@ -7,6 +7,11 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 use ssogate::observe::logging::{self, LogFormat};
 
+/// The request path allocates many small, short-lived buffers on each serving thread;
+/// mimalloc's thread-local pages serve them faster than the system allocator.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser)]
 #[command(
     name = "ssogate",

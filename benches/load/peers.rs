@@ -267,12 +267,15 @@ ProxyPass / http://127.0.0.1:{upstream_port}/
     server
 }
 
-/// `ssogate run` (the release binary Cargo built for this bench) with `config`.
+/// `ssogate run` with `config`: the release binary Cargo built for this bench, or the
+/// one `BENCH_GATEWAY_BINARY` names (to compare two builds with the same bench).
 pub fn ssogate(dir: &Path, name: &str, config: &str, port: u16, cores: &str) -> Server {
     let config_file = dir.join(format!("{name}.toml"));
     std::fs::write(&config_file, config).unwrap();
+    let binary = std::env::var_os("BENCH_GATEWAY_BINARY")
+        .map_or_else(|| env!("CARGO_BIN_EXE_ssogate").into(), PathBuf::from);
     let server = Server::spawn(
-        Path::new(env!("CARGO_BIN_EXE_ssogate")),
+        &binary,
         &["run", "--config", &config_file.display().to_string()],
         cores,
         "-TERM",

@@ -101,14 +101,20 @@ impl LineBatcher {
         // Holding the output for the whole pass keeps two passes from reordering a
         // thread's lines.
         let mut output = lock(&self.output);
-        let mut taken = Vec::new();
+        // Each buffer taken is replaced by an empty one with room, so that serving
+        // threads do not grow their buffer again after every pass.
+        let mut taken = Vec::with_capacity(2 * WAKE_AT);
         for shard in &self.shards {
-            std::mem::swap(&mut *lock(shard), &mut taken);
-            if !taken.is_empty() {
-                // Nowhere to report a failing log output; the lines are lost.
-                let _ = output.write_all(&taken);
-                taken.clear();
+            {
+                let mut shard = lock(shard);
+                if shard.is_empty() {
+                    continue;
+                }
+                std::mem::swap(&mut *shard, &mut taken);
             }
+            // Nowhere to report a failing log output; the lines are lost.
+            let _ = output.write_all(&taken);
+            taken.clear();
         }
         let _ = output.flush();
     }

@@ -18,8 +18,11 @@ pub mod pool;
 pub mod tunnel;
 
 use std::cell::Cell;
+use std::future::{Future, poll_fn};
 use std::net::IpAddr;
+use std::pin::{Pin, pin};
 use std::sync::Arc;
+use std::task::Poll;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -30,6 +33,7 @@ use http_body_util::{BodyExt, LengthLimitError, Limited};
 use hyper::body::Incoming;
 use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::connect::HttpConnector;
+use tokio::time::Sleep;
 use url::Url;
 
 use crate::config::UpstreamSettings;
@@ -235,13 +239,15 @@ impl Upstream {
 
         let pool = &self.pools[SERVING_THREAD.get() % self.pools.len()];
         let started = Instant::now();
-        let sent = tokio::time::timeout(self.read_timeout, pool.send(request)).await;
+        // One timer for the answer: its head, and a small body read whole.
+        let mut deadline = pin!(tokio::time::sleep(self.read_timeout));
+        let sent = within(deadline.as_mut(), pool.send(request)).await;
         let mut response = match sent {
-            Ok(Ok(response)) => response,
-            Ok(Err(e)) if caused_by::<LengthLimitError>(&*e) => {
+            Some(Ok(response)) => response,
+            Some(Err(e)) if caused_by::<LengthLimitError>(&*e) => {
                 return self.body_too_large(page);
             }
-            Ok(Err(e)) if caused_by::<BodyIdle>(&*e) => {
+            Some(Err(e)) if caused_by::<BodyIdle>(&*e) => {
                 tracing::info!(timeout = ?self.body_idle_timeout, "request refused: its body delivered nothing for server.body_idle_timeout");
                 return problem(
                     page,
@@ -250,7 +256,7 @@ impl Upstream {
                     "The request body stopped arriving.",
                 );
             }
-            Ok(Err(e)) if client_body_failed(&*e) => {
+            Some(Err(e)) if client_body_failed(&*e) => {
                 tracing::info!(error = %error_chain(&*e), "request refused: the client's body broke off or was malformed");
                 return problem(
                     page,
@@ -259,11 +265,11 @@ impl Upstream {
                     "The request body could not be read: it was malformed or cut short.",
                 );
             }
-            Ok(Err(e)) if caused_by_timeout(&*e) => {
+            Some(Err(e)) if caused_by_timeout(&*e) => {
                 tracing::warn!(upstream = %self.base, error = %error_chain(&*e), "upstream connection timed out");
                 return self.timed_out(page);
             }
-            Ok(Err(e)) => {
+            Some(Err(e)) => {
                 tracing::warn!(upstream = %self.base, error = %error_chain(&*e), "upstream request failed");
                 self.metrics.upstream_failure(UpstreamFailure::Unavailable);
                 return problem(
@@ -273,7 +279,7 @@ impl Upstream {
                     "The application behind the sign-in gateway did not answer. Try again in a moment.",
                 );
             }
-            Err(_) => {
+            None => {
                 tracing::warn!(upstream = %self.base, timeout = ?self.read_timeout, "upstream did not answer in time");
                 return self.timed_out(page);
             }
@@ -307,7 +313,7 @@ impl Upstream {
         headers::sanitize_upstream_response(response.headers_mut());
         let (parts, body) = response.into_parts();
         let body = match self
-            .deliverable(&parts.headers, body, slot, started, page)
+            .deliverable(&parts.headers, body, slot, deadline, page)
             .await
         {
             Ok(body) => body,
@@ -317,7 +323,7 @@ impl Upstream {
     }
 
     /// The upstream body as it goes to the client. A small declared body is read
-    /// whole first (within what is left of the read timeout), which releases the
+    /// whole first (before the read timeout's `deadline`), which releases the
     /// upstream connection (back to the pool) and the slot at once; any other is
     /// watched for send stalls ([`Delivery`]), holding the slot until it ends or is
     /// abandoned. Either way the connection goes back to the pool only when the body
@@ -327,7 +333,7 @@ impl Upstream {
         headers: &http::HeaderMap,
         body: UpstreamBody,
         slot: InFlightSlot,
-        started: Instant,
+        deadline: Pin<&mut Sleep>,
         page: bool,
     ) -> Result<ResponseBody, Response<ResponseBody>> {
         let declared = headers
@@ -336,10 +342,9 @@ impl Upstream {
         if hyper::body::Body::is_end_stream(&body)
             || declared.is_some_and(|length| length <= BUFFERED_MAX)
         {
-            let left = self.read_timeout.saturating_sub(started.elapsed());
-            return match tokio::time::timeout(left, body.collect()).await {
-                Ok(Ok(collected)) => Ok(boxed(http_body_util::Full::new(collected.to_bytes()))),
-                Ok(Err(e)) => {
+            return match within(deadline, body.collect()).await {
+                Some(Ok(collected)) => Ok(boxed(http_body_util::Full::new(collected.to_bytes()))),
+                Some(Err(e)) => {
                     tracing::warn!(upstream = %self.base, error = %error_chain(&e), "upstream response body failed");
                     self.metrics.upstream_failure(UpstreamFailure::Unavailable);
                     Err(problem(
@@ -349,7 +354,7 @@ impl Upstream {
                         "The application behind the sign-in gateway broke off its answer. Try again in a moment.",
                     ))
                 }
-                Err(_) => {
+                None => {
                     tracing::warn!(upstream = %self.base, timeout = ?self.read_timeout, "upstream did not send its response body in time");
                     Err(self.timed_out(page))
                 }
@@ -387,6 +392,17 @@ impl Upstream {
 }
 
 /// True when `E` is among the causes of `error`.
+/// `future`'s output, or `None` when `deadline` passes first (`tokio::time::timeout`
+/// on a timer that several steps share).
+async fn within<F: Future>(mut deadline: Pin<&mut Sleep>, future: F) -> Option<F::Output> {
+    let mut future = pin!(future);
+    poll_fn(|cx| match future.as_mut().poll(cx) {
+        Poll::Ready(output) => Poll::Ready(Some(output)),
+        Poll::Pending => deadline.as_mut().poll(cx).map(|()| None),
+    })
+    .await
+}
+
 fn caused_by<E: std::error::Error + 'static>(error: &(dyn std::error::Error + 'static)) -> bool {
     let mut cause = Some(error);
     while let Some(e) = cause {

@@ -28,6 +28,7 @@
 //! - A connection goes back only once its response body ended; a body dropped
 //!   before its end closes its connection (the rest of the body is never read).
 
+use std::future::poll_fn;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
@@ -139,7 +140,15 @@ where
             if idle.is_closed() {
                 continue;
             }
-            if let Ok(Ok(())) = tokio::time::timeout(READY_WAIT, idle.ready()).await {
+            // Usually ready at once, and then no timer is needed.
+            let ready = match poll_fn(|cx| Poll::Ready(idle.poll_ready(cx))).await {
+                Poll::Ready(ready) => ready.is_ok(),
+                Poll::Pending => matches!(
+                    tokio::time::timeout(READY_WAIT, idle.ready()).await,
+                    Ok(Ok(()))
+                ),
+            };
+            if ready {
                 return Some(idle);
             }
         }
@@ -151,14 +160,12 @@ where
         if sender.is_closed() {
             return;
         }
+        let now = Instant::now();
         let mut idle = self.lock();
-        let expired = idle.partition_point(|c| c.since.elapsed() > self.idle_timeout);
+        let expired = idle.partition_point(|c| now.duration_since(c.since) > self.idle_timeout);
         idle.drain(..expired);
         if idle.len() < self.max_idle {
-            idle.push(Idle {
-                sender,
-                since: Instant::now(),
-            });
+            idle.push(Idle { sender, since: now });
         }
     }
 

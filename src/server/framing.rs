@@ -232,6 +232,15 @@ impl FramingScanner {
                     }
                     continue;
                 }
+                State::Head(Head {
+                    line: HeadLine::Value(Field::Host | Field::Other),
+                    ..
+                }) if !self.after_cr && byte != b'\r' && byte != b'\n' => {
+                    // Framing reads nothing in this value but its end (cookies, user
+                    // agents): skip to the next CR or LF.
+                    i += memchr::memchr2(b'\r', b'\n', &bytes[i..]).unwrap_or(bytes.len() - i);
+                    continue;
+                }
                 State::ChunkDataCr if byte == b'\r' => self.state = State::ChunkDataLf,
                 State::ChunkDataLf if byte == b'\n' => {
                     self.state = State::ChunkSize(ChunkSize::Start)
