@@ -13,6 +13,11 @@ mod sample;
 
 use memory::Fill;
 
+/// The allocator the `ssogate` binary runs with, so that its overhead is the one
+/// measured.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() {
     // `cargo bench` passes --bench; `cargo test --all-targets` runs this unoptimised
     // and without it, where a measurement would mean nothing.
