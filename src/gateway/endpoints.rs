@@ -19,11 +19,11 @@ use hyper::body::Incoming;
 
 use super::request::{param, query_params};
 use super::{Gateway, SignIn, Standing, redirect, urlencode};
+use crate::body::{ResponseBody, boxed};
 use crate::observe::LoginRefusal;
 use crate::oidc::{LOGIN_TIMEOUT, LoginError, PendingLogin};
 use crate::pages::{self, Link, Page};
 use crate::policy::{self, ReturnTargetTooLong, Route, normalize_path, return_target_or_root};
-use crate::proxy::{ResponseBody, boxed};
 use crate::session::{Session, new_session_id, request_cookies};
 
 /// Forward-auth's answer header with the `Cookie` the app should get: the request's,

@@ -17,52 +17,27 @@ pub mod limits;
 pub mod pool;
 pub mod tunnel;
 
-use std::cell::Cell;
 use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
 use http::header::{self, HeaderValue};
 use http::{Request, Response, StatusCode, Uri, Version};
-use http_body_util::combinators::UnsyncBoxBody;
 use http_body_util::{BodyExt, LengthLimitError, Limited};
 use hyper::body::Incoming;
 use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::connect::HttpConnector;
 use url::Url;
 
+use crate::body::{ResponseBody, boxed};
 use crate::config::UpstreamSettings;
+use crate::errors::error_chain;
 use crate::observe::{Metrics, UpstreamFailure};
-use crate::oidc::error_chain;
 use crate::pages;
+use crate::serving_thread;
 use bodies::{BUFFERED_MAX, BodyIdle, Delivery, IdleRequestBody};
 use limits::{InFlight, InFlightSlot};
 use pool::{Pool, PooledBody};
-
-pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
-/// The body of every response the gateway sends: streamed from the upstream, or a page.
-pub type ResponseBody = UnsyncBoxBody<Bytes, BoxError>;
-
-/// Boxes any body into a [`ResponseBody`].
-pub fn boxed<B>(body: B) -> ResponseBody
-where
-    B: hyper::body::Body<Data = Bytes> + Send + 'static,
-    B::Error: Into<BoxError>,
-{
-    body.map_err(Into::into).boxed_unsync()
-}
-
-thread_local! {
-    /// Which serving thread this is (0 for the thread that started the gateway).
-    static SERVING_THREAD: Cell<usize> = const { Cell::new(0) };
-}
-
-/// Called once by each serving thread ([`crate::server`]): from then on its requests
-/// use its own upstream connection pool.
-pub fn set_serving_thread(index: usize) {
-    SERVING_THREAD.set(index);
-}
 
 pub struct Upstream {
     /// One connection pool per serving thread, so that a request and the upstream
@@ -233,7 +208,7 @@ impl Upstream {
         let request =
             request.map(|body| Limited::new(IdleRequestBody::new(body, idle_timeout), limit));
 
-        let pool = &self.pools[SERVING_THREAD.get() % self.pools.len()];
+        let pool = &self.pools[serving_thread::index() % self.pools.len()];
         let started = Instant::now();
         let sent = tokio::time::timeout(self.read_timeout, pool.send(request)).await;
         let mut response = match sent {

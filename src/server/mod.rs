@@ -41,13 +41,13 @@ use tokio::net::TcpListener;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
 use tokio_rustls::TlsAcceptor;
 
+use crate::body::{ResponseBody, boxed};
 use crate::config::{ServerSettings, Settings};
 use std::path::PathBuf;
 
 use crate::gateway::{Gateway, GatewayError, LiveGateway, TlsServerName, TunnelPass};
 use crate::observe::Metrics;
 use crate::proxy::tunnel::{self, TunnelEnd, TunnelTerms};
-use crate::proxy::{ResponseBody, boxed};
 use framing::StrictFraming;
 use limits::{AddressSlot, Limits};
 use linger::LingeringClose;
@@ -376,7 +376,7 @@ fn spawn_serving_threads(
         let thread = std::thread::Builder::new()
             .name(format!("ssogate-serve-{index}"))
             .spawn(move || {
-                crate::proxy::set_serving_thread(index);
+                crate::serving_thread::set(index);
                 runtime.block_on(async move {
                     match TcpListener::from_std(listener) {
                         Ok(listener) => serve(listener, tls, live, limits, stop).await,
