@@ -11,10 +11,10 @@
 //! Threads: `server.threads` serving threads (one per core by default), each with its
 //! own single-threaded tokio runtime and its own accept loop on the shared listening
 //! socket, as nginx runs one worker per core. A connection, its requests and their
-//! upstream connections then stay on one thread, with no hand-over between threads;
-//! the load benchmark measured this at about 1.45x the requests/s of tokio's
-//! work-stealing runtime on one core. The thread that calls [`start`] is serving
-//! thread 0 and also runs the background work (provider discovery, Redis).
+//! upstream connections then stay on one thread, with no hand-over between threads.
+//! The thread that calls [`start`] is serving thread 0 and also runs the background work
+//! (provider discovery, Redis); each thread tells [`crate::serving_thread`] its
+//! number, by which the upstream pool of the thread is found.
 
 /// Public for the differential fuzz target (tests/fuzz, `framing_vs_hyper`), which
 /// checks the scanner against hyper; the server is its only other user.
