@@ -19,7 +19,8 @@ use http::{HeaderMap, HeaderValue, Method};
 use ssogate::config::{SessionSettings, Settings, StoreSettings};
 use ssogate::devidp::{DevClient, DevProvider, DevProviderConfig};
 use ssogate::gateway::{Caller, Gateway};
-use ssogate::policy::{Route, decide, normalize_path, sentry_preset};
+use ssogate::policy::{Route, decide, normalize_path};
+use ssogate::rules::sentry_preset;
 use ssogate::session::{CookieCodec, SessionStore, new_session_id, random_token};
 
 #[path = "support/sample.rs"]

@@ -217,7 +217,7 @@ async fn reach_upstream(settings: &Settings) -> Result<String, String> {
         Ok(Err(e)) => Err(format!(
             "{}: {}",
             upstream.url,
-            crate::oidc::error_chain(&e)
+            crate::errors::error_chain(&e)
         )),
         Err(_) => Err(format!("{}: no answer within 10s", upstream.url)),
     }

@@ -4,16 +4,23 @@
 //! The request lifecycle is in [`gateway`]; see README.md for the map of modules.
 #![forbid(unsafe_code)]
 
+pub mod body;
 pub mod check;
 pub mod config;
 pub mod demo;
 pub mod devidp;
+pub mod errors;
 pub mod gateway;
+pub mod identity;
+#[cfg(test)]
+mod layers;
 pub mod observe;
 pub mod oidc;
 pub mod outbound;
 pub mod pages;
 pub mod policy;
 pub mod proxy;
+pub mod rules;
 pub mod server;
+pub mod serving_thread;
 pub mod session;

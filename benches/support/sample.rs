@@ -4,7 +4,8 @@
 
 use std::time::{Duration, SystemTime};
 
-use ssogate::session::{Identity, Renewal, Session, Tokens, random_token};
+use ssogate::identity::{Identity, Renewal, Tokens};
+use ssogate::session::{Session, random_token};
 
 /// Session number `n` (its identity differs from every other `n`).
 pub fn session(n: usize) -> Session {

@@ -23,7 +23,7 @@ pub use duration::parse_duration;
 pub use file::split_list;
 pub use size::parse_size;
 
-use crate::policy::{
+use crate::rules::{
     Action, Admission, AllowedHosts, Requirements, RouteRule, SENTRY_SESSION_COOKIES, sentry_preset,
 };
 

@@ -12,6 +12,7 @@
 
 use std::net::SocketAddr;
 
+use aws_lc_rs::constant_time::verify_slices_are_equal;
 use http::header::{HeaderValue, SET_COOKIE};
 use http::{Request, Response, StatusCode};
 use http_body_util::{BodyExt, Limited};
@@ -19,11 +20,11 @@ use hyper::body::Incoming;
 
 use super::request::{param, query_params};
 use super::{Gateway, SignIn, Standing, redirect, urlencode};
+use crate::body::{ResponseBody, boxed};
 use crate::observe::LoginRefusal;
 use crate::oidc::{LOGIN_TIMEOUT, LoginError, PendingLogin};
 use crate::pages::{self, Link, Page};
 use crate::policy::{self, ReturnTargetTooLong, Route, normalize_path, return_target_or_root};
-use crate::proxy::{ResponseBody, boxed};
 use crate::session::{Session, new_session_id, request_cookies};
 
 /// Forward-auth's answer header with the `Cookie` the app should get: the request's,
@@ -210,7 +211,10 @@ impl Gateway {
             MAX_LOGIN_COOKIE_LEN,
         )?;
         let pending: PendingLogin = serde_json::from_str(&sealed).ok()?;
-        constant_time_eq(pending.state.as_bytes(), state.as_bytes()).then_some(pending)
+        // Compared in constant time: the state is the login's secret.
+        verify_slices_are_equal(pending.state.as_bytes(), state.as_bytes())
+            .is_ok()
+            .then_some(pending)
     }
 
     /// RFC 9207 ([`crate::oidc::Provider::check_response_issuer`]): a refusal page,
@@ -760,11 +764,6 @@ fn append_cookie(response: &mut Response<ResponseBody>, cookie: &cookie::Cookie<
     if let Ok(value) = HeaderValue::from_str(&cookie.to_string()) {
         response.headers_mut().append(SET_COOKIE, value);
     }
-}
-
-/// Compares two secrets without an early exit.
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 /// The groups `?allowed_groups=a,b` asks for: the names between commas, each

@@ -24,15 +24,17 @@ use http::{Request, Response, StatusCode};
 use hyper::body::Incoming;
 use url::Url;
 
+use crate::body::{ResponseBody, boxed};
 use crate::config::Settings;
 use crate::observe::{self, AccessRecord, Metrics, REQUEST_ID, RouteClass};
 use crate::oidc::{Provider, ProviderHttp};
 use crate::outbound;
 use crate::pages::{self, Link, Page, is_navigation};
-use crate::policy::{self, EmailFile, Route, RouteRule};
+use crate::policy::{self, EmailFile, Route};
 use crate::proxy::headers::{self, ForwardedFacts};
 use crate::proxy::limits::InFlight;
-use crate::proxy::{Bounds, ResponseBody, Upstream, boxed, tunnel, upgrade_protocol};
+use crate::proxy::{Bounds, Upstream, tunnel, upgrade_protocol};
+use crate::rules::RouteRule;
 use crate::session::{CookieCodec, Session, SessionStore, StoreUnavailable};
 use upkeep::Standing;
 

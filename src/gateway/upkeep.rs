@@ -22,9 +22,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use super::Gateway;
+use crate::identity::Renewal;
 use crate::observe::UpkeepOutcome;
 use crate::oidc::{Confirmed, UpkeepError};
-use crate::session::{Lease, Renewal, Session, Upkeep};
+use crate::session::{Lease, Session, Upkeep};
 
 /// Access tokens are refreshed when they expire within this (or within half their
 /// lifetime, for very short-lived ones).

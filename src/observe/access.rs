@@ -22,8 +22,7 @@ use hyper::body::{Body, Frame, SizeHint};
 use rand::RngCore;
 
 use super::metrics::{Metrics, RouteClass};
-use crate::proxy::{BoxError, ResponseBody};
-use crate::session::Session;
+use crate::body::{BoxError, ResponseBody};
 
 pub const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
@@ -59,6 +58,13 @@ pub fn request_id(headers: &HeaderMap, peer_is_trusted: bool) -> HeaderValue {
 
 const HEX: &[u8; 16] = b"0123456789abcdef";
 
+/// A signed-in person as the access line names them (a session, held until the line
+/// is written rather than copying its text).
+pub trait SignedIn: Send + Sync {
+    /// The provider's `sub`.
+    fn sub(&self) -> &str;
+}
+
 /// What the access line and the request metrics need, gathered while the request is
 /// handled and written once its response is done.
 pub struct AccessRecord {
@@ -72,7 +78,7 @@ pub struct AccessRecord {
     /// Which part of the gateway answered (set while routing).
     pub class: RouteClass,
     /// The signed-in person, when there is one.
-    pub session: Option<Arc<Session>>,
+    pub session: Option<Arc<dyn SignedIn>>,
     status: u16,
 }
 
@@ -108,7 +114,7 @@ impl AccessRecord {
     fn finish(self, bytes: u64, completed: bool) {
         let took = self.started.elapsed();
         self.metrics.request(self.class, self.status, took);
-        let user = self.session.as_ref().map_or("-", |s| &*s.identity.sub);
+        let user = self.session.as_ref().map_or("-", |s| s.sub());
         tracing::info!(
             target: "ssogate::access",
             method = %self.method,

@@ -1,14 +1,25 @@
-//! The gateway's counters and histograms, and their Prometheus text rendering
-//! (`GET /metrics`, text format 0.0.4).
+//! The gateway's counters and histograms, as prometheus-client families, and their
+//! Prometheus text exposition (`GET /metrics`, text format 0.0.4).
 //!
-//! Every metric is a plain atomic, updated where the event happens and read only when
-//! `/metrics` is scraped: no locks, no allocation on the request path. Label values
-//! come from fixed enums, never from requests, so nothing a client sends can grow the
-//! output or reach it.
+//! A request updates plain atomics only: every label set is resolved once (at startup,
+//! or a status code's first use) and its handle kept, so no lookup, lock or allocation
+//! is on the request path. Label values come from fixed enums, never from requests,
+//! so nothing a client sends can grow the output or reach it.
 
-use std::fmt::Write as _;
-use std::sync::atomic::{AtomicI64, AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, SystemTime};
+
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{
+    DescriptorEncoder, EncodeLabelSet, EncodeMetric, MetricEncoder, NoLabelSet,
+};
+use prometheus_client::metrics::counter::{ConstCounter, Counter};
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::{ConstGauge, Gauge};
+use prometheus_client::metrics::info::Info;
+use prometheus_client::metrics::{MetricType, TypedMetric};
+use prometheus_client::registry::{Metric, Registry};
 
 /// Which part of the gateway answered a request.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -141,79 +152,126 @@ const BUCKETS: [f64; 14] = [
     0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
 ];
 
-/// A latency histogram: a count per bucket (not cumulative; summed when rendered),
-/// the total count and the sum in microseconds.
-struct Histogram {
+/// A latency histogram of atomics (prometheus-client's own takes a lock per
+/// observation): a count per bucket, not cumulative (the encoder sums them), the total
+/// count and the sum in microseconds.
+#[derive(Clone, Debug, Default)]
+struct Latency(Arc<LatencyCounts>);
+
+#[derive(Debug, Default)]
+struct LatencyCounts {
+    /// One per bound of [`BUCKETS`], then one for larger values.
     buckets: [AtomicU64; BUCKETS.len() + 1],
     count: AtomicU64,
     sum_micros: AtomicU64,
 }
 
-impl Histogram {
-    fn new() -> Self {
-        Self {
-            buckets: std::array::from_fn(|_| AtomicU64::new(0)),
-            count: AtomicU64::new(0),
-            sum_micros: AtomicU64::new(0),
-        }
-    }
-
+impl Latency {
     fn observe(&self, took: Duration) {
         let seconds = took.as_secs_f64();
         let index = BUCKETS
             .iter()
             .position(|&bound| seconds <= bound)
             .unwrap_or(BUCKETS.len());
-        self.buckets[index].fetch_add(1, Relaxed);
-        self.count.fetch_add(1, Relaxed);
-        self.sum_micros
-            .fetch_add(took.as_micros().min(u64::MAX as u128) as u64, Relaxed);
+        let counts = &self.0;
+        counts.buckets[index].fetch_add(1, Relaxed);
+        counts.count.fetch_add(1, Relaxed);
+        counts
+            .sum_micros
+            .fetch_add(u64::try_from(took.as_micros()).unwrap_or(u64::MAX), Relaxed);
+    }
+}
+
+impl TypedMetric for Latency {
+    const TYPE: MetricType = MetricType::Histogram;
+}
+
+impl EncodeMetric for Latency {
+    fn encode(&self, mut encoder: MetricEncoder) -> Result<(), std::fmt::Error> {
+        let counts = &self.0;
+        let buckets: Vec<(f64, u64)> = BUCKETS
+            .iter()
+            .chain(&[f64::INFINITY])
+            .zip(&counts.buckets)
+            .map(|(&bound, count)| (bound, count.load(Relaxed)))
+            .collect();
+        let sum = counts.sum_micros.load(Relaxed) as f64 / 1e6;
+        let count = counts.count.load(Relaxed);
+        encoder.encode_histogram::<NoLabelSet>(sum, count, &buckets, None)
     }
 
-    /// The `_bucket`, `_sum` and `_count` lines, with `labels` (`key="value",` or empty).
-    fn render(&self, out: &mut String, name: &str, labels: &str) {
-        let mut cumulative = 0;
-        for (i, bound) in BUCKETS.iter().enumerate() {
-            cumulative += self.buckets[i].load(Relaxed);
-            let _ = writeln!(out, "{name}_bucket{{{labels}le=\"{bound}\"}} {cumulative}");
-        }
-        cumulative += self.buckets[BUCKETS.len()].load(Relaxed);
-        let _ = writeln!(out, "{name}_bucket{{{labels}le=\"+Inf\"}} {cumulative}");
-        let labels = labels.trim_end_matches(',');
-        let sum = self.sum_micros.load(Relaxed) as f64 / 1e6;
-        let count = self.count.load(Relaxed);
-        if labels.is_empty() {
-            let _ = writeln!(out, "{name}_sum {sum}\n{name}_count {count}");
-        } else {
-            let _ = writeln!(
-                out,
-                "{name}_sum{{{labels}}} {sum}\n{name}_count{{{labels}}} {count}"
-            );
-        }
+    fn metric_type(&self) -> MetricType {
+        Self::TYPE
     }
+}
+
+/// A family shown with its HELP and TYPE before its first sample too (a family
+/// alone is left out of the exposition while it has no label set).
+#[derive(Debug)]
+struct AlwaysShown<M>(M);
+
+impl<M: EncodeMetric> EncodeMetric for AlwaysShown<M> {
+    fn encode(&self, encoder: MetricEncoder) -> Result<(), std::fmt::Error> {
+        self.0.encode(encoder)
+    }
+
+    fn metric_type(&self) -> MetricType {
+        self.0.metric_type()
+    }
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RequestLabels {
+    route: &'static str,
+    status: u16,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RouteLabel {
+    route: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReasonLabel {
+    reason: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct OutcomeLabel {
+    outcome: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct VersionLabel {
+    version: &'static str,
 }
 
 /// Status codes 100..=599, one counter each.
 const STATUS_CODES: usize = 500;
 
-/// Everything `/metrics` reports, for one gateway process.
+/// Everything `/metrics` reports, for one gateway process: the registry that renders
+/// it, and a handle on each series the gateway counts in.
 pub struct Metrics {
-    started: SystemTime,
-    /// Per route class, per status code (index `status - 100`).
-    requests: [Box<[AtomicU64]>; 3],
-    request_seconds: [Histogram; 3],
-    logins_started: AtomicU64,
-    logins_completed: AtomicU64,
-    logins_refused: [AtomicU64; LoginRefusal::ALL.len()],
-    access_refused: AtomicU64,
-    upkeeps: [AtomicU64; UpkeepOutcome::ALL.len()],
-    provider_seconds: Histogram,
-    provider_failures: AtomicU64,
-    upstream_seconds: Histogram,
-    upstream_failures: [AtomicU64; UpstreamFailure::ALL.len()],
-    connections_open: AtomicI64,
-    connections_accepted: AtomicU64,
-    reloads: [AtomicU64; 2],
+    registry: Registry,
+    requests: Family<RequestLabels, Counter>,
+    /// Per route class, per status code (index `status - 100`): the series of
+    /// `requests`, each looked up in the family at its first use only.
+    request_counters: [Box<[OnceLock<Counter>]>; 3],
+    request_seconds: [Latency; 3],
+    logins_started: Counter,
+    logins_completed: Counter,
+    logins_refused: [Counter; LoginRefusal::ALL.len()],
+    access_refused: Counter,
+    sessions_live: Gauge,
+    upkeeps: [Counter; UpkeepOutcome::ALL.len()],
+    provider_seconds: Latency,
+    provider_failures: Counter,
+    upstream_seconds: Latency,
+    upstream_failures: [Counter; UpstreamFailure::ALL.len()],
+    connections_open: Gauge,
+    connections_accepted: Counter,
+    /// Applied, refused.
+    reloads: [Counter; 2],
 }
 
 impl Default for Metrics {
@@ -222,61 +280,206 @@ impl Default for Metrics {
     }
 }
 
+/// Registers `metric` under `name` and gives it back, to count in.
+fn add<M: Metric + Clone>(registry: &mut Registry, name: &str, help: &str, metric: M) -> M {
+    registry.register(name, help, metric.clone());
+    metric
+}
+
+/// The series of `family` for each of `labels`, created now so that each shows from
+/// the start.
+fn series<L, M, const N: usize>(family: &Family<L, M>, labels: [L; N]) -> [M; N]
+where
+    L: Clone + std::hash::Hash + Eq,
+    M: Clone + Default,
+{
+    labels.map(|label| family.get_or_create(&label).clone())
+}
+
 impl Metrics {
     pub fn new() -> Self {
-        let statuses = || (0..STATUS_CODES).map(|_| AtomicU64::new(0)).collect();
+        // The registry ends each help text with a full stop.
+        let mut r = Registry::default();
+        let requests = Family::<RequestLabels, Counter>::default();
+        r.register(
+            "ssogate_requests",
+            "Requests answered, by route class (gateway, public, protected) and status code",
+            AlwaysShown(requests.clone()),
+        );
+        let request_seconds = add(
+            &mut r,
+            "ssogate_request_duration_seconds",
+            "Time from a request's arrival until its response was sent, by route class",
+            Family::<RouteLabel, Latency>::default(),
+        );
+        r.register(
+            "ssogate_build",
+            "The running version",
+            Info::new(VersionLabel {
+                version: env!("CARGO_PKG_VERSION"),
+            }),
+        );
+        let started = SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_secs();
+        r.register(
+            "process_start_time_seconds",
+            "When the gateway started, in seconds since the Unix epoch",
+            ConstGauge::new(i64::try_from(started).unwrap_or(i64::MAX)),
+        );
+        r.register_collector(Box::new(ReadAtScrape));
+        let statuses = || (0..STATUS_CODES).map(|_| OnceLock::new()).collect();
         Self {
-            started: SystemTime::now(),
-            requests: [statuses(), statuses(), statuses()],
-            request_seconds: std::array::from_fn(|_| Histogram::new()),
-            logins_started: AtomicU64::new(0),
-            logins_completed: AtomicU64::new(0),
-            logins_refused: std::array::from_fn(|_| AtomicU64::new(0)),
-            access_refused: AtomicU64::new(0),
-            upkeeps: std::array::from_fn(|_| AtomicU64::new(0)),
-            provider_seconds: Histogram::new(),
-            provider_failures: AtomicU64::new(0),
-            upstream_seconds: Histogram::new(),
-            upstream_failures: std::array::from_fn(|_| AtomicU64::new(0)),
-            connections_open: AtomicI64::new(0),
-            connections_accepted: AtomicU64::new(0),
-            reloads: std::array::from_fn(|_| AtomicU64::new(0)),
+            request_counters: [statuses(), statuses(), statuses()],
+            request_seconds: series(
+                &request_seconds,
+                RouteClass::ALL.map(|class| RouteLabel {
+                    route: class.as_str(),
+                }),
+            ),
+            requests,
+            logins_started: add(
+                &mut r,
+                "ssogate_logins_started",
+                "Logins sent to the identity provider",
+                Counter::default(),
+            ),
+            logins_completed: add(
+                &mut r,
+                "ssogate_logins_completed",
+                "Logins that ended with a new session",
+                Counter::default(),
+            ),
+            logins_refused: series(
+                &add(
+                    &mut r,
+                    "ssogate_logins_refused",
+                    "Logins that did not end with a session, by reason",
+                    Family::default(),
+                ),
+                LoginRefusal::ALL.map(|why| ReasonLabel {
+                    reason: why.as_str(),
+                }),
+            ),
+            access_refused: add(
+                &mut r,
+                "ssogate_access_refused",
+                "Requests of signed-in people that the access rules refused (403)",
+                Counter::default(),
+            ),
+            sessions_live: add(
+                &mut r,
+                "ssogate_sessions_live",
+                "Sessions held by this process (with session.store = \"redis\": in its local cache)",
+                Gauge::default(),
+            ),
+            upkeeps: series(
+                &add(
+                    &mut r,
+                    "ssogate_session_upkeeps",
+                    "Token refreshes and revalidations at the provider, by outcome",
+                    Family::default(),
+                ),
+                UpkeepOutcome::ALL.map(|outcome| OutcomeLabel {
+                    outcome: outcome.as_str(),
+                }),
+            ),
+            provider_seconds: add(
+                &mut r,
+                "ssogate_provider_request_duration_seconds",
+                "Time of each HTTP exchange with the identity provider (discovery, keys, token, userinfo, revocation)",
+                Latency::default(),
+            ),
+            provider_failures: add(
+                &mut r,
+                "ssogate_provider_failures",
+                "Exchanges with the identity provider that got no answer (refused, timed out, 5xx)",
+                Counter::default(),
+            ),
+            upstream_seconds: add(
+                &mut r,
+                "ssogate_upstream_response_duration_seconds",
+                "Time until the upstream's response headers arrived",
+                Latency::default(),
+            ),
+            upstream_failures: series(
+                &add(
+                    &mut r,
+                    "ssogate_upstream_failures",
+                    "Requests the upstream did not answer: unavailable (502) or timeout (504)",
+                    Family::default(),
+                ),
+                UpstreamFailure::ALL.map(|why| ReasonLabel {
+                    reason: why.as_str(),
+                }),
+            ),
+            connections_open: add(
+                &mut r,
+                "ssogate_connections_open",
+                "Client connections open now",
+                Gauge::default(),
+            ),
+            connections_accepted: add(
+                &mut r,
+                "ssogate_connections_accepted",
+                "Client connections accepted",
+                Counter::default(),
+            ),
+            reloads: series(
+                &add(
+                    &mut r,
+                    "ssogate_reloads",
+                    "Reloads of the config or the TLS certificate, applied or refused",
+                    Family::default(),
+                ),
+                ["applied", "refused"].map(|outcome| OutcomeLabel { outcome }),
+            ),
+            registry: r,
         }
     }
 
     /// One request answered (counted when its response has been sent or abandoned).
     pub fn request(&self, class: RouteClass, status: u16, took: Duration) {
-        let slot = usize::from(status.clamp(100, 599) - 100);
-        self.requests[class as usize][slot].fetch_add(1, Relaxed);
+        let status = status.clamp(100, 599);
+        let counter =
+            self.request_counters[class as usize][usize::from(status - 100)].get_or_init(|| {
+                let labels = RequestLabels {
+                    route: class.as_str(),
+                    status,
+                };
+                self.requests.get_or_create(&labels).clone()
+            });
+        counter.inc();
         self.request_seconds[class as usize].observe(took);
     }
 
     pub fn login_started(&self) {
-        self.logins_started.fetch_add(1, Relaxed);
+        self.logins_started.inc();
     }
 
     pub fn login_completed(&self) {
-        self.logins_completed.fetch_add(1, Relaxed);
+        self.logins_completed.inc();
     }
 
     pub fn login_refused(&self, why: LoginRefusal) {
-        self.logins_refused[why as usize].fetch_add(1, Relaxed);
+        self.logins_refused[why as usize].inc();
     }
 
     /// A signed-in person refused by the access rules (403).
     pub fn access_refused(&self) {
-        self.access_refused.fetch_add(1, Relaxed);
+        self.access_refused.inc();
     }
 
     pub fn upkeep(&self, outcome: UpkeepOutcome) {
-        self.upkeeps[outcome as usize].fetch_add(1, Relaxed);
+        self.upkeeps[outcome as usize].inc();
     }
 
     /// One HTTP exchange with the provider: how long, and whether it got an answer.
     pub fn provider_call(&self, took: Duration, answered: bool) {
         self.provider_seconds.observe(took);
         if !answered {
-            self.provider_failures.fetch_add(1, Relaxed);
+            self.provider_failures.inc();
         }
     }
 
@@ -286,260 +489,71 @@ impl Metrics {
     }
 
     pub fn upstream_failure(&self, why: UpstreamFailure) {
-        self.upstream_failures[why as usize].fetch_add(1, Relaxed);
+        self.upstream_failures[why as usize].inc();
     }
 
     pub fn connection_opened(&self) {
-        self.connections_accepted.fetch_add(1, Relaxed);
-        self.connections_open.fetch_add(1, Relaxed);
+        self.connections_accepted.inc();
+        self.connections_open.inc();
     }
 
     pub fn connection_closed(&self) {
-        self.connections_open.fetch_sub(1, Relaxed);
+        self.connections_open.dec();
     }
 
     /// A reload (SIGHUP, or a certificate file that changed): applied or refused.
     pub fn reload(&self, applied: bool) {
-        self.reloads[usize::from(!applied)].fetch_add(1, Relaxed);
+        self.reloads[usize::from(!applied)].inc();
     }
 
     /// The Prometheus text exposition; `sessions` is the store's current count.
     pub fn render(&self, sessions: u64) -> String {
+        self.sessions_live
+            .set(i64::try_from(sessions).unwrap_or(i64::MAX));
         let mut out = String::with_capacity(8 * 1024);
-        let family = |out: &mut String, name: &str, kind: &str, help: &str| {
-            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
-        };
-
-        family(
-            &mut out,
-            "ssogate_requests_total",
-            "counter",
-            "Requests answered, by route class (gateway, public, protected) and status code.",
-        );
-        for class in RouteClass::ALL {
-            for (slot, count) in self.requests[class as usize].iter().enumerate() {
-                let count = count.load(Relaxed);
-                if count > 0 {
-                    let _ = writeln!(
-                        out,
-                        "ssogate_requests_total{{route=\"{}\",status=\"{}\"}} {count}",
-                        class.as_str(),
-                        slot + 100
-                    );
-                }
-            }
-        }
-        family(
-            &mut out,
-            "ssogate_request_duration_seconds",
-            "histogram",
-            "Time from a request's arrival until its response was sent, by route class.",
-        );
-        for class in RouteClass::ALL {
-            self.request_seconds[class as usize].render(
-                &mut out,
-                "ssogate_request_duration_seconds",
-                &format!("route=\"{}\",", class.as_str()),
-            );
-        }
-
-        family(
-            &mut out,
-            "ssogate_logins_started_total",
-            "counter",
-            "Logins sent to the identity provider.",
-        );
-        let _ = writeln!(
-            out,
-            "ssogate_logins_started_total {}",
-            self.logins_started.load(Relaxed)
-        );
-        family(
-            &mut out,
-            "ssogate_logins_completed_total",
-            "counter",
-            "Logins that ended with a new session.",
-        );
-        let _ = writeln!(
-            out,
-            "ssogate_logins_completed_total {}",
-            self.logins_completed.load(Relaxed)
-        );
-        family(
-            &mut out,
-            "ssogate_logins_refused_total",
-            "counter",
-            "Logins that did not end with a session, by reason.",
-        );
-        for why in LoginRefusal::ALL {
-            let _ = writeln!(
-                out,
-                "ssogate_logins_refused_total{{reason=\"{}\"}} {}",
-                why.as_str(),
-                self.logins_refused[why as usize].load(Relaxed)
-            );
-        }
-        family(
-            &mut out,
-            "ssogate_access_refused_total",
-            "counter",
-            "Requests of signed-in people that the access rules refused (403).",
-        );
-        let _ = writeln!(
-            out,
-            "ssogate_access_refused_total {}",
-            self.access_refused.load(Relaxed)
-        );
-        family(
-            &mut out,
-            "ssogate_sessions_live",
-            "gauge",
-            "Sessions held by this process (with session.store = \"redis\": in its local cache).",
-        );
-        let _ = writeln!(out, "ssogate_sessions_live {sessions}");
-        family(
-            &mut out,
-            "ssogate_session_upkeeps_total",
-            "counter",
-            "Token refreshes and revalidations at the provider, by outcome.",
-        );
-        for outcome in UpkeepOutcome::ALL {
-            let _ = writeln!(
-                out,
-                "ssogate_session_upkeeps_total{{outcome=\"{}\"}} {}",
-                outcome.as_str(),
-                self.upkeeps[outcome as usize].load(Relaxed)
-            );
-        }
-
-        family(
-            &mut out,
-            "ssogate_provider_request_duration_seconds",
-            "histogram",
-            "Time of each HTTP exchange with the identity provider (discovery, keys, token, userinfo, revocation).",
-        );
-        self.provider_seconds
-            .render(&mut out, "ssogate_provider_request_duration_seconds", "");
-        family(
-            &mut out,
-            "ssogate_provider_failures_total",
-            "counter",
-            "Exchanges with the identity provider that got no answer (refused, timed out, 5xx).",
-        );
-        let _ = writeln!(
-            out,
-            "ssogate_provider_failures_total {}",
-            self.provider_failures.load(Relaxed)
-        );
-        family(
-            &mut out,
-            "ssogate_upstream_response_duration_seconds",
-            "histogram",
-            "Time until the upstream's response headers arrived.",
-        );
-        self.upstream_seconds
-            .render(&mut out, "ssogate_upstream_response_duration_seconds", "");
-        family(
-            &mut out,
-            "ssogate_upstream_failures_total",
-            "counter",
-            "Requests the upstream did not answer: unavailable (502) or timeout (504).",
-        );
-        for why in UpstreamFailure::ALL {
-            let _ = writeln!(
-                out,
-                "ssogate_upstream_failures_total{{reason=\"{}\"}} {}",
-                why.as_str(),
-                self.upstream_failures[why as usize].load(Relaxed)
-            );
-        }
-
-        family(
-            &mut out,
-            "ssogate_connections_open",
-            "gauge",
-            "Client connections open now.",
-        );
-        let _ = writeln!(
-            out,
-            "ssogate_connections_open {}",
-            self.connections_open.load(Relaxed)
-        );
-        family(
-            &mut out,
-            "ssogate_connections_accepted_total",
-            "counter",
-            "Client connections accepted.",
-        );
-        let _ = writeln!(
-            out,
-            "ssogate_connections_accepted_total {}",
-            self.connections_accepted.load(Relaxed)
-        );
-        family(
-            &mut out,
-            "ssogate_reloads_total",
-            "counter",
-            "Reloads of the config or the TLS certificate, applied or refused.",
-        );
-        let _ = writeln!(
-            out,
-            "ssogate_reloads_total{{outcome=\"applied\"}} {}\nssogate_reloads_total{{outcome=\"refused\"}} {}",
-            self.reloads[0].load(Relaxed),
-            self.reloads[1].load(Relaxed)
-        );
-        family(
-            &mut out,
-            "ssogate_log_lines_dropped_total",
-            "counter",
-            "Log lines dropped because the log output (disk, pipe) did not keep up.",
-        );
-        let _ = writeln!(
-            out,
-            "ssogate_log_lines_dropped_total {}",
-            super::logging::lines_dropped()
-        );
-        family(
-            &mut out,
-            "ssogate_build_info",
-            "gauge",
-            "The running version.",
-        );
-        let _ = writeln!(
-            out,
-            "ssogate_build_info{{version=\"{}\"}} 1",
-            env!("CARGO_PKG_VERSION")
-        );
-        family(
-            &mut out,
-            "process_start_time_seconds",
-            "gauge",
-            "When the gateway started, in seconds since the Unix epoch.",
-        );
-        let started = self
-            .started
-            .duration_since(SystemTime::UNIX_EPOCH)
-            .unwrap_or_default()
-            .as_secs();
-        let _ = writeln!(out, "process_start_time_seconds {started}");
-        if let Some(resident) = resident_memory_bytes() {
-            family(
-                &mut out,
-                "process_resident_memory_bytes",
-                "gauge",
-                "Resident memory of the gateway process.",
-            );
-            let _ = writeln!(out, "process_resident_memory_bytes {resident}");
-        }
+        prometheus_client::encoding::prometheus_text::encode(&mut out, &self.registry)
+            .expect("writing to a String cannot fail");
         out
     }
 }
 
-/// Resident set size from `/proc/self/statm` (Linux), else `None`.
+/// What is read when `/metrics` is scraped: the log output's dropped lines, and the
+/// process's resident memory.
+#[derive(Debug)]
+struct ReadAtScrape;
+
+impl Collector for ReadAtScrape {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let dropped = ConstCounter::new(super::logging::lines_dropped());
+        dropped.encode(encoder.encode_descriptor(
+            "ssogate_log_lines_dropped",
+            "Log lines dropped because the log output (disk, pipe) did not keep up.",
+            None,
+            dropped.metric_type(),
+        )?)?;
+        if let Some(resident) = resident_memory_bytes() {
+            let resident = ConstGauge::new(i64::try_from(resident).unwrap_or(i64::MAX));
+            resident.encode(encoder.encode_descriptor(
+                "process_resident_memory_bytes",
+                "Resident memory of the gateway process.",
+                None,
+                resident.metric_type(),
+            )?)?;
+        }
+        Ok(())
+    }
+}
+
+/// Resident set size: `VmRSS` of `/proc/self/status` (Linux), else `None`.
 fn resident_memory_bytes() -> Option<u64> {
-    let statm = std::fs::read_to_string("/proc/self/statm").ok()?;
-    let pages: u64 = statm.split_whitespace().nth(1)?.parse().ok()?;
-    Some(pages * 4096)
+    vm_rss(&std::fs::read_to_string("/proc/self/status").ok()?)
+}
+
+/// The `VmRSS:   1234 kB` line of a `/proc/<pid>/status`, in bytes.
+fn vm_rss(status: &str) -> Option<u64> {
+    let line = status.lines().find_map(|l| l.strip_prefix("VmRSS:"))?;
+    let kib: u64 = line.trim().strip_suffix("kB")?.trim().parse().ok()?;
+    kib.checked_mul(1024)
 }
 
 #[cfg(test)]
@@ -609,5 +623,51 @@ mod tests {
                 "{family}"
             );
         }
+    }
+
+    #[test]
+    fn resident_memory_is_vm_rss_in_bytes() {
+        let status = "Name:\tssogate\nVmPeak:\t  900000 kB\nVmRSS:\t   12345 kB\nThreads:\t3\n";
+        assert_eq!(vm_rss(status), Some(12345 * 1024));
+        assert_eq!(vm_rss("Name:\tssogate\n"), None);
+        assert_eq!(vm_rss("VmRSS:\t12 MB\n"), None);
+        if cfg!(target_os = "linux") {
+            let resident = resident_memory_bytes().expect("/proc/self/status has VmRSS");
+            assert!((1 << 20..1 << 40).contains(&resident), "{resident}");
+            let text = Metrics::new().render(0);
+            assert!(text.contains("process_resident_memory_bytes "));
+        }
+    }
+
+    #[test]
+    fn the_exposition_keeps_its_names_and_help() {
+        let metrics = Metrics::new();
+        metrics.reload(true);
+        metrics.login_refused(LoginRefusal::IssuerMismatch);
+        let text = metrics.render(0);
+        for expected in [
+            "# HELP ssogate_requests_total Requests answered, by route class (gateway, public, protected) and status code.\n# TYPE ssogate_requests_total counter\n",
+            "# TYPE ssogate_request_duration_seconds histogram\n",
+            "ssogate_logins_refused_total{reason=\"issuer_mismatch\"} 1\n",
+            "ssogate_logins_refused_total{reason=\"not_this_browser\"} 0\n",
+            "ssogate_reloads_total{outcome=\"applied\"} 1\n",
+            "ssogate_reloads_total{outcome=\"refused\"} 0\n",
+            "ssogate_session_upkeeps_total{outcome=\"expired\"} 0\n",
+            "ssogate_upstream_failures_total{reason=\"busy\"} 0\n",
+            "# HELP ssogate_sessions_live Sessions held by this process (with session.store = \"redis\": in its local cache).\n",
+            "# TYPE ssogate_connections_open gauge\nssogate_connections_open 0\n",
+            "ssogate_connections_accepted_total 0\n",
+            "ssogate_log_lines_dropped_total ",
+            "ssogate_request_duration_seconds_count{route=\"gateway\"} 0\n",
+            "# TYPE ssogate_build_info gauge\n",
+            "# TYPE process_start_time_seconds gauge\n",
+        ] {
+            assert!(text.contains(expected), "{expected:?} not in\n{text}");
+        }
+        assert!(text.contains(&format!(
+            "ssogate_build_info{{version=\"{}\"}} 1\n",
+            env!("CARGO_PKG_VERSION")
+        )));
+        assert!(!text.contains(".."), "one full stop after each help text");
     }
 }

@@ -13,5 +13,5 @@ pub mod log_output;
 pub mod logging;
 pub mod metrics;
 
-pub use access::{AccessRecord, LoggedBody, REQUEST_ID, request_id};
+pub use access::{AccessRecord, LoggedBody, REQUEST_ID, SignedIn, request_id};
 pub use metrics::{LoginRefusal, Metrics, RouteClass, UpkeepOutcome, UpstreamFailure};

@@ -10,7 +10,7 @@ use openidconnect::core::CoreGenderClaim;
 use openidconnect::{AdditionalClaims, IdTokenClaims, UserInfoClaims};
 use serde_json::Value;
 
-use crate::session::Identity;
+use crate::identity::Identity;
 
 /// All claims of a token or userinfo answer, so configured claim names can be read.
 #[derive(Clone, Debug, Default, serde::Deserialize, serde::Serialize)]

@@ -14,6 +14,7 @@ use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 
+use crate::errors::error_chain;
 use crate::observe::Metrics;
 
 /// Largest provider response read (discovery documents and key sets are a few KiB).
@@ -82,21 +83,6 @@ impl ProviderHttp {
         self.metrics.provider_call(started.elapsed(), answered);
         result
     }
-}
-
-/// An error with its causes, `a: b: c`, for messages an operator can act on.
-pub fn error_chain(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        let cause_text = cause.to_string();
-        if !text.contains(&cause_text) {
-            text.push_str(": ");
-            text.push_str(&cause_text);
-        }
-        source = cause.source();
-    }
-    text
 }
 
 impl<'c> openidconnect::AsyncHttpClient<'c> for ProviderHttp {

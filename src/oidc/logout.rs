@@ -19,7 +19,9 @@ use super::Provider;
 
 pub const BACKCHANNEL_LOGOUT_EVENT: &str = "http://schemas.openid.net/event/backchannel-logout";
 
-/// Logout tokens older than this are refused (and their `jti` forgotten after it).
+/// Logout tokens older than this are refused. A used `jti` is kept twice as long (by
+/// the session store, for the gateway): a replayed token is refused as used until it
+/// is refused as too old.
 pub const MAX_AGE: Duration = Duration::from_secs(600);
 
 /// Whose sessions a valid logout token ends.

@@ -33,11 +33,12 @@ use openidconnect::{
 use url::Url;
 
 pub use self::claims::{ExtraClaims, string_list};
-pub use self::http::{ProviderHttp, ProviderHttpError, error_chain};
+pub use self::http::{ProviderHttp, ProviderHttpError};
 pub use self::keys::{GateJsonWebKey, GateKeySet};
 pub use self::logout::{BACKCHANNEL_LOGOUT_EVENT, LogoutTarget, MAX_AGE as LOGOUT_TOKEN_MAX_AGE};
 use crate::config::OidcSettings;
-use crate::session::{Identity, Renewal, Tokens};
+use crate::errors::error_chain;
+use crate::identity::{Identity, Renewal, Tokens};
 
 type GateIdTokenFields = IdTokenFields<
     ExtraClaims,

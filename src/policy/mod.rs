@@ -6,7 +6,7 @@ mod credentials;
 mod emails;
 mod path;
 mod redirect;
-mod rules;
+mod routes;
 
 use std::collections::HashSet;
 
@@ -14,16 +14,13 @@ pub use credentials::has_sentry_credential;
 pub use emails::EmailFile;
 pub use path::{PathError, decoded_views, normalize_path};
 pub use redirect::{
-    AllowedHosts, MAX_RETURN_TARGET, ReturnTargetTooLong, return_target_or_root,
-    validate_return_target,
+    MAX_RETURN_TARGET, ReturnTargetTooLong, return_target_or_root, validate_return_target,
 };
-pub use rules::{
-    Action, Admission, Requirements, Route, RouteRule, SENTRY_SESSION_COOKIES, decide, describe,
-    first_match, sentry_preset,
-};
+pub use routes::{Route, decide, describe, first_match};
 
 use crate::config::AccessSettings;
-use crate::session::Identity;
+use crate::identity::Identity;
+use crate::rules::RouteRule;
 
 /// Why a signed-in person was refused; the text names the rule (shown on the 403 page).
 #[derive(Debug, PartialEq, Eq)]
@@ -127,6 +124,7 @@ pub fn email_domain(email: &str) -> Option<&str> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::rules::{Action, Admission, Requirements};
 
     fn person(email: &str, verified: bool, groups: &[&str]) -> Identity {
         Identity {

@@ -10,31 +10,7 @@
 
 use url::Url;
 
-/// Hosts (besides the gateway's own) that return targets may point to. An entry
-/// `example.com` matches that host only; `.example.com` matches `example.com` and any
-/// subdomain on a dot boundary (`a.example.com`, never `evilexample.com`).
-#[derive(Clone, Debug, Default)]
-pub struct AllowedHosts(Vec<String>);
-
-impl AllowedHosts {
-    pub fn new(entries: impl IntoIterator<Item = String>) -> Self {
-        Self(
-            entries
-                .into_iter()
-                .map(|e| e.trim().to_ascii_lowercase())
-                .filter(|e| !e.is_empty() && e != ".")
-                .collect(),
-        )
-    }
-
-    pub fn allows(&self, host: &str) -> bool {
-        let host = host.to_ascii_lowercase();
-        self.0.iter().any(|entry| match entry.strip_prefix('.') {
-            Some(domain) => host == domain || host.ends_with(entry.as_str()),
-            None => host == *entry,
-        })
-    }
-}
+use crate::rules::AllowedHosts;
 
 /// The absolute URL to send the browser to for `target`, or `None` when the target
 /// must not be followed (the caller then uses its default, the start page).

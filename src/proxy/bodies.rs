@@ -25,8 +25,8 @@ use bytes::Bytes;
 use hyper::body::{Body, Frame, SizeHint};
 use tokio::time::Sleep;
 
-use super::BoxError;
 use super::limits::InFlightSlot;
+use crate::body::BoxError;
 
 /// Responses that declare at most this many bytes are read whole before they are
 /// sent on (and cannot hold an upstream connection while the client reads slowly).

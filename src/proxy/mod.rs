@@ -17,7 +17,6 @@ pub mod limits;
 pub mod pool;
 pub mod tunnel;
 
-use std::cell::Cell;
 use std::future::{Future, poll_fn};
 use std::net::IpAddr;
 use std::pin::{Pin, pin};
@@ -25,10 +24,8 @@ use std::sync::Arc;
 use std::task::Poll;
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
 use http::header::{self, HeaderValue};
 use http::{Request, Response, StatusCode, Uri, Version};
-use http_body_util::combinators::UnsyncBoxBody;
 use http_body_util::{BodyExt, LengthLimitError, Limited};
 use hyper::body::Incoming;
 use hyper_rustls::HttpsConnector;
@@ -36,37 +33,15 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use tokio::time::Sleep;
 use url::Url;
 
+use crate::body::{ResponseBody, boxed};
 use crate::config::UpstreamSettings;
+use crate::errors::error_chain;
 use crate::observe::{Metrics, UpstreamFailure};
-use crate::oidc::error_chain;
 use crate::pages;
+use crate::serving_thread;
 use bodies::{BUFFERED_MAX, BodyIdle, Delivery, IdleRequestBody};
 use limits::{InFlight, InFlightSlot};
 use pool::{Pool, PooledBody};
-
-pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
-/// The body of every response the gateway sends: streamed from the upstream, or a page.
-pub type ResponseBody = UnsyncBoxBody<Bytes, BoxError>;
-
-/// Boxes any body into a [`ResponseBody`].
-pub fn boxed<B>(body: B) -> ResponseBody
-where
-    B: hyper::body::Body<Data = Bytes> + Send + 'static,
-    B::Error: Into<BoxError>,
-{
-    body.map_err(Into::into).boxed_unsync()
-}
-
-thread_local! {
-    /// Which serving thread this is (0 for the thread that started the gateway).
-    static SERVING_THREAD: Cell<usize> = const { Cell::new(0) };
-}
-
-/// Called once by each serving thread ([`crate::server`]): from then on its requests
-/// use its own upstream connection pool.
-pub fn set_serving_thread(index: usize) {
-    SERVING_THREAD.set(index);
-}
 
 pub struct Upstream {
     /// One connection pool per serving thread, so that a request and the upstream
@@ -237,7 +212,7 @@ impl Upstream {
         let request =
             request.map(|body| Limited::new(IdleRequestBody::new(body, idle_timeout), limit));
 
-        let pool = &self.pools[SERVING_THREAD.get() % self.pools.len()];
+        let pool = &self.pools[serving_thread::index() % self.pools.len()];
         let started = Instant::now();
         // One timer for the answer: its head, and a small body read whole.
         let mut deadline = pin!(tokio::time::sleep(self.read_timeout));

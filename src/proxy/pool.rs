@@ -42,7 +42,7 @@ use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::connect::HttpConnector;
 use tower::ServiceExt;
 
-use super::BoxError;
+use crate::body::BoxError;
 
 /// Idle connections kept per serving thread.
 pub const MAX_IDLE: usize = 64;
@@ -253,7 +253,7 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::proxy::{ResponseBody, boxed};
+    use crate::body::{ResponseBody, boxed};
     use http_body_util::{BodyExt, Empty, StreamBody};
     use std::io::Write;
     use std::os::unix::net::UnixStream;

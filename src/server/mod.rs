@@ -11,10 +11,10 @@
 //! Threads: `server.threads` serving threads (one per core by default), each with its
 //! own single-threaded tokio runtime and its own accept loop on the shared listening
 //! socket, as nginx runs one worker per core. A connection, its requests and their
-//! upstream connections then stay on one thread, with no hand-over between threads;
-//! the load benchmark measured this at about 1.45x the requests/s of tokio's
-//! work-stealing runtime on one core. The thread that calls [`start`] is serving
-//! thread 0 and also runs the background work (provider discovery, Redis).
+//! upstream connections then stay on one thread, with no hand-over between threads.
+//! The thread that calls [`start`] is serving thread 0 and also runs the background work
+//! (provider discovery, Redis); each thread tells [`crate::serving_thread`] its
+//! number, by which the upstream pool of the thread is found.
 
 /// Public for the differential fuzz target (tests/fuzz, `framing_vs_hyper`), which
 /// checks the scanner against hyper; the server is its only other user.
@@ -41,13 +41,13 @@ use tokio::net::TcpListener;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
 use tokio_rustls::TlsAcceptor;
 
+use crate::body::{ResponseBody, boxed};
 use crate::config::{ServerSettings, Settings};
 use std::path::PathBuf;
 
 use crate::gateway::{Gateway, GatewayError, LiveGateway, TlsServerName, TunnelPass};
 use crate::observe::Metrics;
 use crate::proxy::tunnel::{self, TunnelEnd, TunnelTerms};
-use crate::proxy::{ResponseBody, boxed};
 use framing::StrictFraming;
 use limits::{AddressSlot, Limits};
 use linger::LingeringClose;
@@ -376,7 +376,7 @@ fn spawn_serving_threads(
         let thread = std::thread::Builder::new()
             .name(format!("ssogate-serve-{index}"))
             .spawn(move || {
-                crate::proxy::set_serving_thread(index);
+                crate::serving_thread::set(index);
                 runtime.block_on(async move {
                     match TcpListener::from_std(listener) {
                         Ok(listener) => serve(listener, tls, live, limits, stop).await,

@@ -24,9 +24,9 @@ use hyper_util::rt::TokioIo;
 use ssogate::config::Settings;
 use ssogate::gateway::{param, query_params};
 use ssogate::policy::{
-    AllowedHosts, MAX_RETURN_TARGET, PathError, normalize_path, return_target_or_root,
-    validate_return_target,
+    MAX_RETURN_TARGET, PathError, normalize_path, return_target_or_root, validate_return_target,
 };
+use ssogate::rules::AllowedHosts;
 use ssogate::server::framing::{FramingScanner, Message, StrictFraming};
 use ssogate::session::CookieCodec;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};

@@ -1,89 +1,35 @@
-//! Route rules: which requests need no session (Sentry's machine traffic), and which
-//! need more than a session. Rules match the method, a path, and optionally a
-//! credential the request carries ([`Admission`]); the first match wins, operator
-//! rules before the preset's, and a request no rule matches needs a session (and the
-//! global access rules).
+//! Which route a request takes by the route rules ([`crate::rules`]): no session
+//! needed (Sentry's machine traffic), or a session and maybe more. Rules match the
+//! method, a path, and optionally a credential the request carries ([`Admission`]);
+//! the first match wins, operator rules before the preset's, and a request no rule
+//! matches needs a session (and the global access rules).
 //!
 //! [`decide`] makes the decision on every form of the path the upstream may act on
 //! ([`super::path::decoded_views`]): a request is public only if every form is, and a
 //! protected one must satisfy every rule any form matched. So `/manage%2F` meets the
 //! rule for `/manage/` that Sentry, which decodes `%2F`, will apply.
 
-use http::{HeaderMap, HeaderName, Method};
-use regex::Regex;
+use http::{HeaderMap, Method};
 
 use super::credentials::has_sentry_credential;
 use super::path::decoded_views;
+use crate::rules::{Action, Admission, RouteRule};
 
-/// What a matching rule does.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Action {
-    /// Forward without a session (identity headers are still stripped).
-    Public,
-    /// A session is required, plus the global and this rule's requirements.
-    Authenticated,
+/// Whether `rule` applies to a request with this method, path and headers.
+fn matches(rule: &RouteRule, method: &Method, path: &str, headers: &HeaderMap) -> bool {
+    (rule.methods.is_empty() || rule.methods.contains(method))
+        && rule.path.is_match(path)
+        && admits(&rule.admission, headers)
 }
 
-/// Which requests a rule applies to, beyond its methods and path.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Admission {
-    /// Every request.
-    Always,
-    /// Requests that carry this header with a value that is not blank
-    /// (`when_header` of an operator rule).
-    Header(HeaderName),
-    /// Requests with a credential Sentry's API authenticates by itself
-    /// ([`super::credentials`]): the Sentry preset's token API.
-    SentryCredential,
-}
-
-impl Admission {
-    fn admits(&self, headers: &HeaderMap) -> bool {
-        match self {
-            Admission::Always => true,
-            Admission::Header(name) => headers
-                .get_all(name)
-                .iter()
-                .any(|value| !value.as_bytes().trim_ascii().is_empty()),
-            Admission::SentryCredential => has_sentry_credential(headers),
-        }
-    }
-}
-
-/// Requirements a route adds to the global access rules. Each non-empty kind must
-/// admit the person: any one of the groups; the email domain or the email list.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct Requirements {
-    pub allowed_groups: Vec<String>,
-    pub allowed_email_domains: Vec<String>,
-    pub allowed_emails: Vec<String>,
-}
-
-impl Requirements {
-    pub fn is_empty(&self) -> bool {
-        self.allowed_groups.is_empty()
-            && self.allowed_email_domains.is_empty()
-            && self.allowed_emails.is_empty()
-    }
-}
-
-#[derive(Clone, Debug)]
-pub struct RouteRule {
-    /// Shown in `ssogate check`, logs and the 403 page.
-    pub name: String,
-    /// Empty means any method.
-    pub methods: Vec<Method>,
-    pub path: Regex,
-    pub admission: Admission,
-    pub action: Action,
-    pub requirements: Requirements,
-}
-
-impl RouteRule {
-    pub fn matches(&self, method: &Method, path: &str, headers: &HeaderMap) -> bool {
-        (self.methods.is_empty() || self.methods.contains(method))
-            && self.path.is_match(path)
-            && self.admission.admits(headers)
+fn admits(admission: &Admission, headers: &HeaderMap) -> bool {
+    match admission {
+        Admission::Always => true,
+        Admission::Header(name) => headers
+            .get_all(name)
+            .iter()
+            .any(|value| !value.as_bytes().trim_ascii().is_empty()),
+        Admission::SentryCredential => has_sentry_credential(headers),
     }
 }
 
@@ -96,7 +42,7 @@ pub fn first_match<'a>(
 ) -> Option<&'a RouteRule> {
     rules
         .iter()
-        .find(|rule| rule.matches(method, path, headers))
+        .find(|rule| matches(rule, method, path, headers))
 }
 
 /// What the rules decide for one request.
@@ -160,84 +106,6 @@ pub fn decide<'a>(
     }
 }
 
-/// The cookies of Sentry's own sign-in: its session (`sentrysid`), CSRF token (`sc`,
-/// `sentry-sc` on newer versions), superuser and sudo marks. Removed from token
-/// traffic, so that Sentry can authenticate it only by its credential.
-pub const SENTRY_SESSION_COOKIES: [&str; 5] = ["sentrysid", "sc", "sentry-sc", "su", "sudo"];
-
-/// Sentry's traffic that must never meet an interactive login (SENTRY.md section 1):
-/// `(name, path pattern, admission)`.
-const SENTRY_PUBLIC_ROUTES: &[(&str, &str, Admission)] = &[
-    (
-        "sentry: ingestion (store)",
-        r"^/api/store/",
-        Admission::Always,
-    ),
-    (
-        "sentry: ingestion (project endpoints)",
-        r"^/api/[1-9][0-9]*/",
-        Admission::Always,
-    ),
-    ("sentry: relay", r"^/api/0/relays/", Admission::Always),
-    ("sentry: wizard", r"^/api/0/wizard/", Admission::Always),
-    (
-        "sentry: token API",
-        r"^/api/0/",
-        Admission::SentryCredential,
-    ),
-    (
-        "sentry: static",
-        r"^/(_static|_assets|js-sdk)/",
-        Admission::Always,
-    ),
-    (
-        "sentry: JS SDK loader",
-        r"^/js-sdk-loader/[^/.]+(\.min)?\.js$",
-        Admission::Always,
-    ),
-    ("sentry: health", r"^/_health/$", Admission::Always),
-    (
-        "sentry: embed error page",
-        r"^/api/embed/error-page/$",
-        Admission::Always,
-    ),
-    (
-        "sentry: hooks",
-        r"^/api/hooks/(mailgun/inbound|release/[^/]+/[^/]+/[^/]+)/",
-        Admission::Always,
-    ),
-    (
-        "sentry: webhooks",
-        r"^/(extensions|plugins)/",
-        Admission::Always,
-    ),
-    (
-        "sentry: OAuth server",
-        r"^/oauth/(token|userinfo)/$",
-        Admission::Always,
-    ),
-    (
-        "sentry: crawlers",
-        r"^/(robots\.txt|\.well-known/security\.txt)$",
-        Admission::Always,
-    ),
-];
-
-/// The `preset = "sentry"` rules.
-pub fn sentry_preset() -> Vec<RouteRule> {
-    SENTRY_PUBLIC_ROUTES
-        .iter()
-        .map(|(name, pattern, admission)| RouteRule {
-            name: (*name).to_owned(),
-            methods: Vec::new(),
-            path: Regex::new(pattern).expect("preset patterns are valid"),
-            admission: admission.clone(),
-            action: Action::Public,
-            requirements: Requirements::default(),
-        })
-        .collect()
-}
-
 /// One line per rule, for `ssogate check`.
 pub fn describe(rule: &RouteRule) -> String {
     let methods = if rule.methods.is_empty() {
@@ -282,9 +150,12 @@ pub fn describe(rule: &RouteRule) -> String {
 mod tests {
     use super::*;
     use crate::policy::normalize_path;
+    use crate::rules::{Requirements, sentry_preset};
     use base64::Engine;
+    use http::HeaderName;
     use percent_encoding::percent_decode_str;
     use proptest::prelude::*;
+    use regex::Regex;
 
     fn headers(pairs: &[(&str, &str)]) -> HeaderMap {
         let mut map = HeaderMap::new();
