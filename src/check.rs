@@ -1,5 +1,8 @@
 //! `ssogate check`: validates the config, then reaches every peer the gateway needs,
-//! printing one OK/FAIL line per step with the reason.
+//! printing one OK/FAIL line per step with the reason, and what is in force: values
+//! from the environment, the URIs to register, the route table with its requirements.
+
+mod certificate;
 
 use std::path::Path;
 use std::time::Duration;
@@ -9,7 +12,7 @@ use http_body_util::Empty;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 
-use crate::config::Settings;
+use crate::config::{AccessSettings, Settings};
 use crate::gateway::Gateway;
 use crate::outbound;
 use crate::server::tls;
@@ -46,25 +49,61 @@ pub async fn run(config: Option<&Path>) -> bool {
     let settings = match Settings::load(config) {
         Ok(settings) => settings,
         Err(e) => {
-            report.step("config", Err(e.to_string()));
+            for problem in e.problems() {
+                report.step("config", Err(problem.to_string()));
+            }
             return false;
         }
     };
     let shown = config.map_or("environment only".to_owned(), |p| p.display().to_string());
     report.step("config", Ok(shown));
+    for set in &settings.from_environment {
+        if set.overrides_file {
+            report.warn(
+                "environment",
+                &format!(
+                    "{} is set by {}, over the value in the config file",
+                    set.key, set.variable
+                ),
+            );
+        } else {
+            println!("     {} is set by {}", set.key, set.variable);
+        }
+    }
     print_rules(&settings);
-    report.step(
-        "tls",
-        tls::server_config(&settings.tls)
-            .map(|c| {
-                if c.is_some() {
-                    "certificate and key load".to_owned()
-                } else {
-                    "off (another terminator in front)".to_owned()
-                }
-            })
-            .map_err(|e| e.to_string()),
-    );
+    for (what, path) in [
+        ("redirect URI", &settings.oidc.callback_path),
+        ("post-logout redirect URI", &settings.oidc.post_logout_path),
+    ] {
+        let uri = settings
+            .server
+            .public_url
+            .join(path)
+            .map(String::from)
+            .unwrap_or_default();
+        println!("     register this {what} at the provider: {uri}");
+    }
+    let files_ok = match (settings.tls.files(), settings.server.public_url.host()) {
+        (Some((cert_file, key_file)), Some(host)) => report.step(
+            "tls certificate",
+            certificate::check(cert_file, key_file, &host, std::time::SystemTime::now()),
+        ),
+        _ => true,
+    };
+    if files_ok {
+        report.step(
+            "tls",
+            tls::server_config(&settings.tls)
+                .map(|c| {
+                    if c.is_some() {
+                        "certificate and key load".to_owned()
+                    } else {
+                        "off (another terminator in front)".to_owned()
+                    }
+                })
+                .map_err(|e| e.to_string()),
+        );
+    }
     let gateway = match Gateway::new(settings.clone()) {
         Ok(gateway) => gateway,
         Err(e) => {
@@ -85,30 +124,24 @@ pub async fn run(config: Option<&Path>) -> bool {
                     m.issuer().as_str()
                 )
             })
-            .map_err(|e| e.to_string()),
+            .map_err(|e| with_hint(e.to_string(), "oidc.ca_file")),
     );
     if let (true, Ok(metadata)) = (discovery_ok, &metadata) {
         report.step(
             "provider signing keys",
-            provider
-                .fetch_keys(metadata)
-                .await
-                .map(|keys| {
-                    format!(
-                        "{} key(s) at {}",
-                        keys.keys().len(),
-                        metadata.jwks_uri().as_str()
-                    )
-                })
-                .map_err(|e| e.to_string()),
+            match provider.fetch_keys(metadata).await {
+                Ok(keys) if keys.keys().is_empty() => Err(format!(
+                    "{} holds no signing keys: no ID token can be verified",
+                    metadata.jwks_uri().as_str()
+                )),
+                Ok(keys) => Ok(format!(
+                    "{} key(s) at {}",
+                    keys.keys().len(),
+                    metadata.jwks_uri().as_str()
+                )),
+                Err(e) => Err(with_hint(e.to_string(), "oidc.ca_file")),
+            },
         );
-        let callback = settings
-            .server
-            .public_url
-            .join(&settings.oidc.callback_path)
-            .map(String::from)
-            .unwrap_or_default();
-        println!("     register this redirect URI at the provider: {callback}");
         for warning in refresh_warnings(&settings.oidc.scopes, metadata) {
             report.warn("refresh tokens", &warning);
         }
@@ -179,16 +212,82 @@ fn print_rules(settings: &Settings) {
         "     route rules (first match wins; preset: {}):",
         access.preset.as_deref().unwrap_or("none")
     );
+    let global = global_requirements(access);
     for rule in &access.rules {
-        println!("       {}", crate::policy::describe(rule));
+        let line = crate::policy::describe(rule);
+        if rule.action == crate::policy::Action::Authenticated {
+            println!("       {line}{global}");
+        } else {
+            println!("       {line}");
+        }
     }
-    println!("       authenticated *        (everything else)");
+    println!("       authenticated *        (everything else){global}");
     if !access.upstream_session_cookies.is_empty() {
         println!(
             "     removed from requests let through by a credential: cookies {}",
             access.upstream_session_cookies.join(", ")
         );
     }
+}
+
+/// The `[access]` requirements every authenticated route adds to its own, as a suffix
+/// for its line in the route table.
+fn global_requirements(access: &AccessSettings) -> String {
+    let mut parts = Vec::new();
+    if !access.allowed_email_domains.is_empty() {
+        parts.push(format!(
+            "domains: {}",
+            access.allowed_email_domains.join(",")
+        ));
+    }
+    if !access.allowed_emails.is_empty() {
+        parts.push(format!("emails: {}", access.allowed_emails.join(",")));
+    }
+    if let Some(file) = &access.allowed_emails_file {
+        parts.push(format!("emails in {}", file.display()));
+    }
+    if !access.required_groups.is_empty() {
+        parts.push(format!("groups: {}", access.required_groups.join(",")));
+    }
+    if parts.is_empty() {
+        return "  + [access]: anyone who signs in".into();
+    }
+    if access.require_email_verified {
+        parts.push("verified email".into());
+    }
+    format!("  + [access] {}", parts.join("; "))
+}
+
+/// The failure, with a line on what usually causes it when the text says.
+fn with_hint(reason: String, ca_key: &str) -> String {
+    match hint(&reason, ca_key) {
+        Some(hint) => format!("{reason}\n     hint: {hint}"),
+        None => reason,
+    }
+}
+
+/// What the operator most likely has to change, read from a failure's text.
+fn hint(reason: &str, ca_key: &str) -> Option<String> {
+    let hint = if reason.contains("UnknownIssuer") {
+        format!(
+            "the server's certificate is signed by a CA this host does not trust: give that CA's PEM file in {ca_key}"
+        )
+    } else if reason.contains("InvalidContentType") || reason.contains("corrupt message") {
+        "this port answers plain HTTP, not TLS: write http:// (or the port that speaks https)"
+            .into()
+    } else if reason.contains("dns error") || reason.contains("failed to lookup address") {
+        "the host name does not resolve from this machine (DNS): check the spelling, /etc/hosts and the resolver".into()
+    } else if reason.contains("Connection refused") {
+        "nothing listens at that address and port".into()
+    } else if reason.contains(
+        "/.well-known/openid-configuration is not a valid document: expected value at line 1",
+    ) || reason.contains("/.well-known/openid-configuration answered HTTP 404")
+    {
+        "no discovery document there (an HTML page or 404): oidc.issuer's path is probably wrong; for Encvoy ID it is https://<host>/api/oidc".into()
+    } else {
+        return None;
+    };
+    Some(hint)
 }
 
 async fn reach_upstream(settings: &Settings) -> Result<String, String> {
@@ -214,10 +313,9 @@ async fn reach_upstream(settings: &Settings) -> Result<String, String> {
             upstream.url,
             response.status().as_u16()
         )),
-        Ok(Err(e)) => Err(format!(
-            "{}: {}",
-            upstream.url,
-            crate::oidc::error_chain(&e)
+        Ok(Err(e)) => Err(with_hint(
+            format!("{}: {}", upstream.url, crate::oidc::error_chain(&e)),
+            "upstream.ca_file",
         )),
         Err(_) => Err(format!("{}: no answer within 10s", upstream.url)),
     }
@@ -225,7 +323,25 @@ async fn reach_upstream(settings: &Settings) -> Result<String, String> {
 
 #[cfg(test)]
 mod tests {
-    use super::refresh_warnings;
+    use super::{hint, refresh_warnings};
+
+    #[test]
+    fn common_failures_get_a_hint() {
+        for (reason, fragment) in [
+            (
+                "cannot reach https://id.example/api/oidc/.well-known/openid-configuration: error sending request: client error (Connect): invalid peer certificate: UnknownIssuer",
+                "give that CA's PEM file in oidc.ca_file",
+            ),
+            (
+                "https://id.example/api/oidc/.well-known/openid-configuration is not a valid document: expected value at line 1 column 1",
+                "oidc.issuer's path is probably wrong",
+            ),
+        ] {
+            let hint = hint(reason, "oidc.ca_file").unwrap_or_default();
+            assert!(hint.contains(fragment), "{reason}: {hint}");
+        }
+        assert_eq!(hint("answered HTTP 500", "oidc.ca_file"), None);
+    }
 
     fn metadata(extra: serde_json::Value) -> openidconnect::ProviderMetadataWithLogout {
         let mut document = serde_json::json!({

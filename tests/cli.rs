@@ -216,3 +216,195 @@ fn demo_binary_prints_where_to_go_and_stops_on_sigterm() {
     );
     assert!(banner.contains("password"), "{banner}");
 }
+
+#[test]
+fn every_mistake_of_a_file_is_named_in_one_run_with_its_source() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("ssogate.toml");
+    std::fs::write(
+        &config,
+        r#"
+[server]
+listen = 8443
+public_url = "https://sentry.example.com"
+cert_file = "/etc/ssogate/tls/fullchain.pem"
+[tls]
+enabled = false
+[upstream]
+url = "http://127.0.0.1:9000"
+[oidc]
+issuer = "https://id.example.com/api/oidc"
+client_id = "sentry"
+client_secret = "x"
+[session]
+secrets = ["0123456789abcdef0123456789abcdef"]
+lifetime = true
+[access]
+alowed_email_domains = ["example.com"]
+[access.rules]
+path = "^/manage/"
+"#,
+    )
+    .unwrap();
+    let output = ssogate()
+        .args(["run", "--config"])
+        .arg(&config)
+        .env("SSOGATE_UPSTREAM_READ_TIMEOUT", "soon")
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    let lines: Vec<&str> = stderr.lines().collect();
+    assert_eq!(
+        lines,
+        [
+            "ssogate: config error: server.cert_file: is not a key of [server]; it belongs in [tls] (a key belongs to the [section] line above it)",
+            "ssogate: config error: server.listen: expected a string, found a number (an address with its port, in quotes: \"0.0.0.0:8443\")",
+            "ssogate: config error: upstream.read_timeout (set by environment variable SSOGATE_UPSTREAM_READ_TIMEOUT): `soon` is not a duration (examples: 30s, 5m, 24h, 1500ms)",
+            "ssogate: config error: session.lifetime: expected a string such as \"30s\", found true/false",
+            "ssogate: config error: access.alowed_email_domains: unknown key; did you mean access.allowed_email_domains?",
+            "ssogate: config error: access.rules: write [[access.rules]] (two brackets) above each rule: [access.rules] with one bracket is a single table, not a list of rules",
+        ],
+        "{stderr}"
+    );
+}
+
+/// A plain-HTTP server on loopback that answers every request with an HTML page.
+fn html_server() -> std::net::SocketAddr {
+    use std::io::{Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let address = listener.local_addr().unwrap();
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { continue };
+            let mut buffer = [0u8; 4096];
+            let _ = stream.read(&mut buffer);
+            let page = "<!DOCTYPE html><html><body>Sign in</body></html>";
+            let _ = write!(
+                stream,
+                "HTTP/1.1 200 OK\r\ncontent-type: text/html\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{page}",
+                page.len()
+            );
+        }
+    });
+    address
+}
+
+#[test]
+fn check_shows_what_is_in_force_even_when_the_provider_is_wrong() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = rcgen::KeyPair::generate().unwrap();
+    let cert = rcgen::CertificateParams::new(vec!["other.example.com".to_string()])
+        .unwrap()
+        .self_signed(&key)
+        .unwrap();
+    let cert_file = dir.path().join("fullchain.pem");
+    let key_file = dir.path().join("privkey.pem");
+    std::fs::write(&cert_file, cert.pem()).unwrap();
+    std::fs::write(&key_file, key.serialize_pem()).unwrap();
+    let html = html_server();
+    let config = dir.path().join("ssogate.toml");
+    std::fs::write(
+        &config,
+        format!(
+            r#"
+[server]
+public_url = "https://sentry.example.com"
+[tls]
+cert_file = {cert_file:?}
+key_file = {key_file:?}
+[upstream]
+url = "https://{html}"
+[oidc]
+issuer = "https://id.example.com/api/oidc"
+client_id = "sentry"
+client_secret = "x"
+[session]
+secrets = ["0123456789abcdef0123456789abcdef"]
+[access]
+preset = "sentry"
+allowed_email_domains = ["example.com"]
+[[access.rules]]
+name = "Sentry admin"
+path = "^/manage/"
+allowed_groups = ["sentry:admin"]
+"#
+        ),
+    )
+    .unwrap();
+    let output = ssogate()
+        .args(["check", "--config"])
+        .arg(&config)
+        // A stray variable from the sentry-auth-oidc setup, pointing at a wrong path.
+        .env("OIDC_DOMAIN", format!("http://{html}/wrong"))
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert_eq!(output.status.code(), Some(1), "{stdout}");
+    for expected in [
+        "WARN environment: oidc.issuer is set by OIDC_DOMAIN, over the value in the config file",
+        "     register this redirect URI at the provider: https://sentry.example.com/oauth2/callback",
+        "     register this post-logout redirect URI at the provider: https://sentry.example.com/oauth2/sign_in",
+        "       authenticated *        ^/manage/  groups: sentry:admin  [Sentry admin]  + [access] domains: example.com; verified email",
+        "       authenticated *        (everything else)  + [access] domains: example.com; verified email",
+        "     hint: no discovery document there (an HTML page or 404): oidc.issuer's path is probably wrong; for Encvoy ID it is https://<host>/api/oidc",
+        "     hint: this port answers plain HTTP, not TLS: write http:// (or the port that speaks https)",
+    ] {
+        assert!(
+            stdout.lines().any(|line| line == expected),
+            "missing line `{expected}` in:\n{stdout}"
+        );
+    }
+    assert!(
+        stdout.contains(&format!(
+            "FAIL tls certificate: tls.cert_file {}: not valid for sentry.example.com, server.public_url's host",
+            cert_file.display()
+        )),
+        "{stdout}"
+    );
+    // Public rows of the preset carry no requirement.
+    let public_row = stdout
+        .lines()
+        .find(|line| line.contains("public") && line.contains("_health"))
+        .unwrap_or_default();
+    assert!(!public_row.contains("+ [access]"), "{stdout}");
+}
+
+#[test]
+fn check_names_a_host_that_does_not_resolve() {
+    let output = ssogate()
+        .arg("check")
+        .env("SSOGATE_SERVER_PUBLIC_URL", "https://sentry.example.com")
+        .env("SSOGATE_TLS_ENABLED", "false")
+        .env(
+            "SSOGATE_UPSTREAM_URL",
+            format!("http://{}", support::unused_address()),
+        )
+        .env("OIDC_DOMAIN", "https://id.does-not-exist.invalid/api/oidc")
+        .env("OIDC_CLIENT_ID", "sentry")
+        .env("OIDC_CLIENT_SECRET", "secret")
+        .env(
+            "SSOGATE_SESSION_SECRETS",
+            "0123456789abcdef0123456789abcdef",
+        )
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        stdout.contains("     hint: the host name does not resolve from this machine (DNS)"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("     hint: nothing listens at that address and port"),
+        "{stdout}"
+    );
+    // Every key came from the environment, and check says so.
+    assert!(
+        stdout.contains("     oidc.issuer is set by OIDC_DOMAIN"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("     register this post-logout redirect URI at the provider: https://sentry.example.com/oauth2/sign_in"),
+        "{stdout}"
+    );
+}
