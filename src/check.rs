@@ -146,7 +146,10 @@ pub async fn run(config: Option<&Path>) -> bool {
             report.warn("refresh tokens", &warning);
         }
     }
-    report.step("upstream", reach_upstream(&settings).await);
+    let upstream_ok = report.step("upstream", reach_upstream(&settings).await);
+    if upstream_ok && settings.access.preset.as_deref() == Some("sentry") {
+        report.step("upstream is Sentry", upstream_is_sentry(&settings).await);
+    }
     if let crate::config::StoreSettings::Redis(redis) = &settings.session.store {
         report.step(
             "session store",
@@ -291,14 +294,37 @@ fn hint(reason: &str, ca_key: &str) -> Option<String> {
 }
 
 async fn reach_upstream(settings: &Settings) -> Result<String, String> {
+    let url = settings.upstream.url.as_str();
+    upstream_get(settings, url)
+        .await
+        .map(|status| format!("{url} answered HTTP {}", status.as_u16()))
+}
+
+/// With the Sentry preset: the upstream answers Sentry's health check, so it is
+/// Sentry (its nginx) and not some other service on that port.
+async fn upstream_is_sentry(settings: &Settings) -> Result<String, String> {
+    let url = format!(
+        "{}/_health/",
+        settings.upstream.url.as_str().trim_end_matches('/')
+    );
+    match upstream_get(settings, &url).await? {
+        status if status.is_success() => Ok(format!("{url} answered HTTP {}", status.as_u16())),
+        status => Err(format!(
+            "{url} answered HTTP {}: this does not look like Sentry (its /_health/ answers \
+             200); upstream.url should be self-hosted Sentry's nginx (SENTRY_BIND)",
+            status.as_u16()
+        )),
+    }
+}
+
+/// The status of a GET to `url` on the upstream, or why there is none.
+async fn upstream_get(settings: &Settings, url: &str) -> Result<http::StatusCode, String> {
     let upstream = &settings.upstream;
     let roots = outbound::root_store(upstream.ca_file.as_deref()).map_err(|e| e.to_string())?;
     let connector =
         outbound::connector(roots, upstream.connect_timeout).map_err(|e| e.to_string())?;
     let client: Client<_, Empty<Bytes>> = Client::builder(TokioExecutor::new()).build(connector);
-    let uri: http::Uri = upstream
-        .url
-        .as_str()
+    let uri: http::Uri = url
         .parse()
         .map_err(|e: http::uri::InvalidUri| e.to_string())?;
     let request = client.get(uri);
@@ -308,16 +334,12 @@ async fn reach_upstream(settings: &Settings) -> Result<String, String> {
     )
     .await
     {
-        Ok(Ok(response)) => Ok(format!(
-            "{} answered HTTP {}",
-            upstream.url,
-            response.status().as_u16()
-        )),
+        Ok(Ok(response)) => Ok(response.status()),
         Ok(Err(e)) => Err(with_hint(
-            format!("{}: {}", upstream.url, crate::oidc::error_chain(&e)),
+            format!("{url}: {}", crate::oidc::error_chain(&e)),
             "upstream.ca_file",
         )),
-        Err(_) => Err(format!("{}: no answer within 10s", upstream.url)),
+        Err(_) => Err(format!("{url}: no answer within 10s")),
     }
 }
 

@@ -16,6 +16,24 @@ fn ssogate() -> Command {
     command
 }
 
+/// `ssogate check` with a complete config from the environment alone (TLS off).
+fn check_from_environment(upstream: &str, issuer: &str) -> Command {
+    let mut command = ssogate();
+    command
+        .arg("check")
+        .env("SSOGATE_SERVER_PUBLIC_URL", "https://sentry.example.com")
+        .env("SSOGATE_TLS_ENABLED", "false")
+        .env("SSOGATE_UPSTREAM_URL", upstream)
+        .env("OIDC_DOMAIN", issuer)
+        .env("OIDC_CLIENT_ID", "sentry")
+        .env("OIDC_CLIENT_SECRET", "secret")
+        .env(
+            "SSOGATE_SESSION_SECRETS",
+            "0123456789abcdef0123456789abcdef",
+        );
+    command
+}
+
 #[test]
 fn a_bad_config_stops_startup_naming_the_key() {
     let dir = tempfile::tempdir().unwrap();
@@ -75,25 +93,17 @@ fn gen_secret_prints_a_usable_secret() {
 #[test]
 fn check_reports_each_step_and_fails_when_the_provider_is_down() {
     let closed = support::unused_address();
-    let output = ssogate()
-        .arg("check")
-        .env("SSOGATE_SERVER_PUBLIC_URL", "https://sentry.example.com")
-        .env("SSOGATE_TLS_ENABLED", "false")
-        .env("SSOGATE_UPSTREAM_URL", format!("http://{closed}"))
-        .env("OIDC_DOMAIN", format!("http://{closed}/api/oidc"))
-        .env("OIDC_CLIENT_ID", "sentry")
-        .env("OIDC_CLIENT_SECRET", "secret")
-        .env(
-            "SSOGATE_SESSION_SECRETS",
-            "0123456789abcdef0123456789abcdef",
-        )
-        .env("SSOGATE_SESSION_STORE", "redis")
-        .env(
-            "SSOGATE_SESSION_REDIS_URL",
-            format!("redis://:hunter2@{closed}/0"),
-        )
-        .output()
-        .unwrap();
+    let output = check_from_environment(
+        &format!("http://{closed}"),
+        &format!("http://{closed}/api/oidc"),
+    )
+    .env("SSOGATE_SESSION_STORE", "redis")
+    .env(
+        "SSOGATE_SESSION_REDIS_URL",
+        format!("redis://:hunter2@{closed}/0"),
+    )
+    .output()
+    .unwrap();
     let stdout = String::from_utf8_lossy(&output.stdout);
     assert_eq!(output.status.code(), Some(1), "{stdout}");
     assert!(stdout.contains("OK   config"), "{stdout}");
@@ -269,8 +279,11 @@ path = "^/manage/"
     );
 }
 
-/// A plain-HTTP server on loopback that answers every request with an HTML page.
-fn html_server() -> std::net::SocketAddr {
+/// A plain-HTTP server on loopback; `answer` gives status, content type and body for
+/// the request path (and the server's own address).
+fn serve(
+    answer: impl Fn(std::net::SocketAddr, &str) -> (u16, &'static str, String) + Send + 'static,
+) -> std::net::SocketAddr {
     use std::io::{Read, Write};
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let address = listener.local_addr().unwrap();
@@ -278,16 +291,74 @@ fn html_server() -> std::net::SocketAddr {
         for stream in listener.incoming() {
             let Ok(mut stream) = stream else { continue };
             let mut buffer = [0u8; 4096];
-            let _ = stream.read(&mut buffer);
-            let page = "<!DOCTYPE html><html><body>Sign in</body></html>";
+            let n = stream.read(&mut buffer).unwrap_or(0);
+            let head = String::from_utf8_lossy(&buffer[..n]);
+            let path = head.split(' ').nth(1).unwrap_or("/").to_owned();
+            let (status, content_type, body) = answer(address, &path);
             let _ = write!(
                 stream,
-                "HTTP/1.1 200 OK\r\ncontent-type: text/html\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{page}",
-                page.len()
+                "HTTP/1.1 {status} X\r\ncontent-type: {content_type}\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                body.len()
             );
         }
     });
     address
+}
+
+/// A server that answers every request with an HTML page (a sign-in page, say).
+fn html_server() -> std::net::SocketAddr {
+    serve(|_, _| {
+        (
+            200,
+            "text/html",
+            "<!DOCTYPE html><html><body>Sign in</body></html>".into(),
+        )
+    })
+}
+
+#[test]
+fn check_fails_on_an_empty_key_set_and_an_upstream_that_is_not_sentry() {
+    let fake = serve(|address, path| match path {
+        "/.well-known/openid-configuration" => (
+            200,
+            "application/json",
+            serde_json::json!({
+                "issuer": format!("http://{address}"),
+                "authorization_endpoint": format!("http://{address}/auth"),
+                "token_endpoint": format!("http://{address}/token"),
+                "jwks_uri": format!("http://{address}/jwks"),
+                "response_types_supported": ["code"],
+                "subject_types_supported": ["public"],
+                "id_token_signing_alg_values_supported": ["RS256"],
+            })
+            .to_string(),
+        ),
+        "/jwks" => (200, "application/json", r#"{"keys": []}"#.into()),
+        "/" => (200, "text/plain", "some other service".into()),
+        _ => (404, "text/plain", "not found".into()),
+    });
+    let output = check_from_environment(&format!("http://{fake}"), &format!("http://{fake}"))
+        .env("SSOGATE_ACCESS_PRESET", "sentry")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert_eq!(output.status.code(), Some(1), "{stdout}");
+    for expected in [
+        format!(
+            "FAIL provider signing keys: http://{fake}/jwks holds no signing keys: no ID token can be verified"
+        ),
+        format!("OK   upstream: http://{fake}/ answered HTTP 200"),
+        format!(
+            "FAIL upstream is Sentry: http://{fake}/_health/ answered HTTP 404: this does not look \
+             like Sentry (its /_health/ answers 200); upstream.url should be self-hosted Sentry's \
+             nginx (SENTRY_BIND)"
+        ),
+    ] {
+        assert!(
+            stdout.lines().any(|line| line == expected),
+            "missing line `{expected}` in:\n{stdout}"
+        );
+    }
 }
 
 #[test]
@@ -372,23 +443,12 @@ allowed_groups = ["sentry:admin"]
 
 #[test]
 fn check_names_a_host_that_does_not_resolve() {
-    let output = ssogate()
-        .arg("check")
-        .env("SSOGATE_SERVER_PUBLIC_URL", "https://sentry.example.com")
-        .env("SSOGATE_TLS_ENABLED", "false")
-        .env(
-            "SSOGATE_UPSTREAM_URL",
-            format!("http://{}", support::unused_address()),
-        )
-        .env("OIDC_DOMAIN", "https://id.does-not-exist.invalid/api/oidc")
-        .env("OIDC_CLIENT_ID", "sentry")
-        .env("OIDC_CLIENT_SECRET", "secret")
-        .env(
-            "SSOGATE_SESSION_SECRETS",
-            "0123456789abcdef0123456789abcdef",
-        )
-        .output()
-        .unwrap();
+    let output = check_from_environment(
+        &format!("http://{}", support::unused_address()),
+        "https://id.does-not-exist.invalid/api/oidc",
+    )
+    .output()
+    .unwrap();
     let stdout = String::from_utf8_lossy(&output.stdout);
     assert!(
         stdout.contains("     hint: the host name does not resolve from this machine (DNS)"),

@@ -22,7 +22,7 @@ use url::Url;
 
 pub use duration::parse_duration;
 pub use file::split_list;
-pub use shape::{all_keys, edit_distance};
+pub use shape::all_keys;
 pub use size::parse_size;
 
 use crate::policy::{
@@ -603,38 +603,22 @@ fn validate(
     let shaken: Vec<&str> = shaped.iter().filter_map(ConfigError::section).collect();
     found.retain(|problem| problem.section().is_none_or(|s| !shaken.contains(&s)));
     let problems: Vec<ConfigError> = shaped.into_iter().chain(found).collect();
-    match (
-        server,
-        tls,
-        hsts_max_age,
-        upstream,
-        oidc,
-        session,
-        identity_headers,
-        access,
-    ) {
-        (
-            Some(server),
-            Some(tls),
-            Some(hsts_max_age),
-            Some(upstream),
-            Some(oidc),
-            Some(session),
-            Some(identity_headers),
-            Some(access),
-        ) if problems.is_empty() => Ok(Settings {
-            server,
-            tls,
-            hsts_max_age,
-            upstream,
-            oidc,
-            session,
-            identity_headers,
-            access,
-            from_environment: Vec::new(),
-        }),
-        _ => Err(problems),
+    if !problems.is_empty() {
+        return Err(problems);
     }
+    // Without a problem, every part is there.
+    let part = || vec![key_error("config", "a section was not read")];
+    Ok(Settings {
+        server: server.ok_or_else(part)?,
+        tls: tls.ok_or_else(part)?,
+        hsts_max_age: hsts_max_age.ok_or_else(part)?,
+        upstream: upstream.ok_or_else(part)?,
+        oidc: oidc.ok_or_else(part)?,
+        session: session.ok_or_else(part)?,
+        identity_headers: identity_headers.ok_or_else(part)?,
+        access: access.ok_or_else(part)?,
+        from_environment: Vec::new(),
+    })
 }
 
 fn duration_or(
