@@ -468,3 +468,28 @@ fn check_names_a_host_that_does_not_resolve() {
         "{stdout}"
     );
 }
+
+#[tokio::test]
+async fn check_points_to_the_ca_file_for_a_certificate_of_an_unknown_ca() {
+    // The demo's gateway serves https with a certificate of its own throwaway CA.
+    let demo = ssogate::demo::start(0).await.expect("demo starts");
+    let upstream = demo.url.clone();
+    let output = tokio::task::spawn_blocking(move || {
+        check_from_environment(&upstream, &format!("{upstream}api/oidc"))
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert_eq!(output.status.code(), Some(1), "{stdout}");
+    for expected in [
+        "     hint: the server's certificate is signed by a CA this host does not trust: give that CA's PEM file in oidc.ca_file",
+        "     hint: the server's certificate is signed by a CA this host does not trust: give that CA's PEM file in upstream.ca_file",
+    ] {
+        assert!(
+            stdout.lines().any(|line| line == expected),
+            "missing line `{expected}` in:\n{stdout}"
+        );
+    }
+}
