@@ -34,29 +34,36 @@ fn check_from_environment(upstream: &str, issuer: &str) -> Command {
     command
 }
 
-#[test]
-fn a_bad_config_stops_startup_naming_the_key() {
-    let dir = tempfile::tempdir().unwrap();
-    let config = dir.path().join("ssogate.toml");
-    std::fs::write(
-        &config,
-        r#"
+/// A complete config without TLS.
+const MINIMAL: &str = r#"
 [server]
 public_url = "https://sentry.example.com"
 [tls]
 enabled = false
 [upstream]
 url = "http://127.0.0.1:9000"
-read_timeout = "forever"
 [oidc]
 issuer = "https://id.example.com/api/oidc"
 client_id = "sentry"
 client_secret = "x"
 [session]
 secrets = ["0123456789abcdef0123456789abcdef"]
-"#,
-    )
-    .unwrap();
+"#;
+
+/// `text` written to `ssogate.toml` in `dir`.
+fn config_file(dir: &tempfile::TempDir, text: &str) -> std::path::PathBuf {
+    let config = dir.path().join("ssogate.toml");
+    std::fs::write(&config, text).unwrap();
+    config
+}
+
+#[test]
+fn a_bad_config_stops_startup_naming_the_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = config_file(
+        &dir,
+        &MINIMAL.replace("[oidc]", "read_timeout = \"forever\"\n[oidc]"),
+    );
     let output = ssogate()
         .args(["run", "--config"])
         .arg(&config)
@@ -230,38 +237,23 @@ fn demo_binary_prints_where_to_go_and_stops_on_sigterm() {
 #[test]
 fn every_mistake_of_a_file_is_named_in_one_run_with_its_source() {
     let dir = tempfile::tempdir().unwrap();
-    let config = dir.path().join("ssogate.toml");
-    std::fs::write(
-        &config,
-        r#"
-[server]
-listen = 8443
-public_url = "https://sentry.example.com"
-cert_file = "/etc/ssogate/tls/fullchain.pem"
-[tls]
-enabled = false
-[upstream]
-url = "http://127.0.0.1:9000"
-[oidc]
-issuer = "https://id.example.com/api/oidc"
-client_id = "sentry"
-client_secret = "x"
-[session]
-secrets = ["0123456789abcdef0123456789abcdef"]
-lifetime = true
-[access]
-alowed_email_domains = ["example.com"]
-[access.rules]
-path = "^/manage/"
-"#,
-    )
-    .unwrap();
-    let output = ssogate()
-        .args(["run", "--config"])
-        .arg(&config)
-        .env("SSOGATE_UPSTREAM_READ_TIMEOUT", "soon")
-        .output()
-        .unwrap();
+    let text = MINIMAL
+        .replace(
+            "[server]",
+            "[server]\nlisten = 8443\ncert_file = \"/etc/ssogate/tls/fullchain.pem\"",
+        )
+        .replace("[session]", "[session]\nlifetime = true")
+        + "[access]\nalowed_email_domains = [\"example.com\"]\n[access.rules]\npath = \"^/manage/\"\n";
+    let config = config_file(&dir, &text);
+    let with_config = |command: &str| {
+        ssogate()
+            .args([command, "--config"])
+            .arg(&config)
+            .env("SSOGATE_UPSTREAM_READ_TIMEOUT", "soon")
+            .output()
+            .unwrap()
+    };
+    let output = with_config("run");
     assert_eq!(output.status.code(), Some(2));
     let stderr = String::from_utf8_lossy(&output.stderr);
     let lines: Vec<&str> = stderr.lines().collect();
@@ -277,6 +269,19 @@ path = "^/manage/"
         ],
         "{stderr}"
     );
+    // check names the same problems, one FAIL line each.
+    let output = with_config("check");
+    assert_eq!(output.status.code(), Some(1));
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let failed: Vec<&str> = stdout
+        .lines()
+        .filter_map(|line| line.strip_prefix("FAIL config: "))
+        .collect();
+    let named: Vec<&str> = lines
+        .iter()
+        .map(|line| line.trim_start_matches("ssogate: config error: "))
+        .collect();
+    assert_eq!(failed, named, "{stdout}");
 }
 
 /// A plain-HTTP server on loopback; `answer` gives status, content type and body for
@@ -407,35 +412,21 @@ fn check_shows_what_is_in_force_even_when_the_provider_is_wrong() {
     std::fs::write(&cert_file, cert.pem()).unwrap();
     std::fs::write(&key_file, key.serialize_pem()).unwrap();
     let html = html_server();
-    let config = dir.path().join("ssogate.toml");
-    std::fs::write(
-        &config,
-        format!(
-            r#"
-[server]
-public_url = "https://sentry.example.com"
-[tls]
-cert_file = {cert_file:?}
-key_file = {key_file:?}
-[upstream]
-url = "https://{html}"
-[oidc]
-issuer = "https://id.example.com/api/oidc"
-client_id = "sentry"
-client_secret = "x"
-[session]
-secrets = ["0123456789abcdef0123456789abcdef"]
-[access]
+    let text = MINIMAL
+        .replace(
+            "enabled = false",
+            &format!("cert_file = {cert_file:?}\nkey_file = {key_file:?}"),
+        )
+        .replace("http://127.0.0.1:9000", &format!("https://{html}"))
+        + r#"[access]
 preset = "sentry"
 allowed_email_domains = ["example.com"]
 [[access.rules]]
 name = "Sentry admin"
 path = "^/manage/"
 allowed_groups = ["sentry:admin"]
-"#
-        ),
-    )
-    .unwrap();
+"#;
+    let config = config_file(&dir, &text);
     let output = ssogate()
         .args(["check", "--config"])
         .arg(&config)
