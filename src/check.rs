@@ -1,5 +1,8 @@
 //! `ssogate check`: validates the config, then reaches every peer the gateway needs,
-//! printing one OK/FAIL line per step with the reason.
+//! printing one OK/FAIL line per step with the reason, and what is in force: values
+//! from the environment, the URIs to register, the route table with its requirements.
+
+mod certificate;
 
 use std::path::Path;
 use std::time::Duration;
@@ -9,7 +12,7 @@ use http_body_util::Empty;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 
-use crate::config::Settings;
+use crate::config::{AccessSettings, Settings};
 use crate::gateway::Gateway;
 use crate::outbound;
 use crate::server::tls;
@@ -46,25 +49,61 @@ pub async fn run(config: Option<&Path>) -> bool {
     let settings = match Settings::load(config) {
         Ok(settings) => settings,
         Err(e) => {
-            report.step("config", Err(e.to_string()));
+            for problem in e.problems() {
+                report.step("config", Err(problem.to_string()));
+            }
             return false;
         }
     };
     let shown = config.map_or("environment only".to_owned(), |p| p.display().to_string());
     report.step("config", Ok(shown));
+    for set in &settings.from_environment {
+        if set.overrides_file {
+            report.warn(
+                "environment",
+                &format!(
+                    "{} is set by {}, over the value in the config file",
+                    set.key, set.variable
+                ),
+            );
+        } else {
+            println!("     {} is set by {}", set.key, set.variable);
+        }
+    }
     print_rules(&settings);
-    report.step(
-        "tls",
-        tls::server_config(&settings.tls)
-            .map(|c| {
-                if c.is_some() {
-                    "certificate and key load".to_owned()
-                } else {
-                    "off (another terminator in front)".to_owned()
-                }
-            })
-            .map_err(|e| e.to_string()),
-    );
+    for (what, path) in [
+        ("redirect URI", &settings.oidc.callback_path),
+        ("post-logout redirect URI", &settings.oidc.post_logout_path),
+    ] {
+        let uri = settings
+            .server
+            .public_url
+            .join(path)
+            .map(String::from)
+            .unwrap_or_default();
+        println!("     register this {what} at the provider: {uri}");
+    }
+    let files_ok = match (settings.tls.files(), settings.server.public_url.host()) {
+        (Some((cert_file, key_file)), Some(host)) => report.step(
+            "tls certificate",
+            certificate::check(cert_file, key_file, &host, std::time::SystemTime::now()),
+        ),
+        _ => true,
+    };
+    if files_ok {
+        report.step(
+            "tls",
+            tls::server_config(&settings.tls)
+                .map(|c| {
+                    if c.is_some() {
+                        "certificate and key load".to_owned()
+                    } else {
+                        "off (another terminator in front)".to_owned()
+                    }
+                })
+                .map_err(|e| e.to_string()),
+        );
+    }
     let gateway = match Gateway::new(settings.clone()) {
         Ok(gateway) => gateway,
         Err(e) => {
@@ -85,35 +124,42 @@ pub async fn run(config: Option<&Path>) -> bool {
                     m.issuer().as_str()
                 )
             })
-            .map_err(|e| e.to_string()),
+            .map_err(|e| with_hint(e.to_string(), "oidc.ca_file")),
     );
     if let (true, Ok(metadata)) = (discovery_ok, &metadata) {
         report.step(
             "provider signing keys",
-            provider
-                .fetch_keys(metadata)
-                .await
-                .map(|keys| {
-                    format!(
-                        "{} key(s) at {}",
-                        keys.keys().len(),
-                        metadata.jwks_uri().as_str()
-                    )
-                })
-                .map_err(|e| e.to_string()),
+            match provider.fetch_keys(metadata).await {
+                Ok(keys) if keys.keys().is_empty() => Err(format!(
+                    "{} holds no signing keys: no ID token can be verified",
+                    metadata.jwks_uri().as_str()
+                )),
+                Ok(keys) => Ok(format!(
+                    "{} key(s) at {}",
+                    keys.keys().len(),
+                    metadata.jwks_uri().as_str()
+                )),
+                Err(e) => Err(with_hint(e.to_string(), "oidc.ca_file")),
+            },
         );
-        let callback = settings
-            .server
-            .public_url
-            .join(&settings.oidc.callback_path)
-            .map(String::from)
-            .unwrap_or_default();
-        println!("     register this redirect URI at the provider: {callback}");
         for warning in refresh_warnings(&settings.oidc.scopes, metadata) {
             report.warn("refresh tokens", &warning);
         }
     }
-    report.step("upstream", reach_upstream(&settings).await);
+    let upstream_ok = report.step("upstream", reach_upstream(&settings).await);
+    if let Some(around) = reachable_around(&settings).await {
+        report.warn(
+            "upstream",
+            &format!(
+                "its port also answers on {around}, an address of this host other than loopback: \
+                 people can reach it around the gateway; bind it to loopback (self-hosted \
+                 Sentry: SENTRY_BIND=127.0.0.1:9000 in .env.custom)"
+            ),
+        );
+    }
+    if upstream_ok && settings.access.preset.as_deref() == Some("sentry") {
+        report.step("upstream is Sentry", upstream_is_sentry(&settings).await);
+    }
     if let crate::config::StoreSettings::Redis(redis) = &settings.session.store {
         report.step(
             "session store",
@@ -179,10 +225,16 @@ fn print_rules(settings: &Settings) {
         "     route rules (first match wins; preset: {}):",
         access.preset.as_deref().unwrap_or("none")
     );
+    let global = global_requirements(access);
     for rule in &access.rules {
-        println!("       {}", crate::policy::describe(rule));
+        let line = crate::policy::describe(rule);
+        if rule.action == crate::rules::Action::Authenticated {
+            println!("       {line}{global}");
+        } else {
+            println!("       {line}");
+        }
     }
-    println!("       authenticated *        (everything else)");
+    println!("       authenticated *        (everything else){global}");
     if !access.upstream_session_cookies.is_empty() {
         println!(
             "     removed from requests let through by a credential: cookies {}",
@@ -191,15 +243,124 @@ fn print_rules(settings: &Settings) {
     }
 }
 
+/// The `[access]` requirements every authenticated route adds to its own, as a suffix
+/// for its line in the route table.
+fn global_requirements(access: &AccessSettings) -> String {
+    let mut parts = Vec::new();
+    if !access.allowed_email_domains.is_empty() {
+        parts.push(format!(
+            "domains: {}",
+            access.allowed_email_domains.join(",")
+        ));
+    }
+    if !access.allowed_emails.is_empty() {
+        parts.push(format!("emails: {}", access.allowed_emails.join(",")));
+    }
+    if let Some(file) = &access.allowed_emails_file {
+        parts.push(format!("emails in {}", file.display()));
+    }
+    if !access.required_groups.is_empty() {
+        parts.push(format!("groups: {}", access.required_groups.join(",")));
+    }
+    if parts.is_empty() {
+        return "  + [access]: anyone who signs in".into();
+    }
+    if access.require_email_verified {
+        parts.push("verified email".into());
+    }
+    format!("  + [access] {}", parts.join("; "))
+}
+
+/// The failure, with a line on what usually causes it when the text says.
+fn with_hint(reason: String, ca_key: &str) -> String {
+    match hint(&reason, ca_key) {
+        Some(hint) => format!("{reason}\n     hint: {hint}"),
+        None => reason,
+    }
+}
+
+/// What the operator most likely has to change, read from a failure's text.
+fn hint(reason: &str, ca_key: &str) -> Option<String> {
+    let hint = if reason.contains("UnknownIssuer") {
+        format!(
+            "the server's certificate is signed by a CA this host does not trust: give that CA's PEM file in {ca_key}"
+        )
+    } else if reason.contains("InvalidContentType") || reason.contains("corrupt message") {
+        "this port answers plain HTTP, not TLS: write http:// (or the port that speaks https)"
+            .into()
+    } else if reason.contains("dns error") || reason.contains("failed to lookup address") {
+        "the host name does not resolve from this machine (DNS): check the spelling, /etc/hosts and the resolver".into()
+    } else if reason.contains("Connection refused") {
+        "nothing listens at that address and port".into()
+    } else if reason.contains(
+        "/.well-known/openid-configuration is not a valid document: expected value at line 1",
+    ) || reason.contains("/.well-known/openid-configuration answered HTTP 404")
+    {
+        "no discovery document there (an HTML page or 404): oidc.issuer's path is probably wrong; for Encvoy ID it is https://<host>/api/oidc".into()
+    } else {
+        return None;
+    };
+    Some(hint)
+}
+
 async fn reach_upstream(settings: &Settings) -> Result<String, String> {
+    let url = settings.upstream.url.as_str();
+    upstream_get(settings, url)
+        .await
+        .map(|status| format!("{url} answered HTTP {}", status.as_u16()))
+}
+
+/// For an upstream on loopback: the same port on this host's outward address (the
+/// source address of its default route; nothing is sent), when something answers there.
+async fn reachable_around(settings: &Settings) -> Option<std::net::SocketAddr> {
+    let url = &settings.upstream.url;
+    let on_loopback = match url.host()? {
+        url::Host::Domain(name) => name == "localhost",
+        url::Host::Ipv4(ip) => ip.is_loopback(),
+        url::Host::Ipv6(ip) => ip.is_loopback(),
+    };
+    if !on_loopback {
+        return None;
+    }
+    let probe = std::net::UdpSocket::bind("0.0.0.0:0").ok()?;
+    probe.connect("203.0.113.1:9").ok()?;
+    let outward = probe.local_addr().ok()?.ip();
+    if outward.is_loopback() || outward.is_unspecified() {
+        return None;
+    }
+    let around = std::net::SocketAddr::new(outward, url.port_or_known_default()?);
+    let connect = tokio::net::TcpStream::connect(around);
+    match tokio::time::timeout(Duration::from_secs(2), connect).await {
+        Ok(Ok(_)) => Some(around),
+        _ => None,
+    }
+}
+
+/// With the Sentry preset: the upstream answers Sentry's health check, so it is
+/// Sentry (its nginx) and not some other service on that port.
+async fn upstream_is_sentry(settings: &Settings) -> Result<String, String> {
+    let url = format!(
+        "{}/_health/",
+        settings.upstream.url.as_str().trim_end_matches('/')
+    );
+    match upstream_get(settings, &url).await? {
+        status if status.is_success() => Ok(format!("{url} answered HTTP {}", status.as_u16())),
+        status => Err(format!(
+            "{url} answered HTTP {}: this does not look like Sentry (its /_health/ answers \
+             200); upstream.url should be self-hosted Sentry's nginx (SENTRY_BIND)",
+            status.as_u16()
+        )),
+    }
+}
+
+/// The status of a GET to `url` on the upstream, or why there is none.
+async fn upstream_get(settings: &Settings, url: &str) -> Result<http::StatusCode, String> {
     let upstream = &settings.upstream;
     let roots = outbound::root_store(upstream.ca_file.as_deref()).map_err(|e| e.to_string())?;
     let connector =
         outbound::connector(roots, upstream.connect_timeout).map_err(|e| e.to_string())?;
     let client: Client<_, Empty<Bytes>> = Client::builder(TokioExecutor::new()).build(connector);
-    let uri: http::Uri = upstream
-        .url
-        .as_str()
+    let uri: http::Uri = url
         .parse()
         .map_err(|e: http::uri::InvalidUri| e.to_string())?;
     let request = client.get(uri);
@@ -209,23 +370,36 @@ async fn reach_upstream(settings: &Settings) -> Result<String, String> {
     )
     .await
     {
-        Ok(Ok(response)) => Ok(format!(
-            "{} answered HTTP {}",
-            upstream.url,
-            response.status().as_u16()
+        Ok(Ok(response)) => Ok(response.status()),
+        Ok(Err(e)) => Err(with_hint(
+            format!("{url}: {}", crate::errors::error_chain(&e)),
+            "upstream.ca_file",
         )),
-        Ok(Err(e)) => Err(format!(
-            "{}: {}",
-            upstream.url,
-            crate::errors::error_chain(&e)
-        )),
-        Err(_) => Err(format!("{}: no answer within 10s", upstream.url)),
+        Err(_) => Err(format!("{url}: no answer within 10s")),
     }
 }
 
 #[cfg(test)]
 mod tests {
-    use super::refresh_warnings;
+    use super::{hint, refresh_warnings};
+
+    #[test]
+    fn common_failures_get_a_hint() {
+        for (reason, fragment) in [
+            (
+                "cannot reach https://id.example/api/oidc/.well-known/openid-configuration: error sending request: client error (Connect): invalid peer certificate: UnknownIssuer",
+                "give that CA's PEM file in oidc.ca_file",
+            ),
+            (
+                "https://id.example/api/oidc/.well-known/openid-configuration is not a valid document: expected value at line 1 column 1",
+                "oidc.issuer's path is probably wrong",
+            ),
+        ] {
+            let hint = hint(reason, "oidc.ca_file").unwrap_or_default();
+            assert!(hint.contains(fragment), "{reason}: {hint}");
+        }
+        assert_eq!(hint("answered HTTP 500", "oidc.ca_file"), None);
+    }
 
     fn metadata(extra: serde_json::Value) -> openidconnect::ProviderMetadataWithLogout {
         let mut document = serde_json::json!({

@@ -81,7 +81,9 @@ async fn run(cli: Cli) -> ExitCode {
             let settings = match ssogate::config::Settings::load(config.as_deref()) {
                 Ok(settings) => settings,
                 Err(e) => {
-                    eprintln!("ssogate: config error: {e}");
+                    for problem in e.problems() {
+                        eprintln!("ssogate: config error: {problem}");
+                    }
                     return ExitCode::from(2);
                 }
             };

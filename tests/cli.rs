@@ -16,29 +16,54 @@ fn ssogate() -> Command {
     command
 }
 
-#[test]
-fn a_bad_config_stops_startup_naming_the_key() {
-    let dir = tempfile::tempdir().unwrap();
-    let config = dir.path().join("ssogate.toml");
-    std::fs::write(
-        &config,
-        r#"
+/// `ssogate check` with a complete config from the environment alone (TLS off).
+fn check_from_environment(upstream: &str, issuer: &str) -> Command {
+    let mut command = ssogate();
+    command
+        .arg("check")
+        .env("SSOGATE_SERVER_PUBLIC_URL", "https://sentry.example.com")
+        .env("SSOGATE_TLS_ENABLED", "false")
+        .env("SSOGATE_UPSTREAM_URL", upstream)
+        .env("OIDC_DOMAIN", issuer)
+        .env("OIDC_CLIENT_ID", "sentry")
+        .env("OIDC_CLIENT_SECRET", "secret")
+        .env(
+            "SSOGATE_SESSION_SECRETS",
+            "0123456789abcdef0123456789abcdef",
+        );
+    command
+}
+
+/// A complete config without TLS.
+const MINIMAL: &str = r#"
 [server]
 public_url = "https://sentry.example.com"
 [tls]
 enabled = false
 [upstream]
 url = "http://127.0.0.1:9000"
-read_timeout = "forever"
 [oidc]
 issuer = "https://id.example.com/api/oidc"
 client_id = "sentry"
 client_secret = "x"
 [session]
 secrets = ["0123456789abcdef0123456789abcdef"]
-"#,
-    )
-    .unwrap();
+"#;
+
+/// `text` written to `ssogate.toml` in `dir`.
+fn config_file(dir: &tempfile::TempDir, text: &str) -> std::path::PathBuf {
+    let config = dir.path().join("ssogate.toml");
+    std::fs::write(&config, text).unwrap();
+    config
+}
+
+#[test]
+fn a_bad_config_stops_startup_naming_the_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = config_file(
+        &dir,
+        &MINIMAL.replace("[oidc]", "read_timeout = \"forever\"\n[oidc]"),
+    );
     let output = ssogate()
         .args(["run", "--config"])
         .arg(&config)
@@ -75,25 +100,17 @@ fn gen_secret_prints_a_usable_secret() {
 #[test]
 fn check_reports_each_step_and_fails_when_the_provider_is_down() {
     let closed = support::unused_address();
-    let output = ssogate()
-        .arg("check")
-        .env("SSOGATE_SERVER_PUBLIC_URL", "https://sentry.example.com")
-        .env("SSOGATE_TLS_ENABLED", "false")
-        .env("SSOGATE_UPSTREAM_URL", format!("http://{closed}"))
-        .env("OIDC_DOMAIN", format!("http://{closed}/api/oidc"))
-        .env("OIDC_CLIENT_ID", "sentry")
-        .env("OIDC_CLIENT_SECRET", "secret")
-        .env(
-            "SSOGATE_SESSION_SECRETS",
-            "0123456789abcdef0123456789abcdef",
-        )
-        .env("SSOGATE_SESSION_STORE", "redis")
-        .env(
-            "SSOGATE_SESSION_REDIS_URL",
-            format!("redis://:hunter2@{closed}/0"),
-        )
-        .output()
-        .unwrap();
+    let output = check_from_environment(
+        &format!("http://{closed}"),
+        &format!("http://{closed}/api/oidc"),
+    )
+    .env("SSOGATE_SESSION_STORE", "redis")
+    .env(
+        "SSOGATE_SESSION_REDIS_URL",
+        format!("redis://:hunter2@{closed}/0"),
+    )
+    .output()
+    .unwrap();
     let stdout = String::from_utf8_lossy(&output.stdout);
     assert_eq!(output.status.code(), Some(1), "{stdout}");
     assert!(stdout.contains("OK   config"), "{stdout}");
@@ -215,4 +232,288 @@ fn demo_binary_prints_where_to_go_and_stops_on_sigterm() {
         "the demo listens at the URL it printed: {banner}"
     );
     assert!(banner.contains("password"), "{banner}");
+}
+
+#[test]
+fn every_mistake_of_a_file_is_named_in_one_run_with_its_source() {
+    let dir = tempfile::tempdir().unwrap();
+    let text = MINIMAL
+        .replace(
+            "[server]",
+            "[server]\nlisten = 8443\ncert_file = \"/etc/ssogate/tls/fullchain.pem\"",
+        )
+        .replace("[session]", "[session]\nlifetime = true")
+        + "[access]\nalowed_email_domains = [\"example.com\"]\n[access.rules]\npath = \"^/manage/\"\n";
+    let config = config_file(&dir, &text);
+    let with_config = |command: &str| {
+        ssogate()
+            .args([command, "--config"])
+            .arg(&config)
+            .env("SSOGATE_UPSTREAM_READ_TIMEOUT", "soon")
+            .output()
+            .unwrap()
+    };
+    let output = with_config("run");
+    assert_eq!(output.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    let lines: Vec<&str> = stderr.lines().collect();
+    assert_eq!(
+        lines,
+        [
+            "ssogate: config error: server.cert_file: is not a key of [server]; it belongs in [tls] (a key belongs to the [section] line above it)",
+            "ssogate: config error: server.listen: expected a string, found a number (an address with its port, in quotes: \"0.0.0.0:8443\")",
+            "ssogate: config error: upstream.read_timeout (set by environment variable SSOGATE_UPSTREAM_READ_TIMEOUT): `soon` is not a duration (examples: 30s, 5m, 24h, 1500ms)",
+            "ssogate: config error: session.lifetime: expected a string such as \"30s\", found true/false",
+            "ssogate: config error: access.alowed_email_domains: unknown key; did you mean access.allowed_email_domains?",
+            "ssogate: config error: access.rules: write [[access.rules]] (two brackets) above each rule: [access.rules] with one bracket is a single table, not a list of rules",
+        ],
+        "{stderr}"
+    );
+    // check names the same problems, one FAIL line each.
+    let output = with_config("check");
+    assert_eq!(output.status.code(), Some(1));
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let failed: Vec<&str> = stdout
+        .lines()
+        .filter_map(|line| line.strip_prefix("FAIL config: "))
+        .collect();
+    let named: Vec<&str> = lines
+        .iter()
+        .map(|line| line.trim_start_matches("ssogate: config error: "))
+        .collect();
+    assert_eq!(failed, named, "{stdout}");
+}
+
+/// A plain-HTTP server on loopback; `answer` gives status, content type and body for
+/// the request path (and the server's own address).
+fn serve(
+    answer: impl Fn(std::net::SocketAddr, &str) -> (u16, &'static str, String) + Send + 'static,
+) -> std::net::SocketAddr {
+    serve_on("127.0.0.1:0", answer)
+}
+
+fn serve_on(
+    bind: &str,
+    answer: impl Fn(std::net::SocketAddr, &str) -> (u16, &'static str, String) + Send + 'static,
+) -> std::net::SocketAddr {
+    use std::io::{Read, Write};
+    let listener = std::net::TcpListener::bind(bind).unwrap();
+    let address = listener.local_addr().unwrap();
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { continue };
+            let mut buffer = [0u8; 4096];
+            let n = stream.read(&mut buffer).unwrap_or(0);
+            let head = String::from_utf8_lossy(&buffer[..n]);
+            let path = head.split(' ').nth(1).unwrap_or("/").to_owned();
+            let (status, content_type, body) = answer(address, &path);
+            let _ = write!(
+                stream,
+                "HTTP/1.1 {status} X\r\ncontent-type: {content_type}\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                body.len()
+            );
+        }
+    });
+    address
+}
+
+/// A server that answers every request with an HTML page (a sign-in page, say).
+fn html_server() -> std::net::SocketAddr {
+    serve(|_, _| {
+        (
+            200,
+            "text/html",
+            "<!DOCTYPE html><html><body>Sign in</body></html>".into(),
+        )
+    })
+}
+
+#[test]
+fn check_fails_on_an_empty_key_set_and_an_upstream_that_is_not_sentry() {
+    let fake = serve(|address, path| match path {
+        "/.well-known/openid-configuration" => (
+            200,
+            "application/json",
+            serde_json::json!({
+                "issuer": format!("http://{address}"),
+                "authorization_endpoint": format!("http://{address}/auth"),
+                "token_endpoint": format!("http://{address}/token"),
+                "jwks_uri": format!("http://{address}/jwks"),
+                "response_types_supported": ["code"],
+                "subject_types_supported": ["public"],
+                "id_token_signing_alg_values_supported": ["RS256"],
+            })
+            .to_string(),
+        ),
+        "/jwks" => (200, "application/json", r#"{"keys": []}"#.into()),
+        "/" => (200, "text/plain", "some other service".into()),
+        _ => (404, "text/plain", "not found".into()),
+    });
+    let output = check_from_environment(&format!("http://{fake}"), &format!("http://{fake}"))
+        .env("SSOGATE_ACCESS_PRESET", "sentry")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert_eq!(output.status.code(), Some(1), "{stdout}");
+    for expected in [
+        format!(
+            "FAIL provider signing keys: http://{fake}/jwks holds no signing keys: no ID token can be verified"
+        ),
+        format!("OK   upstream: http://{fake}/ answered HTTP 200"),
+        format!(
+            "FAIL upstream is Sentry: http://{fake}/_health/ answered HTTP 404: this does not look \
+             like Sentry (its /_health/ answers 200); upstream.url should be self-hosted Sentry's \
+             nginx (SENTRY_BIND)"
+        ),
+    ] {
+        assert!(
+            stdout.lines().any(|line| line == expected),
+            "missing line `{expected}` in:\n{stdout}"
+        );
+    }
+    // Bound to loopback only: no way around the gateway.
+    assert!(!stdout.contains("WARN upstream"), "{stdout}");
+}
+
+#[test]
+fn check_warns_when_the_upstream_also_answers_on_another_address_of_this_host() {
+    // Like self-hosted Sentry's nginx with the default SENTRY_BIND=9000: every interface.
+    let everywhere = serve_on("0.0.0.0:0", |_, _| (200, "text/plain", "ok".into()));
+    let upstream = format!("http://127.0.0.1:{}", everywhere.port());
+    let output = check_from_environment(&upstream, &format!("{upstream}/api/oidc"))
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let warning = stdout
+        .lines()
+        .find(|line| line.starts_with("WARN upstream: its port also answers on "))
+        .unwrap_or_else(|| panic!("no warning in:\n{stdout}"));
+    assert!(
+        warning.ends_with(&format!(
+            ":{}, an address of this host other than loopback: people can reach it around the \
+             gateway; bind it to loopback (self-hosted Sentry: SENTRY_BIND=127.0.0.1:9000 in \
+             .env.custom)",
+            everywhere.port()
+        )),
+        "{warning}"
+    );
+}
+
+#[test]
+fn check_shows_what_is_in_force_even_when_the_provider_is_wrong() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = rcgen::KeyPair::generate().unwrap();
+    let cert = rcgen::CertificateParams::new(vec!["other.example.com".to_string()])
+        .unwrap()
+        .self_signed(&key)
+        .unwrap();
+    let cert_file = dir.path().join("fullchain.pem");
+    let key_file = dir.path().join("privkey.pem");
+    std::fs::write(&cert_file, cert.pem()).unwrap();
+    std::fs::write(&key_file, key.serialize_pem()).unwrap();
+    let html = html_server();
+    let text = MINIMAL
+        .replace(
+            "enabled = false",
+            &format!("cert_file = {cert_file:?}\nkey_file = {key_file:?}"),
+        )
+        .replace("http://127.0.0.1:9000", &format!("https://{html}"))
+        + r#"[access]
+preset = "sentry"
+allowed_email_domains = ["example.com"]
+[[access.rules]]
+name = "Sentry admin"
+path = "^/manage/"
+allowed_groups = ["sentry:admin"]
+"#;
+    let config = config_file(&dir, &text);
+    let output = ssogate()
+        .args(["check", "--config"])
+        .arg(&config)
+        // A stray variable from the sentry-auth-oidc setup, pointing at a wrong path.
+        .env("OIDC_DOMAIN", format!("http://{html}/wrong"))
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert_eq!(output.status.code(), Some(1), "{stdout}");
+    for expected in [
+        "WARN environment: oidc.issuer is set by OIDC_DOMAIN, over the value in the config file",
+        "     register this redirect URI at the provider: https://sentry.example.com/oauth2/callback",
+        "     register this post-logout redirect URI at the provider: https://sentry.example.com/oauth2/sign_in",
+        "       authenticated *        ^/manage/  groups: sentry:admin  [Sentry admin]  + [access] domains: example.com; verified email",
+        "       authenticated *        (everything else)  + [access] domains: example.com; verified email",
+        "     hint: no discovery document there (an HTML page or 404): oidc.issuer's path is probably wrong; for Encvoy ID it is https://<host>/api/oidc",
+        "     hint: this port answers plain HTTP, not TLS: write http:// (or the port that speaks https)",
+    ] {
+        assert!(
+            stdout.lines().any(|line| line == expected),
+            "missing line `{expected}` in:\n{stdout}"
+        );
+    }
+    assert!(
+        stdout.contains(&format!(
+            "FAIL tls certificate: tls.cert_file {}: not valid for sentry.example.com, server.public_url's host",
+            cert_file.display()
+        )),
+        "{stdout}"
+    );
+    // Public rows of the preset carry no requirement.
+    let public_row = stdout
+        .lines()
+        .find(|line| line.contains("public") && line.contains("_health"))
+        .unwrap_or_default();
+    assert!(!public_row.contains("+ [access]"), "{stdout}");
+}
+
+#[test]
+fn check_names_a_host_that_does_not_resolve() {
+    let output = check_from_environment(
+        &format!("http://{}", support::unused_address()),
+        "https://id.does-not-exist.invalid/api/oidc",
+    )
+    .output()
+    .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        stdout.contains("     hint: the host name does not resolve from this machine (DNS)"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("     hint: nothing listens at that address and port"),
+        "{stdout}"
+    );
+    // Every key came from the environment, and check says so.
+    assert!(
+        stdout.contains("     oidc.issuer is set by OIDC_DOMAIN"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("     register this post-logout redirect URI at the provider: https://sentry.example.com/oauth2/sign_in"),
+        "{stdout}"
+    );
+}
+
+#[tokio::test]
+async fn check_points_to_the_ca_file_for_a_certificate_of_an_unknown_ca() {
+    // The demo's gateway serves https with a certificate of its own throwaway CA.
+    let demo = ssogate::demo::start(0).await.expect("demo starts");
+    let upstream = demo.url.clone();
+    let output = tokio::task::spawn_blocking(move || {
+        check_from_environment(&upstream, &format!("{upstream}api/oidc"))
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert_eq!(output.status.code(), Some(1), "{stdout}");
+    for expected in [
+        "     hint: the server's certificate is signed by a CA this host does not trust: give that CA's PEM file in oidc.ca_file",
+        "     hint: the server's certificate is signed by a CA this host does not trust: give that CA's PEM file in upstream.ca_file",
+    ] {
+        assert!(
+            stdout.lines().any(|line| line == expected),
+            "missing line `{expected}` in:\n{stdout}"
+        );
+    }
 }

@@ -212,7 +212,9 @@ async fn hsts_is_sent_when_configured() {
     )
     .unwrap_err();
     assert!(
-        refused.to_string().starts_with("tls.hsts_max_age:"),
+        refused.problems()[0]
+            .to_string()
+            .starts_with("tls.hsts_max_age:"),
         "{refused}"
     );
 }

@@ -194,6 +194,7 @@ pub mod flex {
         Bool(bool),
         Int(i64),
         Text(String),
+        Other(serde::de::IgnoredAny),
     }
 
     #[derive(Deserialize)]
@@ -201,6 +202,7 @@ pub mod flex {
     enum ListOrText {
         List(Vec<String>),
         Text(String),
+        Other(serde::de::IgnoredAny),
     }
 
     pub fn bool<'de, D: Deserializer<'de>>(d: D) -> Result<Option<bool>, D::Error> {
@@ -232,15 +234,18 @@ pub mod flex {
         match Scalar::deserialize(d)? {
             Scalar::Text(t) => Ok(Some(t)),
             Scalar::Int(n) => Ok(Some(n.to_string())),
-            Scalar::Bool(_) => Err(D::Error::custom("expected a string such as \"30s\"")),
+            _ => Err(D::Error::custom("expected a string such as \"30s\"")),
         }
     }
 
     /// A TOML array of strings, or one string split on commas and whitespace.
     pub fn list<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Vec<String>>, D::Error> {
-        Ok(Some(match ListOrText::deserialize(d)? {
-            ListOrText::List(items) => items,
-            ListOrText::Text(text) => super::split_list(&text),
-        }))
+        match ListOrText::deserialize(d)? {
+            ListOrText::List(items) => Ok(Some(items)),
+            ListOrText::Text(text) => Ok(Some(super::split_list(&text))),
+            ListOrText::Other(_) => Err(D::Error::custom(
+                "expected a list of strings such as [\"a\", \"b\"]",
+            )),
+        }
     }
 }

@@ -9,6 +9,7 @@
 
 mod duration;
 mod file;
+mod shape;
 mod size;
 
 use std::net::SocketAddr;
@@ -21,6 +22,7 @@ use url::Url;
 
 pub use duration::parse_duration;
 pub use file::split_list;
+pub use shape::all_keys;
 pub use size::parse_size;
 
 use crate::rules::{
@@ -61,16 +63,79 @@ pub enum ConfigError {
     },
     #[error("config file {path} is not valid TOML: {message}")]
     Syntax { path: String, message: String },
-    /// A key has a bad value (or a required key is missing).
-    #[error("{key}: {problem}")]
-    Key { key: String, problem: String },
+    /// A key has a bad value (or a required key is missing); `from` names the
+    /// environment variable the value came from.
+    #[error("{key}{}: {problem}", from_note(.from.as_deref()))]
+    Key {
+        key: String,
+        problem: String,
+        from: Option<String>,
+    },
+    /// Every problem of the file, when there is more than one.
+    #[error("{} problems: {}", .0.len(), .0.iter().map(ToString::to_string).collect::<Vec<_>>().join("; "))]
+    Several(Vec<ConfigError>),
+}
+
+fn from_note(variable: Option<&str>) -> String {
+    variable.map_or(String::new(), |v| {
+        format!(" (set by environment variable {v})")
+    })
+}
+
+impl ConfigError {
+    /// One error for a list of problems (which must not be empty).
+    fn from_problems(mut problems: Vec<ConfigError>) -> ConfigError {
+        if problems.len() == 1 {
+            problems.remove(0)
+        } else {
+            ConfigError::Several(problems)
+        }
+    }
+
+    /// Each problem on its own.
+    pub fn problems(&self) -> Vec<&ConfigError> {
+        match self {
+            ConfigError::Several(all) => all.iter().flat_map(ConfigError::problems).collect(),
+            one => vec![one],
+        }
+    }
+
+    fn into_problems(self) -> Vec<ConfigError> {
+        match self {
+            ConfigError::Several(all) => all
+                .into_iter()
+                .flat_map(ConfigError::into_problems)
+                .collect(),
+            one => vec![one],
+        }
+    }
+
+    /// The section a key problem is about (`server` for `server.listen`).
+    fn section(&self) -> Option<&str> {
+        match self {
+            ConfigError::Key { key, .. } => key.split(['.', '[']).next(),
+            _ => None,
+        }
+    }
 }
 
 fn key_error(key: impl Into<String>, problem: impl Into<String>) -> ConfigError {
     ConfigError::Key {
         key: key.into(),
         problem: problem.into(),
+        from: None,
     }
+}
+
+/// A value set by an environment variable rather than the file.
+#[derive(Clone, Debug, PartialEq)]
+pub struct FromEnvironment {
+    /// The key, e.g. `oidc.issuer`.
+    pub key: String,
+    /// The variable, e.g. `OIDC_DOMAIN`.
+    pub variable: String,
+    /// The file set this key too, and the variable won.
+    pub overrides_file: bool,
 }
 
 /// Everything the gateway needs, checked and with defaults filled in.
@@ -85,6 +150,8 @@ pub struct Settings {
     pub session: SessionSettings,
     pub identity_headers: IdentityHeaderNames,
     pub access: AccessSettings,
+    /// The keys environment variables set (names only: values may be secrets).
+    pub from_environment: Vec<FromEnvironment>,
 }
 
 #[derive(Clone, Debug)]
@@ -333,8 +400,43 @@ impl Settings {
                     path: origin.to_owned(),
                     message: syntax_problem(text, &e),
                 })?;
-        overlay_environment(&mut table, env)?;
-        validate(table)
+        let mut problems = Vec::new();
+        let from_environment = overlay_environment(&mut table, env, &mut problems);
+        problems.extend(shape::check(&mut table));
+        let name_variables = |problems: Vec<ConfigError>| {
+            problems
+                .into_iter()
+                .map(|mut problem| {
+                    if let ConfigError::Key { key, from, .. } = &mut problem {
+                        *from = from_environment
+                            .iter()
+                            .find(|set| {
+                                key == &set.key
+                                    || key.starts_with(&format!("{}[", set.key))
+                                    || key.starts_with(&format!("{}.", set.key))
+                            })
+                            .map(|set| set.variable.clone());
+                    }
+                    problem
+                })
+                .collect()
+        };
+        match validate(table, problems) {
+            Ok(mut settings) => {
+                settings.from_environment = from_environment;
+                Ok(settings)
+            }
+            Err(mut problems) => {
+                // In the file's section order (a stable sort keeps each section's own).
+                problems.sort_by_key(|problem| {
+                    problem
+                        .section()
+                        .and_then(|name| SECTIONS.iter().position(|s| *s == name))
+                        .unwrap_or(SECTIONS.len())
+                });
+                Err(ConfigError::from_problems(name_variables(problems)))
+            }
+        }
     }
 }
 
@@ -353,50 +455,69 @@ fn syntax_problem(text: &str, error: &toml::de::Error) -> String {
     }
 }
 
-/// Merges `OIDC_*` and `SSOGATE_<SECTION>_<KEY>` variables into the parsed file.
+/// Merges `OIDC_*` and `SSOGATE_<SECTION>_<KEY>` variables into the parsed file;
+/// returns which keys they set.
 fn overlay_environment(
     table: &mut toml::Table,
     env: impl IntoIterator<Item = (String, String)>,
-) -> Result<(), ConfigError> {
+    problems: &mut Vec<ConfigError>,
+) -> Vec<FromEnvironment> {
     let mut plugin = Vec::new();
     let mut own = Vec::new();
     for (name, value) in env {
-        if let Some((_, key)) = PLUGIN_VARIABLES.iter().find(|(var, _)| *var == name) {
-            plugin.push(("oidc", key.to_string(), value));
+        if let Some((variable, key)) = PLUGIN_VARIABLES.iter().find(|(var, _)| *var == name) {
+            plugin.push(("oidc", key.to_string(), value, *variable));
         } else if let Some(rest) = name.strip_prefix("SSOGATE_") {
             if NON_KEY_VARIABLES.contains(&name.as_str()) {
                 continue;
             }
             let rest = rest.to_ascii_lowercase();
-            let section = SECTIONS
+            let Some(section) = SECTIONS
                 .iter()
                 .filter(|s| rest.starts_with(&format!("{s}_")))
                 .max_by_key(|s| s.len())
-                .ok_or_else(|| {
-                    key_error(
-                        &name,
-                        format!(
-                            "no such section; use SSOGATE_<SECTION>_<KEY> with SECTION one of {}",
-                            SECTIONS.join(", ").to_ascii_uppercase()
-                        ),
-                    )
-                })?;
-            own.push((*section, rest[section.len() + 1..].to_owned(), value));
+            else {
+                problems.push(key_error(
+                    &name,
+                    format!(
+                        "no such section; use SSOGATE_<SECTION>_<KEY> with SECTION one of {}",
+                        SECTIONS.join(", ").to_ascii_uppercase()
+                    ),
+                ));
+                continue;
+            };
+            own.push((*section, rest[section.len() + 1..].to_owned(), value, name));
         }
     }
-    for (section, key, value) in plugin.into_iter().chain(own) {
+    let plugin = plugin
+        .into_iter()
+        .map(|(section, key, value, name)| (section, key, value, name.to_owned()));
+    let mut set: Vec<FromEnvironment> = Vec::new();
+    for (section, key, value, variable) in plugin.chain(own) {
         let entry = table
             .entry(section)
             .or_insert_with(|| toml::Value::Table(toml::Table::new()));
         let toml::Value::Table(section_table) = entry else {
-            return Err(key_error(section, "must be a [section]"));
+            // The file's own shape problem ("is a section") is reported for it.
+            continue;
         };
-        section_table.insert(key, toml::Value::String(value));
+        let in_file = section_table.contains_key(&key);
+        section_table.insert(key.clone(), toml::Value::String(value));
+        let key = format!("{section}.{key}");
+        let overrides_file = match set.iter().position(|earlier| earlier.key == key) {
+            Some(earlier) => set.remove(earlier).overrides_file,
+            None => in_file,
+        };
+        set.push(FromEnvironment {
+            key,
+            variable,
+            overrides_file,
+        });
     }
-    Ok(())
+    set
 }
 
-/// Deserializes one section, so an unknown or mistyped key is reported with its section.
+/// Deserializes one section (whose keys `shape::check` has already checked).
 fn section<T: serde::de::DeserializeOwned + Default>(
     table: &mut toml::Table,
     name: &str,
@@ -409,40 +530,66 @@ fn section<T: serde::de::DeserializeOwned + Default>(
     }
 }
 
-fn validate(mut table: toml::Table) -> Result<Settings, ConfigError> {
-    let server: file::ServerSection = section(&mut table, "server")?;
-    let tls: file::TlsSection = section(&mut table, "tls")?;
-    let upstream: file::UpstreamSection = section(&mut table, "upstream")?;
-    let oidc: file::OidcSection = section(&mut table, "oidc")?;
-    let session: file::SessionSection = section(&mut table, "session")?;
-    let headers: file::IdentityHeadersSection = section(&mut table, "identity_headers")?;
-    let access: file::AccessSection = section(&mut table, "access")?;
-    if let Some(unknown) = table.keys().next() {
-        return Err(key_error(
-            unknown,
-            format!("unknown section; the sections are {}", SECTIONS.join(", ")),
-        ));
-    }
-    let hsts_max_age = tls
-        .hsts_max_age
-        .clone()
-        .map(|text| parse_duration(&text).map_err(|problem| key_error("tls.hsts_max_age", problem)))
-        .transpose()?;
-    let tls = validate_tls(tls)?;
-    if hsts_max_age.is_some() && matches!(tls, TlsSettings::Off) {
-        return Err(key_error(
+/// The value of `result`, or `None` with its problems added to `problems`.
+fn kept<T>(problems: &mut Vec<ConfigError>, result: Result<T, ConfigError>) -> Option<T> {
+    result.map_err(|e| problems.extend(e.into_problems())).ok()
+}
+
+/// Checks every section, collecting every problem: `shaped` holds those of the file's
+/// shape, and a section with one is not judged further (its values would be read
+/// with the offending key missing, which could only mislead).
+fn validate(
+    mut table: toml::Table,
+    shaped: Vec<ConfigError>,
+) -> Result<Settings, Vec<ConfigError>> {
+    let mut found = Vec::new();
+    let server: file::ServerSection =
+        kept(&mut found, section(&mut table, "server")).unwrap_or_default();
+    let tls: file::TlsSection = kept(&mut found, section(&mut table, "tls")).unwrap_or_default();
+    let upstream: file::UpstreamSection =
+        kept(&mut found, section(&mut table, "upstream")).unwrap_or_default();
+    let oidc: file::OidcSection = kept(&mut found, section(&mut table, "oidc")).unwrap_or_default();
+    let session: file::SessionSection =
+        kept(&mut found, section(&mut table, "session")).unwrap_or_default();
+    let headers: file::IdentityHeadersSection =
+        kept(&mut found, section(&mut table, "identity_headers")).unwrap_or_default();
+    let access: file::AccessSection =
+        kept(&mut found, section(&mut table, "access")).unwrap_or_default();
+    let https_written = server
+        .public_url
+        .as_deref()
+        .is_some_and(|url| url.trim_start().starts_with("https:"));
+    let hsts_max_age = kept(
+        &mut found,
+        tls.hsts_max_age
+            .clone()
+            .map(|text| {
+                parse_duration(&text).map_err(|problem| key_error("tls.hsts_max_age", problem))
+            })
+            .transpose(),
+    );
+    let tls = kept(&mut found, validate_tls(tls));
+    if let (Some(Some(_)), Some(TlsSettings::Off)) = (&hsts_max_age, &tls) {
+        found.push(key_error(
             "tls.hsts_max_age",
             "is sent only over TLS; with tls.enabled = false let the TLS terminator in front send it",
         ));
     }
-    let server = validate_server(server, &tls)?;
-    let session = validate_session(session, server.public_url.scheme() == "https")?;
-    let access = validate_access(access)?;
-    if access
-        .upstream_session_cookies
-        .contains(&session.cookie_name)
+    let server = kept(
+        &mut found,
+        validate_server(server, tls.as_ref().unwrap_or(&TlsSettings::Off)),
+    );
+    let https = server
+        .as_ref()
+        .map_or(https_written, |s| s.public_url.scheme() == "https");
+    let session = kept(&mut found, validate_session(session, https));
+    let access = kept(&mut found, validate_access(access));
+    if let (Some(session), Some(access)) = (&session, &access)
+        && access
+            .upstream_session_cookies
+            .contains(&session.cookie_name)
     {
-        return Err(key_error(
+        found.push(key_error(
             "session.cookie_name",
             format!(
                 "`{}` is also one of the upstream's session cookies (access.upstream_session_cookies); pick another name",
@@ -450,15 +597,27 @@ fn validate(mut table: toml::Table) -> Result<Settings, ConfigError> {
             ),
         ));
     }
+    let upstream = kept(&mut found, validate_upstream(upstream));
+    let oidc = kept(&mut found, validate_oidc(oidc));
+    let identity_headers = kept(&mut found, validate_identity_headers(headers));
+    let shaken: Vec<&str> = shaped.iter().filter_map(ConfigError::section).collect();
+    found.retain(|problem| problem.section().is_none_or(|s| !shaken.contains(&s)));
+    let problems: Vec<ConfigError> = shaped.into_iter().chain(found).collect();
+    if !problems.is_empty() {
+        return Err(problems);
+    }
+    // Without a problem, every part is there.
+    let part = || vec![key_error("config", "a section was not read")];
     Ok(Settings {
-        server,
-        tls,
-        hsts_max_age,
-        upstream: validate_upstream(upstream)?,
-        oidc: validate_oidc(oidc)?,
-        session,
-        identity_headers: validate_identity_headers(headers)?,
-        access,
+        server: server.ok_or_else(part)?,
+        tls: tls.ok_or_else(part)?,
+        hsts_max_age: hsts_max_age.ok_or_else(part)?,
+        upstream: upstream.ok_or_else(part)?,
+        oidc: oidc.ok_or_else(part)?,
+        session: session.ok_or_else(part)?,
+        identity_headers: identity_headers.ok_or_else(part)?,
+        access: access.ok_or_else(part)?,
+        from_environment: Vec::new(),
     })
 }
 
@@ -485,10 +644,26 @@ fn socket_addr(key: &str, text: &str) -> Result<SocketAddr, ConfigError> {
 fn existing_file(key: &str, text: Option<String>) -> Result<Option<PathBuf>, ConfigError> {
     let Some(text) = text else { return Ok(None) };
     let path = PathBuf::from(&text);
-    if !path.is_file() {
-        return Err(key_error(key, format!("file `{text}` does not exist")));
+    match std::fs::metadata(&path) {
+        Ok(meta) if meta.is_file() => Ok(Some(path)),
+        Ok(_) => Err(key_error(key, format!("`{text}` is not a file"))),
+        Err(e) => Err(missing_file(key, &text, &e)),
     }
-    Ok(Some(path))
+}
+
+/// A file that cannot be found, or that this user may not reach.
+fn missing_file(key: &str, text: &str, error: &std::io::Error) -> ConfigError {
+    if error.kind() == std::io::ErrorKind::PermissionDenied {
+        key_error(
+            key,
+            format!(
+                "`{text}` cannot be reached by this user (permission denied); the service user \
+                 must be able to read it: check with sudo -u ssogate ssogate check"
+            ),
+        )
+    } else {
+        key_error(key, format!("file `{text}` does not exist"))
+    }
 }
 
 fn validate_tls(tls: file::TlsSection) -> Result<TlsSettings, ConfigError> {
@@ -835,7 +1010,12 @@ fn validate_upstream(upstream: file::UpstreamSection) -> Result<UpstreamSettings
 }
 
 fn read_secret_file(key: &str, path: &str) -> Result<String, ConfigError> {
-    std::fs::read_to_string(path).map_err(|e| key_error(key, format!("cannot read `{path}`: {e}")))
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| key_error(key, format!("cannot read `{path}`: {e}")))?;
+    if text.trim().is_empty() {
+        return Err(key_error(key, format!("the file `{path}` is empty")));
+    }
+    Ok(text)
 }
 
 fn absolute_path(key: &str, text: String) -> Result<String, ConfigError> {
@@ -859,6 +1039,18 @@ fn validate_oidc(oidc: file::OidcSection) -> Result<OidcSettings, ConfigError> {
         return Err(key_error(
             "oidc.issuer",
             format!("`{issuer}` must be an https:// URL"),
+        ));
+    }
+    if let Some(base) = issuer
+        .trim_end_matches('/')
+        .strip_suffix("/.well-known/openid-configuration")
+    {
+        return Err(key_error(
+            "oidc.issuer",
+            format!(
+                "`{issuer}` is the discovery document's URL; oidc.issuer is the part before \
+                 /.well-known/openid-configuration: {base}"
+            ),
         ));
     }
     let client_id = oidc.client_id.filter(|s| !s.is_empty()).ok_or_else(|| {
@@ -1240,13 +1432,17 @@ fn lower_list(list: Option<Vec<String>>) -> Vec<String> {
 }
 
 fn validate_access(access: file::AccessSection) -> Result<AccessSettings, ConfigError> {
-    let mut rules = access
-        .rules
-        .unwrap_or_default()
-        .into_iter()
-        .enumerate()
-        .map(|(i, rule)| validate_rule(i, rule))
-        .collect::<Result<Vec<_>, _>>()?;
+    let mut rules = Vec::new();
+    let mut refused = Vec::new();
+    for (i, rule) in access.rules.unwrap_or_default().into_iter().enumerate() {
+        match validate_rule(i, rule) {
+            Ok(rule) => rules.push(rule),
+            Err(problem) => refused.push(problem),
+        }
+    }
+    if !refused.is_empty() {
+        return Err(ConfigError::from_problems(refused));
+    }
     let mut upstream_session_cookies = Vec::new();
     let preset = match access.preset.as_deref().map(str::trim) {
         None | Some("") | Some("none") => None,

@@ -28,7 +28,7 @@ fn load(text: &str, env: &[(&str, &str)]) -> Result<Settings, ConfigError> {
 
 fn problem_for(text: &str, env: &[(&str, &str)]) -> (String, String) {
     match load(text, env).expect_err("config should be refused") {
-        ConfigError::Key { key, problem } => (key, problem),
+        ConfigError::Key { key, problem, .. } => (key, problem),
         other => panic!("expected a key error, got {other}"),
     }
 }
@@ -188,7 +188,7 @@ fn mistakes_name_the_key() {
         (
             minimal().replace("enabled = false", "enabled = \"maybe\""),
             vec![],
-            "[tls]",
+            "tls.enabled",
             "maybe",
         ),
         (
@@ -200,8 +200,8 @@ fn mistakes_name_the_key() {
         (
             minimal().replace("[upstream]", "[upstream]\nread_timout = \"5s\""),
             vec![],
-            "[upstream]",
-            "read_timout",
+            "upstream.read_timout",
+            "did you mean upstream.read_timeout?",
         ),
         (
             minimal(),
@@ -401,8 +401,8 @@ fn rule_mistakes_name_the_rule_and_key() {
         ),
         (
             "path = \"^/\"\nallowed_groupz = [\"a\"]",
-            "[access]",
-            "allowed_groupz",
+            "access.rules[0].allowed_groupz",
+            "did you mean access.rules[0].allowed_groups?",
         ),
     ] {
         let (got_key, problem) = problem_for(&with_rule(rule), &[]);
@@ -580,4 +580,268 @@ fn host_aliases_are_bare_host_names_or_addresses() {
         assert_eq!(key, "server.host_aliases", "{bad}");
         assert!(problem.contains(bad), "{bad}: {problem}");
     }
+}
+
+/// Every problem of a refused config, as `key: problem` lines.
+fn all_problems(text: &str, env: &[(&str, &str)]) -> Vec<String> {
+    load(text, env)
+        .expect_err("config should be refused")
+        .problems()
+        .iter()
+        .map(ToString::to_string)
+        .collect()
+}
+
+#[test]
+fn a_mistyped_value_names_its_full_key_and_what_was_expected() {
+    let text = minimal()
+        .replace("[session]", "[session]\nlifetime = true")
+        .replace("[server]", "[server]\nlisten = 8443");
+    let problems = all_problems(&text, &[]);
+    assert_eq!(
+        problems,
+        [
+            "server.listen: expected a string, found a number (an address with its port, in quotes: \"0.0.0.0:8443\")",
+            "session.lifetime: expected a string such as \"30s\", found true/false",
+        ]
+    );
+}
+
+#[test]
+fn every_mistake_of_a_file_is_reported_in_one_run() {
+    let text = minimal()
+        .replace("[server]", "[server]\nlisen = \"0.0.0.0:8443\"")
+        .replace("client_id = \"sentry\"", "")
+        .replace("url = \"http://127.0.0.1:9000\"", "url = \"ftp://x\"")
+        + "[access]\n[[access.rules]]\npath = \"(\"\n[[access.rules]]\npath = \"^/\"\naction = \"allow\"\n";
+    let problems = all_problems(&text, &[]);
+    let keys: Vec<&str> = problems
+        .iter()
+        .map(|p| p.split(':').next().unwrap())
+        .collect();
+    assert_eq!(
+        keys,
+        [
+            "server.lisen",
+            "upstream.url",
+            "oidc.client_id",
+            "access.rules[0].path",
+            "access.rules[1].action",
+        ],
+        "{problems:#?}"
+    );
+    assert!(
+        problems[0].ends_with("did you mean server.listen?"),
+        "{}",
+        problems[0]
+    );
+    let joined = load(&text, &[]).unwrap_err().to_string();
+    assert!(joined.starts_with("5 problems: server.lisen"), "{joined}");
+}
+
+#[test]
+fn a_single_bracket_rule_table_asks_for_two() {
+    let text = minimal() + "[access.rules]\npath = \"^/admin/\"\n";
+    assert_eq!(
+        all_problems(&text, &[]),
+        [
+            "access.rules: write [[access.rules]] (two brackets) above each rule: [access.rules] \
+          with one bracket is a single table, not a list of rules"
+        ]
+    );
+}
+
+#[test]
+fn a_key_in_the_wrong_section_names_the_right_one() {
+    let text = minimal().replace(
+        "[server]",
+        "[server]\ncert_file = \"/etc/ssogate/cert.pem\"",
+    );
+    assert_eq!(
+        all_problems(&text, &[]),
+        [
+            "server.cert_file: is not a key of [server]; it belongs in [tls] (a key belongs to the \
+          [section] line above it)"
+        ]
+    );
+    // The classic: an [access] key written below a rule belongs to the rule.
+    let text =
+        minimal() + "[access]\n[[access.rules]]\npath = \"^/\"\nrequire_email_verified = false\n";
+    let problems = all_problems(&text, &[]);
+    assert_eq!(problems.len(), 1, "{problems:?}");
+    assert!(
+        problems[0].starts_with(
+            "access.rules[0].require_email_verified: is not a key of a rule; it belongs in [access] \
+             (keys below a [[access.rules]] line belong to that rule"
+        ),
+        "{}",
+        problems[0]
+    );
+    // A key above every section header.
+    let text = format!("public_url = \"https://x.example\"\n{}", minimal());
+    assert_eq!(
+        all_problems(&text, &[]),
+        [
+            "public_url: is not in a section; it is a key of [server]: write it below that [section] line"
+        ]
+    );
+    let text = minimal() + "[sesion]\nlifetime = \"1h\"\n";
+    assert_eq!(
+        all_problems(&text, &[]),
+        ["sesion: unknown section; did you mean [session]?"]
+    );
+}
+
+#[test]
+fn a_value_from_the_environment_names_its_variable() {
+    let problems = all_problems(
+        &minimal(),
+        &[
+            ("SSOGATE_SESSION_LIFETIME", "forever"),
+            ("SSOGATE_SERVER_LISTN", "0.0.0.0:1"),
+            ("OIDC_DOMAIN", "id.example.com"),
+        ],
+    );
+    assert_eq!(problems.len(), 3, "{problems:#?}");
+    assert_eq!(
+        problems[0],
+        "server.listn (set by environment variable SSOGATE_SERVER_LISTN): unknown key; did you mean server.listen?"
+    );
+    assert!(
+        problems[1].starts_with(
+            "oidc.issuer (set by environment variable OIDC_DOMAIN): `id.example.com` is not a URL"
+        ),
+        "{}",
+        problems[1]
+    );
+    assert_eq!(
+        problems[2],
+        "session.lifetime (set by environment variable SSOGATE_SESSION_LIFETIME): `forever` is not \
+         a duration (examples: 30s, 5m, 24h, 1500ms)"
+    );
+    // A file value is not attributed to a variable.
+    let problems = all_problems(&minimal().replace("s3cret", ""), &[]);
+    assert_eq!(problems, ["oidc.client_secret: is empty"]);
+}
+
+#[test]
+fn settings_record_which_keys_the_environment_set() {
+    let s = load(
+        &minimal(),
+        &[
+            ("OIDC_DOMAIN", "https://stray.example/api/oidc"),
+            ("SSOGATE_OIDC_CLIENT_ID", "own"),
+            ("OIDC_CLIENT_ID", "plugin"),
+            ("SSOGATE_SESSION_MAX_SESSIONS", "42"),
+        ],
+    )
+    .unwrap();
+    let mut set: Vec<(&str, &str, bool)> = s
+        .from_environment
+        .iter()
+        .map(|f| (f.key.as_str(), f.variable.as_str(), f.overrides_file))
+        .collect();
+    set.sort();
+    assert_eq!(
+        set,
+        [
+            ("oidc.client_id", "SSOGATE_OIDC_CLIENT_ID", true),
+            ("oidc.issuer", "OIDC_DOMAIN", true),
+            (
+                "session.max_sessions",
+                "SSOGATE_SESSION_MAX_SESSIONS",
+                false
+            ),
+        ]
+    );
+}
+
+#[test]
+fn an_empty_secret_file_names_the_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let empty = dir.path().join("client_secret");
+    std::fs::write(&empty, "\n").unwrap();
+    let text = minimal().replace(
+        "client_secret = \"s3cret\"",
+        &format!("client_secret_file = {:?}", empty),
+    );
+    assert_eq!(
+        all_problems(&text, &[]),
+        [format!(
+            "oidc.client_secret_file: the file `{}` is empty",
+            empty.display()
+        )]
+    );
+}
+
+#[test]
+fn a_discovery_url_given_as_the_issuer_names_the_issuer_to_write() {
+    let problems = all_problems(
+        &minimal(),
+        &[(
+            "OIDC_DOMAIN",
+            "https://id.example.com/api/oidc/.well-known/openid-configuration",
+        )],
+    );
+    assert_eq!(
+        problems,
+        ["oidc.issuer (set by environment variable OIDC_DOMAIN): \
+          `https://id.example.com/api/oidc/.well-known/openid-configuration` is the discovery \
+          document's URL; oidc.issuer is the part before /.well-known/openid-configuration: \
+          https://id.example.com/api/oidc"]
+    );
+}
+
+#[test]
+fn a_file_the_user_may_not_reach_is_not_called_missing() {
+    let denied = std::io::Error::from(std::io::ErrorKind::PermissionDenied);
+    let problem = missing_file(
+        "tls.key_file",
+        "/etc/letsencrypt/live/x/privkey.pem",
+        &denied,
+    );
+    assert_eq!(
+        problem.to_string(),
+        "tls.key_file: `/etc/letsencrypt/live/x/privkey.pem` cannot be reached by this user \
+         (permission denied); the service user must be able to read it: check with \
+         sudo -u ssogate ssogate check"
+    );
+    let gone = std::io::Error::from(std::io::ErrorKind::NotFound);
+    assert!(
+        missing_file("tls.key_file", "/x", &gone)
+            .to_string()
+            .contains("does not exist")
+    );
+}
+
+#[test]
+fn the_example_config_shows_every_key_the_code_accepts_and_no_other() {
+    let text = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/config/ssogate.example.toml"
+    ))
+    .unwrap();
+    let key_line = regex::Regex::new(r"^#? ?([a-z_0-9]+) *=").unwrap();
+    let mut section = String::new();
+    let mut shown = Vec::new();
+    for line in text.lines() {
+        let line = line.trim();
+        if let Some(header) = line.strip_prefix("[[").or_else(|| line.strip_prefix('[')) {
+            section = header.trim_end_matches(']').to_owned();
+        } else if let Some(key) = key_line.captures(line) {
+            shown.push((section.clone(), key[1].to_owned()));
+        }
+    }
+    let accepted: Vec<(String, String)> = all_keys()
+        .into_iter()
+        .filter(|(section, key)| !(*section == "access" && *key == "rules"))
+        .map(|(section, key)| (section.to_owned(), key.to_owned()))
+        .collect();
+    let missing: Vec<_> = accepted.iter().filter(|k| !shown.contains(k)).collect();
+    let unknown: Vec<_> = shown.iter().filter(|k| !accepted.contains(k)).collect();
+    assert!(missing.is_empty(), "not in the example: {missing:?}");
+    assert!(
+        unknown.is_empty(),
+        "in the example but not accepted: {unknown:?}"
+    );
 }
