@@ -179,6 +179,47 @@ async fn plain_http_listener_redirects_to_https() {
 }
 
 #[tokio::test]
+async fn plain_http_listener_answers_acme_challenges_from_the_webroot_and_redirects_the_rest() {
+    let world = World::start().await;
+    // What certbot --webroot writes before it asks the CA to validate.
+    let webroot = tempfile::tempdir().unwrap();
+    let challenges = webroot.path().join(".well-known/acme-challenge");
+    std::fs::create_dir_all(&challenges).unwrap();
+    std::fs::write(challenges.join("Zm9vYmFy_-1"), "Zm9vYmFy_-1.key-thumbprint").unwrap();
+    std::fs::write(webroot.path().join("private.txt"), "not for the CA").unwrap();
+    let mut settings = world.gateway.gateway().settings().clone();
+    settings.server.listen = "127.0.0.1:0".parse().unwrap();
+    settings.server.http_redirect_listen = Some("127.0.0.1:0".parse().unwrap());
+    settings.server.acme_webroot = Some(webroot.path().to_owned());
+    let gateway = ssogate::server::start(settings, std::future::pending())
+        .await
+        .unwrap();
+    let plain = format!("http://{}", gateway.redirect_addr.unwrap());
+    let mut browser = Browser::new(&world.ca_pem, &plain);
+
+    let challenge = browser
+        .navigate("/.well-known/acme-challenge/Zm9vYmFy_-1")
+        .await;
+    assert_eq!(challenge.status, StatusCode::OK);
+    assert_eq!(challenge.body, "Zm9vYmFy_-1.key-thumbprint");
+    for path in [
+        "/.well-known/acme-challenge/unknown",
+        "/.well-known/acme-challenge/..%2F..%2Fprivate.txt",
+        "/.well-known/acme-challenge/%2e%2e",
+    ] {
+        let refused = browser.navigate(path).await;
+        assert_eq!(refused.status, StatusCode::NOT_FOUND, "{path}");
+        assert!(!refused.body.contains("not for the CA"), "{path}");
+    }
+    let redirected = browser.navigate("/organizations/acme/").await;
+    assert_eq!(redirected.status, StatusCode::PERMANENT_REDIRECT);
+    assert_eq!(
+        redirected.location(),
+        Some(format!("{}/organizations/acme/", world.base).as_str())
+    );
+}
+
+#[tokio::test]
 async fn shutdown_lets_in_flight_requests_finish_and_refuses_new_ones() {
     let world = World::start().await;
     let mut browser = world.signed_in("alice").await;

@@ -13,6 +13,7 @@ pub struct ServerSection {
     pub listen: Option<String>,
     pub public_url: Option<String>,
     pub http_redirect_listen: Option<String>,
+    pub acme_webroot: Option<String>,
     #[serde(deserialize_with = "flex::list")]
     pub trusted_proxies: Option<Vec<String>>,
     #[serde(deserialize_with = "flex::text")]

@@ -161,6 +161,9 @@ pub struct ServerSettings {
     pub public_url: Url,
     /// Optional plain-HTTP listener that redirects every request to `public_url`.
     pub http_redirect_listen: Option<SocketAddr>,
+    /// A directory whose `.well-known/acme-challenge/` the plain-HTTP listener serves
+    /// instead of redirecting (certbot's `--webroot`), for HTTP-01 renewals.
+    pub acme_webroot: Option<PathBuf>,
     /// Peers whose `X-Forwarded-For` is believed.
     pub trusted_proxies: Vec<IpNet>,
     pub header_read_timeout: Duration,
@@ -651,6 +654,26 @@ fn existing_file(key: &str, text: Option<String>) -> Result<Option<PathBuf>, Con
     }
 }
 
+/// `server.acme_webroot`: a directory, useful only with the plain-HTTP listener.
+fn acme_webroot(text: Option<String>, listener: bool) -> Result<Option<PathBuf>, ConfigError> {
+    const KEY: &str = "server.acme_webroot";
+    let Some(text) = text else { return Ok(None) };
+    if !listener {
+        return Err(key_error(
+            KEY,
+            "ACME challenges are answered on the plain-HTTP listener: set server.http_redirect_listen too (port 80)",
+        ));
+    }
+    match std::fs::metadata(&text) {
+        Ok(meta) if meta.is_dir() => Ok(Some(PathBuf::from(text))),
+        Ok(_) => Err(key_error(
+            KEY,
+            format!("`{text}` is not a directory (certbot's --webroot-path)"),
+        )),
+        Err(e) => Err(missing_file(KEY, &text, &e)),
+    }
+}
+
 /// A file that cannot be found, or that this user may not reach.
 fn missing_file(key: &str, text: &str, error: &std::io::Error) -> ConfigError {
     if error.kind() == std::io::ErrorKind::PermissionDenied {
@@ -712,6 +735,7 @@ fn validate_server(
         .http_redirect_listen
         .map(|text| socket_addr("server.http_redirect_listen", &text))
         .transpose()?;
+    let acme_webroot = acme_webroot(server.acme_webroot, http_redirect_listen.is_some())?;
     let trusted_proxies = networks(
         "server.trusted_proxies",
         server.trusted_proxies.unwrap_or_default(),
@@ -733,6 +757,7 @@ fn validate_server(
         listen,
         public_url,
         http_redirect_listen,
+        acme_webroot,
         trusted_proxies,
         header_read_timeout: duration_or(
             "server.header_read_timeout",

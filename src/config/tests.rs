@@ -845,3 +845,30 @@ fn the_example_config_shows_every_key_the_code_accepts_and_no_other() {
         "in the example but not accepted: {unknown:?}"
     );
 }
+
+#[test]
+fn the_acme_webroot_is_a_directory_served_by_the_plain_http_listener() {
+    let dir = tempfile::tempdir().unwrap();
+    let webroot = dir.path().display().to_string();
+    let with = |extra: &str| minimal().replace("[server]\n", &format!("[server]\n{extra}\n"));
+
+    let text = with(&format!(
+        "http_redirect_listen = \"0.0.0.0:80\"\nacme_webroot = \"{webroot}\""
+    ));
+    let settings = load(&text, &[]).unwrap();
+    assert_eq!(settings.server.acme_webroot.as_deref(), Some(dir.path()));
+
+    let (key, problem) = problem_for(&with(&format!("acme_webroot = \"{webroot}\"")), &[]);
+    assert_eq!(key, "server.acme_webroot");
+    assert!(problem.contains("server.http_redirect_listen"), "{problem}");
+
+    let file = dir.path().join("a-file");
+    std::fs::write(&file, "").unwrap();
+    let text = with(&format!(
+        "http_redirect_listen = \"0.0.0.0:80\"\nacme_webroot = \"{}\"",
+        file.display()
+    ));
+    let (key, problem) = problem_for(&text, &[]);
+    assert_eq!(key, "server.acme_webroot");
+    assert!(problem.contains("is not a directory"), "{problem}");
+}

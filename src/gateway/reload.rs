@@ -86,6 +86,7 @@ fn keep_running_values(running: &Settings, next: &mut Settings) -> Vec<&'static 
     }
     keep!("server.listen", server.listen);
     keep!("server.http_redirect_listen", server.http_redirect_listen);
+    keep!("server.acme_webroot", server.acme_webroot);
     keep!("server.metrics_listen", server.metrics_listen);
     keep!("server.threads", server.threads);
     keep!("server.max_connections", server.max_connections);

@@ -18,6 +18,7 @@
 
 /// Public for the differential fuzz target (tests/fuzz, `framing_vs_hyper`), which
 /// checks the scanner against hyper; the server is its only other user.
+mod acme_webroot;
 pub mod framing;
 mod limits;
 mod linger;
@@ -785,21 +786,32 @@ impl Activity {
     }
 }
 
-/// Plain-HTTP listener: every request gets a permanent redirect to the HTTPS address.
+/// Plain-HTTP listener: every request gets a permanent redirect to the HTTPS address,
+/// but ACME challenges when `server.acme_webroot` is set ([`acme_webroot`]).
 async fn serve_redirects(
     listener: TcpListener,
     server: ServerSettings,
     stop: watch::Receiver<bool>,
 ) {
     let public_url = server.public_url.clone();
+    let webroot = server.acme_webroot.clone().map(Arc::new);
     let answer: SideService = Arc::new(move |request: Request<Incoming>| {
         let target = request.uri().path_and_query().map_or("/", |pq| pq.as_str());
         let location = format!("{}{}", public_url.as_str().trim_end_matches('/'), target);
-        let mut response = crate::pages::text(StatusCode::PERMANENT_REDIRECT, "").map(boxed);
+        let mut redirect = crate::pages::text(StatusCode::PERMANENT_REDIRECT, "").map(boxed);
         if let Ok(value) = http::HeaderValue::from_str(&location) {
-            response.headers_mut().insert(http::header::LOCATION, value);
+            redirect.headers_mut().insert(http::header::LOCATION, value);
         }
-        Box::pin(async move { response })
+        let webroot = webroot.clone();
+        let path = request.uri().path().to_owned();
+        Box::pin(async move {
+            match webroot {
+                Some(webroot) => acme_webroot::answer(&webroot, &path)
+                    .await
+                    .unwrap_or(redirect),
+                None => redirect,
+            }
+        })
     });
     serve_side(listener, &server, answer, stop).await;
 }
