@@ -37,6 +37,11 @@ mod report;
 #[path = "../support/sample.rs"]
 mod sample;
 
+/// The `ssogate` binary's allocator, for the memory section (sessions held in this
+/// process).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::Path;
 use std::process::Command;
