@@ -24,6 +24,10 @@ const LAYERS: &[(&str, &[&str])] = &[
         &["config", "observe"],
     ),
     (
+        "refusals and failures, and the answer each gets",
+        &["problem"],
+    ),
+    (
         "the parts, side by side",
         &["oidc", "policy", "proxy", "session"],
     ),

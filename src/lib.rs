@@ -19,6 +19,7 @@ pub mod oidc;
 pub mod outbound;
 pub mod pages;
 pub mod policy;
+pub mod problem;
 pub mod proxy;
 pub mod rules;
 pub mod server;

@@ -9,6 +9,9 @@
 //! [`LOGIN_TIMEOUT`] (checked on the sealed start time, not on the browser's word);
 //! and a state whose code the provider accepted is remembered as used until then, so
 //! a login is finished once.
+//!
+//! Every refusal here is a [`Problem`] of its kind (a login's carries why it failed,
+//! which decides its status and its count in the metrics).
 
 use std::net::SocketAddr;
 
@@ -25,6 +28,7 @@ use crate::observe::LoginRefusal;
 use crate::oidc::{LOGIN_TIMEOUT, LoginError, PendingLogin};
 use crate::pages::{self, Link, Page};
 use crate::policy::{self, ReturnTargetTooLong, Route, normalize_path, return_target_or_root};
+use crate::problem::{Audience, Kind};
 use crate::session::{Session, new_session_id, request_cookies};
 
 /// Forward-auth's answer header with the `Cookie` the app should get: the request's,
@@ -40,6 +44,9 @@ const MAX_LOGOUT_BODY: usize = 64 * 1024;
 
 /// What a person reads when a login cannot start or finish without the session store.
 const SIGN_IN_STORE_DOWN: &str = "Signing in is not possible right now: the session store cannot be reached. Try again in a moment.";
+
+/// What a person reads when a login's state is unknown.
+const ALREADY_USED: &str = "This sign-in has expired or was already used.";
 
 /// The purpose under which used login states are remembered.
 const LOGIN_STATE: &str = "login";
@@ -81,10 +88,10 @@ impl Gateway {
     /// The 400 page for a return target over [`policy::MAX_RETURN_TARGET`].
     fn return_target_too_long(&self, e: ReturnTargetTooLong) -> Response<ResponseBody> {
         tracing::info!("request refused: {e}");
-        self.page(
-            StatusCode::BAD_REQUEST,
-            "Bad request",
-            &format!(
+        self.refuse(
+            Kind::Unusable,
+            Audience::Page,
+            format!(
                 "This address cannot be used: {e}. Go back to the start and sign in from there."
             ),
         )
@@ -125,10 +132,9 @@ impl Gateway {
                 reason,
                 "cannot start a login: the session store is unreachable"
             );
-            self.metrics.login_refused(LoginRefusal::StoreUnavailable);
-            return self.page(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "Sign-in unavailable",
+            return self.refuse(
+                Kind::SignInUnavailable(LoginRefusal::StoreUnavailable),
+                Audience::Page,
                 SIGN_IN_STORE_DOWN,
             );
         }
@@ -136,16 +142,14 @@ impl Gateway {
             Ok(login) => login,
             Err(e) => {
                 tracing::error!(error = %e, "cannot start a login");
-                self.metrics
-                    .login_refused(LoginRefusal::ProviderUnavailable);
                 let message = format!(
                     "{} cannot be reached right now, so signing in is not possible. Try again in a moment.",
                     self.settings.oidc.provider_name
                 );
-                return self.page(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "Sign-in unavailable",
-                    &message,
+                return self.refuse(
+                    Kind::SignInUnavailable(LoginRefusal::ProviderUnavailable),
+                    Audience::Page,
+                    message,
                 );
             }
         };
@@ -226,28 +230,20 @@ impl Gateway {
             .await
             .err()?;
         tracing::warn!(error = %e, "callback refused: not from the configured provider");
-        let (why, status) = match e {
-            LoginError::ProviderUnavailable(_) => {
-                (LoginRefusal::ProviderUnavailable, StatusCode::BAD_GATEWAY)
-            }
-            _ => (LoginRefusal::IssuerMismatch, StatusCode::BAD_REQUEST),
+        let why = match e {
+            LoginError::ProviderUnavailable(_) => LoginRefusal::ProviderUnavailable,
+            _ => LoginRefusal::IssuerMismatch,
         };
-        self.metrics.login_refused(why);
-        Some(self.login_failed(status, &format!("Signing in failed: {e}.")))
+        Some(self.login_failed(why, format!("Signing in failed: {e}.")))
     }
 
     pub(super) async fn callback(&self, request: &Request<Incoming>) -> Response<ResponseBody> {
-        let failed = |why, status, message: &str| {
-            self.metrics.login_refused(why);
-            self.login_failed(status, message)
-        };
         let params = match query_params(request, &["state", "code", "error", "iss"]) {
             Ok(params) => params,
             Err(problem) => {
-                return failed(
+                return self.login_failed(
                     LoginRefusal::MalformedCallback,
-                    StatusCode::BAD_REQUEST,
-                    &format!("The sign-in answer is malformed: {problem}."),
+                    format!("The sign-in answer is malformed: {problem}."),
                 );
             }
         };
@@ -265,51 +261,33 @@ impl Gateway {
                 "{} did not sign you in: {error} {description}",
                 self.settings.oidc.provider_name
             );
-            return failed(
-                LoginRefusal::ProviderError,
-                StatusCode::FORBIDDEN,
-                message.trim_end(),
-            );
+            return self.login_failed(LoginRefusal::ProviderError, message.trim_end().to_owned());
         }
         let (Some(state), Some(code)) = (param(&params, "state"), param(&params, "code")) else {
-            return failed(
+            return self.login_failed(
                 LoginRefusal::MalformedCallback,
-                StatusCode::BAD_REQUEST,
                 "The sign-in answer lacks its code or state.",
             );
         };
         let cookie_name = self.login_cookie_name(state);
         let Some(pending) = self.pending_login(request, state) else {
             tracing::warn!("callback state does not match this browser's login cookie");
-            return failed(
+            return self.login_failed(
                 LoginRefusal::NotThisBrowser,
-                StatusCode::BAD_REQUEST,
                 "This sign-in was not started in this browser, or it took too long.",
             );
         };
         if pending.expired() {
             tracing::warn!("callback for a login that took too long");
-            return failed(
-                LoginRefusal::StateExpired,
-                StatusCode::BAD_REQUEST,
-                "This sign-in has expired or was already used.",
-            );
+            return self.login_failed(LoginRefusal::StateExpired, ALREADY_USED);
         }
         let store_down = |e: &crate::session::StoreUnavailable| {
             tracing::error!(error = %e, "cannot finish a login");
-            failed(
-                LoginRefusal::StoreUnavailable,
-                StatusCode::SERVICE_UNAVAILABLE,
-                SIGN_IN_STORE_DOWN,
-            )
+            self.login_failed(LoginRefusal::StoreUnavailable, SIGN_IN_STORE_DOWN)
         };
         let used = |why: &str| {
             tracing::warn!("callback state already used ({why})");
-            failed(
-                LoginRefusal::StateExpired,
-                StatusCode::BAD_REQUEST,
-                "This sign-in has expired or was already used.",
-            )
+            self.login_failed(LoginRefusal::StateExpired, ALREADY_USED)
         };
         // Only an answer from the configured provider is used (its code, above all).
         if let Some(refusal) = self.wrong_issuer(&params).await {
@@ -331,13 +309,13 @@ impl Gateway {
             Ok(outcome) => outcome,
             Err(e) => {
                 tracing::warn!(error = %e, "login failed");
-                let (why, status) = match e {
+                let why = match e {
                     LoginError::IdTokenRefused(_) | LoginError::NoIdToken => {
-                        (LoginRefusal::IdTokenRefused, StatusCode::UNAUTHORIZED)
+                        LoginRefusal::IdTokenRefused
                     }
-                    _ => (LoginRefusal::ProviderUnavailable, StatusCode::BAD_GATEWAY),
+                    _ => LoginRefusal::ProviderUnavailable,
                 };
-                return failed(why, status, &format!("Signing in failed: {e}."));
+                return self.login_failed(why, format!("Signing in failed: {e}."));
             }
         };
         // Single use, even with a provider that would accept a code twice.
@@ -389,18 +367,13 @@ impl Gateway {
         response
     }
 
-    fn login_failed(&self, status: StatusCode, message: &str) -> Response<ResponseBody> {
-        Page {
-            status,
-            title: "Sign-in failed",
-            message,
-            links: &[Link {
-                href: "/oauth2/start?rd=%2F",
-                label: "Try again",
-            }],
-        }
-        .render()
-        .map(boxed)
+    /// A login that could not finish: a page, its status and count decided by `why`.
+    fn login_failed(
+        &self,
+        why: LoginRefusal,
+        message: impl Into<std::borrow::Cow<'static, str>>,
+    ) -> Response<ResponseBody> {
+        self.refuse(Kind::SignInFailed(why), Audience::Page, message)
     }
 
     /// Ends the session here, then at the provider (RP-initiated logout) when it can.
@@ -442,9 +415,9 @@ impl Gateway {
                 // (a restart would lose it and the session would come back).
                 if let Err(e) = self.sessions.end(&id).await {
                     tracing::error!(error = %e, "sign-out refused: the session store cannot be reached");
-                    return self.page(
-                        StatusCode::SERVICE_UNAVAILABLE,
-                        "Sign-out not completed",
+                    return self.refuse(
+                        Kind::SignOutFailed,
+                        Audience::Page,
                         "Signing out could not be completed: the session store cannot be reached right now, so your session was not ended. Try again in a moment.",
                     );
                 }
@@ -512,22 +485,18 @@ impl Gateway {
         request: &Request<Incoming>,
         peer: SocketAddr,
     ) -> Response<ResponseBody> {
-        let bad_request = |problem: &str| {
-            tracing::warn!(problem, "forward-auth request refused");
-            pages::json(
-                StatusCode::BAD_REQUEST,
-                &serde_json::json!({"error": "bad_request", "message": problem}),
-            )
-            .map(boxed)
+        let bad_request = |problem: String| {
+            tracing::warn!(problem = problem.as_str(), "forward-auth request refused");
+            self.refuse(Kind::Malformed, Audience::Api, problem)
         };
         let wanted = match forward_auth_groups(request) {
             Ok(wanted) => wanted,
-            Err(problem) => return bad_request(&problem),
+            Err(problem) => return bad_request(problem),
         };
         let original = if self.peer_is_trusted(peer) {
             match reported_request(request.headers()) {
                 Ok(original) => original,
-                Err(problem) => return bad_request(&problem),
+                Err(problem) => return bad_request(problem),
             }
         } else {
             None
@@ -564,11 +533,7 @@ impl Gateway {
         let session = match sign_in {
             Ok(session) => session,
             Err(sign_in) => {
-                let mut response = pages::json(
-                    StatusCode::UNAUTHORIZED,
-                    &serde_json::json!({"error": "unauthorized"}),
-                )
-                .map(boxed);
+                let mut response = self.refuse(Kind::Unauthorized, Audience::Api, "");
                 if let Some(location) = self.sign_in_for_reported(request.headers(), sign_in) {
                     response.headers_mut().insert(SIGN_IN_ANSWER, location);
                 }
@@ -582,12 +547,7 @@ impl Gateway {
                 .then(|| policy::Refusal(format!("allowed_groups: none of {}", wanted.join(", "))))
         });
         if let Some(refusal) = refusal {
-            self.metrics.access_refused();
-            return pages::json(
-                StatusCode::FORBIDDEN,
-                &serde_json::json!({"error": "forbidden", "rule": refusal.0}),
-            )
-            .map(boxed);
+            return self.refuse(Kind::AccessDenied, Audience::Api, refusal.0);
         }
         self.forward_auth_admitted(request, Some(&session))
     }
@@ -667,23 +627,19 @@ impl Gateway {
         &self,
         request: Request<Incoming>,
     ) -> Response<ResponseBody> {
-        let refuse = |description: &str| {
-            tracing::warn!(reason = description, "back-channel logout refused");
-            pages::json(
-                StatusCode::BAD_REQUEST,
-                &serde_json::json!({"error": "invalid_request", "error_description": description}),
-            )
-            .map(boxed)
+        let refuse = |description: String| {
+            tracing::warn!(reason = description.as_str(), "back-channel logout refused");
+            self.refuse(Kind::LogoutRefused, Audience::Api, description)
         };
         if request.method() != http::Method::POST {
-            return refuse("use POST with a logout_token form field");
+            return refuse("use POST with a logout_token form field".into());
         }
         let body = match Limited::new(request.into_body(), MAX_LOGOUT_BODY)
             .collect()
             .await
         {
             Ok(body) => body.to_bytes(),
-            Err(_) => return refuse("the body is too large or broken"),
+            Err(_) => return refuse("the body is too large or broken".into()),
         };
         let fields: Vec<(String, String)> = form_urlencoded::parse(&body).into_owned().collect();
         let tokens: Vec<&str> = fields
@@ -692,25 +648,25 @@ impl Gateway {
             .map(|(_, v)| v.as_str())
             .collect();
         let [token] = tokens.as_slice() else {
-            return refuse("exactly one logout_token is required");
+            return refuse("exactly one logout_token is required".into());
         };
         let target = match self.provider.verify_logout_token(token).await {
             Ok(target) => target,
-            Err(reason) => return refuse(&reason),
+            Err(reason) => return refuse(reason),
         };
         let store_down = |e: crate::session::StoreUnavailable| {
             tracing::error!(error = %e, "back-channel logout failed");
-            pages::json(
-                StatusCode::BAD_REQUEST,
-                &serde_json::json!({"error": "temporarily_unavailable", "error_description": "the session store cannot be reached"}),
+            self.refuse(
+                Kind::LogoutUnavailable,
+                Audience::Api,
+                "the session store cannot be reached",
             )
-            .map(boxed)
         };
         // The `jti` is taken only once the sessions it names have ended, so a token
         // refused because the store could not be reached succeeds when retried.
         match self.sessions.already_used(LOGOUT_TOKEN, &target.jti).await {
             Ok(false) => {}
-            Ok(true) => return refuse("this token (`jti`) was already used"),
+            Ok(true) => return refuse("this token (`jti`) was already used".into()),
             Err(e) => return store_down(e),
         }
         let ended = match self
@@ -751,11 +707,7 @@ impl Gateway {
                 &serde_json::to_value(&session.identity).unwrap_or_default(),
             )
             .map(boxed),
-            Ok(None) => pages::json(
-                StatusCode::UNAUTHORIZED,
-                &serde_json::json!({"error": "unauthorized", "message": "Sign in required"}),
-            )
-            .map(boxed),
+            Ok(None) => self.refuse(Kind::Unauthorized, Audience::Api, "Sign in required"),
         }
     }
 }

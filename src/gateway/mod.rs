@@ -9,6 +9,11 @@
 //! decided on or that the gateway sets. Nor can it choose what path rules see: the
 //! path is made canonical first and forwarded so, and rules are decided on every form
 //! the upstream may decode it to ([`policy::decide`]).
+//!
+//! The response side has one shape too: every refusal or failure, here, in an
+//! endpoint or in forwarding, is a [`Problem`] answered by [`Problem::respond`] (its
+//! status, body, headers and metric decided there), and `handle` then gives every
+//! response, forwarded or made here, its request id and `Strict-Transport-Security`.
 
 mod endpoints;
 mod host;
@@ -29,8 +34,9 @@ use crate::config::Settings;
 use crate::observe::{self, AccessRecord, Metrics, REQUEST_ID, RouteClass};
 use crate::oidc::{Provider, ProviderHttp};
 use crate::outbound;
-use crate::pages::{self, Link, Page, is_navigation};
+use crate::pages::{self, is_navigation};
 use crate::policy::{self, EmailFile, Route};
+use crate::problem::{Audience, Kind, Problem};
 use crate::proxy::headers::{self, ForwardedFacts};
 use crate::proxy::limits::InFlight;
 use crate::proxy::{Bounds, Upstream, tunnel, upgrade_protocol};
@@ -379,18 +385,18 @@ impl Gateway {
             self.end_to_end_folds.iter().any(|f| f == name)
         }) {
             tracing::info!(error = %e, "request refused: Connection names an end-to-end header");
-            return self.page(
-                StatusCode::BAD_REQUEST,
-                "Bad request",
-                &format!("The request cannot be used: {e}."),
+            return self.refuse(
+                Kind::Unusable,
+                Audience::Page,
+                format!("The request cannot be used: {e}."),
             );
         }
         if let Err(e) = request::canonicalize_path(&mut request) {
             tracing::info!(path = %request.uri().path(), error = %e, "request refused: bad path");
-            return self.page(
-                StatusCode::BAD_REQUEST,
-                "Bad request",
-                &format!("The address cannot be used: {e}."),
+            return self.refuse(
+                Kind::Unusable,
+                Audience::Page,
+                format!("The address cannot be used: {e}."),
             );
         }
 
@@ -423,13 +429,7 @@ impl Gateway {
                 return Box::pin(self.backchannel_logout(request)).await;
             }
             p if p == oidc.callback_path => return Box::pin(self.callback(&request)).await,
-            p if p.starts_with("/oauth2/") => {
-                return self.page(
-                    StatusCode::NOT_FOUND,
-                    "Not found",
-                    "This gateway has no such page.",
-                );
-            }
+            p if p.starts_with("/oauth2/") => return self.not_found(),
             _ => {}
         }
         let rules = match policy::decide(
@@ -462,7 +462,6 @@ impl Gateway {
         };
         record.session = Some(session.clone());
         if let Err(refusal) = self.authorize(&session, &rules) {
-            self.metrics.access_refused();
             return self.refused(&session, &refusal);
         }
         self.forward(request, peer, Caller::SignedIn(&session))
@@ -484,20 +483,18 @@ impl Gateway {
         request: &Request<Incoming>,
         refusal: &host::HostRefusal,
     ) -> Response<ResponseBody> {
-        let page = is_navigation(request);
+        let audience = Audience::of(request);
         let tls_name = request.extensions().get::<TlsServerName>().is_some();
         tracing::info!(host = ?request.headers().get(http::header::HOST), authority = ?request.uri().authority(), tls_name, reason = %refusal, "request refused: not for this gateway's host");
         if !refusal.is_misdirected() {
-            return pages::problem(
-                page,
-                StatusCode::BAD_REQUEST,
-                "Bad request",
-                &format!("The request cannot be used: {refusal}."),
-            )
-            .map(boxed);
+            return self.refuse(
+                Kind::Malformed,
+                audience,
+                format!("The request cannot be used: {refusal}."),
+            );
         }
         // The client's connection is for another name: only a fresh one helps.
-        if page && *refusal == host::HostRefusal::Foreign {
+        if audience == Audience::Page && *refusal == host::HostRefusal::Foreign {
             // Appended to the origin, never resolved against it: `//other/` stays a path.
             let target = request.uri().path_and_query().map_or("/", |pq| pq.as_str());
             let origin = self
@@ -512,13 +509,7 @@ impl Gateway {
             "This gateway answers only for {}.",
             self.public_host.to_str().unwrap_or_default()
         );
-        pages::problem(
-            page,
-            StatusCode::MISDIRECTED_REQUEST,
-            "Misdirected request",
-            &message,
-        )
-        .map(boxed)
+        self.refuse(Kind::Misdirected, audience, message)
     }
 
     /// The metrics, on the main listener: only to a direct client from
@@ -535,11 +526,7 @@ impl Gateway {
         if self.may_read_internals(request, peer) {
             return self.metrics_page().await;
         }
-        self.page(
-            StatusCode::NOT_FOUND,
-            "Not found",
-            "This gateway has no such page.",
-        )
+        self.not_found()
     }
 
     /// Whether the client may read the gateway's internals (metrics, why it is not
@@ -813,19 +800,11 @@ impl Gateway {
         error: &StoreUnavailable,
     ) -> Response<ResponseBody> {
         tracing::error!(error = %error, "request refused: session store unavailable");
-        let message = "Sessions cannot be checked right now (the session store is unreachable). Try again in a moment.";
-        if is_navigation(request) {
-            return self.page(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "Temporarily unavailable",
-                message,
-            );
-        }
-        pages::json(
-            StatusCode::SERVICE_UNAVAILABLE,
-            &serde_json::json!({"error": "session_store_unavailable", "message": message}),
+        self.refuse(
+            Kind::StoreUnavailable,
+            Audience::of(request),
+            "Sessions cannot be checked right now (the session store is unreachable). Try again in a moment.",
         )
-        .map(boxed)
     }
 
     /// No usable session: navigations go to the sign-in, everything else gets 401
@@ -841,7 +820,7 @@ impl Gateway {
                 self.sign_in_location(uri.path_and_query().map_or("/", |pq| pq.as_str()), sign_in);
             return redirect(&location);
         }
-        pages::json_text(StatusCode::UNAUTHORIZED, SIGN_IN_REQUIRED).map(boxed)
+        self.refuse(Kind::SignInRequired, Audience::Api, "Sign in required")
     }
 
     /// Where a navigation without a session goes: the sign-in, and back to
@@ -879,17 +858,7 @@ impl Gateway {
              Sign out to switch to another account, or ask an administrator for access.",
             refusal.0
         );
-        Page {
-            status: StatusCode::FORBIDDEN,
-            title: "Access denied",
-            message: &message,
-            links: &[Link {
-                href: "/oauth2/sign_out",
-                label: "Sign out and switch account",
-            }],
-        }
-        .render()
-        .map(boxed)
+        self.refuse(Kind::AccessDenied, Audience::Page, message)
     }
 
     /// `/ready`: 200 `READY` or 503 `NOT READY`, and why only for a client that may
@@ -907,12 +876,12 @@ impl Gateway {
         let detail = self.may_read_internals(request, peer);
         match problem {
             None => pages::text(StatusCode::OK, "READY\n").map(boxed),
-            Some(problem) if detail => pages::text(
-                StatusCode::SERVICE_UNAVAILABLE,
+            Some(problem) if detail => self.refuse(
+                Kind::NotReady,
+                Audience::Probe,
                 format!("NOT READY: {problem}\n"),
-            )
-            .map(boxed),
-            Some(_) => pages::text(StatusCode::SERVICE_UNAVAILABLE, "NOT READY\n").map(boxed),
+            ),
+            Some(_) => self.refuse(Kind::NotReady, Audience::Probe, "NOT READY\n"),
         }
     }
 
@@ -945,18 +914,24 @@ impl Gateway {
         accepts
     }
 
-    fn page(&self, status: StatusCode, title: &str, message: &str) -> Response<ResponseBody> {
-        Page {
-            status,
-            title,
-            message,
-            links: &[Link {
-                href: "/",
-                label: "Back to the start",
-            }],
-        }
-        .render()
-        .map(boxed)
+    /// A request refused or failed: [`Problem::respond`], counted in its metric.
+    fn refuse(
+        &self,
+        kind: Kind,
+        audience: Audience,
+        message: impl Into<std::borrow::Cow<'static, str>>,
+    ) -> Response<ResponseBody> {
+        Problem::new(kind, audience, message).respond(&self.metrics)
+    }
+
+    /// The 404 of the gateway's own pages (and of the metrics, to those who may not
+    /// read them).
+    fn not_found(&self) -> Response<ResponseBody> {
+        self.refuse(
+            Kind::NotFound,
+            Audience::Page,
+            "This gateway has no such page.",
+        )
     }
 
     fn public_url(&self, path: &str) -> Url {
@@ -983,12 +958,6 @@ fn login_cookie_prefix(session_cookie: &str) -> String {
     }
 }
 
-/// The 401 JSON for a request without a session that is not a navigation (as
-/// `serde_json` writes `{"error": "unauthorized", "message": "Sign in required",
-/// "sign_in_url": "/oauth2/sign_in"}`; a constant, so that it costs no allocation).
-const SIGN_IN_REQUIRED: &str =
-    r#"{"error":"unauthorized","message":"Sign in required","sign_in_url":"/oauth2/sign_in"}"#;
-
 fn redirect(location: &str) -> Response<ResponseBody> {
     let mut response = pages::text(StatusCode::FOUND, "").map(boxed);
     if let Ok(value) = HeaderValue::from_str(location) {
@@ -1004,17 +973,6 @@ fn urlencode(text: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::shared_directory;
-
-    #[test]
-    fn the_sign_in_required_answer_is_the_json_it_says() {
-        let written = serde_json::json!({
-            "error": "unauthorized",
-            "message": "Sign in required",
-            "sign_in_url": "/oauth2/sign_in",
-        })
-        .to_string();
-        assert_eq!(super::SIGN_IN_REQUIRED, written);
-    }
 
     #[test]
     fn login_cookies_live_in_the_directory_start_and_callback_share() {

@@ -3,7 +3,8 @@
 //!
 //! Every value that reaches a page goes through [`escape`]; pages carry a strict
 //! Content-Security-Policy and are never cached. Nothing here decides anything: callers
-//! say what to show.
+//! say what to show (what a refusal or failure shows is decided in
+//! [`crate::problem`]).
 
 use bytes::Bytes;
 use http::header::ACCEPT;
@@ -172,37 +173,6 @@ pub fn is_navigation_of(method: &http::Method, path: &str, headers: &http::Heade
                 .any(|w| w.eq_ignore_ascii_case(b"application/json"))
         });
     !wants_json && !path.starts_with("/api/")
-}
-
-/// A refusal or failure in the form the request wants: a page with `title` and
-/// `message` for a page load, else JSON `{"error": "<status reason>", "message": ...}`.
-pub fn problem(
-    page: bool,
-    status: StatusCode,
-    title: &str,
-    message: &str,
-) -> Response<Full<Bytes>> {
-    if page {
-        return Page {
-            status,
-            title,
-            message,
-            links: &[Link {
-                href: "",
-                label: "Try again",
-            }],
-        }
-        .render();
-    }
-    let error = status
-        .canonical_reason()
-        .unwrap_or("error")
-        .to_ascii_lowercase()
-        .replace([' ', '-'], "_");
-    json(
-        status,
-        &serde_json::json!({"error": error, "message": message}),
-    )
 }
 
 /// A plain-text answer (health checks).

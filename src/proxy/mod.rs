@@ -3,7 +3,7 @@
 //! hop-by-hop headers removed ([`headers`]), upgrades (WebSocket) handed over as
 //! [`tunnel`]s, request
 //! bodies held to `server.max_body_size` (413), and a 502/504 answer when the upstream
-//! fails. It decides nothing about who may pass: the gateway calls it only for
+//! fails (each a [`Problem`], answered by [`Problem::respond`]). It decides nothing about who may pass: the gateway calls it only for
 //! requests that are allowed, with identity headers already set.
 //!
 //! What one client can hold of the upstream is bounded: requests in flight in total
@@ -36,8 +36,8 @@ use url::Url;
 use crate::body::{ResponseBody, boxed};
 use crate::config::UpstreamSettings;
 use crate::errors::error_chain;
-use crate::observe::{Metrics, UpstreamFailure};
-use crate::pages;
+use crate::observe::Metrics;
+use crate::problem::{Audience, Kind, Problem};
 use crate::serving_thread;
 use bodies::{BUFFERED_MAX, BodyIdle, Delivery, IdleRequestBody};
 use limits::{InFlight, InFlightSlot};
@@ -143,20 +143,20 @@ impl Upstream {
     /// ([`headers::remove_client_hop_by_hop`], before anything decided on the request);
     /// a real upgrade keeps `Connection: upgrade` and its `Upgrade`, and is tunnelled.
     /// Never fails: a body over the limit becomes a 413, upstream trouble a 502 or 504,
-    /// each a page or JSON as the request wants ([`pages::problem`]).
+    /// each a page or JSON as the request wants ([`Problem::respond`]).
     pub async fn forward(
         &self,
         mut request: Request<Incoming>,
         public_host: &HeaderValue,
         client: Option<IpAddr>,
     ) -> Response<ResponseBody> {
-        let page = pages::is_navigation(&request);
+        let audience = Audience::of(&request);
         let declared = request
             .headers()
             .get(header::CONTENT_LENGTH)
             .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
         if declared.is_some_and(|length| length > self.max_body_size) {
-            return self.body_too_large(page);
+            return self.body_too_large(audience);
         }
         let slot = match self.in_flight.try_acquire(client) {
             Ok(slot) => slot,
@@ -166,17 +166,12 @@ impl Upstream {
                     bound = refusal.key(),
                     "request refused: too many upstream requests in flight"
                 );
-                self.metrics.upstream_failure(UpstreamFailure::Busy);
-                let mut response = problem(
-                    page,
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "Too many requests",
+                return Problem::new(
+                    Kind::UpstreamBusy,
+                    audience,
                     "Too many requests are waiting for the application behind the sign-in gateway. Try again in a moment.",
-                );
-                response
-                    .headers_mut()
-                    .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
-                return response;
+                )
+                .respond(&self.metrics);
             }
         };
         let path_and_query = request
@@ -198,12 +193,12 @@ impl Upstream {
             Ok(uri) => *request.uri_mut() = uri,
             Err(e) => {
                 tracing::warn!(error = %e, "cannot build the upstream URI");
-                return problem(
-                    page,
-                    StatusCode::BAD_REQUEST,
-                    "Bad request",
+                return Problem::new(
+                    Kind::Malformed,
+                    audience,
                     "The request path cannot be forwarded.",
-                );
+                )
+                .respond(&self.metrics);
             }
         }
         *request.version_mut() = Version::HTTP_11;
@@ -220,43 +215,42 @@ impl Upstream {
         let mut response = match sent {
             Some(Ok(response)) => response,
             Some(Err(e)) if caused_by::<LengthLimitError>(&*e) => {
-                return self.body_too_large(page);
+                return self.body_too_large(audience);
             }
             Some(Err(e)) if caused_by::<BodyIdle>(&*e) => {
                 tracing::info!(timeout = ?self.body_idle_timeout, "request refused: its body delivered nothing for server.body_idle_timeout");
-                return problem(
-                    page,
-                    StatusCode::REQUEST_TIMEOUT,
-                    "Request timed out",
+                return Problem::new(
+                    Kind::BodyIdle,
+                    audience,
                     "The request body stopped arriving.",
-                );
+                )
+                .respond(&self.metrics);
             }
             Some(Err(e)) if client_body_failed(&*e) => {
                 tracing::info!(error = %error_chain(&*e), "request refused: the client's body broke off or was malformed");
-                return problem(
-                    page,
-                    StatusCode::BAD_REQUEST,
-                    "Bad request",
+                return Problem::new(
+                    Kind::Malformed,
+                    audience,
                     "The request body could not be read: it was malformed or cut short.",
-                );
+                )
+                .respond(&self.metrics);
             }
             Some(Err(e)) if caused_by_timeout(&*e) => {
                 tracing::warn!(upstream = %self.base, error = %error_chain(&*e), "upstream connection timed out");
-                return self.timed_out(page);
+                return self.timed_out(audience);
             }
             Some(Err(e)) => {
                 tracing::warn!(upstream = %self.base, error = %error_chain(&*e), "upstream request failed");
-                self.metrics.upstream_failure(UpstreamFailure::Unavailable);
-                return problem(
-                    page,
-                    StatusCode::BAD_GATEWAY,
-                    "Upstream unavailable",
+                return Problem::new(
+                    Kind::UpstreamUnavailable,
+                    audience,
                     "The application behind the sign-in gateway did not answer. Try again in a moment.",
-                );
+                )
+                .respond(&self.metrics);
             }
             None => {
                 tracing::warn!(upstream = %self.base, timeout = ?self.read_timeout, "upstream did not answer in time");
-                return self.timed_out(page);
+                return self.timed_out(audience);
             }
         };
         self.metrics.upstream_response(started.elapsed());
@@ -266,13 +260,12 @@ impl Upstream {
                 // The client would be told its connection now speaks another protocol
                 // it never asked for; the upstream's connection goes with the answer.
                 tracing::warn!(upstream = %self.base, "upstream answered 101 Switching Protocols to a request that asked for no upgrade; answered 502");
-                self.metrics.upstream_failure(UpstreamFailure::Unavailable);
-                return problem(
-                    page,
-                    StatusCode::BAD_GATEWAY,
-                    "Upstream error",
+                return Problem::new(
+                    Kind::UpstreamError,
+                    audience,
                     "The application behind the sign-in gateway gave an answer that cannot be passed on.",
-                );
+                )
+                .respond(&self.metrics);
             };
             headers::remove_front_server_instructions(response.headers_mut());
             let upstream_upgrade = hyper::upgrade::on(&mut response);
@@ -287,12 +280,17 @@ impl Upstream {
         }
         headers::sanitize_upstream_response(response.headers_mut());
         let (parts, body) = response.into_parts();
-        let body = match self
-            .deliverable(&parts.headers, body, slot, deadline, page)
-            .await
-        {
+        let body = match self.deliverable(&parts.headers, body, slot, deadline).await {
             Ok(body) => body,
-            Err(problem) => return problem,
+            Err(kind) => {
+                let message = match kind {
+                    Kind::UpstreamTimeout => TOOK_TOO_LONG,
+                    _ => {
+                        "The application behind the sign-in gateway broke off its answer. Try again in a moment."
+                    }
+                };
+                return Problem::new(kind, audience, message).respond(&self.metrics);
+            }
         };
         Response::from_parts(parts, body)
     }
@@ -302,15 +300,15 @@ impl Upstream {
     /// upstream connection (back to the pool) and the slot at once; any other is
     /// watched for send stalls ([`Delivery`]), holding the slot until it ends or is
     /// abandoned. Either way the connection goes back to the pool only when the body
-    /// ended, and closes when it did not.
+    /// ended, and closes when it did not. A body that fails or is late is the
+    /// upstream's failure, of that kind.
     async fn deliverable(
         &self,
         headers: &http::HeaderMap,
         body: UpstreamBody,
         slot: InFlightSlot,
         deadline: Pin<&mut Sleep>,
-        page: bool,
-    ) -> Result<ResponseBody, Response<ResponseBody>> {
+    ) -> Result<ResponseBody, Kind> {
         let declared = headers
             .get(header::CONTENT_LENGTH)
             .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
@@ -321,24 +319,18 @@ impl Upstream {
                 Some(Ok(collected)) => Ok(boxed(http_body_util::Full::new(collected.to_bytes()))),
                 Some(Err(e)) => {
                     tracing::warn!(upstream = %self.base, error = %error_chain(&e), "upstream response body failed");
-                    self.metrics.upstream_failure(UpstreamFailure::Unavailable);
-                    Err(problem(
-                        page,
-                        StatusCode::BAD_GATEWAY,
-                        "Upstream unavailable",
-                        "The application behind the sign-in gateway broke off its answer. Try again in a moment.",
-                    ))
+                    Err(Kind::UpstreamUnavailable)
                 }
                 None => {
                     tracing::warn!(upstream = %self.base, timeout = ?self.read_timeout, "upstream did not send its response body in time");
-                    Err(self.timed_out(page))
+                    Err(Kind::UpstreamTimeout)
                 }
             };
         }
         Ok(boxed(Delivery::watch(body, slot, self.send_timeout)))
     }
 
-    fn body_too_large(&self, page: bool) -> Response<ResponseBody> {
+    fn body_too_large(&self, audience: Audience) -> Response<ResponseBody> {
         tracing::info!(
             limit = self.max_body_size,
             "request refused: body too large"
@@ -347,24 +339,17 @@ impl Upstream {
             "The request body is larger than this gateway accepts ({} bytes).",
             self.max_body_size
         );
-        problem(
-            page,
-            StatusCode::PAYLOAD_TOO_LARGE,
-            "Request too large",
-            &message,
-        )
+        Problem::new(Kind::BodyTooLarge, audience, message).respond(&self.metrics)
     }
 
-    fn timed_out(&self, page: bool) -> Response<ResponseBody> {
-        self.metrics.upstream_failure(UpstreamFailure::Timeout);
-        problem(
-            page,
-            StatusCode::GATEWAY_TIMEOUT,
-            "Upstream timed out",
-            "The application behind the sign-in gateway took too long to answer. Try again in a moment.",
-        )
+    fn timed_out(&self, audience: Audience) -> Response<ResponseBody> {
+        Problem::new(Kind::UpstreamTimeout, audience, TOOK_TOO_LONG).respond(&self.metrics)
     }
 }
+
+/// What a client reads when the upstream took too long.
+const TOOK_TOO_LONG: &str =
+    "The application behind the sign-in gateway took too long to answer. Try again in a moment.";
 
 /// True when `E` is among the causes of `error`.
 /// `future`'s output, or `None` when `deadline` passes first (`tokio::time::timeout`
@@ -432,10 +417,6 @@ pub fn upgrade_protocol<B>(request: &Request<B>) -> Option<HeaderValue> {
     let h2c = headers::list_items(fields, &header::UPGRADE)
         .any(|protocol| protocol.eq_ignore_ascii_case("h2c"));
     (request.version() == Version::HTTP_11 && asks && !h2c).then(|| protocol.clone())
-}
-
-fn problem(page: bool, status: StatusCode, title: &str, message: &str) -> Response<ResponseBody> {
-    pages::problem(page, status, title, message).map(boxed)
 }
 
 #[cfg(test)]

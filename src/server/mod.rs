@@ -47,7 +47,8 @@ use crate::config::{ServerSettings, Settings};
 use std::path::PathBuf;
 
 use crate::gateway::{Gateway, GatewayError, LiveGateway, TlsServerName, TunnelPass};
-use crate::observe::Metrics;
+use crate::observe::{Metrics, REQUEST_ID};
+use crate::problem::{Audience, Kind, Problem};
 use crate::proxy::tunnel::{self, TunnelEnd, TunnelTerms};
 use framing::StrictFraming;
 use limits::{AddressSlot, Limits};
@@ -124,7 +125,8 @@ impl tower::Service<Request<Incoming>> for GatewayService {
 /// Runs the tunnel an accepted upgrade brought (see [`tunnel`]): it holds its
 /// connection's place in `server.max_connections` and one of `server.max_tunnels`
 /// (none left: 503 instead of the 101), and is checked against the gateway current at
-/// each check, so a reload's rules apply to tunnels already open.
+/// each check, so a reload's rules apply to tunnels already open. A refusal keeps the
+/// 101's request id and `Strict-Transport-Security`.
 fn start_tunnel(
     mut response: Response<ResponseBody>,
     gateway: &Gateway,
@@ -132,21 +134,26 @@ fn start_tunnel(
 ) -> Response<ResponseBody> {
     let pair = response.extensions_mut().remove::<tunnel::Upgraded>();
     let pass = response.extensions_mut().remove::<Arc<TunnelPass>>();
-    let page =
-        |status, title, message| crate::pages::problem(false, status, title, message).map(boxed);
+    let refuse = |kind, message| {
+        let mut refusal = Problem::new(kind, Audience::Api, message).respond(gateway.metrics());
+        for name in [REQUEST_ID, http::header::STRICT_TRANSPORT_SECURITY] {
+            if let Some(value) = response.headers().get(&name) {
+                refusal.headers_mut().insert(name, value.clone());
+            }
+        }
+        refusal
+    };
     let (Some(pair), Some(pass)) = (pair, pass) else {
         tracing::warn!("a 101 without a tunnel to run; refused");
-        return page(
-            StatusCode::BAD_GATEWAY,
-            "Upgrade refused",
+        return refuse(
+            Kind::UpgradeRefused,
             "The connection could not be upgraded.",
         );
     };
     let Ok(slot) = connection.tunnels.clone().try_acquire_owned() else {
         tracing::warn!("upgrade refused: server.max_tunnels tunnels are open");
-        return page(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "Too many open connections",
+        return refuse(
+            Kind::TooManyTunnels,
             "Too many upgraded connections are open. Try again in a moment.",
         );
     };
@@ -829,7 +836,8 @@ async fn serve_metrics(
             if request.uri().path() == "/metrics" {
                 gateway.metrics_page().await
             } else {
-                crate::pages::text(StatusCode::NOT_FOUND, "Not found: try /metrics\n").map(boxed)
+                Problem::new(Kind::NotFound, Audience::Probe, "Not found: try /metrics\n")
+                    .respond(gateway.metrics())
             }
         })
     });
