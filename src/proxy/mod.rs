@@ -351,7 +351,6 @@ impl Upstream {
 const TOOK_TOO_LONG: &str =
     "The application behind the sign-in gateway took too long to answer. Try again in a moment.";
 
-/// True when `E` is among the causes of `error`.
 /// `future`'s output, or `None` when `deadline` passes first (`tokio::time::timeout`
 /// on a timer that several steps share).
 async fn within<F: Future>(mut deadline: Pin<&mut Sleep>, future: F) -> Option<F::Output> {
@@ -363,6 +362,7 @@ async fn within<F: Future>(mut deadline: Pin<&mut Sleep>, future: F) -> Option<F
     .await
 }
 
+/// True when `E` is among the causes of `error`.
 fn caused_by<E: std::error::Error + 'static>(error: &(dyn std::error::Error + 'static)) -> bool {
     let mut cause = Some(error);
     while let Some(e) = cause {
