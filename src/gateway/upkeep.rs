@@ -275,24 +275,10 @@ mod tests {
 
     const HOUR: Duration = Duration::from_secs(3600);
 
+    /// A gateway whose provider is never reached here; `session_toml` is added to
+    /// `[session]`.
     fn gateway(session_toml: &str) -> Gateway {
-        let text = format!(
-            r#"
-[server]
-public_url = "https://sentry.example.com"
-[tls]
-enabled = false
-[upstream]
-url = "http://127.0.0.1:9"
-[oidc]
-issuer = "https://127.0.0.1:9/oidc"
-client_id = "sentry"
-client_secret = "s3cret"
-[session]
-secrets = ["0123456789abcdef0123456789abcdef0123456789"]
-{session_toml}
-"#
-        );
+        let text = crate::config::tests::minimal() + session_toml;
         Gateway::new(Settings::from_toml(&text, "test.toml", []).unwrap()).unwrap()
     }
 
