@@ -6,6 +6,7 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use http::StatusCode;
+use support::GatewayToml;
 use support::browser::Browser;
 
 fn ssogate() -> Command {
@@ -35,20 +36,13 @@ fn check_from_environment(upstream: &str, issuer: &str) -> Command {
 }
 
 /// A complete config without TLS.
-const MINIMAL: &str = r#"
-[server]
-public_url = "https://sentry.example.com"
-[tls]
-enabled = false
-[upstream]
-url = "http://127.0.0.1:9000"
-[oidc]
-issuer = "https://id.example.com/api/oidc"
-client_id = "sentry"
-client_secret = "x"
-[session]
-secrets = ["0123456789abcdef0123456789abcdef"]
-"#;
+fn minimal() -> GatewayToml {
+    GatewayToml::new(
+        "https://sentry.example.com",
+        "http://127.0.0.1:9000",
+        "https://id.example.com/api/oidc",
+    )
+}
 
 /// `text` written to `ssogate.toml` in `dir`.
 fn config_file(dir: &tempfile::TempDir, text: &str) -> std::path::PathBuf {
@@ -62,7 +56,7 @@ fn a_bad_config_stops_startup_naming_the_key() {
     let dir = tempfile::tempdir().unwrap();
     let config = config_file(
         &dir,
-        &MINIMAL.replace("[oidc]", "read_timeout = \"forever\"\n[oidc]"),
+        &minimal().upstream("read_timeout = \"forever\"").render(),
     );
     let output = ssogate()
         .args(["run", "--config"])
@@ -237,13 +231,12 @@ fn demo_binary_prints_where_to_go_and_stops_on_sigterm() {
 #[test]
 fn every_mistake_of_a_file_is_named_in_one_run_with_its_source() {
     let dir = tempfile::tempdir().unwrap();
-    let text = MINIMAL
-        .replace(
-            "[server]",
-            "[server]\nlisten = 8443\ncert_file = \"/etc/ssogate/tls/fullchain.pem\"",
-        )
-        .replace("[session]", "[session]\nlifetime = true")
-        + "[access]\nalowed_email_domains = [\"example.com\"]\n[access.rules]\npath = \"^/manage/\"\n";
+    let text = minimal()
+        .server("listen = 8443\ncert_file = \"/etc/ssogate/tls/fullchain.pem\"")
+        .session("lifetime = true")
+        .access("alowed_email_domains = [\"example.com\"]")
+        .tables("[access.rules]\npath = \"^/manage/\"")
+        .render();
     let config = config_file(&dir, &text);
     let with_config = |command: &str| {
         ssogate()
@@ -412,20 +405,22 @@ fn check_shows_what_is_in_force_even_when_the_provider_is_wrong() {
     std::fs::write(&cert_file, cert.pem()).unwrap();
     std::fs::write(&key_file, key.serialize_pem()).unwrap();
     let html = html_server();
-    let text = MINIMAL
-        .replace(
-            "enabled = false",
-            &format!("cert_file = {cert_file:?}\nkey_file = {key_file:?}"),
-        )
-        .replace("http://127.0.0.1:9000", &format!("https://{html}"))
-        + r#"[access]
-preset = "sentry"
-allowed_email_domains = ["example.com"]
-[[access.rules]]
+    let text = GatewayToml::new(
+        "https://sentry.example.com",
+        &format!("https://{html}"),
+        "https://id.example.com/api/oidc",
+    )
+    .tls(&format!(
+        "cert_file = {cert_file:?}\nkey_file = {key_file:?}"
+    ))
+    .access("preset = \"sentry\"\nallowed_email_domains = [\"example.com\"]")
+    .tables(
+        r#"[[access.rules]]
 name = "Sentry admin"
 path = "^/manage/"
-allowed_groups = ["sentry:admin"]
-"#;
+allowed_groups = ["sentry:admin"]"#,
+    )
+    .render();
     let config = config_file(&dir, &text);
     let output = ssogate()
         .args(["check", "--config"])

@@ -17,11 +17,10 @@ use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use http::{Method, StatusCode};
-use ssogate::config::Settings;
 use ssogate::devidp::{DevProvider, DevProviderConfig};
 use ssogate::server::{self, RunningGateway};
 use support::browser::{Browser, empty, full};
-use support::{CLIENT_ID, CLIENT_SECRET, PASSWORD, TestUpstream, unused_address, user};
+use support::{GatewayToml, PASSWORD, TestUpstream, unused_address, user};
 
 /// The shipped nginx files, relative to the repository.
 const SITE: &str = "config/nginx/sentry-site.conf";
@@ -111,33 +110,13 @@ impl NginxFront {
             .await
             .unwrap();
         let gateway_addr = listener.local_addr().unwrap();
-        let config = format!(
-            r#"
-[server]
-listen = "{gateway_addr}"
-public_url = "{base}"
-trusted_proxies = ["127.0.0.1/32"]
-shutdown_grace = "1s"
-[tls]
-enabled = false
-[upstream]
-url = "http://{upstream}"
-[oidc]
-issuer = "{issuer}"
-client_id = "{CLIENT_ID}"
-client_secret = "{CLIENT_SECRET}"
-[session]
-secrets = ["nginx-front-session-secret-0123456789abcdef"]
-[access]
-preset = "sentry"
-groups_claim = "permissions"
-{ADMIN_RULE}
-"#,
-            upstream = upstream.addr,
-            issuer = provider.issuer(),
-        );
-        let settings = Settings::from_toml(&config, "(test)", std::iter::empty())
-            .unwrap_or_else(|e| panic!("test config refused: {e}\n{config}"));
+        let settings = GatewayToml::new(&base, &format!("http://{}", upstream.addr), &provider.issuer())
+            .server(&format!(
+                "listen = \"{gateway_addr}\"\ntrusted_proxies = [\"127.0.0.1/32\"]\nshutdown_grace = \"1s\""
+            ))
+            .access("preset = \"sentry\"\ngroups_claim = \"permissions\"")
+            .tables(ADMIN_RULE)
+            .settings();
         let gateway = server::start_on(listener, settings, std::future::pending())
             .await
             .expect("gateway starts");

@@ -16,11 +16,10 @@ use bytes::Bytes;
 use http::{Method, StatusCode};
 use http_body_util::Full;
 use hyper_util::rt::{TokioExecutor, TokioIo};
-use ssogate::config::Settings;
 use ssogate::devidp::{DevProvider, DevProviderConfig};
 use ssogate::server::{self, RunningGateway};
 use support::browser::{Browser, full};
-use support::{CLIENT_ID, CLIENT_SECRET, PASSWORD, TestUpstream, user};
+use support::{GatewayToml, PASSWORD, TestUpstream, user};
 
 /// A provider that is down: answers every request 503 and closes the connection,
 /// counting discovery requests.
@@ -88,29 +87,13 @@ async fn gateway(issuer: &str) -> (RunningGateway, String) {
         .unwrap();
     let base = format!("http://{}", listener.local_addr().unwrap());
     let upstream = TestUpstream::start().await;
-    let config = format!(
-        r#"
-[server]
-listen = "{addr}"
-public_url = "{base}"
-shutdown_grace = "1s"
-[tls]
-enabled = false
-[upstream]
-url = "http://{upstream}"
-[oidc]
-issuer = "{issuer}"
-client_id = "{CLIENT_ID}"
-client_secret = "{CLIENT_SECRET}"
-http_timeout = "2s"
-[session]
-secrets = ["provider-calls-session-secret-0123456789abcdef"]
-"#,
-        addr = listener.local_addr().unwrap(),
-        upstream = upstream.addr,
-    );
-    let settings = Settings::from_toml(&config, "(test)", std::iter::empty())
-        .unwrap_or_else(|e| panic!("test config refused: {e}\n{config}"));
+    let settings = GatewayToml::new(&base, &format!("http://{}", upstream.addr), issuer)
+        .server(&format!(
+            "listen = \"{}\"\nshutdown_grace = \"1s\"",
+            listener.local_addr().unwrap()
+        ))
+        .oidc("http_timeout = \"2s\"")
+        .settings();
     let gateway = server::start_on(listener, settings, std::future::pending())
         .await
         .expect("gateway starts");

@@ -1,4 +1,4 @@
-//! Every payload of the open-redirect corpora (../shared/testdata) through
+//! Every payload of the open-redirect corpora (tests/data, see its README) through
 //! `/oauth2/start?rd=` (with a real login, since the target is used at the callback)
 //! and through the sign-out target: no answer may send the browser off-origin.
 
@@ -11,7 +11,7 @@ use support::{PASSWORD, World, WorldOptions};
 const ALLOWED_HOST: &str = "www.whitelisteddomain.tld";
 
 fn corpus(name: &str) -> Vec<String> {
-    let path = format!("{}/../shared/testdata/{name}", env!("CARGO_MANIFEST_DIR"));
+    let path = format!("{}/tests/data/{name}", env!("CARGO_MANIFEST_DIR"));
     let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{path}: {e}"));
     text.lines()
         .filter(|line| !line.starts_with("# "))

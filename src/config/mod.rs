@@ -1582,4 +1582,4 @@ fn validate_rule(index: usize, rule: file::RuleSection) -> Result<RouteRule, Con
 }
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

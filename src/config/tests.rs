@@ -2,7 +2,9 @@ use super::*;
 
 const SECRET: &str = "0123456789abcdef0123456789abcdef0123456789";
 
-fn minimal() -> String {
+/// A complete config without TLS (also for other modules' unit tests); ends in
+/// `[session]`, so session keys can be appended.
+pub(crate) fn minimal() -> String {
     format!(
         r#"
 [server]

@@ -263,3 +263,173 @@ fn back_off(upkeep: &mut Upkeep, sub: &str, reason: &str) {
     upkeep.retry_at = Some(Instant::now() + pause);
     tracing::warn!(sub, %reason, retry_in = ?pause, "session upkeep failed; the session goes on until its access token expires");
 }
+
+/// The decisions above on a gateway with the memory store (its lease is always
+/// [`Lease::Local`]) and a provider that is never reached: every case here is decided
+/// before the provider would be asked.
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Settings;
+    use crate::identity::{Identity, Tokens};
+
+    const HOUR: Duration = Duration::from_secs(3600);
+
+    /// A gateway whose provider is never reached here; `session_toml` is added to
+    /// `[session]`.
+    fn gateway(session_toml: &str) -> Gateway {
+        let text = crate::config::tests::minimal() + session_toml;
+        Gateway::new(Settings::from_toml(&text, "test.toml", []).unwrap()).unwrap()
+    }
+
+    /// Tokens issued `age` ago whose access token lives `lifetime` in all.
+    fn tokens(renewal: Renewal, age: Duration, lifetime: Duration) -> Tokens {
+        let issued_at = SystemTime::now() - age;
+        Tokens {
+            renewal,
+            issued_at,
+            expires_at: issued_at + lifetime,
+        }
+    }
+
+    fn refresh() -> Renewal {
+        Renewal::RefreshToken("rt".into())
+    }
+
+    fn access() -> Renewal {
+        Renewal::AccessToken("at".into())
+    }
+
+    fn session(tokens: Tokens) -> Session {
+        let identity = Identity {
+            sub: "alice".into(),
+            email: None,
+            email_verified: false,
+            preferred_username: None,
+            groups: Arc::from(Vec::new()),
+            groups_claim: "groups".into(),
+        };
+        Session::new(identity, None, tokens)
+    }
+
+    #[test]
+    fn a_refresh_is_due_only_with_a_refresh_token_about_to_expire() {
+        let g = gateway("");
+        let due = |renewal, age| g.upkeep_due(&Upkeep::confirmed_now(tokens(renewal, age, HOUR)));
+        assert!(!due(refresh(), Duration::from_secs(60)), "fresh tokens");
+        assert!(
+            due(refresh(), HOUR - REFRESH_AHEAD + Duration::from_secs(1)),
+            "within REFRESH_AHEAD of expiry"
+        );
+        assert!(due(refresh(), 2 * HOUR), "already expired");
+        assert!(
+            !due(access(), 2 * HOUR),
+            "an access token alone is never refreshed"
+        );
+    }
+
+    #[test]
+    fn a_revalidation_is_due_once_revalidate_every_has_passed() {
+        let g = gateway("revalidate_every = \"5m\"");
+        let mut upkeep = Upkeep::confirmed_now(tokens(access(), Duration::ZERO, HOUR));
+        assert!(!g.upkeep_due(&upkeep), "just confirmed");
+        upkeep.validated_at = SystemTime::now() - Duration::from_secs(299);
+        assert!(!g.upkeep_due(&upkeep), "a second before the interval");
+        upkeep.validated_at = SystemTime::now() - Duration::from_secs(300);
+        assert!(g.upkeep_due(&upkeep), "the interval has passed");
+        // Without `revalidate_every`, the same session is never due.
+        assert!(!gateway("").upkeep_due(&upkeep));
+    }
+
+    #[test]
+    fn a_session_is_unconfirmable_only_after_expiry_plus_grace() {
+        let g = gateway("expired_token_grace = \"2m\"");
+        let expired = |ago: u64| {
+            let mut tokens = tokens(access(), 2 * HOUR, HOUR);
+            tokens.expires_at = SystemTime::now() - Duration::from_secs(ago);
+            Upkeep::confirmed_now(tokens)
+        };
+        assert!(!g.unconfirmable(&expired(0)), "just expired");
+        assert!(!g.unconfirmable(&expired(119)), "within the grace");
+        assert!(g.unconfirmable(&expired(121)), "past the grace");
+        let live = Upkeep::confirmed_now(tokens(access(), Duration::ZERO, HOUR));
+        assert!(!g.unconfirmable(&live));
+    }
+
+    #[test]
+    fn back_off_doubles_the_pause_up_to_the_maximum() {
+        let mut upkeep = Upkeep::confirmed_now(tokens(refresh(), Duration::ZERO, HOUR));
+        let mut pauses = Vec::new();
+        for _ in 0..12 {
+            let before = Instant::now();
+            back_off(&mut upkeep, "alice", "provider down");
+            let pause = upkeep.retry_at.unwrap() - before;
+            pauses.push(pause.as_secs());
+        }
+        assert_eq!(upkeep.failures, 12);
+        assert_eq!(pauses, [2, 4, 8, 16, 32, 64, 128, 256, 300, 300, 300, 300]);
+    }
+
+    #[tokio::test]
+    async fn a_live_session_is_served_without_asking_the_provider() {
+        let g = gateway("");
+        let s = session(tokens(refresh(), Duration::from_secs(60), HOUR));
+        g.sessions.insert("id", s).await.unwrap();
+        let stored = g.sessions.get("id").await.unwrap().unwrap();
+        let before = stored.upkeep.lock().await.validated_at;
+        assert!(matches!(
+            g.upkeep("id", stored.clone()).await,
+            Standing::Live(_)
+        ));
+        assert_eq!(stored.upkeep.lock().await.validated_at, before);
+    }
+
+    #[tokio::test]
+    async fn while_backing_off_a_due_refresh_waits() {
+        let g = gateway("");
+        let s = session(tokens(refresh(), HOUR, HOUR + Duration::from_secs(10)));
+        g.sessions.insert("id", s).await.unwrap();
+        let stored = g.sessions.get("id").await.unwrap().unwrap();
+        stored.upkeep.lock().await.retry_at = Some(Instant::now() + HOUR);
+        assert!(matches!(
+            g.upkeep("id", stored.clone()).await,
+            Standing::Live(_)
+        ));
+        let upkeep = stored.upkeep.lock().await;
+        assert_eq!(upkeep.failures, 0, "the provider was not tried");
+    }
+
+    #[tokio::test]
+    async fn an_expired_access_token_past_the_grace_is_unconfirmed_not_ended() {
+        let g = gateway("revalidate_every = \"1m\"\nexpired_token_grace = \"1m\"");
+        let s = session(tokens(access(), 2 * HOUR, HOUR));
+        g.sessions.insert("id", s).await.unwrap();
+        let stored = g.sessions.get("id").await.unwrap().unwrap();
+        stored.upkeep.lock().await.validated_at = SystemTime::now() - HOUR;
+        assert!(matches!(
+            g.upkeep("id", stored.clone()).await,
+            Standing::Unconfirmed
+        ));
+        assert!(
+            stored.upkeep.lock().await.unconfirmed_reported,
+            "reported once"
+        );
+        assert!(
+            g.sessions.get("id").await.unwrap().is_some(),
+            "kept in the store, refused, until the person passes the provider again"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_request_that_waited_for_an_upkeep_takes_the_stores_answer() {
+        let g = gateway("");
+        let s = session(tokens(refresh(), Duration::ZERO, HOUR));
+        g.sessions.insert("id", s).await.unwrap();
+        let stored = g.sessions.get("id").await.unwrap().unwrap();
+        // The upkeep this request waited for confirmed the session after it arrived,
+        // then the provider ended it: the store no longer has it.
+        stored.upkeep.lock().await.validated_at = SystemTime::now() + HOUR;
+        g.sessions.remove("id").await;
+        assert!(matches!(g.upkeep("id", stored).await, Standing::Ended));
+    }
+}

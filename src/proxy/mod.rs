@@ -478,3 +478,6 @@ mod tests {
         assert_eq!(upstream("http://[::1]:9000/").upstream_host, "[::1]:9000");
     }
 }
+
+#[cfg(test)]
+mod classify_tests;

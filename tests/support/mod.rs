@@ -5,6 +5,7 @@
 #![allow(dead_code, unused_imports)]
 
 pub mod browser;
+pub mod config;
 pub mod process;
 pub mod replicas;
 pub mod sentry_clients;
@@ -12,11 +13,12 @@ pub mod upstream;
 
 use std::net::{Ipv4Addr, SocketAddr};
 
-use ssogate::config::{Settings, TlsSettings};
+use ssogate::config::TlsSettings;
 use ssogate::devidp::{DevClient, DevProvider, DevProviderConfig, DevUser, SigningAlg};
 use ssogate::server::{self, RunningGateway, tls};
 
 pub use browser::{Browser, TestResponse};
+pub use config::GatewayToml;
 pub use upstream::TestUpstream;
 
 pub const PASSWORD: &str = "correct horse";
@@ -159,39 +161,19 @@ impl World {
         )
         .await
         .expect("test provider starts");
-        let config = format!(
-            r#"
-[server]
-listen = "127.0.0.1:{port}"
-public_url = "{base}"
-shutdown_grace = "5s"
-{server_extra}
-[tls]
-enabled = false
-[upstream]
-url = "{upstream}"
-read_timeout = "3s"
-{upstream_extra}
-[oidc]
-issuer = "{issuer}"
-client_id = "{CLIENT_ID}"
-client_secret = "{CLIENT_SECRET}"
-{oidc_extra}
-[session]
-secrets = ["test-session-secret-0123456789abcdefghijkl"]
-{extra}
-"#,
-            upstream = options
-                .upstream_url
-                .unwrap_or_else(|| format!("http://{}", upstream.addr)),
-            issuer = provider.issuer(),
-            extra = options.extra_toml,
-            server_extra = options.server_toml,
-            oidc_extra = options.oidc_toml,
-            upstream_extra = options.upstream_toml,
-        );
-        let mut settings = Settings::from_toml(&config, "(test)", std::iter::empty())
-            .unwrap_or_else(|e| panic!("test config refused: {e}\n{config}"));
+        let upstream_url = options
+            .upstream_url
+            .unwrap_or_else(|| format!("http://{}", upstream.addr));
+        let mut settings = GatewayToml::new(&base, &upstream_url, &provider.issuer())
+            .server(&format!(
+                "listen = \"127.0.0.1:{port}\"\nshutdown_grace = \"5s\""
+            ))
+            .server(&options.server_toml)
+            .upstream("read_timeout = \"3s\"")
+            .upstream(&options.upstream_toml)
+            .oidc(&options.oidc_toml)
+            .tables(&options.extra_toml)
+            .settings();
         let certificate = tls::local_certificate(&["127.0.0.1"]).unwrap();
         settings.tls = TlsSettings::Pem {
             cert_pem: certificate.cert_pem,

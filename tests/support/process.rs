@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use ssogate::devidp::{DevClient, DevProvider, DevProviderConfig};
 
-use super::{CLIENT_ID, CLIENT_SECRET, TestUpstream, unused_address, user};
+use super::{GatewayToml, TestUpstream, unused_address, user};
 
 pub const SESSION_SECRET: &str = "process-session-secret-0123456789abcdef";
 
@@ -74,29 +74,17 @@ impl GatewayProcess {
         let config = dir.path().join("ssogate.toml");
         std::fs::write(
             &config,
-            format!(
-                r#"
-[server]
-listen = "{addr}"
-public_url = "{base}"
-threads = 2
-{server_extra}
-[tls]
-{tls_section}
-[upstream]
-url = "http://{upstream}"
-[oidc]
-issuer = "{issuer}"
-client_id = "{CLIENT_ID}"
-client_secret = "{CLIENT_SECRET}"
-[session]
-secrets = ["{SESSION_SECRET}"]
-[access]
-preset = "sentry"
-"#,
-                upstream = upstream.addr,
-                issuer = provider.issuer(),
-            ),
+            GatewayToml::new(
+                &base,
+                &format!("http://{}", upstream.addr),
+                &provider.issuer(),
+            )
+            .server(&format!("listen = \"{addr}\"\nthreads = 2"))
+            .server(server_extra)
+            .tls(&tls_section)
+            .secrets(&[SESSION_SECRET])
+            .access("preset = \"sentry\"")
+            .render(),
         )
         .unwrap();
         let mut child = Command::new(env!("CARGO_BIN_EXE_ssogate"))

@@ -15,7 +15,7 @@ use ssogate::devidp::{DevClient, DevProvider, DevProviderConfig, DevUser, Signin
 use ssogate::server::tls;
 
 use super::browser::Browser;
-use super::{CLIENT_ID, CLIENT_SECRET, TestUpstream, unused_address, user};
+use super::{GatewayToml, TestUpstream, unused_address, user};
 
 /// A `redis-server` child process.
 pub struct RedisServer {
@@ -252,39 +252,28 @@ impl Cluster {
         std::fs::write(dir.path().join("key.pem"), &certificate.key_pem).unwrap();
         let mut replicas = Vec::new();
         for (index, (port, secrets)) in ports.iter().zip(&options.secrets).enumerate() {
-            let secrets: Vec<String> = secrets.iter().map(|s| format!("\"{s}\"")).collect();
-            let config = format!(
-                r#"
-[server]
-listen = "127.0.0.1:{port}"
-public_url = "{public_url}"
-shutdown_grace = "1s"
-[tls]
-cert_file = "{dir}/cert.pem"
-key_file = "{dir}/key.pem"
-[upstream]
-url = "http://{upstream}"
-read_timeout = "5s"
-[oidc]
-issuer = "{issuer}"
-client_id = "{CLIENT_ID}"
-client_secret = "{CLIENT_SECRET}"
-{oidc_extra}
-[session]
-secrets = [{secrets}]
-store = "redis"
-redis_url = "{redis}"
-{redis_ca}
-{session_extra}
-"#,
-                dir = dir.path().display(),
-                upstream = upstream.addr,
-                issuer = provider.issuer(),
-                oidc_extra = options.oidc_toml,
-                secrets = secrets.join(", "),
-                redis = redis.url(),
-                session_extra = options.session_toml,
-            );
+            let config = GatewayToml::new(
+                &public_url,
+                &format!("http://{}", upstream.addr),
+                &provider.issuer(),
+            )
+            .server(&format!(
+                "listen = \"127.0.0.1:{port}\"\nshutdown_grace = \"1s\""
+            ))
+            .tls(&format!(
+                "cert_file = \"{0}/cert.pem\"\nkey_file = \"{0}/key.pem\"",
+                dir.path().display()
+            ))
+            .upstream("read_timeout = \"5s\"")
+            .oidc(&options.oidc_toml)
+            .secrets(secrets)
+            .session(&format!(
+                "store = \"redis\"\nredis_url = \"{}\"",
+                redis.url()
+            ))
+            .session(&redis_ca)
+            .session(&options.session_toml)
+            .render();
             let config_path = dir.path().join(format!("replica-{index}.toml"));
             std::fs::write(&config_path, config).unwrap();
             let log = dir.path().join(format!("replica-{index}.log"));
