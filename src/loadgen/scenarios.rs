@@ -396,7 +396,7 @@ mod tests {
         let first: Vec<&str> = (0..8).map(|i| mix.scenario_of(i).name()).collect();
         assert_eq!(
             first,
-            ["envelope", "api", "envelope", "envelope"].repeat(2),
+            ["envelope", "envelope", "api", "envelope"].repeat(2),
             "spread out, not three in a row then one"
         );
         assert_eq!(mix.describe(), "envelope=3,api=1");
