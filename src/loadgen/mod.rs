@@ -296,6 +296,9 @@ pub async fn run(args: BenchArgs) -> Result<String, BenchError> {
             ),
         ));
     }
+    if args.mix.contains(Scenario::Envelope) {
+        settings.push(("envelope bodies", scenarios::envelope_sizes()));
+    }
     let report = run
         .recorder
         .lock()
