@@ -34,7 +34,7 @@ const LAYERS: &[(&str, &[&str])] = &[
     ("one request's lifecycle", &["gateway"]),
     ("listeners and connections", &["server"]),
     ("the development identity provider", &["devidp"]),
-    ("commands", &["check", "demo"]),
+    ("commands", &["check", "demo", "loadgen"]),
 ];
 
 /// Modules the rules do not apply to: this one.

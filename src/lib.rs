@@ -13,6 +13,7 @@ pub mod gateway;
 pub mod identity;
 #[cfg(test)]
 mod layers;
+pub mod loadgen;
 pub mod observe;
 pub mod oidc;
 pub mod outbound;

@@ -49,6 +49,9 @@ enum Command {
     },
     /// Print a fresh random session secret.
     GenSecret,
+    /// Load-test a deployment (the gateway, or Sentry directly) with Sentry-shaped
+    /// traffic; loopback only unless --allow-host names the target's host.
+    Bench(Box<ssogate::loadgen::BenchArgs>),
 }
 
 /// Single-threaded: this thread is serving thread 0, and `server.threads` adds the
@@ -68,6 +71,16 @@ async fn run(cli: Cli) -> ExitCode {
             println!("{}", ssogate::session::new_secret());
             ExitCode::SUCCESS
         }
+        Command::Bench(args) => match ssogate::loadgen::run(*args).await {
+            Ok(report) => {
+                print!("{report}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("ssogate bench: {e}");
+                ExitCode::from(2)
+            }
+        },
         Command::Check { config } => {
             if ssogate::check::run(config.as_deref()).await {
                 ExitCode::SUCCESS

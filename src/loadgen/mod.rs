@@ -1,0 +1,424 @@
+//! `ssogate bench`: a load generator a load-tester points at their own deployment
+//! (the gateway, or Sentry directly for the baseline) with Sentry-shaped traffic
+//! ([`scenarios`]), printing latency percentiles and error classes ([`report`]).
+//!
+//! A subcommand of the one binary rather than a second binary: whoever runs the
+//! gateway already has it, and it trusts servers as the gateway does (the system's
+//! roots plus `--ca-file`, [`crate::outbound`]). It refuses a target that is not
+//! loopback unless `--allow-host` names that host exactly.
+//!
+//! Two load models:
+//! - **closed loop** (`--connections N`): N workers, each sending its next request
+//!   when the previous answer has arrived. It finds the most the target answers; when
+//!   the target slows down, so does the load.
+//! - **open loop** (`--rate R`): request `i` is due at `start + i/R`, sent on its own
+//!   task whether or not the earlier ones have been answered, and its latency runs from
+//!   the time it was *due*, not from when it was sent. A generator that waits for a
+//!   slow answer before sending the next request, or measures from its own late send,
+//!   leaves out exactly the waits users see when the target stalls ("coordinated
+//!   omission"); here a request due at `t` counts from `t` however late it went out.
+//!
+//! Latency is from the send (closed loop) or the due time (open loop) to the last byte
+//! of the answer's body. HTTP/1.1 keeps connections alive; `--http2` speaks HTTP/2
+//! (ALPN on TLS, prior knowledge on `http://`) over as few connections as it needs.
+
+pub mod report;
+pub mod scenarios;
+
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+use tokio::time::Instant;
+
+use crate::config::parse_duration;
+use report::{Outcome, Recorder};
+use scenarios::{Credentials, Mix, RequestMaker, Scenario};
+
+/// The options of `ssogate bench`.
+#[derive(clap::Args, Debug)]
+pub struct BenchArgs {
+    /// Base URL of the target: `https://sentry.example.com` (the gateway), or Sentry
+    /// itself for the baseline.
+    pub url: String,
+    /// Allow a target that is not loopback; it must name the URL's host exactly.
+    #[arg(long, value_name = "HOST")]
+    pub allow_host: Option<String>,
+    /// PEM file of a CA to trust besides the system's (a private CA), as the gateway's
+    /// `ca_file` settings.
+    #[arg(long, value_name = "FILE")]
+    pub ca_file: Option<PathBuf>,
+    /// Scenarios with weights: envelope (SDK ingestion), api (signed-in UI, needs
+    /// --cookie), token (API with --token). Example: envelope=8,api=2
+    #[arg(long, value_parser = scenarios::parse_mix)]
+    pub mix: Mix,
+    /// How long to send requests (30s, 5m, ...).
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    pub duration: Duration,
+    /// Closed loop: this many concurrent workers, each sending its next request as soon
+    /// as its answer has arrived.
+    #[arg(long, default_value_t = 8, conflicts_with = "rate")]
+    pub connections: usize,
+    /// Open loop: requests per second (`200` or `200/s`), each timed from when it was due.
+    #[arg(long, value_parser = parse_rate, value_name = "R/s")]
+    pub rate: Option<f64>,
+    /// Speak HTTP/2 (ALPN h2 on https://, prior knowledge on http://).
+    #[arg(long)]
+    pub http2: bool,
+    /// A request without its complete answer after this long counts as a timeout.
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    pub timeout: Duration,
+    /// Open loop: the most requests waiting for their answer; a request due beyond it
+    /// is counted as not sent.
+    #[arg(long, default_value_t = 10_000)]
+    pub max_in_flight: usize,
+    /// The public key of the DSN the envelopes go to (envelope scenario).
+    #[arg(long, env = "SSOGATE_BENCH_DSN_KEY", hide_env_values = true)]
+    pub dsn_key: Option<String>,
+    /// The project id of the DSN (`/api/<project>/envelope/`).
+    #[arg(long, default_value = "1")]
+    pub project: String,
+    /// Cookies of a signed-in browser, `name=value; name2=value2` (api scenario).
+    #[arg(long, env = "SSOGATE_BENCH_COOKIE", hide_env_values = true)]
+    pub cookie: Option<String>,
+    /// A Sentry auth token (token scenario).
+    #[arg(long, env = "SSOGATE_BENCH_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+    /// The path the api scenario asks for.
+    #[arg(long, default_value = "/api/0/organizations/")]
+    pub api_path: String,
+    /// The path the token scenario asks for.
+    #[arg(long, default_value = "/api/0/projects/")]
+    pub token_path: String,
+    /// Also write the report (Markdown) to this file.
+    #[arg(long, value_name = "FILE.md")]
+    pub report: Option<PathBuf>,
+    /// No live line every second.
+    #[arg(long)]
+    pub quiet: bool,
+}
+
+fn parse_rate(text: &str) -> Result<f64, String> {
+    let number = text.trim().trim_end_matches("/s");
+    match number.parse::<f64>() {
+        Ok(rate) if rate > 0.0 && rate <= 10_000_000.0 => Ok(rate),
+        _ => Err(format!(
+            "`{text}` is not a rate (requests per second, e.g. 200/s)"
+        )),
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum BenchError {
+    #[error("`{0}` is not an http:// or https:// URL")]
+    NotHttp(String),
+    #[error(
+        "{host} is not a loopback address; to load-test it, name it exactly: --allow-host {host}"
+    )]
+    NotLoopback { host: String },
+    #[error("--allow-host {allowed} does not name the target's host {host}")]
+    OtherHost { allowed: String, host: String },
+    #[error("the {scenario} scenario needs {option}")]
+    MissingCredential {
+        scenario: &'static str,
+        option: &'static str,
+    },
+    #[error("{0}")]
+    Setup(String),
+    #[error("cannot write the report to {path}: {reason}")]
+    Report { path: String, reason: String },
+}
+
+/// The target URL, if it may be load-tested: loopback, or the host `allow_host` names.
+pub fn checked_target(url: &str, allow_host: Option<&str>) -> Result<url::Url, BenchError> {
+    let parsed = url::Url::parse(url).map_err(|_| BenchError::NotHttp(url.to_owned()))?;
+    if !matches!(parsed.scheme(), "http" | "https") {
+        return Err(BenchError::NotHttp(url.to_owned()));
+    }
+    let host = parsed
+        .host_str()
+        .ok_or_else(|| BenchError::NotHttp(url.to_owned()))?
+        .to_owned();
+    let bare = host.trim_start_matches('[').trim_end_matches(']');
+    let loopback = match bare.parse::<IpAddr>() {
+        Ok(ip) => ip.is_loopback(),
+        Err(_) => bare.eq_ignore_ascii_case("localhost"),
+    };
+    match allow_host {
+        Some(allowed) if allowed.trim_start_matches('[').trim_end_matches(']') == bare => {
+            Ok(parsed)
+        }
+        Some(allowed) => Err(BenchError::OtherHost {
+            allowed: allowed.to_owned(),
+            host,
+        }),
+        None if loopback => Ok(parsed),
+        None => Err(BenchError::NotLoopback { host }),
+    }
+}
+
+type BenchClient = Client<hyper_rustls::HttpsConnector<HttpConnector>, Full<Bytes>>;
+
+/// What every request of a run shares.
+struct Run {
+    client: BenchClient,
+    requests: RequestMaker,
+    mix: Mix,
+    timeout: Duration,
+    recorder: Mutex<Recorder>,
+}
+
+impl Run {
+    /// Sends request number `index`, due at `due`, and records its outcome and latency.
+    async fn exchange(&self, index: u64, due: Instant) {
+        let scenario = self.mix.scenario_of(index);
+        let request = self.requests.make(scenario);
+        let answer = async {
+            let response = self.client.request(request).await.map_err(|e| {
+                if e.is_connect() {
+                    Outcome::ConnectFailed
+                } else {
+                    Outcome::ConnectionBroken
+                }
+            })?;
+            let outcome = Outcome::of_status(response.status());
+            response
+                .into_body()
+                .collect()
+                .await
+                .map_err(|_| Outcome::ConnectionBroken)?;
+            Ok::<Outcome, Outcome>(outcome)
+        };
+        let outcome = match tokio::time::timeout(self.timeout, answer).await {
+            Ok(Ok(outcome) | Err(outcome)) => outcome,
+            Err(_) => Outcome::Timeout,
+        };
+        self.record(scenario, outcome, due.elapsed());
+    }
+
+    fn record(&self, scenario: Scenario, outcome: Outcome, latency: Duration) {
+        self.recorder
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .record(scenario, outcome, latency);
+    }
+}
+
+/// Runs the bench; the report (Markdown) when it is done.
+pub async fn run(args: BenchArgs) -> Result<String, BenchError> {
+    let target = checked_target(&args.url, args.allow_host.as_deref())?;
+    for (scenario, option, given) in [
+        (Scenario::Envelope, "--dsn-key", args.dsn_key.is_some()),
+        (Scenario::Token, "--token", args.token.is_some()),
+    ] {
+        if args.mix.contains(scenario) && !given {
+            return Err(BenchError::MissingCredential {
+                scenario: scenario.name(),
+                option,
+            });
+        }
+    }
+    let requests = RequestMaker::new(
+        &target,
+        &Credentials {
+            dsn_key: args.dsn_key.clone(),
+            project: args.project.clone(),
+            cookie: args.cookie.clone(),
+            token: args.token.clone(),
+            api_path: args.api_path.clone(),
+            token_path: args.token_path.clone(),
+        },
+    )
+    .map_err(BenchError::Setup)?;
+    let run = Arc::new(Run {
+        client: client(&args)?,
+        requests,
+        mix: args.mix.clone(),
+        timeout: args.timeout,
+        recorder: Mutex::default(),
+    });
+
+    let started = chrono::Utc::now();
+    let start = Instant::now();
+    let end = start + args.duration;
+    let live = (!args.quiet).then(|| tokio::spawn(live_lines(run.clone(), start)));
+    match args.rate {
+        None => closed_loop(&run, args.connections.max(1), end).await,
+        Some(rate) => open_loop(&run, rate, start, end, args.max_in_flight).await,
+    }
+    if let Some(live) = live {
+        live.abort();
+    }
+
+    let mut settings = vec![
+        ("target", target.to_string()),
+        (
+            "load",
+            match args.rate {
+                None => format!("closed loop, {} connections", args.connections.max(1)),
+                Some(rate) => format!("open loop, {rate}/s (latency from the due time)"),
+            },
+        ),
+        (
+            "protocol",
+            if args.http2 {
+                "HTTP/2"
+            } else {
+                "HTTP/1.1, keep-alive"
+            }
+            .into(),
+        ),
+        ("duration", format!("{:?}", args.duration)),
+        ("mix", args.mix.describe()),
+        ("timeout", format!("{:?}", args.timeout)),
+        (
+            "started",
+            started.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+        ),
+    ];
+    if args.mix.contains(Scenario::Api) {
+        settings.push((
+            "api requests",
+            format!(
+                "GET {} {}",
+                args.api_path,
+                if args.cookie.is_some() {
+                    "with the session cookie"
+                } else {
+                    "without a cookie"
+                }
+            ),
+        ));
+    }
+    if args.mix.contains(Scenario::Envelope) {
+        settings.push(("envelope bodies", scenarios::envelope_sizes()));
+    }
+    let report = run
+        .recorder
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+        .markdown(&settings, args.duration);
+    if let Some(path) = &args.report {
+        std::fs::write(path, &report).map_err(|e| BenchError::Report {
+            path: path.display().to_string(),
+            reason: e.to_string(),
+        })?;
+    }
+    Ok(report)
+}
+
+fn client(args: &BenchArgs) -> Result<BenchClient, BenchError> {
+    let roots = crate::outbound::root_store(args.ca_file.as_deref())
+        .map_err(|e| BenchError::Setup(e.to_string()))?;
+    let tls = rustls::ClientConfig::builder_with_provider(crate::outbound::crypto_provider())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| BenchError::Setup(e.to_string()))?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let mut http = HttpConnector::new();
+    http.enforce_http(false);
+    http.set_nodelay(true);
+    http.set_connect_timeout(Some(args.timeout));
+    let builder = hyper_rustls::HttpsConnectorBuilder::new()
+        .with_tls_config(tls)
+        .https_or_http();
+    let connector = if args.http2 {
+        builder.enable_http2().wrap_connector(http)
+    } else {
+        builder.enable_http1().wrap_connector(http)
+    };
+    let mut client = Client::builder(TokioExecutor::new());
+    client.http2_only(args.http2);
+    Ok(client.build(connector))
+}
+
+async fn closed_loop(run: &Arc<Run>, connections: usize, end: Instant) {
+    let next = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let mut workers = tokio::task::JoinSet::new();
+    for _ in 0..connections {
+        let (run, next) = (run.clone(), next.clone());
+        workers.spawn(async move {
+            loop {
+                let now = Instant::now();
+                if now >= end {
+                    break;
+                }
+                let index = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                run.exchange(index, now).await;
+            }
+        });
+    }
+    while workers.join_next().await.is_some() {}
+}
+
+async fn open_loop(run: &Arc<Run>, rate: f64, start: Instant, end: Instant, max_in_flight: usize) {
+    let mut in_flight = tokio::task::JoinSet::new();
+    for index in 0u64.. {
+        let due = start + Duration::from_secs_f64(index as f64 / rate);
+        if due >= end {
+            break;
+        }
+        // Sleeps only when the next request is in the future; a late timer sends the
+        // requests already due at once, each still timed from its due time.
+        if due > Instant::now() {
+            tokio::time::sleep_until(due).await;
+        }
+        while in_flight.try_join_next().is_some() {}
+        if in_flight.len() >= max_in_flight.max(1) {
+            run.record(run.mix.scenario_of(index), Outcome::NotSent, Duration::ZERO);
+            continue;
+        }
+        let run = run.clone();
+        in_flight.spawn(async move { run.exchange(index, due).await });
+    }
+    while in_flight.join_next().await.is_some() {}
+}
+
+async fn live_lines(run: Arc<Run>, start: Instant) {
+    let mut ticks =
+        tokio::time::interval_at(start + Duration::from_secs(1), Duration::from_secs(1));
+    let mut last = start;
+    loop {
+        let now = ticks.tick().await;
+        let line = run
+            .recorder
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .live_line(now - start, now - last);
+        last = now;
+        eprintln!("{line}");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_loopback_or_the_named_host_is_a_target() {
+        for ok in [
+            "http://127.0.0.1:9000",
+            "https://localhost/",
+            "http://[::1]:8080",
+        ] {
+            assert!(checked_target(ok, None).is_ok(), "{ok}");
+        }
+        let refused = checked_target("https://sentry.example.com", None).unwrap_err();
+        assert_eq!(
+            refused.to_string(),
+            "sentry.example.com is not a loopback address; to load-test it, name it exactly: --allow-host sentry.example.com"
+        );
+        assert!(checked_target("https://sentry.example.com", Some("sentry.example.com")).is_ok());
+        assert!(checked_target("https://sentry.example.com", Some("example.com")).is_err());
+        assert!(checked_target("https://10.0.0.1", None).is_err());
+        assert!(checked_target("ftp://127.0.0.1", None).is_err());
+        assert_eq!(parse_rate("200/s"), Ok(200.0));
+        assert!(parse_rate("0").is_err());
+    }
+}

@@ -1,0 +1,279 @@
+//! `ssogate bench`, the load generator for load-testers, run as they run it: against a
+//! real gateway (Sentry preset, development provider, test upstream) on loopback, for
+//! a couple of seconds each.
+
+mod support;
+
+use std::process::Output;
+
+use support::{World, WorldOptions};
+
+async fn sentry_world() -> World {
+    World::start_with(WorldOptions {
+        extra_toml: "[access]\npreset = \"sentry\"\n".into(),
+        ..Default::default()
+    })
+    .await
+}
+
+/// `ssogate bench <args>` to the end; the gateway keeps serving meanwhile.
+async fn bench(args: &[&str]) -> Output {
+    tokio::process::Command::new(env!("CARGO_BIN_EXE_ssogate"))
+        .arg("bench")
+        .args(args)
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .output()
+        .await
+        .expect("ssogate bench runs")
+}
+
+fn text(output: &Output) -> (String, String) {
+    (
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
+/// The number in a report row `| <name> | <number> ...`.
+fn row_number(report: &str, name: &str) -> u64 {
+    let prefix = format!("| {name} | ");
+    let line = report
+        .lines()
+        .find(|l| l.starts_with(&prefix))
+        .unwrap_or_else(|| panic!("no row `{name}` in the report:\n{report}"));
+    line[prefix.len()..]
+        .split(|c: char| !c.is_ascii_digit())
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap_or_else(|_| panic!("no number in `{line}`"))
+}
+
+struct Gateway {
+    world: World,
+    ca_file: tempfile::NamedTempFile,
+}
+
+impl Gateway {
+    async fn start() -> Gateway {
+        let world = sentry_world().await;
+        let ca_file = tempfile::NamedTempFile::new().unwrap();
+        std::fs::write(ca_file.path(), &world.ca_pem).unwrap();
+        Gateway { world, ca_file }
+    }
+
+    fn ca(&self) -> &str {
+        self.ca_file.path().to_str().unwrap()
+    }
+
+    /// The cookies of a browser that signed in through the provider, as `--cookie` takes them.
+    async fn session_cookie(&self) -> String {
+        let browser = self.world.signed_in("alice").await;
+        let pairs: Vec<String> = browser
+            .cookies
+            .iter()
+            .map(|(name, value)| format!("{name}={value}"))
+            .collect();
+        assert!(!pairs.is_empty(), "signed in without a cookie");
+        pairs.join("; ")
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_host_that_is_not_loopback_is_refused_unless_named() {
+    let output = bench(&["https://sentry.example.com", "--mix", "api=1"]).await;
+    let (stdout, stderr) = text(&output);
+    assert_eq!(output.status.code(), Some(2), "{stdout}{stderr}");
+    assert_eq!(
+        stderr.trim(),
+        "ssogate bench: sentry.example.com is not a loopback address; to load-test it, \
+         name it exactly: --allow-host sentry.example.com"
+    );
+    assert!(stdout.is_empty(), "no report: {stdout}");
+
+    let output = bench(&[
+        "https://sentry.example.com",
+        "--mix",
+        "api=1",
+        "--allow-host",
+        "example.com",
+    ])
+    .await;
+    let (_, stderr) = text(&output);
+    assert_eq!(output.status.code(), Some(2));
+    assert!(
+        stderr.contains(
+            "--allow-host example.com does not name the target's host sentry.example.com"
+        ),
+        "{stderr}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn signed_in_mix_through_the_gateway_has_no_errors_and_writes_the_report() {
+    let gateway = Gateway::start().await;
+    let cookie = gateway.session_cookie().await;
+    let report_file = tempfile::NamedTempFile::new().unwrap();
+    let output = bench(&[
+        &gateway.world.base,
+        "--ca-file",
+        gateway.ca(),
+        "--mix",
+        "envelope=2,api=2,token=1",
+        "--dsn-key",
+        "publickey",
+        "--project",
+        "42",
+        "--cookie",
+        &cookie,
+        "--token",
+        "sntrys_loadtest",
+        "--connections",
+        "4",
+        "--duration",
+        "2s",
+        "--report",
+        report_file.path().to_str().unwrap(),
+    ])
+    .await;
+    let (stdout, stderr) = text(&output);
+    assert!(output.status.success(), "{stdout}{stderr}");
+    let report = std::fs::read_to_string(report_file.path()).unwrap();
+    assert_eq!(report, stdout, "the file holds the printed report");
+
+    let sent = row_number(&report, "requests sent");
+    assert!(sent >= 20, "a few requests in 2 s at least:\n{report}");
+    assert_eq!(row_number(&report, "answered ok (2xx)"), sent, "{report}");
+    assert_eq!(row_number(&report, "errors"), 0, "{report}");
+    assert!(report.contains("## Errors\n\nNone."), "{report}");
+    for scenario in ["envelope", "api", "token", "all"] {
+        assert!(
+            row_number(&report, scenario) > 0,
+            "latency row for {scenario}:\n{report}"
+        );
+    }
+    assert!(
+        stderr.contains(" req/s ") && stderr.contains("p99"),
+        "a live line every second: {stderr}"
+    );
+
+    // What reached the upstream is what the report counted, shaped like Sentry's clients.
+    let seen = gateway.world.upstream.requests();
+    let envelopes: Vec<_> = seen
+        .iter()
+        .filter(|r| r.path_and_query == "/api/42/envelope/")
+        .collect();
+    assert_eq!(
+        envelopes.len() as u64,
+        row_number(&report, "envelope"),
+        "{report}"
+    );
+    let envelope = envelopes[0];
+    assert_eq!(envelope.method, "POST");
+    assert!(
+        envelope.headers["x-sentry-auth"]
+            .to_str()
+            .unwrap()
+            .contains("sentry_key=publickey")
+    );
+    let api = seen
+        .iter()
+        .find(|r| r.path_and_query == "/api/0/organizations/")
+        .expect("the api scenario reached the upstream");
+    assert_eq!(api.headers["accept"], "application/json; charset=utf-8");
+    assert_eq!(
+        api.headers["x-forwarded-user"], "sub-alice",
+        "signed in as the cookie's user"
+    );
+    assert!(seen.iter().any(|r| r.path_and_query == "/api/0/projects/"
+        && r.headers["authorization"] == "Bearer sntrys_loadtest"));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn without_a_cookie_the_api_scenario_is_refused_for_sign_in() {
+    let gateway = Gateway::start().await;
+    let output = bench(&[
+        &gateway.world.base,
+        "--ca-file",
+        gateway.ca(),
+        "--mix",
+        "api=1",
+        "--connections",
+        "2",
+        "--duration",
+        "1s",
+        "--quiet",
+    ])
+    .await;
+    let (stdout, stderr) = text(&output);
+    assert!(output.status.success(), "{stdout}{stderr}");
+    let sent = row_number(&stdout, "requests sent");
+    assert!(sent > 0, "{stdout}");
+    assert_eq!(row_number(&stdout, "answered ok (2xx)"), 0, "{stdout}");
+    assert!(
+        stdout.contains(&format!(
+            "| api | sign-in refusal (401) | {sent} | 100.0% |"
+        )),
+        "every request refused for sign-in:\n{stdout}"
+    );
+    assert!(stderr.is_empty(), "--quiet: {stderr}");
+    assert!(
+        !gateway
+            .world
+            .upstream
+            .requests()
+            .iter()
+            .any(|r| r.path_and_query.starts_with("/api/0/")),
+        "none reached the upstream"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_open_loop_run_sends_at_the_rate_asked() {
+    let gateway = Gateway::start().await;
+    let began = std::time::Instant::now();
+    let output = bench(&[
+        &gateway.world.base,
+        "--ca-file",
+        gateway.ca(),
+        "--mix",
+        "envelope=1",
+        "--dsn-key",
+        "publickey",
+        "--rate",
+        "100/s",
+        "--duration",
+        "2s",
+        "--http2",
+    ])
+    .await;
+    let (stdout, stderr) = text(&output);
+    assert!(output.status.success(), "{stdout}{stderr}");
+    assert!(
+        stdout.contains("| load | open loop, 100/s (latency from the due time) |"),
+        "{stdout}"
+    );
+    // 200 due over 2 s, each sent when due (a slow machine sends late, never early).
+    let took = began.elapsed();
+    assert!(
+        took >= std::time::Duration::from_millis(1900),
+        "paced over the run, not sent at once: {took:?}"
+    );
+    assert!(
+        stdout.contains("| requests sent | 200 (100.0/s) |"),
+        "{stdout}"
+    );
+    let sent = row_number(&stdout, "requests sent");
+    assert_eq!(row_number(&stdout, "errors"), 0, "{stdout}");
+    assert_eq!(
+        gateway
+            .world
+            .upstream
+            .requests()
+            .iter()
+            .filter(|r| r.path_and_query == "/api/1/envelope/")
+            .count() as u64,
+        sent
+    );
+}
