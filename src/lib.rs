@@ -2,6 +2,7 @@
 //! reach Sentry (or any web app), and lets Sentry's machine traffic through.
 //!
 //! The request lifecycle is in [`gateway`]; see README.md for the map of modules.
+#![forbid(unsafe_code)]
 
 pub mod body;
 pub mod check;

@@ -1,4 +1,5 @@
 //! The `ssogate` command line: parse, load the config, run.
+#![forbid(unsafe_code)]
 
 use std::path::PathBuf;
 use std::process::ExitCode;
