@@ -35,9 +35,8 @@ use std::io::{Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
 
-use peers::{CLIENT_ID, CLIENT_SECRET, PAGE};
+use peers::PAGE;
 use ssogate::config::Settings;
-use ssogate::devidp::{DevClient, DevProvider, DevProviderConfig, DevUser};
 use ssogate::observe::log_output::{Batched, LineBatcher};
 use ssogate::observe::logging::{self, LogFormat};
 
@@ -472,7 +471,8 @@ fn start_gateway(upstream_port: u16) -> SocketAddr {
                     .unwrap();
                 let address = listener.local_addr().unwrap();
                 let base = format!("http://{address}");
-                let provider = start_provider(&format!("{base}/oauth2/callback")).await;
+                let provider =
+                    peers::start_provider("bench", vec![format!("{base}/oauth2/callback")]).await;
                 let config = peers::ssogate_config(
                     &base,
                     address.port(),
@@ -493,32 +493,6 @@ fn start_gateway(upstream_port: u16) -> SocketAddr {
         })
         .unwrap();
     receiver.recv().expect("the gateway starts")
-}
-
-/// The development provider, with the gateway as its one client.
-async fn start_provider(redirect_uri: &str) -> DevProvider {
-    let claims = serde_json::json!({
-        "sub": "10000001", "email": "bench@example.com", "email_verified": true,
-        "login": "bench", "permissions": ["sentry:member"],
-    });
-    DevProvider::start(
-        SocketAddr::from((Ipv4Addr::LOCALHOST, 0)),
-        DevProviderConfig::new(
-            DevClient {
-                client_id: CLIENT_ID.into(),
-                client_secret: CLIENT_SECRET.into(),
-                redirect_uris: vec![redirect_uri.to_owned()],
-                post_logout_redirect_uris: vec![],
-            },
-            vec![DevUser {
-                username: "bench".into(),
-                password: "bench".into(),
-                claims: claims.as_object().unwrap().clone(),
-            }],
-        ),
-    )
-    .await
-    .unwrap()
 }
 
 /// Signs in at the gateway through the real login flow; its session cookie.

@@ -42,15 +42,13 @@ mod sample;
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-use std::net::{Ipv4Addr, SocketAddr};
 use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
 use drivers::{Protocol, Round, Target};
-use peers::{CLIENT_ID, CLIENT_SECRET, PAGE, free_port, which};
+use peers::{PAGE, free_port, which};
 use report::{Results, Upload};
-use ssogate::devidp::{DevClient, DevProvider, DevProviderConfig, DevUser};
 
 const ROUND: Duration = Duration::from_secs(5);
 const WARM_UP: Duration = Duration::from_secs(2);
@@ -144,11 +142,14 @@ fn main() {
     let gateway_base = format!("http://127.0.0.1:{gateway_port}");
     let gateway_tls_base = format!("https://127.0.0.1:{gateway_tls_port}");
     let apache_base = format!("http://127.0.0.1:{apache_port}");
-    let provider = runtime.block_on(start_provider(&[
-        format!("{gateway_base}/oauth2/callback"),
-        format!("{gateway_tls_base}/oauth2/callback"),
-        format!("{apache_base}/redirect_uri"),
-    ]));
+    let provider = runtime.block_on(peers::start_provider(
+        "load",
+        vec![
+            format!("{gateway_base}/oauth2/callback"),
+            format!("{gateway_tls_base}/oauth2/callback"),
+            format!("{apache_base}/redirect_uri"),
+        ],
+    ));
     let issuer = provider.issuer().to_string();
     let gateway = peers::ssogate(
         dir,
@@ -487,33 +488,6 @@ fn pin_self(core: usize) {
         .status()
         .unwrap();
     assert!(status.success(), "taskset failed");
-}
-
-/// The development provider, with one client for every relying party of the run.
-async fn start_provider(redirect_uris: &[String]) -> DevProvider {
-    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
-    let claims = serde_json::json!({
-        "sub": "10000001", "email": "load@example.com", "email_verified": true,
-        "login": "load", "permissions": ["sentry:member"],
-    });
-    DevProvider::start(
-        SocketAddr::from((Ipv4Addr::LOCALHOST, 0)),
-        DevProviderConfig::new(
-            DevClient {
-                client_id: CLIENT_ID.into(),
-                client_secret: CLIENT_SECRET.into(),
-                redirect_uris: redirect_uris.to_vec(),
-                post_logout_redirect_uris: vec![],
-            },
-            vec![DevUser {
-                username: "load".into(),
-                password: "load".into(),
-                claims: claims.as_object().unwrap().clone(),
-            }],
-        ),
-    )
-    .await
-    .unwrap()
 }
 
 /// Signs in at the gateway; its session cookie.

@@ -3,9 +3,12 @@
 //! forked worker stays on the server cores: nginx (upstream and reverse proxy), Apache
 //! httpd + mod_auth_openidc, and ssogate itself (the release binary, `ssogate run`).
 
+use std::net::{Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command};
 use std::time::{Duration, Instant};
+
+use ssogate::devidp::{DevClient, DevProvider, DevProviderConfig, DevUser};
 
 pub const CLIENT_ID: &str = "sentry";
 pub const CLIENT_SECRET: &str = "load-bench-secret";
@@ -347,4 +350,32 @@ pub fn free_port() -> u16 {
         .local_addr()
         .unwrap()
         .port()
+}
+
+/// The development provider, with the gateway as its client (one redirect URI per
+/// relying party of the run) and one user, `user`, whose password is its name.
+pub async fn start_provider(user: &str, redirect_uris: Vec<String>) -> DevProvider {
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+    let claims = serde_json::json!({
+        "sub": "10000001", "email": format!("{user}@example.com"), "email_verified": true,
+        "login": user, "permissions": ["sentry:member"],
+    });
+    DevProvider::start(
+        SocketAddr::from((Ipv4Addr::LOCALHOST, 0)),
+        DevProviderConfig::new(
+            DevClient {
+                client_id: CLIENT_ID.into(),
+                client_secret: CLIENT_SECRET.into(),
+                redirect_uris,
+                post_logout_redirect_uris: vec![],
+            },
+            vec![DevUser {
+                username: user.into(),
+                password: user.into(),
+                claims: claims.as_object().unwrap().clone(),
+            }],
+        ),
+    )
+    .await
+    .unwrap()
 }
