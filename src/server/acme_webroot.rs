@@ -41,6 +41,9 @@ pub async fn answer(webroot: &Path, path: &str) -> Option<Response<ResponseBody>
             tracing::info!(file = %file.display(), "ACME challenge answered");
             Some(pages::text(StatusCode::OK, content).map(boxed))
         }
+        // Anyone may ask for a token that does not exist: no line for that, or each
+        // stranger's request could write one.
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Some(not_found()),
         Err(e) => {
             tracing::warn!(file = %file.display(), error = %e, "ACME challenge asked for, not answered");
             Some(not_found())
@@ -112,6 +115,32 @@ mod tests {
             assert_eq!(response.status(), StatusCode::NOT_FOUND, "{path}");
         }
         assert!(answer(webroot.path(), "/secret").await.is_none());
+    }
+
+    #[tokio::test]
+    async fn unknown_tokens_write_no_log_line_a_served_one_does() {
+        use crate::observe::logging::{LogFormat, subscriber, tests::Buffer};
+        use tracing::instrument::WithSubscriber;
+        let webroot = tempfile::tempdir().unwrap();
+        let challenges = webroot.path().join(".well-known/acme-challenge");
+        std::fs::create_dir_all(&challenges).unwrap();
+        std::fs::write(challenges.join("known"), "known.thumbprint").unwrap();
+        let buffer = Buffer::default();
+        let asking = async {
+            for n in 0..100 {
+                let path = format!("/.well-known/acme-challenge/unknown{n}");
+                let response = answer(webroot.path(), &path).await.unwrap();
+                assert_eq!(response.status(), StatusCode::NOT_FOUND);
+            }
+            let served = answer(webroot.path(), "/.well-known/acme-challenge/known").await;
+            assert_eq!(served.unwrap().status(), StatusCode::OK);
+        };
+        asking
+            .with_subscriber(subscriber(LogFormat::Text, false, buffer.clone()))
+            .await;
+        let logged = String::from_utf8(buffer.0.lock().unwrap().clone()).unwrap();
+        assert_eq!(logged.lines().count(), 1, "{logged}");
+        assert!(logged.contains("ACME challenge answered"), "{logged}");
         assert!(
             answer(webroot.path(), "/.well-known/acme-challengeX")
                 .await
