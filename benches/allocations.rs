@@ -37,7 +37,6 @@ use std::time::{Duration, Instant};
 
 use peers::PAGE;
 use ssogate::config::Settings;
-use ssogate::observe::log_output::{Batched, LineBatcher};
 use ssogate::observe::logging::{self, LogFormat};
 
 #[global_allocator]
@@ -103,11 +102,7 @@ fn main() {
     upstream.await_port(upstream_port);
 
     // Access lines on, as by default: the real formatter and batcher, to nowhere.
-    tracing_subscriber::util::SubscriberInitExt::init(logging::subscriber(
-        LogFormat::Text,
-        false,
-        Batched(LineBatcher::start(Box::new(std::io::sink()))),
-    ));
+    logging::init_to(LogFormat::Text, false, Box::new(std::io::sink()));
     let address = start_gateway(upstream_port);
     let base = format!("http://{address}");
     let cookie = {

@@ -21,6 +21,8 @@ use http::{HeaderMap, HeaderName, HeaderValue, Method, Uri};
 use hyper::body::{Body, Frame, SizeHint};
 use rand::RngCore;
 
+use super::access_format::AccessLine;
+use super::logging;
 use super::metrics::{Metrics, RouteClass};
 use crate::body::{BoxError, ResponseBody};
 
@@ -114,20 +116,17 @@ impl AccessRecord {
     fn finish(self, bytes: u64, completed: bool) {
         let took = self.started.elapsed();
         self.metrics.request(self.class, self.status, took);
-        let user = self.session.as_ref().map_or("-", |s| s.sub());
-        tracing::info!(
-            target: "ssogate::access",
-            method = %self.method,
-            path = %self.target.path(),
-            route = self.class.as_str(),
-            status = self.status,
-            duration_us = took.as_micros() as u64,
+        logging::write_access_line(&AccessLine {
+            method: self.method.as_str(),
+            path: self.target.path(),
+            route: self.class.as_str(),
+            status: self.status,
+            duration_us: took.as_micros() as u64,
             bytes,
-            user,
-            request_id = self.request_id.to_str().unwrap_or("-"),
+            user: self.session.as_ref().map_or("-", |s| s.sub()),
+            request_id: self.request_id.to_str().unwrap_or("-"),
             completed,
-            "request"
-        );
+        });
     }
 }
 

@@ -1,77 +1,112 @@
-//! The access line, formatted straight into the line buffer.
+//! The access line, written straight into the log output.
 //!
-//! Every request writes one access line ([`super::access`]), so its formatting is on
-//! every request's path. The general formatter of `tracing-subscriber` goes through
-//! its field visitor and `core::fmt` for every field and the timestamp; this one
-//! writes the same bytes directly. Its output is the general formatter's, byte for
-//! byte apart from the time (checked by this module's tests), in text (without
-//! colours) and JSON. Every other line, and access lines for a terminal, go through
-//! the general formatter.
+//! Every request writes one access line ([`super::access`]), so writing it is on every
+//! request's path. Sent as a `tracing` event, it would pass the subscriber's dispatch,
+//! its filter, the general formatter's field visitors and `core::fmt` for every field
+//! and the timestamp. When the process logs to a file, a pipe or journald (not a
+//! terminal) and `SSOGATE_LOG` lets access lines through, [`AccessLine::write`] puts
+//! the same bytes into the log output's buffer itself ([`super::logging`] decides once,
+//! at start). Its output is the general formatter's, byte for byte apart from the time
+//! (checked by this module's tests), in text and JSON. For a terminal (colours) and in
+//! tests without that output, [`AccessLine::emit`] sends the event through `tracing`.
 
 use std::fmt::{self, Write};
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use tracing::field::{Field, Visit};
-use tracing::{Event, Subscriber};
-use tracing_subscriber::fmt::format::Writer;
-use tracing_subscriber::fmt::{FmtContext, FormatEvent, FormatFields};
-use tracing_subscriber::registry::LookupSpan;
+use super::logging::LogFormat;
 
 /// The target of access lines.
 pub const ACCESS_TARGET: &str = "ssogate::access";
 
-/// Formats access lines itself and hands every other event to `inner`.
-pub struct AccessLines<F> {
-    pub inner: F,
-    pub json: bool,
+/// One request's access line: what [`super::access::AccessRecord`] gathered.
+pub struct AccessLine<'a> {
+    pub method: &'a str,
+    /// The path only: never the query, which may carry a login `code`.
+    pub path: &'a str,
+    pub route: &'a str,
+    pub status: u16,
+    pub duration_us: u64,
+    pub bytes: u64,
+    /// The person's `sub`, or `-`.
+    pub user: &'a str,
+    pub request_id: &'a str,
+    /// Whether the whole body was sent.
+    pub completed: bool,
 }
 
-impl<S, N, F> FormatEvent<S, N> for AccessLines<F>
-where
-    S: Subscriber + for<'a> LookupSpan<'a>,
-    N: for<'a> FormatFields<'a> + 'static,
-    F: FormatEvent<S, N>,
-{
-    fn format_event(
-        &self,
-        ctx: &FmtContext<'_, S, N>,
-        mut writer: Writer<'_>,
-        event: &Event<'_>,
-    ) -> fmt::Result {
-        let metadata = event.metadata();
-        if metadata.target() != ACCESS_TARGET || writer.has_ansi_escapes() {
-            return self.inner.format_event(ctx, writer, event);
-        }
-        let level = metadata.level().as_str();
-        if self.json {
-            writer.write_str("{\"timestamp\":\"")?;
-            write_time(&mut writer, SystemTime::now())?;
-            writer.write_str("\",\"level\":\"")?;
-            writer.write_str(level)?;
-            writer.write_char('"')?;
-            let mut fields = JsonFields {
-                writer: &mut writer,
-                result: Ok(()),
-            };
-            event.record(&mut fields);
-            fields.result?;
-            writer.write_str(",\"target\":\"")?;
-            write_json_text(&mut writer, ACCESS_TARGET)?;
-            writer.write_str("\"}\n")
-        } else {
-            write_time(&mut writer, SystemTime::now())?;
-            // A space, then the level right-aligned in five, as the general formatter.
-            writer.write_str(&"      "[..6 - level.len().min(5)])?;
-            writer.write_str(level)?;
-            writer.write_char(' ')?;
-            let mut fields = TextFields {
-                writer: &mut writer,
-                first: true,
-                result: Ok(()),
-            };
-            event.record(&mut fields);
-            fields.result?;
-            writer.write_char('\n')
+impl AccessLine<'_> {
+    /// Sends the line as a `tracing` event (the general formatter writes it).
+    pub fn emit(&self) {
+        tracing::info!(
+            target: "ssogate::access",
+            method = %self.method,
+            path = %self.path,
+            route = self.route,
+            status = self.status,
+            duration_us = self.duration_us,
+            bytes = self.bytes,
+            user = self.user,
+            request_id = self.request_id,
+            completed = self.completed,
+            "request"
+        );
+    }
+
+    /// Appends the line, with its end, as the general formatter would write [`emit`]'s
+    /// event at `now` (before the log output's escaping, which applies to both).
+    ///
+    /// [`emit`]: Self::emit
+    pub fn write(&self, out: &mut String, format: LogFormat, now: SystemTime) -> fmt::Result {
+        match format {
+            LogFormat::Json => {
+                out.write_str("{\"timestamp\":\"")?;
+                write_time(out, now)?;
+                out.write_str("\",\"level\":\"INFO\",\"message\":\"request\",\"method\":\"")?;
+                write_json_text(out, self.method)?;
+                out.write_str("\",\"path\":\"")?;
+                write_json_text(out, self.path)?;
+                out.write_str("\",\"route\":\"")?;
+                write_json_text(out, self.route)?;
+                out.write_str("\",\"status\":")?;
+                write_u64(out, self.status.into())?;
+                out.write_str(",\"duration_us\":")?;
+                write_u64(out, self.duration_us)?;
+                out.write_str(",\"bytes\":")?;
+                write_u64(out, self.bytes)?;
+                out.write_str(",\"user\":\"")?;
+                write_json_text(out, self.user)?;
+                out.write_str("\",\"request_id\":\"")?;
+                write_json_text(out, self.request_id)?;
+                out.write_str("\",\"completed\":")?;
+                out.write_str(if self.completed { "true" } else { "false" })?;
+                out.write_str(",\"target\":\"")?;
+                write_json_text(out, ACCESS_TARGET)?;
+                out.write_str("\"}\n")
+            }
+            LogFormat::Text => {
+                // The level right-aligned in five after a space, the message bare, then
+                // `name=value`: Display values as they are, strings quoted as `Debug`.
+                write_time(out, now)?;
+                out.write_str("  INFO request method=")?;
+                out.write_str(self.method)?;
+                out.write_str(" path=")?;
+                out.write_str(self.path)?;
+                out.write_str(" route=")?;
+                write_debug_text(out, self.route)?;
+                out.write_str(" status=")?;
+                write_u64(out, self.status.into())?;
+                out.write_str(" duration_us=")?;
+                write_u64(out, self.duration_us)?;
+                out.write_str(" bytes=")?;
+                write_u64(out, self.bytes)?;
+                out.write_str(" user=")?;
+                write_debug_text(out, self.user)?;
+                out.write_str(" request_id=")?;
+                write_debug_text(out, self.request_id)?;
+                out.write_str(" completed=")?;
+                out.write_str(if self.completed { "true" } else { "false" })?;
+                out.write_char('\n')
+            }
         }
     }
 }
@@ -117,128 +152,18 @@ fn civil_from_days(days: i64) -> (i64, u64, u64) {
     (year, month, day)
 }
 
-/// Text fields as the general formatter writes them: the message bare, then
-/// ` name=value`, strings quoted and escaped as Rust's `Debug` does.
-struct TextFields<'a, 'w> {
-    writer: &'a mut Writer<'w>,
-    first: bool,
-    result: fmt::Result,
-}
-
-impl TextFields<'_, '_> {
-    fn name(&mut self, field: &Field) -> fmt::Result {
-        if !std::mem::take(&mut self.first) {
-            self.writer.write_char(' ')?;
-        }
-        if field.name() != "message" {
-            self.writer.write_str(field.name())?;
-            self.writer.write_char('=')?;
-        }
-        Ok(())
-    }
-}
-
-impl Visit for TextFields<'_, '_> {
-    fn record_str(&mut self, field: &Field, value: &str) {
-        if self.result.is_err() {
-            return;
-        }
-        self.result = self.name(field).and_then(|()| {
-            if field.name() == "message" {
-                self.writer.write_str(value)
-            } else if value
-                .bytes()
-                .all(|b| (0x20..0x7f).contains(&b) && b != b'"' && b != b'\\')
-            {
-                // Nothing `Debug` would escape.
-                self.writer.write_char('"')?;
-                self.writer.write_str(value)?;
-                self.writer.write_char('"')
-            } else {
-                write!(self.writer, "{value:?}")
-            }
-        });
-    }
-
-    fn record_u64(&mut self, field: &Field, value: u64) {
-        if self.result.is_err() {
-            return;
-        }
-        self.result = self
-            .name(field)
-            .and_then(|()| write_u64(self.writer, value));
-    }
-
-    fn record_bool(&mut self, field: &Field, value: bool) {
-        if self.result.is_err() {
-            return;
-        }
-        self.result = self
-            .name(field)
-            .and_then(|()| self.writer.write_str(if value { "true" } else { "false" }));
-    }
-
-    fn record_debug(&mut self, field: &Field, value: &dyn fmt::Debug) {
-        if self.result.is_err() {
-            return;
-        }
-        self.result = self
-            .name(field)
-            .and_then(|()| write!(self.writer, "{value:?}"));
-    }
-}
-
-/// Flattened JSON fields: `,"name":value`, strings escaped as serde_json does.
-struct JsonFields<'a, 'w> {
-    writer: &'a mut Writer<'w>,
-    result: fmt::Result,
-}
-
-impl JsonFields<'_, '_> {
-    fn name(&mut self, field: &Field) -> fmt::Result {
-        self.writer.write_str(",\"")?;
-        write_json_text(self.writer, field.name())?;
-        self.writer.write_str("\":")
-    }
-
-    fn string(&mut self, field: &Field, value: &str) -> fmt::Result {
-        self.name(field)?;
-        self.writer.write_char('"')?;
-        write_json_text(self.writer, value)?;
-        self.writer.write_char('"')
-    }
-}
-
-impl Visit for JsonFields<'_, '_> {
-    fn record_str(&mut self, field: &Field, value: &str) {
-        if self.result.is_ok() {
-            self.result = self.string(field, value);
-        }
-    }
-
-    fn record_u64(&mut self, field: &Field, value: u64) {
-        if self.result.is_ok() {
-            self.result = self
-                .name(field)
-                .and_then(|()| write_u64(self.writer, value));
-        }
-    }
-
-    fn record_bool(&mut self, field: &Field, value: bool) {
-        if self.result.is_ok() {
-            self.result = self
-                .name(field)
-                .and_then(|()| self.writer.write_str(if value { "true" } else { "false" }));
-        }
-    }
-
-    fn record_debug(&mut self, field: &Field, value: &dyn fmt::Debug) {
-        if self.result.is_ok() {
-            // Written to a string first, as the general formatter does: it is escaped
-            // as a whole.
-            let text = format!("{value:?}");
-            self.result = self.string(field, &text);
-        }
+/// A string as Rust's `Debug` quotes it (the general formatter's text fields).
+fn write_debug_text(writer: &mut impl Write, value: &str) -> fmt::Result {
+    if value
+        .bytes()
+        .all(|b| (0x20..0x7f).contains(&b) && b != b'"' && b != b'\\')
+    {
+        // Nothing `Debug` would escape.
+        writer.write_char('"')?;
+        writer.write_str(value)?;
+        writer.write_char('"')
+    } else {
+        write!(writer, "{value:?}")
     }
 }
 
@@ -288,38 +213,47 @@ fn write_json_text(writer: &mut impl Write, text: &str) -> fmt::Result {
 mod tests {
     use super::*;
     use crate::observe::logging::tests::Buffer;
-    use crate::observe::logging::{LogFormat, subscriber_with};
+    use crate::observe::logging::{LineStyle, escape_line, subscriber};
 
-    /// Access lines with awkward values, through the subscriber with or without
-    /// this formatter; the time cut off each line (checked apart).
-    fn access_lines(format: LogFormat, fast: bool) -> Vec<String> {
-        let buffer = Buffer::default();
-        let subscriber = subscriber_with(format, false, buffer.clone(), fast);
+    /// Access lines with awkward values, through the general formatter (`direct`
+    /// false) or written directly and escaped as the log output escapes them; the
+    /// time cut off each line (checked apart).
+    fn access_lines(format: LogFormat, direct: bool) -> Vec<String> {
         let paths = [
             "/organizations/acme/issues/",
             "/a\"b\\c/\u{1b}[31m/\u{7f}/caf\u{e9}/\u{85}/\u{202e}/\t/\r\n",
             "",
         ];
-        tracing::subscriber::with_default(subscriber, || {
-            for (n, path) in paths.iter().enumerate() {
-                let method = http::Method::GET;
-                let user = ["-", "sub \"quoted\" \\ caf\u{e9}", "\u{1}"][n];
-                tracing::info!(
-                    target: "ssogate::access",
-                    method = %method,
-                    path = %path,
-                    route = "protected",
-                    status = 200u16,
-                    duration_us = 858u64 * n as u64,
-                    bytes = u64::MAX,
-                    user,
-                    request_id = "f55e06e693466a86bec2e8b08b3d6dc3",
-                    completed = n != 1,
-                    "request"
-                );
-            }
+        let lines = paths.iter().enumerate().map(|(n, path)| AccessLine {
+            method: ["GET", "M-SEARCH", "PO\"ST"][n],
+            path,
+            route: ["protected", "public", "gate\u{85}way"][n],
+            status: 200,
+            duration_us: 858 * n as u64,
+            bytes: u64::MAX,
+            user: ["-", "sub \"quoted\" \\ caf\u{e9}", "\u{1}"][n],
+            request_id: "f55e06e693466a86bec2e8b08b3d6dc3",
+            completed: n != 1,
         });
-        let out = String::from_utf8(buffer.0.lock().unwrap().clone()).unwrap();
+        let out = if direct {
+            let style = match format {
+                LogFormat::Text => LineStyle::Text,
+                LogFormat::Json => LineStyle::Json,
+            };
+            let mut out = String::new();
+            for line in lines {
+                let mut text = String::new();
+                line.write(&mut text, format, SystemTime::now()).unwrap();
+                out.push_str(&escape_line(&text, style));
+            }
+            out
+        } else {
+            let buffer = Buffer::default();
+            tracing::subscriber::with_default(subscriber(format, false, buffer.clone()), || {
+                lines.for_each(|line| line.emit())
+            });
+            String::from_utf8(buffer.0.lock().unwrap().clone()).unwrap()
+        };
         out.lines()
             .map(|line| {
                 let (time, rest) = match format {
@@ -349,9 +283,9 @@ mod tests {
     fn access_lines_are_the_general_formatters_byte_for_byte() {
         for format in [LogFormat::Text, LogFormat::Json] {
             let general = access_lines(format, false);
-            let fast = access_lines(format, true);
+            let direct = access_lines(format, true);
             assert_eq!(general.len(), 3, "{general:?}");
-            assert_eq!(fast, general, "{format:?}");
+            assert_eq!(direct, general, "{format:?}");
         }
     }
 

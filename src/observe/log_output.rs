@@ -73,7 +73,7 @@ impl LineBatcher {
 
     /// Takes one formatted line (or several), or drops and counts it when its buffer
     /// is full. Never waits for the output.
-    fn append(&self, lines: &[u8]) {
+    pub fn append(&self, lines: &[u8]) {
         let mut shard = lock(&self.shards[shard_of_this_thread()]);
         let before = shard.len();
         if before + lines.len() > self.max_pending {

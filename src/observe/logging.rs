@@ -16,19 +16,26 @@
 //!
 //! Lines reach standard output in batches from a writer thread of their own
 //! ([`super::log_output`]): logging never makes a serving thread wait or make a system
-//! call. Call [`flush`] before the process exits.
+//! call. Access lines skip `tracing` on their way there when they can
+//! ([`write_access_line`]). Call [`flush`] before the process exits.
 
 use std::borrow::Cow;
+use std::cell::RefCell;
 use std::io::Write;
 use std::sync::{Arc, OnceLock};
+use std::time::SystemTime;
 
 use tracing_subscriber::fmt::MakeWriter;
 
-use super::access_format::AccessLines;
+use super::access_format::{ACCESS_TARGET, AccessLine};
 use super::log_output::{Batched, LineBatcher};
 
 /// The output [`init`] installed.
 static OUTPUT: OnceLock<Arc<LineBatcher>> = OnceLock::new();
+
+/// Where access lines go without passing through `tracing`: set by [`init`] when
+/// lines are not for a terminal and the filter lets access lines through.
+static ACCESS_OUTPUT: OnceLock<(Arc<LineBatcher>, LogFormat)> = OnceLock::new();
 
 /// The shape of log lines.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
@@ -44,13 +51,44 @@ pub enum LogFormat {
 pub fn init(format: LogFormat) {
     // Colours only for a person at a terminal, not in files or a log collector.
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stdout());
-    let output = OUTPUT.get_or_init(|| LineBatcher::start(Box::new(std::io::stdout())));
+    init_to(format, ansi, Box::new(std::io::stdout()));
+}
+
+/// [`init`], writing to `output` (the allocation bench writes to nowhere).
+pub fn init_to(format: LogFormat, ansi: bool, output: Box<dyn Write + Send>) {
+    let output = OUTPUT.get_or_init(|| LineBatcher::start(output));
     // Also takes the `log` records of the libraries (rustls), as `fmt().init()` does.
     tracing_subscriber::util::SubscriberInitExt::init(subscriber(
         format,
         ansi,
         Batched(output.clone()),
     ));
+    // Decided once: `SSOGATE_LOG` is read at start only.
+    if !ansi && tracing::enabled!(target: ACCESS_TARGET, tracing::Level::INFO) {
+        let _ = ACCESS_OUTPUT.set((output.clone(), format));
+    }
+}
+
+/// Writes one access line: straight into the log output when [`init`] allowed it,
+/// else as a `tracing` event (a terminal's colours, the tests' subscribers, or
+/// nowhere when the filter turned access lines off).
+pub fn write_access_line(line: &AccessLine<'_>) {
+    thread_local! {
+        static LINE: RefCell<String> = RefCell::new(String::with_capacity(512));
+    }
+    let Some((output, format)) = ACCESS_OUTPUT.get() else {
+        return line.emit();
+    };
+    let style = match format {
+        LogFormat::Text => LineStyle::Text,
+        LogFormat::Json => LineStyle::Json,
+    };
+    LINE.with_borrow_mut(|text| {
+        text.clear();
+        // Writing to a `String` cannot fail.
+        let _ = line.write(text, *format, SystemTime::now());
+        output.append(escape_line(text, style).as_bytes());
+    });
 }
 
 /// Writes every log line still pending (before the process exits).
@@ -76,20 +114,6 @@ pub fn subscriber<W>(
 where
     W: for<'w> MakeWriter<'w> + Send + Sync + 'static,
 {
-    subscriber_with(format, ansi, out, true)
-}
-
-/// [`subscriber`], with access lines formatted by [`AccessLines`] or (to compare,
-/// in tests) by the general formatter.
-pub(crate) fn subscriber_with<W>(
-    format: LogFormat,
-    ansi: bool,
-    out: W,
-    access_lines: bool,
-) -> Box<dyn tracing::Subscriber + Send + Sync>
-where
-    W: for<'w> MakeWriter<'w> + Send + Sync + 'static,
-{
     let filter = tracing_subscriber::EnvFilter::try_from_env("SSOGATE_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     let builder = tracing_subscriber::fmt()
@@ -107,16 +131,12 @@ where
                 },
             };
             let general = general.with_target(false);
-            let builder = builder.with_writer(escaping);
-            if access_lines {
-                let lines = AccessLines {
-                    inner: general,
-                    json: false,
-                };
-                Box::new(builder.event_format(lines).finish())
-            } else {
-                Box::new(builder.event_format(general).finish())
-            }
+            Box::new(
+                builder
+                    .with_writer(escaping)
+                    .event_format(general)
+                    .finish(),
+            )
         }
         // The target (`ssogate::access` for access lines) lets a collector route them.
         LogFormat::Json => {
@@ -125,21 +145,16 @@ where
                 .flatten_event(true)
                 .with_current_span(false)
                 .with_span_list(false);
-            let builder = builder
-                .fmt_fields(tracing_subscriber::fmt::format::JsonFields::new())
-                .with_writer(Escaping {
-                    inner: out,
-                    style: LineStyle::Json,
-                });
-            if access_lines {
-                let lines = AccessLines {
-                    inner: general,
-                    json: true,
-                };
-                Box::new(builder.event_format(lines).finish())
-            } else {
-                Box::new(builder.event_format(general).finish())
-            }
+            Box::new(
+                builder
+                    .fmt_fields(tracing_subscriber::fmt::format::JsonFields::new())
+                    .with_writer(Escaping {
+                        inner: out,
+                        style: LineStyle::Json,
+                    })
+                    .event_format(general)
+                    .finish(),
+            )
         }
     }
 }

@@ -1,6 +1,6 @@
 //! What an operator sees of the gateway at work: Prometheus metrics ([`metrics`]),
 //! one access line per request with its request id ([`access`], formatted by
-//! [`access_format`]), and the log output
+//! [`access_format`], which writes it straight into the log output), and the log output
 //! itself, human-readable or JSON ([`logging`]), written in batches off the serving
 //! threads ([`log_output`]).
 //!
