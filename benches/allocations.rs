@@ -24,7 +24,7 @@
 //! Under `cargo test --all-targets` it makes a short run (a few requests of each kind,
 //! nothing written), and skips when nginx is missing.
 
-#[path = "../tests/support/browser.rs"]
+#[path = "../tests/it/support/browser.rs"]
 #[allow(dead_code)]
 mod browser;
 #[path = "load/peers.rs"]

@@ -46,8 +46,13 @@ pub struct Demo {
     pub password: String,
 }
 
-/// Starts the demo with the gateway on `127.0.0.1:port` (0 picks a free port).
-pub async fn start(port: u16) -> Result<Demo, DemoError> {
+/// Starts the demo with the gateway on `127.0.0.1:port` (0 picks a free port); it stops
+/// gracefully when `stop` resolves ([`run`] gives it SIGINT/SIGTERM; tests, which share
+/// one process, give their own and leave the process's signal handling alone).
+pub async fn start(
+    port: u16,
+    stop: impl Future<Output = ()> + Send + 'static,
+) -> Result<Demo, DemoError> {
     // Bound first: the public URL (and so the provider's redirect URI) needs the port.
     let address = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
     let listener = TcpListener::bind(address)
@@ -101,7 +106,7 @@ preset = "sentry"
         key_pem: certificate.key_pem,
     };
     let ca_pem = certificate.ca_pem;
-    let gateway = server::start_on(listener, settings, server::shutdown_signal()).await?;
+    let gateway = server::start_on(listener, settings, stop).await?;
     Ok(Demo {
         gateway,
         provider,
@@ -115,7 +120,7 @@ preset = "sentry"
 
 /// Runs the demo until SIGINT/SIGTERM.
 pub async fn run(port: u16) -> Result<(), DemoError> {
-    let demo = start(port).await?;
+    let demo = start(port, server::shutdown_signal()).await?;
     println!(
         "\nssogate demo is running (all on loopback):\n\
          \n  open       {url}\n  sign in    user `{user}`, password `{password}`\n\

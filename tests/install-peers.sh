@@ -2,12 +2,12 @@
 # Installs the real peers the tests drive:
 #   - sentry-sdk from PyPI (tests/peers/requirements.txt) into target/peers/venv
 #   - @sentry/cli from npm (tests/peers/package-lock.json) into tests/peers/node_modules
-#     (both for tests/support/sentry_clients.rs; versions in tests/peers/README.md)
+#     (both for tests/it/support/sentry_clients.rs; versions in tests/peers/README.md)
 #   - oidc-provider and playwright-core from npm (tests/e2e/package-lock.json) into
 #     tests/e2e/node_modules, and Debian's chromium, for the browser tests in tests/e2e
-#   - Debian's redis-server, which tests/replicas.rs starts on free loopback ports
-#   - Debian's testssl.sh, which tests/tls_grade.rs runs against the listener
-#   - Debian's nginx, which tests/nginx_front.rs runs with config/nginx/ in front
+#   - Debian's redis-server, which tests/it/replicas.rs starts on free loopback ports
+#   - Debian's testssl.sh, which tests/it/tls_grade.rs runs against the listener
+#   - Debian's nginx, which tests/it/nginx_front.rs runs with config/nginx/ in front
 # Idempotent: a step is skipped while its stamp (a hash of its inputs) still matches.
 # Needs python3 with pip, node and npm, and root (or chromium, redis-server, testssl.sh
 # and nginx already installed);
@@ -73,8 +73,8 @@ else
   echo "$e2e_want" >"$e2e_stamp"
 fi
 
-# --- Debian: chromium for the browser tests, redis-server for tests/replicas.rs, -----
-# --- testssl.sh for tests/tls_grade.rs, nginx for tests/nginx_front.rs ---------------
+# --- Debian: chromium for the browser tests, redis-server for tests/it/replicas.rs, -----
+# --- testssl.sh for tests/it/tls_grade.rs, nginx for tests/it/nginx_front.rs ---------------
 missing=()
 command -v "${CHROMIUM:-chromium}" >/dev/null 2>&1 || missing+=(chromium)
 command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)

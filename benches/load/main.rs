@@ -25,7 +25,7 @@
 //! `logins`, `starts`, `upload`, `memory`) whose name contains one of the words; the nginx
 //! baselines always run.
 
-#[path = "../../tests/support/browser.rs"]
+#[path = "../../tests/it/support/browser.rs"]
 #[allow(dead_code)]
 mod browser;
 mod drivers;

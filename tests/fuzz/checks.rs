@@ -1,6 +1,6 @@
 //! The fuzz checks: one function per target, taking the raw fuzz input and asserting
 //! the parser's invariants. Shared by the libFuzzer targets (fuzz_targets/*.rs) and by
-//! the stable regression test tests/fuzz_corpus.rs, which replays the kept corpora.
+//! the stable regression test tests/it/fuzz_corpus.rs, which replays the kept corpora.
 
 use std::convert::Infallible;
 use std::future::Future;

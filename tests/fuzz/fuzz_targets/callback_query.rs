@@ -1,5 +1,5 @@
 //! libFuzzer target `callback_query`: the invariants are in `checks::callback_query` (shared with
-//! tests/fuzz_corpus.rs, which replays the kept corpus on stable).
+//! tests/it/fuzz_corpus.rs, which replays the kept corpus on stable).
 #![no_main]
 
 #[allow(dead_code)]

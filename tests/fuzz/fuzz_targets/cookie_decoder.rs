@@ -1,5 +1,5 @@
 //! libFuzzer target `cookie_decoder`: the invariants are in `checks::cookie_decoder` (shared with
-//! tests/fuzz_corpus.rs, which replays the kept corpus on stable).
+//! tests/it/fuzz_corpus.rs, which replays the kept corpus on stable).
 #![no_main]
 
 #[allow(dead_code)]

@@ -1,5 +1,5 @@
 //! libFuzzer target `framing_vs_hyper`: the invariants are in `checks::framing_vs_hyper` (shared
-//! with tests/fuzz_corpus.rs, which replays the kept corpus on stable).
+//! with tests/it/fuzz_corpus.rs, which replays the kept corpus on stable).
 #![no_main]
 
 #[allow(dead_code)]

@@ -1,14 +1,14 @@
 //! Sessions stay in step with the provider: refresh (single flight, refusal ends the
 //! session, an unreachable provider does not), revalidation, back-channel logout.
 
-mod support;
+use crate::support;
 
 use std::time::Duration;
 
+use crate::support::browser::empty;
+use crate::support::{World, WorldOptions};
 use http::{Method, StatusCode};
 use serde_json::{Map, Value, json};
-use support::browser::empty;
-use support::{World, WorldOptions};
 
 /// A world whose provider issues refresh tokens (the `offline_access` scope) and
 /// short-lived access tokens, so every request after the first second refreshes.
@@ -101,7 +101,7 @@ async fn a_refused_refresh_ends_the_session() {
 
 #[tokio::test]
 async fn an_unreachable_provider_does_not_end_the_session() {
-    // Within `expired_token_grace`: past it, see tests/revocation.rs.
+    // Within `expired_token_grace`: past it, see tests/it/revocation.rs.
     let world = refreshing_world("expired_token_grace = \"1m\"").await;
     let mut browser = world.signed_in("alice").await;
     world.provider.set_token_endpoint_outage(true);

@@ -1,14 +1,14 @@
 //! The sign-in flow end to end against the in-process provider, and every way the
 //! provider's answer can be wrong.
 
-mod support;
+use crate::support;
 
 use std::sync::Arc;
 
+use crate::support::{PASSWORD, SESSION_COOKIE, World, WorldOptions};
 use http::StatusCode;
 use serde_json::{Value, json};
 use ssogate::devidp::SigningAlg;
-use support::{PASSWORD, SESSION_COOKIE, World, WorldOptions};
 
 async fn deep_link_login_lands_on_the_page_with_its_query(alg: SigningAlg) {
     let world = World::start_with(WorldOptions {

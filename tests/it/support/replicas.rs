@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
-use ssogate::devidp::{DevClient, DevProvider, DevProviderConfig, DevUser, SigningAlg};
+use ssogate::devidp::{DevProvider, DevProviderConfig, DevUser};
 use ssogate::server::tls;
 
 use super::browser::Browser;

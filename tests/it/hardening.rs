@@ -3,14 +3,14 @@
 //! connect. Each gets the right status (or a closed connection), and the gateway keeps
 //! serving everyone else.
 
-mod support;
+use crate::support;
 
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::support::browser::{empty, full};
+use crate::support::{World, WorldOptions};
 use http::{Method, StatusCode};
-use support::browser::{empty, full};
-use support::{World, WorldOptions};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// The Sentry preset, so that SDK paths reach the upstream without a session: a

@@ -2,11 +2,9 @@
 //! `/oauth2/start?rd=` (with a real login, since the target is used at the callback)
 //! and through the sign-out target: no answer may send the browser off-origin.
 
-mod support;
-
 use std::sync::Arc;
 
-use support::{PASSWORD, World, WorldOptions};
+use crate::support::{PASSWORD, World, WorldOptions};
 
 const ALLOWED_HOST: &str = "www.whitelisteddomain.tld";
 

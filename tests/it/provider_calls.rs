@@ -4,7 +4,7 @@
 //! attempt at a time, so a flood of them cannot multiply discovery requests. Once the
 //! provider is back, the metadata loads on that schedule and logins work.
 
-mod support;
+use crate::support;
 
 use std::convert::Infallible;
 use std::net::{Ipv4Addr, SocketAddr};
@@ -12,14 +12,14 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
+use crate::support::browser::{Browser, full};
+use crate::support::{GatewayToml, PASSWORD, TestUpstream, user};
 use bytes::Bytes;
 use http::{Method, StatusCode};
 use http_body_util::Full;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use ssogate::devidp::{DevProvider, DevProviderConfig};
 use ssogate::server::{self, RunningGateway};
-use support::browser::{Browser, full};
-use support::{GatewayToml, PASSWORD, TestUpstream, user};
 
 /// A provider that is down: answers every request 503 and closes the connection,
 /// counting discovery requests.

@@ -1,8 +1,6 @@
 //! Test harness: an in-process identity provider (the crate's development provider,
 //! which signs real RS256/ES256 tokens), a recording upstream, the gateway over real
 //! TLS, and a cookie-keeping HTTP client that behaves like a browser without JavaScript.
-// Each test binary uses a different part of this harness.
-#![allow(dead_code, unused_imports)]
 
 pub mod browser;
 pub mod config;

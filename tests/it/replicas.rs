@@ -4,14 +4,12 @@
 //! a second, one refresh for many requests spread over replicas, a Redis restart loses
 //! nothing, and cookie secrets roll over replicas one at a time.
 
-mod support;
-
 use std::time::{Duration, Instant};
 
+use crate::support::browser::{Browser, empty};
+use crate::support::replicas::{Cluster, ClusterOptions, SECRET_NEW, SECRET_OLD};
+use crate::support::{PASSWORD, SESSION_COOKIE};
 use http::{Method, StatusCode};
-use support::browser::{Browser, empty};
-use support::replicas::{Cluster, ClusterOptions, SECRET_NEW, SECRET_OLD};
-use support::{PASSWORD, SESSION_COOKIE};
 
 /// A local cache that, on its own, would keep a session for an hour: whatever ends a
 /// session on every replica sooner is the pub/sub invalidation.

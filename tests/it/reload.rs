@@ -3,19 +3,19 @@
 //! is picked up by itself, and a broken config or certificate is refused while the
 //! running one keeps serving.
 
-mod support;
+use crate::support;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
+use crate::support::Browser;
+use crate::support::browser::full;
+use crate::support::process::GatewayProcess;
 use http::{Method, StatusCode};
 use rustls_pki_types::CertificateDer;
 use rustls_pki_types::pem::PemObject;
 use ssogate::server::tls::{LocalCertificate, local_certificate};
-use support::Browser;
-use support::browser::full;
-use support::process::GatewayProcess;
 
 /// The leaf certificate a fresh TLS connection to `address` is shown, trusting `cas`.
 async fn served_leaf(address: std::net::SocketAddr, cas: &[&str]) -> Vec<u8> {

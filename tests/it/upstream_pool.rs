@@ -4,12 +4,12 @@
 //! `Host` is what the legacy client sent (the public host, or the upstream URL's
 //! authority when `upstream.pass_host_header` is off).
 
-mod support;
+use crate::support;
 
+use crate::support::browser::empty;
+use crate::support::upstream::LARGE_BODY;
+use crate::support::{World, WorldOptions};
 use http::{Method, StatusCode};
-use support::browser::empty;
-use support::upstream::LARGE_BODY;
-use support::{World, WorldOptions};
 
 /// Public in the Sentry preset: no sign-in needed.
 const SMALL_FILE: &str = "/_static/1700000000/sentry/dist/app.js";

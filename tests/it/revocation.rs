@@ -8,14 +8,12 @@
 //! revokes every token of the person, and a changed claim shows in refreshed tokens and
 //! userinfo. `tests/e2e/` runs the same paths against oidc-provider itself.
 
-mod support;
-
 use std::time::Duration;
 
+use crate::support::browser::{Browser, TestResponse, empty};
+use crate::support::{PASSWORD, World, WorldOptions};
 use http::{Method, StatusCode};
 use serde_json::json;
-use support::browser::{Browser, TestResponse, empty};
-use support::{PASSWORD, World, WorldOptions};
 
 const OFFLINE_SCOPES: &str = "scopes = [\"openid\", \"email\", \"profile\", \"offline_access\"]";
 

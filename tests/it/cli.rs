@@ -1,13 +1,13 @@
 //! The `ssogate` binary as an operator and a newcomer use it.
 
-mod support;
+use crate::support;
 
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
+use crate::support::GatewayToml;
+use crate::support::browser::Browser;
 use http::StatusCode;
-use support::GatewayToml;
-use support::browser::Browser;
 
 fn ssogate() -> Command {
     let mut command = Command::new(env!("CARGO_BIN_EXE_ssogate"));
@@ -169,7 +169,9 @@ async fn check_passes_against_a_live_provider_upstream_and_redis() {
 
 #[tokio::test]
 async fn scripted_login_through_the_demo() {
-    let demo = ssogate::demo::start(0).await.expect("demo starts");
+    let demo = ssogate::demo::start(0, std::future::pending())
+        .await
+        .expect("demo starts");
     let mut browser = Browser::new(&demo.ca_pem, demo.url.trim_end_matches('/'));
     let landed = browser.login("/", &demo.username, &demo.password).await;
     assert_eq!(landed.status, StatusCode::OK, "{landed:?}");
@@ -491,7 +493,9 @@ fn check_names_a_host_that_does_not_resolve() {
 #[tokio::test]
 async fn check_points_to_the_ca_file_for_a_certificate_of_an_unknown_ca() {
     // The demo's gateway serves https with a certificate of its own throwaway CA.
-    let demo = ssogate::demo::start(0).await.expect("demo starts");
+    let demo = ssogate::demo::start(0, std::future::pending())
+        .await
+        .expect("demo starts");
     let upstream = demo.url.clone();
     let output = tokio::task::spawn_blocking(move || {
         check_from_environment(&upstream, &format!("{upstream}api/oidc"))

@@ -1,7 +1,7 @@
 //! Replays the kept fuzz corpora (tests/fuzz/corpus/<target>/) through the same checks
 //! the libFuzzer targets run (tests/fuzz/checks.rs), on the stable toolchain.
 
-#[path = "fuzz/checks.rs"]
+#[path = "../fuzz/checks.rs"]
 mod checks;
 
 use std::path::{Path, PathBuf};

@@ -2,11 +2,9 @@
 //! real gateway (Sentry preset, development provider, test upstream) on loopback, for
 //! a couple of seconds each.
 
-mod support;
-
 use std::process::Output;
 
-use support::{World, WorldOptions};
+use crate::support::{World, WorldOptions};
 
 async fn sentry_world() -> World {
     World::start_with(WorldOptions {

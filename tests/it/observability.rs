@@ -2,12 +2,12 @@
 //! JSON access lines without a single secret in them, and a SIGTERM that lets a slow
 //! request finish before the process exits 0.
 
-mod support;
+use crate::support;
 
+use crate::support::browser::{empty, full};
+use crate::support::process::{GatewayProcess, SESSION_SECRET};
+use crate::support::{Browser, CLIENT_SECRET, PASSWORD, World, WorldOptions};
 use http::{Method, StatusCode};
-use support::browser::{empty, full};
-use support::process::{GatewayProcess, SESSION_SECRET};
-use support::{Browser, CLIENT_SECRET, PASSWORD, World, WorldOptions};
 
 fn sentry_world(server_toml: &str) -> WorldOptions {
     WorldOptions {

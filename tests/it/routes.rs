@@ -1,13 +1,13 @@
 //! Sentry-aware routing and the attacks peers fell for: public machine traffic, the
 //! canonical path, per-route rules, forged path headers, forward-auth.
 
-mod support;
+use crate::support;
 
 use std::time::Duration;
 
+use crate::support::browser::{empty, full};
+use crate::support::{SESSION_COOKIE, World, WorldOptions, user};
 use http::{Method, StatusCode};
-use support::browser::{empty, full};
-use support::{SESSION_COOKIE, World, WorldOptions, user};
 
 fn sentry_world_options(extra: &str) -> WorldOptions {
     WorldOptions {

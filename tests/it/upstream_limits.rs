@@ -8,15 +8,15 @@
 //! (`SETTINGS_INITIAL_WINDOW_SIZE=0`) and asks for a large public file; upstream
 //! connections are counted on the test upstream's side.
 
-mod support;
+use crate::support;
 
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::support::upstream::LARGE_BODY;
+use crate::support::{World, WorldOptions};
 use bytes::Bytes;
 use http::StatusCode;
-use support::upstream::LARGE_BODY;
-use support::{World, WorldOptions};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// A large public file in the Sentry preset (the test upstream answers

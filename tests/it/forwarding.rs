@@ -1,14 +1,14 @@
 //! What reaches the upstream, and what the client sees when the upstream misbehaves.
 
-mod support;
+use crate::support;
 
 use std::time::Duration;
 
+use crate::support::browser::{Browser, empty};
+use crate::support::{World, WorldOptions};
 use bytes::Bytes;
 use http::{Method, StatusCode};
 use http_body_util::{BodyExt, StreamBody};
-use support::browser::{Browser, empty};
-use support::{World, WorldOptions};
 
 #[tokio::test]
 async fn identity_and_forwarding_headers_arrive() {

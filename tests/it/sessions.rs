@@ -1,11 +1,11 @@
 //! Session lifetime, idle expiry, sign-out and fixation.
 
-mod support;
+use crate::support;
 
 use std::time::Duration;
 
+use crate::support::{PASSWORD, SESSION_COOKIE, World, WorldOptions};
 use http::StatusCode;
-use support::{PASSWORD, SESSION_COOKIE, World, WorldOptions};
 
 #[tokio::test]
 async fn idle_sessions_expire() {

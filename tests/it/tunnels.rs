@@ -2,13 +2,11 @@
 //! class 5): they keep their place in `server.max_connections`, have their own cap,
 //! close when their session ends or the rules refuse them now, and close when idle.
 
-mod support;
-
 use std::time::Duration;
 
+use crate::support::browser::Browser;
+use crate::support::{RawTls, World, WorldOptions};
 use http::StatusCode;
-use support::browser::Browser;
-use support::{RawTls, World, WorldOptions};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 async fn world(server_toml: &str) -> World {

@@ -2,11 +2,9 @@
 //! tests/install-peers.sh): only TLS 1.3 and 1.2, forward-secret AEAD suites in the
 //! server's order, no known vulnerability, and the security headers.
 
-mod support;
-
 use std::process::Command;
 
-use support::process::GatewayProcess;
+use crate::support::process::GatewayProcess;
 
 /// Findings that come from the test's private CA, not from the gateway.
 const PRIVATE_CA: [(&str, &str); 2] = [

@@ -9,18 +9,18 @@
 //! nginx is required: without it these tests fail, naming the package
 //! (`tests/install-peers.sh` installs it).
 
-mod support;
+use crate::support;
 
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
+use crate::support::browser::{Browser, empty, full};
+use crate::support::{GatewayToml, PASSWORD, TestUpstream, unused_address, user};
 use http::{Method, StatusCode};
 use ssogate::devidp::{DevProvider, DevProviderConfig};
 use ssogate::server::{self, RunningGateway};
-use support::browser::{Browser, empty, full};
-use support::{GatewayToml, PASSWORD, TestUpstream, unused_address, user};
 
 /// The shipped nginx files, relative to the repository.
 const SITE: &str = "config/nginx/sentry-site.conf";
@@ -40,7 +40,7 @@ fn repository_file(path: &str) -> String {
 fn replaced(text: &str, from: &str, to: &str) -> String {
     assert!(
         text.contains(from),
-        "{SITE} no longer contains `{from}`: update tests/nginx_front.rs"
+        "{SITE} no longer contains `{from}`: update tests/it/nginx_front.rs"
     );
     text.replace(from, to)
 }

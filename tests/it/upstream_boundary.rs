@@ -4,14 +4,14 @@
 //! server, no protocol switch nobody asked for), log lines no viewer can be fooled by,
 //! and a callback that must come from the configured provider (RFC 9207).
 
-mod support;
+use crate::support;
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use crate::support::browser::{Browser, empty};
+use crate::support::{World, WorldOptions, user};
 use http::{Method, StatusCode};
-use support::browser::{Browser, empty};
-use support::{World, WorldOptions, user};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 fn sentry_world_options(server_toml: &str, extra: &str) -> WorldOptions {

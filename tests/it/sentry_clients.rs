@@ -2,10 +2,8 @@
 //! `@sentry/cli` (installed by tests/install-peers.sh). Their traffic must pass with no
 //! session when the Sentry preset is on, and be refused without it.
 
-mod support;
-
-use support::sentry_clients::{describe, send_event, sentry_cli};
-use support::{World, WorldOptions};
+use crate::support::sentry_clients::{describe, send_event, sentry_cli};
+use crate::support::{World, WorldOptions};
 
 async fn world(preset: bool) -> World {
     World::start_with(WorldOptions {

@@ -5,15 +5,15 @@
 //! forward-auth and the identity headers say exactly what they mean; a provider that
 //! has just gone down is noticed at the next login.
 
-mod support;
+use crate::support;
 
 use std::time::Duration;
 
+use crate::support::browser::{Browser, empty};
+use crate::support::{PASSWORD, World, WorldOptions, user};
 use base64::Engine;
 use http::{Method, StatusCode};
 use ssogate::config::HOST_COOKIE_NAME;
-use support::browser::{Browser, empty};
-use support::{PASSWORD, World, WorldOptions, user};
 
 fn sentry_world_options(extra: &str) -> WorldOptions {
     WorldOptions {

@@ -2,15 +2,15 @@
 //! text, which part is down) only to the clients that may read its metrics, and a
 //! flood of probes cannot make it open one upstream connection each.
 
-mod support;
+use crate::support;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Instant;
 
+use crate::support::browser::empty;
+use crate::support::{World, WorldOptions};
 use http::{Method, StatusCode};
-use support::browser::empty;
-use support::{World, WorldOptions};
 
 fn upstream_down() -> WorldOptions {
     WorldOptions {

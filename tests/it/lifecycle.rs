@@ -1,13 +1,13 @@
 //! The gateway as a server: health, readiness, HTTP/2, upgrades, the redirect
 //! listener, a provider that is down, and graceful shutdown.
 
-mod support;
+use crate::support;
 
 use std::time::Duration;
 
+use crate::support::browser::{Browser, empty};
+use crate::support::{PASSWORD, World, WorldOptions};
 use http::{Method, StatusCode};
-use support::browser::{Browser, empty};
-use support::{PASSWORD, World, WorldOptions};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 #[tokio::test]

@@ -1,12 +1,10 @@
 //! Staying up under hostile clients (issue 20, class 1): what one client can make the
 //! gateway hold is bounded, and a browser cannot wreck its own next login.
 
-mod support;
-
 use std::time::Duration;
 
+use crate::support::{PASSWORD, World, WorldOptions};
 use http::StatusCode;
-use support::{PASSWORD, World, WorldOptions};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 /// 700 sign-in starts in one browser (tabs left open, a script, a stranger's page

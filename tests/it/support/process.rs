@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use ssogate::devidp::{DevClient, DevProvider, DevProviderConfig};
+use ssogate::devidp::{DevProvider, DevProviderConfig};
 
 use super::{GatewayToml, TestUpstream, unused_address, user};
 
@@ -20,7 +20,8 @@ pub struct GatewayProcess {
     pub child: Child,
     pub base: String,
     pub addr: SocketAddr,
-    pub provider: DevProvider,
+    /// The process's provider, running as long as the process is kept.
+    _provider: DevProvider,
     pub upstream: TestUpstream,
     pub config: PathBuf,
     /// The CA of the listener's certificate, when it serves TLS.
@@ -127,7 +128,7 @@ impl GatewayProcess {
                     child,
                     base,
                     addr,
-                    provider,
+                    _provider: provider,
                     upstream,
                     config,
                     ca_pem,
