@@ -4,6 +4,7 @@
 
 mod support;
 
+use std::collections::BTreeMap;
 use std::process::Output;
 
 use support::{World, WorldOptions};
@@ -11,6 +12,8 @@ use support::{World, WorldOptions};
 async fn sentry_world() -> World {
     World::start_with(WorldOptions {
         extra_toml: "[access]\npreset = \"sentry\"\n".into(),
+        // Its own listener for /metrics: the scrapes are not counted with the run.
+        server_toml: "metrics_listen = \"127.0.0.1:0\"".into(),
         ..Default::default()
     })
     .await
@@ -33,6 +36,35 @@ fn text(output: &Output) -> (String, String) {
         String::from_utf8_lossy(&output.stdout).into_owned(),
         String::from_utf8_lossy(&output.stderr).into_owned(),
     )
+}
+
+/// The rows `| name | value |` of the report's section `heading`, by name.
+fn section(report: &str, heading: &str) -> BTreeMap<String, String> {
+    let start = report
+        .find(&format!("## {heading}\n"))
+        .unwrap_or_else(|| panic!("no section {heading}:\n{report}"));
+    let text = &report[start..];
+    let text = &text[..text[3..].find("\n## ").map_or(text.len(), |end| end + 3)];
+    let lines: Vec<&str> = text.lines().collect();
+    lines
+        .iter()
+        .enumerate()
+        // Not a table's header row (the one above `|---|`).
+        .filter(|(at, _)| {
+            !lines
+                .get(at + 1)
+                .is_some_and(|next| next.starts_with("|---"))
+        })
+        .filter_map(|(_, line)| {
+            let cells: Vec<&str> = line.strip_prefix("| ")?.split(" | ").collect();
+            (cells.len() == 2).then(|| {
+                (
+                    cells[0].to_owned(),
+                    cells[1].trim_end_matches(" |").to_owned(),
+                )
+            })
+        })
+        .collect()
 }
 
 /// The number in a report row `| <name> | <number> ...`.
@@ -65,6 +97,12 @@ impl Gateway {
 
     fn ca(&self) -> &str {
         self.ca_file.path().to_str().unwrap()
+    }
+
+    /// The gateway's own `/metrics`, on its metrics listener.
+    fn metrics_url(&self) -> String {
+        let address = self.world.gateway.metrics_addr.expect("a metrics listener");
+        format!("http://{address}/metrics")
     }
 
     /// The cookies of a browser that signed in through the provider, as `--cookie` takes them.
@@ -276,4 +314,83 @@ async fn an_open_loop_run_sends_at_the_rate_asked() {
             .count() as u64,
         sent
     );
+}
+
+/// The route class the gateway counts a scenario's requests in (Sentry preset).
+fn class_of(scenario: &str) -> &'static str {
+    match scenario {
+        "api" => "protected",
+        _ => "public",
+    }
+}
+
+/// For each scenario and each load model, the report's answers agree exactly with
+/// what the gateway's `/metrics` counted over the run: per route class and status, in
+/// all, and the connections.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_reports_counts_agree_with_the_gateways_metrics() {
+    let gateway = Gateway::start().await;
+    let cookie = gateway.session_cookie().await;
+    let metrics = gateway.metrics_url();
+    for scenario in ["envelope", "api", "token"] {
+        for load in [["--connections", "2"], ["--rate", "40/s"]] {
+            let mix = format!("{scenario}=1");
+            let output = bench(&[
+                &gateway.world.base,
+                "--ca-file",
+                gateway.ca(),
+                "--mix",
+                &mix,
+                "--dsn-key",
+                "publickey",
+                "--cookie",
+                &cookie,
+                "--token",
+                "sntrys_loadtest",
+                load[0],
+                load[1],
+                "--duration",
+                "1s",
+                "--metrics",
+                &metrics,
+                "--quiet",
+            ])
+            .await;
+            let (report, stderr) = text(&output);
+            assert!(output.status.success(), "{report}{stderr}");
+            let context = format!("{scenario} {load:?}:\n{report}");
+
+            let sent = row_number(&report, "requests sent");
+            assert!(sent > 0, "{context}");
+            assert_eq!(row_number(&report, "answered ok (2xx)"), sent, "{context}");
+            let answers = section(&report, "Answers by status");
+            let figures = section(&report, "The gateway's figures over the run");
+            let mut counted = 0;
+            for (name, count) in &answers {
+                let (answered_scenario, status) = name.split_once(' ').unwrap();
+                assert_eq!(answered_scenario, scenario, "{context}");
+                let row = format!("requests {} {status}", class_of(scenario));
+                assert_eq!(figures.get(&row), Some(count), "{row}: {context}");
+                counted += count.parse::<u64>().unwrap();
+            }
+            assert_eq!(counted, sent, "{context}");
+            assert_eq!(
+                figures["requests (all)"],
+                sent.to_string(),
+                "the gateway counted nothing else: {context}"
+            );
+            let requests_rows = figures
+                .keys()
+                .filter(|k| k.starts_with("requests "))
+                .count();
+            assert_eq!(requests_rows, 1 + answers.len(), "{context}");
+            assert_eq!(
+                figures["connections accepted"],
+                row_number(&report, "connections opened").to_string(),
+                "{context}"
+            );
+            assert_eq!(figures["logins completed"], "0", "{context}");
+            assert_eq!(figures["sessions live"], "1 → 1", "alice's: {context}");
+        }
+    }
 }

@@ -22,11 +22,13 @@
 //! of the answer's body. HTTP/1.1 keeps connections alive; `--http2` speaks HTTP/2
 //! (ALPN on TLS, prior knowledge on `http://`) over as few connections as it needs.
 
+pub mod gateway_metrics;
 pub mod report;
 pub mod scenarios;
 
 use std::net::IpAddr;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -96,6 +98,14 @@ pub struct BenchArgs {
     /// The path the token scenario asks for.
     #[arg(long, default_value = "/api/0/projects/")]
     pub token_path: String,
+    /// The gateway's `/metrics`, scraped before and after the run; the changes
+    /// (requests by route class and status, refusals, provider calls, sessions,
+    /// connections) go in the report. Not scraped unless given: the gateway answers
+    /// `/metrics` only to `server.metrics_networks` (loopback by default), on its
+    /// main listener (`https://127.0.0.1:8443/metrics` for `ssogate demo`) or on
+    /// `server.metrics_listen`.
+    #[arg(long, value_name = "URL")]
+    pub metrics: Option<String>,
     /// Also write the report (Markdown) to this file.
     #[arg(long, value_name = "FILE.md")]
     pub report: Option<PathBuf>,
@@ -131,6 +141,8 @@ pub enum BenchError {
     },
     #[error("{0}")]
     Setup(String),
+    #[error("cannot read the gateway's metrics at {url}: {reason}")]
+    Metrics { url: String, reason: String },
     #[error("cannot write the report to {path}: {reason}")]
     Report { path: String, reason: String },
 }
@@ -163,7 +175,92 @@ pub fn checked_target(url: &str, allow_host: Option<&str>) -> Result<url::Url, B
     }
 }
 
-type BenchClient = Client<hyper_rustls::HttpsConnector<HttpConnector>, Full<Bytes>>;
+type Connector = hyper_rustls::HttpsConnector<HttpConnector>;
+type BenchClient = Client<Counted<Connector>, Full<Bytes>>;
+
+/// A connector that counts the connections it made (TCP, and TLS on https://).
+#[derive(Clone)]
+struct Counted<C> {
+    inner: C,
+    opened: Arc<AtomicU64>,
+}
+
+impl<C> tower::Service<http::Uri> for Counted<C>
+where
+    C: tower::Service<http::Uri> + Send,
+    C::Future: Send + 'static,
+{
+    type Response = C::Response;
+    type Error = C::Error;
+    type Future =
+        std::pin::Pin<Box<dyn std::future::Future<Output = Result<C::Response, C::Error>> + Send>>;
+
+    fn poll_ready(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), C::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, uri: http::Uri) -> Self::Future {
+        let connecting = self.inner.call(uri);
+        let opened = self.opened.clone();
+        Box::pin(async move {
+            let connection = connecting.await?;
+            opened.fetch_add(1, Ordering::Relaxed);
+            Ok(connection)
+        })
+    }
+}
+
+/// One scrape of the gateway's `/metrics`, on a connection of its own that is closed
+/// after it (HTTP/1.1), so that it never carries the run's requests.
+async fn scrape(connector: &Connector, url: &str) -> Result<gateway_metrics::Scrape, BenchError> {
+    let failed = |reason: String| BenchError::Metrics {
+        url: url.to_owned(),
+        reason,
+    };
+    let uri: http::Uri = url.parse().map_err(|e| failed(format!("{e}")))?;
+    let client: Client<Connector, Full<Bytes>> =
+        Client::builder(TokioExecutor::new()).build(connector.clone());
+    let request = http::Request::get(uri)
+        .header(http::header::CONNECTION, "close")
+        .body(Full::new(Bytes::new()))
+        .map_err(|e| failed(e.to_string()))?;
+    let exchange = async {
+        let response = client
+            .request(request)
+            .await
+            .map_err(|e| failed(e.to_string()))?;
+        let status = response.status();
+        let body = response
+            .into_body()
+            .collect()
+            .await
+            .map_err(|e| failed(e.to_string()))?
+            .to_bytes();
+        if status != http::StatusCode::OK {
+            return Err(failed(format!(
+                "status {status} (is this client in server.metrics_networks?)"
+            )));
+        }
+        Ok(gateway_metrics::Scrape::parse(&String::from_utf8_lossy(
+            &body,
+        )))
+    };
+    tokio::time::timeout(Duration::from_secs(10), exchange)
+        .await
+        .map_err(|_| failed("no answer within 10 s".into()))?
+}
+
+/// Whether `url` is served where `target` is (same scheme, host and port).
+fn same_origin(url: &str, target: &url::Url) -> bool {
+    url::Url::parse(url).is_ok_and(|url| {
+        url.scheme() == target.scheme()
+            && url.host_str() == target.host_str()
+            && url.port_or_known_default() == target.port_or_known_default()
+    })
+}
 
 /// What every request of a run shares.
 struct Run {
@@ -188,6 +285,7 @@ impl Run {
                 }
             })?;
             let outcome = Outcome::of_status(response.status());
+            self.answered(scenario, response.status().as_u16());
             response
                 .into_body()
                 .collect()
@@ -203,10 +301,17 @@ impl Run {
     }
 
     fn record(&self, scenario: Scenario, outcome: Outcome, latency: Duration) {
+        self.recorder().record(scenario, outcome, latency);
+    }
+
+    fn answered(&self, scenario: Scenario, status: u16) {
+        self.recorder().answered(scenario, status);
+    }
+
+    fn recorder(&self) -> std::sync::MutexGuard<'_, Recorder> {
         self.recorder
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
-            .record(scenario, outcome, latency);
     }
 }
 
@@ -236,8 +341,24 @@ pub async fn run(args: BenchArgs) -> Result<String, BenchError> {
         },
     )
     .map_err(BenchError::Setup)?;
+    let scrapes = connector(&args, false)?;
+    let connector = connector(&args, args.http2)?;
+    let opened = Arc::new(AtomicU64::new(0));
+    let mut builder = Client::builder(TokioExecutor::new());
+    builder.http2_only(args.http2);
+    let client = builder.build(Counted {
+        inner: connector.clone(),
+        opened: opened.clone(),
+    });
+    let metrics = match &args.metrics {
+        None => None,
+        Some(url) => {
+            let before = scrape(&scrapes, url).await?;
+            Some((url, before))
+        }
+    };
     let run = Arc::new(Run {
-        client: client(&args)?,
+        client,
         requests,
         mix: args.mix.clone(),
         timeout: args.timeout,
@@ -255,6 +376,28 @@ pub async fn run(args: BenchArgs) -> Result<String, BenchError> {
     if let Some(live) = live {
         live.abort();
     }
+    let gateway_figures = match metrics {
+        None => String::new(),
+        Some((url, before)) => {
+            // The gateway counts a request when its answer has gone out: a moment for
+            // the last answers' counts before the second scrape.
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            match scrape(&scrapes, url).await {
+                Ok(after) => {
+                    let own = if same_origin(url, &target) {
+                        gateway_metrics::OwnScrapes {
+                            requests: 1,
+                            connections: 1,
+                        }
+                    } else {
+                        gateway_metrics::OwnScrapes::default()
+                    };
+                    gateway_metrics::markdown(url, &before, &after, own)
+                }
+                Err(e) => format!("\n## The gateway's figures over the run\n\n{e}\n"),
+            }
+        }
+    };
 
     let mut settings = vec![
         ("target", target.to_string()),
@@ -299,11 +442,21 @@ pub async fn run(args: BenchArgs) -> Result<String, BenchError> {
     if args.mix.contains(Scenario::Envelope) {
         settings.push(("envelope bodies", scenarios::envelope_sizes()));
     }
-    let report = run
-        .recorder
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
-        .markdown(&settings, args.duration);
+    let opened = opened.load(Ordering::Relaxed);
+    let totals = [
+        ("connections opened", opened.to_string()),
+        (
+            "TLS handshakes",
+            if target.scheme() == "https" {
+                opened
+            } else {
+                0
+            }
+            .to_string(),
+        ),
+    ];
+    let mut report = run.recorder().markdown(&settings, &totals, args.duration);
+    report.push_str(&gateway_figures);
     if let Some(path) = &args.report {
         std::fs::write(path, &report).map_err(|e| BenchError::Report {
             path: path.display().to_string(),
@@ -313,7 +466,8 @@ pub async fn run(args: BenchArgs) -> Result<String, BenchError> {
     Ok(report)
 }
 
-fn client(args: &BenchArgs) -> Result<BenchClient, BenchError> {
+/// The connector of the run (`http2`: ALPN h2 only), or of the scrapes (HTTP/1.1).
+fn connector(args: &BenchArgs, http2: bool) -> Result<Connector, BenchError> {
     let roots = crate::outbound::root_store(args.ca_file.as_deref())
         .map_err(|e| BenchError::Setup(e.to_string()))?;
     let tls = rustls::ClientConfig::builder_with_provider(crate::outbound::crypto_provider())
@@ -328,14 +482,11 @@ fn client(args: &BenchArgs) -> Result<BenchClient, BenchError> {
     let builder = hyper_rustls::HttpsConnectorBuilder::new()
         .with_tls_config(tls)
         .https_or_http();
-    let connector = if args.http2 {
+    Ok(if http2 {
         builder.enable_http2().wrap_connector(http)
     } else {
         builder.enable_http1().wrap_connector(http)
-    };
-    let mut client = Client::builder(TokioExecutor::new());
-    client.http2_only(args.http2);
-    Ok(client.build(connector))
+    })
 }
 
 async fn closed_loop(run: &Arc<Run>, connections: usize, end: Instant) {
@@ -386,11 +537,7 @@ async fn live_lines(run: Arc<Run>, start: Instant) {
     let mut last = start;
     loop {
         let now = ticks.tick().await;
-        let line = run
-            .recorder
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-            .live_line(now - start, now - last);
+        let line = run.recorder().live_line(now - start, now - last);
         last = now;
         eprintln!("{line}");
     }
