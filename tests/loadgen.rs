@@ -394,3 +394,126 @@ async fn the_reports_counts_agree_with_the_gateways_metrics() {
         }
     }
 }
+
+/// A tiny ramp: each step sends exactly its rate for its second; every step within the
+/// limits names no knee, and a target over the limits stops the ramp at its first step.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_ramp_steps_up_and_stops_at_the_first_step_over_a_limit() {
+    let gateway = Gateway::start().await;
+    let metrics = gateway.metrics_url();
+    let output = bench(&[
+        &gateway.world.base,
+        "--ca-file",
+        gateway.ca(),
+        "--mix",
+        "token=1",
+        "--token",
+        "sntrys_loadtest",
+        "--ramp",
+        "10..30/s",
+        "--step",
+        "10",
+        "--step-duration",
+        "1s",
+        "--max-errors",
+        "1%",
+        "--max-p99",
+        "10s",
+        "--metrics",
+        &metrics,
+    ])
+    .await;
+    let (report, stderr) = text(&output);
+    assert!(output.status.success(), "{report}{stderr}");
+    let ramp = section(&report, "Ramp");
+    for (step, asked) in [("1", "10/s"), ("2", "20/s"), ("3", "30/s")] {
+        let row = report
+            .lines()
+            .find(|l| l.starts_with(&format!("| {step} | {asked} | ")))
+            .unwrap_or_else(|| panic!("no step {step}:\n{report}"));
+        assert!(row.ends_with(" | 0.00% (0) | yes |"), "{row}");
+    }
+    assert!(ramp.is_empty(), "8 columns, not name | value: {ramp:?}");
+    assert!(report.contains("3 of 3 steps of 1s each"), "{report}");
+    assert!(report.contains("**Knee: none found**"), "{report}");
+    assert_eq!(row_number(&report, "requests sent"), 60, "{report}");
+    let figures = section(&report, "The gateway's figures over the run");
+    assert_eq!(figures["requests public 200"], "60", "{report}");
+    assert_eq!(
+        stderr.matches("step ").count(),
+        3,
+        "a line per step: {stderr}"
+    );
+
+    // Without a cookie every api request is refused: over --max-errors at once.
+    let output = bench(&[
+        &gateway.world.base,
+        "--ca-file",
+        gateway.ca(),
+        "--mix",
+        "api=1",
+        "--ramp",
+        "10..30/s",
+        "--step-duration",
+        "1s",
+        "--max-errors",
+        "1%",
+        "--quiet",
+    ])
+    .await;
+    let (report, stderr) = text(&output);
+    assert!(output.status.success(), "{report}{stderr}");
+    assert!(report.contains("1 of 3 steps of 1s each"), "{report}");
+    assert!(
+        report.contains("| 1 | 10/s | 0.0/s | - | - | - | 100.00% (10) | no: errors 100.0% > 1% |"),
+        "{report}"
+    );
+    assert!(report.contains("**Knee: below 10/s**"), "{report}");
+    assert_eq!(row_number(&report, "requests sent"), 10, "{report}");
+}
+
+/// With --new-connections each request has a TLS handshake of its own, and the gateway
+/// accepted exactly as many connections.
+#[tokio::test(flavor = "multi_thread")]
+async fn new_connections_make_a_handshake_per_request() {
+    let gateway = Gateway::start().await;
+    let metrics = gateway.metrics_url();
+    for http2 in [false, true] {
+        let mut args = vec![
+            gateway.world.base.as_str(),
+            "--ca-file",
+            gateway.ca(),
+            "--mix",
+            "token=1",
+            "--token",
+            "sntrys_loadtest",
+            "--connections",
+            "2",
+            "--duration",
+            "1s",
+            "--new-connections",
+            "--metrics",
+            &metrics,
+            "--quiet",
+        ];
+        if http2 {
+            args.push("--http2");
+        }
+        let output = bench(&args).await;
+        let (report, stderr) = text(&output);
+        assert!(output.status.success(), "{report}{stderr}");
+        let sent = row_number(&report, "requests sent");
+        assert!(sent > 0, "{report}");
+        assert_eq!(row_number(&report, "errors"), 0, "{report}");
+        assert_eq!(row_number(&report, "connections opened"), sent, "{report}");
+        assert_eq!(row_number(&report, "TLS handshakes"), sent, "{report}");
+        let figures = section(&report, "The gateway's figures over the run");
+        assert_eq!(
+            figures["connections accepted"],
+            sent.to_string(),
+            "{report}"
+        );
+        assert_eq!(figures["requests (all)"], sent.to_string(), "{report}");
+        assert!(report.contains("a new connection per request"), "{report}");
+    }
+}

@@ -23,6 +23,7 @@
 //! (ALPN on TLS, prior knowledge on `http://`) over as few connections as it needs.
 
 pub mod gateway_metrics;
+pub mod ramp;
 pub mod report;
 pub mod scenarios;
 
@@ -70,9 +71,31 @@ pub struct BenchArgs {
     /// Open loop: requests per second (`200` or `200/s`), each timed from when it was due.
     #[arg(long, value_parser = parse_rate, value_name = "R/s")]
     pub rate: Option<f64>,
+    /// Ramp: open-loop steps at rising rates, FROM..TO/s (e.g. 100..2000/s), each for
+    /// --step-duration; stops at the first step over --max-p99 or --max-errors and
+    /// names the knee (the last step within them).
+    #[arg(long, value_parser = ramp::parse_range, value_name = "FROM..TO/s",
+          conflicts_with_all = ["rate", "duration", "connections"])]
+    pub ramp: Option<ramp::Range>,
+    /// Ramp: the rate added at each step (default: FROM).
+    #[arg(long, value_parser = parse_rate, value_name = "R/s", requires = "ramp")]
+    pub step: Option<f64>,
+    /// Ramp: how long each step sends.
+    #[arg(long, default_value = "5s", value_parser = parse_duration)]
+    pub step_duration: Duration,
+    /// Ramp: a step whose ok answers' p99 is above this is over the limit (250ms, 1s).
+    #[arg(long, value_parser = parse_duration, requires = "ramp")]
+    pub max_p99: Option<Duration>,
+    /// Ramp: a step with a larger share of errors is over the limit (1%, 0.1%).
+    #[arg(long, value_parser = ramp::parse_percent, requires = "ramp")]
+    pub max_errors: Option<f64>,
     /// Speak HTTP/2 (ALPN h2 on https://, prior knowledge on http://).
     #[arg(long)]
     pub http2: bool,
+    /// Each request (each login) on a new TCP and TLS connection, closed after it
+    /// (HTTP/1.1 `Connection: close`), so that the handshakes' cost shows.
+    #[arg(long)]
+    pub new_connections: bool,
     /// A request without its complete answer after this long counts as a timeout.
     #[arg(long, default_value = "10s", value_parser = parse_duration)]
     pub timeout: Duration,
@@ -265,6 +288,8 @@ fn same_origin(url: &str, target: &url::Url) -> bool {
 /// What every request of a run shares.
 struct Run {
     client: BenchClient,
+    /// With `--new-connections`: each exchange gets a client of its own from this.
+    fresh: Option<(Counted<Connector>, bool)>,
     requests: RequestMaker,
     mix: Mix,
     timeout: Duration,
@@ -275,9 +300,23 @@ impl Run {
     /// Sends request number `index`, due at `due`, and records its outcome and latency.
     async fn exchange(&self, index: u64, due: Instant) {
         let scenario = self.mix.scenario_of(index);
-        let request = self.requests.make(scenario);
+        let mut request = self.requests.make(scenario);
+        let client = match &self.fresh {
+            None => self.client.clone(),
+            Some((connector, http2)) => {
+                if !http2 {
+                    request.headers_mut().insert(
+                        http::header::CONNECTION,
+                        http::HeaderValue::from_static("close"),
+                    );
+                }
+                let mut builder = Client::builder(TokioExecutor::new());
+                builder.http2_only(*http2).pool_max_idle_per_host(0);
+                builder.build(connector.clone())
+            }
+        };
         let answer = async {
-            let response = self.client.request(request).await.map_err(|e| {
+            let response = client.request(request).await.map_err(|e| {
                 if e.is_connect() {
                     Outcome::ConnectFailed
                 } else {
@@ -346,10 +385,11 @@ pub async fn run(args: BenchArgs) -> Result<String, BenchError> {
     let opened = Arc::new(AtomicU64::new(0));
     let mut builder = Client::builder(TokioExecutor::new());
     builder.http2_only(args.http2);
-    let client = builder.build(Counted {
+    let counted = Counted {
         inner: connector.clone(),
         opened: opened.clone(),
-    });
+    };
+    let client = builder.build(counted.clone());
     let metrics = match &args.metrics {
         None => None,
         Some(url) => {
@@ -359,6 +399,7 @@ pub async fn run(args: BenchArgs) -> Result<String, BenchError> {
     };
     let run = Arc::new(Run {
         client,
+        fresh: args.new_connections.then_some((counted, args.http2)),
         requests,
         mix: args.mix.clone(),
         timeout: args.timeout,
@@ -369,9 +410,45 @@ pub async fn run(args: BenchArgs) -> Result<String, BenchError> {
     let start = Instant::now();
     let end = start + args.duration;
     let live = (!args.quiet).then(|| tokio::spawn(live_lines(run.clone(), start)));
-    match args.rate {
-        None => closed_loop(&run, args.connections.max(1), end).await,
-        Some(rate) => open_loop(&run, rate, start, end, args.max_in_flight).await,
+    let mut ramp_section = String::new();
+    let mut length = args.duration;
+    match (args.ramp, args.rate) {
+        (Some(range), _) => {
+            let limits = ramp::Limits {
+                max_p99: args.max_p99,
+                max_errors: args.max_errors,
+            };
+            let rates = ramp::rates(range, args.step.unwrap_or(range.from));
+            let mut steps = Vec::new();
+            let mut total = Recorder::default();
+            for &rate in &rates {
+                if !ramp::goes_on(&steps, &limits) {
+                    break;
+                }
+                let start = Instant::now();
+                let end = start + args.step_duration;
+                open_loop(&run, rate, start, end, args.max_in_flight).await;
+                let recorded = std::mem::take(&mut *run.recorder());
+                let step = recorded.step(rate, args.step_duration);
+                if !args.quiet {
+                    let verdict = limits.crossed(&step).unwrap_or_else(|| "within".into());
+                    eprintln!(
+                        "step {}: {rate}/s asked, {:.1}/s ok, p99 {}, errors {:.2}%: {verdict}",
+                        steps.len() + 1,
+                        step.achieved,
+                        step.p99.map_or_else(|| "-".into(), report::micros),
+                        step.error_share() * 100.0
+                    );
+                }
+                total.absorb(recorded);
+                steps.push(step);
+            }
+            *run.recorder() = total;
+            length = args.step_duration * u32::try_from(steps.len()).unwrap_or(u32::MAX);
+            ramp_section = ramp::markdown(&steps, &limits, rates.len(), args.step_duration);
+        }
+        (None, None) => closed_loop(&run, args.connections.max(1), end).await,
+        (None, Some(rate)) => open_loop(&run, rate, start, end, args.max_in_flight).await,
     }
     if let Some(live) = live {
         live.abort();
@@ -403,21 +480,31 @@ pub async fn run(args: BenchArgs) -> Result<String, BenchError> {
         ("target", target.to_string()),
         (
             "load",
-            match args.rate {
-                None => format!("closed loop, {} connections", args.connections.max(1)),
-                Some(rate) => format!("open loop, {rate}/s (latency from the due time)"),
+            match (args.ramp, args.rate) {
+                (Some(range), _) => format!(
+                    "ramp, open loop, {}..{}/s in steps of {}/s, {:?} each (latency from the due time)",
+                    range.from,
+                    range.to,
+                    args.step.unwrap_or(range.from),
+                    args.step_duration
+                ),
+                (None, None) => format!("closed loop, {} connections", args.connections.max(1)),
+                (None, Some(rate)) => format!("open loop, {rate}/s (latency from the due time)"),
             },
         ),
         (
             "protocol",
-            if args.http2 {
-                "HTTP/2"
-            } else {
-                "HTTP/1.1, keep-alive"
-            }
-            .into(),
+            format!(
+                "{}, {}",
+                if args.http2 { "HTTP/2" } else { "HTTP/1.1" },
+                if args.new_connections {
+                    "a new connection per request"
+                } else {
+                    "keep-alive"
+                }
+            ),
         ),
-        ("duration", format!("{:?}", args.duration)),
+        ("duration", format!("{length:?}")),
         ("mix", args.mix.describe()),
         ("timeout", format!("{:?}", args.timeout)),
         (
@@ -455,7 +542,8 @@ pub async fn run(args: BenchArgs) -> Result<String, BenchError> {
             .to_string(),
         ),
     ];
-    let mut report = run.recorder().markdown(&settings, &totals, args.duration);
+    let mut report = run.recorder().markdown(&settings, &totals, length);
+    report.push_str(&ramp_section);
     report.push_str(&gateway_figures);
     if let Some(path) = &args.report {
         std::fs::write(path, &report).map_err(|e| BenchError::Report {

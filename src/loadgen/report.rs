@@ -108,6 +108,43 @@ impl Recorder {
         *self.statuses.entry((scenario, status)).or_default() += 1;
     }
 
+    /// What a ramp step measured: everything recorded, sent at `asked` for `length`.
+    pub fn step(&self, asked: f64, length: Duration) -> super::ramp::Step {
+        let mut ok = new_histogram();
+        for histogram in self.latency.values() {
+            let _ = ok.add(histogram);
+        }
+        let at = |q: f64| (!ok.is_empty()).then(|| ok.value_at_quantile(q));
+        let requests = self.count(None, None);
+        let answered_ok = self.count(None, Some(true));
+        super::ramp::Step {
+            asked,
+            achieved: answered_ok as f64 / length.as_secs_f64().max(1e-3),
+            requests,
+            errors: requests - answered_ok,
+            p50: at(0.5),
+            p99: at(0.99),
+            p999: at(0.999),
+        }
+    }
+
+    /// Adds what `other` recorded (a ramp's steps into its total).
+    pub fn absorb(&mut self, other: Recorder) {
+        for (scenario, histogram) in other.latency {
+            let _ = self
+                .latency
+                .entry(scenario)
+                .or_insert_with(new_histogram)
+                .add(histogram);
+        }
+        for (key, count) in other.outcomes {
+            *self.outcomes.entry(key).or_default() += count;
+        }
+        for (key, count) in other.statuses {
+            *self.statuses.entry(key).or_default() += count;
+        }
+    }
+
     /// The live line for the last `elapsed` of the run, and a fresh window.
     pub fn live_line(&mut self, since_start: Duration, window: Duration) -> String {
         let rate = self.window_requests as f64 / window.as_secs_f64().max(1e-3);
