@@ -517,3 +517,134 @@ async fn new_connections_make_a_handshake_per_request() {
         assert!(report.contains("a new connection per request"), "{report}");
     }
 }
+
+/// Logins per second against `ssogate demo` (its development provider and upstream):
+/// each login is one request of the report, and the gateway counted each one's
+/// requests, its login and its session; /metrics is on the listener under test, and
+/// the bench leaves its own scrapes out.
+#[tokio::test(flavor = "multi_thread")]
+async fn logins_through_the_demo_provider_land_and_are_counted() {
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+    let demo = ssogate::demo::start(0).await.expect("the demo starts");
+    let base = demo.url.trim_end_matches('/').to_owned();
+    let ca_file = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(ca_file.path(), &demo.ca_pem).unwrap();
+    let ca = ca_file.path().to_str().unwrap();
+    let users = tempfile::NamedTempFile::new().unwrap();
+    let pool = format!(
+        "# the demo's one user, twice\n{0}:{1}\n{0}:{1}\n",
+        demo.username, demo.password
+    );
+    std::fs::write(users.path(), pool).unwrap();
+    let metrics = format!("{base}/metrics");
+    let mut landed = 0;
+    for load in [["--connections", "2"], ["--rate", "10/s"]] {
+        let output = bench(&[
+            &base,
+            "--ca-file",
+            ca,
+            "--mix",
+            "login=1",
+            "--users",
+            users.path().to_str().unwrap(),
+            load[0],
+            load[1],
+            "--duration",
+            "1s",
+            "--metrics",
+            &metrics,
+            "--quiet",
+        ])
+        .await;
+        let (report, stderr) = text(&output);
+        assert!(output.status.success(), "{report}{stderr}");
+        let logins = row_number(&report, "requests sent");
+        assert!(logins > 0, "{report}");
+        if load[0] == "--rate" {
+            assert_eq!(logins, 10, "{report}");
+        }
+        assert_eq!(row_number(&report, "answered ok (2xx)"), logins, "{report}");
+        assert!(
+            row_number(&report, "login") == logins,
+            "latency row: {report}"
+        );
+        let figures = section(&report, "The gateway's figures over the run");
+        let n = logins.to_string();
+        let twice = (2 * logins).to_string();
+        for (row, expected) in [
+            ("logins started", &n),
+            ("logins completed", &n),
+            // The page without a session, and with one.
+            ("requests protected 302", &n),
+            ("requests protected 200", &n),
+            // The sign-in page; /oauth2/start and the callback.
+            ("requests gateway 200", &n),
+            ("requests gateway 302", &twice),
+            ("requests (all)", &(5 * logins).to_string()),
+        ] {
+            assert_eq!(figures.get(row), Some(expected), "{row}: {report}");
+        }
+        assert_eq!(
+            figures["sessions live"],
+            format!("{landed} → {}", landed + logins),
+            "{report}"
+        );
+        assert!(report.contains("are left out"), "{report}");
+        landed += logins;
+    }
+
+    // A wrong password is a failed login, not a landing.
+    let output = bench(&[
+        &base,
+        "--ca-file",
+        ca,
+        "--mix",
+        "login=1",
+        "--user",
+        "demo",
+        "--password",
+        "wrong",
+        "--rate",
+        "5/s",
+        "--duration",
+        "1s",
+        "--quiet",
+    ])
+    .await;
+    let (report, stderr) = text(&output);
+    assert!(output.status.success(), "{report}{stderr}");
+    assert!(
+        report.contains(
+            "| login | login failed: the provider refused the credentials | 5 | 100.0% |"
+        ),
+        "{report}"
+    );
+
+    // The api scenario signs in once with the user when no cookie is given.
+    let output = bench(&[
+        &base,
+        "--ca-file",
+        ca,
+        "--mix",
+        "api=1",
+        "--user",
+        "demo",
+        "--password",
+        "demo",
+        "--connections",
+        "2",
+        "--duration",
+        "1s",
+        "--quiet",
+    ])
+    .await;
+    let (report, stderr) = text(&output);
+    assert!(output.status.success(), "{report}{stderr}");
+    let sent = row_number(&report, "requests sent");
+    assert!(sent > 0, "{report}");
+    assert_eq!(row_number(&report, "answered ok (2xx)"), sent, "{report}");
+    assert!(
+        report.contains("GET /api/0/organizations/ with the session cookie"),
+        "{report}"
+    );
+}

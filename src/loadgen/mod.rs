@@ -23,6 +23,7 @@
 //! (ALPN on TLS, prior knowledge on `http://`) over as few connections as it needs.
 
 pub mod gateway_metrics;
+pub mod login;
 pub mod ramp;
 pub mod report;
 pub mod scenarios;
@@ -51,8 +52,10 @@ pub struct BenchArgs {
     /// itself for the baseline.
     pub url: String,
     /// Allow a target that is not loopback; it must name the URL's host exactly.
+    /// Repeat it for the provider's host when logins are sent to one that is not
+    /// loopback.
     #[arg(long, value_name = "HOST")]
-    pub allow_host: Option<String>,
+    pub allow_host: Vec<String>,
     /// PEM file of a CA to trust besides the system's (a private CA), as the gateway's
     /// `ca_file` settings.
     #[arg(long, value_name = "FILE")]
@@ -115,6 +118,30 @@ pub struct BenchArgs {
     /// A Sentry auth token (token scenario).
     #[arg(long, env = "SSOGATE_BENCH_TOKEN", hide_env_values = true)]
     pub token: Option<String>,
+    /// A test user's name, for the login scenario (and the api scenario's session when
+    /// no --cookie is given). Use test accounts: a provider may lock out an account
+    /// after failed logins, and may limit logins per second.
+    #[arg(long, env = "SSOGATE_BENCH_USER")]
+    pub user: Option<String>,
+    /// The test user's password.
+    #[arg(
+        long,
+        env = "SSOGATE_BENCH_PASSWORD",
+        hide_env_values = true,
+        requires = "user"
+    )]
+    pub password: Option<String>,
+    /// A pool of test users, `user:password` lines; the logins take them in turn.
+    #[arg(
+        long,
+        value_name = "FILE",
+        env = "SSOGATE_BENCH_USERS",
+        conflicts_with = "user"
+    )]
+    pub users: Option<PathBuf>,
+    /// The protected page a login starts at and must land on with a 200.
+    #[arg(long, default_value = "/")]
+    pub login_path: String,
     /// The path the api scenario asks for.
     #[arg(long, default_value = "/api/0/organizations/")]
     pub api_path: String,
@@ -288,6 +315,7 @@ fn same_origin(url: &str, target: &url::Url) -> bool {
 /// What every request of a run shares.
 struct Run {
     client: BenchClient,
+    login: Option<login::LoginFlow>,
     /// With `--new-connections`: each exchange gets a client of its own from this.
     fresh: Option<(Counted<Connector>, bool)>,
     requests: RequestMaker,
@@ -300,7 +328,29 @@ impl Run {
     /// Sends request number `index`, due at `due`, and records its outcome and latency.
     async fn exchange(&self, index: u64, due: Instant) {
         let scenario = self.mix.scenario_of(index);
-        let mut request = self.requests.make(scenario);
+        let Some(mut request) = self.requests.make(scenario) else {
+            // A login: a browser of its own, on new connections with --new-connections.
+            let client = match &self.fresh {
+                None => self.client.clone(),
+                Some((connector, http2)) => {
+                    let mut builder = Client::builder(TokioExecutor::new());
+                    builder.http2_only(*http2);
+                    builder.build(connector.clone())
+                }
+            };
+            let outcome = match &self.login {
+                None => Outcome::LoginFailed("no credentials"),
+                Some(flow) => {
+                    match tokio::time::timeout(self.timeout, flow.run(&client, index)).await {
+                        Ok(Ok(_)) => Outcome::Ok,
+                        Ok(Err(outcome)) => outcome,
+                        Err(_) => Outcome::Timeout,
+                    }
+                }
+            };
+            self.record(scenario, outcome, due.elapsed());
+            return;
+        };
         let client = match &self.fresh {
             None => self.client.clone(),
             Some((connector, http2)) => {
@@ -356,7 +406,41 @@ impl Run {
 
 /// Runs the bench; the report (Markdown) when it is done.
 pub async fn run(args: BenchArgs) -> Result<String, BenchError> {
-    let target = checked_target(&args.url, args.allow_host.as_deref())?;
+    let allowed = args
+        .allow_host
+        .iter()
+        .find(|host| checked_target(&args.url, Some(host)).is_ok())
+        .or(args.allow_host.first());
+    let target = checked_target(&args.url, allowed.map(String::as_str))?;
+    let users = match (&args.users, &args.user) {
+        (Some(path), _) => login::parse_users(
+            &std::fs::read_to_string(path)
+                .map_err(|e| BenchError::Setup(format!("cannot read {}: {e}", path.display())))?,
+        )
+        .map_err(|e| BenchError::Setup(format!("{}: {e}", path.display())))?,
+        (None, Some(user)) => vec![(user.clone(), args.password.clone().unwrap_or_default())],
+        (None, None) => Vec::new(),
+    };
+    if args.mix.contains(Scenario::Login) && users.is_empty() {
+        return Err(BenchError::MissingCredential {
+            scenario: "login",
+            option: "--user and --password, or --users FILE",
+        });
+    }
+    let login = (!users.is_empty())
+        .then(|| {
+            let start = target
+                .join(&args.login_path)
+                .map_err(|e| BenchError::Setup(format!("--login-path: {e}")))?;
+            let mut hosts = args.allow_host.clone();
+            hosts.extend(target.host_str().map(str::to_owned));
+            Ok::<_, BenchError>(login::LoginFlow {
+                start,
+                users: users.clone(),
+                hosts,
+            })
+        })
+        .transpose()?;
     for (scenario, option, given) in [
         (Scenario::Envelope, "--dsn-key", args.dsn_key.is_some()),
         (Scenario::Token, "--token", args.token.is_some()),
@@ -368,18 +452,6 @@ pub async fn run(args: BenchArgs) -> Result<String, BenchError> {
             });
         }
     }
-    let requests = RequestMaker::new(
-        &target,
-        &Credentials {
-            dsn_key: args.dsn_key.clone(),
-            project: args.project.clone(),
-            cookie: args.cookie.clone(),
-            token: args.token.clone(),
-            api_path: args.api_path.clone(),
-            token_path: args.token_path.clone(),
-        },
-    )
-    .map_err(BenchError::Setup)?;
     let scrapes = connector(&args, false)?;
     let connector = connector(&args, args.http2)?;
     let opened = Arc::new(AtomicU64::new(0));
@@ -390,6 +462,35 @@ pub async fn run(args: BenchArgs) -> Result<String, BenchError> {
         opened: opened.clone(),
     };
     let client = builder.build(counted.clone());
+    // The api scenario without --cookie but with a user: one login first, its cookies.
+    let mut cookie = args.cookie.clone();
+    if let Some(flow) = login
+        .as_ref()
+        .filter(|_| cookie.is_none() && args.mix.contains(Scenario::Api))
+    {
+        let session = flow.run(&client, 0).await.map_err(|outcome| {
+            BenchError::Setup(format!(
+                "the api scenario's login as {} failed: {}",
+                flow.users[0].0,
+                outcome.label()
+            ))
+        })?;
+        cookie = session.header_for(&target);
+        // Its connection is the run's first, but not of the run's figures.
+        opened.store(0, Ordering::Relaxed);
+    }
+    let requests = RequestMaker::new(
+        &target,
+        &Credentials {
+            dsn_key: args.dsn_key.clone(),
+            project: args.project.clone(),
+            cookie: cookie.clone(),
+            token: args.token.clone(),
+            api_path: args.api_path.clone(),
+            token_path: args.token_path.clone(),
+        },
+    )
+    .map_err(BenchError::Setup)?;
     let metrics = match &args.metrics {
         None => None,
         Some(url) => {
@@ -399,6 +500,7 @@ pub async fn run(args: BenchArgs) -> Result<String, BenchError> {
     };
     let run = Arc::new(Run {
         client,
+        login,
         fresh: args.new_connections.then_some((counted, args.http2)),
         requests,
         mix: args.mix.clone(),
@@ -518,7 +620,7 @@ pub async fn run(args: BenchArgs) -> Result<String, BenchError> {
             format!(
                 "GET {} {}",
                 args.api_path,
-                if args.cookie.is_some() {
+                if cookie.is_some() {
                     "with the session cookie"
                 } else {
                     "without a cookie"
@@ -528,6 +630,17 @@ pub async fn run(args: BenchArgs) -> Result<String, BenchError> {
     }
     if args.mix.contains(Scenario::Envelope) {
         settings.push(("envelope bodies", scenarios::envelope_sizes()));
+    }
+    if args.mix.contains(Scenario::Login) {
+        settings.push((
+            "logins",
+            format!(
+                "GET {} through the provider's login form to a 200 there, {} user(s) in turn; \
+                 each login is one request in this report",
+                args.login_path,
+                users.len()
+            ),
+        ));
     }
     let opened = opened.load(Ordering::Relaxed);
     let totals = [

@@ -29,6 +29,8 @@ pub enum Outcome {
     ConnectionBroken,
     /// Open loop: due, but `--max-in-flight` requests were already waiting.
     NotSent,
+    /// A login that did not land on the page: why.
+    LoginFailed(&'static str),
 }
 
 impl Outcome {
@@ -51,6 +53,7 @@ impl Outcome {
             Outcome::ConnectFailed => "connection error: connect failed".into(),
             Outcome::ConnectionBroken => "connection error: broken during the exchange".into(),
             Outcome::NotSent => "not sent (over --max-in-flight)".into(),
+            Outcome::LoginFailed(why) => format!("login failed: {why}"),
         }
     }
 }
