@@ -18,9 +18,15 @@
 //!   leaves out exactly the waits users see when the target stalls ("coordinated
 //!   omission"); here a request due at `t` counts from `t` however late it went out.
 //!
+//! - **ramp** (`--ramp FROM..TO/s`): open-loop steps at rising rates ([`ramp`]), to
+//!   the first step over `--max-p99` or `--max-errors`; the knee is the step before.
+//!
 //! Latency is from the send (closed loop) or the due time (open loop) to the last byte
 //! of the answer's body. HTTP/1.1 keeps connections alive; `--http2` speaks HTTP/2
-//! (ALPN on TLS, prior knowledge on `http://`) over as few connections as it needs.
+//! (ALPN on TLS, prior knowledge on `http://`) over as few connections as it needs;
+//! `--new-connections` makes a connection per request. With `--metrics`, the gateway's
+//! own figures over the run join the report ([`gateway_metrics`]). The `login` scenario
+//! is a whole sign-in through the provider ([`login`]).
 
 pub mod gateway_metrics;
 pub mod login;

@@ -290,7 +290,7 @@ mod tests {
         assert!(goes_on(&[], &limits));
         let errors = step(400.0, 1, 2);
         assert_eq!(limits.crossed(&errors).as_deref(), Some("errors 2.0% > 1%"));
-        assert_eq!(knee(&[errors.clone()], &limits), None);
+        assert_eq!(knee(std::slice::from_ref(&errors), &limits), None);
         let no_answers = Step {
             p50: None,
             p99: None,
