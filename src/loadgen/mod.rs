@@ -18,15 +18,25 @@
 //!   leaves out exactly the waits users see when the target stalls ("coordinated
 //!   omission"); here a request due at `t` counts from `t` however late it went out.
 //!
+//! - **ramp** (`--ramp FROM..TO/s`): open-loop steps at rising rates ([`ramp`]), to
+//!   the first step over `--max-p99` or `--max-errors`; the knee is the step before.
+//!
 //! Latency is from the send (closed loop) or the due time (open loop) to the last byte
 //! of the answer's body. HTTP/1.1 keeps connections alive; `--http2` speaks HTTP/2
-//! (ALPN on TLS, prior knowledge on `http://`) over as few connections as it needs.
+//! (ALPN on TLS, prior knowledge on `http://`) over as few connections as it needs;
+//! `--new-connections` makes a connection per request. With `--metrics`, the gateway's
+//! own figures over the run join the report ([`gateway_metrics`]). The `login` scenario
+//! is a whole sign-in through the provider ([`login`]).
 
+pub mod gateway_metrics;
+pub mod login;
+pub mod ramp;
 pub mod report;
 pub mod scenarios;
 
 use std::net::IpAddr;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -48,8 +58,10 @@ pub struct BenchArgs {
     /// itself for the baseline.
     pub url: String,
     /// Allow a target that is not loopback; it must name the URL's host exactly.
+    /// Repeat it for the provider's host when logins are sent to one that is not
+    /// loopback.
     #[arg(long, value_name = "HOST")]
-    pub allow_host: Option<String>,
+    pub allow_host: Vec<String>,
     /// PEM file of a CA to trust besides the system's (a private CA), as the gateway's
     /// `ca_file` settings.
     #[arg(long, value_name = "FILE")]
@@ -68,9 +80,31 @@ pub struct BenchArgs {
     /// Open loop: requests per second (`200` or `200/s`), each timed from when it was due.
     #[arg(long, value_parser = parse_rate, value_name = "R/s")]
     pub rate: Option<f64>,
+    /// Ramp: open-loop steps at rising rates, FROM..TO/s (e.g. 100..2000/s), each for
+    /// --step-duration; stops at the first step over --max-p99 or --max-errors and
+    /// names the knee (the last step within them).
+    #[arg(long, value_parser = ramp::parse_range, value_name = "FROM..TO/s",
+          conflicts_with_all = ["rate", "duration", "connections"])]
+    pub ramp: Option<ramp::Range>,
+    /// Ramp: the rate added at each step (default: FROM).
+    #[arg(long, value_parser = parse_rate, value_name = "R/s", requires = "ramp")]
+    pub step: Option<f64>,
+    /// Ramp: how long each step sends.
+    #[arg(long, default_value = "5s", value_parser = parse_duration)]
+    pub step_duration: Duration,
+    /// Ramp: a step whose ok answers' p99 is above this is over the limit (250ms, 1s).
+    #[arg(long, value_parser = parse_duration, requires = "ramp")]
+    pub max_p99: Option<Duration>,
+    /// Ramp: a step with a larger share of errors is over the limit (1%, 0.1%).
+    #[arg(long, value_parser = ramp::parse_percent, requires = "ramp")]
+    pub max_errors: Option<f64>,
     /// Speak HTTP/2 (ALPN h2 on https://, prior knowledge on http://).
     #[arg(long)]
     pub http2: bool,
+    /// Each request (each login) on a new TCP and TLS connection, closed after it
+    /// (HTTP/1.1 `Connection: close`), so that the handshakes' cost shows.
+    #[arg(long)]
+    pub new_connections: bool,
     /// A request without its complete answer after this long counts as a timeout.
     #[arg(long, default_value = "10s", value_parser = parse_duration)]
     pub timeout: Duration,
@@ -90,12 +124,44 @@ pub struct BenchArgs {
     /// A Sentry auth token (token scenario).
     #[arg(long, env = "SSOGATE_BENCH_TOKEN", hide_env_values = true)]
     pub token: Option<String>,
+    /// A test user's name, for the login scenario (and the api scenario's session when
+    /// no --cookie is given). Use test accounts: a provider may lock out an account
+    /// after failed logins, and may limit logins per second.
+    #[arg(long, env = "SSOGATE_BENCH_USER")]
+    pub user: Option<String>,
+    /// The test user's password.
+    #[arg(
+        long,
+        env = "SSOGATE_BENCH_PASSWORD",
+        hide_env_values = true,
+        requires = "user"
+    )]
+    pub password: Option<String>,
+    /// A pool of test users, `user:password` lines; the logins take them in turn.
+    #[arg(
+        long,
+        value_name = "FILE",
+        env = "SSOGATE_BENCH_USERS",
+        conflicts_with = "user"
+    )]
+    pub users: Option<PathBuf>,
+    /// The protected page a login starts at and must land on with a 200.
+    #[arg(long, default_value = "/")]
+    pub login_path: String,
     /// The path the api scenario asks for.
     #[arg(long, default_value = "/api/0/organizations/")]
     pub api_path: String,
     /// The path the token scenario asks for.
     #[arg(long, default_value = "/api/0/projects/")]
     pub token_path: String,
+    /// The gateway's `/metrics`, scraped before and after the run; the changes
+    /// (requests by route class and status, refusals, provider calls, sessions,
+    /// connections) go in the report. Not scraped unless given: the gateway answers
+    /// `/metrics` only to `server.metrics_networks` (loopback by default), on its
+    /// main listener (`https://127.0.0.1:8443/metrics` for `ssogate demo`) or on
+    /// `server.metrics_listen`.
+    #[arg(long, value_name = "URL")]
+    pub metrics: Option<String>,
     /// Also write the report (Markdown) to this file.
     #[arg(long, value_name = "FILE.md")]
     pub report: Option<PathBuf>,
@@ -131,6 +197,8 @@ pub enum BenchError {
     },
     #[error("{0}")]
     Setup(String),
+    #[error("cannot read the gateway's metrics at {url}: {reason}")]
+    Metrics { url: String, reason: String },
     #[error("cannot write the report to {path}: {reason}")]
     Report { path: String, reason: String },
 }
@@ -163,11 +231,99 @@ pub fn checked_target(url: &str, allow_host: Option<&str>) -> Result<url::Url, B
     }
 }
 
-type BenchClient = Client<hyper_rustls::HttpsConnector<HttpConnector>, Full<Bytes>>;
+type Connector = hyper_rustls::HttpsConnector<HttpConnector>;
+type BenchClient = Client<Counted<Connector>, Full<Bytes>>;
+
+/// A connector that counts the connections it made (TCP, and TLS on https://).
+#[derive(Clone)]
+struct Counted<C> {
+    inner: C,
+    opened: Arc<AtomicU64>,
+}
+
+impl<C> tower::Service<http::Uri> for Counted<C>
+where
+    C: tower::Service<http::Uri> + Send,
+    C::Future: Send + 'static,
+{
+    type Response = C::Response;
+    type Error = C::Error;
+    type Future =
+        std::pin::Pin<Box<dyn std::future::Future<Output = Result<C::Response, C::Error>> + Send>>;
+
+    fn poll_ready(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), C::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, uri: http::Uri) -> Self::Future {
+        let connecting = self.inner.call(uri);
+        let opened = self.opened.clone();
+        Box::pin(async move {
+            let connection = connecting.await?;
+            opened.fetch_add(1, Ordering::Relaxed);
+            Ok(connection)
+        })
+    }
+}
+
+/// One scrape of the gateway's `/metrics`, on a connection of its own that is closed
+/// after it (HTTP/1.1), so that it never carries the run's requests.
+async fn scrape(connector: &Connector, url: &str) -> Result<gateway_metrics::Scrape, BenchError> {
+    let failed = |reason: String| BenchError::Metrics {
+        url: url.to_owned(),
+        reason,
+    };
+    let uri: http::Uri = url.parse().map_err(|e| failed(format!("{e}")))?;
+    let client: Client<Connector, Full<Bytes>> =
+        Client::builder(TokioExecutor::new()).build(connector.clone());
+    let request = http::Request::get(uri)
+        .header(http::header::CONNECTION, "close")
+        .body(Full::new(Bytes::new()))
+        .map_err(|e| failed(e.to_string()))?;
+    let exchange = async {
+        let response = client
+            .request(request)
+            .await
+            .map_err(|e| failed(e.to_string()))?;
+        let status = response.status();
+        let body = response
+            .into_body()
+            .collect()
+            .await
+            .map_err(|e| failed(e.to_string()))?
+            .to_bytes();
+        if status != http::StatusCode::OK {
+            return Err(failed(format!(
+                "status {status} (is this client in server.metrics_networks?)"
+            )));
+        }
+        Ok(gateway_metrics::Scrape::parse(&String::from_utf8_lossy(
+            &body,
+        )))
+    };
+    tokio::time::timeout(Duration::from_secs(10), exchange)
+        .await
+        .map_err(|_| failed("no answer within 10 s".into()))?
+}
+
+/// Whether `url` is served where `target` is (same scheme, host and port).
+fn same_origin(url: &str, target: &url::Url) -> bool {
+    url::Url::parse(url).is_ok_and(|url| {
+        url.scheme() == target.scheme()
+            && url.host_str() == target.host_str()
+            && url.port_or_known_default() == target.port_or_known_default()
+    })
+}
 
 /// What every request of a run shares.
 struct Run {
     client: BenchClient,
+    login: Option<login::LoginFlow>,
+    /// With `--new-connections`: each exchange gets a client of its own from this.
+    fresh: Option<(Counted<Connector>, bool)>,
     requests: RequestMaker,
     mix: Mix,
     timeout: Duration,
@@ -178,9 +334,45 @@ impl Run {
     /// Sends request number `index`, due at `due`, and records its outcome and latency.
     async fn exchange(&self, index: u64, due: Instant) {
         let scenario = self.mix.scenario_of(index);
-        let request = self.requests.make(scenario);
+        let Some(mut request) = self.requests.make(scenario) else {
+            // A login: a browser of its own, on new connections with --new-connections.
+            let client = match &self.fresh {
+                None => self.client.clone(),
+                Some((connector, http2)) => {
+                    let mut builder = Client::builder(TokioExecutor::new());
+                    builder.http2_only(*http2);
+                    builder.build(connector.clone())
+                }
+            };
+            let outcome = match &self.login {
+                None => Outcome::LoginFailed("no credentials"),
+                Some(flow) => {
+                    match tokio::time::timeout(self.timeout, flow.run(&client, index)).await {
+                        Ok(Ok(_)) => Outcome::Ok,
+                        Ok(Err(outcome)) => outcome,
+                        Err(_) => Outcome::Timeout,
+                    }
+                }
+            };
+            self.record(scenario, outcome, due.elapsed());
+            return;
+        };
+        let client = match &self.fresh {
+            None => self.client.clone(),
+            Some((connector, http2)) => {
+                if !http2 {
+                    request.headers_mut().insert(
+                        http::header::CONNECTION,
+                        http::HeaderValue::from_static("close"),
+                    );
+                }
+                let mut builder = Client::builder(TokioExecutor::new());
+                builder.http2_only(*http2).pool_max_idle_per_host(0);
+                builder.build(connector.clone())
+            }
+        };
         let answer = async {
-            let response = self.client.request(request).await.map_err(|e| {
+            let response = client.request(request).await.map_err(|e| {
                 if e.is_connect() {
                     Outcome::ConnectFailed
                 } else {
@@ -188,6 +380,7 @@ impl Run {
                 }
             })?;
             let outcome = Outcome::of_status(response.status());
+            self.answered(scenario, response.status().as_u16());
             response
                 .into_body()
                 .collect()
@@ -203,16 +396,57 @@ impl Run {
     }
 
     fn record(&self, scenario: Scenario, outcome: Outcome, latency: Duration) {
+        self.recorder().record(scenario, outcome, latency);
+    }
+
+    fn answered(&self, scenario: Scenario, status: u16) {
+        self.recorder().answered(scenario, status);
+    }
+
+    fn recorder(&self) -> std::sync::MutexGuard<'_, Recorder> {
         self.recorder
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
-            .record(scenario, outcome, latency);
     }
 }
 
 /// Runs the bench; the report (Markdown) when it is done.
 pub async fn run(args: BenchArgs) -> Result<String, BenchError> {
-    let target = checked_target(&args.url, args.allow_host.as_deref())?;
+    let allowed = args
+        .allow_host
+        .iter()
+        .find(|host| checked_target(&args.url, Some(host)).is_ok())
+        .or(args.allow_host.first());
+    let target = checked_target(&args.url, allowed.map(String::as_str))?;
+    let users = match (&args.users, &args.user) {
+        (Some(path), _) => login::parse_users(
+            &std::fs::read_to_string(path)
+                .map_err(|e| BenchError::Setup(format!("cannot read {}: {e}", path.display())))?,
+        )
+        .map_err(|e| BenchError::Setup(format!("{}: {e}", path.display())))?,
+        (None, Some(user)) => vec![(user.clone(), args.password.clone().unwrap_or_default())],
+        (None, None) => Vec::new(),
+    };
+    if args.mix.contains(Scenario::Login) && users.is_empty() {
+        return Err(BenchError::MissingCredential {
+            scenario: "login",
+            option: "--user and --password, or --users FILE",
+        });
+    }
+    let login = (!users.is_empty())
+        .then(|| {
+            let start = target
+                .join(&args.login_path)
+                .map_err(|e| BenchError::Setup(format!("--login-path: {e}")))?;
+            let mut hosts = args.allow_host.clone();
+            hosts.extend(target.host_str().map(str::to_owned));
+            Ok::<_, BenchError>(login::LoginFlow {
+                start,
+                users: users.clone(),
+                hosts,
+            })
+        })
+        .transpose()?;
     for (scenario, option, given) in [
         (Scenario::Envelope, "--dsn-key", args.dsn_key.is_some()),
         (Scenario::Token, "--token", args.token.is_some()),
@@ -224,20 +458,56 @@ pub async fn run(args: BenchArgs) -> Result<String, BenchError> {
             });
         }
     }
+    let scrapes = connector(&args, false)?;
+    let connector = connector(&args, args.http2)?;
+    let opened = Arc::new(AtomicU64::new(0));
+    let mut builder = Client::builder(TokioExecutor::new());
+    builder.http2_only(args.http2);
+    let counted = Counted {
+        inner: connector.clone(),
+        opened: opened.clone(),
+    };
+    let client = builder.build(counted.clone());
+    // The api scenario without --cookie but with a user: one login first, its cookies.
+    let mut cookie = args.cookie.clone();
+    if let Some(flow) = login
+        .as_ref()
+        .filter(|_| cookie.is_none() && args.mix.contains(Scenario::Api))
+    {
+        let session = flow.run(&client, 0).await.map_err(|outcome| {
+            BenchError::Setup(format!(
+                "the api scenario's login as {} failed: {}",
+                flow.users[0].0,
+                outcome.label()
+            ))
+        })?;
+        cookie = session.header_for(&target);
+        // Its connection is the run's first, but not of the run's figures.
+        opened.store(0, Ordering::Relaxed);
+    }
     let requests = RequestMaker::new(
         &target,
         &Credentials {
             dsn_key: args.dsn_key.clone(),
             project: args.project.clone(),
-            cookie: args.cookie.clone(),
+            cookie: cookie.clone(),
             token: args.token.clone(),
             api_path: args.api_path.clone(),
             token_path: args.token_path.clone(),
         },
     )
     .map_err(BenchError::Setup)?;
+    let metrics = match &args.metrics {
+        None => None,
+        Some(url) => {
+            let before = scrape(&scrapes, url).await?;
+            Some((url, before))
+        }
+    };
     let run = Arc::new(Run {
-        client: client(&args)?,
+        client,
+        login,
+        fresh: args.new_connections.then_some((counted, args.http2)),
         requests,
         mix: args.mix.clone(),
         timeout: args.timeout,
@@ -248,33 +518,101 @@ pub async fn run(args: BenchArgs) -> Result<String, BenchError> {
     let start = Instant::now();
     let end = start + args.duration;
     let live = (!args.quiet).then(|| tokio::spawn(live_lines(run.clone(), start)));
-    match args.rate {
-        None => closed_loop(&run, args.connections.max(1), end).await,
-        Some(rate) => open_loop(&run, rate, start, end, args.max_in_flight).await,
+    let mut ramp_section = String::new();
+    let mut length = args.duration;
+    match (args.ramp, args.rate) {
+        (Some(range), _) => {
+            let limits = ramp::Limits {
+                max_p99: args.max_p99,
+                max_errors: args.max_errors,
+            };
+            let rates = ramp::rates(range, args.step.unwrap_or(range.from));
+            let mut steps = Vec::new();
+            let mut total = Recorder::default();
+            for &rate in &rates {
+                if !ramp::goes_on(&steps, &limits) {
+                    break;
+                }
+                let start = Instant::now();
+                let end = start + args.step_duration;
+                open_loop(&run, rate, start, end, args.max_in_flight).await;
+                let recorded = std::mem::take(&mut *run.recorder());
+                let step = recorded.step(rate, args.step_duration);
+                if !args.quiet {
+                    let verdict = limits.crossed(&step).unwrap_or_else(|| "within".into());
+                    eprintln!(
+                        "step {}: {rate}/s asked, {:.1}/s ok, p99 {}, errors {:.2}%: {verdict}",
+                        steps.len() + 1,
+                        step.achieved,
+                        step.p99.map_or_else(|| "-".into(), report::micros),
+                        step.error_share() * 100.0
+                    );
+                }
+                total.absorb(recorded);
+                steps.push(step);
+            }
+            *run.recorder() = total;
+            length = args.step_duration * u32::try_from(steps.len()).unwrap_or(u32::MAX);
+            ramp_section = ramp::markdown(&steps, &limits, rates.len(), args.step_duration);
+        }
+        (None, None) => closed_loop(&run, args.connections.max(1), end).await,
+        (None, Some(rate)) => open_loop(&run, rate, start, end, args.max_in_flight).await,
     }
     if let Some(live) = live {
         live.abort();
     }
+    let gateway_figures = match metrics {
+        None => String::new(),
+        Some((url, before)) => {
+            // The gateway counts a request when its answer has gone out: a moment for
+            // the last answers' counts before the second scrape.
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            match scrape(&scrapes, url).await {
+                Ok(after) => {
+                    let own = if same_origin(url, &target) {
+                        gateway_metrics::OwnScrapes {
+                            requests: 1,
+                            connections: 1,
+                        }
+                    } else {
+                        gateway_metrics::OwnScrapes::default()
+                    };
+                    gateway_metrics::markdown(url, &before, &after, own)
+                }
+                Err(e) => format!("\n## The gateway's figures over the run\n\n{e}\n"),
+            }
+        }
+    };
 
     let mut settings = vec![
         ("target", target.to_string()),
         (
             "load",
-            match args.rate {
-                None => format!("closed loop, {} connections", args.connections.max(1)),
-                Some(rate) => format!("open loop, {rate}/s (latency from the due time)"),
+            match (args.ramp, args.rate) {
+                (Some(range), _) => format!(
+                    "ramp, open loop, {}..{}/s in steps of {}/s, {:?} each (latency from the due time)",
+                    range.from,
+                    range.to,
+                    args.step.unwrap_or(range.from),
+                    args.step_duration
+                ),
+                (None, None) => format!("closed loop, {} connections", args.connections.max(1)),
+                (None, Some(rate)) => format!("open loop, {rate}/s (latency from the due time)"),
             },
         ),
         (
             "protocol",
-            if args.http2 {
-                "HTTP/2"
-            } else {
-                "HTTP/1.1, keep-alive"
-            }
-            .into(),
+            format!(
+                "{}, {}",
+                if args.http2 { "HTTP/2" } else { "HTTP/1.1" },
+                if args.new_connections {
+                    "a new connection per request"
+                } else {
+                    "keep-alive"
+                }
+            ),
         ),
-        ("duration", format!("{:?}", args.duration)),
+        ("duration", format!("{length:?}")),
         ("mix", args.mix.describe()),
         ("timeout", format!("{:?}", args.timeout)),
         (
@@ -288,7 +626,7 @@ pub async fn run(args: BenchArgs) -> Result<String, BenchError> {
             format!(
                 "GET {} {}",
                 args.api_path,
-                if args.cookie.is_some() {
+                if cookie.is_some() {
                     "with the session cookie"
                 } else {
                     "without a cookie"
@@ -299,11 +637,33 @@ pub async fn run(args: BenchArgs) -> Result<String, BenchError> {
     if args.mix.contains(Scenario::Envelope) {
         settings.push(("envelope bodies", scenarios::envelope_sizes()));
     }
-    let report = run
-        .recorder
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
-        .markdown(&settings, args.duration);
+    if args.mix.contains(Scenario::Login) {
+        settings.push((
+            "logins",
+            format!(
+                "GET {} through the provider's login form to a 200 there, {} user(s) in turn; \
+                 each login is one request in this report",
+                args.login_path,
+                users.len()
+            ),
+        ));
+    }
+    let opened = opened.load(Ordering::Relaxed);
+    let totals = [
+        ("connections opened", opened.to_string()),
+        (
+            "TLS handshakes",
+            if target.scheme() == "https" {
+                opened
+            } else {
+                0
+            }
+            .to_string(),
+        ),
+    ];
+    let mut report = run.recorder().markdown(&settings, &totals, length);
+    report.push_str(&ramp_section);
+    report.push_str(&gateway_figures);
     if let Some(path) = &args.report {
         std::fs::write(path, &report).map_err(|e| BenchError::Report {
             path: path.display().to_string(),
@@ -313,7 +673,8 @@ pub async fn run(args: BenchArgs) -> Result<String, BenchError> {
     Ok(report)
 }
 
-fn client(args: &BenchArgs) -> Result<BenchClient, BenchError> {
+/// The connector of the run (`http2`: ALPN h2 only), or of the scrapes (HTTP/1.1).
+fn connector(args: &BenchArgs, http2: bool) -> Result<Connector, BenchError> {
     let roots = crate::outbound::root_store(args.ca_file.as_deref())
         .map_err(|e| BenchError::Setup(e.to_string()))?;
     let tls = rustls::ClientConfig::builder_with_provider(crate::outbound::crypto_provider())
@@ -328,14 +689,11 @@ fn client(args: &BenchArgs) -> Result<BenchClient, BenchError> {
     let builder = hyper_rustls::HttpsConnectorBuilder::new()
         .with_tls_config(tls)
         .https_or_http();
-    let connector = if args.http2 {
+    Ok(if http2 {
         builder.enable_http2().wrap_connector(http)
     } else {
         builder.enable_http1().wrap_connector(http)
-    };
-    let mut client = Client::builder(TokioExecutor::new());
-    client.http2_only(args.http2);
-    Ok(client.build(connector))
+    })
 }
 
 async fn closed_loop(run: &Arc<Run>, connections: usize, end: Instant) {
@@ -386,11 +744,7 @@ async fn live_lines(run: Arc<Run>, start: Instant) {
     let mut last = start;
     loop {
         let now = ticks.tick().await;
-        let line = run
-            .recorder
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-            .live_line(now - start, now - last);
+        let line = run.recorder().live_line(now - start, now - last);
         last = now;
         eprintln!("{line}");
     }

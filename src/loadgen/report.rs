@@ -29,6 +29,8 @@ pub enum Outcome {
     ConnectionBroken,
     /// Open loop: due, but `--max-in-flight` requests were already waiting.
     NotSent,
+    /// A login that did not land on the page: why.
+    LoginFailed(&'static str),
 }
 
 impl Outcome {
@@ -51,6 +53,7 @@ impl Outcome {
             Outcome::ConnectFailed => "connection error: connect failed".into(),
             Outcome::ConnectionBroken => "connection error: broken during the exchange".into(),
             Outcome::NotSent => "not sent (over --max-in-flight)".into(),
+            Outcome::LoginFailed(why) => format!("login failed: {why}"),
         }
     }
 }
@@ -66,6 +69,8 @@ pub struct Recorder {
     latency: BTreeMap<Scenario, Histogram<u64>>,
     /// Every outcome, per scenario.
     outcomes: BTreeMap<(Scenario, Outcome), u64>,
+    /// The status of every answer, per scenario (what the gateway's `/metrics` counts).
+    statuses: BTreeMap<(Scenario, u16), u64>,
     /// Since the last live line.
     window_latency: Histogram<u64>,
     window_requests: u64,
@@ -77,6 +82,7 @@ impl Default for Recorder {
         Recorder {
             latency: BTreeMap::new(),
             outcomes: BTreeMap::new(),
+            statuses: BTreeMap::new(),
             window_latency: new_histogram(),
             window_requests: 0,
             window_errors: 0,
@@ -98,6 +104,48 @@ impl Recorder {
         }
         self.window_requests += 1;
         *self.outcomes.entry((scenario, outcome)).or_default() += 1;
+    }
+
+    /// An answer with `status` arrived (whatever became of its body).
+    pub fn answered(&mut self, scenario: Scenario, status: u16) {
+        *self.statuses.entry((scenario, status)).or_default() += 1;
+    }
+
+    /// What a ramp step measured: everything recorded, sent at `asked` for `length`.
+    pub fn step(&self, asked: f64, length: Duration) -> super::ramp::Step {
+        let mut ok = new_histogram();
+        for histogram in self.latency.values() {
+            let _ = ok.add(histogram);
+        }
+        let at = |q: f64| (!ok.is_empty()).then(|| ok.value_at_quantile(q));
+        let requests = self.count(None, None);
+        let answered_ok = self.count(None, Some(true));
+        super::ramp::Step {
+            asked,
+            achieved: answered_ok as f64 / length.as_secs_f64().max(1e-3),
+            requests,
+            errors: requests - answered_ok,
+            p50: at(0.5),
+            p99: at(0.99),
+            p999: at(0.999),
+        }
+    }
+
+    /// Adds what `other` recorded (a ramp's steps into its total).
+    pub fn absorb(&mut self, other: Recorder) {
+        for (scenario, histogram) in other.latency {
+            let _ = self
+                .latency
+                .entry(scenario)
+                .or_insert_with(new_histogram)
+                .add(histogram);
+        }
+        for (key, count) in other.outcomes {
+            *self.outcomes.entry(key).or_default() += count;
+        }
+        for (key, count) in other.statuses {
+            *self.statuses.entry(key).or_default() += count;
+        }
     }
 
     /// The live line for the last `elapsed` of the run, and a fresh window.
@@ -136,8 +184,14 @@ impl Recorder {
             .sum()
     }
 
-    /// The report: `settings` rows first (name, value), then totals, latency and errors.
-    pub fn markdown(&self, settings: &[(&str, String)], length: Duration) -> String {
+    /// The report: `settings` rows first (name, value), then totals (with `totals` rows
+    /// added), latency, errors and the answers by status.
+    pub fn markdown(
+        &self,
+        settings: &[(&str, String)],
+        totals: &[(&str, String)],
+        length: Duration,
+    ) -> String {
         let mut out = String::new();
         let seconds = length.as_secs_f64().max(1e-3);
         let _ = writeln!(out, "# ssogate bench\n");
@@ -166,6 +220,9 @@ impl Recorder {
             ok as f64 / seconds
         );
         let _ = writeln!(out, "| errors | {} |", all - ok);
+        for (name, value) in totals {
+            let _ = writeln!(out, "| {name} | {value} |");
+        }
 
         let _ = writeln!(
             out,
@@ -203,6 +260,18 @@ impl Recorder {
                     outcome.label(),
                     *count as f64 * 100.0 / of as f64
                 );
+            }
+        }
+
+        if !self.statuses.is_empty() {
+            let _ = writeln!(
+                out,
+                "\n## Answers by status\n\n\
+                 Every answer that came with a status, whatever became of its body.\n\n\
+                 | scenario and status | answers |\n|---|---|"
+            );
+            for ((scenario, status), count) in &self.statuses {
+                let _ = writeln!(out, "| {} {status} | {count} |", scenario.name());
             }
         }
         out
@@ -260,6 +329,9 @@ mod tests {
             recorder.record(Scenario::Api, Outcome::Ok, Duration::from_millis(1));
         }
         recorder.record(Scenario::Api, Outcome::Ok, Duration::from_millis(50));
+        for _ in 0..100 {
+            recorder.answered(Scenario::Api, 200);
+        }
         recorder.record(
             Scenario::Envelope,
             Outcome::Timeout,
@@ -267,6 +339,7 @@ mod tests {
         );
         let report = recorder.markdown(
             &[("target", "http://127.0.0.1:1".into())],
+            &[("connections opened", "4".into())],
             Duration::from_secs(2),
         );
         assert!(
@@ -285,6 +358,9 @@ mod tests {
             report.contains("| envelope | timeout | 1 | 100.0% |"),
             "{report}"
         );
+        assert!(report.contains("| connections opened | 4 |"), "{report}");
+        assert!(report.contains("| api 200 | 100 |"), "{report}");
+        assert!(!report.contains("| envelope 0 |"), "{report}");
         assert_eq!(micros(850), "850 µs");
         assert_eq!(micros(1_200_000), "1.20 s");
     }

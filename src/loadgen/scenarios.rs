@@ -6,6 +6,8 @@
 //! - `api`: the signed-in UI, `GET /api/0/...` as Sentry's frontend asks, with the
 //!   session cookie the tester passes in.
 //! - `token`: the API with a Bearer token (scripts, `sentry-cli`).
+//! - `login`: a whole sign-in through the provider ([`super::login`]), one request
+//!   in the report.
 
 use std::fmt::Write as _;
 
@@ -31,16 +33,23 @@ pub enum Scenario {
     Envelope,
     Api,
     Token,
+    Login,
 }
 
 impl Scenario {
-    pub const ALL: [Scenario; 3] = [Scenario::Envelope, Scenario::Api, Scenario::Token];
+    pub const ALL: [Scenario; 4] = [
+        Scenario::Envelope,
+        Scenario::Api,
+        Scenario::Token,
+        Scenario::Login,
+    ];
 
     pub fn name(self) -> &'static str {
         match self {
             Scenario::Envelope => "envelope",
             Scenario::Api => "api",
             Scenario::Token => "token",
+            Scenario::Login => "login",
         }
     }
 }
@@ -87,7 +96,9 @@ pub fn parse_mix(text: &str) -> Result<Mix, String> {
             .into_iter()
             .find(|s| s.name() == name.trim())
             .ok_or_else(|| {
-                format!("`{name}` is not a scenario; the scenarios are envelope, api and token")
+                format!(
+                    "`{name}` is not a scenario; the scenarios are envelope, api, token and login"
+                )
             })?;
         let weight: u32 = weight
             .trim()
@@ -217,9 +228,11 @@ impl RequestMaker {
         })
     }
 
-    /// A request of `scenario`; envelopes take their shape at random by share.
-    pub fn make(&self, scenario: Scenario) -> Request<Full<Bytes>> {
-        match scenario {
+    /// A request of `scenario`; envelopes take their shape at random by share. `None`
+    /// for a login, which is several requests ([`super::login`]).
+    pub fn make(&self, scenario: Scenario) -> Option<Request<Full<Bytes>>> {
+        Some(match scenario {
+            Scenario::Login => return None,
             Scenario::Envelope => {
                 let template = &self.envelopes[rand::random_range(0..self.envelopes.len())];
                 let mut body = template.body.clone();
@@ -259,7 +272,7 @@ impl RequestMaker {
                 }
                 builder.body(Full::new(Bytes::new())).expect("valid parts")
             }
-        }
+        })
     }
 }
 
@@ -400,7 +413,7 @@ mod tests {
             "spread out, not three in a row then one"
         );
         assert_eq!(mix.describe(), "envelope=3,api=1");
-        for bad in ["", "login=1", "api=0", "api=x", "api,api"] {
+        for bad in ["", "logon=1", "api=0", "api=x", "api,api"] {
             assert!(parse_mix(bad).is_err(), "{bad:?} accepted");
         }
     }
@@ -421,9 +434,10 @@ mod tests {
         )
         .unwrap();
         let (a, b) = (
-            maker.make(Scenario::Envelope),
-            maker.make(Scenario::Envelope),
+            maker.make(Scenario::Envelope).unwrap(),
+            maker.make(Scenario::Envelope).unwrap(),
         );
+        assert!(maker.make(Scenario::Login).is_none());
         assert_eq!(a.uri(), "http://127.0.0.1:9000/api/42/envelope/");
         assert!(
             a.headers()["x-sentry-auth"]
