@@ -186,7 +186,7 @@ fn refresh_warnings(
         return vec![
             "`offline_access` is not among oidc.scopes: no refresh tokens, so every session \
              signs in again (silently while the provider session lives) when its access token \
-             expires; see README, \"How long a revocation takes\""
+             expires; see config/SENTRY.md, \"How long a revocation takes\""
                 .into(),
         ];
     }

@@ -74,7 +74,7 @@ fn read(key: &str, path: &Path) -> Result<Vec<u8>, String> {
 pub fn unreadable(key: &str, path: &Path, error: &std::io::Error) -> String {
     let advice = if error.kind() == std::io::ErrorKind::PermissionDenied {
         "; the service user must be able to read it (certbot's live/ and archive/ and its \
-         keys are root-only: see README, \"Certificates\"), and check it as that user: \
+         keys are root-only: see config/OPERATIONS.md, \"Certificates\"), and check it as that user: \
          sudo -u ssogate ssogate check"
     } else {
         ""

@@ -131,12 +131,7 @@ where
                 },
             };
             let general = general.with_target(false);
-            Box::new(
-                builder
-                    .with_writer(escaping)
-                    .event_format(general)
-                    .finish(),
-            )
+            Box::new(builder.with_writer(escaping).event_format(general).finish())
         }
         // The target (`ssogate::access` for access lines) lets a collector route them.
         LogFormat::Json => {

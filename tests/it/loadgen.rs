@@ -523,7 +523,9 @@ async fn new_connections_make_a_handshake_per_request() {
 #[tokio::test(flavor = "multi_thread")]
 async fn logins_through_the_demo_provider_land_and_are_counted() {
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
-    let demo = ssogate::demo::start(0, std::future::pending()).await.expect("the demo starts");
+    let demo = ssogate::demo::start(0, std::future::pending())
+        .await
+        .expect("the demo starts");
     let base = demo.url.trim_end_matches('/').to_owned();
     let ca_file = tempfile::NamedTempFile::new().unwrap();
     std::fs::write(ca_file.path(), &demo.ca_pem).unwrap();

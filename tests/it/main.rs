@@ -11,6 +11,7 @@
 mod support;
 
 mod cli;
+mod docs;
 mod forwarding;
 mod fuzz_corpus;
 mod hardening;
