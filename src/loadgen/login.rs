@@ -404,13 +404,10 @@ impl LoginFlow {
             let request = request
                 .body(Full::new(Bytes::from(body.take().unwrap_or_default())))
                 .map_err(|_| failed("a URL on the way could not be requested"))?;
-            let response = client.request(request).await.map_err(|e| {
-                if e.is_connect() {
-                    Outcome::ConnectFailed
-                } else {
-                    Outcome::ConnectionBroken
-                }
-            })?;
+            let response = client
+                .request(request)
+                .await
+                .map_err(|e| Outcome::of_client_error(&e))?;
             let status = response.status();
             jar.store(&url, response.headers().get_all(header::SET_COOKIE).iter());
             let location = response

@@ -372,13 +372,10 @@ impl Run {
             }
         };
         let answer = async {
-            let response = client.request(request).await.map_err(|e| {
-                if e.is_connect() {
-                    Outcome::ConnectFailed
-                } else {
-                    Outcome::ConnectionBroken
-                }
-            })?;
+            let response = client
+                .request(request)
+                .await
+                .map_err(|e| Outcome::of_client_error(&e))?;
             let outcome = Outcome::of_status(response.status());
             self.answered(scenario, response.status().as_u16());
             response

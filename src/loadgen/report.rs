@@ -43,6 +43,15 @@ impl Outcome {
         }
     }
 
+    /// A request that got no answer: the connection could not be made, or broke.
+    pub fn of_client_error(error: &hyper_util::client::legacy::Error) -> Outcome {
+        if error.is_connect() {
+            Outcome::ConnectFailed
+        } else {
+            Outcome::ConnectionBroken
+        }
+    }
+
     pub fn label(&self) -> String {
         match self {
             Outcome::Ok => "ok".into(),

@@ -1,4 +1,4 @@
-//! The integration tests, as one test binary (README, "Tests"): one module per area,
+//! The integration tests, as one test binary (`tests/README.md`): one module per area,
 //! the harness in `support/`. One crate links the library and its dependencies once,
 //! where a binary per `tests/*.rs` file linked them for each.
 //!

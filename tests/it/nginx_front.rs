@@ -1,4 +1,4 @@
-//! nginx in front, exactly as README's "Keeping your nginx in front" says: Debian's
+//! nginx in front, exactly as `config/OPERATIONS.md`'s "Keeping your nginx in front" says: Debian's
 //! nginx runs the shipped files from `config/nginx/` (only addresses, the port and file
 //! paths replaced), asks the gateway with `auth_request`, and proxies to the recording
 //! upstream. It must give the guarantees of the gateway in front: identity headers only
@@ -470,10 +470,13 @@ fn link_to_start(page: &str) -> String {
 }
 
 #[tokio::test]
-async fn readme_shows_the_tested_files() {
-    let readme = repository_file("README.md");
+async fn the_operations_page_shows_the_tested_files() {
+    let readme = repository_file("config/OPERATIONS.md");
     for file in [SITE, FORWARD_AUTH, PROTECT] {
-        assert!(readme.contains(file), "README does not point to {file}");
+        assert!(
+            readme.contains(file),
+            "config/OPERATIONS.md does not point to {file}"
+        );
     }
     let protect = repository_file(PROTECT);
     let directives: String = protect
@@ -483,7 +486,7 @@ async fn readme_shows_the_tested_files() {
         .collect();
     assert!(
         readme.contains(&format!("```nginx\n{directives}```")),
-        "README's nginx block is not {PROTECT} (from its first directive on)"
+        "config/OPERATIONS.md's nginx block is not {PROTECT} (from its first directive on)"
     );
 }
 

@@ -1,7 +1,8 @@
 //! Revocation that holds all day (issue 18): a person ended or demoted at the provider
-//! stops passing the gateway within the bound README states for each configuration,
-//! however long after login it happens. Lifetimes are shortened to seconds; each test
-//! waits past every lifetime involved before the provider acts.
+//! stops passing the gateway within the bound `config/SENTRY.md` states for each
+//! configuration ("How long a revocation takes"), however long after login it happens.
+//! Lifetimes are shortened to seconds; each test waits past every lifetime involved
+//! before the provider acts.
 //!
 //! The in-process provider behaves like oidc-provider (Encvoy ID's engine) where it
 //! matters here: `offline_access` without `prompt=consent` is dropped, "End Sessions"
