@@ -6,14 +6,9 @@ use std::time::Duration;
 /// Parses `"<number><unit>"` with unit `ms`, `s`, `m`, `h` or `d`; a bare number is seconds.
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
     let text = text.trim();
-    let split = text
-        .find(|c: char| !c.is_ascii_digit())
-        .unwrap_or(text.len());
-    let (number, unit) = text.split_at(split);
-    let number: u64 = number
-        .parse()
-        .map_err(|_| format!("`{text}` is not a duration (examples: 30s, 5m, 24h, 1500ms)"))?;
-    let seconds_per_unit = match unit.trim() {
+    let (number, unit) = number_and_unit(text)
+        .ok_or_else(|| format!("`{text}` is not a duration (examples: 30s, 5m, 24h, 1500ms)"))?;
+    let seconds_per_unit = match unit {
         "ms" => return Ok(Duration::from_millis(number)),
         "" | "s" => 1,
         "m" => 60,
@@ -26,6 +21,16 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
         }
     };
     Ok(Duration::from_secs(number.saturating_mul(seconds_per_unit)))
+}
+
+/// `"<digits><unit>"` as the number and the unit without spaces around it (durations
+/// and sizes); `None` without a number.
+pub(super) fn number_and_unit(text: &str) -> Option<(u64, &str)> {
+    let split = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    Some((number.parse().ok()?, unit.trim()))
 }
 
 #[cfg(test)]
