@@ -19,7 +19,7 @@ use std::net::IpAddr;
 
 use bytes::Bytes;
 use http::{HeaderValue, Method, Request, StatusCode, header};
-use http_body_util::{BodyExt, Full};
+use http_body_util::Full;
 
 use super::report::Outcome;
 
@@ -415,12 +415,13 @@ impl LoginFlow {
                 .get(header::LOCATION)
                 .and_then(|l| l.to_str().ok())
                 .map(str::to_owned);
-            let page = response
-                .into_body()
-                .collect()
-                .await
-                .map_err(|_| Outcome::ConnectionBroken)?
-                .to_bytes();
+            let page = super::read_page(response.into_body()).await.map_err(|e| {
+                if e.is::<http_body_util::LengthLimitError>() {
+                    failed("a page on the way is over 4 MiB")
+                } else {
+                    Outcome::ConnectionBroken
+                }
+            })?;
             let page = String::from_utf8_lossy(&page);
 
             if status.is_redirection() {

@@ -41,7 +41,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
-use http_body_util::{BodyExt, Full};
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Incoming;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
@@ -269,6 +270,23 @@ where
     }
 }
 
+/// The most of a page the bench keeps to read (a provider's login page, `/metrics`).
+const MAX_PAGE: usize = 4 << 20;
+
+/// A body kept whole, up to [`MAX_PAGE`]: a larger one is an error, not a memory cost.
+async fn read_page(body: Incoming) -> Result<Bytes, Box<dyn std::error::Error + Send + Sync>> {
+    Ok(Limited::new(body, MAX_PAGE).collect().await?.to_bytes())
+}
+
+/// Reads an answer's body to its end without keeping it (the bench looks only at its
+/// status and when it ended).
+async fn drain(mut body: Incoming) -> Result<(), hyper::Error> {
+    while let Some(frame) = body.frame().await {
+        frame?;
+    }
+    Ok(())
+}
+
 /// One scrape of the gateway's `/metrics`, on a connection of its own that is closed
 /// after it (HTTP/1.1), so that it never carries the run's requests.
 async fn scrape(connector: &Connector, url: &str) -> Result<gateway_metrics::Scrape, BenchError> {
@@ -289,12 +307,9 @@ async fn scrape(connector: &Connector, url: &str) -> Result<gateway_metrics::Scr
             .await
             .map_err(|e| failed(e.to_string()))?;
         let status = response.status();
-        let body = response
-            .into_body()
-            .collect()
+        let body = read_page(response.into_body())
             .await
-            .map_err(|e| failed(e.to_string()))?
-            .to_bytes();
+            .map_err(|e| failed(e.to_string()))?;
         if status != http::StatusCode::OK {
             return Err(failed(format!(
                 "status {status} (is this client in server.metrics_networks?)"
@@ -378,9 +393,7 @@ impl Run {
                 .map_err(|e| Outcome::of_client_error(&e))?;
             let outcome = Outcome::of_status(response.status());
             self.answered(scenario, response.status().as_u16());
-            response
-                .into_body()
-                .collect()
+            drain(response.into_body())
                 .await
                 .map_err(|_| Outcome::ConnectionBroken)?;
             Ok::<Outcome, Outcome>(outcome)
