@@ -211,9 +211,12 @@ impl<W: Write> Write for EscapingWriter<W> {
 pub fn escape_line(line: &str, style: LineStyle) -> Cow<'_, str> {
     let body = line.strip_suffix('\n').unwrap_or(line);
     let escape_c0 = style == LineStyle::Text;
-    let suspect = body.bytes().any(|b| {
-        // Lead bytes of U+0080..U+009F (C2), U+061C (D8), U+2028.. (E2); C0 and DEL.
-        matches!(b, 0xC2 | 0xD8 | 0xE2) || (escape_c0 && (b < 0x20 && b != b'\t' || b == 0x7f))
+    // Lead bytes of U+0080..U+009F (C2), U+061C (D8), U+2028.. (E2); C0 and DEL.
+    // Folded over every byte without stopping early, so that the compiler checks
+    // many bytes at once: nearly every line has none of them.
+    let suspect = body.bytes().fold(false, |found, b| {
+        let c0 = escape_c0 & ((b < 0x20) & (b != b'\t') | (b == 0x7f));
+        found | c0 | (b == 0xC2) | (b == 0xD8) | (b == 0xE2)
     });
     let needs_escape = |c: char| {
         let c0 = escape_c0 && (c < '\u{20}' && c != '\t' || c == '\u{7f}');

@@ -22,7 +22,7 @@ use std::net::IpAddr;
 use std::pin::{Pin, pin};
 use std::sync::Arc;
 use std::task::Poll;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use http::header::{self, HeaderValue};
 use http::{Request, Response, StatusCode, Uri, Version};
@@ -122,17 +122,24 @@ impl Upstream {
         self.in_flight.clone()
     }
 
-    /// The upstream URI for a request path, in origin form (path and query, as an
-    /// HTTP/1.1 connection sends it); the upstream URL's own path is a prefix.
-    fn target(&self, path_and_query: &str) -> Result<Uri, http::Error> {
+    /// The upstream URI for a request's URI, in origin form (path and query, as an
+    /// HTTP/1.1 connection sends it); the upstream URL's own path is a prefix. `None`
+    /// when the request's URI is that already (origin form, no prefix): it stays as
+    /// it is. Without a prefix, an absolute URI (HTTP/2) keeps its path and query
+    /// as they were parsed.
+    fn target(&self, uri: &Uri) -> Result<Option<Uri>, http::Error> {
         let prefix = self.base.path().trim_end_matches('/');
+        let path_and_query = uri.path_and_query();
+        let origin_form = uri.scheme().is_none() && uri.authority().is_none();
+        if prefix.is_empty() && origin_form && path_and_query.is_some() {
+            return Ok(None);
+        }
         let mut parts = http::uri::Parts::default();
-        parts.path_and_query = Some(if prefix.is_empty() {
-            path_and_query.parse()?
-        } else {
-            format!("{prefix}{path_and_query}").parse()?
+        parts.path_and_query = Some(match path_and_query {
+            Some(pq) if prefix.is_empty() => pq.clone(),
+            pq => format!("{prefix}{}", pq.map_or("/", |pq| pq.as_str())).parse()?,
         });
-        Ok(Uri::from_parts(parts)?)
+        Ok(Some(Uri::from_parts(parts)?))
     }
 
     /// Sends the request on and streams the answer back. `public_host` is
@@ -174,11 +181,6 @@ impl Upstream {
                 .respond(&self.metrics);
             }
         };
-        let path_and_query = request
-            .uri()
-            .path_and_query()
-            .map_or("/", |pq| pq.as_str())
-            .to_owned();
         let client_upgrade = upgrade_protocol(&request)
             .is_some()
             .then(|| hyper::upgrade::on(&mut request));
@@ -189,8 +191,9 @@ impl Upstream {
             &self.upstream_host
         };
         request.headers_mut().insert(header::HOST, host.clone());
-        match self.target(&path_and_query) {
-            Ok(uri) => *request.uri_mut() = uri,
+        match self.target(request.uri()) {
+            Ok(None) => {}
+            Ok(Some(uri)) => *request.uri_mut() = uri,
             Err(e) => {
                 tracing::warn!(error = %e, "cannot build the upstream URI");
                 return Problem::new(
@@ -208,9 +211,13 @@ impl Upstream {
             request.map(|body| Limited::new(IdleRequestBody::new(body, idle_timeout), limit));
 
         let pool = &self.pools[serving_thread::index() % self.pools.len()];
-        let started = Instant::now();
-        // One timer for the answer: its head, and a small body read whole.
+        // One timer for the answer: its head, and a small body read whole. It was
+        // set from the clock just now, so it also tells when the request left
+        // (a timeout too long for the clock: tokio caps it, so read the clock).
         let mut deadline = pin!(tokio::time::sleep(self.read_timeout));
+        let started = (deadline.deadline().into_std())
+            .checked_sub(self.read_timeout)
+            .unwrap_or_else(std::time::Instant::now);
         let sent = within(deadline.as_mut(), pool.send(request)).await;
         let mut response = match sent {
             Some(Ok(response)) => response,
@@ -448,13 +455,27 @@ mod tests {
         )
     }
 
+    /// The URI the upstream receives for a request URI.
+    fn sent(upstream: &Upstream, uri: &str) -> String {
+        let uri: Uri = uri.parse().unwrap();
+        match upstream.target(&uri).unwrap() {
+            Some(rebuilt) => rebuilt.to_string(),
+            None => uri.to_string(),
+        }
+    }
+
     #[test]
     fn upstream_path_is_a_prefix() {
         let u = upstream("http://127.0.0.1:9000/sentry/");
-        assert_eq!(u.target("/api/0/?x=1").unwrap(), "/sentry/api/0/?x=1");
+        assert_eq!(sent(&u, "/api/0/?x=1"), "/sentry/api/0/?x=1");
+        assert_eq!(sent(&u, "https://gw.example/a?b"), "/sentry/a?b");
         let u = upstream("https://sentry.internal");
-        assert_eq!(u.target("/").unwrap(), "/");
-        assert_eq!(u.target("/a?b").unwrap(), "/a?b");
+        assert_eq!(sent(&u, "/"), "/");
+        assert_eq!(sent(&u, "/a?b"), "/a?b");
+        assert_eq!(sent(&u, "*"), "*");
+        // HTTP/2 requests (and HTTP/1.1 absolute-form ones) go in origin form.
+        assert_eq!(sent(&u, "https://gw.example/a/%2F?b=1"), "/a/%2F?b=1");
+        assert_eq!(sent(&u, "https://gw.example"), "/");
     }
 
     #[test]
