@@ -11,7 +11,9 @@ use http::{Response, StatusCode};
 use tokio::io::AsyncReadExt;
 
 use crate::body::{ResponseBody, boxed};
+use crate::observe::Metrics;
 use crate::pages;
+use crate::problem::{Audience, Kind, Problem};
 
 /// Where challenges are asked for, and where certbot writes them under the webroot.
 pub const CHALLENGE_PATH: &str = "/.well-known/acme-challenge/";
@@ -29,9 +31,15 @@ fn token(path_after_prefix: &str) -> Option<&str> {
 
 /// The answer to `path` when it is a challenge path: the file's content (200), or
 /// 404 when there is no such challenge. `None` for any other path.
-pub async fn answer(webroot: &Path, path: &str) -> Option<Response<ResponseBody>> {
+pub async fn answer(
+    webroot: &Path,
+    path: &str,
+    metrics: &Metrics,
+) -> Option<Response<ResponseBody>> {
     let asked = path.strip_prefix(CHALLENGE_PATH)?;
-    let not_found = || pages::text(StatusCode::NOT_FOUND, "No such ACME challenge\n").map(boxed);
+    let not_found = || {
+        Problem::new(Kind::NotFound, Audience::Probe, "No such ACME challenge\n").respond(metrics)
+    };
     let Some(token) = token(asked) else {
         return Some(not_found());
     };
@@ -70,6 +78,11 @@ async fn read_bounded(file: &Path) -> std::io::Result<Vec<u8>> {
 mod tests {
     use super::*;
     use http_body_util::BodyExt;
+
+    /// [`answer`], counted in metrics of its own.
+    async fn answer(webroot: &Path, path: &str) -> Option<Response<ResponseBody>> {
+        super::answer(webroot, path, &Metrics::new()).await
+    }
 
     #[test]
     fn only_base64url_tokens_are_looked_up() {
@@ -113,6 +126,8 @@ mod tests {
             let path = format!("/.well-known/acme-challenge/{refused}");
             let response = answer(webroot.path(), &path).await.unwrap();
             assert_eq!(response.status(), StatusCode::NOT_FOUND, "{path}");
+            let body = response.into_body().collect().await.unwrap().to_bytes();
+            assert_eq!(&body[..], b"No such ACME challenge\n", "{path}");
         }
         assert!(answer(webroot.path(), "/secret").await.is_none());
     }

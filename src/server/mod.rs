@@ -16,9 +16,11 @@
 //! (provider discovery, Redis); each thread tells [`crate::serving_thread`] its
 //! number, by which the upstream pool of the thread is found.
 
+#[macro_use]
+mod pass_to_io;
+mod acme_webroot;
 /// Public for the differential fuzz target (tests/fuzz, `framing_vs_hyper`), which
 /// checks the scanner against hyper; the server is its only other user.
-mod acme_webroot;
 pub mod framing;
 mod limits;
 mod linger;
@@ -257,15 +259,30 @@ pub async fn start(
     settings: Settings,
     stop: impl Future<Output = ()> + Send + 'static,
 ) -> Result<RunningGateway, ServerError> {
-    let listen = settings.server.listen;
-    let listener = TcpListener::bind(listen)
+    let listener = bind("server.listen", settings.server.listen).await?;
+    start_on(listener, settings, stop).await
+}
+
+/// Binds `address`, the value of the setting `key` (named when it cannot be bound).
+async fn bind(key: &'static str, address: SocketAddr) -> Result<TcpListener, ServerError> {
+    TcpListener::bind(address)
         .await
         .map_err(|source| ServerError::Bind {
-            key: "server.listen",
-            address: listen,
+            key,
+            address,
             source,
-        })?;
-    start_on(listener, settings, stop).await
+        })
+}
+
+/// [`bind`] for an optional listener: `None` when the setting is not set.
+async fn bind_if_set(
+    key: &'static str,
+    address: Option<SocketAddr>,
+) -> Result<Option<TcpListener>, ServerError> {
+    match address {
+        Some(address) => Ok(Some(bind(key, address).await?)),
+        None => Ok(None),
+    }
 }
 
 /// [`start`] on a listener the caller already bound (instead of `server.listen`):
@@ -282,35 +299,14 @@ pub async fn start_on(
         address: listen,
         source,
     })?;
-    let redirect_listener = match settings.server.http_redirect_listen {
-        Some(address) => {
-            Some(
-                TcpListener::bind(address)
-                    .await
-                    .map_err(|source| ServerError::Bind {
-                        key: "server.http_redirect_listen",
-                        address,
-                        source,
-                    })?,
-            )
-        }
-        None => None,
-    };
+    let redirect_listener = bind_if_set(
+        "server.http_redirect_listen",
+        settings.server.http_redirect_listen,
+    )
+    .await?;
     let redirect_addr = redirect_listener.as_ref().and_then(|l| l.local_addr().ok());
-    let metrics_listener = match settings.server.metrics_listen {
-        Some(address) => {
-            Some(
-                TcpListener::bind(address)
-                    .await
-                    .map_err(|source| ServerError::Bind {
-                        key: "server.metrics_listen",
-                        address,
-                        source,
-                    })?,
-            )
-        }
-        None => None,
-    };
+    let metrics_listener =
+        bind_if_set("server.metrics_listen", settings.server.metrics_listen).await?;
     let metrics_addr = metrics_listener.as_ref().and_then(|l| l.local_addr().ok());
 
     let gateway = Arc::new(Gateway::new(settings)?);
@@ -336,6 +332,7 @@ pub async fn start_on(
         tokio::spawn(serve_redirects(
             listener,
             server.clone(),
+            gateway.metrics().clone(),
             stop_receiver.clone(),
         ));
     }
@@ -405,23 +402,75 @@ fn spawn_serving_threads(
     }))
 }
 
-fn connection_builder(settings: &Settings) -> auto::Builder<TokioExecutor> {
-    let server = &settings.server;
+/// HTTP/1.1 and HTTP/2 as every listener speaks them: the head read timeout and size
+/// limit, and `server.http2_max_streams`.
+fn connection_builder(server: &ServerSettings) -> auto::Builder<TokioExecutor> {
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
         .http1()
         .timer(TokioTimer::new())
         .header_read_timeout(server.header_read_timeout)
         // hyper answers 431 when a request head does not fit its read buffer.
-        .max_buf_size(server.max_header_size)
-        .keep_alive(true);
+        .max_buf_size(server.max_header_size);
     builder
         .http2()
         .timer(TokioTimer::new())
         .max_concurrent_streams(server.http2_max_streams)
-        .max_header_list_size(u32::try_from(server.max_header_size).unwrap_or(u32::MAX))
-        .keep_alive_interval(Some(Duration::from_secs(30)));
+        .max_header_list_size(u32::try_from(server.max_header_size).unwrap_or(u32::MAX));
     builder
+}
+
+/// How an accepted connection is served: the protocols' settings, and when it is asked
+/// to close (see [`drive`]).
+#[derive(Clone)]
+struct ConnectionTerms {
+    builder: Arc<auto::Builder<TokioExecutor>>,
+    idle_timeout: Duration,
+    send_timeout: Duration,
+    stop: watch::Receiver<bool>,
+}
+
+impl ConnectionTerms {
+    fn new(
+        builder: auto::Builder<TokioExecutor>,
+        server: &ServerSettings,
+        stop: watch::Receiver<bool>,
+    ) -> Self {
+        Self {
+            builder: Arc::new(builder),
+            idle_timeout: server.idle_timeout,
+            send_timeout: server.send_timeout,
+            stop,
+        }
+    }
+
+    /// Serves HTTP/1.1 or HTTP/2 (and upgrades) on `io` until the connection ends,
+    /// counting what it writes into `activity`.
+    async fn serve<IO, S>(
+        self,
+        io: IO,
+        activity: &Arc<Activity>,
+        service: S,
+    ) -> Result<(), Box<dyn std::error::Error + Send + Sync>>
+    where
+        IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+        S: hyper::service::Service<Request<Incoming>, Response = Response<ResponseBody>>,
+        S::Future: 'static,
+        S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+        TokioExecutor: auto::HttpServerConnExec<S::Future, ResponseBody>,
+    {
+        let io = TokioIo::new(CountWrites::new(io, activity.clone()));
+        let connection = self.builder.serve_connection_with_upgrades(io, service);
+        drive(
+            connection,
+            auto::UpgradeableConnection::graceful_shutdown,
+            activity,
+            self.idle_timeout,
+            self.send_timeout,
+            self.stop,
+        )
+        .await
+    }
 }
 
 /// A connection's place in `server.max_connections`, and its count in the metrics,
@@ -458,11 +507,14 @@ async fn serve(
 ) {
     // Connection settings take effect at start (a reload keeps them; see LiveGateway).
     let gateway = live.current();
-    let builder = Arc::new(connection_builder(gateway.settings()));
+    let server = &gateway.settings().server;
+    let mut builder = connection_builder(server);
+    builder
+        .http2()
+        .keep_alive_interval(Some(Duration::from_secs(30)));
+    let terms = ConnectionTerms::new(builder, server, stop.clone());
     let acceptor = tls.map(TlsAcceptor::from);
-    let handshake_timeout = gateway.settings().server.header_read_timeout;
-    let idle_timeout = gateway.settings().server.idle_timeout;
-    let send_timeout = gateway.settings().server.send_timeout;
+    let handshake_timeout = server.header_read_timeout;
     let mut open_connections = tokio::task::JoinSet::new();
     loop {
         while open_connections.try_join_next().is_some() {} // forget finished ones
@@ -505,37 +557,16 @@ async fn serve(
             }),
             tls_name: None,
         };
-        let builder = builder.clone();
-        let acceptor = acceptor.clone();
-        let stop = stop.clone();
+        let (terms, acceptor) = (terms.clone(), acceptor.clone());
         // The service holds the connection's place (and a tunnel after it, if any):
         // it goes back when both are gone.
         open_connections.spawn(async move {
             let result = match acceptor {
                 Some(acceptor) => {
-                    match tokio::time::timeout(handshake_timeout, acceptor.accept(stream)).await {
-                        Ok(Ok(tls_stream)) => {
-                            let connection = tls_stream.get_ref().1;
-                            let h2 = connection.alpn_protocol() == Some(b"h2");
-                            let service = TowerToHyperService::new(GatewayService {
-                                tls_name: connection
-                                    .server_name()
-                                    .map(|name| TlsServerName(name.into())),
-                                ..service
-                            });
-                            let mut stream = StrictFraming::new(tls_stream, upgraded);
-                            if h2 {
-                                stream = stream.unchecked();
-                            }
-                            let connection = builder.serve_connection_with_upgrades(
-                                TokioIo::new(CountWrites::new(
-                                    LingeringClose::new(stream),
-                                    activity.clone(),
-                                )),
-                                service,
-                            );
-                            drive(connection, &activity, idle_timeout, send_timeout, stop).await
-                        }
+                    let handshake = acceptor.accept(stream);
+                    let tls_stream = match tokio::time::timeout(handshake_timeout, handshake).await
+                    {
+                        Ok(Ok(tls_stream)) => tls_stream,
                         Ok(Err(e)) => {
                             tracing::debug!(%peer, error = %e, "TLS handshake failed");
                             return;
@@ -544,19 +575,30 @@ async fn serve(
                             tracing::debug!(%peer, "TLS handshake timed out");
                             return;
                         }
+                    };
+                    let connection = tls_stream.get_ref().1;
+                    let h2 = connection.alpn_protocol() == Some(b"h2");
+                    let service = GatewayService {
+                        tls_name: connection
+                            .server_name()
+                            .map(|name| TlsServerName(name.into())),
+                        ..service
+                    };
+                    let mut stream = StrictFraming::new(tls_stream, upgraded);
+                    if h2 {
+                        stream = stream.unchecked();
                     }
+                    let service = TowerToHyperService::new(service);
+                    terms
+                        .serve(LingeringClose::new(stream), &activity, service)
+                        .await
                 }
                 None => {
-                    let service = TowerToHyperService::new(service);
                     let stream = StrictFraming::new(stream, upgraded);
-                    let connection = builder.serve_connection_with_upgrades(
-                        TokioIo::new(CountWrites::new(
-                            LingeringClose::new(stream),
-                            activity.clone(),
-                        )),
-                        service,
-                    );
-                    drive(connection, &activity, idle_timeout, send_timeout, stop).await
+                    let service = TowerToHyperService::new(service);
+                    terms
+                        .serve(LingeringClose::new(stream), &activity, service)
+                        .await
                 }
             };
             if let Err(e) = result {
@@ -601,13 +643,14 @@ fn refused_for_address(peer: SocketAddr) {
 /// a slow download still finishes).
 async fn drive<C, E>(
     connection: C,
+    close: impl Fn(Pin<&mut C>),
     activity: &Activity,
     idle_timeout: Duration,
     send_timeout: Duration,
     mut stop: watch::Receiver<bool>,
 ) -> Result<(), E>
 where
-    C: Future<Output = Result<(), E>> + GracefulClose,
+    C: Future<Output = Result<(), E>>,
 {
     let mut connection = std::pin::pin!(connection);
     let mut closing = false;
@@ -630,7 +673,7 @@ where
                 continue;
             }
         }
-        connection.as_mut().close_gracefully();
+        close(connection.as_mut());
         closing = true;
         written_at_check = activity.written.load(Ordering::Relaxed);
         check
@@ -654,23 +697,17 @@ impl<IO> CountWrites<IO> {
         Self { io, activity }
     }
 
-    fn count(&self, written: &Poll<std::io::Result<usize>>) {
+    /// Adds what a write wrote to the connection's count, and passes its result on.
+    fn count(&self, written: Poll<std::io::Result<usize>>) -> Poll<std::io::Result<usize>> {
         if let Poll::Ready(Ok(n)) = written {
-            self.activity
-                .written
-                .fetch_add(*n as u64, Ordering::Relaxed);
+            self.activity.written.fetch_add(n as u64, Ordering::Relaxed);
         }
+        written
     }
 }
 
 impl<IO: tokio::io::AsyncRead + Unpin> tokio::io::AsyncRead for CountWrites<IO> {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut tokio::io::ReadBuf<'_>,
-    ) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.io).poll_read(cx, buf)
-    }
+    pass_to_io!(poll_read);
 }
 
 impl<IO: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for CountWrites<IO> {
@@ -680,8 +717,7 @@ impl<IO: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for CountWrites<IO
         data: &[u8],
     ) -> Poll<std::io::Result<usize>> {
         let written = Pin::new(&mut self.io).poll_write(cx, data);
-        self.count(&written);
-        written
+        self.count(written)
     }
 
     fn poll_write_vectored(
@@ -690,54 +726,10 @@ impl<IO: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for CountWrites<IO
         data: &[std::io::IoSlice<'_>],
     ) -> Poll<std::io::Result<usize>> {
         let written = Pin::new(&mut self.io).poll_write_vectored(cx, data);
-        self.count(&written);
-        written
+        self.count(written)
     }
 
-    fn is_write_vectored(&self) -> bool {
-        self.io.is_write_vectored()
-    }
-
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.io).poll_flush(cx)
-    }
-
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.io).poll_shutdown(cx)
-    }
-}
-
-/// A connection that can be asked to finish what it is doing and close.
-trait GracefulClose {
-    fn close_gracefully(self: Pin<&mut Self>);
-}
-
-impl<I, S, E> GracefulClose for auto::Connection<'_, I, S, E>
-where
-    S: hyper::service::HttpService<Incoming>,
-    S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
-    S::ResBody: hyper::body::Body + Send + 'static,
-    <S::ResBody as hyper::body::Body>::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
-    I: hyper::rt::Read + hyper::rt::Write + Unpin + 'static,
-    E: hyper::rt::bounds::Http2ServerConnExec<S::Future, S::ResBody>,
-{
-    fn close_gracefully(self: Pin<&mut Self>) {
-        self.graceful_shutdown();
-    }
-}
-
-impl<I, S, E> GracefulClose for auto::UpgradeableConnection<'_, I, S, E>
-where
-    S: hyper::service::HttpService<Incoming>,
-    S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
-    S::ResBody: hyper::body::Body + Send + 'static,
-    <S::ResBody as hyper::body::Body>::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
-    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
-    E: hyper::rt::bounds::Http2ServerConnExec<S::Future, S::ResBody>,
-{
-    fn close_gracefully(self: Pin<&mut Self>) {
-        self.graceful_shutdown();
-    }
+    pass_to_io!(is_write_vectored, poll_flush, poll_shutdown);
 }
 
 /// When a connection last started a request, and how many it has in flight.
@@ -798,6 +790,7 @@ impl Activity {
 async fn serve_redirects(
     listener: TcpListener,
     server: ServerSettings,
+    metrics: Arc<Metrics>,
     stop: watch::Receiver<bool>,
 ) {
     let public_url = server.public_url.clone();
@@ -809,11 +802,11 @@ async fn serve_redirects(
         if let Ok(value) = http::HeaderValue::from_str(&location) {
             redirect.headers_mut().insert(http::header::LOCATION, value);
         }
-        let webroot = webroot.clone();
+        let (webroot, metrics) = (webroot.clone(), metrics.clone());
         let path = request.uri().path().to_owned();
         Box::pin(async move {
             match webroot {
-                Some(webroot) => acme_webroot::answer(&webroot, &path)
+                Some(webroot) => acme_webroot::answer(&webroot, &path, &metrics)
                     .await
                     .unwrap_or(redirect),
                 None => redirect,
@@ -862,21 +855,8 @@ async fn serve_side(
     answer: SideService,
     mut stop: watch::Receiver<bool>,
 ) {
-    let mut builder = auto::Builder::new(TokioExecutor::new());
-    builder
-        .http1()
-        .timer(TokioTimer::new())
-        .header_read_timeout(server.header_read_timeout)
-        .max_buf_size(server.max_header_size);
-    builder
-        .http2()
-        .timer(TokioTimer::new())
-        .max_concurrent_streams(server.http2_max_streams)
-        .max_header_list_size(u32::try_from(server.max_header_size).unwrap_or(u32::MAX));
-    let builder = Arc::new(builder);
+    let terms = ConnectionTerms::new(connection_builder(server), server, stop.clone());
     let places = Arc::new(Semaphore::new(limits::SIDE_LISTENER_CONNECTIONS));
-    let idle_timeout = server.idle_timeout;
-    let send_timeout = server.send_timeout;
     loop {
         let place = tokio::select! {
             place = places.clone().acquire_owned() => match place {
@@ -896,7 +876,7 @@ async fn serve_side(
             },
             _ = stopped(&mut stop) => return,
         };
-        let (builder, answer, stop) = (builder.clone(), answer.clone(), stop.clone());
+        let (terms, answer) = (terms.clone(), answer.clone());
         tokio::spawn(async move {
             let _place = place;
             let activity = Arc::new(Activity::new());
@@ -910,9 +890,7 @@ async fn serve_side(
                     Ok::<_, Infallible>(response)
                 }
             });
-            let stream = CountWrites::new(stream, activity.clone());
-            let connection = builder.serve_connection(TokioIo::new(stream), service);
-            let _ = drive(connection, &activity, idle_timeout, send_timeout, stop).await;
+            let _ = terms.serve(stream, &activity, service).await;
         });
     }
 }
