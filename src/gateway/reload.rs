@@ -76,41 +76,38 @@ impl Gateway {
 /// a restart, and names those that the new settings had changed.
 fn keep_running_values(running: &Settings, next: &mut Settings) -> Vec<&'static str> {
     let mut kept = Vec::new();
+    // Each key once, as its field path in `Settings`, which is also its name in the config.
     macro_rules! keep {
-        ($key:literal, $($field:ident).+) => {
-            if running.$($field).+ != next.$($field).+ {
-                next.$($field).+ = running.$($field).+.clone();
-                kept.push($key);
+        ($($first:ident $(.$rest:ident)*),+ $(,)?) => {$(
+            if running.$first$(.$rest)* != next.$first$(.$rest)* {
+                next.$first$(.$rest)* = running.$first$(.$rest)*.clone();
+                kept.push(concat!(stringify!($first) $(, ".", stringify!($rest))*));
             }
-        };
+        )+};
     }
-    keep!("server.listen", server.listen);
-    keep!("server.http_redirect_listen", server.http_redirect_listen);
-    keep!("server.acme_webroot", server.acme_webroot);
-    keep!("server.metrics_listen", server.metrics_listen);
-    keep!("server.threads", server.threads);
-    keep!("server.max_connections", server.max_connections);
     keep!(
-        "server.max_connections_per_address",
-        server.max_connections_per_address
+        server.listen,
+        server.http_redirect_listen,
+        server.acme_webroot,
+        server.metrics_listen,
+        server.threads,
+        server.max_connections,
+        server.max_connections_per_address,
+        server.max_tunnels,
+        server.send_timeout,
+        server.header_read_timeout,
+        server.max_header_size,
+        server.http2_max_streams,
+        server.shutdown_grace,
+        server.idle_timeout,
+        upstream.max_in_flight,
+        upstream.max_in_flight_per_client,
+        tls,
+        session.store,
+        session.max_sessions,
+        session.lifetime,
+        session.idle_timeout,
     );
-    keep!("server.max_tunnels", server.max_tunnels);
-    keep!("server.send_timeout", server.send_timeout);
-    keep!("server.header_read_timeout", server.header_read_timeout);
-    keep!("server.max_header_size", server.max_header_size);
-    keep!("server.http2_max_streams", server.http2_max_streams);
-    keep!("server.shutdown_grace", server.shutdown_grace);
-    keep!("server.idle_timeout", server.idle_timeout);
-    keep!("upstream.max_in_flight", upstream.max_in_flight);
-    keep!(
-        "upstream.max_in_flight_per_client",
-        upstream.max_in_flight_per_client
-    );
-    keep!("tls", tls);
-    keep!("session.store", session.store);
-    keep!("session.max_sessions", session.max_sessions);
-    keep!("session.lifetime", session.lifetime);
-    keep!("session.idle_timeout", session.idle_timeout);
     kept
 }
 
@@ -118,38 +115,33 @@ fn keep_running_values(running: &Settings, next: &mut Settings) -> Vec<&'static 
 mod tests {
     use super::*;
 
+    /// A minimal config ([`crate::config::tests::minimal`]) with `extra_server` keys.
     fn settings(extra_server: &str) -> Settings {
-        Settings::from_toml(
-            &format!(
-                r#"
-[server]
-public_url = "https://sentry.example.com"
-{extra_server}
-[tls]
-enabled = false
-[upstream]
-url = "http://127.0.0.1:9000"
-[oidc]
-issuer = "https://id.example.com/api/oidc"
-client_id = "sentry"
-client_secret = "secret"
-[session]
-secrets = ["0123456789abcdef0123456789abcdef"]
-"#
-            ),
-            "(test)",
-            std::iter::empty(),
-        )
-        .unwrap()
+        let text = crate::config::tests::minimal().replacen(
+            "[server]\n",
+            &format!("[server]\n{extra_server}\n"),
+            1,
+        );
+        Settings::from_toml(&text, "(test)", std::iter::empty()).unwrap()
     }
 
     #[test]
     fn restart_only_keys_keep_their_running_values_and_are_named() {
         let running = settings("listen = \"0.0.0.0:8080\"\nthreads = 2");
-        let mut next = settings("listen = \"0.0.0.0:9090\"\nthreads = 2\nmax_body_size = \"1MiB\"");
+        let mut next = settings(
+            "listen = \"0.0.0.0:9090\"\nthreads = 2\nmax_body_size = \"1MiB\"\n\
+             max_connections_per_address = 7",
+        );
         let kept = keep_running_values(&running, &mut next);
-        assert_eq!(kept, ["server.listen"]);
+        assert_eq!(
+            kept,
+            ["server.listen", "server.max_connections_per_address"]
+        );
         assert_eq!(next.server.listen, running.server.listen);
+        assert_eq!(
+            next.server.max_connections_per_address,
+            running.server.max_connections_per_address
+        );
         assert_eq!(
             next.server.max_body_size,
             1024 * 1024,
