@@ -50,14 +50,7 @@ pub fn param<'a>(params: &'a [(String, String)], name: &str) -> Option<&'a str> 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn req(method: &str, path: &str, headers: &[(&str, &str)]) -> Request<()> {
-        let mut b = Request::builder().method(method).uri(path);
-        for (n, v) in headers {
-            b = b.header(*n, *v);
-        }
-        b.body(()).unwrap()
-    }
+    use crate::pages::test_request as req;
 
     #[test]
     fn duplicated_state_is_refused() {

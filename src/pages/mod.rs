@@ -183,18 +183,21 @@ pub fn text(status: StatusCode, body: impl Into<Bytes>) -> Response<Full<Bytes>>
     response
 }
 
+/// A request without a body, for the unit tests of what reads requests.
+#[cfg(test)]
+pub(crate) fn test_request(method: &str, path: &str, headers: &[(&str, &str)]) -> Request<()> {
+    let mut request = Request::builder().method(method).uri(path);
+    for (name, value) in headers {
+        request = request.header(*name, *value);
+    }
+    request.body(()).unwrap()
+}
+
 #[cfg(test)]
 mod tests {
+    use super::test_request as req;
     use super::*;
     use http_body_util::BodyExt;
-
-    fn req(method: &str, path: &str, headers: &[(&str, &str)]) -> Request<()> {
-        let mut b = Request::builder().method(method).uri(path);
-        for (n, v) in headers {
-            b = b.header(*n, *v);
-        }
-        b.body(()).unwrap()
-    }
 
     #[test]
     fn sentry_api_calls_are_not_navigations() {
