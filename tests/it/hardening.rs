@@ -5,7 +5,6 @@
 
 use crate::support;
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use crate::support::browser::{empty, full};
@@ -330,24 +329,9 @@ async fn connections_over_the_limit_wait_until_one_ends() {
 #[tokio::test]
 async fn http2_connections_advertise_the_stream_limit() {
     let world = World::start_with(sentry_world("http2_max_streams = 7")).await;
-    let mut config = support::browser::tls_trusting(&world.ca_pem);
-    config.alpn_protocols = vec![b"h2".to_vec()];
-    let tcp = tokio::net::TcpStream::connect(world.gateway.local_addr)
-        .await
-        .unwrap();
-    let name = rustls_pki_types::ServerName::try_from("127.0.0.1").unwrap();
-    let tls = tokio_rustls::TlsConnector::from(Arc::new(config))
-        .connect(name, tcp)
-        .await
-        .unwrap();
-    let (client, connection) = h2::client::handshake(tls).await.unwrap();
-    tokio::spawn(connection);
-    let mut client = client.ready().await.unwrap();
-    let request = http::Request::get(format!("{}/ping", world.base))
-        .body(())
-        .unwrap();
-    let (response, _) = client.send_request(request, true).unwrap();
-    assert_eq!(response.await.unwrap().status(), StatusCode::OK);
+    let (mut client, _connection) = world.h2_client().await;
+    let response = world.h2_get(&mut client, "/ping", &[]).await;
+    assert_eq!(response.status(), StatusCode::OK);
     assert_eq!(client.current_max_send_streams(), 7);
 }
 
@@ -397,25 +381,10 @@ async fn an_upstream_that_never_accepts_is_a_504() {
 #[tokio::test]
 async fn idle_http2_connections_get_goaway_but_requests_in_flight_finish() {
     let world = World::start_with(sentry_world("idle_timeout = \"500ms\"")).await;
-    let mut config = support::browser::tls_trusting(&world.ca_pem);
-    config.alpn_protocols = vec![b"h2".to_vec()];
-    let tcp = tokio::net::TcpStream::connect(world.gateway.local_addr)
-        .await
-        .unwrap();
-    let name = rustls_pki_types::ServerName::try_from("127.0.0.1").unwrap();
-    let tls = tokio_rustls::TlsConnector::from(Arc::new(config))
-        .connect(name, tcp)
-        .await
-        .unwrap();
-    let (client, connection) = h2::client::handshake(tls).await.unwrap();
-    let connection = tokio::spawn(connection);
-    let mut client = client.ready().await.unwrap();
+    let (mut client, connection) = world.h2_client().await;
     // Longer than the idle timeout, but in flight: it must finish.
-    let request = http::Request::get(format!("{}/api/1/store/delay", world.base))
-        .body(())
-        .unwrap();
-    let (response, _) = client.send_request(request, true).unwrap();
-    assert_eq!(response.await.unwrap().status(), StatusCode::OK);
+    let response = world.h2_get(&mut client, "/api/1/store/delay", &[]).await;
+    assert_eq!(response.status(), StatusCode::OK);
     // Then nothing: the gateway says GOAWAY and the connection ends.
     let ended = tokio::time::timeout(Duration::from_secs(5), connection).await;
     assert!(ended.is_ok(), "an idle HTTP/2 connection is closed");

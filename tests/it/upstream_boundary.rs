@@ -138,11 +138,8 @@ fn status_of(answer: &str) -> u16 {
 /// One HTTP/2 request over a connection with the given SNI; returns the status.
 async fn h2_status(world: &World, server_name: &str, request: http::Request<()>) -> StatusCode {
     let tls = raw_tls(world, server_name, &[b"h2"]).await;
-    let (client, connection) = h2::client::handshake(tls).await.unwrap();
-    tokio::spawn(connection);
-    let mut client = client.ready().await.unwrap();
-    let (response, _) = client.send_request(request, true).unwrap();
-    response.await.unwrap().status()
+    let (mut client, _connection) = support::h2_handshake(tls, &h2::client::Builder::new()).await;
+    support::h2_send(&mut client, request).await.status()
 }
 
 // ---------------------------------------------------------------------------------

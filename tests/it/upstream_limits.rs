@@ -10,12 +10,10 @@
 
 use crate::support;
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use crate::support::upstream::LARGE_BODY;
-use crate::support::{World, WorldOptions};
-use bytes::Bytes;
+use crate::support::{H2Client, World, WorldOptions};
 use http::StatusCode;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -35,50 +33,10 @@ fn sentry_world(server_toml: &str, upstream_toml: &str) -> WorldOptions {
 /// An HTTP/2 client that never opens its flow-control window: it gets response
 /// headers, and not one byte of any body. The task is the connection (it ends when
 /// the gateway closes it).
-async fn window_zero_client(
-    world: &World,
-) -> (
-    h2::client::SendRequest<Bytes>,
-    tokio::task::JoinHandle<Result<(), h2::Error>>,
-) {
-    let mut config = support::browser::tls_trusting(&world.ca_pem);
-    config.alpn_protocols = vec![b"h2".to_vec()];
-    let tcp = tokio::net::TcpStream::connect(world.gateway.local_addr)
+async fn window_zero_client(world: &World) -> H2Client {
+    world
+        .h2_client_with(h2::client::Builder::new().initial_window_size(0))
         .await
-        .unwrap();
-    let name = rustls_pki_types::ServerName::try_from("127.0.0.1").unwrap();
-    let tls = tokio_rustls::TlsConnector::from(Arc::new(config))
-        .connect(name, tcp)
-        .await
-        .unwrap();
-    let (client, connection) = h2::client::Builder::new()
-        .initial_window_size(0)
-        .handshake(tls)
-        .await
-        .unwrap();
-    (client, tokio::spawn(connection))
-}
-
-/// Sends `GET path` (with `headers`) and waits (at most 10 s) for the response head.
-async fn head_of(
-    client: &mut h2::client::SendRequest<Bytes>,
-    world: &World,
-    path: &str,
-    headers: &[(&str, &str)],
-) -> http::Response<h2::RecvStream> {
-    let mut request = http::Request::get(format!("{}{path}", world.base));
-    for (name, value) in headers {
-        request = request.header(*name, *value);
-    }
-    let ready = client.clone().ready().await.unwrap();
-    *client = ready;
-    let (response, _) = client
-        .send_request(request.body(()).unwrap(), true)
-        .unwrap();
-    tokio::time::timeout(Duration::from_secs(10), response)
-        .await
-        .expect("response head within 10 s")
-        .unwrap()
 }
 
 /// Waits (at most 10 s) until the upstream has accepted `count` connections.
@@ -106,13 +64,9 @@ async fn a_window_zero_reader_holds_at_most_its_per_client_bound_upstream() {
     let mut statuses = Vec::new();
     let mut held = Vec::new();
     for _ in 0..12 {
-        let response = head_of(
-            &mut client,
-            &world,
-            LARGE_FILE,
-            &[("accept", "application/json")],
-        )
-        .await;
+        let response = world
+            .h2_get(&mut client, LARGE_FILE, &[("accept", "application/json")])
+            .await;
         statuses.push(response.status());
         if response.status() == StatusCode::SERVICE_UNAVAILABLE {
             assert_eq!(response.headers()["retry-after"], "1");
@@ -155,13 +109,13 @@ async fn behind_a_trusted_proxy_each_client_has_its_own_bound_and_the_total_hold
     let (mut client, _connection) = window_zero_client(&world).await;
     let mut held = Vec::new();
     let mut status = async |forwarded_for: &str| {
-        let response = head_of(
-            &mut client,
-            &world,
-            LARGE_FILE,
-            &[("x-forwarded-for", forwarded_for)],
-        )
-        .await;
+        let response = world
+            .h2_get(
+                &mut client,
+                LARGE_FILE,
+                &[("x-forwarded-for", forwarded_for)],
+            )
+            .await;
         let status = response.status();
         held.push(response);
         status
@@ -210,7 +164,7 @@ async fn a_response_the_client_takes_nothing_of_is_abandoned_and_its_upstream_re
     let (mut client, connection) = window_zero_client(&world).await;
     let mut held = Vec::new();
     for _ in 0..3 {
-        let response = head_of(&mut client, &world, LARGE_FILE, &[]).await;
+        let response = world.h2_get(&mut client, LARGE_FILE, &[]).await;
         assert_eq!(response.status(), StatusCode::OK);
         held.push(response);
     }
@@ -230,7 +184,7 @@ async fn a_response_the_client_takes_nothing_of_is_abandoned_and_its_upstream_re
     );
     assert!(!connection.is_finished(), "the client connection stays");
     // Their places are free again.
-    let response = head_of(&mut client, &world, LARGE_FILE, &[]).await;
+    let response = world.h2_get(&mut client, LARGE_FILE, &[]).await;
     assert_eq!(response.status(), StatusCode::OK);
 }
 
@@ -247,7 +201,7 @@ async fn a_connection_closed_gracefully_ends_though_its_client_takes_nothing() {
     let (mut client, connection) = window_zero_client(&world).await;
     let mut held = Vec::new();
     for _ in 0..3 {
-        let response = head_of(&mut client, &world, LARGE_FILE, &[]).await;
+        let response = world.h2_get(&mut client, LARGE_FILE, &[]).await;
         assert_eq!(response.status(), StatusCode::OK);
         held.push(response);
     }
@@ -271,24 +225,8 @@ async fn a_connection_closed_gracefully_ends_though_its_client_takes_nothing() {
 #[tokio::test]
 async fn a_client_that_reads_gets_a_large_file_whole_despite_a_short_send_timeout() {
     let world = World::start_with(sentry_world("send_timeout = \"1s\"", "")).await;
-    let mut config = support::browser::tls_trusting(&world.ca_pem);
-    config.alpn_protocols = vec![b"h2".to_vec()];
-    let tcp = tokio::net::TcpStream::connect(world.gateway.local_addr)
-        .await
-        .unwrap();
-    let name = rustls_pki_types::ServerName::try_from("127.0.0.1").unwrap();
-    let tls = tokio_rustls::TlsConnector::from(Arc::new(config))
-        .connect(name, tcp)
-        .await
-        .unwrap();
-    let (client, connection) = h2::client::handshake(tls).await.unwrap();
-    tokio::spawn(connection);
-    let mut client = client.ready().await.unwrap();
-    let request = http::Request::get(format!("{}{LARGE_FILE}", world.base))
-        .body(())
-        .unwrap();
-    let (response, _) = client.send_request(request, true).unwrap();
-    let response = response.await.unwrap();
+    let (mut client, _connection) = world.h2_client().await;
+    let response = world.h2_get(&mut client, LARGE_FILE, &[]).await;
     assert_eq!(response.status(), StatusCode::OK);
     let mut body = response.into_body();
     let mut received = 0;

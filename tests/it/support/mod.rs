@@ -114,6 +114,32 @@ pub fn test_client(public_url: &str) -> DevClient {
 /// A TLS connection to the gateway for speaking HTTP/1.1 by hand (no ALPN).
 pub type RawTls = tokio_rustls::client::TlsStream<tokio::net::TcpStream>;
 
+/// An HTTP/2 client, and the task that runs its connection.
+pub type H2Client = (
+    h2::client::SendRequest<bytes::Bytes>,
+    tokio::task::JoinHandle<Result<(), h2::Error>>,
+);
+
+/// HTTP/2 over a TLS connection already made (that chose `h2` by ALPN).
+pub async fn h2_handshake(tls: RawTls, builder: &h2::client::Builder) -> H2Client {
+    let (client, connection) = builder.handshake(tls).await.unwrap();
+    (client, tokio::spawn(connection))
+}
+
+/// Sends `request` (no body) on `client` once it may open a stream, and waits (at
+/// most 10 s) for the response head.
+pub async fn h2_send(
+    client: &mut h2::client::SendRequest<bytes::Bytes>,
+    request: http::Request<()>,
+) -> http::Response<h2::RecvStream> {
+    *client = client.clone().ready().await.unwrap();
+    let (response, _) = client.send_request(request, true).unwrap();
+    tokio::time::timeout(std::time::Duration::from_secs(10), response)
+        .await
+        .expect("response head within 10 s")
+        .unwrap()
+}
+
 impl World {
     /// A [`RawTls`] connection, handshake done.
     pub async fn raw_tls(&self) -> RawTls {
@@ -124,7 +150,13 @@ impl World {
 
     /// A [`RawTls`] connection; `None` when the gateway closes it instead.
     pub async fn try_raw_tls(&self) -> Option<RawTls> {
-        let config = browser::tls_trusting(&self.ca_pem);
+        self.tls_offering(&[]).await
+    }
+
+    /// A TLS connection that offers the ALPN protocols `alpn` (none: HTTP/1.1).
+    async fn tls_offering(&self, alpn: &[&[u8]]) -> Option<RawTls> {
+        let mut config = browser::tls_trusting(&self.ca_pem);
+        config.alpn_protocols = alpn.iter().map(|protocol| protocol.to_vec()).collect();
         let tcp = tokio::net::TcpStream::connect(self.gateway.local_addr)
             .await
             .ok()?;
@@ -133,6 +165,36 @@ impl World {
             .connect(name, tcp)
             .await
             .ok()
+    }
+
+    /// An HTTP/2 client of the gateway (TLS, ALPN `h2`), and the task that runs its
+    /// connection: it ends when the gateway closes the connection.
+    pub async fn h2_client(&self) -> H2Client {
+        self.h2_client_with(&h2::client::Builder::new()).await
+    }
+
+    /// [`World::h2_client`] with the client settings of `builder` (its initial window,
+    /// say).
+    pub async fn h2_client_with(&self, builder: &h2::client::Builder) -> H2Client {
+        let tls = self
+            .tls_offering(&[b"h2"])
+            .await
+            .expect("a TLS connection to the gateway");
+        h2_handshake(tls, builder).await
+    }
+
+    /// Sends `GET path` (with `headers`) on `client` and returns the response head.
+    pub async fn h2_get(
+        &self,
+        client: &mut h2::client::SendRequest<bytes::Bytes>,
+        path: &str,
+        headers: &[(&str, &str)],
+    ) -> http::Response<h2::RecvStream> {
+        let mut request = http::Request::get(format!("{}{path}", self.base));
+        for (name, value) in headers {
+            request = request.header(*name, *value);
+        }
+        h2_send(client, request.body(()).unwrap()).await
     }
 
     pub async fn start() -> World {
