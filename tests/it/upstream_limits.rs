@@ -39,6 +39,31 @@ async fn window_zero_client(world: &World) -> H2Client {
         .await
 }
 
+/// A [`window_zero_client`] holding `count` answered downloads of [`LARGE_FILE`]
+/// (each 200), of which it takes nothing.
+async fn stalled_downloads(
+    world: &World,
+    count: usize,
+) -> (H2Client, Vec<http::Response<h2::RecvStream>>) {
+    let (mut client, connection) = window_zero_client(world).await;
+    let mut held = Vec::new();
+    for _ in 0..count {
+        let response = world.h2_get(&mut client, LARGE_FILE, &[]).await;
+        assert_eq!(response.status(), StatusCode::OK);
+        held.push(response);
+    }
+    ((client, connection), held)
+}
+
+/// Asserts that the upstream has no connection open, within `within`.
+async fn assert_upstream_released(world: &World, within: Duration) {
+    assert!(
+        world.upstream.await_open_at_most(0, within).await,
+        "upstream connections still open: {}",
+        world.upstream.open_connections()
+    );
+}
+
 /// Waits (at most 10 s) until the upstream has accepted `count` connections.
 async fn await_accepted(world: &World, count: usize) {
     for _ in 0..200 {
@@ -161,23 +186,10 @@ async fn a_response_the_client_takes_nothing_of_is_abandoned_and_its_upstream_re
         "max_in_flight_per_client = 3",
     ))
     .await;
-    let (mut client, connection) = window_zero_client(&world).await;
-    let mut held = Vec::new();
-    for _ in 0..3 {
-        let response = world.h2_get(&mut client, LARGE_FILE, &[]).await;
-        assert_eq!(response.status(), StatusCode::OK);
-        held.push(response);
-    }
+    let ((mut client, connection), _held) = stalled_downloads(&world, 3).await;
     await_accepted(&world, 3).await;
     let started = std::time::Instant::now();
-    assert!(
-        world
-            .upstream
-            .await_open_at_most(0, Duration::from_secs(10))
-            .await,
-        "upstream connections still open: {}",
-        world.upstream.open_connections()
-    );
+    assert_upstream_released(&world, Duration::from_secs(10)).await;
     println!(
         "3 stalled responses: upstream connections released {:?} after the heads (send_timeout 1s)",
         started.elapsed()
@@ -198,13 +210,7 @@ async fn a_connection_closed_gracefully_ends_though_its_client_takes_nothing() {
         "",
     ))
     .await;
-    let (mut client, connection) = window_zero_client(&world).await;
-    let mut held = Vec::new();
-    for _ in 0..3 {
-        let response = world.h2_get(&mut client, LARGE_FILE, &[]).await;
-        assert_eq!(response.status(), StatusCode::OK);
-        held.push(response);
-    }
+    let ((_client, connection), _held) = stalled_downloads(&world, 3).await;
     let started = std::time::Instant::now();
     let ended = tokio::time::timeout(Duration::from_secs(15), connection).await;
     assert!(ended.is_ok(), "the connection is still open after 15 s");
@@ -212,14 +218,7 @@ async fn a_connection_closed_gracefully_ends_though_its_client_takes_nothing() {
         "closing connection with 3 stalled streams ended {:?} after the heads (idle 500ms, send_timeout 2s)",
         started.elapsed()
     );
-    assert!(
-        world
-            .upstream
-            .await_open_at_most(0, Duration::from_secs(5))
-            .await,
-        "upstream connections still open: {}",
-        world.upstream.open_connections()
-    );
+    assert_upstream_released(&world, Duration::from_secs(5)).await;
 }
 
 #[tokio::test]
