@@ -13,6 +13,20 @@
 //!
 //! A problem is made only when a request is refused: nothing here is on the path of
 //! a request that goes through.
+//!
+//! Some refusals are not problems, because hyper and h2 make them before a request
+//! exists and offer no hook to make them otherwise:
+//!
+//! - HTTP/1: a request head hyper cannot parse is answered with a bare status and
+//!   the connection closed: 400 (a bad method, target, header or version), 431 (a
+//!   head over `server.max_header_size`, hyper's read buffer) or 414 (a target too
+//!   long). hyper's `Server::on_error` writes them; it is private, and
+//!   `http1::Builder` has no setting or callback for it. The server's framing check
+//!   (`server::framing`) refuses an ambiguous message by handing hyper such a head.
+//! - HTTP/2: a header list over `server.max_header_size` is answered by h2 with a
+//!   bare 431 on its stream.
+//!
+//! These carry no body of ours, no request id and no `Strict-Transport-Security`.
 
 use std::borrow::Cow;
 

@@ -15,7 +15,8 @@
 //! number of leading zeros or spaces), and a chunk-size line byte by byte in the
 //! states of hyper's chunked decoder. The fuzz target `framing_vs_hyper` (tests/fuzz)
 //! checks this against hyper itself, which is why the scanner counts the requests it
-//! saw ([`FramingScanner::messages`]).
+//! saw ([`FramingScanner::messages`]), and why this module is public (the server is
+//! its only other user).
 //!
 //! Refusing uses hyper's own path for malformed requests: the read is cut at the
 //! offending byte, which becomes a NUL, a CR without its LF and an empty line. hyper

@@ -19,8 +19,6 @@
 #[macro_use]
 mod pass_to_io;
 mod acme_webroot;
-/// Public for the differential fuzz target (tests/fuzz, `framing_vs_hyper`), which
-/// checks the scanner against hyper; the server is its only other user.
 pub mod framing;
 mod limits;
 mod linger;
