@@ -633,12 +633,12 @@ fn refused_for_address(peer: SocketAddr) {
     }
 }
 
-/// Serves one connection until it ends. It is asked to close gracefully (hyper
-/// finishes the requests in flight; HTTP/2 sends GOAWAY) when the gateway stops, or
-/// when no request has started on it for `idle_timeout`. Once closing, it is closed
-/// outright when it wrote less than [`CLOSING_PROGRESS`] bytes in a `send_timeout`
-/// (a client that takes nothing would otherwise keep it, and its streams, forever;
-/// a slow download still finishes).
+/// Serves one connection until it ends. It is asked to close gracefully, by `close`
+/// (hyper finishes the requests in flight; HTTP/2 sends GOAWAY), when the gateway
+/// stops, or when no request has started on it for `idle_timeout`. Once closing, it
+/// is closed outright when it wrote less than [`CLOSING_PROGRESS`] bytes in a
+/// `send_timeout` (a client that takes nothing would otherwise keep it, and its
+/// streams, forever; a slow download still finishes).
 async fn drive<C, E>(
     connection: C,
     close: impl Fn(Pin<&mut C>),
