@@ -25,6 +25,11 @@ pub const SESSION_COOKIE: &str = ssogate::config::HOST_COOKIE_NAME;
 pub const CLIENT_ID: &str = "sentry-gateway";
 pub const CLIENT_SECRET: &str = "test-client-secret";
 
+/// The test worlds' user: alice, a verified Sentry member.
+pub fn alice() -> DevUser {
+    user("alice", "alice@corp.example", true, &["sentry:member"])
+}
+
 /// A user of the test provider with Encvoy ID's claim shapes.
 pub fn user(username: &str, email: &str, verified: bool, permissions: &[&str]) -> DevUser {
     let claims = serde_json::json!({
@@ -76,12 +81,7 @@ impl Default for WorldOptions {
         Self {
             extra_toml: String::new(),
             alg: SigningAlg::Rs256,
-            users: vec![user(
-                "alice",
-                "alice@corp.example",
-                true,
-                &["sentry:member"],
-            )],
+            users: vec![alice()],
             upstream_url: None,
             server_toml: String::new(),
             oidc_toml: String::new(),

@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use ssogate::devidp::{DevProvider, DevProviderConfig};
 
-use super::{GatewayToml, TestUpstream, unused_address, user};
+use super::{GatewayToml, TestUpstream, alice, unused_address};
 
 pub const SESSION_SECRET: &str = "process-session-secret-0123456789abcdef";
 
@@ -60,15 +60,7 @@ impl GatewayProcess {
         let upstream = TestUpstream::start().await;
         let provider = DevProvider::start(
             SocketAddr::from((Ipv4Addr::LOCALHOST, 0)),
-            DevProviderConfig::new(
-                super::test_client(&base),
-                vec![user(
-                    "alice",
-                    "alice@corp.example",
-                    true,
-                    &["sentry:member"],
-                )],
-            ),
+            DevProviderConfig::new(super::test_client(&base), vec![alice()]),
         )
         .await
         .expect("test provider starts");

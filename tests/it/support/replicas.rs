@@ -15,7 +15,7 @@ use ssogate::devidp::{DevProvider, DevProviderConfig, DevUser};
 use ssogate::server::tls;
 
 use super::browser::Browser;
-use super::{GatewayToml, TestUpstream, unused_address, user};
+use super::{GatewayToml, TestUpstream, alice, unused_address, user};
 
 /// A `redis-server` child process.
 pub struct RedisServer {
@@ -202,7 +202,7 @@ impl Default for ClusterOptions {
             oidc_toml: String::new(),
             access_token_ttl: Duration::from_secs(1800),
             users: vec![
-                user("alice", "alice@corp.example", true, &["sentry:member"]),
+                alice(),
                 user("bob", "bob@corp.example", true, &["sentry:member"]),
             ],
             redis_tls: false,
