@@ -83,26 +83,28 @@ pub async fn run(config: Option<&Path>) -> bool {
             .unwrap_or_default();
         println!("     register this {what} at the provider: {uri}");
     }
-    let files_ok = match (settings.tls.files(), settings.server.public_url.host()) {
-        (Some((cert_file, key_file)), Some(host)) => report.step(
-            "tls certificate",
-            certificate::check(cert_file, key_file, &host, std::time::SystemTime::now()),
-        ),
-        _ => true,
-    };
-    if files_ok {
-        report.step(
-            "tls",
-            tls::server_config(&settings.tls)
-                .map(|c| {
-                    if c.is_some() {
-                        "certificate and key load".to_owned()
-                    } else {
-                        "off (another terminator in front)".to_owned()
-                    }
-                })
-                .map_err(|e| e.to_string()),
-        );
+    match (settings.tls.files(), settings.server.public_url.host()) {
+        (Some((cert_file, key_file)), Some(host)) => {
+            let now = std::time::SystemTime::now();
+            let aliases = &settings.server.host_aliases;
+            for line in certificate::check(cert_file, key_file, &host, aliases, now) {
+                report.step("tls certificate", line);
+            }
+        }
+        _ => {
+            report.step(
+                "tls",
+                tls::server_config(&settings.tls)
+                    .map(|c| {
+                        if c.is_some() {
+                            "certificate and key load".to_owned()
+                        } else {
+                            "off (another terminator in front)".to_owned()
+                        }
+                    })
+                    .map_err(|e| e.to_string()),
+            );
+        }
     }
     let gateway = match Gateway::new(settings.clone()) {
         Ok(gateway) => gateway,

@@ -9,7 +9,7 @@ use crate::support::GatewayToml;
 use crate::support::browser::Browser;
 use http::StatusCode;
 
-fn ssogate() -> Command {
+pub(crate) fn ssogate() -> Command {
     let mut command = Command::new(env!("CARGO_BIN_EXE_ssogate"));
     command
         .env_clear()
@@ -18,7 +18,7 @@ fn ssogate() -> Command {
 }
 
 /// `ssogate check` with a complete config from the environment alone (TLS off).
-fn check_from_environment(upstream: &str, issuer: &str) -> Command {
+pub(crate) fn check_from_environment(upstream: &str, issuer: &str) -> Command {
     let mut command = ssogate();
     command
         .arg("check")
@@ -45,7 +45,7 @@ fn minimal() -> GatewayToml {
 }
 
 /// `text` written to `ssogate.toml` in `dir`.
-fn config_file(dir: &tempfile::TempDir, text: &str) -> std::path::PathBuf {
+pub(crate) fn config_file(dir: &tempfile::TempDir, text: &str) -> std::path::PathBuf {
     let config = dir.path().join("ssogate.toml");
     std::fs::write(&config, text).unwrap();
     config
@@ -287,7 +287,7 @@ fn serve(
     serve_on("127.0.0.1:0", answer)
 }
 
-fn serve_on(
+pub(crate) fn serve_on(
     bind: &str,
     answer: impl Fn(std::net::SocketAddr, &str) -> (u16, &'static str, String) + Send + 'static,
 ) -> std::net::SocketAddr {
