@@ -2,6 +2,7 @@
 //! printing one OK/FAIL line per step with the reason, and what is in force: values
 //! from the environment, the URIs to register, the route table with its requirements.
 
+mod around;
 mod certificate;
 
 use std::path::Path;
@@ -149,15 +150,13 @@ pub async fn run(config: Option<&Path>) -> bool {
         }
     }
     let upstream_ok = report.step("upstream", reach_upstream(&settings).await);
-    if let Some(around) = reachable_around(&settings).await {
-        report.warn(
-            "upstream",
-            &format!(
-                "its port also answers on {around}, an address of this host other than loopback: \
-                 people can reach it around the gateway; bind it to loopback (self-hosted \
-                 Sentry: SENTRY_BIND=127.0.0.1:9000 in .env.custom)"
-            ),
-        );
+    for line in around::probe(&settings.upstream.url).await.lines() {
+        const NAME: &str = "upstream around the gateway";
+        match line {
+            around::Line::Ok(text) => _ = report.step(NAME, Ok(text)),
+            around::Line::Warn(text) => report.warn(NAME, &text),
+            around::Line::Note(text) => println!("     {NAME}: {text}"),
+        }
     }
     if upstream_ok && settings.access.preset.as_deref() == Some("sentry") {
         report.step("upstream is Sentry", upstream_is_sentry(&settings).await);
@@ -310,32 +309,6 @@ async fn reach_upstream(settings: &Settings) -> Result<String, String> {
     upstream_get(settings, url)
         .await
         .map(|status| format!("{url} answered HTTP {}", status.as_u16()))
-}
-
-/// For an upstream on loopback: the same port on this host's outward address (the
-/// source address of its default route; nothing is sent), when something answers there.
-async fn reachable_around(settings: &Settings) -> Option<std::net::SocketAddr> {
-    let url = &settings.upstream.url;
-    let on_loopback = match url.host()? {
-        url::Host::Domain(name) => name == "localhost",
-        url::Host::Ipv4(ip) => ip.is_loopback(),
-        url::Host::Ipv6(ip) => ip.is_loopback(),
-    };
-    if !on_loopback {
-        return None;
-    }
-    let probe = std::net::UdpSocket::bind("0.0.0.0:0").ok()?;
-    probe.connect("203.0.113.1:9").ok()?;
-    let outward = probe.local_addr().ok()?.ip();
-    if outward.is_loopback() || outward.is_unspecified() {
-        return None;
-    }
-    let around = std::net::SocketAddr::new(outward, url.port_or_known_default()?);
-    let connect = tokio::net::TcpStream::connect(around);
-    match tokio::time::timeout(Duration::from_secs(2), connect).await {
-        Ok(Ok(_)) => Some(around),
-        _ => None,
-    }
 }
 
 /// With the Sentry preset: the upstream answers Sentry's health check, so it is

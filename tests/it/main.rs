@@ -10,6 +10,7 @@
 
 mod support;
 
+mod check_around;
 mod check_tls;
 mod cli;
 mod docs;
