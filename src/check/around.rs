@@ -198,10 +198,10 @@ fn local_ipv4(fib_trie: &str) -> BTreeSet<Ipv4Addr> {
         let line = line.trim();
         if let Some(address) = line.strip_prefix("|-- ") {
             last = address.parse().ok();
-        } else if line.starts_with("/32 host LOCAL") {
-            if let Some(ip) = last.take() {
-                found.insert(ip);
-            }
+        } else if line.starts_with("/32 host LOCAL")
+            && let Some(ip) = last.take()
+        {
+            found.insert(ip);
         }
     }
     found
