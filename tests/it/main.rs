@@ -11,6 +11,7 @@
 mod support;
 
 mod check_around;
+mod check_examples;
 mod check_tls;
 mod cli;
 mod docs;
