@@ -42,6 +42,29 @@ impl Report {
     fn warn(&mut self, name: &str, text: &str) {
         println!("WARN {name}: {text}");
     }
+
+    /// A line a check module gave.
+    fn line(&mut self, name: &str, line: Line) {
+        match line {
+            Line::Pass(text) => _ = self.step(name, Ok(text)),
+            Line::Fail(text) => _ = self.step(name, Err(text)),
+            Line::Warn(text) => self.warn(name, &text),
+            Line::Note(text) => println!("     {name}: {text}"),
+        }
+    }
+}
+
+/// One line of the report, as a check module gives it.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Line {
+    /// `OK   name: text`
+    Pass(String),
+    /// `FAIL name: text` (the check fails)
+    Fail(String),
+    /// `WARN name: text` (works, but the operator should know)
+    Warn(String),
+    /// `     name: text` (nothing could be told, and why)
+    Note(String),
 }
 
 /// Runs every check; returns true when all passed (warnings do not fail it).
@@ -89,7 +112,7 @@ pub async fn run(config: Option<&Path>) -> bool {
             let now = std::time::SystemTime::now();
             let aliases = &settings.server.host_aliases;
             for line in certificate::check(cert_file, key_file, &host, aliases, now) {
-                report.step("tls certificate", line);
+                report.line("tls certificate", line);
             }
         }
         _ => {
@@ -151,12 +174,7 @@ pub async fn run(config: Option<&Path>) -> bool {
     }
     let upstream_ok = report.step("upstream", reach_upstream(&settings).await);
     for line in around::probe(&settings.upstream.url).await.lines() {
-        const NAME: &str = "upstream around the gateway";
-        match line {
-            around::Line::Ok(text) => _ = report.step(NAME, Ok(text)),
-            around::Line::Warn(text) => report.warn(NAME, &text),
-            around::Line::Note(text) => println!("     {NAME}: {text}"),
-        }
+        report.line("upstream around the gateway", line);
     }
     if upstream_ok && settings.access.preset.as_deref() == Some("sentry") {
         report.step("upstream is Sentry", upstream_is_sentry(&settings).await);

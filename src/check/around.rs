@@ -18,6 +18,8 @@ use std::collections::BTreeSet;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV6};
 use std::time::Duration;
 
+use super::Line;
+
 /// How long one probe waits for a connection: a port that answers on this host's own
 /// address does so at once.
 pub const PROBE_TIMEOUT: Duration = Duration::from_secs(1);
@@ -61,7 +63,7 @@ impl Around {
                     ))
                 })
                 .collect(),
-            Self::LoopbackOnly { port, tried } => vec![Line::Ok(format!(
+            Self::LoopbackOnly { port, tried } => vec![Line::Pass(format!(
                 "port {port} answers on loopback only (tried {})",
                 tried
                     .iter()
@@ -71,14 +73,6 @@ impl Around {
             ))],
         }
     }
-}
-
-/// One printed line of [`Around::lines`].
-#[derive(Debug, PartialEq, Eq)]
-pub enum Line {
-    Ok(String),
-    Warn(String),
-    Note(String),
 }
 
 /// Probes the upstream's port on this host's other addresses when the upstream is on

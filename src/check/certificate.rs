@@ -9,29 +9,31 @@ use std::time::{Duration, SystemTime};
 use chrono::{DateTime, NaiveDate, Utc};
 use rustls_pki_types::ServerName;
 
+use super::Line;
 use crate::server::tls;
 
 /// A certificate expiring sooner than this fails the check (renewal is overdue).
 pub const RENEW_WITHIN: Duration = Duration::from_secs(14 * 24 * 3600);
 
 /// Checks the certificate and key files for `host` and the `aliases`, as of `now`:
-/// one line, or one failure per problem (each name not covered is one).
+/// one OK line, or one failure per problem (each name not covered is one), and a
+/// warning for a certificate without the chain that signs it.
 pub fn check(
     cert_file: &Path,
     key_file: &Path,
     host: &url::Host<&str>,
     aliases: &[String],
     now: SystemTime,
-) -> Vec<Result<String, String>> {
+) -> Vec<Line> {
     let pair = match tls::pem_pair(cert_file, key_file) {
         Ok(pair) => pair,
-        Err(e) => return vec![Err(e.to_string())],
+        Err(e) => return vec![Line::Fail(e.to_string())],
     };
     let shown = cert_file.display();
     let leaf = &pair.cert[0];
     let parsed = match rustls::server::ParsedCertificate::try_from(leaf) {
         Ok(parsed) => parsed,
-        Err(e) => return vec![Err(format!("tls.cert_file {shown}: {e}"))],
+        Err(e) => return vec![Line::Fail(format!("tls.cert_file {shown}: {e}"))],
     };
     let mut failures = Vec::new();
     match server_name(&host.to_string()) {
@@ -60,21 +62,50 @@ pub fn check(
             ));
         }
     }
-    match expiry(leaf, now, &shown.to_string()) {
+    let mut lines: Vec<Line> = match expiry(leaf, now, &shown.to_string()) {
         Ok(date) if failures.is_empty() => {
             let names = std::iter::once(host.to_string())
                 .chain(aliases.iter().cloned())
                 .collect::<Vec<_>>()
                 .join(", ");
-            vec![Ok(format!("valid for {names} until {date}"))]
+            vec![Line::Pass(format!("valid for {names} until {date}"))]
         }
-        Ok(_) => failures.into_iter().map(Err).collect(),
+        Ok(_) => failures.into_iter().map(Line::Fail).collect(),
         Err(e) => failures
             .into_iter()
             .chain(std::iter::once(e))
-            .map(Err)
+            .map(Line::Fail)
             .collect(),
+    };
+    if pair.cert.len() == 1 && is_self_signed(leaf) == Some(false) {
+        lines.push(Line::Warn(format!(
+            "tls.cert_file {shown} holds the server's certificate alone, without the \
+             certificates that sign it: browsers may cope, but sentry-cli, SDKs and curl \
+             refuse it (unable to get local issuer certificate); with certbot, name \
+             fullchain.pem, not cert.pem"
+        )));
     }
+    lines
+}
+
+/// Whether the certificate names itself as its issuer (a self-signed one, which has no
+/// chain to send), or `None` when its DER cannot be read that far.
+fn is_self_signed(der: &[u8]) -> Option<bool> {
+    let (_, certificate, _) = element(der)?;
+    let (_, tbs, _) = element(certificate)?;
+    let mut rest = tbs;
+    let (tag, _, after_version) = element(rest)?;
+    if tag == 0xA0 {
+        rest = after_version;
+    }
+    // serialNumber, signature
+    for _ in 0..2 {
+        rest = element(rest)?.2;
+    }
+    let (_, issuer, rest) = element(rest)?;
+    let (_, _, rest) = element(rest)?; // validity
+    let (_, subject, _) = element(rest)?;
+    Some(issuer == subject)
 }
 
 /// A host as a TLS server name: a DNS name, or an IP address (IPv6 in brackets or not).
@@ -194,9 +225,9 @@ mod tests {
             .into()
     }
 
-    fn only_failure(lines: Vec<Result<String, String>>) -> String {
+    fn only_failure(lines: Vec<Line>) -> String {
         match &lines[..] {
-            [Err(why)] => why.clone(),
+            [Line::Fail(why)] => why.clone(),
             _ => panic!("not one failure: {lines:?}"),
         }
     }
@@ -209,7 +240,7 @@ mod tests {
         let (cert, key) = files(dir.path(), &["sentry.example.com"], (2031, 3, 4));
         assert_eq!(
             check(&cert, &key, &HOST, &[], at(2030, 1, 1)),
-            [Ok(
+            [Line::Pass(
                 "valid for sentry.example.com until 2031-03-04 00:00 UTC".into()
             )]
         );
@@ -256,7 +287,7 @@ mod tests {
         let aliases = |list: &[&str]| list.iter().map(|a| a.to_string()).collect::<Vec<_>>();
         assert_eq!(
             check(&cert, &key, &HOST, &aliases(&["sentry.internal", "192.0.2.10"]), at(2030, 1, 1)),
-            [Ok("valid for sentry.example.com, sentry.internal, 192.0.2.10 until 2031-03-04 00:00 UTC".to_owned())]
+            [Line::Pass("valid for sentry.example.com, sentry.internal, 192.0.2.10 until 2031-03-04 00:00 UTC".to_owned())]
         );
         let lines = check(
             &cert,
@@ -267,7 +298,13 @@ mod tests {
         );
         let shown = cert.display();
         // One failure per name not covered, in the order of server.host_aliases.
-        let failures: Vec<&String> = lines.iter().filter_map(|l| l.as_ref().err()).collect();
+        let failures: Vec<&String> = lines
+            .iter()
+            .filter_map(|line| match line {
+                Line::Fail(why) => Some(why),
+                _ => None,
+            })
+            .collect();
         assert_eq!(failures.len(), 2, "{lines:?}");
         assert_eq!(lines.len(), 2, "{lines:?}");
         for (failure, alias) in failures.iter().zip(["old.example.com", "[2001:db8::1]"]) {
@@ -285,5 +322,32 @@ mod tests {
                 "{failure}"
             );
         }
+    }
+
+    #[test]
+    fn a_certificate_without_its_chain_is_a_warning_naming_fullchain() {
+        let issued = tls::local_certificate(&["sentry.example.com"]).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let cert = dir.path().join("cert.pem");
+        let fullchain = dir.path().join("fullchain.pem");
+        let key = dir.path().join("privkey.pem");
+        std::fs::write(&cert, &issued.cert_pem).unwrap();
+        std::fs::write(&fullchain, format!("{}{}", issued.cert_pem, issued.ca_pem)).unwrap();
+        std::fs::write(&key, &issued.key_pem).unwrap();
+        let now = SystemTime::now();
+        let lines = check(&cert, &key, &HOST, &[], now);
+        assert!(matches!(lines[0], Line::Pass(_)), "{lines:?}");
+        assert_eq!(
+            lines[1..],
+            [Line::Warn(format!(
+                "tls.cert_file {} holds the server's certificate alone, without the \
+                 certificates that sign it: browsers may cope, but sentry-cli, SDKs and curl \
+                 refuse it (unable to get local issuer certificate); with certbot, name \
+                 fullchain.pem, not cert.pem",
+                cert.display()
+            ))]
+        );
+        let lines = check(&fullchain, &key, &HOST, &[], now);
+        assert!(matches!(&lines[..], [Line::Pass(_)]), "{lines:?}");
     }
 }
