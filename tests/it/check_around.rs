@@ -91,3 +91,21 @@ fn check_notes_that_an_upstream_elsewhere_cannot_be_judged() {
         "missing line `{expected}` in:\n{stdout}"
     );
 }
+
+#[test]
+fn the_first_step_of_the_quick_starts_binds_sentry_to_loopback() {
+    for page in ["README.md", "config/SENTRY.md"] {
+        let text =
+            std::fs::read_to_string(format!("{}/{page}", env!("CARGO_MANIFEST_DIR"))).unwrap();
+        let first_step = text
+            .lines()
+            .skip_while(|line| !line.starts_with("1. "))
+            .take_while(|line| !line.starts_with("2. "))
+            .collect::<Vec<_>>()
+            .join(" ");
+        assert!(
+            first_step.contains("SENTRY_BIND=127.0.0.1:9000"),
+            "{page}'s first step does not bind Sentry to loopback: {first_step}"
+        );
+    }
+}
