@@ -170,3 +170,61 @@ fn check_fails_for_each_host_alias_the_certificate_does_not_cover() {
         "{stdout}"
     );
 }
+
+#[test]
+fn check_as_the_service_user_says_it_cannot_read_a_root_only_key() {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let dir = tempfile::tempdir().unwrap();
+    let (cert, key) = issued(&["sentry.example.com"]);
+    let cert_file = dir.path().join("fullchain.pem");
+    let key_file = dir.path().join("privkey.pem");
+    std::fs::write(&cert_file, &cert).unwrap();
+    std::fs::write(&key_file, &key).unwrap();
+    let mode = |path: &std::path::Path, mode: u32| {
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).unwrap()
+    };
+    let text = GatewayToml::new(
+        "https://sentry.example.com",
+        &format!("http://{}", crate::support::unused_address()),
+        "https://id.does-not-exist.invalid/api/oidc",
+    )
+    .tls(&format!(
+        "cert_file = {cert_file:?}\nkey_file = {key_file:?}"
+    ))
+    .render();
+    let config = config_file(&dir, &text);
+    // certbot's way: the directory and certificate readable, the key for its owner only.
+    mode(dir.path(), 0o755);
+    mode(&config, 0o644);
+    mode(&cert_file, 0o644);
+    let mut command = if std::fs::metadata(&key_file).unwrap().uid() == 0 {
+        // Root reads everything: check as another user, like `sudo -u ssogate`.
+        mode(&key_file, 0o600);
+        let mut command = std::process::Command::new("setpriv");
+        command
+            .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+            .arg(env!("CARGO_BIN_EXE_ssogate"));
+        command
+    } else {
+        mode(&key_file, 0o000);
+        ssogate()
+    };
+    let output = command
+        .args(["check", "--config"])
+        .arg(&config)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert_eq!(output.status.code(), Some(1), "{stdout}");
+    let expected = format!(
+        "FAIL tls certificate: tls.key_file {}: cannot read it: Permission denied (os error 13); \
+         the service user must be able to read it (certbot's live/ and archive/ and its keys \
+         are root-only: see config/OPERATIONS.md, \"Certificates\"), and check it as that user: \
+         sudo -u ssogate ssogate check",
+        key_file.display()
+    );
+    assert!(
+        stdout.lines().any(|line| line == expected),
+        "missing line `{expected}` in:\n{stdout}"
+    );
+}
