@@ -228,3 +228,36 @@ fn check_as_the_service_user_says_it_cannot_read_a_root_only_key() {
         "missing line `{expected}` in:\n{stdout}"
     );
 }
+
+#[test]
+fn check_fails_on_a_certificate_that_expires_within_14_days() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = rcgen::KeyPair::generate().unwrap();
+    let mut params = rcgen::CertificateParams::new(vec!["sentry.example.com".to_string()]).unwrap();
+    let in_five_days = (chrono::Utc::now() + chrono::Duration::days(5)).date_naive();
+    params.not_after = rcgen::date_time_ymd(
+        chrono::Datelike::year(&in_five_days),
+        chrono::Datelike::month(&in_five_days) as u8,
+        chrono::Datelike::day(&in_five_days) as u8,
+    );
+    let cert = params.self_signed(&key).unwrap();
+    let cert_file = dir.path().join("fullchain.pem");
+    let key_file = dir.path().join("privkey.pem");
+    std::fs::write(&cert_file, cert.pem()).unwrap();
+    std::fs::write(&key_file, key.serialize_pem()).unwrap();
+    let (code, stdout) = check_with(&dir, &cert_file, &key_file, "");
+    assert_eq!(code, Some(1), "{stdout}");
+    let expected = format!(
+        "FAIL tls certificate: tls.cert_file {}: the certificate expires on {} 00:00 UTC, in ",
+        cert_file.display(),
+        in_five_days.format("%Y-%m-%d")
+    );
+    let line = stdout
+        .lines()
+        .find(|line| line.starts_with(&expected))
+        .unwrap_or_else(|| panic!("no line starting `{expected}` in:\n{stdout}"));
+    assert!(
+        line.ends_with(" day(s); renew it (certbot renew), then `systemctl reload ssogate`"),
+        "{line}"
+    );
+}
