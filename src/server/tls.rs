@@ -71,10 +71,12 @@ fn load(tls: &TlsSettings) -> Result<Option<Arc<CertifiedKey>>, TlsError> {
         } => pem_pair(cert_file, key_file)?,
         TlsSettings::Pem { cert_pem, key_pem } => pair_from_pem(
             PemText {
+                role: Role::CertFile,
                 shown: "(in memory)".into(),
                 bytes: cert_pem.as_bytes(),
             },
             PemText {
+                role: Role::KeyFile,
                 shown: "(in memory)".into(),
                 bytes: key_pem.as_bytes(),
             },
@@ -103,10 +105,12 @@ pub fn pem_pair(cert_file: &Path, key_file: &Path) -> Result<CertifiedKey, TlsEr
     })?;
     pair_from_pem(
         PemText {
+            role: Role::CertFile,
             shown: cert_file.display().to_string(),
             bytes: &cert_bytes,
         },
         PemText {
+            role: Role::KeyFile,
             shown: key_file.display().to_string(),
             bytes: &key_bytes,
         },
@@ -125,10 +129,29 @@ pub fn cannot_read(error: &std::io::Error) -> String {
     format!("cannot read it: {error}{advice}")
 }
 
-/// A PEM text and how to name where it came from (a path).
+/// A PEM text, which of the two files it is, and how to name it (its path).
 struct PemText<'a> {
+    role: Role,
     shown: String,
     bytes: &'a [u8],
+}
+
+/// Which setting a PEM text came from.
+#[derive(Clone, Copy)]
+enum Role {
+    CertFile,
+    KeyFile,
+}
+
+impl PemText<'_> {
+    /// The error naming this text's setting and path.
+    fn error(&self, reason: String) -> TlsError {
+        let path = self.shown.clone();
+        match self.role {
+            Role::CertFile => TlsError::Certificate { path, reason },
+            Role::KeyFile => TlsError::Key { path, reason },
+        }
+    }
 }
 
 /// What a PEM text holds, by kind of section.
@@ -142,17 +165,8 @@ struct PemContents {
 }
 
 impl PemContents {
-    fn read(text: &PemText<'_>, key: &'static str) -> Result<Self, TlsError> {
-        let fail = |reason: String| match key {
-            "tls.key_file" => TlsError::Key {
-                path: text.shown.clone(),
-                reason,
-            },
-            _ => TlsError::Certificate {
-                path: text.shown.clone(),
-                reason,
-            },
-        };
+    fn read(text: &PemText<'_>) -> Result<Self, TlsError> {
+        let fail = |reason: String| text.error(reason);
         let lossy = String::from_utf8_lossy(text.bytes);
         let mut contents = Self {
             encrypted_key: lossy.contains("-----BEGIN ENCRYPTED PRIVATE KEY-----")
@@ -186,16 +200,10 @@ impl PemContents {
 
 /// [`pem_pair`] on texts already read.
 fn pair_from_pem(cert: PemText<'_>, key: PemText<'_>) -> Result<CertifiedKey, TlsError> {
-    let certs = PemContents::read(&cert, "tls.cert_file")?;
-    let keys = PemContents::read(&key, "tls.key_file")?;
-    let cert_error = |reason: String| TlsError::Certificate {
-        path: cert.shown.clone(),
-        reason,
-    };
-    let key_error = |reason: String| TlsError::Key {
-        path: key.shown.clone(),
-        reason,
-    };
+    let certs = PemContents::read(&cert)?;
+    let keys = PemContents::read(&key)?;
+    let cert_error = |reason: String| cert.error(reason);
+    let key_error = |reason: String| key.error(reason);
     if certs.certificates.is_empty() && !keys.certificates.is_empty() && keys.keys.is_empty() {
         return Err(TlsError::Swapped {
             cert_file: cert.shown.clone(),
