@@ -204,7 +204,12 @@ fn pair_from_pem(cert: PemText<'_>, key: PemText<'_>) -> Result<CertifiedKey, Tl
     let keys = PemContents::read(&key)?;
     let cert_error = |reason: String| cert.error(reason);
     let key_error = |reason: String| key.error(reason);
-    if certs.certificates.is_empty() && !keys.certificates.is_empty() && keys.keys.is_empty() {
+    let cert_file_holds_a_key = !certs.keys.is_empty() || certs.encrypted_key;
+    if certs.certificates.is_empty()
+        && cert_file_holds_a_key
+        && !keys.certificates.is_empty()
+        && keys.keys.is_empty()
+    {
         return Err(TlsError::Swapped {
             cert_file: cert.shown.clone(),
             key_file: key.shown.clone(),
@@ -219,13 +224,11 @@ fn pair_from_pem(cert: PemText<'_>, key: PemText<'_>) -> Result<CertifiedKey, Tl
         )));
     }
     if certs.certificates.is_empty() {
-        return Err(cert_error(
-            if certs.keys.is_empty() && !certs.encrypted_key {
-                "no PEM certificate in the file (-----BEGIN CERTIFICATE-----)".into()
-            } else {
-                format!("holds a private key, not a certificate ({CERTBOT_NAMES})")
-            },
-        ));
+        return Err(cert_error(if !cert_file_holds_a_key {
+            "no PEM certificate in the file (-----BEGIN CERTIFICATE-----)".into()
+        } else {
+            format!("holds a private key, not a certificate ({CERTBOT_NAMES})")
+        }));
     }
     let Some(private_key) = keys.keys.into_iter().next() else {
         return Err(key_error(if keys.certificates.is_empty() {
@@ -504,6 +507,22 @@ mod tests {
             "tls.cert_file DIR/privkey.pem holds a private key and tls.key_file DIR/fullchain.pem \
              a certificate: the two are swapped (with certbot, tls.cert_file is fullchain.pem and \
              tls.key_file privkey.pem, both from the same live/<name>/ directory)"
+        );
+    }
+
+    #[test]
+    fn a_certificate_file_without_a_key_is_not_called_swapped() {
+        let issued = issued();
+        let dir = files(&[
+            ("fullchain.pem", &issued.cert_pem),
+            (
+                "notes.pem",
+                "-----BEGIN PUBLIC KEY-----\nAAAA\n-----END PUBLIC KEY-----\n",
+            ),
+        ]);
+        assert_eq!(
+            refusal(&dir, "notes.pem", "fullchain.pem"),
+            "tls.cert_file DIR/notes.pem: no PEM certificate in the file (-----BEGIN CERTIFICATE-----)"
         );
     }
 
