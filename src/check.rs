@@ -2,6 +2,7 @@
 //! printing one OK/FAIL line per step with the reason, and what is in force: values
 //! from the environment, the URIs to register, the route table with its requirements.
 
+mod around;
 mod certificate;
 
 use std::path::Path;
@@ -41,6 +42,29 @@ impl Report {
     fn warn(&mut self, name: &str, text: &str) {
         println!("WARN {name}: {text}");
     }
+
+    /// A line a check module gave.
+    fn line(&mut self, name: &str, line: Line) {
+        match line {
+            Line::Pass(text) => _ = self.step(name, Ok(text)),
+            Line::Fail(text) => _ = self.step(name, Err(text)),
+            Line::Warn(text) => self.warn(name, &text),
+            Line::Note(text) => println!("     {name}: {text}"),
+        }
+    }
+}
+
+/// One line of the report, as a check module gives it.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Line {
+    /// `OK   name: text`
+    Pass(String),
+    /// `FAIL name: text` (the check fails)
+    Fail(String),
+    /// `WARN name: text` (works, but the operator should know)
+    Warn(String),
+    /// `     name: text` (nothing could be told, and why)
+    Note(String),
 }
 
 /// Runs every check; returns true when all passed (warnings do not fail it).
@@ -83,26 +107,28 @@ pub async fn run(config: Option<&Path>) -> bool {
             .unwrap_or_default();
         println!("     register this {what} at the provider: {uri}");
     }
-    let files_ok = match (settings.tls.files(), settings.server.public_url.host()) {
-        (Some((cert_file, key_file)), Some(host)) => report.step(
-            "tls certificate",
-            certificate::check(cert_file, key_file, &host, std::time::SystemTime::now()),
-        ),
-        _ => true,
-    };
-    if files_ok {
-        report.step(
-            "tls",
-            tls::server_config(&settings.tls)
-                .map(|c| {
-                    if c.is_some() {
-                        "certificate and key load".to_owned()
-                    } else {
-                        "off (another terminator in front)".to_owned()
-                    }
-                })
-                .map_err(|e| e.to_string()),
-        );
+    match (settings.tls.files(), settings.server.public_url.host()) {
+        (Some((cert_file, key_file)), Some(host)) => {
+            let now = std::time::SystemTime::now();
+            let aliases = &settings.server.host_aliases;
+            for line in certificate::check(cert_file, key_file, &host, aliases, now) {
+                report.line("tls certificate", line);
+            }
+        }
+        _ => {
+            report.step(
+                "tls",
+                tls::server_config(&settings.tls)
+                    .map(|c| {
+                        if c.is_some() {
+                            "certificate and key load".to_owned()
+                        } else {
+                            "off (another terminator in front)".to_owned()
+                        }
+                    })
+                    .map_err(|e| e.to_string()),
+            );
+        }
     }
     let gateway = match Gateway::new(settings.clone()) {
         Ok(gateway) => gateway,
@@ -147,15 +173,8 @@ pub async fn run(config: Option<&Path>) -> bool {
         }
     }
     let upstream_ok = report.step("upstream", reach_upstream(&settings).await);
-    if let Some(around) = reachable_around(&settings).await {
-        report.warn(
-            "upstream",
-            &format!(
-                "its port also answers on {around}, an address of this host other than loopback: \
-                 people can reach it around the gateway; bind it to loopback (self-hosted \
-                 Sentry: SENTRY_BIND=127.0.0.1:9000 in .env.custom)"
-            ),
-        );
+    for line in around::probe(&settings.upstream.url).await.lines() {
+        report.line("upstream around the gateway", line);
     }
     if upstream_ok && settings.access.preset.as_deref() == Some("sentry") {
         report.step("upstream is Sentry", upstream_is_sentry(&settings).await);
@@ -308,32 +327,6 @@ async fn reach_upstream(settings: &Settings) -> Result<String, String> {
     upstream_get(settings, url)
         .await
         .map(|status| format!("{url} answered HTTP {}", status.as_u16()))
-}
-
-/// For an upstream on loopback: the same port on this host's outward address (the
-/// source address of its default route; nothing is sent), when something answers there.
-async fn reachable_around(settings: &Settings) -> Option<std::net::SocketAddr> {
-    let url = &settings.upstream.url;
-    let on_loopback = match url.host()? {
-        url::Host::Domain(name) => name == "localhost",
-        url::Host::Ipv4(ip) => ip.is_loopback(),
-        url::Host::Ipv6(ip) => ip.is_loopback(),
-    };
-    if !on_loopback {
-        return None;
-    }
-    let probe = std::net::UdpSocket::bind("0.0.0.0:0").ok()?;
-    probe.connect("203.0.113.1:9").ok()?;
-    let outward = probe.local_addr().ok()?.ip();
-    if outward.is_loopback() || outward.is_unspecified() {
-        return None;
-    }
-    let around = std::net::SocketAddr::new(outward, url.port_or_known_default()?);
-    let connect = tokio::net::TcpStream::connect(around);
-    match tokio::time::timeout(Duration::from_secs(2), connect).await {
-        Ok(Ok(_)) => Some(around),
-        _ => None,
-    }
 }
 
 /// With the Sentry preset: the upstream answers Sentry's health check, so it is

@@ -1,50 +1,125 @@
-//! `ssogate check` on the TLS files: readable by this user, a key where the key
-//! belongs, a certificate valid for `server.public_url`'s host and not about to expire.
+//! `ssogate check` on the TLS files: the pair loads as startup loads it
+//! ([`tls::pem_pair`]: readable by this user, a key where the key belongs, the two
+//! belonging together), and the certificate is valid for `server.public_url`'s host and
+//! every `server.host_aliases` name, and not about to expire.
 
 use std::path::Path;
 use std::time::{Duration, SystemTime};
 
 use chrono::{DateTime, NaiveDate, Utc};
-use rustls_pki_types::pem::PemObject;
-use rustls_pki_types::{CertificateDer, ServerName};
+use rustls_pki_types::ServerName;
+
+use super::Line;
+use crate::server::tls;
 
 /// A certificate expiring sooner than this fails the check (renewal is overdue).
 pub const RENEW_WITHIN: Duration = Duration::from_secs(14 * 24 * 3600);
 
-/// Checks the certificate and key files for `host`, as of `now`.
+/// Checks the certificate and key files for `host` and the `aliases`, as of `now`:
+/// one OK line, or one failure per problem (each name not covered is one), and a
+/// warning for a certificate without the chain that signs it.
 pub fn check(
     cert_file: &Path,
     key_file: &Path,
     host: &url::Host<&str>,
+    aliases: &[String],
     now: SystemTime,
-) -> Result<String, String> {
-    let cert_pem = read("tls.cert_file", cert_file)?;
-    let key_pem = read("tls.key_file", key_file)?;
-    let key_text = String::from_utf8_lossy(&key_pem);
-    if key_text.contains("-----BEGIN CERTIFICATE") && !key_text.contains("PRIVATE KEY-----") {
-        return Err(format!(
-            "tls.key_file {}: holds a certificate, not a private key (with certbot, the key is \
-             privkey.pem and the certificate chain fullchain.pem)",
-            key_file.display()
-        ));
-    }
+) -> Vec<Line> {
+    let pair = match tls::pem_pair(cert_file, key_file) {
+        Ok(pair) => pair,
+        Err(e) => return vec![Line::Fail(e.to_string())],
+    };
     let shown = cert_file.display();
-    let leaf = CertificateDer::pem_slice_iter(&cert_pem)
-        .next()
-        .and_then(Result::ok)
-        .ok_or_else(|| format!("tls.cert_file {shown}: no PEM certificate in the file"))?;
-    let name = match host {
-        url::Host::Domain(domain) => ServerName::try_from(domain.to_string()),
-        url::Host::Ipv4(ip) => Ok(ServerName::from(std::net::IpAddr::V4(*ip))),
-        url::Host::Ipv6(ip) => Ok(ServerName::from(std::net::IpAddr::V6(*ip))),
+    let leaf = &pair.cert[0];
+    let parsed = match rustls::server::ParsedCertificate::try_from(leaf) {
+        Ok(parsed) => parsed,
+        Err(e) => return vec![Line::Fail(format!("tls.cert_file {shown}: {e}"))],
+    };
+    let mut failures = Vec::new();
+    match server_name(&host.to_string()) {
+        Err(e) => failures.push(format!(
+            "server.public_url's host {host} is not a server name: {e}"
+        )),
+        Ok(name) => {
+            if let Err(e) = rustls::client::verify_server_name(&parsed, &name) {
+                failures.push(format!(
+                    "tls.cert_file {shown}: not valid for {host}, server.public_url's host ({e})"
+                ));
+            }
+        }
     }
-    .map_err(|e| format!("server.public_url's host {host} is not a server name: {e}"))?;
-    let parsed = rustls::server::ParsedCertificate::try_from(&leaf)
-        .map_err(|e| format!("tls.cert_file {shown}: {e}"))?;
-    rustls::client::verify_server_name(&parsed, &name).map_err(|e| {
-        format!("tls.cert_file {shown}: not valid for {host}, server.public_url's host ({e})")
-    })?;
-    let expires = not_after(&leaf).ok_or_else(|| {
+    for alias in aliases {
+        let covered = server_name(alias)
+            .map_err(|e| e.to_string())
+            .and_then(|name| {
+                rustls::client::verify_server_name(&parsed, &name).map_err(|e| e.to_string())
+            });
+        if let Err(e) = covered {
+            failures.push(format!(
+                "tls.cert_file {shown}: not valid for {alias}, one of server.host_aliases ({e}); \
+                 add the name to the certificate (certbot: another -d {alias}) or remove it \
+                 from server.host_aliases"
+            ));
+        }
+    }
+    let mut lines: Vec<Line> = match expiry(leaf, now, &shown.to_string()) {
+        Ok(date) if failures.is_empty() => {
+            let names = std::iter::once(host.to_string())
+                .chain(aliases.iter().cloned())
+                .collect::<Vec<_>>()
+                .join(", ");
+            vec![Line::Pass(format!("valid for {names} until {date}"))]
+        }
+        Ok(_) => failures.into_iter().map(Line::Fail).collect(),
+        Err(e) => failures
+            .into_iter()
+            .chain(std::iter::once(e))
+            .map(Line::Fail)
+            .collect(),
+    };
+    if pair.cert.len() == 1 && is_self_signed(leaf) == Some(false) {
+        lines.push(Line::Warn(format!(
+            "tls.cert_file {shown} holds the server's certificate alone, without the \
+             certificates that sign it: browsers may cope, but sentry-cli, SDKs and curl \
+             refuse it (unable to get local issuer certificate); with certbot, name \
+             fullchain.pem, not cert.pem"
+        )));
+    }
+    lines
+}
+
+/// Whether the certificate names itself as its issuer (a self-signed one, which has no
+/// chain to send), or `None` when its DER cannot be read that far.
+fn is_self_signed(der: &[u8]) -> Option<bool> {
+    let (_, certificate, _) = element(der)?;
+    let (_, tbs, _) = element(certificate)?;
+    let mut rest = tbs;
+    let (tag, _, after_version) = element(rest)?;
+    if tag == 0xA0 {
+        rest = after_version;
+    }
+    // serialNumber, signature
+    for _ in 0..2 {
+        rest = element(rest)?.2;
+    }
+    let (_, issuer, rest) = element(rest)?;
+    let (_, _, rest) = element(rest)?; // validity
+    let (_, subject, _) = element(rest)?;
+    Some(issuer == subject)
+}
+
+/// A host as a TLS server name: a DNS name, or an IP address (IPv6 in brackets or not).
+fn server_name(host: &str) -> Result<ServerName<'static>, String> {
+    let bare = host.trim_start_matches('[').trim_end_matches(']');
+    match bare.parse::<std::net::IpAddr>() {
+        Ok(ip) => Ok(ServerName::from(ip)),
+        Err(_) => ServerName::try_from(bare.to_owned()).map_err(|e| e.to_string()),
+    }
+}
+
+/// The leaf's expiry date as text, or why it fails the check (`shown`: the file).
+fn expiry(leaf: &[u8], now: SystemTime, shown: &str) -> Result<String, String> {
+    let expires = not_after(leaf).ok_or_else(|| {
         format!("tls.cert_file {shown}: cannot read the certificate's expiry date")
     })?;
     let now = DateTime::<Utc>::from(now);
@@ -62,24 +137,7 @@ pub fn check(
             left.as_secs() / 86_400
         ));
     }
-    Ok(format!("valid for {host} until {date}"))
-}
-
-/// The file's bytes, or why this user cannot read them.
-fn read(key: &str, path: &Path) -> Result<Vec<u8>, String> {
-    std::fs::read(path).map_err(|e| unreadable(key, path, &e))
-}
-
-/// Why a file cannot be read, with what to do when it is a permission problem.
-pub fn unreadable(key: &str, path: &Path, error: &std::io::Error) -> String {
-    let advice = if error.kind() == std::io::ErrorKind::PermissionDenied {
-        "; the service user must be able to read it (certbot's live/ and archive/ and its \
-         keys are root-only: see config/OPERATIONS.md, \"Certificates\"), and check it as that user: \
-         sudo -u ssogate ssogate check"
-    } else {
-        ""
-    };
-    format!("{key} {}: cannot read it: {error}{advice}", path.display())
+    Ok(date.to_string())
 }
 
 /// The certificate's notAfter, read from its DER (Certificate, TBSCertificate, Validity).
@@ -167,6 +225,13 @@ mod tests {
             .into()
     }
 
+    fn only_failure(lines: Vec<Line>) -> String {
+        match &lines[..] {
+            [Line::Fail(why)] => why.clone(),
+            _ => panic!("not one failure: {lines:?}"),
+        }
+    }
+
     const HOST: url::Host<&str> = url::Host::Domain("sentry.example.com");
 
     #[test]
@@ -174,8 +239,10 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let (cert, key) = files(dir.path(), &["sentry.example.com"], (2031, 3, 4));
         assert_eq!(
-            check(&cert, &key, &HOST, at(2030, 1, 1)),
-            Ok("valid for sentry.example.com until 2031-03-04 00:00 UTC".into())
+            check(&cert, &key, &HOST, &[], at(2030, 1, 1)),
+            [Line::Pass(
+                "valid for sentry.example.com until 2031-03-04 00:00 UTC".into()
+            )]
         );
     }
 
@@ -183,7 +250,7 @@ mod tests {
     fn a_certificate_for_other_names_fails_naming_the_host() {
         let dir = tempfile::tempdir().unwrap();
         let (cert, key) = files(dir.path(), &["other.example.com"], (2031, 3, 4));
-        let why = check(&cert, &key, &HOST, at(2030, 1, 1)).unwrap_err();
+        let why = only_failure(check(&cert, &key, &HOST, &[], at(2030, 1, 1)));
         assert!(
             why.contains("not valid for sentry.example.com, server.public_url's host"),
             "{why}"
@@ -194,7 +261,7 @@ mod tests {
     fn a_certificate_expiring_within_14_days_fails_with_the_date() {
         let dir = tempfile::tempdir().unwrap();
         let (cert, key) = files(dir.path(), &["sentry.example.com"], (2030, 1, 10));
-        let why = check(&cert, &key, &HOST, at(2030, 1, 1)).unwrap_err();
+        let why = only_failure(check(&cert, &key, &HOST, &[], at(2030, 1, 1)));
         assert!(
             why.ends_with(
                 "the certificate expires on 2030-01-10 00:00 UTC, in 8 day(s); renew it \
@@ -202,7 +269,7 @@ mod tests {
             ),
             "{why}"
         );
-        let why = check(&cert, &key, &HOST, at(2030, 2, 1)).unwrap_err();
+        let why = only_failure(check(&cert, &key, &HOST, &[], at(2030, 2, 1)));
         assert!(
             why.ends_with("the certificate expired on 2030-01-10 00:00 UTC"),
             "{why}"
@@ -210,30 +277,77 @@ mod tests {
     }
 
     #[test]
-    fn a_key_file_holding_the_certificate_is_named() {
+    fn each_host_alias_the_certificate_does_not_cover_fails_by_name() {
         let dir = tempfile::tempdir().unwrap();
-        let (cert, _) = files(dir.path(), &["sentry.example.com"], (2031, 3, 4));
-        let why = check(&cert, &cert, &HOST, at(2030, 1, 1)).unwrap_err();
-        assert!(
-            why.contains("holds a certificate, not a private key"),
-            "{why}"
+        let (cert, key) = files(
+            dir.path(),
+            &["sentry.example.com", "sentry.internal", "192.0.2.10"],
+            (2031, 3, 4),
         );
+        let aliases = |list: &[&str]| list.iter().map(|a| a.to_string()).collect::<Vec<_>>();
+        assert_eq!(
+            check(&cert, &key, &HOST, &aliases(&["sentry.internal", "192.0.2.10"]), at(2030, 1, 1)),
+            [Line::Pass("valid for sentry.example.com, sentry.internal, 192.0.2.10 until 2031-03-04 00:00 UTC".to_owned())]
+        );
+        let lines = check(
+            &cert,
+            &key,
+            &HOST,
+            &aliases(&["sentry.internal", "old.example.com", "[2001:db8::1]"]),
+            at(2030, 1, 1),
+        );
+        let shown = cert.display();
+        // One failure per name not covered, in the order of server.host_aliases.
+        let failures: Vec<&String> = lines
+            .iter()
+            .filter_map(|line| match line {
+                Line::Fail(why) => Some(why),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(failures.len(), 2, "{lines:?}");
+        assert_eq!(lines.len(), 2, "{lines:?}");
+        for (failure, alias) in failures.iter().zip(["old.example.com", "[2001:db8::1]"]) {
+            assert!(
+                failure.starts_with(&format!(
+                    "tls.cert_file {shown}: not valid for {alias}, one of server.host_aliases ("
+                )),
+                "{failure}"
+            );
+            assert!(
+                failure.ends_with(&format!(
+                    "); add the name to the certificate (certbot: another -d {alias}) or remove \
+                     it from server.host_aliases"
+                )),
+                "{failure}"
+            );
+        }
     }
 
     #[test]
-    fn an_unreadable_file_says_to_check_as_the_service_user() {
-        let denied = std::io::Error::from(std::io::ErrorKind::PermissionDenied);
-        let why = unreadable(
-            "tls.key_file",
-            Path::new("/etc/letsencrypt/live/x/privkey.pem"),
-            &denied,
+    fn a_certificate_without_its_chain_is_a_warning_naming_fullchain() {
+        let issued = tls::local_certificate(&["sentry.example.com"]).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let cert = dir.path().join("cert.pem");
+        let fullchain = dir.path().join("fullchain.pem");
+        let key = dir.path().join("privkey.pem");
+        std::fs::write(&cert, &issued.cert_pem).unwrap();
+        std::fs::write(&fullchain, format!("{}{}", issued.cert_pem, issued.ca_pem)).unwrap();
+        std::fs::write(&key, &issued.key_pem).unwrap();
+        let now = SystemTime::now();
+        let lines = check(&cert, &key, &HOST, &[], now);
+        assert!(matches!(lines[0], Line::Pass(_)), "{lines:?}");
+        assert_eq!(
+            lines[1..],
+            [Line::Warn(format!(
+                "tls.cert_file {} holds the server's certificate alone, without the \
+                 certificates that sign it: browsers may cope, but sentry-cli, SDKs and curl \
+                 refuse it (unable to get local issuer certificate); with certbot, name \
+                 fullchain.pem, not cert.pem",
+                cert.display()
+            ))]
         );
-        assert!(
-            why.starts_with("tls.key_file /etc/letsencrypt/live/x/privkey.pem: cannot read it: "),
-            "{why}"
-        );
-        assert!(why.ends_with("sudo -u ssogate ssogate check"), "{why}");
-        let missing = std::io::Error::from(std::io::ErrorKind::NotFound);
-        assert!(!unreadable("tls.key_file", Path::new("/x"), &missing).contains("sudo"));
+        let lines = check(&fullchain, &key, &HOST, &[], now);
+        assert!(matches!(&lines[..], [Line::Pass(_)]), "{lines:?}");
     }
 }

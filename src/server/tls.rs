@@ -2,14 +2,14 @@
 //! listener serves ([`CertificateStore`]), TLS 1.3 and 1.2 only, ALPN `h2` and
 //! `http/1.1`, and a self-signed certificate for the demo.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, SystemTime};
 
 use rustls::ServerConfig;
 use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
-use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::pem::{PemObject, SectionKind};
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 
 use crate::config::TlsSettings;
@@ -22,6 +22,11 @@ pub enum TlsError {
     Certificate { path: String, reason: String },
     #[error("tls.key_file {path}: {reason}")]
     Key { path: String, reason: String },
+    #[error(
+        "tls.cert_file {cert_file} holds a private key and tls.key_file {key_file} a certificate: \
+         the two are swapped ({CERTBOT_NAMES})"
+    )]
+    Swapped { cert_file: String, key_file: String },
     #[error("the certificate and key do not fit together, or the key is not usable: {0}")]
     Config(#[from] rustls::Error),
     #[error("generating a certificate failed: {0}")]
@@ -58,48 +63,225 @@ pub fn server_config(tls: &TlsSettings) -> Result<Option<ServerTls>, TlsError> {
 
 /// The chain and key from the settings, checked to belong together.
 fn load(tls: &TlsSettings) -> Result<Option<Arc<CertifiedKey>>, TlsError> {
-    let (certs, key) = match tls {
+    let certified = match tls {
         TlsSettings::Off => return Ok(None),
         TlsSettings::Files {
             cert_file,
             key_file,
-        } => {
-            let shown = cert_file.display().to_string();
-            let certs = CertificateDer::pem_file_iter(cert_file)
-                .and_then(|iter| iter.collect::<Result<Vec<_>, _>>())
-                .map_err(|e| TlsError::Certificate {
-                    path: shown.clone(),
-                    reason: e.to_string(),
-                })?;
-            let key = PrivateKeyDer::from_pem_file(key_file).map_err(|e| TlsError::Key {
-                path: key_file.display().to_string(),
-                reason: e.to_string(),
-            })?;
-            if certs.is_empty() {
-                return Err(TlsError::Certificate {
-                    path: shown,
-                    reason: "no PEM certificate in the file".into(),
-                });
-            }
-            (certs, key)
-        }
-        TlsSettings::Pem { cert_pem, key_pem } => {
-            let certs = CertificateDer::pem_slice_iter(cert_pem.as_bytes())
-                .collect::<Result<Vec<_>, _>>()
-                .map_err(|e| TlsError::Certificate {
-                    path: "(in memory)".into(),
-                    reason: e.to_string(),
-                })?;
-            let key =
-                PrivateKeyDer::from_pem_slice(key_pem.as_bytes()).map_err(|e| TlsError::Key {
-                    path: "(in memory)".into(),
-                    reason: e.to_string(),
-                })?;
-            (certs, key)
-        }
+        } => pem_pair(cert_file, key_file)?,
+        TlsSettings::Pem { cert_pem, key_pem } => pair_from_pem(
+            PemText {
+                role: Role::CertFile,
+                shown: "(in memory)".into(),
+                bytes: cert_pem.as_bytes(),
+            },
+            PemText {
+                role: Role::KeyFile,
+                shown: "(in memory)".into(),
+                bytes: key_pem.as_bytes(),
+            },
+        )?,
     };
-    let certified = CertifiedKey::from_der(certs, key, &crypto_provider())?;
     Ok(Some(Arc::new(certified)))
+}
+
+/// How certbot names its files, for the messages about files mixed up.
+const CERTBOT_NAMES: &str = "with certbot, tls.cert_file is fullchain.pem and tls.key_file \
+                             privkey.pem, both from the same live/<name>/ directory";
+
+/// The certificate chain of `tls.cert_file` and the private key of `tls.key_file`,
+/// checked to belong together: what startup, a reload and `ssogate check` load. Its
+/// errors name the key and say what is wrong with the file: unreadable (and why, for
+/// the service user), a certificate where the key belongs or the reverse, the two
+/// swapped, an encrypted key, a key of another certificate, a chain out of order.
+pub fn pem_pair(cert_file: &Path, key_file: &Path) -> Result<CertifiedKey, TlsError> {
+    let cert_bytes = std::fs::read(cert_file).map_err(|e| TlsError::Certificate {
+        path: cert_file.display().to_string(),
+        reason: cannot_read(&e),
+    })?;
+    let key_bytes = std::fs::read(key_file).map_err(|e| TlsError::Key {
+        path: key_file.display().to_string(),
+        reason: cannot_read(&e),
+    })?;
+    pair_from_pem(
+        PemText {
+            role: Role::CertFile,
+            shown: cert_file.display().to_string(),
+            bytes: &cert_bytes,
+        },
+        PemText {
+            role: Role::KeyFile,
+            shown: key_file.display().to_string(),
+            bytes: &key_bytes,
+        },
+    )
+}
+
+/// Why a file cannot be read, with what to do when it is a permission problem.
+pub fn cannot_read(error: &std::io::Error) -> String {
+    let advice = if error.kind() == std::io::ErrorKind::PermissionDenied {
+        "; the service user must be able to read it (certbot's live/ and archive/ and its \
+         keys are root-only: see config/OPERATIONS.md, \"Certificates\"), and check it as that \
+         user: sudo -u ssogate ssogate check"
+    } else {
+        ""
+    };
+    format!("cannot read it: {error}{advice}")
+}
+
+/// A PEM text, which of the two files it is, and how to name it (its path).
+struct PemText<'a> {
+    role: Role,
+    shown: String,
+    bytes: &'a [u8],
+}
+
+/// Which setting a PEM text came from.
+#[derive(Clone, Copy)]
+enum Role {
+    CertFile,
+    KeyFile,
+}
+
+impl PemText<'_> {
+    /// The error naming this text's setting and path.
+    fn error(&self, reason: String) -> TlsError {
+        let path = self.shown.clone();
+        match self.role {
+            Role::CertFile => TlsError::Certificate { path, reason },
+            Role::KeyFile => TlsError::Key { path, reason },
+        }
+    }
+}
+
+/// What a PEM text holds, by kind of section.
+#[derive(Default)]
+struct PemContents {
+    certificates: Vec<CertificateDer<'static>>,
+    keys: Vec<PrivateKeyDer<'static>>,
+    /// An `ENCRYPTED PRIVATE KEY` (PKCS #8) or a traditional key with
+    /// `Proc-Type: 4,ENCRYPTED`: unusable without its passphrase.
+    encrypted_key: bool,
+}
+
+impl PemContents {
+    fn read(text: &PemText<'_>) -> Result<Self, TlsError> {
+        let fail = |reason: String| text.error(reason);
+        let lossy = String::from_utf8_lossy(text.bytes);
+        let mut contents = Self {
+            encrypted_key: lossy.contains("-----BEGIN ENCRYPTED PRIVATE KEY-----")
+                || lossy.contains("Proc-Type: 4,ENCRYPTED"),
+            ..Self::default()
+        };
+        if contents.encrypted_key {
+            // A traditional encrypted key's headers are not base64: read no further.
+            return Ok(contents);
+        }
+        if !lossy.contains("-----BEGIN ") {
+            return Err(fail(
+                "holds no PEM text (no -----BEGIN line); a DER file converts with \
+                 `openssl x509 -inform der` (a certificate) or `openssl pkey -inform der` (a key)"
+                    .into(),
+            ));
+        }
+        for section in <(SectionKind, Vec<u8>)>::pem_slice_iter(text.bytes) {
+            let (kind, der) = section.map_err(|e| fail(format!("not readable as PEM: {e}")))?;
+            match kind {
+                SectionKind::Certificate => contents.certificates.push(der.into()),
+                SectionKind::PrivateKey => contents.keys.push(PrivateKeyDer::Pkcs8(der.into())),
+                SectionKind::RsaPrivateKey => contents.keys.push(PrivateKeyDer::Pkcs1(der.into())),
+                SectionKind::EcPrivateKey => contents.keys.push(PrivateKeyDer::Sec1(der.into())),
+                _ => {}
+            }
+        }
+        Ok(contents)
+    }
+}
+
+/// [`pem_pair`] on texts already read.
+fn pair_from_pem(cert: PemText<'_>, key: PemText<'_>) -> Result<CertifiedKey, TlsError> {
+    let certs = PemContents::read(&cert)?;
+    let keys = PemContents::read(&key)?;
+    let cert_error = |reason: String| cert.error(reason);
+    let key_error = |reason: String| key.error(reason);
+    let cert_file_holds_a_key = !certs.keys.is_empty() || certs.encrypted_key;
+    if certs.certificates.is_empty()
+        && cert_file_holds_a_key
+        && !keys.certificates.is_empty()
+        && keys.keys.is_empty()
+    {
+        return Err(TlsError::Swapped {
+            cert_file: cert.shown.clone(),
+            key_file: key.shown.clone(),
+        });
+    }
+    if keys.encrypted_key && keys.keys.is_empty() {
+        return Err(key_error(format!(
+            "holds an encrypted private key, and the gateway asks for no passphrase; decrypt it \
+             with `openssl pkey -in {shown} -out {shown}.plain` (it asks for the passphrase), \
+             make that file readable by the service user only, and name it in tls.key_file",
+            shown = key.shown
+        )));
+    }
+    if certs.certificates.is_empty() {
+        return Err(cert_error(if !cert_file_holds_a_key {
+            "no PEM certificate in the file (-----BEGIN CERTIFICATE-----)".into()
+        } else {
+            format!("holds a private key, not a certificate ({CERTBOT_NAMES})")
+        }));
+    }
+    let Some(private_key) = keys.keys.into_iter().next() else {
+        return Err(key_error(if keys.certificates.is_empty() {
+            "no PEM private key in the file (-----BEGIN PRIVATE KEY-----)".into()
+        } else {
+            format!("holds a certificate, not a private key ({CERTBOT_NAMES})")
+        }));
+    };
+    let provider = crypto_provider();
+    let signing_key = provider
+        .key_provider
+        .load_private_key(private_key)
+        .map_err(|e| key_error(format!("not a usable private key: {e}")))?;
+    let certified = CertifiedKey::new(certs.certificates, signing_key);
+    match certified.keys_match() {
+        Ok(()) | Err(rustls::Error::InconsistentKeys(rustls::InconsistentKeys::Unknown)) => {
+            Ok(certified)
+        }
+        Err(rustls::Error::InconsistentKeys(rustls::InconsistentKeys::KeyMismatch)) => {
+            // The key's certificate may be in the file, just not first.
+            let position = certified.cert.iter().skip(1).position(|other| {
+                CertifiedKey::new(vec![other.clone()], certified.key.clone())
+                    .keys_match()
+                    .is_ok()
+            });
+            Err(match position {
+                Some(index) => cert_error(format!(
+                    "the certificate of tls.key_file's key comes {} in the file; the server's \
+                     own certificate must come first, then the ones that sign it ({CERTBOT_NAMES}, \
+                     already in that order)",
+                    ordinal(index + 2)
+                )),
+                None => key_error(format!(
+                    "is not the private key of the certificate in tls.cert_file {} ({CERTBOT_NAMES}; \
+                     chain.pem holds only the CA's certificates)",
+                    cert.shown
+                )),
+            })
+        }
+        Err(e) => Err(TlsError::Config(e)),
+    }
+}
+
+/// "2nd", "3rd", "4th", ... for a position in a file.
+fn ordinal(n: usize) -> String {
+    let suffix = match (n % 10, n % 100) {
+        (_, 11..=13) => "th",
+        (1, _) => "st",
+        (2, _) => "nd",
+        (3, _) => "rd",
+        _ => "th",
+    };
+    format!("{n}{suffix}")
 }
 
 /// The certificate the listener presents, replaceable while it serves: a reload
@@ -242,4 +424,246 @@ pub fn local_certificate(names: &[&str]) -> Result<LocalCertificate, TlsError> {
         cert_pem: cert.pem(),
         key_pem: key.serialize_pem(),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A directory holding `(name, contents)` files.
+    fn files(contents: &[(&str, &str)]) -> tempfile::TempDir {
+        let dir = tempfile::tempdir().unwrap();
+        for (name, text) in contents {
+            std::fs::write(dir.path().join(name), text).unwrap();
+        }
+        dir
+    }
+
+    /// The message of loading `cert` and `key` from `dir`, with the directory shown
+    /// as `DIR`.
+    fn refusal(dir: &tempfile::TempDir, cert: &str, key: &str) -> String {
+        let error = pem_pair(&dir.path().join(cert), &dir.path().join(key))
+            .expect_err("the pair should be refused")
+            .to_string();
+        error.replace(&dir.path().display().to_string(), "DIR")
+    }
+
+    fn issued() -> LocalCertificate {
+        local_certificate(&["sentry.example.com"]).unwrap()
+    }
+
+    #[test]
+    fn a_full_chain_and_its_key_load_leaf_first() {
+        let issued = issued();
+        let fullchain = format!("{}{}", issued.cert_pem, issued.ca_pem);
+        let dir = files(&[
+            ("fullchain.pem", &fullchain),
+            ("privkey.pem", &issued.key_pem),
+        ]);
+        let pair = pem_pair(
+            &dir.path().join("fullchain.pem"),
+            &dir.path().join("privkey.pem"),
+        )
+        .unwrap();
+        assert_eq!(pair.cert.len(), 2);
+    }
+
+    #[test]
+    fn a_key_file_holding_a_certificate_is_named_with_certbot_names() {
+        let issued = issued();
+        let dir = files(&[
+            ("fullchain.pem", &issued.cert_pem),
+            ("cert.pem", &issued.cert_pem),
+        ]);
+        assert_eq!(
+            refusal(&dir, "fullchain.pem", "cert.pem"),
+            "tls.key_file DIR/cert.pem: holds a certificate, not a private key (with certbot, \
+             tls.cert_file is fullchain.pem and tls.key_file privkey.pem, both from the same \
+             live/<name>/ directory)"
+        );
+    }
+
+    #[test]
+    fn a_certificate_file_holding_only_a_key_is_named() {
+        let issued = issued();
+        let dir = files(&[("privkey.pem", &issued.key_pem)]);
+        assert_eq!(
+            refusal(&dir, "privkey.pem", "privkey.pem"),
+            "tls.cert_file DIR/privkey.pem: holds a private key, not a certificate (with certbot, \
+             tls.cert_file is fullchain.pem and tls.key_file privkey.pem, both from the same \
+             live/<name>/ directory)"
+        );
+    }
+
+    #[test]
+    fn the_two_files_swapped_are_named_together() {
+        let issued = issued();
+        let dir = files(&[
+            ("fullchain.pem", &issued.cert_pem),
+            ("privkey.pem", &issued.key_pem),
+        ]);
+        assert_eq!(
+            refusal(&dir, "privkey.pem", "fullchain.pem"),
+            "tls.cert_file DIR/privkey.pem holds a private key and tls.key_file DIR/fullchain.pem \
+             a certificate: the two are swapped (with certbot, tls.cert_file is fullchain.pem and \
+             tls.key_file privkey.pem, both from the same live/<name>/ directory)"
+        );
+    }
+
+    #[test]
+    fn a_certificate_file_without_a_key_is_not_called_swapped() {
+        let issued = issued();
+        let dir = files(&[
+            ("fullchain.pem", &issued.cert_pem),
+            (
+                "notes.pem",
+                "-----BEGIN PUBLIC KEY-----\nAAAA\n-----END PUBLIC KEY-----\n",
+            ),
+        ]);
+        assert_eq!(
+            refusal(&dir, "notes.pem", "fullchain.pem"),
+            "tls.cert_file DIR/notes.pem: no PEM certificate in the file (-----BEGIN CERTIFICATE-----)"
+        );
+    }
+
+    #[test]
+    fn an_encrypted_key_says_how_to_decrypt_it() {
+        let issued = issued();
+        // The sections' labels are what is read: the contents need not be decryptable.
+        let body = |pem: &str| {
+            pem.lines()
+                .filter(|line| !line.starts_with("-----"))
+                .collect::<Vec<_>>()
+                .join("\n")
+        };
+        let pkcs8 = format!(
+            "-----BEGIN ENCRYPTED PRIVATE KEY-----\n{}\n-----END ENCRYPTED PRIVATE KEY-----\n",
+            body(&issued.key_pem)
+        );
+        let traditional = format!(
+            "-----BEGIN RSA PRIVATE KEY-----\nProc-Type: 4,ENCRYPTED\nDEK-Info: AES-128-CBC,\
+             00112233445566778899AABBCCDDEEFF\n\n{}\n-----END RSA PRIVATE KEY-----\n",
+            body(&issued.key_pem)
+        );
+        for key in [pkcs8, traditional] {
+            let dir = files(&[("fullchain.pem", &issued.cert_pem), ("privkey.pem", &key)]);
+            assert_eq!(
+                refusal(&dir, "fullchain.pem", "privkey.pem"),
+                "tls.key_file DIR/privkey.pem: holds an encrypted private key, and the gateway \
+                 asks for no passphrase; decrypt it with `openssl pkey -in DIR/privkey.pem -out \
+                 DIR/privkey.pem.plain` (it asks for the passphrase), make that file readable by \
+                 the service user only, and name it in tls.key_file"
+            );
+        }
+    }
+
+    #[test]
+    fn a_key_of_another_certificate_is_refused() {
+        let issued = issued();
+        let other = issued_other();
+        let dir = files(&[
+            ("fullchain.pem", &issued.cert_pem),
+            ("privkey.pem", &other.key_pem),
+        ]);
+        assert_eq!(
+            refusal(&dir, "fullchain.pem", "privkey.pem"),
+            "tls.key_file DIR/privkey.pem: is not the private key of the certificate in \
+             tls.cert_file DIR/fullchain.pem (with certbot, tls.cert_file is fullchain.pem and \
+             tls.key_file privkey.pem, both from the same live/<name>/ directory; chain.pem \
+             holds only the CA's certificates)"
+        );
+        // certbot's chain.pem: only the CA's certificate, not the one of the key.
+        let dir = files(&[
+            ("chain.pem", &issued.ca_pem),
+            ("privkey.pem", &issued.key_pem),
+        ]);
+        assert!(
+            refusal(&dir, "chain.pem", "privkey.pem")
+                .starts_with("tls.key_file DIR/privkey.pem: is not the private key of the certificate in tls.cert_file DIR/chain.pem")
+        );
+    }
+
+    fn issued_other() -> LocalCertificate {
+        local_certificate(&["other.example.com"]).unwrap()
+    }
+
+    #[test]
+    fn a_chain_with_the_servers_certificate_not_first_is_named() {
+        let issued = issued();
+        let reversed = format!("{}{}", issued.ca_pem, issued.cert_pem);
+        let dir = files(&[
+            ("fullchain.pem", &reversed),
+            ("privkey.pem", &issued.key_pem),
+        ]);
+        assert_eq!(
+            refusal(&dir, "fullchain.pem", "privkey.pem"),
+            "tls.cert_file DIR/fullchain.pem: the certificate of tls.key_file's key comes 2nd in \
+             the file; the server's own certificate must come first, then the ones that sign it \
+             (with certbot, tls.cert_file is fullchain.pem and tls.key_file privkey.pem, both \
+             from the same live/<name>/ directory, already in that order)"
+        );
+    }
+
+    #[test]
+    fn files_that_are_not_pem_or_missing_say_so() {
+        let issued = issued();
+        let dir = files(&[
+            ("fullchain.pem", &issued.cert_pem),
+            ("privkey.der", "\u{30}\u{82}binary"),
+            ("empty.pem", ""),
+        ]);
+        assert_eq!(
+            refusal(&dir, "fullchain.pem", "privkey.der"),
+            "tls.key_file DIR/privkey.der: holds no PEM text (no -----BEGIN line); a DER file \
+             converts with `openssl x509 -inform der` (a certificate) or `openssl pkey -inform \
+             der` (a key)"
+        );
+        assert!(
+            refusal(&dir, "fullchain.pem", "empty.pem")
+                .starts_with("tls.key_file DIR/empty.pem: holds no PEM text")
+        );
+        assert!(
+            refusal(&dir, "fullchain.pem", "absent.pem")
+                .starts_with("tls.key_file DIR/absent.pem: cannot read it: No such file")
+        );
+    }
+
+    #[test]
+    fn an_unreadable_file_says_to_check_as_the_service_user() {
+        let denied = std::io::Error::from(std::io::ErrorKind::PermissionDenied);
+        let why = cannot_read(&denied);
+        assert!(
+            why.starts_with("cannot read it: permission denied"),
+            "{why}"
+        );
+        assert!(why.ends_with("sudo -u ssogate ssogate check"), "{why}");
+        let missing = std::io::Error::from(std::io::ErrorKind::NotFound);
+        assert!(!cannot_read(&missing).contains("sudo"));
+    }
+
+    #[tokio::test]
+    async fn a_reload_refuses_a_broken_pair_and_keeps_the_current_one() {
+        let issued = issued();
+        let dir = files(&[
+            ("fullchain.pem", &issued.cert_pem),
+            ("privkey.pem", &issued.key_pem),
+        ]);
+        let settings = TlsSettings::Files {
+            cert_file: dir.path().join("fullchain.pem"),
+            key_file: dir.path().join("privkey.pem"),
+        };
+        let (_, store) = server_config(&settings).unwrap().unwrap();
+        std::fs::write(dir.path().join("privkey.pem"), &issued.cert_pem).unwrap();
+        let error = store.reload().unwrap_err().to_string();
+        assert!(
+            error.ends_with("privkey.pem: holds a certificate, not a private key (with certbot, tls.cert_file is fullchain.pem and tls.key_file privkey.pem, both from the same live/<name>/ directory)"),
+            "{error}"
+        );
+        assert_eq!(
+            store.current.read().unwrap().cert[0].as_ref(),
+            rustls_pki_types::CertificateDer::from_pem_slice(issued.cert_pem.as_bytes())
+                .unwrap()
+                .as_ref()
+        );
+    }
 }

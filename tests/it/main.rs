@@ -10,6 +10,9 @@
 
 mod support;
 
+mod check_around;
+mod check_examples;
+mod check_tls;
 mod cli;
 mod docs;
 mod forwarding;
