@@ -419,6 +419,7 @@ impl Run {
     async fn worker(&self, next: &AtomicU64, end: Instant) {
         let (connector, http2) = &self.own;
         let mut connection: Option<connection::Connection> = None;
+        let mut deadline = std::pin::pin!(tokio::time::sleep(self.timeout));
         loop {
             let sent = Instant::now();
             if sent >= end {
@@ -434,14 +435,14 @@ impl Run {
                 self.exchange(index, sent).await;
                 continue;
             };
+            // A connection the target closed is made again, once per request.
+            let open = connection.take();
             let exchange = async {
-                // A connection the target closed is made again, once per request.
-                let mut open = connection.take();
+                let mut open = open;
                 for _attempt in 0..2 {
                     let mut current = match open.take() {
                         Some(current) => current,
-                        // Boxed: the connector's future is large, and this one is
-                        // moved into the timeout on every request.
+                        // Boxed: the connector's future is large.
                         None => {
                             Box::pin(connection::Connection::open(
                                 connector.clone(),
@@ -460,15 +461,30 @@ impl Run {
                 }
                 Err(Outcome::ConnectionBroken)
             };
-            let outcome = match tokio::time::timeout(self.timeout, exchange).await {
-                Ok(Ok((outcome, kept))) => {
-                    connection = Some(kept);
-                    outcome
+            let mut exchange = std::pin::pin!(exchange);
+            // The worker's one timer, not one per request: it may ring for an earlier
+            // request's deadline, and is then set to this one's.
+            let due = sent + self.timeout;
+            let outcome = loop {
+                tokio::select! {
+                    biased;
+                    done = &mut exchange => break match done {
+                        Ok((outcome, kept)) => {
+                            connection = Some(kept);
+                            outcome
+                        }
+                        // A broken exchange leaves the connection in no state to reuse:
+                        // the next request makes a new one.
+                        Err(outcome) => outcome,
+                    },
+                    () = deadline.as_mut() => {
+                        if Instant::now() >= due {
+                            // And so does a timeout (the connection is dropped here).
+                            break Outcome::Timeout;
+                        }
+                        deadline.as_mut().reset(due);
+                    }
                 }
-                // A timeout or a broken exchange leaves the connection in no state to
-                // reuse: the next request makes a new one.
-                Ok(Err(outcome)) => outcome,
-                Err(_) => Outcome::Timeout,
             };
             self.record(scenario, outcome, sent.elapsed());
         }

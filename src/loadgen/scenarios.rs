@@ -273,7 +273,9 @@ impl RequestMaker {
                 absolute.clone()
             }
         };
-        let mut request = match scenario {
+        // Parts set in place rather than through `Request::builder()`, which moves the
+        // whole request at each step: this runs for every request of a run.
+        let (method, target, body) = match scenario {
             Scenario::Login => return None,
             Scenario::Envelope => {
                 let template = &self.envelopes[rand::random_range(0..self.envelopes.len())];
@@ -282,43 +284,54 @@ impl RequestMaker {
                 for &at in &template.id_at {
                     body[at..at + 32].copy_from_slice(id.as_bytes());
                 }
-                let mut builder = Request::builder()
-                    .method(Method::POST)
-                    .uri(uri(&self.envelope_uri, &self.envelope_path))
-                    .header(header::CONTENT_TYPE, "application/x-sentry-envelope");
-                if let Some(auth) = &self.sentry_auth {
-                    builder = builder.header("x-sentry-auth", auth.clone());
-                }
-                builder
-                    .body(Full::new(Bytes::from(body)))
-                    .expect("valid parts")
+                (
+                    Method::POST,
+                    uri(&self.envelope_uri, &self.envelope_path),
+                    Bytes::from(body),
+                )
             }
-            Scenario::Api | Scenario::Token => {
-                let (target, credential) = if scenario == Scenario::Api {
-                    (
-                        uri(&self.api_uri, &self.api_path),
-                        self.cookie.as_ref().map(|c| (header::COOKIE, c)),
-                    )
-                } else {
-                    (
-                        uri(&self.token_uri, &self.token_path),
-                        self.bearer.as_ref().map(|b| (header::AUTHORIZATION, b)),
-                    )
-                };
-                let mut builder = Request::builder()
-                    .method(Method::GET)
-                    .uri(target)
-                    .header(header::ACCEPT, "application/json; charset=utf-8");
-                if let Some((name, value)) = credential {
-                    builder = builder.header(name, value.clone());
-                }
-                builder.body(Full::new(Bytes::new())).expect("valid parts")
-            }
+            Scenario::Api => (
+                Method::GET,
+                uri(&self.api_uri, &self.api_path),
+                Bytes::new(),
+            ),
+            Scenario::Token => (
+                Method::GET,
+                uri(&self.token_uri, &self.token_path),
+                Bytes::new(),
+            ),
         };
+        let mut request = Request::new(Full::new(body));
+        *request.method_mut() = method;
+        *request.uri_mut() = target;
+        let headers = request.headers_mut();
         if origin_form {
-            request
-                .headers_mut()
-                .insert(header::HOST, self.host.clone());
+            headers.insert(header::HOST, self.host.clone());
+        }
+        match scenario {
+            Scenario::Envelope => {
+                headers.insert(
+                    header::CONTENT_TYPE,
+                    HeaderValue::from_static("application/x-sentry-envelope"),
+                );
+                if let Some(auth) = &self.sentry_auth {
+                    headers.insert(http::HeaderName::from_static("x-sentry-auth"), auth.clone());
+                }
+            }
+            _ => {
+                headers.insert(
+                    header::ACCEPT,
+                    HeaderValue::from_static("application/json; charset=utf-8"),
+                );
+                let credential = if scenario == Scenario::Api {
+                    self.cookie.as_ref().map(|c| (header::COOKIE, c))
+                } else {
+                    self.bearer.as_ref().map(|b| (header::AUTHORIZATION, b))
+                };
+                if let Some((name, value)) = credential {
+                    headers.insert(name, value.clone());
+                }
+            }
         }
         Some(request)
     }
