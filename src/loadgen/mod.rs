@@ -1,6 +1,9 @@
 //! `ssogate bench`: a load generator a load-tester points at their own deployment
 //! (the gateway, or Sentry directly for the baseline) with Sentry-shaped traffic
-//! ([`scenarios`]), printing latency percentiles and error classes ([`report`]).
+//! ([`scenarios`]), printing latency percentiles and error classes ([`report`]), with
+//! a chart beside the `--report` file ([`chart`]). While it runs, the figures of the
+//! last second go on a progress bar when standard error is a terminal, else on a
+//! plain line every second.
 //!
 //! A subcommand of the one binary rather than a second binary: whoever runs the
 //! gateway already has it, and it trusts servers as the gateway does (the system's
