@@ -27,8 +27,9 @@
 //!
 //! Latency is from the send (closed loop) or the due time (open loop) to the last byte
 //! of the answer's body. HTTP/1.1 keeps connections alive; `--http2` speaks HTTP/2
-//! (ALPN on TLS, prior knowledge on `http://`) over as few connections as it needs;
-//! `--new-connections` makes a connection per request. With `--metrics`, the gateway's
+//! (ALPN on TLS, prior knowledge on `http://`), in the closed loop over a connection
+//! per worker, in the open loop over as few as it needs; `--new-connections` makes a
+//! connection per request. With `--metrics`, the gateway's
 //! own figures over the run join the report ([`gateway_metrics`]). The `login` scenario
 //! is a whole sign-in through the provider ([`login`]).
 
