@@ -82,8 +82,8 @@ pub struct BenchArgs {
     /// How long to send requests (30s, 5m, ...).
     #[arg(long, default_value = "10s", value_parser = parse_duration)]
     pub duration: Duration,
-    /// Closed loop: this many concurrent workers, each sending its next request as soon
-    /// as its answer has arrived.
+    /// Closed loop: this many concurrent workers, each on a connection of its own and
+    /// sending its next request as soon as its answer has arrived.
     #[arg(long, default_value_t = 8, conflicts_with = "rate")]
     pub connections: usize,
     /// Open loop: requests per second (`200` or `200/s`), each timed from when it was due.
