@@ -7,7 +7,7 @@ use std::net::{Ipv4Addr, SocketAddr};
 
 use bytes::Bytes;
 use http::{Request, Response, header};
-use http_body_util::Full;
+use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
@@ -31,6 +31,8 @@ pub enum DemoError {
     Tls(#[from] tls::TlsError),
     #[error(transparent)]
     Server(#[from] server::ServerError),
+    #[error("cannot write the demo's CA file: {0}")]
+    CaFile(std::io::Error),
 }
 
 /// The demo's three parts, started; used by `run` and by tests.
@@ -118,21 +120,45 @@ preset = "sentry"
     })
 }
 
+/// The demo's CA certificate in a file, `$TMPDIR/ssogate-demo-<port>-ca.pem`, for
+/// clients that take a CA file (`ssogate bench --ca-file`, `curl --cacert`); removed
+/// when dropped, as the demo stops.
+struct CaFile(std::path::PathBuf);
+
+impl CaFile {
+    fn write(port: u16, ca_pem: &str) -> std::io::Result<CaFile> {
+        let path = std::env::temp_dir().join(format!("ssogate-demo-{port}-ca.pem"));
+        std::fs::write(&path, ca_pem)?;
+        Ok(CaFile(path))
+    }
+}
+
+impl Drop for CaFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
 /// Runs the demo until SIGINT/SIGTERM.
 pub async fn run(port: u16) -> Result<(), DemoError> {
     let demo = start(port, server::shutdown_signal()).await?;
+    let port = demo.gateway.local_addr.port();
+    let ca_file = CaFile::write(port, &demo.ca_pem).map_err(DemoError::CaFile)?;
     println!(
         "\nssogate demo is running (all on loopback):\n\
          \n  open       {url}\n  sign in    user `{user}`, password `{password}`\n\
          \n  provider   {issuer}  (development provider; never use it for real)\n  upstream   http://{upstream}  (shows the headers it receives)\n\
+         \n  CA file    {ca}  (trust it with `ssogate bench --ca-file` or `curl --cacert`)\n\
          \nThe certificate comes from a throwaway CA: your browser will warn once. Stop with Ctrl-C.\n",
         url = demo.url,
         user = demo.username,
         password = demo.password,
         issuer = demo.provider.issuer(),
         upstream = demo.upstream_addr,
+        ca = ca_file.0.display(),
     );
     demo.gateway.stopped().await;
+    drop(ca_file);
     Ok(())
 }
 
@@ -150,7 +176,13 @@ async fn start_demo_upstream() -> Result<SocketAddr, DemoError> {
             };
             tokio::spawn(async move {
                 let service = hyper::service::service_fn(|request: Request<Incoming>| async move {
-                    Ok::<_, Infallible>(headers_page(&request))
+                    let page = headers_page(&request);
+                    // The body read to its end before the answer (an SDK's envelope, say):
+                    // an answer before it would end the connection under the gateway's
+                    // upload, which the gateway reports as a 502.
+                    let mut body = request.into_body();
+                    while let Some(Ok(_)) = body.frame().await {}
+                    Ok::<_, Infallible>(page)
                 });
                 let _ = auto::Builder::new(TokioExecutor::new())
                     .serve_connection(TokioIo::new(stream), service)

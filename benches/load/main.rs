@@ -19,6 +19,9 @@
 //! and 1M sessions. It writes
 //! `target/bench-report/report.md` and `chart.svg`.
 //!
+//! `cargo bench --bench load -- ceiling` measures only the load generator's own ceiling
+//! ([`ceiling`]): wrk and `ssogate bench` against the direct upstream, one core each.
+//!
 //! `cargo bench --bench load -- --hold` starts everything, prints each target's
 //! command line and the gateways' process ids, and waits (for `perf record -p`).
 //! `cargo bench --bench load -- <words>` runs only the targets (and the sections
@@ -28,6 +31,7 @@
 #[path = "../../tests/it/support/browser.rs"]
 #[allow(dead_code)]
 mod browser;
+mod ceiling;
 mod drivers;
 mod extras;
 #[path = "../support/memory.rs"]
@@ -71,23 +75,25 @@ fn main() {
     if memory::child_measurement(&args) {
         return;
     }
-    for (tool, package) in [
-        ("nginx", "nginx"),
-        ("wrk", "wrk"),
-        ("h2load", "nghttp2-client"),
-        ("taskset", "util-linux"),
-    ] {
-        if which(tool).is_none() {
-            eprintln!("load: `{tool}` is missing; install it with: apt-get install {package}");
-            std::process::exit(2);
-        }
-    }
     let wanted: Vec<String> = args
         .iter()
         .skip(1)
         .filter(|a| !a.starts_with("--"))
         .cloned()
         .collect();
+    // The ceiling alone needs no h2load.
+    let only_ceiling = !wanted.is_empty() && wanted.iter().all(|word| word == "ceiling");
+    for (tool, package) in [
+        ("nginx", "nginx"),
+        ("wrk", "wrk"),
+        ("h2load", "nghttp2-client"),
+        ("taskset", "util-linux"),
+    ] {
+        if which(tool).is_none() && !(only_ceiling && tool == "h2load") {
+            eprintln!("load: `{tool}` is missing; install it with: apt-get install {package}");
+            std::process::exit(2);
+        }
+    }
     let wants = |name: &str| wanted.is_empty() || wanted.iter().any(|w| name.contains(w.as_str()));
 
     // Before pinning: afterwards this process sees only the core it was given.
@@ -138,6 +144,22 @@ fn main() {
     );
     upstream.await_port(upstream_port);
     proxy.await_port(proxy_tls_port);
+
+    let ceiling = wants("ceiling").then(|| {
+        ceiling::measure(
+            &format!("http://127.0.0.1:{upstream_port}{PAGE}"),
+            dir,
+            generator_core,
+            ROUNDS,
+            ROUND,
+        )
+    });
+    if let Some(ceiling) = &ceiling
+        && only_ceiling
+    {
+        println!("{}", ceiling.markdown());
+        return;
+    }
 
     let gateway_base = format!("http://127.0.0.1:{gateway_port}");
     let gateway_tls_base = format!("https://127.0.0.1:{gateway_tls_port}");
@@ -449,6 +471,7 @@ fn main() {
         upload_bytes: UPLOAD_BYTES,
         memory,
         gateway_idle_rss,
+        ceiling,
         notes,
     };
     let markdown = report::markdown(&results);

@@ -21,6 +21,8 @@ pub struct Results {
     pub upload_bytes: u64,
     pub memory: Vec<Resident>,
     pub gateway_idle_rss: u64,
+    /// `ssogate bench` next to wrk against the direct upstream (`-- ceiling`).
+    pub ceiling: Option<crate::ceiling::Ceiling>,
     /// Things the run could not do (a peer not installed, say).
     pub notes: Vec<String>,
 }
@@ -230,6 +232,9 @@ pub fn markdown(results: &Results) -> String {
                 mib(resident.growth())
             );
         }
+    }
+    if let Some(ceiling) = &results.ceiling {
+        out.push_str(&ceiling.markdown());
     }
     for note in &results.notes {
         let _ = writeln!(out, "\nNote: {note}");

@@ -1,6 +1,9 @@
 //! `ssogate bench`: a load generator a load-tester points at their own deployment
 //! (the gateway, or Sentry directly for the baseline) with Sentry-shaped traffic
-//! ([`scenarios`]), printing latency percentiles and error classes ([`report`]).
+//! ([`scenarios`]), printing latency percentiles and error classes ([`report`]), with
+//! a chart beside the `--report` file ([`chart`]). While it runs, the figures of the
+//! last second go on a progress bar when standard error is a terminal, else on a
+//! plain line every second.
 //!
 //! A subcommand of the one binary rather than a second binary: whoever runs the
 //! gateway already has it, and it trusts servers as the gateway does (the system's
@@ -10,7 +13,8 @@
 //! Two load models:
 //! - **closed loop** (`--connections N`): N workers, each sending its next request
 //!   when the previous answer has arrived. It finds the most the target answers; when
-//!   the target slows down, so does the load.
+//!   the target slows down, so does the load. Each worker has a connection of its own
+//!   ([`connection`]), made again when the target closes it.
 //! - **open loop** (`--rate R`): request `i` is due at `start + i/R`, sent on its own
 //!   task whether or not the earlier ones have been answered, and its latency runs from
 //!   the time it was *due*, not from when it was sent. A generator that waits for a
@@ -23,17 +27,21 @@
 //!
 //! Latency is from the send (closed loop) or the due time (open loop) to the last byte
 //! of the answer's body. HTTP/1.1 keeps connections alive; `--http2` speaks HTTP/2
-//! (ALPN on TLS, prior knowledge on `http://`) over as few connections as it needs;
-//! `--new-connections` makes a connection per request. With `--metrics`, the gateway's
+//! (ALPN on TLS, prior knowledge on `http://`), in the closed loop over a connection
+//! per worker, in the open loop over as few as it needs; `--new-connections` makes a
+//! connection per request. With `--metrics`, the gateway's
 //! own figures over the run join the report ([`gateway_metrics`]). The `login` scenario
 //! is a whole sign-in through the provider ([`login`]).
 
+pub mod chart;
+mod connection;
 pub mod gateway_metrics;
 pub mod login;
 pub mod ramp;
 pub mod report;
 pub mod scenarios;
 
+use std::io::IsTerminal as _;
 use std::net::IpAddr;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -74,8 +82,8 @@ pub struct BenchArgs {
     /// How long to send requests (30s, 5m, ...).
     #[arg(long, default_value = "10s", value_parser = parse_duration)]
     pub duration: Duration,
-    /// Closed loop: this many concurrent workers, each sending its next request as soon
-    /// as its answer has arrived.
+    /// Closed loop: this many concurrent workers, each on a connection of its own and
+    /// sending its next request as soon as its answer has arrived.
     #[arg(long, default_value_t = 8, conflicts_with = "rate")]
     pub connections: usize,
     /// Open loop: requests per second (`200` or `200/s`), each timed from when it was due.
@@ -336,6 +344,10 @@ fn same_origin(url: &str, target: &url::Url) -> bool {
 /// What every request of a run shares.
 struct Run {
     client: BenchClient,
+    /// The closed loop's workers make their own connections with it (HTTP/2 when the
+    /// bool is set), to `target`.
+    own: (Counted<Connector>, bool),
+    target: http::Uri,
     login: Option<login::LoginFlow>,
     /// With `--new-connections`: each exchange gets a client of its own from this.
     fresh: Option<(Counted<Connector>, bool)>,
@@ -403,6 +415,83 @@ impl Run {
             Err(_) => Outcome::Timeout,
         };
         self.record(scenario, outcome, due.elapsed());
+    }
+
+    /// A closed-loop worker: the next request as soon as the last one's answer has
+    /// arrived, until `end`, on a connection of its own (logins, and every request with
+    /// `--new-connections`, go as [`Run::exchange`] sends them).
+    async fn worker(&self, next: &AtomicU64, end: Instant) {
+        let (connector, http2) = &self.own;
+        let mut connection: Option<connection::Connection> = None;
+        let mut deadline = std::pin::pin!(tokio::time::sleep(self.timeout));
+        loop {
+            let sent = Instant::now();
+            if sent >= end {
+                break;
+            }
+            let index = next.fetch_add(1, Ordering::Relaxed);
+            let scenario = self.mix.scenario_of(index);
+            let request = match &self.fresh {
+                None => self.requests.make_for_connection(scenario, *http2),
+                Some(_) => None,
+            };
+            let Some(request) = request else {
+                self.exchange(index, sent).await;
+                continue;
+            };
+            // A connection the target closed is made again, once per request.
+            let open = connection.take();
+            let exchange = async {
+                let mut open = open;
+                for _attempt in 0..2 {
+                    let mut current = match open.take() {
+                        Some(current) => current,
+                        // Boxed: the connector's future is large.
+                        None => {
+                            Box::pin(connection::Connection::open(
+                                connector.clone(),
+                                self.target.clone(),
+                                *http2,
+                            ))
+                            .await?
+                        }
+                    };
+                    if current.ready().await {
+                        let outcome = current
+                            .exchange(request, |status| self.answered(scenario, status.as_u16()))
+                            .await?;
+                        return Ok((outcome, current));
+                    }
+                }
+                Err(Outcome::ConnectionBroken)
+            };
+            let mut exchange = std::pin::pin!(exchange);
+            // The worker's one timer, not one per request: it may ring for an earlier
+            // request's deadline, and is then set to this one's.
+            let due = sent + self.timeout;
+            let outcome = loop {
+                tokio::select! {
+                    biased;
+                    done = &mut exchange => break match done {
+                        Ok((outcome, kept)) => {
+                            connection = Some(kept);
+                            outcome
+                        }
+                        // A broken exchange leaves the connection in no state to reuse:
+                        // the next request makes a new one.
+                        Err(outcome) => outcome,
+                    },
+                    () = deadline.as_mut() => {
+                        if Instant::now() >= due {
+                            // And so does a timeout (the connection is dropped here).
+                            break Outcome::Timeout;
+                        }
+                        deadline.as_mut().reset(due);
+                    }
+                }
+            };
+            self.record(scenario, outcome, sent.elapsed());
+        }
     }
 
     fn record(&self, scenario: Scenario, outcome: Outcome, latency: Duration) {
@@ -516,6 +605,11 @@ pub async fn run(args: BenchArgs) -> Result<String, BenchError> {
     };
     let run = Arc::new(Run {
         client,
+        own: (counted.clone(), args.http2),
+        target: target
+            .as_str()
+            .parse()
+            .map_err(|e| BenchError::Setup(format!("{e}")))?,
         login,
         fresh: args.new_connections.then_some((counted, args.http2)),
         requests,
@@ -527,8 +621,17 @@ pub async fn run(args: BenchArgs) -> Result<String, BenchError> {
     let started = chrono::Utc::now();
     let start = Instant::now();
     let end = start + args.duration;
-    let live = (!args.quiet).then(|| tokio::spawn(live_lines(run.clone(), start)));
+    let planned = match args.ramp {
+        Some(range) => {
+            let steps = ramp::rates(range, args.step.unwrap_or(range.from)).len();
+            args.step_duration * u32::try_from(steps).unwrap_or(u32::MAX)
+        }
+        None => args.duration,
+    };
+    let bar = (!args.quiet && std::io::stderr().is_terminal()).then(|| progress_bar(planned));
+    let live = (!args.quiet).then(|| tokio::spawn(live_lines(run.clone(), start, bar.clone())));
     let mut ramp_section = String::new();
+    let mut chart = None;
     let mut length = args.duration;
     match (args.ramp, args.rate) {
         (Some(range), _) => {
@@ -550,13 +653,17 @@ pub async fn run(args: BenchArgs) -> Result<String, BenchError> {
                 let step = recorded.step(rate, args.step_duration);
                 if !args.quiet {
                     let verdict = limits.crossed(&step).unwrap_or_else(|| "within".into());
-                    eprintln!(
+                    let line = format!(
                         "step {}: {rate}/s asked, {:.1}/s ok, p99 {}, errors {:.2}%: {verdict}",
                         steps.len() + 1,
                         step.achieved,
                         step.p99.map_or_else(|| "-".into(), report::micros),
                         step.error_share() * 100.0
                     );
+                    match &bar {
+                        Some(bar) => bar.println(line),
+                        None => eprintln!("{line}"),
+                    }
                 }
                 total.absorb(recorded);
                 steps.push(step);
@@ -564,12 +671,20 @@ pub async fn run(args: BenchArgs) -> Result<String, BenchError> {
             *run.recorder() = total;
             length = args.step_duration * u32::try_from(steps.len()).unwrap_or(u32::MAX);
             ramp_section = ramp::markdown(&steps, &limits, rates.len(), args.step_duration);
+            let points: Vec<_> = steps.iter().map(|step| (step.asked, step.p99)).collect();
+            let limit = args
+                .max_p99
+                .map(|max| max.as_micros().min(u128::from(u64::MAX)) as u64);
+            chart = Some(chart::ramp(&points, limit));
         }
         (None, None) => closed_loop(&run, args.connections.max(1), end).await,
         (None, Some(rate)) => open_loop(&run, rate, start, end, args.max_in_flight).await,
     }
     if let Some(live) = live {
         live.abort();
+    }
+    if let Some(bar) = bar {
+        bar.finish();
     }
     let gateway_figures = match metrics {
         None => String::new(),
@@ -675,10 +790,33 @@ pub async fn run(args: BenchArgs) -> Result<String, BenchError> {
     report.push_str(&ramp_section);
     report.push_str(&gateway_figures);
     if let Some(path) = &args.report {
-        std::fs::write(path, &report).map_err(|e| BenchError::Report {
+        let failed = |path: &std::path::Path, e: std::io::Error| BenchError::Report {
             path: path.display().to_string(),
             reason: e.to_string(),
-        })?;
+        };
+        // The chart next to the report, FILE.svg beside FILE.md.
+        let svg = if path.extension().is_some_and(|e| e == "svg") {
+            path.with_extension("chart.svg")
+        } else {
+            path.with_extension("svg")
+        };
+        let chart = chart.unwrap_or_else(|| chart::latency(&run.recorder().percentiles()));
+        std::fs::write(&svg, chart).map_err(|e| failed(&svg, e))?;
+        let name = svg.file_name().map_or_else(
+            || svg.display().to_string(),
+            |name| name.to_string_lossy().into_owned(),
+        );
+        let mut written = report.clone();
+        written.push_str(&format!(
+            "\n## Chart\n\n![{}]({name})\n",
+            if args.ramp.is_some() {
+                "p99 of each step by the rate asked"
+            } else {
+                "latency percentiles per scenario"
+            }
+        ));
+        std::fs::write(path, &written).map_err(|e| failed(path, e))?;
+        return Ok(written);
     }
     Ok(report)
 }
@@ -711,16 +849,7 @@ async fn closed_loop(run: &Arc<Run>, connections: usize, end: Instant) {
     let mut workers = tokio::task::JoinSet::new();
     for _ in 0..connections {
         let (run, next) = (run.clone(), next.clone());
-        workers.spawn(async move {
-            loop {
-                let now = Instant::now();
-                if now >= end {
-                    break;
-                }
-                let index = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                run.exchange(index, now).await;
-            }
-        });
+        workers.spawn(async move { run.worker(&next, end).await });
     }
     while workers.join_next().await.is_some() {}
 }
@@ -748,7 +877,23 @@ async fn open_loop(run: &Arc<Run>, rate: f64, start: Instant, end: Instant, max_
     while in_flight.join_next().await.is_some() {}
 }
 
-async fn live_lines(run: Arc<Run>, start: Instant) {
+/// A bar over the run's planned length, in seconds, for a terminal.
+fn progress_bar(planned: Duration) -> indicatif::ProgressBar {
+    let bar = indicatif::ProgressBar::with_draw_target(
+        Some(planned.as_secs().max(1)),
+        indicatif::ProgressDrawTarget::stderr(),
+    );
+    if let Ok(style) =
+        indicatif::ProgressStyle::with_template("{bar:30.cyan/blue} {pos:>4}/{len}s  {msg}")
+    {
+        bar.set_style(style);
+    }
+    bar
+}
+
+/// Every second: the live figures (rate, p99 and errors over the last second) on the
+/// progress bar when standard error is a terminal, else as a line of their own.
+async fn live_lines(run: Arc<Run>, start: Instant, bar: Option<indicatif::ProgressBar>) {
     let mut ticks =
         tokio::time::interval_at(start + Duration::from_secs(1), Duration::from_secs(1));
     let mut last = start;
@@ -756,7 +901,17 @@ async fn live_lines(run: Arc<Run>, start: Instant) {
         let now = ticks.tick().await;
         let line = run.recorder().live_line(now - start, now - last);
         last = now;
-        eprintln!("{line}");
+        match &bar {
+            Some(bar) => {
+                bar.set_position((now - start).as_secs());
+                // The bar shows the time; the figures follow it.
+                bar.set_message(
+                    line.split_once("] ")
+                        .map_or(line.clone(), |(_, f)| f.to_owned()),
+                );
+            }
+            None => eprintln!("{line}"),
+        }
     }
 }
 

@@ -193,6 +193,19 @@ impl Recorder {
             .sum()
     }
 
+    /// The latency of each scenario's ok answers at [`super::chart::PERCENTILES`], µs.
+    pub fn percentiles(&self) -> Vec<(String, [u64; 4])> {
+        self.latency
+            .iter()
+            .map(|(scenario, histogram)| {
+                (
+                    scenario.name().to_owned(),
+                    super::chart::PERCENTILES.map(|(_, q)| histogram.value_at_quantile(q)),
+                )
+            })
+            .collect()
+    }
+
     /// The report: `settings` rows first (name, value), then totals (with `totals` rows
     /// added), latency, errors and the answers by status.
     pub fn markdown(

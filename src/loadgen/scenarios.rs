@@ -159,6 +159,12 @@ pub struct RequestMaker {
     envelope_uri: Uri,
     api_uri: Uri,
     token_uri: Uri,
+    /// The same paths in origin form (`/api/0/...`), with `host`, for an HTTP/1.1
+    /// connection of the bench's own ([`super::connection`]).
+    envelope_path: Uri,
+    api_path: Uri,
+    token_path: Uri,
+    host: HeaderValue,
     sentry_auth: Option<HeaderValue>,
     cookie: Option<HeaderValue>,
     bearer: Option<HeaderValue>,
@@ -217,10 +223,25 @@ impl RequestMaker {
             let template = std::sync::Arc::new(envelope_template(kind, size, &dsn));
             envelopes.extend(std::iter::repeat_n(template, weight as usize));
         }
+        let envelope_uri = uri(&format!("/api/{}/envelope/", credentials.project))?;
+        let api_uri = uri(&credentials.api_path)?;
+        let token_uri = uri(&credentials.token_path)?;
+        let origin_form = |uri: &Uri| -> Uri {
+            uri.path_and_query()
+                .map_or_else(|| Uri::from_static("/"), |path| Uri::from(path.clone()))
+        };
+        let host = match base.port() {
+            Some(port) => format!("{}:{port}", base.host_str().unwrap_or_default()),
+            None => base.host_str().unwrap_or_default().to_owned(),
+        };
         Ok(RequestMaker {
-            envelope_uri: uri(&format!("/api/{}/envelope/", credentials.project))?,
-            api_uri: uri(&credentials.api_path)?,
-            token_uri: uri(&credentials.token_path)?,
+            envelope_path: origin_form(&envelope_uri),
+            api_path: origin_form(&api_uri),
+            token_path: origin_form(&token_uri),
+            host: header_value(host, "the URL's host")?,
+            envelope_uri,
+            api_uri,
+            token_uri,
             sentry_auth,
             cookie,
             bearer,
@@ -231,7 +252,30 @@ impl RequestMaker {
     /// A request of `scenario`; envelopes take their shape at random by share. `None`
     /// for a login, which is several requests ([`super::login`]).
     pub fn make(&self, scenario: Scenario) -> Option<Request<Full<Bytes>>> {
-        Some(match scenario {
+        self.build(scenario, false)
+    }
+
+    /// As [`RequestMaker::make`], in origin form (`GET /path` with a `Host` header) as an
+    /// HTTP/1.1 connection sends it, or absolute (`http2`) for HTTP/2's `:authority`.
+    pub fn make_for_connection(
+        &self,
+        scenario: Scenario,
+        http2: bool,
+    ) -> Option<Request<Full<Bytes>>> {
+        self.build(scenario, !http2)
+    }
+
+    fn build(&self, scenario: Scenario, origin_form: bool) -> Option<Request<Full<Bytes>>> {
+        let uri = |absolute: &Uri, path: &Uri| {
+            if origin_form {
+                path.clone()
+            } else {
+                absolute.clone()
+            }
+        };
+        // Parts set in place rather than through `Request::builder()`, which moves the
+        // whole request at each step: this runs for every request of a run.
+        let (method, target, body) = match scenario {
             Scenario::Login => return None,
             Scenario::Envelope => {
                 let template = &self.envelopes[rand::random_range(0..self.envelopes.len())];
@@ -240,39 +284,56 @@ impl RequestMaker {
                 for &at in &template.id_at {
                     body[at..at + 32].copy_from_slice(id.as_bytes());
                 }
-                let mut builder = Request::builder()
-                    .method(Method::POST)
-                    .uri(self.envelope_uri.clone())
-                    .header(header::CONTENT_TYPE, "application/x-sentry-envelope");
+                (
+                    Method::POST,
+                    uri(&self.envelope_uri, &self.envelope_path),
+                    Bytes::from(body),
+                )
+            }
+            Scenario::Api => (
+                Method::GET,
+                uri(&self.api_uri, &self.api_path),
+                Bytes::new(),
+            ),
+            Scenario::Token => (
+                Method::GET,
+                uri(&self.token_uri, &self.token_path),
+                Bytes::new(),
+            ),
+        };
+        let mut request = Request::new(Full::new(body));
+        *request.method_mut() = method;
+        *request.uri_mut() = target;
+        let headers = request.headers_mut();
+        if origin_form {
+            headers.insert(header::HOST, self.host.clone());
+        }
+        match scenario {
+            Scenario::Envelope => {
+                headers.insert(
+                    header::CONTENT_TYPE,
+                    HeaderValue::from_static("application/x-sentry-envelope"),
+                );
                 if let Some(auth) = &self.sentry_auth {
-                    builder = builder.header("x-sentry-auth", auth.clone());
+                    headers.insert(http::HeaderName::from_static("x-sentry-auth"), auth.clone());
                 }
-                builder
-                    .body(Full::new(Bytes::from(body)))
-                    .expect("valid parts")
             }
-            Scenario::Api | Scenario::Token => {
-                let (uri, credential) = if scenario == Scenario::Api {
-                    (
-                        &self.api_uri,
-                        self.cookie.as_ref().map(|c| (header::COOKIE, c)),
-                    )
+            _ => {
+                headers.insert(
+                    header::ACCEPT,
+                    HeaderValue::from_static("application/json; charset=utf-8"),
+                );
+                let credential = if scenario == Scenario::Api {
+                    self.cookie.as_ref().map(|c| (header::COOKIE, c))
                 } else {
-                    (
-                        &self.token_uri,
-                        self.bearer.as_ref().map(|b| (header::AUTHORIZATION, b)),
-                    )
+                    self.bearer.as_ref().map(|b| (header::AUTHORIZATION, b))
                 };
-                let mut builder = Request::builder()
-                    .method(Method::GET)
-                    .uri(uri.clone())
-                    .header(header::ACCEPT, "application/json; charset=utf-8");
                 if let Some((name, value)) = credential {
-                    builder = builder.header(name, value.clone());
+                    headers.insert(name, value.clone());
                 }
-                builder.body(Full::new(Bytes::new())).expect("valid parts")
             }
-        })
+        }
+        Some(request)
     }
 }
 
