@@ -91,6 +91,19 @@ pub fn check(
 /// Whether the certificate names itself as its issuer (a self-signed one, which has no
 /// chain to send), or `None` when its DER cannot be read that far.
 fn is_self_signed(der: &[u8]) -> Option<bool> {
+    let tbs = tbs_fields(der)?;
+    Some(tbs.issuer == tbs.subject)
+}
+
+/// The fields of a certificate's TBSCertificate this check reads, each its DER content.
+struct TbsFields<'a> {
+    issuer: &'a [u8],
+    validity: &'a [u8],
+    subject: &'a [u8],
+}
+
+/// Walks a certificate's DER (Certificate, TBSCertificate) to the fields it reads.
+fn tbs_fields(der: &[u8]) -> Option<TbsFields<'_>> {
     let (_, certificate, _) = element(der)?;
     let (_, tbs, _) = element(certificate)?;
     let mut rest = tbs;
@@ -103,9 +116,13 @@ fn is_self_signed(der: &[u8]) -> Option<bool> {
         rest = element(rest)?.2;
     }
     let (_, issuer, rest) = element(rest)?;
-    let (_, _, rest) = element(rest)?; // validity
+    let (_, validity, rest) = element(rest)?;
     let (_, subject, _) = element(rest)?;
-    Some(issuer == subject)
+    Some(TbsFields {
+        issuer,
+        validity,
+        subject,
+    })
 }
 
 /// A host as a TLS server name: a DNS name, or an IP address (IPv6 in brackets or not).
@@ -142,18 +159,7 @@ fn expiry(leaf: &[u8], now: SystemTime, shown: &str) -> Result<String, String> {
 
 /// The certificate's notAfter, read from its DER (Certificate, TBSCertificate, Validity).
 pub fn not_after(der: &[u8]) -> Option<DateTime<Utc>> {
-    let (_, certificate, _) = element(der)?;
-    let (_, tbs, _) = element(certificate)?;
-    let mut rest = tbs;
-    let (tag, _, after_version) = element(rest)?;
-    if tag == 0xA0 {
-        rest = after_version;
-    }
-    // serialNumber, signature, issuer
-    for _ in 0..3 {
-        rest = element(rest)?.2;
-    }
-    let (_, validity, _) = element(rest)?;
+    let validity = tbs_fields(der)?.validity;
     let (_, _, after_not_before) = element(validity)?;
     let (tag, time, _) = element(after_not_before)?;
     let text = std::str::from_utf8(time).ok()?.strip_suffix('Z')?;

@@ -158,12 +158,13 @@ impl Upstream {
         client: Option<IpAddr>,
     ) -> Response<ResponseBody> {
         let audience = Audience::of(&request);
+        let version = request.version();
         let declared = request
             .headers()
             .get(header::CONTENT_LENGTH)
             .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
         if declared.is_some_and(|length| length > self.max_body_size) {
-            return self.body_too_large(audience);
+            return unread_body_closes(self.body_too_large(audience), version);
         }
         let slot = match self.in_flight.try_acquire(client) {
             Ok(slot) => slot,
@@ -173,12 +174,17 @@ impl Upstream {
                     bound = refusal.key(),
                     "request refused: too many upstream requests in flight"
                 );
-                return Problem::new(
+                let busy = Problem::new(
                     Kind::UpstreamBusy,
                     audience,
                     "Too many requests are waiting for the application behind the sign-in gateway. Try again in a moment.",
                 )
                 .respond(&self.metrics);
+                return if hyper::body::Body::is_end_stream(request.body()) {
+                    busy
+                } else {
+                    unread_body_closes(busy, version)
+                };
             }
         };
         let client_upgrade = upgrade_protocol(&request)
@@ -222,16 +228,17 @@ impl Upstream {
         let mut response = match sent {
             Some(Ok(response)) => response,
             Some(Err(e)) if caused_by::<LengthLimitError>(&*e) => {
-                return self.body_too_large(audience);
+                return unread_body_closes(self.body_too_large(audience), version);
             }
             Some(Err(e)) if caused_by::<BodyIdle>(&*e) => {
                 tracing::info!(timeout = ?self.body_idle_timeout, "request refused: its body delivered nothing for server.body_idle_timeout");
-                return Problem::new(
+                let idle = Problem::new(
                     Kind::BodyIdle,
                     audience,
                     "The request body stopped arriving.",
                 )
                 .respond(&self.metrics);
+                return unread_body_closes(idle, version);
             }
             Some(Err(e)) if client_body_failed(&*e) => {
                 tracing::info!(error = %error_chain(&*e), "request refused: the client's body broke off or was malformed");
@@ -424,6 +431,24 @@ pub fn upgrade_protocol<B>(request: &Request<B>) -> Option<HeaderValue> {
     let h2c = headers::list_items(fields, &header::UPGRADE)
         .any(|protocol| protocol.eq_ignore_ascii_case("h2c"));
     (request.version() == Version::HTTP_11 && asks && !h2c).then(|| protocol.clone())
+}
+
+/// An answer the gateway gives before it has read the request's body to its end. On
+/// HTTP/1.1 it says `Connection: close`: hyper reads what has already come of the rest
+/// and, when more is on its way, closes the connection after this answer (RFC 9112
+/// section 9.6). Without the header a client would send its next request on that
+/// connection and lose it (nginx says `close` on its 413 too). HTTP/2 ends the
+/// stream alone.
+fn unread_body_closes(
+    mut response: Response<ResponseBody>,
+    version: Version,
+) -> Response<ResponseBody> {
+    if version < Version::HTTP_2 {
+        response
+            .headers_mut()
+            .insert(header::CONNECTION, HeaderValue::from_static("close"));
+    }
+    response
 }
 
 #[cfg(test)]

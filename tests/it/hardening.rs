@@ -216,6 +216,9 @@ async fn oversized_body_gets_413_as_json_for_api_clients() {
         .unwrap();
     let answer = browser.send(request).await;
     assert_eq!(answer.status, StatusCode::PAYLOAD_TOO_LARGE, "{answer:?}");
+    // The body was not read: the connection closes, and says so, so that the client
+    // does not send its next request where it would be lost.
+    assert_eq!(answer.headers["connection"], "close", "{answer:?}");
     let json: serde_json::Value = serde_json::from_str(&answer.body).unwrap();
     assert_eq!(json["error"], "payload_too_large");
     assert!(json["message"].as_str().unwrap().contains("65536 bytes"));
@@ -238,6 +241,7 @@ async fn oversized_body_gets_413_as_json_for_api_clients() {
         .unwrap();
     let answer = browser.send(request).await;
     assert_eq!(answer.status, StatusCode::PAYLOAD_TOO_LARGE, "{answer:?}");
+    assert_eq!(answer.headers["connection"], "close", "{answer:?}");
     assert!(
         world
             .upstream
