@@ -25,7 +25,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use http::header::HeaderValue;
-use http::{Request, Response, StatusCode};
+use http::{Request, Response, StatusCode, Version};
 use hyper::body::Incoming;
 use url::Url;
 
@@ -355,9 +355,20 @@ impl Gateway {
             request.uri(),
             id.clone(),
         );
+        let body_pending = request.version() < Version::HTTP_2
+            && !hyper::body::Body::is_end_stream(request.body());
         let response = self.serve(request, peer, &mut record).await;
         let (mut parts, body) = response.into_parts();
         parts.headers.insert(REQUEST_ID, id);
+        if body_pending && !record.forwarded {
+            // Answered here, the body (mostly) unread: the connection closes, and says
+            // so (see proxy's `unread_body_closes`, which does the same for the
+            // forwarding's own refusals). An endpoint that read it all (back-channel
+            // logout) closes a connection it could have kept: rare, and harmless.
+            parts
+                .headers
+                .insert(http::header::CONNECTION, HeaderValue::from_static("close"));
+        }
         if let Some(hsts) = &self.hsts {
             parts
                 .headers
@@ -445,6 +456,7 @@ impl Gateway {
                 } else {
                     Caller::Anonymous
                 };
+                record.forwarded = true;
                 return self.forward(request, peer, caller).await;
             }
             Route::Protected(rules) => rules,
@@ -464,6 +476,7 @@ impl Gateway {
         if let Err(refusal) = self.authorize(&session, &rules) {
             return self.refused(&session, &refusal);
         }
+        record.forwarded = true;
         self.forward(request, peer, Caller::SignedIn(&session))
             .await
     }

@@ -81,6 +81,8 @@ pub struct AccessRecord {
     pub class: RouteClass,
     /// The signed-in person, when there is one.
     pub session: Option<Arc<dyn SignedIn>>,
+    /// Whether the request went on to the upstream, its body with it.
+    pub forwarded: bool,
     status: u16,
 }
 
@@ -99,6 +101,7 @@ impl AccessRecord {
             request_id,
             class: RouteClass::Gateway,
             session: None,
+            forwarded: false,
             status: 0,
         }
     }

@@ -259,6 +259,45 @@ async fn oversized_body_gets_413_as_json_for_api_clients() {
 }
 
 #[tokio::test]
+async fn a_refusal_before_the_body_is_read_closes_the_connection_and_loses_no_next_request() {
+    let world = World::start().await;
+    let mut browser = world.browser();
+    for round in 0..5 {
+        // Refused without a session: the gateway answers before it has read the body.
+        let request = browser
+            .request(Method::POST, "/api/0/projects/acme/web/files/dsyms/")
+            .header("content-type", "application/octet-stream")
+            .body(full(vec![b'd'; 4 << 20]))
+            .unwrap();
+        let refused = browser.send(request).await;
+        assert_eq!(refused.status, StatusCode::UNAUTHORIZED, "{refused:?}");
+        assert_eq!(
+            refused.headers["connection"], "close",
+            "round {round}: {refused:?}"
+        );
+        // The client's next request is not sent on the closing connection.
+        let request = browser.request(Method::GET, "/ping").body(empty()).unwrap();
+        assert_eq!(
+            browser.send(request).await.status,
+            StatusCode::OK,
+            "round {round}"
+        );
+    }
+    // A refusal of a request without a body keeps the connection.
+    let request = browser
+        .request(Method::GET, "/api/0/organizations/")
+        .body(empty())
+        .unwrap();
+    let refused = browser.send(request).await;
+    assert_eq!(refused.status, StatusCode::UNAUTHORIZED);
+    assert!(refused.headers.get("connection").is_none(), "{refused:?}");
+    assert!(
+        world.upstream.requests().is_empty(),
+        "nothing was forwarded"
+    );
+}
+
+#[tokio::test]
 async fn slow_loris_and_idle_connections_are_closed_after_the_header_timeout() {
     let world = World::start_with(sentry_world("header_read_timeout = \"1s\"")).await;
     // A head sent one byte every 200 ms: 60 bytes would take 12 s.
