@@ -10,8 +10,9 @@
 //! and a state whose code the provider accepted is remembered as used until then, so
 //! a login is finished once.
 //!
-//! Every refusal here is a [`Problem`] of its kind (a login's carries why it failed,
-//! which decides its status and its count in the metrics).
+//! Every refusal here is a [`Problem`](crate::problem::Problem) of its kind (a
+//! login's carries why it failed, which decides its status and its count in the
+//! metrics).
 
 use std::net::SocketAddr;
 

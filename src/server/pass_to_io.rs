@@ -1,4 +1,4 @@
-//! [`pass_to_io!`]: the `AsyncRead` / `AsyncWrite` methods a connection wrapper leaves
+//! `pass_to_io!`: the `AsyncRead` / `AsyncWrite` methods a connection wrapper leaves
 //! as they are, written once. The wrappers of a served connection ([`super::framing`],
 //! [`super::linger`], the write counter in [`super`]) each change one or two methods
 //! and pass the others to the connection they wrap.
