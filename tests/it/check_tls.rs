@@ -5,6 +5,8 @@
 use crate::cli::{config_file, ssogate};
 use crate::support::GatewayToml;
 
+use std::path::PathBuf;
+
 /// A certificate for `names` and its key, as PEM texts.
 fn issued(names: &[&str]) -> (String, String) {
     let key = rcgen::KeyPair::generate().unwrap();
@@ -14,6 +16,23 @@ fn issued(names: &[&str]) -> (String, String) {
             .self_signed(&key)
             .unwrap();
     (cert.pem(), key.serialize_pem())
+}
+
+/// A certificate for `names` and its key, written as certbot names them:
+/// `fullchain.pem` and `privkey.pem` in a fresh directory.
+fn certbot_files(names: &[&str]) -> (tempfile::TempDir, PathBuf, PathBuf) {
+    let (cert, key) = issued(names);
+    write_certbot_files(&cert, &key)
+}
+
+/// `fullchain.pem` and `privkey.pem` with these PEM texts, in a fresh directory.
+fn write_certbot_files(cert: &str, key: &str) -> (tempfile::TempDir, PathBuf, PathBuf) {
+    let dir = tempfile::tempdir().unwrap();
+    let cert_file = dir.path().join("fullchain.pem");
+    let key_file = dir.path().join("privkey.pem");
+    std::fs::write(&cert_file, cert).unwrap();
+    std::fs::write(&key_file, key).unwrap();
+    (dir, cert_file, key_file)
 }
 
 /// The output of `ssogate check` on a config with these TLS files and `server` keys.
@@ -82,12 +101,7 @@ fn check_says_the_key_file_holds_a_certificate_and_startup_says_the_same() {
 
 #[test]
 fn check_names_swapped_files_and_an_encrypted_key() {
-    let dir = tempfile::tempdir().unwrap();
-    let (cert, key) = issued(&["sentry.example.com"]);
-    let cert_file = dir.path().join("fullchain.pem");
-    let key_file = dir.path().join("privkey.pem");
-    std::fs::write(&cert_file, &cert).unwrap();
-    std::fs::write(&key_file, &key).unwrap();
+    let (dir, cert_file, key_file) = certbot_files(&["sentry.example.com"]);
     let (_, stdout) = check_with(&dir, &key_file, &cert_file, "");
     let expected = format!(
         "FAIL tls certificate: tls.cert_file {} holds a private key and tls.key_file {} a \
@@ -100,7 +114,8 @@ fn check_names_swapped_files_and_an_encrypted_key() {
         "missing `{expected}` in:\n{stdout}"
     );
 
-    let encrypted = key
+    let encrypted = std::fs::read_to_string(&key_file)
+        .unwrap()
         .replace("BEGIN PRIVATE KEY", "BEGIN ENCRYPTED PRIVATE KEY")
         .replace("END PRIVATE KEY", "END ENCRYPTED PRIVATE KEY");
     std::fs::write(&key_file, encrypted).unwrap();
@@ -120,12 +135,7 @@ fn check_names_swapped_files_and_an_encrypted_key() {
 
 #[test]
 fn check_fails_for_each_host_alias_the_certificate_does_not_cover() {
-    let dir = tempfile::tempdir().unwrap();
-    let (cert, key) = issued(&["sentry.example.com", "sentry.internal"]);
-    let cert_file = dir.path().join("fullchain.pem");
-    let key_file = dir.path().join("privkey.pem");
-    std::fs::write(&cert_file, &cert).unwrap();
-    std::fs::write(&key_file, &key).unwrap();
+    let (dir, cert_file, key_file) = certbot_files(&["sentry.example.com", "sentry.internal"]);
     let (code, stdout) = check_with(
         &dir,
         &cert_file,
@@ -174,12 +184,7 @@ fn check_fails_for_each_host_alias_the_certificate_does_not_cover() {
 #[test]
 fn check_as_the_service_user_says_it_cannot_read_a_root_only_key() {
     use std::os::unix::fs::{MetadataExt, PermissionsExt};
-    let dir = tempfile::tempdir().unwrap();
-    let (cert, key) = issued(&["sentry.example.com"]);
-    let cert_file = dir.path().join("fullchain.pem");
-    let key_file = dir.path().join("privkey.pem");
-    std::fs::write(&cert_file, &cert).unwrap();
-    std::fs::write(&key_file, &key).unwrap();
+    let (dir, cert_file, key_file) = certbot_files(&["sentry.example.com"]);
     let mode = |path: &std::path::Path, mode: u32| {
         std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).unwrap()
     };
@@ -231,7 +236,6 @@ fn check_as_the_service_user_says_it_cannot_read_a_root_only_key() {
 
 #[test]
 fn check_fails_on_a_certificate_that_expires_within_14_days() {
-    let dir = tempfile::tempdir().unwrap();
     let key = rcgen::KeyPair::generate().unwrap();
     let mut params = rcgen::CertificateParams::new(vec!["sentry.example.com".to_string()]).unwrap();
     let in_five_days = (chrono::Utc::now() + chrono::Duration::days(5)).date_naive();
@@ -241,10 +245,7 @@ fn check_fails_on_a_certificate_that_expires_within_14_days() {
         chrono::Datelike::day(&in_five_days) as u8,
     );
     let cert = params.self_signed(&key).unwrap();
-    let cert_file = dir.path().join("fullchain.pem");
-    let key_file = dir.path().join("privkey.pem");
-    std::fs::write(&cert_file, cert.pem()).unwrap();
-    std::fs::write(&key_file, key.serialize_pem()).unwrap();
+    let (dir, cert_file, key_file) = write_certbot_files(&cert.pem(), &key.serialize_pem());
     let (code, stdout) = check_with(&dir, &cert_file, &key_file, "");
     assert_eq!(code, Some(1), "{stdout}");
     let expected = format!(
