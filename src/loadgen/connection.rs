@@ -1,8 +1,8 @@
-//! A closed-loop worker's own connection, made with hyper's connection API
-//! (`hyper::client::conn::http1` or `http2`) rather than taken from a pool: no pool
-//! checkout and checkin, no URI-to-pool-key work, per request. The worker does the
-//! connection's I/O on its own task while an exchange is under way
-//! ([`Connection::exchange`]), so a request and its answer wake one task, not two.
+//! A closed-loop worker's own connection, rather than one taken from a pool: no pool
+//! checkout and checkin, no URI-to-pool-key work, per request. HTTP/1.1 goes through
+//! the bench's own client ([`super::http1`]); HTTP/2 through
+//! `hyper::client::conn::http2`, whose connection I/O the worker does on its own task
+//! while an exchange is under way, so a request and its answer wake one task, not two.
 //!
 //! The connection is made by the run's connector (TCP, and TLS on `https://`, counted
 //! as the run's other connections are); when the target closes it, the worker makes
@@ -13,26 +13,37 @@ use std::pin::Pin;
 
 use bytes::Bytes;
 use http_body_util::Full;
-use hyper::client::conn::{http1, http2};
-use hyper_util::rt::TokioExecutor;
+use hyper::client::conn::http2;
+use hyper_util::rt::{TokioExecutor, TokioIo};
 use tower::ServiceExt;
 
+use super::http1::{Broken, Http1Connection};
 use super::report::Outcome;
 
 /// What the I/O future of a connection never gives: it stays pending once the
 /// connection has closed.
 enum Never {}
 
-enum Sender {
-    Http1(http1::SendRequest<Full<Bytes>>),
-    Http2(http2::SendRequest<Full<Bytes>>),
+/// One open connection.
+pub struct Connection(Kind);
+
+enum Kind {
+    Http1(Http1Connection),
+    /// Where requests go in, and the future that does the connection's I/O (it ends
+    /// when the connection closes, and then stays pending).
+    Http2 {
+        sender: http2::SendRequest<Full<Bytes>>,
+        io: Pin<Box<dyn Future<Output = Never> + Send>>,
+    },
 }
 
-/// One open connection: where requests go in, and the future that does its I/O (it
-/// ends when the connection closes, and then stays pending).
-pub struct Connection {
-    sender: Sender,
-    io: Pin<Box<dyn Future<Output = Never> + Send>>,
+/// How an exchange ended when it gave no answer.
+pub struct Failed {
+    pub outcome: Outcome,
+    /// The request can go again on a new connection: it was idempotent, and this
+    /// connection had carried a request before and broke before any byte of the answer
+    /// (the target closed it, idle, just as the request went out).
+    pub may_retry: bool,
 }
 
 impl Connection {
@@ -48,74 +59,81 @@ impl Connection {
             .oneshot(target)
             .await
             .map_err(|_| Outcome::ConnectFailed)?;
-        if http2 {
-            let (sender, connection) = http2::handshake(TokioExecutor::new(), io)
-                .await
-                .map_err(|_| Outcome::ConnectFailed)?;
-            Ok(Connection {
-                sender: Sender::Http2(sender),
-                io: Box::pin(async move {
-                    let _ = connection.await;
-                    std::future::pending::<Never>().await
-                }),
-            })
-        } else {
-            let (sender, connection) = http1::handshake(io)
-                .await
-                .map_err(|_| Outcome::ConnectFailed)?;
-            Ok(Connection {
-                sender: Sender::Http1(sender),
-                io: Box::pin(async move {
-                    let _ = connection.await;
-                    std::future::pending::<Never>().await
-                }),
-            })
+        if !http2 {
+            return Ok(Connection(Kind::Http1(Http1Connection::new(Box::new(
+                TokioIo::new(io),
+            )))));
         }
+        let (sender, connection) = http2::handshake(TokioExecutor::new(), io)
+            .await
+            .map_err(|_| Outcome::ConnectFailed)?;
+        Ok(Connection(Kind::Http2 {
+            sender,
+            io: Box::pin(async move {
+                let _ = connection.await;
+                std::future::pending::<Never>().await
+            }),
+        }))
     }
 
     /// Waits until the connection can take a request; false when it has closed (the
     /// target ended a keep-alive connection, say), and a new one is needed.
     pub async fn ready(&mut self) -> bool {
-        let Connection { sender, io } = self;
-        let ready = async {
-            match sender {
-                Sender::Http1(sender) => sender.ready().await.is_ok(),
-                Sender::Http2(sender) => sender.ready().await.is_ok(),
+        match &mut self.0 {
+            Kind::Http1(connection) => connection.ready(),
+            Kind::Http2 { sender, io } => {
+                tokio::select! {
+                    biased;
+                    ready = sender.ready() => ready.is_ok(),
+                    never = io.as_mut() => match never {},
+                }
             }
-        };
-        tokio::select! {
-            biased;
-            ready = ready => ready,
-            never = io.as_mut() => match never {},
         }
     }
 
-    /// Sends `request` and reads its answer's body to the end without keeping it,
-    /// doing the connection's I/O on this task meanwhile. `answered` hears the status
-    /// as soon as it is known. Ok with the answer's outcome, or how the exchange broke.
+    /// Sends `request` and reads its answer's body to the end without keeping it.
+    /// `answered` hears the status as soon as it is known. Ok with the answer's
+    /// outcome, or how the exchange broke.
     pub async fn exchange(
         &mut self,
-        request: http::Request<Full<Bytes>>,
+        request: &http::Request<Bytes>,
         answered: impl FnOnce(http::StatusCode),
-    ) -> Result<Outcome, Outcome> {
-        let Connection { sender, io } = self;
-        let exchange = async {
-            let response = match sender {
-                Sender::Http1(sender) => sender.send_request(request).await,
-                Sender::Http2(sender) => sender.send_request(request).await,
-            }
-            .map_err(|_| Outcome::ConnectionBroken)?;
-            answered(response.status());
-            let outcome = Outcome::of_status(response.status());
-            super::drain(response.into_body())
-                .await
-                .map_err(|_| Outcome::ConnectionBroken)?;
-            Ok(outcome)
+    ) -> Result<Outcome, Failed> {
+        let broken = |may_retry| Failed {
+            outcome: Outcome::ConnectionBroken,
+            may_retry,
         };
-        tokio::select! {
-            biased;
-            done = exchange => done,
-            never = io.as_mut() => match never {},
+        match &mut self.0 {
+            Kind::Http1(connection) => {
+                let reused = connection.used();
+                match connection.exchange(request, answered).await {
+                    Ok(status) => Ok(Outcome::of_status(status)),
+                    Err(Broken::BeforeAnswer) => {
+                        Err(broken(reused && request.method().is_idempotent()))
+                    }
+                    Err(Broken::DuringAnswer | Broken::Malformed(_)) => Err(broken(false)),
+                }
+            }
+            Kind::Http2 { sender, io } => {
+                let mut sent = http::Request::new(Full::new(request.body().clone()));
+                *sent.method_mut() = request.method().clone();
+                *sent.uri_mut() = request.uri().clone();
+                *sent.headers_mut() = request.headers().clone();
+                let exchange = async {
+                    let response = sender.send_request(sent).await.map_err(|_| broken(false))?;
+                    answered(response.status());
+                    let outcome = Outcome::of_status(response.status());
+                    super::drain(response.into_body())
+                        .await
+                        .map_err(|_| broken(false))?;
+                    Ok(outcome)
+                };
+                tokio::select! {
+                    biased;
+                    done = exchange => done,
+                    never = io.as_mut() => match never {},
+                }
+            }
         }
     }
 }

@@ -14,7 +14,9 @@
 //! - **closed loop** (`--connections N`): N workers, each sending its next request
 //!   when the previous answer has arrived. It finds the most the target answers; when
 //!   the target slows down, so does the load. Each worker has a connection of its own
-//!   ([`connection`]), made again when the target closes it.
+//!   ([`connection`]), made again when the target closes it; over HTTP/1.1 it speaks
+//!   through the bench's own lean client ([`http1`]), so that the tool can load a
+//!   target harder than `wrk` does on one core.
 //! - **open loop** (`--rate R`): request `i` is due at `start + i/R`, sent on its own
 //!   task whether or not the earlier ones have been answered, and its latency runs from
 //!   the time it was *due*, not from when it was sent. A generator that waits for a
@@ -36,6 +38,7 @@
 pub mod chart;
 mod connection;
 pub mod gateway_metrics;
+mod http1;
 pub mod login;
 pub mod ramp;
 pub mod report;
@@ -439,7 +442,9 @@ impl Run {
                 self.exchange(index, sent).await;
                 continue;
             };
-            // A connection the target closed is made again, once per request.
+            // A connection the target closed is made again, once per request: found
+            // closed before the request, or closed as an idempotent request went out
+            // on it after an earlier one.
             let open = connection.take();
             let exchange = async {
                 let mut open = open;
@@ -456,11 +461,16 @@ impl Run {
                             .await?
                         }
                     };
-                    if current.ready().await {
-                        let outcome = current
-                            .exchange(request, |status| self.answered(scenario, status.as_u16()))
-                            .await?;
-                        return Ok((outcome, current));
+                    if !current.ready().await {
+                        continue;
+                    }
+                    let answered = |status: http::StatusCode| {
+                        self.answered(scenario, status.as_u16());
+                    };
+                    match current.exchange(&request, answered).await {
+                        Ok(outcome) => return Ok((outcome, current)),
+                        Err(failed) if failed.may_retry => {}
+                        Err(failed) => return Err(failed.outcome),
                     }
                 }
                 Err(Outcome::ConnectionBroken)

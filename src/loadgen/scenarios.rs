@@ -252,20 +252,16 @@ impl RequestMaker {
     /// A request of `scenario`; envelopes take their shape at random by share. `None`
     /// for a login, which is several requests ([`super::login`]).
     pub fn make(&self, scenario: Scenario) -> Option<Request<Full<Bytes>>> {
-        self.build(scenario, false)
+        Some(self.build(scenario, false)?.map(Full::new))
     }
 
     /// As [`RequestMaker::make`], in origin form (`GET /path` with a `Host` header) as an
     /// HTTP/1.1 connection sends it, or absolute (`http2`) for HTTP/2's `:authority`.
-    pub fn make_for_connection(
-        &self,
-        scenario: Scenario,
-        http2: bool,
-    ) -> Option<Request<Full<Bytes>>> {
+    pub fn make_for_connection(&self, scenario: Scenario, http2: bool) -> Option<Request<Bytes>> {
         self.build(scenario, !http2)
     }
 
-    fn build(&self, scenario: Scenario, origin_form: bool) -> Option<Request<Full<Bytes>>> {
+    fn build(&self, scenario: Scenario, origin_form: bool) -> Option<Request<Bytes>> {
         let uri = |absolute: &Uri, path: &Uri| {
             if origin_form {
                 path.clone()
@@ -301,7 +297,7 @@ impl RequestMaker {
                 Bytes::new(),
             ),
         };
-        let mut request = Request::new(Full::new(body));
+        let mut request = Request::new(body);
         *request.method_mut() = method;
         *request.uri_mut() = target;
         let headers = request.headers_mut();
