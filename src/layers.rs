@@ -29,7 +29,7 @@ const LAYERS: &[(&str, &[&str])] = &[
     ),
     (
         "the parts, side by side",
-        &["oidc", "policy", "proxy", "session"],
+        &["assertion", "oidc", "policy", "proxy", "session"],
     ),
     ("one request's lifecycle", &["gateway"]),
     ("listeners and connections", &["server"]),
