@@ -686,13 +686,19 @@ mod tests {
             (&public, "holds only a public key"),
             (&missing, "cannot be read"),
         ] {
-            let error = signing_key(path).err().expect("refused").to_string();
+            let Err(error) = signing_key(path) else {
+                panic!("{path:?} accepted")
+            };
+            let error = error.to_string();
             assert!(
                 error.starts_with("assertion.key_file: `") && error.contains(expected),
                 "{path:?}: {error}"
             );
         }
-        let error = published_point(&p384).err().unwrap().to_string();
+        let Err(error) = published_point(&p384) else {
+            panic!("P-384 published")
+        };
+        let error = error.to_string();
         assert!(
             error.starts_with("assertion.previous_key_files: `") && error.contains("P-384"),
             "{error}"
