@@ -3,7 +3,8 @@
 //! fetching the gateway's JWKS. A valid token carries the right claims; a tampered
 //! one, one for another audience and an expired one are refused; after a key rotation
 //! new tokens name the new key while the old ones still verify; a client's own header
-//! of that name never reaches the upstream; public routes carry no assertion; an
+//! of that name never reaches the upstream; public routes carry no assertion;
+//! forward-auth's answer does (and nginx in front passes it on: `nginx_front.rs`); an
 //! unverified email is left out; `ssogate check` reports the key.
 
 use crate::support;
@@ -25,7 +26,7 @@ const HEADER: &str = "x-ssogate-jwt-assertion";
 const JWKS_PATH: &str = "/.well-known/ssogate/jwks.json";
 
 /// A fresh P-256 private key, PKCS#8 PEM, written to `dir/name`.
-fn new_key(dir: &Path, name: &str) -> PathBuf {
+pub(crate) fn new_key(dir: &Path, name: &str) -> PathBuf {
     let pkcs8 =
         EcdsaKeyPair::generate_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, &SystemRandom::new())
             .unwrap();
@@ -228,6 +229,11 @@ async fn a_clients_own_assertion_never_reaches_the_upstream_and_public_routes_ca
             .any(|name| name.as_str().contains('_')),
         "no underscore spelling reaches the upstream"
     );
+
+    // Forward-auth's 202 carries the same assertion, for a proxy in front to pass on.
+    let admitted = alice.navigate("/oauth2/auth").await;
+    assert_eq!(admitted.status, StatusCode::ACCEPTED, "{admitted:?}");
+    assert_eq!(admitted.headers[HEADER], token.as_str(), "the cached one");
 }
 
 #[tokio::test]
