@@ -320,6 +320,7 @@ fn identity_digest(identity: &Identity) -> [u8; 32] {
         context.update(bytes);
     };
     field(identity.sub.as_bytes());
+    // No address (or an unverified one) writes a byte no UTF-8 address can hold.
     match identity
         .email
         .as_deref()

@@ -3,12 +3,13 @@
 //! [`Gateway::handle`] is the whole lifecycle in one place; the sign-in endpoints live
 //! in [`endpoints`], header work in [`crate::proxy::headers`], rules in
 //! [`crate::policy`]. Every decision is made on the request the upstream will act on.
-//! Nothing the client sends can pose as an identity: identity headers are stripped
-//! before routing, and set only from a server-side session. Its hop-by-hop headers go
-//! before anything reads the request, so they cannot take away a header that was
-//! decided on or that the gateway sets. Nor can it choose what path rules see: the
-//! path is made canonical first and forwarded so, and rules are decided on every form
-//! the upstream may decode it to ([`policy::decide`]).
+//! Nothing the client sends can pose as an identity: identity headers (and the signed
+//! assertion's, [`crate::assertion`]) are stripped before routing, and set only from a
+//! server-side session. Its hop-by-hop headers go before anything reads the request,
+//! so they cannot take away a header that was decided on or that the gateway sets.
+//! Nor can it choose what path rules see: the path is made canonical first and
+//! forwarded so, and rules are decided on every form the upstream may decode it to
+//! ([`policy::decide`]).
 //!
 //! The response side has one shape too: every refusal or failure, here, in an
 //! endpoint or in forwarding, is a [`Problem`] answered by [`Problem::respond`] (its
