@@ -259,20 +259,18 @@ async fn an_expired_assertion_is_refused_and_the_next_request_carries_a_fresh_on
     alice.navigate("/issues/").await;
     let fresh = last_assertion(&world);
     assert_ne!(fresh, first, "re-signed before it would have expired");
-    let verdicts = verifier.verify(&[&first, &fresh]);
+    assert!(
+        part(&fresh, 1)["iat"].as_u64() > claims["iat"].as_u64(),
+        "{fresh}"
+    );
+    // (Whether the fresh one verifies is not asked here: with a 2 s lifetime, a slow
+    // verifier start could see it lapse. The other tests verify fresh tokens.)
+    let verdicts = verifier.verify(&[&first]);
     assert!(
         error_of(&verdicts[0]).starts_with("ExpiredSignatureError"),
         "{}",
         verdicts[0]
     );
-    // (Fresh: signed at most 3 s ago against a 2 s lifetime it may have lapsed on a
-    // slow machine; a request now gets one within its reuse window.)
-    if verdicts[1]["ok"] != true {
-        alice.navigate("/issues/").await;
-        let now = last_assertion(&world);
-        let again = verifier.verify(&[&now]);
-        assert_eq!(again[0]["ok"], true, "{}", again[0]);
-    }
 }
 
 #[tokio::test]
