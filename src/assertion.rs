@@ -182,6 +182,12 @@ pub struct AssertionSigner {
     rng: SystemRandom,
 }
 
+/// The `iss` of the assertions: `public_url`'s origin, without a trailing slash
+/// (`https://sentry.example.com`).
+pub fn issuer_of(public_url: &url::Url) -> String {
+    public_url.origin().ascii_serialization()
+}
+
 /// How long a signed assertion is reused: its lifetime less a fifth, at most a minute
 /// less (5 minutes: reused 4; 2 seconds: 1.6), so what is sent always has time left.
 pub fn reuse_window(lifetime: Duration) -> Duration {
@@ -195,7 +201,7 @@ impl AssertionSigner {
         let Some(assertion) = &settings.assertion else {
             return Ok(None);
         };
-        let issuer = settings.server.public_url.origin().ascii_serialization();
+        let issuer = issuer_of(&settings.server.public_url);
         Self::new(assertion, issuer, settings.session.max_sessions).map(Some)
     }
 

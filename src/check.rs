@@ -205,22 +205,22 @@ pub async fn run(config: Option<&Path>) -> bool {
 /// and what the token says; a FAIL naming the key and file when a key cannot be used.
 /// False only for that failure.
 fn report_assertion(report: &mut Report, settings: &Settings) -> bool {
-    let signer = match AssertionSigner::from_settings(settings) {
-        Ok(Some(signer)) => signer,
-        Ok(None) => {
-            println!("     assertion: off (no assertion.key_file)");
-            return true;
-        }
+    let Some(config) = &settings.assertion else {
+        println!("     assertion: off (no assertion.key_file)");
+        return true;
+    };
+    let public_url = &settings.server.public_url;
+    let signer = match AssertionSigner::new(config, assertion::issuer_of(public_url), 1) {
+        Ok(signer) => signer,
         Err(e) => return report.step("assertion key", Err(e.to_string())),
     };
-    let jwks = settings
-        .server
-        .public_url
+    let jwks = public_url
         .join(assertion::JWKS_PATH)
         .map(String::from)
         .unwrap_or_default();
-    let detail = match &settings.assertion {
-        Some(config) => format!(
+    report.step(
+        "assertion key",
+        Ok(format!(
             "{} key loaded from {}, kid {}; {} key(s) published at {jwks}; header {}, iss {}, aud {}, lifetime {}s",
             assertion::ALGORITHM,
             config.key_file.display(),
@@ -230,10 +230,8 @@ fn report_assertion(report: &mut Report, settings: &Settings) -> bool {
             signer.issuer(),
             signer.audience(),
             config.lifetime.as_secs(),
-        ),
-        None => String::new(),
-    };
-    report.step("assertion key", Ok(detail))
+        )),
+    )
 }
 
 /// What stands between the configured scopes and refresh tokens that really arrive,
