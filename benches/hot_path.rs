@@ -4,7 +4,9 @@
 //! - opening the session cookie, and that plus the session lookup among 100k sessions;
 //! - making the path canonical and classifying it against the Sentry preset;
 //! - the header work of forwarding (gateway cookies out, identity and
-//!   `X-Forwarded-*` in), on a browser's header set;
+//!   `X-Forwarded-*` in), on a browser's header set; and the same with the signed
+//!   identity assertion on (`[assertion]`), whose cached token is what each request
+//!   pays for (the first one signs);
 //! - verifying an RS256 ID token as a login does (signature, claims, nonce).
 //!
 //! Under `cargo test --all-targets` each bench runs once, as a smoke test.
@@ -120,6 +122,11 @@ fn route_classification(c: &mut Criterion) {
 /// A gateway in front of nothing (no request is sent): settings only, for the
 /// header work and the provider's token checks.
 fn bench_gateway(issuer: &str) -> Gateway {
+    bench_gateway_with(issuer, "")
+}
+
+/// [`bench_gateway`] with more tables (`extra`) in its config.
+fn bench_gateway_with(issuer: &str, extra: &str) -> Gateway {
     let config = format!(
         r#"
 [server]
@@ -136,7 +143,7 @@ client_secret = "{CLIENT_SECRET}"
 secrets = ["{SECRET}"]
 [access]
 preset = "sentry"
-"#
+{extra}"#
     );
     let settings = Settings::from_toml(&config, "(bench)", std::iter::empty()).unwrap();
     Gateway::new(settings).unwrap()
@@ -169,16 +176,47 @@ fn forwarded_headers(c: &mut Criterion) {
     browser.insert(http::header::COOKIE, browser_cookie(sealed.value()));
     let session = session(1);
     let peer = SocketAddr::from((Ipv4Addr::new(10, 1, 2, 3), 51234));
-    c.bench_function("forwarded header set (signed in)", |b| {
-        b.iter_batched(
-            || browser.clone(),
-            |mut headers| {
-                gateway.prepare_upstream_headers(&mut headers, peer, Caller::SignedIn(&session));
-                headers
-            },
-            BatchSize::SmallInput,
-        )
-    });
+    let keys = tempfile::tempdir().unwrap();
+    let key_file = keys.path().join("assertion.pem");
+    let pkcs8 = aws_lc_rs::signature::EcdsaKeyPair::generate_pkcs8(
+        &aws_lc_rs::signature::ECDSA_P256_SHA256_FIXED_SIGNING,
+        &aws_lc_rs::rand::SystemRandom::new(),
+    )
+    .unwrap();
+    std::fs::write(
+        &key_file,
+        format!(
+            "-----BEGIN PRIVATE KEY-----\n{}\n-----END PRIVATE KEY-----\n",
+            base64::Engine::encode(&base64::engine::general_purpose::STANDARD, pkcs8.as_ref())
+        ),
+    )
+    .unwrap();
+    let with_assertion = bench_gateway_with(
+        "https://id.example.com/api/oidc",
+        &format!("[assertion]\nkey_file = {key_file:?}\n"),
+    );
+    for (name, gateway) in [
+        ("forwarded header set (signed in)", &gateway),
+        (
+            "forwarded header set (signed in, assertion cached)",
+            &with_assertion,
+        ),
+    ] {
+        c.bench_function(name, |b| {
+            b.iter_batched(
+                || browser.clone(),
+                |mut headers| {
+                    gateway.prepare_upstream_headers(
+                        &mut headers,
+                        peer,
+                        Caller::SignedIn(&session),
+                    );
+                    headers
+                },
+                BatchSize::SmallInput,
+            )
+        });
+    }
 }
 
 fn id_token_verification(c: &mut Criterion) {

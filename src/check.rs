@@ -1,6 +1,7 @@
 //! `ssogate check`: validates the config, then reaches every peer the gateway needs,
 //! printing one OK/FAIL line per step with the reason, and what is in force: values
-//! from the environment, the URIs to register, the route table with its requirements.
+//! from the environment, the URIs to register, the route table with its requirements,
+//! and the identity assertion's key (loaded, its `kid`, the keys published).
 
 mod around;
 mod certificate;
@@ -13,6 +14,7 @@ use http_body_util::Empty;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 
+use crate::assertion::{self, AssertionSigner};
 use crate::config::{AccessSettings, Settings};
 use crate::gateway::Gateway;
 use crate::outbound;
@@ -130,10 +132,14 @@ pub async fn run(config: Option<&Path>) -> bool {
             );
         }
     }
+    let assertion_ok = report_assertion(&mut report, &settings);
     let gateway = match Gateway::new(settings.clone()) {
         Ok(gateway) => gateway,
         Err(e) => {
-            report.step("setup", Err(e.to_string()));
+            // A key that cannot be used has its own line already.
+            if assertion_ok {
+                report.step("setup", Err(e.to_string()));
+            }
             return false;
         }
     };
@@ -193,6 +199,39 @@ pub async fn run(config: Option<&Path>) -> bool {
         println!("all checks passed");
     }
     report.failures == 0
+}
+
+/// The identity assertion's line: its key loaded (and its `kid`), what is published
+/// and what the token says; a FAIL naming the key and file when a key cannot be used.
+/// False only for that failure.
+fn report_assertion(report: &mut Report, settings: &Settings) -> bool {
+    let Some(config) = &settings.assertion else {
+        println!("     assertion: off (no assertion.key_file)");
+        return true;
+    };
+    let public_url = &settings.server.public_url;
+    let signer = match AssertionSigner::new(config, assertion::issuer_of(public_url), 1) {
+        Ok(signer) => signer,
+        Err(e) => return report.step("assertion key", Err(e.to_string())),
+    };
+    let jwks = public_url
+        .join(assertion::JWKS_PATH)
+        .map(String::from)
+        .unwrap_or_default();
+    report.step(
+        "assertion key",
+        Ok(format!(
+            "{} key loaded from {}, kid {}; {} key(s) published at {jwks}; header {}, iss {}, aud {}, lifetime {}s",
+            assertion::ALGORITHM,
+            config.key_file.display(),
+            signer.kid(),
+            signer.published_kids().count(),
+            signer.header_name(),
+            signer.issuer(),
+            signer.audience(),
+            config.lifetime.as_secs(),
+        )),
+    )
 }
 
 /// What stands between the configured scopes and refresh tokens that really arrive,

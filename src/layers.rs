@@ -1,9 +1,9 @@
 //! The crate's layers, and the test that keeps them (README, "Layout").
 //!
 //! Each top-level module sits in one layer. A module uses only modules of the layers
-//! below its own, never one of its own layer: `oidc`, `policy`, `proxy` and `session`
-//! stand side by side, none knowing another, and only `gateway` composes them. The
-//! test reads `src/` and names every `crate::` path that breaks this.
+//! below its own, never one of its own layer: `assertion`, `oidc`, `policy`, `proxy`
+//! and `session` stand side by side, none knowing another, and only `gateway` composes
+//! them. The test reads `src/` and names every `crate::` path that breaks this.
 
 /// From the bottom up.
 const LAYERS: &[(&str, &[&str])] = &[
@@ -29,7 +29,7 @@ const LAYERS: &[(&str, &[&str])] = &[
     ),
     (
         "the parts, side by side",
-        &["oidc", "policy", "proxy", "session"],
+        &["assertion", "oidc", "policy", "proxy", "session"],
     ),
     ("one request's lifecycle", &["gateway"]),
     ("listeners and connections", &["server"]),

@@ -4,6 +4,7 @@
 //! The request lifecycle is in [`gateway`]; see README.md for the map of modules.
 #![forbid(unsafe_code)]
 
+pub mod assertion;
 pub mod body;
 pub mod check;
 pub mod config;

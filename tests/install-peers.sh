@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs the real peers the tests drive:
-#   - sentry-sdk from PyPI (tests/peers/requirements.txt) into target/peers/venv
+#   - sentry-sdk, and PyJWT with cryptography (the upstream's verifier of the identity
+#     assertion), from PyPI (tests/peers/requirements.txt) into target/peers/venv
 #   - @sentry/cli from npm (tests/peers/package-lock.json) into tests/peers/node_modules
 #     (both for tests/it/support/sentry_clients.rs; versions in tests/peers/README.md)
 #   - oidc-provider and playwright-core from npm (tests/e2e/package-lock.json) into
@@ -43,6 +44,7 @@ else
     chmod +x "$venv/bin/python"
   fi
   "$venv/bin/python" -c 'import sentry_sdk; print("peers: sentry-sdk", sentry_sdk.VERSION)'
+  "$venv/bin/python" -c 'import jwt, cryptography; print("peers: PyJWT", jwt.__version__, "cryptography", cryptography.__version__)'
   echo "$py_want" >"$py_stamp"
 fi
 

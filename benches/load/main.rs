@@ -8,7 +8,10 @@
 //! - a second private nginx is a plain reverse proxy to it, plain and TLS + HTTP/2;
 //! - ssogate, the release binary, twice (a plain and a TLS listener), with the Sentry
 //!   preset and the in-process development provider, each with a session signed in
-//!   through the real login flow;
+//!   through the real login flow; and a third time (plain) with the signed identity
+//!   assertion on (`[assertion]`), whose signed-in row shows what the assertion costs
+//!   next to the plain signed-in row (a cached assertion per person: no signature per
+//!   request);
 //! - Apache httpd + mod_auth_openidc in front of the same upstream, signed in too.
 //!
 //! The generators (wrk, h2load) run on the last core, the servers on the others. After
@@ -128,8 +131,9 @@ fn main() {
         proxy_tls_port,
         gateway_port,
         gateway_tls_port,
+        gateway_assertion_port,
         apache_port,
-    ] = [(); 6].map(|_| free_port());
+    ] = [(); 7].map(|_| free_port());
     let upstream = peers::nginx(
         dir,
         "upstream",
@@ -163,12 +167,14 @@ fn main() {
 
     let gateway_base = format!("http://127.0.0.1:{gateway_port}");
     let gateway_tls_base = format!("https://127.0.0.1:{gateway_tls_port}");
+    let gateway_assertion_base = format!("http://127.0.0.1:{gateway_assertion_port}");
     let apache_base = format!("http://127.0.0.1:{apache_port}");
     let provider = runtime.block_on(peers::start_provider(
         "load",
         vec![
             format!("{gateway_base}/oauth2/callback"),
             format!("{gateway_tls_base}/oauth2/callback"),
+            format!("{gateway_assertion_base}/oauth2/callback"),
             format!("{apache_base}/redirect_uri"),
         ],
     ));
@@ -193,7 +199,25 @@ fn main() {
         gateway_tls_port,
         &server_cores,
     );
+    let gateway_assertion = peers::ssogate(
+        dir,
+        "gateway-assertion",
+        &format!(
+            "{}[assertion]\nkey_file = \"{}\"\n",
+            peers::ssogate_config(
+                &gateway_assertion_base,
+                gateway_assertion_port,
+                None,
+                upstream_port,
+                &issuer,
+            ),
+            peers::assertion_key(dir).display()
+        ),
+        gateway_assertion_port,
+        &server_cores,
+    );
     let cookie = runtime.block_on(gateway_login("", &gateway_base));
+    let assertion_cookie = runtime.block_on(gateway_login("", &gateway_assertion_base));
     let tls_cookie = runtime.block_on(gateway_login(&certificate.ca_pem, &gateway_tls_base));
     let apache = match peers::apache_installed() {
         Ok(_) if wants("Apache") => {
@@ -273,6 +297,13 @@ fn main() {
             200,
         ),
         target(
+            "ssogate, signed in + assertion",
+            Protocol::Http1,
+            format!("{gateway_assertion_base}{PAGE}"),
+            vec![format!("Cookie: {assertion_cookie}")],
+            200,
+        ),
+        target(
             "ssogate, public route (SDK envelope)",
             Protocol::Http1,
             format!("{gateway_base}/api/1/envelope/"),
@@ -321,7 +352,11 @@ fn main() {
     if args.iter().any(|a| a == "--hold") {
         hold(
             &targets,
-            &[("ssogate", &gateway), ("ssogate (TLS)", &gateway_tls)],
+            &[
+                ("ssogate", &gateway),
+                ("ssogate (TLS)", &gateway_tls),
+                ("ssogate (assertion)", &gateway_assertion),
+            ],
         );
         return; // the servers stop as they are dropped
     }
@@ -338,6 +373,7 @@ fn main() {
         (proxy_tls_port, &proxy),
         (gateway_port, &gateway),
         (gateway_tls_port, &gateway_tls),
+        (gateway_assertion_port, &gateway_assertion),
     ];
     if let Some((apache, _)) = &apache {
         servers.push((apache_port, apache));

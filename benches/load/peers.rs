@@ -288,6 +288,25 @@ pub fn ssogate(dir: &Path, name: &str, config: &str, port: u16, cores: &str) -> 
     server
 }
 
+/// A fresh P-256 key for `[assertion]` (PKCS#8 PEM), written to `dir`.
+pub fn assertion_key(dir: &Path) -> PathBuf {
+    use aws_lc_rs::signature::{ECDSA_P256_SHA256_FIXED_SIGNING, EcdsaKeyPair};
+    use base64::Engine;
+    let pkcs8 = EcdsaKeyPair::generate_pkcs8(
+        &ECDSA_P256_SHA256_FIXED_SIGNING,
+        &aws_lc_rs::rand::SystemRandom::new(),
+    )
+    .unwrap();
+    let path = dir.join("assertion-key.pem");
+    let body = base64::engine::general_purpose::STANDARD.encode(pkcs8.as_ref());
+    std::fs::write(
+        &path,
+        format!("-----BEGIN PRIVATE KEY-----\n{body}\n-----END PRIVATE KEY-----\n"),
+    )
+    .unwrap();
+    path
+}
+
 /// The configuration of a gateway in front of the upstream, with the Sentry preset.
 pub fn ssogate_config(
     public_url: &str,

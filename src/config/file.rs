@@ -158,6 +158,18 @@ pub struct AccessSection {
     pub rules: Option<Vec<RuleSection>>,
 }
 
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AssertionSection {
+    pub header: Option<String>,
+    pub key_file: Option<String>,
+    #[serde(deserialize_with = "flex::list")]
+    pub previous_key_files: Option<Vec<String>>,
+    pub audience: Option<String>,
+    #[serde(deserialize_with = "flex::text")]
+    pub lifetime: Option<String>,
+}
+
 /// One `[[access.rules]]` entry.
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields, default)]

@@ -30,7 +30,7 @@ use crate::rules::{
 };
 
 /// The sections of the file, also the `<SECTION>` part of `SSOGATE_<SECTION>_<KEY>`.
-const SECTIONS: [&str; 7] = [
+const SECTIONS: [&str; 8] = [
     "server",
     "tls",
     "upstream",
@@ -38,6 +38,7 @@ const SECTIONS: [&str; 7] = [
     "session",
     "identity_headers",
     "access",
+    "assertion",
 ];
 
 /// Environment variables that are not config keys.
@@ -150,6 +151,9 @@ pub struct Settings {
     pub session: SessionSettings,
     pub identity_headers: IdentityHeaderNames,
     pub access: AccessSettings,
+    /// The signed identity assertion for the upstream; `None` (off) without
+    /// `assertion.key_file`.
+    pub assertion: Option<AssertionSettings>,
     /// The keys environment variables set (names only: values may be secrets).
     pub from_environment: Vec<FromEnvironment>,
 }
@@ -356,6 +360,25 @@ impl IdentityHeaderNames {
     }
 }
 
+/// `[assertion]`: what the signed identity assertion says and how it is signed (the
+/// key files are read by `crate::assertion`, at start and at every reload).
+#[derive(Clone, Debug, PartialEq)]
+pub struct AssertionSettings {
+    /// The header it travels in.
+    pub header: HeaderName,
+    /// The P-256 private key (PEM) that signs.
+    pub key_file: PathBuf,
+    /// Further keys (PEM, public or private) published in the JWKS, not used to sign.
+    pub previous_key_files: Vec<PathBuf>,
+    /// The `aud` claim (default: the upstream's origin).
+    pub audience: String,
+    /// From `iat` to `exp`, whole seconds.
+    pub lifetime: Duration,
+}
+
+/// The assertion header when `assertion.header` is not set.
+pub const DEFAULT_ASSERTION_HEADER: &str = "x-ssogate-jwt-assertion";
+
 #[derive(Clone, Debug, Default)]
 pub struct AccessSettings {
     /// Lower-case domains; empty means any domain.
@@ -558,6 +581,8 @@ fn validate(
         kept(&mut found, section(&mut table, "identity_headers")).unwrap_or_default();
     let access: file::AccessSection =
         kept(&mut found, section(&mut table, "access")).unwrap_or_default();
+    let assertion: file::AssertionSection =
+        kept(&mut found, section(&mut table, "assertion")).unwrap_or_default();
     let https_written = server
         .public_url
         .as_deref()
@@ -603,6 +628,10 @@ fn validate(
     let upstream = kept(&mut found, validate_upstream(upstream));
     let oidc = kept(&mut found, validate_oidc(oidc));
     let identity_headers = kept(&mut found, validate_identity_headers(headers));
+    let assertion = kept(
+        &mut found,
+        validate_assertion(assertion, upstream.as_ref(), identity_headers.as_ref()),
+    );
     let shaken: Vec<&str> = shaped.iter().filter_map(ConfigError::section).collect();
     found.retain(|problem| problem.section().is_none_or(|s| !shaken.contains(&s)));
     let problems: Vec<ConfigError> = shaped.into_iter().chain(found).collect();
@@ -620,6 +649,7 @@ fn validate(
         session: session.ok_or_else(part)?,
         identity_headers: identity_headers.ok_or_else(part)?,
         access: access.ok_or_else(part)?,
+        assertion: assertion.ok_or_else(part)?,
         from_environment: Vec::new(),
     })
 }
@@ -1401,51 +1431,142 @@ fn validate_redis(session: &file::SessionSection) -> Result<RedisSettings, Confi
     })
 }
 
+/// A header the gateway sets from the session (`key` names the setting): a valid
+/// name, and none of those the gateway manages itself; `""` is `None` (off).
+fn identity_header_name(
+    key: &str,
+    value: Option<String>,
+    default: &str,
+) -> Result<Option<HeaderName>, ConfigError> {
+    let text = value.unwrap_or_else(|| default.to_owned());
+    if text.is_empty() {
+        return Ok(None);
+    }
+    let lower = text.to_ascii_lowercase();
+    if [
+        "authorization",
+        "cookie",
+        "host",
+        "x-forwarded-for",
+        "x-forwarded-proto",
+        "x-forwarded-host",
+    ]
+    .contains(&lower.as_str())
+    {
+        return Err(key_error(
+            key,
+            format!("`{text}` is a header the gateway manages itself; pick another name"),
+        ));
+    }
+    HeaderName::from_bytes(text.as_bytes())
+        .map(Some)
+        .map_err(|_| key_error(key, format!("`{text}` is not a valid header name")))
+}
+
 fn validate_identity_headers(
     headers: file::IdentityHeadersSection,
 ) -> Result<IdentityHeaderNames, ConfigError> {
-    let name = |key: &str,
-                value: Option<String>,
-                default: &str|
-     -> Result<Option<HeaderName>, ConfigError> {
-        let text = value.unwrap_or_else(|| default.to_owned());
-        if text.is_empty() {
-            return Ok(None);
-        }
-        let lower = text.to_ascii_lowercase();
-        if [
-            "authorization",
-            "cookie",
-            "host",
-            "x-forwarded-for",
-            "x-forwarded-proto",
-            "x-forwarded-host",
-        ]
-        .contains(&lower.as_str())
-        {
-            return Err(key_error(
-                key,
-                format!("`{text}` is a header the gateway manages itself; pick another name"),
-            ));
-        }
-        HeaderName::from_bytes(text.as_bytes())
-            .map(Some)
-            .map_err(|_| key_error(key, format!("`{text}` is not a valid header name")))
-    };
     Ok(IdentityHeaderNames {
-        user: name("identity_headers.user", headers.user, "X-Forwarded-User")?,
-        email: name("identity_headers.email", headers.email, "X-Forwarded-Email")?,
-        preferred_username: name(
+        user: identity_header_name("identity_headers.user", headers.user, "X-Forwarded-User")?,
+        email: identity_header_name("identity_headers.email", headers.email, "X-Forwarded-Email")?,
+        preferred_username: identity_header_name(
             "identity_headers.preferred_username",
             headers.preferred_username,
             "X-Forwarded-Preferred-Username",
         )?,
-        groups: name(
+        groups: identity_header_name(
             "identity_headers.groups",
             headers.groups,
             "X-Forwarded-Groups",
         )?,
     })
+}
+
+/// `[assertion]`: off without `key_file` (and then no other key of it may be set).
+/// The key files must exist here; what they hold is judged by `crate::assertion`.
+fn validate_assertion(
+    assertion: file::AssertionSection,
+    upstream: Option<&UpstreamSettings>,
+    identity_headers: Option<&IdentityHeaderNames>,
+) -> Result<Option<AssertionSettings>, ConfigError> {
+    let Some(key_file) = existing_file("assertion.key_file", assertion.key_file)? else {
+        let others = [
+            ("assertion.header", assertion.header.is_some()),
+            (
+                "assertion.previous_key_files",
+                assertion.previous_key_files.is_some(),
+            ),
+            ("assertion.audience", assertion.audience.is_some()),
+            ("assertion.lifetime", assertion.lifetime.is_some()),
+        ];
+        return match others.iter().find(|(_, given)| *given) {
+            Some((key, _)) => Err(key_error(
+                *key,
+                "is used only with assertion.key_file (the signing key, which turns the assertion on); set that too, or remove this key",
+            )),
+            None => Ok(None),
+        };
+    };
+    let header = identity_header_name(
+        "assertion.header",
+        assertion.header,
+        DEFAULT_ASSERTION_HEADER,
+    )?
+    .ok_or_else(|| {
+        key_error(
+            "assertion.header",
+            "is empty: name the header, or remove assertion.key_file to turn the assertion off",
+        )
+    })?;
+    let fold = |name: &str| name.to_ascii_lowercase().replace('_', "-");
+    if let Some(taken) = identity_headers
+        .into_iter()
+        .flat_map(IdentityHeaderNames::iter)
+        .find(|name| fold(name.as_str()) == fold(header.as_str()))
+    {
+        return Err(key_error(
+            "assertion.header",
+            format!("`{header}` is also an identity header ({taken}); pick another name"),
+        ));
+    }
+    let previous_key_files = assertion
+        .previous_key_files
+        .unwrap_or_default()
+        .into_iter()
+        .map(|text| existing_file("assertion.previous_key_files", Some(text)))
+        .filter_map(Result::transpose)
+        .collect::<Result<Vec<_>, _>>()?;
+    let audience = match assertion.audience.as_deref().map(str::trim) {
+        Some("") => {
+            return Err(key_error(
+                "assertion.audience",
+                "is empty: name the upstream (e.g. its URL), or remove the key for the upstream's origin",
+            ));
+        }
+        Some(audience) => audience.to_owned(),
+        // Without a valid upstream.url (reported for that key) there is none to take.
+        None => upstream.map_or_else(String::new, |upstream| {
+            upstream.url.origin().ascii_serialization()
+        }),
+    };
+    let lifetime = duration_or(
+        "assertion.lifetime",
+        assertion.lifetime,
+        Duration::from_secs(300),
+    )?;
+    if !(Duration::from_secs(1)..=Duration::from_secs(3600)).contains(&lifetime) {
+        return Err(key_error(
+            "assertion.lifetime",
+            "must be between 1s and 1h (a short one: the assertion is a pass for one request, re-signed before it expires)",
+        ));
+    }
+    Ok(Some(AssertionSettings {
+        header,
+        key_file,
+        previous_key_files,
+        audience,
+        lifetime: Duration::from_secs(lifetime.as_secs()),
+    }))
 }
 
 fn lower_list(list: Option<Vec<String>>) -> Vec<String> {

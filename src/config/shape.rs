@@ -6,8 +6,8 @@
 use serde::de::{self, DeserializeOwned, Deserializer, Visitor};
 
 use super::file::{
-    AccessSection, IdentityHeadersSection, OidcSection, RuleSection, ServerSection, SessionSection,
-    TlsSection, UpstreamSection,
+    AccessSection, AssertionSection, IdentityHeadersSection, OidcSection, RuleSection,
+    ServerSection, SessionSection, TlsSection, UpstreamSection,
 };
 use super::{ConfigError, key_error};
 
@@ -31,7 +31,7 @@ fn shape<T: DeserializeOwned>(name: &'static str) -> Shape {
     }
 }
 
-fn sections() -> [Shape; 7] {
+fn sections() -> [Shape; 8] {
     [
         shape::<ServerSection>("server"),
         shape::<TlsSection>("tls"),
@@ -40,6 +40,7 @@ fn sections() -> [Shape; 7] {
         shape::<SessionSection>("session"),
         shape::<IdentityHeadersSection>("identity_headers"),
         shape::<AccessSection>("access"),
+        shape::<AssertionSection>("assertion"),
     ]
 }
 

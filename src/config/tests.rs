@@ -874,3 +874,102 @@ fn the_acme_webroot_is_a_directory_served_by_the_plain_http_listener() {
     assert_eq!(key, "server.acme_webroot");
     assert!(problem.contains("is not a directory"), "{problem}");
 }
+
+#[test]
+fn the_assertion_is_off_without_a_key_file_and_on_with_defaults_with_one() {
+    assert!(load(&minimal(), &[]).unwrap().assertion.is_none());
+    let dir = tempfile::tempdir().unwrap();
+    let key = dir.path().join("assertion.pem");
+    std::fs::write(&key, "a key").unwrap();
+    let key = key.display().to_string();
+    let on = load(&minimal(), &[("SSOGATE_ASSERTION_KEY_FILE", &key)]).unwrap();
+    let assertion = on.assertion.expect("on");
+    assert_eq!(assertion.header.as_str(), DEFAULT_ASSERTION_HEADER);
+    assert_eq!(
+        assertion.audience, "http://127.0.0.1:9000",
+        "the upstream's origin"
+    );
+    assert_eq!(assertion.lifetime, Duration::from_secs(300));
+    assert!(assertion.previous_key_files.is_empty());
+
+    let text = format!(
+        "{}[assertion]\nkey_file = \"{key}\"\nprevious_key_files = [\"{key}\"]\n\
+         header = \"X-Signed-Identity\"\naudience = \"sentry\"\nlifetime = \"90s\"\n",
+        minimal()
+    );
+    let assertion = load(&text, &[]).unwrap().assertion.unwrap();
+    assert_eq!(assertion.header.as_str(), "x-signed-identity");
+    assert_eq!(assertion.audience, "sentry");
+    assert_eq!(assertion.lifetime, Duration::from_secs(90));
+    assert_eq!(assertion.previous_key_files.len(), 1);
+}
+
+#[test]
+fn assertion_mistakes_name_their_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = dir.path().join("assertion.pem");
+    std::fs::write(&key, "a key").unwrap();
+    let with = |keys: &str| format!("{}[assertion]\n{keys}\n", minimal());
+    let key_line = format!("key_file = \"{}\"", key.display());
+    for (keys, expected_key, fragment) in [
+        (
+            "header = \"X-A\"".to_owned(),
+            "assertion.header",
+            "assertion.key_file",
+        ),
+        (
+            "lifetime = \"1m\"".to_owned(),
+            "assertion.lifetime",
+            "assertion.key_file",
+        ),
+        (
+            "key_file = \"/nonexistent/key.pem\"".to_owned(),
+            "assertion.key_file",
+            "does not exist",
+        ),
+        (
+            format!("{key_line}\nprevious_key_files = [\"/nonexistent/old.pem\"]"),
+            "assertion.previous_key_files",
+            "does not exist",
+        ),
+        (
+            format!("{key_line}\nlifetime = \"0s\""),
+            "assertion.lifetime",
+            "between 1s and 1h",
+        ),
+        (
+            format!("{key_line}\nlifetime = \"2h\""),
+            "assertion.lifetime",
+            "between 1s and 1h",
+        ),
+        (
+            format!("{key_line}\nheader = \"\""),
+            "assertion.header",
+            "is empty",
+        ),
+        (
+            format!("{key_line}\nheader = \"Cookie\""),
+            "assertion.header",
+            "manages itself",
+        ),
+        (
+            format!("{key_line}\nheader = \"x_forwarded_user\""),
+            "assertion.header",
+            "identity header",
+        ),
+        (
+            format!("{key_line}\naudience = \" \""),
+            "assertion.audience",
+            "is empty",
+        ),
+        (
+            format!("{key_line}\nkey_fle = \"x\""),
+            "assertion.key_fle",
+            "assertion.key_file",
+        ),
+    ] {
+        let (key, problem) = problem_for(&with(&keys), &[]);
+        assert_eq!(key, expected_key, "{keys}: {problem}");
+        assert!(problem.contains(fragment), "{keys}: {problem}");
+    }
+}

@@ -1,6 +1,7 @@
 //! The gateway's own endpoints, oauth2-proxy's names: `/oauth2/sign_in`, `/start`,
 //! the callback, `/sign_out`, `/userinfo`, `/auth` for forward-auth, and
-//! `/backchannel-logout` for the provider.
+//! `/backchannel-logout` for the provider; and, with `[assertion]`, the keys that
+//! verify the identity assertion at [`crate::assertion::JWKS_PATH`].
 //!
 //! A login in flight costs the gateway nothing: its state, PKCE verifier, nonce and
 //! return target travel sealed (AES-256-GCM) in a short-lived cookie named after the
@@ -696,6 +697,28 @@ impl Gateway {
         response.headers_mut().insert(
             http::header::CACHE_CONTROL,
             HeaderValue::from_static("no-store"),
+        );
+        response
+    }
+
+    /// The JWKS of the identity assertion (public: the upstream fetches it without a
+    /// session), which verifiers may keep for [`crate::assertion::JWKS_MAX_AGE`].
+    /// Only routed while `[assertion]` is on.
+    pub(super) fn assertion_keys(&self) -> Response<ResponseBody> {
+        let Some(assertion) = &self.assertion else {
+            return self.not_found();
+        };
+        let mut response = pages::text(StatusCode::OK, assertion.jwks()).map(boxed);
+        let headers = response.headers_mut();
+        headers.insert(
+            http::header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
+        let max_age = crate::assertion::JWKS_MAX_AGE.as_secs();
+        headers.insert(
+            http::header::CACHE_CONTROL,
+            HeaderValue::from_str(&format!("public, max-age={max_age}"))
+                .expect("digits are a valid header value"),
         );
         response
     }

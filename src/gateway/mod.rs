@@ -3,12 +3,13 @@
 //! [`Gateway::handle`] is the whole lifecycle in one place; the sign-in endpoints live
 //! in [`endpoints`], header work in [`crate::proxy::headers`], rules in
 //! [`crate::policy`]. Every decision is made on the request the upstream will act on.
-//! Nothing the client sends can pose as an identity: identity headers are stripped
-//! before routing, and set only from a server-side session. Its hop-by-hop headers go
-//! before anything reads the request, so they cannot take away a header that was
-//! decided on or that the gateway sets. Nor can it choose what path rules see: the
-//! path is made canonical first and forwarded so, and rules are decided on every form
-//! the upstream may decode it to ([`policy::decide`]).
+//! Nothing the client sends can pose as an identity: identity headers (and the signed
+//! assertion's, [`crate::assertion`]) are stripped before routing, and set only from a
+//! server-side session. Its hop-by-hop headers go before anything reads the request,
+//! so they cannot take away a header that was decided on or that the gateway sets.
+//! Nor can it choose what path rules see: the path is made canonical first and
+//! forwarded so, and rules are decided on every form the upstream may decode it to
+//! ([`policy::decide`]).
 //!
 //! The response side has one shape too: every refusal or failure, here, in an
 //! endpoint or in forwarding, is a [`Problem`] answered by [`Problem::respond`] (its
@@ -29,6 +30,7 @@ use http::{Request, Response, StatusCode, Version};
 use hyper::body::Incoming;
 use url::Url;
 
+use crate::assertion::AssertionSigner;
 use crate::body::{ResponseBody, boxed};
 use crate::config::Settings;
 use crate::observe::{self, AccessRecord, Metrics, REQUEST_ID, RouteClass};
@@ -111,6 +113,8 @@ pub enum GatewayError {
     SessionStore(#[from] crate::session::SharedStoreError),
     #[error("the identity provider of the new settings cannot be used: {0}")]
     Provider(String),
+    #[error(transparent)]
+    AssertionKey(#[from] crate::assertion::KeyError),
 }
 
 /// Who a forwarded request comes from, as far as the gateway knows.
@@ -135,9 +139,12 @@ pub struct Gateway {
     metrics: Arc<Metrics>,
     /// The `Strict-Transport-Security` value, when `tls.hsts_max_age` is set.
     hsts: Option<HeaderValue>,
-    /// Folded names (lower case, `_` as `-`) of the identity headers: removed from
-    /// every request before anything else.
+    /// Folded names (lower case, `_` as `-`) of the identity headers and the
+    /// assertion's: removed from every request before anything else.
     identity_folds: Vec<String>,
+    /// Signs the identity assertion and serves its keys, when `[assertion]` is on.
+    /// Made anew by every reload (key files read again, cache empty).
+    assertion: Option<AssertionSigner>,
     /// Folded names of the path overrides some backends honour and of the
     /// forwarding headers ([`headers::FORWARDING_HEADERS`]): removed before forwarding.
     upstream_strip_folds: Vec<String>,
@@ -206,9 +213,11 @@ impl Gateway {
             Some(previous) => previous.sessions.clone(),
             None => Arc::new(SessionStore::new(&settings.session)?),
         };
+        let assertion = AssertionSigner::from_settings(&settings)?;
         let identity_folds: Vec<String> = settings
             .identity_headers
             .iter()
+            .chain(assertion.as_ref().map(AssertionSigner::header_name))
             .map(|name| headers::folded_name(name.as_str()))
             .collect();
         let upstream_strip_folds = PATH_OVERRIDE_HEADERS
@@ -270,6 +279,7 @@ impl Gateway {
             login_cookie_prefix: login_cookie_prefix(&settings.session.cookie_name),
             login_cookie_path: shared_directory("/oauth2/start", &settings.oidc.callback_path),
             identity_folds,
+            assertion,
             upstream_strip_folds,
             served_hosts: host::ServedHosts::new(
                 &settings.server.public_url,
@@ -440,6 +450,9 @@ impl Gateway {
                 return Box::pin(self.backchannel_logout(request)).await;
             }
             p if p == oidc.callback_path => return Box::pin(self.callback(&request)).await,
+            crate::assertion::JWKS_PATH if self.assertion.is_some() => {
+                return self.assertion_keys();
+            }
             p if p.starts_with("/oauth2/") => return self.not_found(),
             _ => {}
         }
@@ -726,7 +739,14 @@ impl Gateway {
     /// The identity headers: `sub`; the email only when the provider verified it;
     /// the preferred username; the groups, each percent-encoded and joined with `,`
     /// ([`headers::encode_list`]). A value that cannot travel in a header is left out.
+    /// With `[assertion]`, the signed assertion of the same identity too (a cached
+    /// one while it has time left: [`AssertionSigner::assertion_for`]).
     fn set_identity_headers(&self, headers: &mut http::HeaderMap, session: &Session) {
+        if let Some(assertion) = &self.assertion
+            && let Some(value) = assertion.assertion_for(&session.identity)
+        {
+            headers.insert(assertion.header_name().clone(), value);
+        }
         let names = &self.settings.identity_headers;
         let identity = &session.identity;
         let groups = headers::encode_list(&identity.groups);

@@ -105,7 +105,10 @@ impl NginxFront {
         .await
         .expect("test provider starts");
 
-        // The gateway, as sentry-site.conf's comment configures it.
+        // The gateway, as sentry-site.conf's comment configures it, with the signed
+        // identity assertion on (its key is read at start: the folder may go after).
+        let keys = tempfile::tempdir().unwrap();
+        let assertion_key = crate::assertion::new_key(keys.path(), "assertion.pem");
         let listener = tokio::net::TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
             .await
             .unwrap();
@@ -116,6 +119,7 @@ impl NginxFront {
             ))
             .access("preset = \"sentry\"\ngroups_claim = \"permissions\"")
             .tables(ADMIN_RULE)
+            .tables(&format!("[assertion]\nkey_file = {assertion_key:?}"))
             .settings();
         let gateway = server::start_on(listener, settings, std::future::pending())
             .await
@@ -259,18 +263,23 @@ async fn send(
 }
 
 /// Identity headers a client might try to pose with.
-const SPOOFED_IDENTITY: [(&str, &str); 4] = [
+const SPOOFED_IDENTITY: [(&str, &str); 5] = [
     ("x-forwarded-user", "sub-root"),
     ("x-forwarded-email", "root@corp.example"),
     ("x-forwarded-preferred-username", "root"),
     ("x-forwarded-groups", "sentry:admin"),
+    ("x-ssogate-jwt-assertion", FORGED_ASSERTION),
 ];
 
-const IDENTITY_HEADERS: [&str; 4] = [
+/// An unsigned token naming root, as a client might send it.
+const FORGED_ASSERTION: &str = "eyJhbGciOiJub25lIn0.eyJzdWIiOiJzdWItcm9vdCJ9.";
+
+const IDENTITY_HEADERS: [&str; 5] = [
     "x-forwarded-user",
     "x-forwarded-email",
     "x-forwarded-preferred-username",
     "x-forwarded-groups",
+    "x-ssogate-jwt-assertion",
 ];
 
 #[tokio::test]
@@ -296,6 +305,22 @@ async fn identity_headers_reach_the_app_only_from_the_gateways_answer() {
         let got: Vec<_> = seen.headers.get_all(name).iter().collect();
         assert_eq!(got, [value], "{name}");
     }
+    // The signed identity passes through nginx from the gateway's answer, never the
+    // client's.
+    let assertions: Vec<_> = seen
+        .headers
+        .get_all("x-ssogate-jwt-assertion")
+        .iter()
+        .collect();
+    assert_eq!(assertions.len(), 1, "{seen:?}");
+    let token = assertions[0].to_str().unwrap();
+    assert_ne!(token, FORGED_ASSERTION);
+    let claims = token.split('.').nth(1).unwrap();
+    let claims: serde_json::Value = serde_json::from_slice(
+        &base64::Engine::decode(&base64::engine::general_purpose::URL_SAFE_NO_PAD, claims).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(claims["sub"], "sub-alice");
 
     // Nobody's groups: the client's header is cleared, not kept.
     let mut nemo = front.signed_in("nemo").await;

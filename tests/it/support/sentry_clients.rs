@@ -1,7 +1,9 @@
 //! Sentry's real machine clients, to prove their traffic passes the gateway without a
 //! login: the Python SDK (`sentry-sdk`, driven by `tests/peers/send_event.py`) and
-//! `sentry-cli` (npm `@sentry/cli`). Both are installed by `tests/install-peers.sh`;
-//! versions, CA trust and the requests they make are in `tests/peers/README.md`.
+//! `sentry-cli` (npm `@sentry/cli`); and PyJWT, the verifier an upstream would use for
+//! the identity assertion (`tests/peers/verify_assertion.py`). All are installed by
+//! `tests/install-peers.sh`; versions, CA trust and the requests they make are in
+//! `tests/peers/README.md`.
 
 use std::io::Read;
 use std::path::{Path, PathBuf};
@@ -44,6 +46,36 @@ pub fn send_event(dsn: &str, ca_pem: Option<&str>) -> Output {
         cmd.env("SSOGATE_TEST_CA", ca.path());
     }
     run(cmd)
+}
+
+/// Verifies identity assertions with PyJWT as an upstream would
+/// (`tests/peers/verify_assertion.py`): the key by `kid` from the JWKS at `jwks_url`
+/// (trusting `ca_pem`), then signature, `iss` = `issuer`, `aud` = each check's
+/// audience, `exp`. One verdict per `(token, audience)`: `{"ok": true, "kid",
+/// "claims"}` or `{"ok": false, "error"}`.
+pub fn verify_assertions(
+    jwks_url: &str,
+    issuer: &str,
+    checks: &[(&str, &str)],
+    ca_pem: &str,
+) -> Vec<serde_json::Value> {
+    let python = installed(repo().join("target/peers/venv/bin/python"));
+    let ca = ca_file(ca_pem);
+    let request = serde_json::json!({
+        "jwks_url": jwks_url,
+        "issuer": issuer,
+        "checks": checks
+            .iter()
+            .map(|(token, audience)| serde_json::json!({"token": token, "audience": audience}))
+            .collect::<Vec<_>>(),
+    });
+    let mut cmd = client(&python);
+    cmd.arg(peers_dir().join("verify_assertion.py"))
+        .arg(request.to_string())
+        .env("SSOGATE_TEST_CA", ca.path());
+    let out = run(cmd);
+    assert!(out.status.success(), "{}", describe(&out));
+    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{e}: {}", describe(&out)))
 }
 
 /// Runs `sentry-cli ARGS` against the Sentry at `url` with `auth_token` (sent as
