@@ -6,6 +6,9 @@
 #
 #   benches/instructions.sh [GATEWAY_BINARY...]
 #
+# ROW names the hold's row to load (default `ssogate, signed in`; `ssogate, signed in +
+# assertion` is the gateway with the signed identity assertion on). KEEP=DIR keeps each
+# binary's last dump there, for `callgrind_annotate`.
 # Each binary (default: target/release/ssogate) runs under callgrind behind the load
 # bench's `--hold signed` setup (nginx upstream, development provider, a real login).
 # After a warm-up the counters are zeroed, wrk sends requests for 10 s on 4 connections,
@@ -32,8 +35,12 @@ for binary in "${binaries[@]}"; do
   exec 3>"$work/stdin" # keeps the hold waiting until closed
   for _ in $(seq 600); do grep -q '^holding' "$work/hold.out" && break; sleep 1; done
   grep -q '^holding' "$work/hold.out" || { cat "$work/hold.out" >&2; exit 1; }
-  pid=$(awk '/^ssogate: pid/ {print $3}' "$work/hold.out")
-  line=$(grep '^ssogate, signed in (HTTP/1.1):' "$work/hold.out")
+  case ${ROW:-} in
+    *assertion*) server='ssogate (assertion)' ;;
+    *) server='ssogate' ;;
+  esac
+  pid=$(grep -F "$server: pid" "$work/hold.out" | awk '{print $NF}')
+  line=$(grep -F "${ROW:-ssogate, signed in} (HTTP/1.1):" "$work/hold.out")
   url=${line##* }
   cookie=$(grep -o "Cookie: [^']*" <<<"$line")
   wrk -t1 -c4 -d3s -H "$cookie" "$url" >/dev/null # warm-up
@@ -46,6 +53,7 @@ for binary in "${binaries[@]}"; do
     total=$(awk '/^(summary|totals):/ {print $2; exit}' "$dump")
     echo "$binary round $round: $requests requests, $((total / requests)) instructions per request"
   done
+  [[ -z ${KEEP:-} ]] || { mkdir -p "$KEEP"; cp "$dump" "$KEEP/$(basename "$binary").callgrind"; }
   exec 3>&- # Enter for the hold: it stops its servers
   wait
   rm -f "$work/stdin" "$work"/cg.*
