@@ -28,16 +28,21 @@ async fn world_skipping(value: &str) -> World {
     .await
 }
 
-/// A browser that signed in as alice a minute ago (its marker says so: a login is
-/// only trusted to have been kept after a pause) and whose session then ended.
-async fn returning_without_session(world: &World) -> Browser {
-    let mut browser = world.signed_in("alice").await;
+/// Makes the browser's marker say its login was a minute ago (a lost session is taken
+/// for a returning person's only after a pause).
+fn age_marker(browser: &mut Browser) {
     let a_minute_ago = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .unwrap()
         .as_secs()
         - 60;
     browser.cookies.insert(marker(), a_minute_ago.to_string());
+}
+
+/// A browser that signed in as alice a minute ago and whose session then ended.
+async fn returning_without_session(world: &World) -> Browser {
+    let mut browser = world.signed_in("alice").await;
+    age_marker(&mut browser);
     browser.cookies.remove(SESSION_COOKIE);
     browser
 }
@@ -130,12 +135,7 @@ async fn a_returning_navigation_goes_to_the_provider_with_a_fresh_state_and_land
         .sign_in_at_provider(first_start.location().unwrap(), "alice", PASSWORD)
         .await;
     browser.follow(&callback).await;
-    let a_minute_ago = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_secs()
-        - 60;
-    browser.cookies.insert(marker(), a_minute_ago.to_string());
+    age_marker(&mut browser);
     // The session ends (as a garbled cookie or a restarted memory store ends it).
     browser
         .cookies
@@ -169,7 +169,7 @@ async fn a_returning_navigation_goes_to_the_provider_with_a_fresh_state_and_land
 
     // The sign-in page itself sends a returning browser on too.
     browser.cookies.remove(SESSION_COOKIE);
-    browser.cookies.insert(marker(), a_minute_ago.to_string());
+    age_marker(&mut browser);
     let page = browser.navigate("/oauth2/sign_in?rd=%2Fsettings%2F").await;
     assert_eq!(page.status, StatusCode::FOUND);
     let settings = format!("{}/settings/", world.base);
@@ -212,9 +212,8 @@ async fn a_session_lost_right_after_its_login_shows_the_page_rather_than_loop() 
 #[tokio::test]
 async fn signing_out_removes_the_marker_and_the_page_shows_again() {
     let world = World::start().await;
-    let mut browser = returning_without_session(&world).await;
-    let landed = browser.login("/", "alice", PASSWORD).await;
-    assert_eq!(landed.status, StatusCode::OK);
+    let mut browser = world.signed_in("alice").await;
+    age_marker(&mut browser);
     let out = browser.navigate("/oauth2/sign_out").await;
     assert_eq!(out.status, StatusCode::FOUND);
     let removal = set_cookie(&out, &marker()).expect("sign-out removes the marker");
