@@ -22,6 +22,10 @@
 //! within [`RETURNING_PAUSE`] of the login that set the marker sees the page: a session
 //! lost that quickly was never kept (a browser that drops it, replicas that do not
 //! share their store), and sending it round again would loop.
+//!
+//! Like the gateway's other cookies, the marker never reaches the upstream, and the
+//! upstream can neither set nor clear it. Only `"returning"` sets or reads it; sign-out
+//! and a failed login remove it whatever the setting.
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
