@@ -266,11 +266,48 @@ pub struct OidcSettings {
     pub provider_name: String,
     pub callback_path: String,
     pub ca_file: Option<PathBuf>,
-    pub skip_sign_in_page: bool,
+    pub skip_sign_in_page: SkipSignInPage,
     /// Where the provider sends people back after signing out.
     pub post_logout_path: String,
     pub http_timeout: Duration,
     pub clock_skew: Duration,
+}
+
+/// Whether a navigation without a session sees the sign-in page or goes straight to
+/// the provider (`oidc.skip_sign_in_page`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SkipSignInPage {
+    /// `false`: always the page, one click.
+    Never,
+    /// `true`: always straight to the provider, no page.
+    Always,
+    /// `"returning"` (the default): the page on a browser's first visit; straight to
+    /// the provider for a browser that signed in here before and has not signed out
+    /// (as mod_auth_openidc does), so an ended session costs no click.
+    Returning,
+}
+
+/// The word for [`SkipSignInPage::Returning`].
+const RETURNING: &str = "returning";
+
+/// `oidc.skip_sign_in_page`: `false`, `true` (or their spellings as words, as from an
+/// environment variable) or `"returning"`; that when not set.
+fn skip_sign_in_page(value: Option<String>) -> Result<SkipSignInPage, ConfigError> {
+    let Some(text) = value else {
+        return Ok(SkipSignInPage::Returning);
+    };
+    match file::flex::bool_word(&text) {
+        Some(true) => Ok(SkipSignInPage::Always),
+        Some(false) => Ok(SkipSignInPage::Never),
+        None if text.trim().eq_ignore_ascii_case(RETURNING) => Ok(SkipSignInPage::Returning),
+        None => Err(key_error(
+            "oidc.skip_sign_in_page",
+            format!(
+                "`{text}` is not one of false (always the sign-in page), true (never the page) \
+                 or \"{RETURNING}\" (the page only for a browser that has not signed in here before)"
+            ),
+        )),
+    }
 }
 
 /// `server.max_connections` when not set (lowered to fit the open-files limit).
@@ -1163,7 +1200,7 @@ fn validate_oidc(oidc: file::OidcSection) -> Result<OidcSettings, ConfigError> {
         provider_name: oidc.provider_name.unwrap_or_else(|| "Encvoy ID".into()),
         callback_path,
         ca_file: existing_file("oidc.ca_file", oidc.ca_file)?,
-        skip_sign_in_page: oidc.skip_sign_in_page.unwrap_or(false),
+        skip_sign_in_page: skip_sign_in_page(oidc.skip_sign_in_page)?,
         post_logout_path: absolute_path(
             "oidc.post_logout_path",
             oidc.post_logout_path
