@@ -55,6 +55,12 @@ const PLUGIN_VARIABLES: [(&str, &str); 4] = [
 /// Shortest session secret accepted, in bytes (the cookie key is derived from it).
 pub const MIN_SECRET_LEN: usize = 32;
 
+/// The secrets `config/ssogate.example.toml` holds in place of real ones. The Debian
+/// package installs that file as `/etc/ssogate/ssogate.toml`: refused as written, so
+/// that a gateway never runs with a session key or client secret everyone can read.
+pub const SESSION_SECRET_PLACEHOLDER: &str = "replace-me-with-the-output-of-ssogate-gen-secret";
+pub const CLIENT_SECRET_PLACEHOLDER: &str = "client-secret-from-the-provider";
+
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("cannot read config file {path}: {source}")]
@@ -1172,6 +1178,12 @@ fn validate_oidc(oidc: file::OidcSection) -> Result<OidcSettings, ConfigError> {
     if client_secret.is_empty() {
         return Err(key_error("oidc.client_secret", "is empty"));
     }
+    if client_secret == CLIENT_SECRET_PLACEHOLDER {
+        return Err(key_error(
+            "oidc.client_secret",
+            "is the example config's placeholder: fill in the Client secret of the application registered at the provider",
+        ));
+    }
     let scopes = oidc
         .scopes
         .unwrap_or_else(|| ["openid", "email", "profile"].map(String::from).to_vec());
@@ -1280,6 +1292,15 @@ fn validate_session(
             format!(
                 "secret #{} is shorter than {MIN_SECRET_LEN} characters; generate one with `ssogate gen-secret`",
                 short + 1
+            ),
+        ));
+    }
+    if let Some(placeholder) = secrets.iter().position(|s| s == SESSION_SECRET_PLACEHOLDER) {
+        return Err(key_error(
+            "session.secrets",
+            format!(
+                "secret #{} is the example config's placeholder: fill in the output of `ssogate gen-secret`",
+                placeholder + 1
             ),
         ));
     }

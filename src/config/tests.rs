@@ -400,12 +400,39 @@ fn the_example_config_is_valid() {
         "/config/ssogate.example.toml"
     ))
     .unwrap();
-    // Its certificate paths are placeholders; everything else must load as written.
-    let s = load(&text, &[("SSOGATE_TLS_ENABLED", "false")]).unwrap();
+    // Its certificate paths and secrets are placeholders; everything else must load
+    // as written.
+    let s = load(
+        &text,
+        &[
+            ("SSOGATE_TLS_ENABLED", "false"),
+            ("SSOGATE_SESSION_SECRETS", SECRET),
+            ("OIDC_CLIENT_SECRET", "the-real-client-secret"),
+        ],
+    )
+    .unwrap();
     assert_eq!(s.access.groups_claim, "permissions");
     assert_eq!(
         s.server.http_redirect_listen,
         Some("0.0.0.0:8080".parse().unwrap())
+    );
+}
+
+#[test]
+fn the_example_config_as_written_is_refused_naming_each_secret_to_fill_in() {
+    let text = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/config/ssogate.example.toml"
+    ))
+    .unwrap();
+    let err = load(&text, &[("SSOGATE_TLS_ENABLED", "false")]).unwrap_err();
+    let problems: Vec<String> = err.problems().iter().map(ToString::to_string).collect();
+    assert_eq!(
+        problems,
+        [
+            "oidc.client_secret: is the example config's placeholder: fill in the Client secret of the application registered at the provider",
+            "session.secrets: secret #1 is the example config's placeholder: fill in the output of `ssogate gen-secret`",
+        ]
     );
 }
 
