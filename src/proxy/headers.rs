@@ -11,10 +11,13 @@ const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto
 const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 const X_REAL_IP: HeaderName = HeaderName::from_static("x-real-ip");
 
+/// How many names [`HOP_BY_HOP`] lists.
+const HOP_BY_HOP_COUNT: usize = 8;
+
 /// Headers that describe one connection, never the message (RFC 9110 section 7.6.1),
 /// plus the proxy-only ones. (Constants: this runs on every forwarded request and
 /// response, and a `&str` name would be parsed each time.)
-const HOP_BY_HOP: [HeaderName; 8] = [
+const HOP_BY_HOP: [HeaderName; HOP_BY_HOP_COUNT] = [
     header::CONNECTION,
     HeaderName::from_static("keep-alive"),
     HeaderName::from_static("proxy-connection"),
@@ -40,32 +43,47 @@ pub fn list_items<'h>(headers: &'h HeaderMap, name: &HeaderName) -> impl Iterato
 /// Removes hop-by-hop headers, those named in `Connection`, and `Upgrade` (from an
 /// upstream's response).
 pub fn remove_hop_by_hop(headers: &mut HeaderMap) {
-    if headers.get_all(header::CONNECTION).iter().nth(1).is_none() {
-        // One `Connection` (the usual case): taken out first, so that the headers it
-        // names can be removed by their text, which is parsed on the stack (this runs
-        // on every forwarded request and response).
-        if let Some(connection) = headers.remove(header::CONNECTION) {
-            let items = connection
-                .to_str()
-                .ok()
-                .into_iter()
-                .flat_map(|v| v.split(','));
-            for name in items.map(str::trim).filter(|item| !item.is_empty()) {
+    // Only the names found are removed: one comparison per header present costs less
+    // than nine hashed removals that mostly find nothing (this runs on every request
+    // and response).
+    let mut found = [false; HOP_BY_HOP_COUNT];
+    let mut upgrade = false;
+    for name in headers.keys() {
+        if let Some(at) = HOP_BY_HOP.iter().position(|hop| hop == name) {
+            found[at] = true;
+        }
+        upgrade |= name == header::UPGRADE;
+    }
+    if found[0] {
+        // `Connection` (HOP_BY_HOP[0]): the headers it names go too.
+        if headers.get_all(header::CONNECTION).iter().nth(1).is_none() {
+            // One `Connection` (the usual case): taken out first, so that the headers
+            // it names can be removed by their text, which is parsed on the stack.
+            if let Some(connection) = headers.remove(header::CONNECTION) {
+                let items = connection
+                    .to_str()
+                    .ok()
+                    .into_iter()
+                    .flat_map(|v| v.split(','));
+                for name in items.map(str::trim).filter(|item| !item.is_empty()) {
+                    headers.remove(name);
+                }
+            }
+        } else {
+            let named: Vec<HeaderName> = list_items(headers, &header::CONNECTION)
+                .filter_map(|name| HeaderName::from_bytes(name.as_bytes()).ok())
+                .collect();
+            for name in named {
                 headers.remove(name);
             }
         }
-    } else {
-        let named: Vec<HeaderName> = list_items(headers, &header::CONNECTION)
-            .filter_map(|name| HeaderName::from_bytes(name.as_bytes()).ok())
-            .collect();
-        for name in named {
-            headers.remove(name);
-        }
     }
-    for name in &HOP_BY_HOP {
+    for (name, _) in HOP_BY_HOP.iter().zip(found).filter(|(_, found)| *found) {
         headers.remove(name);
     }
-    headers.remove(header::UPGRADE);
+    if upgrade {
+        headers.remove(header::UPGRADE);
+    }
 }
 
 /// A client's `Connection` header named a header that must reach the upstream.
@@ -478,6 +496,26 @@ mod tests {
         remove_hop_by_hop(&mut h);
         assert_eq!(h.len(), 1);
         assert!(h.contains_key("accept"));
+    }
+
+    /// Each hop-by-hop name goes when it is the only one present (in every line it
+    /// has), whatever else the message carries.
+    #[test]
+    fn each_hop_by_hop_header_goes_on_its_own() {
+        for name in HOP_BY_HOP.iter().chain([&header::UPGRADE]) {
+            let mut h = map(&[
+                ("accept", "*/*"),
+                (name.as_str(), "a"),
+                ("x-custom", "1"),
+                (name.as_str(), "b"),
+            ]);
+            remove_hop_by_hop(&mut h);
+            assert_eq!(
+                h.keys().map(HeaderName::as_str).collect::<Vec<_>>(),
+                ["accept", "x-custom"],
+                "{name}"
+            );
+        }
     }
 
     #[test]
