@@ -32,6 +32,7 @@ mod reload;
 mod replicas;
 mod revocation;
 mod routes;
+mod sentinel;
 mod sentry_clients;
 mod sessions;
 mod tls_grade;
