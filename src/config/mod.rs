@@ -1345,7 +1345,10 @@ fn validate_store(session: &file::SessionSection) -> Result<StoreSettings, Confi
         ("session.redis_url_file", session.redis_url_file.is_some()),
         ("session.redis_ca_file", session.redis_ca_file.is_some()),
         ("session.redis_sentinels", session.redis_sentinels.is_some()),
-        ("session.redis_master_name", session.redis_master_name.is_some()),
+        (
+            "session.redis_master_name",
+            session.redis_master_name.is_some(),
+        ),
         (
             "session.redis_sentinel_password",
             session.redis_sentinel_password.is_some(),
@@ -1396,7 +1399,10 @@ fn validate_redis(session: &file::SessionSection) -> Result<RedisSettings, Confi
                 .to_owned(),
         ),
         (None, None) => match &sentinel {
-            Some(sentinel) => ("session.redis_url", format!("redis://{}/0", sentinel.master_name)),
+            Some(sentinel) => (
+                "session.redis_url",
+                format!("redis://{}/0", sentinel.master_name),
+            ),
             None => {
                 return Err(key_error(
                     "session.redis_url",
@@ -1500,7 +1506,10 @@ fn validate_sentinel(
 ) -> Result<Option<SentinelSettings>, ConfigError> {
     let Some(list) = &session.redis_sentinels else {
         let lonely = [
-            ("session.redis_master_name", session.redis_master_name.is_some()),
+            (
+                "session.redis_master_name",
+                session.redis_master_name.is_some(),
+            ),
             (
                 "session.redis_sentinel_password",
                 session.redis_sentinel_password.is_some(),

@@ -270,7 +270,9 @@ impl SharedStore {
         }
         let mut url = self.url.clone();
         if url.set_host(Some(&host)).is_err() || url.set_port(Some(port)).is_err() {
-            self.lost(&format!("the sentinels named an unusable master address {host}:{port}"));
+            self.lost(&format!(
+                "the sentinels named an unusable master address {host}:{port}"
+            ));
             return false;
         }
         match self.connection_to(&url) {

@@ -41,7 +41,11 @@ pub(crate) async fn api_status(browser: &mut Browser, path: &str) -> StatusCode 
 
 /// Polls replica `index` until `browser`'s session is refused there (at most 3 s);
 /// returns how long that took.
-pub(crate) async fn time_until_signed_out(cluster: &Cluster, index: usize, browser: &Browser) -> Duration {
+pub(crate) async fn time_until_signed_out(
+    cluster: &Cluster,
+    index: usize,
+    browser: &Browser,
+) -> Duration {
     let started = Instant::now();
     let mut tab = cluster.on(index, browser);
     loop {

@@ -163,7 +163,9 @@ impl RedisServer {
         use std::io::{BufRead, BufReader, Write};
         assert!(self.tls_ca_file.is_none(), "the test speaks plain RESP");
         let mut stream = std::net::TcpStream::connect((Ipv4Addr::LOCALHOST, self.port)).unwrap();
-        stream.write_all(format!("{command}\r\n").as_bytes()).unwrap();
+        stream
+            .write_all(format!("{command}\r\n").as_bytes())
+            .unwrap();
         let mut reader = BufReader::new(stream);
         (0..count)
             .map(|_| {
