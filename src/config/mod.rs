@@ -298,7 +298,7 @@ pub struct SessionSettings {
 #[derive(Clone, Debug, PartialEq)]
 pub enum StoreSettings {
     Memory,
-    Redis(RedisSettings),
+    Redis(Box<RedisSettings>),
 }
 
 #[derive(Clone, PartialEq)]
@@ -1372,7 +1372,7 @@ fn validate_store(session: &file::SessionSection) -> Result<StoreSettings, Confi
             )),
             None => Ok(StoreSettings::Memory),
         },
-        "redis" => validate_redis(session).map(StoreSettings::Redis),
+        "redis" => validate_redis(session).map(|redis| StoreSettings::Redis(Box::new(redis))),
         other => Err(key_error(
             "session.store",
             format!(
