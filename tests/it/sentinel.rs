@@ -1,10 +1,10 @@
 //! Two gateway processes sharing sessions through Redis Sentinel (real `redis-server`
 //! master and replica, three `redis-server --sentinel`, all on loopback): the master
 //! is killed with people signed in and requests running; the replicas keep serving
-//! them from their local caches and stay ready; after the failover new logins work, a
-//! sign-out reaches the other replica, no session written before the kill is lost; the
-//! old master comes back as a replica and everything keeps working. `ssogate check`
-//! reports the topology.
+//! them from their local caches and stay ready; after the failover new logins and
+//! refreshes work, a sign-out reaches the other replica, no session written before the
+//! kill is lost; the old master comes back as a replica and everything keeps working.
+//! `ssogate check` reports the topology.
 
 use std::time::{Duration, Instant};
 
@@ -27,6 +27,31 @@ async fn sentinel_cluster() -> Cluster {
     .await
 }
 
+/// Whether replica `index` lets a login start (no 503).
+async fn takes_logins(cluster: &Cluster, index: usize) -> bool {
+    let start = cluster
+        .browser(index)
+        .navigate("/oauth2/start?rd=%2F")
+        .await;
+    start.status != StatusCode::SERVICE_UNAVAILABLE
+}
+
+/// Polls until both replicas let logins start again after the kill at `killed`;
+/// returns how long after it.
+async fn await_logins(cluster: &Cluster, killed: Instant) -> Duration {
+    loop {
+        if takes_logins(cluster, 0).await && takes_logins(cluster, 1).await {
+            return killed.elapsed();
+        }
+        assert!(
+            killed.elapsed() < FAILOVER_BOUND,
+            "logins still refused {FAILOVER_BOUND:?} after the kill; replica 0's log:\n{}",
+            cluster.replicas[0].log()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 /// `browser` gets 200 for an API request on every replica.
 async fn works_on_every_replica(cluster: &Cluster, browser: &Browser, what: &str) {
     for index in [0, 1] {
@@ -36,25 +61,6 @@ async fn works_on_every_replica(cluster: &Cluster, browser: &Browser, what: &str
             StatusCode::OK,
             "{what} (replica {index})"
         );
-    }
-}
-
-/// Polls until replica `index` lets a login start (no 503 any more); returns when.
-async fn await_logins(cluster: &Cluster, index: usize, since: Instant) -> Duration {
-    loop {
-        let start = cluster
-            .browser(index)
-            .navigate("/oauth2/start?rd=%2F")
-            .await;
-        if start.status != StatusCode::SERVICE_UNAVAILABLE {
-            return since.elapsed();
-        }
-        assert!(
-            since.elapsed() < FAILOVER_BOUND,
-            "replica {index} still refuses logins {FAILOVER_BOUND:?} after the kill; its log:\n{}",
-            cluster.replicas[index].log()
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
 
@@ -73,20 +79,32 @@ async fn a_killed_master_fails_over_without_losing_sessions_or_sign_outs() {
     cluster.redis.kill();
     let killed = Instant::now();
     // During the failover: signed-in people keep working on both replicas from the
-    // local cache, and both replicas stay ready for the load balancer.
-    while killed.elapsed() < Duration::from_secs(3) {
+    // local cache, and both replicas stay ready for the load balancer; until logins
+    // work again on both.
+    let mut refused_logins = false;
+    let took = loop {
         works_on_every_replica(&cluster, &alice, "alice during the failover").await;
         for index in [0, 1] {
             let (status, body) = cluster.ready(index).await;
             assert_eq!(status, 200, "replica {index} during the failover: {body}");
         }
+        if takes_logins(&cluster, 0).await && takes_logins(&cluster, 1).await {
+            break killed.elapsed();
+        }
+        refused_logins = true;
+        assert!(
+            killed.elapsed() < FAILOVER_BOUND,
+            "logins still refused {FAILOVER_BOUND:?} after the kill; replica 0's log:\n{}",
+            cluster.replicas[0].log()
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    };
+    eprintln!("logins work again {took:?} after the kill");
+    assert!(
+        refused_logins,
+        "the kill went unnoticed: the test tests nothing"
+    );
     let setup = cluster.sentinel.as_ref().unwrap();
-    for index in [0, 1] {
-        let took = await_logins(&cluster, index, killed).await;
-        eprintln!("replica {index} takes logins again {took:?} after the kill");
-    }
     assert_eq!(setup.replica.role(), "master", "the replica was promoted");
 
     // Nothing written before the kill is lost (the caches were emptied after the
@@ -124,6 +142,31 @@ async fn a_killed_master_fails_over_without_losing_sessions_or_sign_outs() {
         api_status(&mut tab, "/api/0/").await,
         StatusCode::UNAUTHORIZED,
         "bob's sign-out holds"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refreshes_work_on_the_new_master() {
+    let mut cluster = Cluster::start(ClusterOptions {
+        oidc_toml: "scopes = [\"openid\", \"email\", \"profile\", \"offline_access\"]".into(),
+        access_token_ttl: Duration::from_secs(2),
+        sentinel: true,
+        ..Default::default()
+    })
+    .await;
+    let alice = signed_in(&cluster, 0, "alice").await;
+    works_on_every_replica(&cluster, &alice, "alice before the kill").await;
+    assert_eq!(cluster.redis.replicas_in_sync(Duration::from_secs(5)), 1);
+    cluster.redis.kill();
+    let took = await_logins(&cluster, Instant::now()).await;
+    eprintln!("logins work again {took:?} after the kill");
+    tokio::time::sleep(Duration::from_millis(2200)).await; // the access token expired
+    assert_eq!(cluster.provider.refresh_count(), 0);
+    works_on_every_replica(&cluster, &alice, "alice's refresh through the new master").await;
+    assert_eq!(
+        cluster.provider.refresh_count(),
+        1,
+        "one refresh for both replicas"
     );
 }
 
@@ -168,6 +211,26 @@ async fn check_reports_the_sentinel_topology_and_names_the_key_when_it_is_wrong(
     assert!(
         output.contains("FAIL session store topology:")
             && output.contains("no master named `elsewhere` (session.redis_master_name)"),
+        "{output}"
+    );
+
+    let nobody = crate::support::unused_address();
+    let text = std::fs::read_to_string(&config).unwrap();
+    let listed = text
+        .lines()
+        .find(|line| line.starts_with("redis_sentinels"))
+        .unwrap()
+        .to_owned();
+    std::fs::write(
+        &config,
+        text.replace(&listed, &format!("redis_sentinels = [\"{nobody}\"]")),
+    )
+    .unwrap();
+    let output = check_output(&cluster).await;
+    assert!(
+        output
+            .contains("FAIL session store topology: no sentinel answers (session.redis_sentinels)")
+            && output.contains(&nobody.to_string()),
         "{output}"
     );
 }
