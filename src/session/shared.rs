@@ -258,6 +258,10 @@ impl SharedStore {
         if is_master {
             return false;
         }
+        tracing::debug!(
+            name = sentinel.master_name,
+            "session store (Redis): asking the sentinels which server is the master"
+        );
         let (host, port) = match self.master_from_sentinels(sentinel).await {
             Ok(address) => address,
             Err(reason) => {
