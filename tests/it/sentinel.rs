@@ -6,6 +6,8 @@
 //! kill is lost; the old master comes back as a replica and everything keeps working.
 //! `ssogate check` reports the topology.
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use http::StatusCode;
@@ -25,6 +27,32 @@ async fn sentinel_cluster() -> Cluster {
         ..Default::default()
     })
     .await
+}
+
+/// Requests from `browser` on each replica, one after another, until `stop`: each
+/// task gives how many it sent and the statuses other than 200 it got.
+fn keep_requesting(
+    cluster: &Cluster,
+    browser: &Browser,
+    stop: &Arc<AtomicBool>,
+) -> tokio::task::JoinSet<(usize, Vec<StatusCode>)> {
+    let mut load = tokio::task::JoinSet::new();
+    for index in [0, 1] {
+        let mut tab = cluster.on(index, browser);
+        let stop = stop.clone();
+        load.spawn(async move {
+            let (mut sent, mut failed) = (0, Vec::new());
+            while !stop.load(Ordering::Relaxed) {
+                let status = api_status(&mut tab, &format!("/api/0/issues/{sent}/")).await;
+                if status != StatusCode::OK {
+                    failed.push(status);
+                }
+                sent += 1;
+            }
+            (sent, failed)
+        });
+    }
+    load
 }
 
 /// Whether replica `index` lets a login start (no 503).
@@ -72,10 +100,13 @@ async fn a_killed_master_fails_over_without_losing_sessions_or_sign_outs() {
     // Both replicas have both sessions in their local caches.
     works_on_every_replica(&cluster, &alice, "alice before the kill").await;
     works_on_every_replica(&cluster, &bob, "bob before the kill").await;
-    // The guarantee needs the replica to have every write: the README's WAIT /
-    // min-replicas-to-write advice; here the test waits for it.
+    // The guarantee needs the replica to have every write (config/OPERATIONS.md:
+    // min-replicas-to-write, WAIT); here the test waits for it.
     assert_eq!(cluster.redis.replicas_in_sync(Duration::from_secs(5)), 1);
 
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut load = keep_requesting(&cluster, &bob, &stop);
+    tokio::time::sleep(Duration::from_millis(200)).await;
     cluster.redis.kill();
     let killed = Instant::now();
     // During the failover: signed-in people keep working on both replicas from the
@@ -106,6 +137,15 @@ async fn a_killed_master_fails_over_without_losing_sessions_or_sign_outs() {
     );
     let setup = cluster.sentinel.as_ref().unwrap();
     assert_eq!(setup.replica.role(), "master", "the replica was promoted");
+    stop.store(true, Ordering::Relaxed);
+    while let Some(result) = load.join_next().await {
+        let (sent, failed) = result.unwrap();
+        assert!(sent > 10, "only {sent} requests ran through the failover");
+        assert!(
+            failed.is_empty(),
+            "bob's requests during the failover: {failed:?}"
+        );
+    }
 
     // Nothing written before the kill is lost (the caches were emptied after the
     // outage, so these come from the new master).
