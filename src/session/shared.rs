@@ -924,6 +924,39 @@ fn open_record(id: &str, name: &str, sealed: &[u8]) -> Option<Record> {
 mod tests {
     use super::*;
 
+    fn sentinel_store(local_cache_ttl: Duration) -> SharedStore {
+        let settings = RedisSettings {
+            url: Url::parse("redis://sessions/0").unwrap(),
+            ca_file: None,
+            key_prefix: "ssogate:".into(),
+            timeout: Duration::from_millis(100),
+            local_cache_ttl,
+            sentinel: Some(SentinelSettings {
+                addresses: vec![("127.0.0.1".into(), 1)],
+                master_name: "sessions".into(),
+                password: None,
+            }),
+        };
+        let local = Cache::builder().build();
+        let lifetime = Duration::from_secs(3600);
+        SharedStore::new(&settings, lifetime, lifetime, local, GroupLists::new()).unwrap()
+    }
+
+    #[test]
+    fn with_sentinel_ready_holds_through_an_outage_only_for_the_local_cache_ttl() {
+        let store = sentinel_store(Duration::from_millis(200));
+        assert!(
+            store.not_ready().is_some(),
+            "not ready before Redis ever answered"
+        );
+        store.reachable.store(true, Ordering::Release);
+        assert_eq!(store.not_ready(), None);
+        store.lost("connection closed");
+        assert_eq!(store.not_ready(), None, "a failover may be under way");
+        std::thread::sleep(Duration::from_millis(250));
+        assert_eq!(store.not_ready().as_deref(), Some("connection closed"));
+    }
+
     #[test]
     fn sealed_values_open_only_with_their_secret_and_name() {
         let key = sealing_key("session", "id-1");
