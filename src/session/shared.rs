@@ -39,10 +39,10 @@ use rand::RngCore;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{ProtocolVersion, PushKind};
 use serde::{Deserialize, Serialize};
+use url::Url;
 
 use super::{GroupLists, Identity, Session, SessionKey, Tokens, Upkeep, hash, random_token};
 use crate::config::{RedisSettings, SentinelSettings};
-use url::Url;
 
 /// How long one replica may hold a session's refresh lease (longer than any refresh).
 const LEASE_TTL: Duration = Duration::from_secs(15);
