@@ -152,8 +152,8 @@ async fn a_killed_master_fails_over_without_losing_sessions_or_sign_outs() {
     works_on_every_replica(&cluster, &alice, "alice after the failover").await;
     works_on_every_replica(&cluster, &bob, "bob after the failover").await;
     // A new login works, on either replica.
-    let carol = signed_in(&cluster, 1, "bob").await;
-    works_on_every_replica(&cluster, &carol, "a login after the failover").await;
+    let bob_again = signed_in(&cluster, 1, "bob").await;
+    works_on_every_replica(&cluster, &bob_again, "a login after the failover").await;
     // A sign-out reaches the other replica: the subscription followed the master.
     let mut bob_on_a = cluster.on(0, &bob);
     let signed_out = bob_on_a.navigate("/oauth2/sign_out").await;
@@ -174,8 +174,8 @@ async fn a_killed_master_fails_over_without_losing_sessions_or_sign_outs() {
     for index in [0, 1] {
         cluster.await_ready(index).await;
     }
-    let dave = signed_in(&cluster, 0, "alice").await;
-    works_on_every_replica(&cluster, &dave, "a login with the old master back").await;
+    let alice_again = signed_in(&cluster, 0, "alice").await;
+    works_on_every_replica(&cluster, &alice_again, "a login with the old master back").await;
     works_on_every_replica(&cluster, &alice, "alice with the old master back").await;
     let mut tab = cluster.on(0, &bob);
     assert_eq!(
