@@ -93,8 +93,9 @@ pub struct OidcSection {
     pub provider_name: Option<String>,
     pub callback_path: Option<String>,
     pub ca_file: Option<String>,
-    #[serde(deserialize_with = "flex::bool")]
-    pub skip_sign_in_page: Option<bool>,
+    /// `false`, `true` or `"returning"`, judged in `config::oidc` (a bool as its word).
+    #[serde(deserialize_with = "flex::bool_or_word")]
+    pub skip_sign_in_page: Option<String>,
     pub post_logout_path: Option<String>,
     #[serde(deserialize_with = "flex::text")]
     pub http_timeout: Option<String>,
@@ -226,12 +227,31 @@ pub mod flex {
     pub fn bool<'de, D: Deserializer<'de>>(d: D) -> Result<Option<bool>, D::Error> {
         match Scalar::deserialize(d)? {
             Scalar::Bool(b) => Ok(Some(b)),
-            Scalar::Text(t) => match t.trim().to_ascii_lowercase().as_str() {
-                "true" | "yes" | "on" | "1" => Ok(Some(true)),
-                "false" | "no" | "off" | "0" => Ok(Some(false)),
-                _ => Err(D::Error::custom(format!("`{t}` is not true or false"))),
+            Scalar::Text(t) => match bool_word(&t) {
+                Some(b) => Ok(Some(b)),
+                None => Err(D::Error::custom(format!("`{t}` is not true or false"))),
             },
             _ => Err(D::Error::custom("expected true or false")),
+        }
+    }
+
+    /// The truth value a word spells (`true`, `yes`, `on`, `1` and their opposites, in
+    /// any case), as environment variables write booleans.
+    pub fn bool_word(text: &str) -> Option<bool> {
+        match text.trim().to_ascii_lowercase().as_str() {
+            "true" | "yes" | "on" | "1" => Some(true),
+            "false" | "no" | "off" | "0" => Some(false),
+            _ => None,
+        }
+    }
+
+    /// A boolean or a word, as text (`true` as `"true"`), for a key that takes
+    /// either; the key's own validation judges the word.
+    pub fn bool_or_word<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
+        match Scalar::deserialize(d)? {
+            Scalar::Bool(b) => Ok(Some(b.to_string())),
+            Scalar::Text(t) => Ok(Some(t)),
+            _ => Err(D::Error::custom("expected true, false or \"returning\"")),
         }
     }
 

@@ -55,6 +55,12 @@ const PLUGIN_VARIABLES: [(&str, &str); 4] = [
 /// Shortest session secret accepted, in bytes (the cookie key is derived from it).
 pub const MIN_SECRET_LEN: usize = 32;
 
+/// The secrets `config/ssogate.example.toml` holds in place of real ones. The Debian
+/// package installs that file as `/etc/ssogate/ssogate.toml`: refused as written, so
+/// that a gateway never runs with a session key or client secret everyone can read.
+pub const SESSION_SECRET_PLACEHOLDER: &str = "replace-me-with-the-output-of-ssogate-gen-secret";
+pub const CLIENT_SECRET_PLACEHOLDER: &str = "client-secret-from-the-provider";
+
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("cannot read config file {path}: {source}")]
@@ -266,11 +272,48 @@ pub struct OidcSettings {
     pub provider_name: String,
     pub callback_path: String,
     pub ca_file: Option<PathBuf>,
-    pub skip_sign_in_page: bool,
+    pub skip_sign_in_page: SkipSignInPage,
     /// Where the provider sends people back after signing out.
     pub post_logout_path: String,
     pub http_timeout: Duration,
     pub clock_skew: Duration,
+}
+
+/// Whether a navigation without a session sees the sign-in page or goes straight to
+/// the provider (`oidc.skip_sign_in_page`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SkipSignInPage {
+    /// `false`: always the page, one click.
+    Never,
+    /// `true`: always straight to the provider, no page.
+    Always,
+    /// `"returning"` (the default): the page on a browser's first visit; straight to
+    /// the provider for a browser that signed in here before and has not signed out
+    /// (as mod_auth_openidc does), so an ended session costs no click.
+    Returning,
+}
+
+/// The word for [`SkipSignInPage::Returning`].
+const RETURNING: &str = "returning";
+
+/// `oidc.skip_sign_in_page`: `false`, `true` (or their spellings as words, as from an
+/// environment variable) or `"returning"`; that when not set.
+fn skip_sign_in_page(value: Option<String>) -> Result<SkipSignInPage, ConfigError> {
+    let Some(text) = value else {
+        return Ok(SkipSignInPage::Returning);
+    };
+    match file::flex::bool_word(&text) {
+        Some(true) => Ok(SkipSignInPage::Always),
+        Some(false) => Ok(SkipSignInPage::Never),
+        None if text.trim().eq_ignore_ascii_case(RETURNING) => Ok(SkipSignInPage::Returning),
+        None => Err(key_error(
+            "oidc.skip_sign_in_page",
+            format!(
+                "`{text}` is not one of false (always the sign-in page), true (never the page) \
+                 or \"{RETURNING}\" (the page only for a browser that has not signed in here before)"
+            ),
+        )),
+    }
 }
 
 /// `server.max_connections` when not set (lowered to fit the open-files limit).
@@ -1171,6 +1214,12 @@ fn validate_oidc(oidc: file::OidcSection) -> Result<OidcSettings, ConfigError> {
     if client_secret.is_empty() {
         return Err(key_error("oidc.client_secret", "is empty"));
     }
+    if client_secret == CLIENT_SECRET_PLACEHOLDER {
+        return Err(key_error(
+            "oidc.client_secret",
+            "is the example config's placeholder: fill in the Client secret of the application registered at the provider",
+        ));
+    }
     let scopes = oidc
         .scopes
         .unwrap_or_else(|| ["openid", "email", "profile"].map(String::from).to_vec());
@@ -1199,7 +1248,7 @@ fn validate_oidc(oidc: file::OidcSection) -> Result<OidcSettings, ConfigError> {
         provider_name: oidc.provider_name.unwrap_or_else(|| "Encvoy ID".into()),
         callback_path,
         ca_file: existing_file("oidc.ca_file", oidc.ca_file)?,
-        skip_sign_in_page: oidc.skip_sign_in_page.unwrap_or(false),
+        skip_sign_in_page: skip_sign_in_page(oidc.skip_sign_in_page)?,
         post_logout_path: absolute_path(
             "oidc.post_logout_path",
             oidc.post_logout_path
@@ -1279,6 +1328,15 @@ fn validate_session(
             format!(
                 "secret #{} is shorter than {MIN_SECRET_LEN} characters; generate one with `ssogate gen-secret`",
                 short + 1
+            ),
+        ));
+    }
+    if let Some(placeholder) = secrets.iter().position(|s| s == SESSION_SECRET_PLACEHOLDER) {
+        return Err(key_error(
+            "session.secrets",
+            format!(
+                "secret #{} is the example config's placeholder: fill in the output of `ssogate gen-secret`",
+                placeholder + 1
             ),
         ));
     }

@@ -81,6 +81,63 @@ fn minimal_config_gets_documented_defaults() {
     assert_eq!(s.server.body_idle_timeout, Duration::from_secs(30));
 }
 
+/// The minimal config with `oidc.skip_sign_in_page = <value>` (TOML as written).
+fn skipping_sign_in_page(value: &str) -> String {
+    minimal().replace(
+        "client_secret = \"s3cret\"",
+        &format!("client_secret = \"s3cret\"\nskip_sign_in_page = {value}"),
+    )
+}
+
+#[test]
+fn skip_sign_in_page_takes_false_true_or_returning_from_file_or_environment() {
+    assert_eq!(
+        load(&minimal(), &[]).unwrap().oidc.skip_sign_in_page,
+        SkipSignInPage::Returning,
+        "the default"
+    );
+    for (value, expected) in [
+        ("false", SkipSignInPage::Never),
+        ("true", SkipSignInPage::Always),
+        ("\"returning\"", SkipSignInPage::Returning),
+        ("\"Returning\"", SkipSignInPage::Returning),
+    ] {
+        let settings = load(&skipping_sign_in_page(value), &[]).unwrap();
+        assert_eq!(settings.oidc.skip_sign_in_page, expected, "{value}");
+    }
+    for (value, expected) in [
+        ("off", SkipSignInPage::Never),
+        ("yes", SkipSignInPage::Always),
+        ("returning", SkipSignInPage::Returning),
+    ] {
+        let settings = load(&minimal(), &[("SSOGATE_OIDC_SKIP_SIGN_IN_PAGE", value)]).unwrap();
+        assert_eq!(settings.oidc.skip_sign_in_page, expected, "{value}");
+    }
+}
+
+#[test]
+fn a_wrong_skip_sign_in_page_names_the_key_and_the_three_choices() {
+    let choices = "is not one of false (always the sign-in page), true (never the page) or \
+                   \"returning\" (the page only for a browser that has not signed in here before)";
+    let text = skipping_sign_in_page("\"sometimes\"");
+    assert_eq!(
+        all_problems(&text, &[]),
+        [format!("oidc.skip_sign_in_page: `sometimes` {choices}")]
+    );
+    assert_eq!(
+        all_problems(&minimal(), &[("SSOGATE_OIDC_SKIP_SIGN_IN_PAGE", "return")]),
+        [format!(
+            "oidc.skip_sign_in_page (set by environment variable SSOGATE_OIDC_SKIP_SIGN_IN_PAGE): \
+             `return` {choices}"
+        )]
+    );
+    let text = skipping_sign_in_page("1");
+    assert_eq!(
+        all_problems(&text, &[]),
+        ["oidc.skip_sign_in_page: expected true, false or \"returning\", found a number"]
+    );
+}
+
 #[test]
 fn encvoy_plugin_variables_are_accepted() {
     let text = minimal().replace("issuer = \"https://id.example.com/api/oidc\"\n", "");
@@ -343,12 +400,39 @@ fn the_example_config_is_valid() {
         "/config/ssogate.example.toml"
     ))
     .unwrap();
-    // Its certificate paths are placeholders; everything else must load as written.
-    let s = load(&text, &[("SSOGATE_TLS_ENABLED", "false")]).unwrap();
+    // Its certificate paths and secrets are placeholders; everything else must load
+    // as written.
+    let s = load(
+        &text,
+        &[
+            ("SSOGATE_TLS_ENABLED", "false"),
+            ("SSOGATE_SESSION_SECRETS", SECRET),
+            ("OIDC_CLIENT_SECRET", "the-real-client-secret"),
+        ],
+    )
+    .unwrap();
     assert_eq!(s.access.groups_claim, "permissions");
     assert_eq!(
         s.server.http_redirect_listen,
         Some("0.0.0.0:8080".parse().unwrap())
+    );
+}
+
+#[test]
+fn the_example_config_as_written_is_refused_naming_each_secret_to_fill_in() {
+    let text = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/config/ssogate.example.toml"
+    ))
+    .unwrap();
+    let err = load(&text, &[("SSOGATE_TLS_ENABLED", "false")]).unwrap_err();
+    let problems: Vec<String> = err.problems().iter().map(ToString::to_string).collect();
+    assert_eq!(
+        problems,
+        [
+            "oidc.client_secret: is the example config's placeholder: fill in the Client secret of the application registered at the provider",
+            "session.secrets: secret #1 is the example config's placeholder: fill in the output of `ssogate gen-secret`",
+        ]
     );
 }
 

@@ -105,7 +105,7 @@ impl Gateway {
             Err(e) => return self.return_target_too_long(e),
         };
         let start = format!("/oauth2/start?rd={}", urlencode(&return_to));
-        if self.settings.oidc.skip_sign_in_page {
+        if self.straight_to_provider(SignIn::Page, request.headers()) {
             return redirect(&start);
         }
         let label = format!("Log in with {}", self.settings.oidc.provider_name);
@@ -362,6 +362,9 @@ impl Gateway {
         );
         let mut response = redirect(&pending.return_to);
         append_cookie(&mut response, &session_cookie);
+        if let Some(marker) = self.returning_marker() {
+            append_cookie(&mut response, &marker);
+        }
         append_cookie(
             &mut response,
             &self.cookies.removal(&cookie_name, &self.login_cookie_path),
@@ -370,12 +373,16 @@ impl Gateway {
     }
 
     /// A login that could not finish: a page, its status and count decided by `why`.
+    /// The returning marker goes ([`super::returning`]): the next navigation without a
+    /// session shows the sign-in page rather than sending the browser round again.
     fn login_failed(
         &self,
         why: LoginRefusal,
         message: impl Into<std::borrow::Cow<'static, str>>,
     ) -> Response<ResponseBody> {
-        self.refuse(Kind::SignInFailed(why), Audience::Page, message)
+        let mut response = self.refuse(Kind::SignInFailed(why), Audience::Page, message);
+        append_cookie(&mut response, &self.returning_marker_removal());
+        response
     }
 
     /// Ends the session here, then at the provider (RP-initiated logout) when it can.
@@ -443,6 +450,8 @@ impl Gateway {
                 .cookies
                 .removal(&self.settings.session.cookie_name, "/"),
         );
+        // Signed out: the next visit shows the sign-in page ([`super::returning`]).
+        append_cookie(&mut response, &self.returning_marker_removal());
         response
     }
 
@@ -620,11 +629,13 @@ impl Gateway {
             return None;
         }
         let uri = uri.split('#').next().unwrap_or("/");
-        HeaderValue::from_str(&self.sign_in_location(uri, sign_in)).ok()
+        HeaderValue::from_str(&self.sign_in_location(uri, sign_in, headers)).ok()
     }
 
     /// OpenID Connect Back-Channel Logout: the provider POSTs a signed `logout_token`;
-    /// every session of that provider session (`sid`) or person (`sub`) ends.
+    /// every session of that provider session (`sid`) or person (`sub`) ends. The
+    /// browsers' returning markers stay ([`super::returning`]): the provider, not a
+    /// browser, makes this request, so no cookie can be removed here.
     pub(super) async fn backchannel_logout(
         &self,
         request: Request<Incoming>,

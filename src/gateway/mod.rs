@@ -20,6 +20,7 @@ mod endpoints;
 mod host;
 mod reload;
 mod request;
+mod returning;
 mod upkeep;
 
 use std::net::SocketAddr;
@@ -92,7 +93,8 @@ pub struct TunnelPass {
 /// Where a navigation without a usable session is sent.
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum SignIn {
-    /// The sign-in page (or straight on with `oidc.skip_sign_in_page`).
+    /// The sign-in page (or straight on, as `oidc.skip_sign_in_page` says:
+    /// [`returning`]).
     Page,
     /// Straight through the provider: a session that only needs confirming again,
     /// which needs no click while the provider session lives.
@@ -162,6 +164,9 @@ pub struct Gateway {
     /// The path login cookies are scoped to: the directory `/oauth2/start` and the
     /// callback share (`/oauth2/` by default), so a start sees the logins under way.
     login_cookie_path: String,
+    /// The name of the cookie that marks a browser that signed in here before
+    /// ([`returning`]).
+    returning_cookie: String,
     allowed_emails_file: Option<Arc<EmailFile>>,
     /// The last `/ready` connection to the upstream: when, and whether it was accepted.
     last_upstream_check: tokio::sync::Mutex<Option<(std::time::Instant, bool)>>,
@@ -278,6 +283,7 @@ impl Gateway {
             ),
             login_cookie_prefix: login_cookie_prefix(&settings.session.cookie_name),
             login_cookie_path: shared_directory("/oauth2/start", &settings.oidc.callback_path),
+            returning_cookie: returning::returning_cookie_name(&settings.session.cookie_name),
             identity_folds,
             assertion,
             upstream_strip_folds,
@@ -647,8 +653,10 @@ impl Gateway {
         // The gateway's cookies are the gateway's: the upstream may neither set nor
         // clear them.
         let cookie_name = self.settings.session.cookie_name.as_bytes();
+        let returning_cookie = self.returning_cookie.as_bytes();
         let removed = headers::remove_set_cookies(response.headers_mut(), |name| {
             name.eq_ignore_ascii_case(cookie_name)
+                || name.eq_ignore_ascii_case(returning_cookie)
                 || name
                     .get(..self.login_cookie_prefix.len())
                     .is_some_and(|start| {
@@ -738,7 +746,9 @@ impl Gateway {
     }
 
     fn is_gateway_cookie(&self, name: &str, cookie_name: &str) -> bool {
-        name == cookie_name || name.starts_with(&self.login_cookie_prefix)
+        name == cookie_name
+            || name == self.returning_cookie
+            || name.starts_with(&self.login_cookie_prefix)
     }
 
     /// The identity headers: `sub`; the email only when the provider verified it;
@@ -854,8 +864,11 @@ impl Gateway {
     ) -> Response<ResponseBody> {
         if is_navigation(request) {
             let uri = request.uri();
-            let location =
-                self.sign_in_location(uri.path_and_query().map_or("/", |pq| pq.as_str()), sign_in);
+            let location = self.sign_in_location(
+                uri.path_and_query().map_or("/", |pq| pq.as_str()),
+                sign_in,
+                request.headers(),
+            );
             return redirect(&location);
         }
         self.refuse(Kind::SignInRequired, Audience::Api, "Sign in required")
@@ -864,14 +877,21 @@ impl Gateway {
     /// Where a navigation without a session goes: the sign-in, and back to
     /// `path_and_query` afterwards, query included (encoded whole into `rd`), unless
     /// that is too long to travel with the login: then the path alone, or the start.
-    fn sign_in_location(&self, path_and_query: &str, sign_in: SignIn) -> String {
+    /// The sign-in is the page or `/oauth2/start`, as [`Gateway::straight_to_provider`]
+    /// decides on the request's `headers`.
+    fn sign_in_location(
+        &self,
+        path_and_query: &str,
+        sign_in: SignIn,
+        headers: &http::HeaderMap,
+    ) -> String {
         let origin = self.settings.server.public_url.as_str().len();
         let path = path_and_query.split('?').next().unwrap_or("/");
         let target = [path_and_query, path]
             .into_iter()
             .find(|target| origin + target.len() <= policy::MAX_RETURN_TARGET)
             .unwrap_or("/");
-        let entry = if self.settings.oidc.skip_sign_in_page || sign_in == SignIn::ThroughProvider {
+        let entry = if self.straight_to_provider(sign_in, headers) {
             "/oauth2/start"
         } else {
             "/oauth2/sign_in"

@@ -63,7 +63,34 @@ impl CookieCodec {
         let mut jar = CookieJar::new();
         jar.private_mut(&self.keys[0])
             .add(Cookie::new(name.to_owned(), value.to_owned()));
-        let mut cookie = jar.get(name).expect("cookie just added").clone();
+        let cookie = jar.get(name).expect("cookie just added").clone();
+        self.scoped(cookie, path, max_age)
+    }
+
+    /// A cookie whose value travels as it is, unsealed (it must hold no secret), with
+    /// the attributes of a sealed one.
+    pub fn plain(
+        &self,
+        name: &str,
+        value: &str,
+        path: &str,
+        max_age: Option<Duration>,
+    ) -> Cookie<'static> {
+        self.scoped(
+            Cookie::new(name.to_owned(), value.to_owned()),
+            path,
+            max_age,
+        )
+    }
+
+    /// `cookie` with the gateway's attributes: `path`, `HttpOnly`, `Secure` over
+    /// https, `SameSite=Lax`, and `max_age` if any.
+    fn scoped(
+        &self,
+        mut cookie: Cookie<'static>,
+        path: &str,
+        max_age: Option<Duration>,
+    ) -> Cookie<'static> {
         cookie.set_path(path.to_owned());
         cookie.set_http_only(true);
         cookie.set_secure(self.secure);
@@ -76,11 +103,7 @@ impl CookieCodec {
 
     /// A `Set-Cookie` that deletes `name` at `path`.
     pub fn removal(&self, name: &str, path: &str) -> Cookie<'static> {
-        let mut cookie = Cookie::new(name.to_owned(), "");
-        cookie.set_path(path.to_owned());
-        cookie.set_http_only(true);
-        cookie.set_secure(self.secure);
-        cookie.set_same_site(SameSite::Lax);
+        let mut cookie = self.scoped(Cookie::new(name.to_owned(), ""), path, None);
         cookie.make_removal();
         cookie
     }

@@ -60,8 +60,19 @@ let gw; // the gateway's origin, https://127.0.0.1:<port>
 let target; // gw + DEEP_LINK
 let replicaPorts; // [public, other] for the two replicas of scenario 10
 const REPLICAS_CLIENT_ID = 'sentry-replicas';
+let returningPort; // the gateway of scenario 11, with the default skip_sign_in_page
+const RETURNING_CLIENT_ID = 'sentry-returning';
+// The marker of a browser that signed in before (src/gateway/returning.rs), and how
+// soon after that login a lost session still shows the page (RETURNING_PAUSE).
+const RETURNING_COOKIE = `${SESSION_COOKIE}_returning`;
+const RETURNING_PAUSE_MS = 5000;
 
-function gatewayConfig({ port, standinUrl, issuer, publicPort = port, clientId = CLIENT_ID, session = '' }) {
+// Every gateway but scenario 11's keeps the sign-in page (`skip_sign_in_page = false`),
+// so each login shows its click.
+function gatewayConfig({
+  port, standinUrl, issuer, publicPort = port, clientId = CLIENT_ID, session = '',
+  skipSignInPage = 'skip_sign_in_page = false',
+}) {
   return `# written by tests/e2e/e2e.test.mjs
 [server]
 listen = "127.0.0.1:${port}"
@@ -81,6 +92,7 @@ client_id = "${clientId}"
 client_secret = "${CLIENT_SECRET}"
 ca_file = ${JSON.stringify(certs.caFile)}
 http_timeout = "3s"
+${skipSignInPage}
 
 [session]
 secrets = ["${SESSION_SECRET}"]
@@ -230,6 +242,8 @@ describe('ssogate in front of Sentry, signing in at Encvoy ID, in headless Chrom
     target = gw + DEEP_LINK;
     replicaPorts = [await freePort(), await freePort()];
     const replicaOrigin = `https://127.0.0.1:${replicaPorts[0]}`;
+    returningPort = await freePort();
+    const returningOrigin = `https://127.0.0.1:${returningPort}`;
     provider = await startProvider({
       cert: certs.certPem,
       key: certs.keyPem,
@@ -243,6 +257,11 @@ describe('ssogate in front of Sentry, signing in at Encvoy ID, in headless Chrom
         client_secret: CLIENT_SECRET,
         redirect_uris: [`${replicaOrigin}/oauth2/callback`],
         post_logout_redirect_uris: [`${replicaOrigin}/oauth2/sign_in`],
+      }, {
+        client_id: RETURNING_CLIENT_ID,
+        client_secret: CLIENT_SECRET,
+        redirect_uris: [`${returningOrigin}/oauth2/callback`],
+        post_logout_redirect_uris: [`${returningOrigin}/oauth2/sign_in`],
       }],
       users: Object.values(USERS),
     });
@@ -591,6 +610,90 @@ describe('ssogate in front of Sentry, signing in at Encvoy ID, in headless Chrom
       } finally {
         for (const replica of replicas) await replica.stop().catch(() => {});
         await redis.stop().catch(() => {});
+      }
+    }));
+
+  test('11. a returning person (skip_sign_in_page = "returning", the default): session garbled -> 401 -> reload -> back with zero clicks and zero password prompts; signed out, the page again', { timeout: TEST_TIMEOUT }, (t) =>
+    scenario(t, 'returning', async (open) => {
+      const origin = `https://127.0.0.1:${returningPort}`;
+      const deepLink = origin + DEEP_LINK;
+      const at = (pathname) => (url) => url.origin === origin && url.pathname === pathname;
+      const returning = await startGateway({
+        port: returningPort,
+        configToml: gatewayConfig({
+          port: returningPort, standinUrl: standin.url, issuer: provider.issuer,
+          clientId: RETURNING_CLIENT_ID, skipSignInPage: '',
+        }),
+        ca: certs.caPem,
+        dir: fs.mkdtempSync(path.join(dir, 'returning-')), // removed with the suite's dir
+        logFile: path.join(artifactsDir(), 'returning.log'),
+      });
+      try {
+        const page = await open();
+        const context = page.context();
+        const showsAlice = async () => {
+          await page.waitForURL((url) => url.href === deepLink);
+          await page.waitForFunction(() => document.getElementById('status')?.textContent === 'ok');
+          assert.equal(await page.textContent('#identity'), USERS.alice.email);
+        };
+
+        // The first visit: the sign-in page, its click, the password.
+        await page.goto(deepLink);
+        assert.ok(at('/oauth2/sign_in')(new URL(page.url())), `expected the sign-in page, got ${page.url()}`);
+        await clickLogIn(page);
+        await signInAtProvider(page, USERS.alice);
+        await showsAlice();
+        const marker = (await context.cookies(origin)).find((c) => c.name === RETURNING_COOKIE);
+        assert.ok(marker, `no ${RETURNING_COOKIE} cookie after the login`);
+        assert.ok(marker.httpOnly && marker.secure && marker.sameSite === 'Lax' && marker.path === '/', JSON.stringify(marker));
+        assert.ok(marker.expires * 1000 > Date.now() + 399 * 24 * 3600 * 1000, `the marker expires ${new Date(marker.expires * 1000).toISOString()}`);
+        await sleep(RETURNING_PAUSE_MS + 500); // a session lost sooner shows the page (no loop)
+
+        // The session cookie garbled (as a lost session leaves it); every navigation of
+        // the page from now on, and every password form the provider serves, counted.
+        const session = (await context.cookies(origin)).find((c) => c.name === SESSION_COOKIE);
+        await context.addCookies([{ ...session, value: 'garbled' }]);
+        assert.equal((await context.cookies(origin)).find((c) => c.name === SESSION_COOKIE).value, 'garbled');
+        const navigations = [];
+        const providerPages = [];
+        page.on('request', (r) => {
+          if (r.isNavigationRequest() && r.frame() === page.mainFrame()) navigations.push(new URL(r.url()));
+        });
+        page.on('response', (r) => {
+          if (r.request().resourceType() === 'document' && new URL(r.url()).origin === new URL(provider.issuer).origin) {
+            providerPages.push(r.text().catch(() => ''));
+          }
+        });
+        const mark = standin.requests.length;
+        const unauthorized = page.waitForResponse((r) => r.url() === `${origin}/api/0/organizations/`);
+        const started = Date.now();
+        await page.evaluate(() => { window.checkSession(); }); // Sentry's next API call
+        const apiAnswer = await unauthorized;
+        assert.equal(apiAnswer.status(), 401, 'the API call without a session must get 401, not a redirect');
+        await page.waitForResponse((r) => r.url() === deepLink && r.status() === 200 && r.request().isNavigationRequest());
+        await showsAlice();
+        const chain = navigations.map((u) => `${u.origin === origin ? 'gateway' : 'provider'} ${u.pathname}`);
+        t.diagnostic(`401 -> reload -> deep link in ${Date.now() - started} ms: ${chain.join(' -> ')}`);
+        const clicksNeeded = navigations.filter(at('/oauth2/sign_in')).length;
+        const passwordPrompts = (await Promise.all(providerPages)).filter((html) => html.includes('id="password"')).length;
+        assert.equal(clicksNeeded, 0, `the sign-in page (a click) was shown: ${chain.join(' -> ')}`);
+        assert.equal(passwordPrompts, 0, `the provider asked for the password: ${chain.join(' -> ')}`);
+        assert.ok(navigations.some(at('/oauth2/start')), `the reload did not start a login: ${chain.join(' -> ')}`);
+        assert.ok(chain.some((c) => c.startsWith('provider')), 'the reload did not pass through the provider');
+        const reloaded = standin.requests.slice(mark).filter((r) => r.url === DEEP_LINK);
+        assert.match(reloaded.at(-1)?.headers.cookie ?? '', /session_expired=1/, 'the reload did not carry session_expired');
+        assert.equal(reloaded.at(-1).headers['x-forwarded-email'], USERS.alice.email);
+
+        // Signed out: the marker goes, and the page shows again (not the provider).
+        await page.click('#sign-out');
+        await page.waitForURL(at('/oauth2/sign_in'));
+        await page.getByRole('link', { name: LOG_IN }).waitFor();
+        assert.ok(!(await context.cookies(origin)).some((c) => c.name === RETURNING_COOKIE), 'the marker survived the sign-out');
+        await page.goto(deepLink);
+        assert.ok(at('/oauth2/sign_in')(new URL(page.url())), `after sign-out, expected the sign-in page, got ${page.url()}`);
+        await page.getByRole('link', { name: LOG_IN }).waitFor();
+      } finally {
+        await returning.stop().catch(() => {});
       }
     }));
 });

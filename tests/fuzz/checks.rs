@@ -348,7 +348,8 @@ pub fn callback_query(data: &[u8]) {
 ///   and `oidc.client_secret` is a non-empty string, loading the same table with
 ///   another non-empty secret gives the same Ok/Err and the same error text, and an
 ///   error of the original file contains the secret only if the other one does (i.e.
-///   the text came from another key's value).
+///   the text came from another key's value). The one exception is the example
+///   config's placeholder, a public string refused for what it is.
 ///
 /// Inputs with a string that names a device, /proc or /sys file, a FIFO or a file over
 /// 1 MiB are skipped: the loader reads `*_file` keys as given (a config naming
@@ -378,7 +379,7 @@ pub fn config_loader(data: &[u8]) {
         .get("oidc")
         .and_then(|oidc| oidc.get("client_secret"))
         .and_then(toml::Value::as_str)
-        .filter(|s| !s.is_empty())
+        .filter(|s| !s.is_empty() && *s != ssogate::config::CLIENT_SECRET_PLACEHOLDER)
         .map(str::to_owned)
     else {
         return;

@@ -10,15 +10,16 @@ fn read(relative: &str) -> String {
     std::fs::read_to_string(format!("{}/{relative}", env!("CARGO_MANIFEST_DIR"))).unwrap()
 }
 
-/// `ssogate check`'s route table for the example `relative`, its secret files and
-/// peers replaced by stand-ins (nothing listens at the peers).
+/// `ssogate check`'s route table for the example `relative`, its secrets, secret
+/// files and peers replaced by stand-ins (nothing listens at the peers).
 fn route_table(relative: &str) -> Vec<String> {
     let dir = tempfile::tempdir().unwrap();
     let secret = dir.path().join("secret");
     std::fs::write(&secret, "0123456789abcdef0123456789abcdef\n").unwrap();
     let text = read(relative)
         .replace("/etc/ssogate/oidc-client-secret", secret.to_str().unwrap())
-        .replace("/etc/ssogate/session-secret", secret.to_str().unwrap());
+        .replace("/etc/ssogate/session-secret", secret.to_str().unwrap())
+        .replace("client-secret-from-the-provider", "the-real-client-secret");
     let config = config_file(&dir, &text);
     let nowhere = format!("http://{}", crate::support::unused_address());
     let output = ssogate()

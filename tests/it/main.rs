@@ -30,6 +30,7 @@ mod readiness;
 mod redirects;
 mod reload;
 mod replicas;
+mod returning;
 mod revocation;
 mod routes;
 mod sentinel;

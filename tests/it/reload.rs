@@ -272,7 +272,7 @@ async fn a_reload_that_changes_the_groups_claim_signs_in_again_the_sessions_read
     // fresh login reads `groups`, by which she is refused.
     let before = world.upstream.requests().len();
     let again = browser.navigate("/issues/").await;
-    assert!(again.is_sign_in_redirect(), "{again:?}");
+    assert!(again.is_sent_to_sign_in(), "{again:?}");
     assert_eq!(
         world.upstream.requests().len(),
         before,

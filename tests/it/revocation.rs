@@ -64,10 +64,12 @@ async fn browse_for(browser: &mut Browser, duration: Duration) {
 /// Where a page load without a usable session is sent.
 #[derive(Clone, Copy, Debug)]
 enum SentTo {
-    /// The sign-in page: the provider ended the session.
+    /// The sign-in page: the provider ended the session (with
+    /// `oidc.skip_sign_in_page = false`; by default, a browser that signed in here
+    /// before goes to the provider, whose session ended too, and its login page).
     SignInPage,
     /// Straight to the provider (`/oauth2/start`), no click: the session could no
-    /// longer be confirmed, so the person passes through the provider again.
+    /// longer be confirmed, or it ended and this browser signed in here before.
     Provider,
 }
 
@@ -141,7 +143,7 @@ async fn refresh_tokens_and_revalidation_end_sessions_within_the_interval_all_da
     assert_refused(
         &mut browser,
         &world,
-        SentTo::SignInPage,
+        SentTo::Provider,
         "1 s after End Sessions",
     )
     .await;
@@ -151,7 +153,8 @@ async fn refresh_tokens_and_revalidation_end_sessions_within_the_interval_all_da
 /// token's lifetime.
 #[tokio::test]
 async fn refresh_tokens_alone_end_sessions_within_the_token_lifetime() {
-    let world = world(Duration::from_secs(2), OFFLINE_SCOPES, "").await;
+    let oidc_toml = format!("{OFFLINE_SCOPES}\nskip_sign_in_page = false");
+    let world = world(Duration::from_secs(2), &oidc_toml, "").await;
     let mut browser = world.signed_in("alice").await;
     browse_for(&mut browser, Duration::from_secs(5)).await;
     assert!(world.provider.end_sessions("alice") > 0);

@@ -17,7 +17,7 @@ async fn idle_sessions_expire() {
     let mut browser = world.signed_in("alice").await;
     assert_eq!(browser.navigate("/").await.status, StatusCode::OK);
     tokio::time::sleep(Duration::from_millis(2500)).await;
-    assert!(browser.navigate("/").await.is_sign_in_redirect());
+    assert!(browser.navigate("/").await.is_sent_to_sign_in());
 }
 
 #[tokio::test]
@@ -38,7 +38,7 @@ async fn sessions_end_at_their_lifetime_even_when_active() {
     }
     tokio::time::sleep(Duration::from_millis(1500)).await;
     assert!(
-        browser.navigate("/").await.is_sign_in_redirect(),
+        browser.navigate("/").await.is_sent_to_sign_in(),
         "past the 3s lifetime"
     );
 }
@@ -102,7 +102,7 @@ async fn sign_out_ends_the_session_and_goes_to_the_provider() {
     // The old cookie is worthless: the session is gone server-side.
     let mut replay = world.browser();
     replay.cookies = old_cookies;
-    assert!(replay.navigate("/").await.is_sign_in_redirect());
+    assert!(replay.navigate("/").await.is_sent_to_sign_in());
 }
 
 #[tokio::test]

@@ -84,7 +84,7 @@ async fn a_refused_refresh_ends_the_session() {
     assert!(world.provider.end_sessions("alice") > 0);
     tokio::time::sleep(Duration::from_millis(1100)).await;
     assert!(
-        browser.navigate("/").await.is_sign_in_redirect(),
+        browser.navigate("/").await.is_sent_to_sign_in(),
         "navigation: sign in again"
     );
     let request = browser
@@ -151,7 +151,7 @@ async fn revalidation_notices_sessions_ended_at_the_provider() {
         "forward-auth revalidates too"
     );
     assert!(
-        browser.navigate("/").await.is_sign_in_redirect(),
+        browser.navigate("/").await.is_sent_to_sign_in(),
         "revoked at the provider"
     );
 }
@@ -171,7 +171,7 @@ async fn backchannel_logout_ends_the_sessions_of_that_provider_session() {
         .await;
     assert_eq!(answer.status, StatusCode::OK, "{answer:?}");
     assert!(
-        other_tab.navigate("/").await.is_sign_in_redirect(),
+        other_tab.navigate("/").await.is_sent_to_sign_in(),
         "the session of that sid ended"
     );
     assert_eq!(
@@ -186,7 +186,7 @@ async fn backchannel_logout_ends_the_sessions_of_that_provider_session() {
         StatusCode::OK
     );
     assert!(
-        alice.navigate("/").await.is_sign_in_redirect(),
+        alice.navigate("/").await.is_sent_to_sign_in(),
         "a sub-only token ends all of alice's sessions"
     );
 }
@@ -276,7 +276,7 @@ async fn invalid_logout_tokens_are_refused_and_end_nothing() {
         provider.post_logout_token(&valid).await.status,
         StatusCode::OK
     );
-    assert!(second_login.navigate("/").await.is_sign_in_redirect());
+    assert!(second_login.navigate("/").await.is_sent_to_sign_in());
     let replay = provider.post_logout_token(&valid).await;
     assert_eq!(replay.status, StatusCode::BAD_REQUEST);
     assert!(replay.body.contains("already used"), "{}", replay.body);

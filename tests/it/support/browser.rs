@@ -42,6 +42,18 @@ impl TestResponse {
                 .is_some_and(|l| l.starts_with("/oauth2/sign_in"))
     }
 
+    /// A redirect to sign in again: to the sign-in page, or, for a browser that
+    /// signed in here before (`oidc.skip_sign_in_page = "returning"`, once its login is
+    /// a few seconds old), straight to `/oauth2/start`. For tests about when a session
+    /// ends, whichever of the two a slow run makes it.
+    pub fn is_sent_to_sign_in(&self) -> bool {
+        self.is_sign_in_redirect()
+            || (self.status == StatusCode::FOUND
+                && self
+                    .location()
+                    .is_some_and(|l| l.starts_with("/oauth2/start?rd=")))
+    }
+
     pub fn set_cookies(&self) -> Vec<String> {
         self.headers
             .get_all(SET_COOKIE)
