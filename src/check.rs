@@ -194,6 +194,9 @@ pub async fn run(config: Option<&Path>) -> bool {
                 .map(|version| format!("Redis {version} at {}", redis.redacted_url()))
                 .map_err(|e| format!("{} ({})", e, redis.redacted_url())),
         );
+        if let Some(topology) = gateway.session_store_topology().await {
+            report.step("session store topology", topology);
+        }
     }
     if report.failures == 0 {
         println!("all checks passed");

@@ -124,6 +124,11 @@ pub struct SessionSection {
     pub redis_url: Option<String>,
     pub redis_url_file: Option<String>,
     pub redis_ca_file: Option<String>,
+    #[serde(deserialize_with = "flex::list")]
+    pub redis_sentinels: Option<Vec<String>>,
+    pub redis_master_name: Option<String>,
+    pub redis_sentinel_password: Option<String>,
+    pub redis_sentinel_password_file: Option<String>,
     pub redis_key_prefix: Option<String>,
     #[serde(deserialize_with = "flex::text")]
     pub redis_timeout: Option<String>,

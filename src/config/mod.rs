@@ -341,7 +341,7 @@ pub struct SessionSettings {
 #[derive(Clone, Debug, PartialEq)]
 pub enum StoreSettings {
     Memory,
-    Redis(RedisSettings),
+    Redis(Box<RedisSettings>),
 }
 
 #[derive(Clone, PartialEq)]
@@ -356,6 +356,41 @@ pub struct RedisSettings {
     pub timeout: Duration,
     /// How long a replica keeps a session it read from Redis before reading it again.
     pub local_cache_ttl: Duration,
+    /// Redis Sentinel: the master is whichever server the sentinels name (`url` then
+    /// carries only the scheme, the data nodes' password and the database number).
+    pub sentinel: Option<SentinelSettings>,
+}
+
+/// Where the sentinels are and which master they watch for us.
+#[derive(Clone, PartialEq)]
+pub struct SentinelSettings {
+    /// `host:port` of each sentinel, asked in this order.
+    pub addresses: Vec<(String, u16)>,
+    /// The name the sentinels monitor the master under (`sentinel monitor <name> ...`).
+    pub master_name: String,
+    /// `requirepass` of the sentinels, if they have one.
+    pub password: Option<String>,
+}
+
+impl SentinelSettings {
+    /// `host:port, host:port` for messages.
+    pub fn address_list(&self) -> String {
+        self.addresses
+            .iter()
+            .map(|(host, port)| format!("{host}:{port}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+}
+
+impl std::fmt::Debug for SentinelSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SentinelSettings")
+            .field("addresses", &self.addresses)
+            .field("master_name", &self.master_name)
+            .field("password", &self.password.as_ref().map(|_| "***"))
+            .finish()
+    }
 }
 
 impl RedisSettings {
@@ -377,6 +412,7 @@ impl std::fmt::Debug for RedisSettings {
             .field("key_prefix", &self.key_prefix)
             .field("timeout", &self.timeout)
             .field("local_cache_ttl", &self.local_cache_ttl)
+            .field("sentinel", &self.sentinel)
             .finish()
     }
 }
@@ -1366,6 +1402,19 @@ fn validate_store(session: &file::SessionSection) -> Result<StoreSettings, Confi
         ("session.redis_url", session.redis_url.is_some()),
         ("session.redis_url_file", session.redis_url_file.is_some()),
         ("session.redis_ca_file", session.redis_ca_file.is_some()),
+        ("session.redis_sentinels", session.redis_sentinels.is_some()),
+        (
+            "session.redis_master_name",
+            session.redis_master_name.is_some(),
+        ),
+        (
+            "session.redis_sentinel_password",
+            session.redis_sentinel_password.is_some(),
+        ),
+        (
+            "session.redis_sentinel_password_file",
+            session.redis_sentinel_password_file.is_some(),
+        ),
         (
             "session.redis_key_prefix",
             session.redis_key_prefix.is_some(),
@@ -1381,7 +1430,7 @@ fn validate_store(session: &file::SessionSection) -> Result<StoreSettings, Confi
             )),
             None => Ok(StoreSettings::Memory),
         },
-        "redis" => validate_redis(session).map(StoreSettings::Redis),
+        "redis" => validate_redis(session).map(|redis| StoreSettings::Redis(Box::new(redis))),
         other => Err(key_error(
             "session.store",
             format!(
@@ -1392,6 +1441,7 @@ fn validate_store(session: &file::SessionSection) -> Result<StoreSettings, Confi
 }
 
 fn validate_redis(session: &file::SessionSection) -> Result<RedisSettings, ConfigError> {
+    let sentinel = validate_sentinel(session)?;
     let (key, text) = match (&session.redis_url, &session.redis_url_file) {
         (Some(_), Some(_)) => {
             return Err(key_error(
@@ -1406,12 +1456,18 @@ fn validate_redis(session: &file::SessionSection) -> Result<RedisSettings, Confi
                 .trim()
                 .to_owned(),
         ),
-        (None, None) => {
-            return Err(key_error(
+        (None, None) => match &sentinel {
+            Some(sentinel) => (
                 "session.redis_url",
-                "missing: session.store = \"redis\" needs the server, e.g. redis://127.0.0.1:6379/0 or rediss://:password@redis.internal:6380",
-            ));
-        }
+                format!("redis://{}/0", sentinel.master_name),
+            ),
+            None => {
+                return Err(key_error(
+                    "session.redis_url",
+                    "missing: session.store = \"redis\" needs the server, e.g. redis://127.0.0.1:6379/0 or rediss://:password@redis.internal:6380 (or session.redis_sentinels)",
+                ));
+            }
+        },
     };
     let url = Url::parse(&text).map_err(|e| {
         key_error(
@@ -1430,6 +1486,18 @@ fn validate_redis(session: &file::SessionSection) -> Result<RedisSettings, Confi
     }
     if url.host_str().is_none_or(str::is_empty) {
         return Err(key_error(key, "names no host"));
+    }
+    if let Some(sentinel) = &sentinel
+        && (url.host_str() != Some(sentinel.master_name.as_str()) || url.port().is_some())
+    {
+        return Err(key_error(
+            key,
+            format!(
+                "with session.redis_sentinels the sentinels name the server: write the master's name as the host, without a port, e.g. {}://:password@{}/0",
+                url.scheme(),
+                sentinel.master_name
+            ),
+        ));
     }
     let database = url.path().trim_start_matches('/');
     if !database.is_empty() && database.parse::<u16>().is_err() {
@@ -1486,7 +1554,103 @@ fn validate_redis(session: &file::SessionSection) -> Result<RedisSettings, Confi
         key_prefix,
         timeout,
         local_cache_ttl,
+        sentinel,
     })
+}
+
+/// `session.redis_sentinels` and the keys that go with it; `None` without sentinels.
+fn validate_sentinel(
+    session: &file::SessionSection,
+) -> Result<Option<SentinelSettings>, ConfigError> {
+    let Some(list) = &session.redis_sentinels else {
+        let lonely = [
+            (
+                "session.redis_master_name",
+                session.redis_master_name.is_some(),
+            ),
+            (
+                "session.redis_sentinel_password",
+                session.redis_sentinel_password.is_some(),
+            ),
+            (
+                "session.redis_sentinel_password_file",
+                session.redis_sentinel_password_file.is_some(),
+            ),
+        ];
+        return match lonely.iter().find(|(_, given)| *given) {
+            Some((key, _)) => Err(key_error(
+                *key,
+                "is used only with session.redis_sentinels; set that too, or remove this key",
+            )),
+            None => Ok(None),
+        };
+    };
+    if list.is_empty() {
+        return Err(key_error(
+            "session.redis_sentinels",
+            "is empty: list the sentinels as host:port, e.g. [\"10.0.0.1:26379\", \"10.0.0.2:26379\", \"10.0.0.3:26379\"]",
+        ));
+    }
+    let addresses = list
+        .iter()
+        .map(|entry| {
+            entry
+                .trim()
+                .rsplit_once(':')
+                .and_then(|(host, port)| Some((host, port.parse::<u16>().ok()?)))
+                .filter(|(host, port)| !host.is_empty() && *port != 0)
+                .map(|(host, port)| (host.trim_matches(['[', ']']).to_owned(), port))
+                .ok_or_else(|| {
+                    key_error(
+                        "session.redis_sentinels",
+                        format!("`{entry}` is not host:port, e.g. 10.0.0.1:26379"),
+                    )
+                })
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let master_name = session
+        .redis_master_name
+        .as_deref()
+        .map(str::trim)
+        .filter(|name| !name.is_empty())
+        .ok_or_else(|| {
+            key_error(
+                "session.redis_master_name",
+                "missing: the name the sentinels monitor the master under (`sentinel monitor <name> ...`), e.g. mymaster",
+            )
+        })?;
+    if master_name
+        .chars()
+        .any(|c| c.is_whitespace() || c.is_control() || "/@:?#".contains(c))
+    {
+        return Err(key_error(
+            "session.redis_master_name",
+            format!("`{master_name}` must not contain spaces, control characters or / @ : ? #"),
+        ));
+    }
+    let password = match (
+        &session.redis_sentinel_password,
+        &session.redis_sentinel_password_file,
+    ) {
+        (Some(_), Some(_)) => {
+            return Err(key_error(
+                "session.redis_sentinel_password_file",
+                "set either session.redis_sentinel_password or session.redis_sentinel_password_file, not both",
+            ));
+        }
+        (Some(password), None) => Some(password.clone()),
+        (None, Some(path)) => Some(
+            read_secret_file("session.redis_sentinel_password_file", path)?
+                .trim()
+                .to_owned(),
+        ),
+        (None, None) => None,
+    };
+    Ok(Some(SentinelSettings {
+        addresses,
+        master_name: master_name.to_owned(),
+        password,
+    }))
 }
 
 /// A header the gateway sets from the session (`key` names the setting): a valid

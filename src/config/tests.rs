@@ -602,6 +602,118 @@ fn redis_mistakes_name_the_key() {
 }
 
 #[test]
+fn sentinels_are_configured_from_file_or_environment() {
+    let s = load(
+        &minimal(),
+        &[
+            ("SSOGATE_SESSION_STORE", "redis"),
+            (
+                "SSOGATE_SESSION_REDIS_SENTINELS",
+                "10.0.0.1:26379, [fd00::2]:26380",
+            ),
+            ("SSOGATE_SESSION_REDIS_MASTER_NAME", "sessions"),
+            ("SSOGATE_SESSION_REDIS_SENTINEL_PASSWORD", "sentinel-pw"),
+        ],
+    )
+    .unwrap();
+    let StoreSettings::Redis(redis) = &s.session.store else {
+        panic!("expected the redis store");
+    };
+    let sentinel = redis.sentinel.as_ref().expect("sentinel settings");
+    assert_eq!(
+        sentinel.addresses,
+        [
+            ("10.0.0.1".to_owned(), 26379),
+            ("fd00::2".to_owned(), 26380)
+        ]
+    );
+    assert_eq!(sentinel.master_name, "sessions");
+    assert_eq!(sentinel.password.as_deref(), Some("sentinel-pw"));
+    assert_eq!(redis.url.as_str(), "redis://sessions/0");
+    assert!(!format!("{redis:?}").contains("sentinel-pw"));
+
+    let text = format!(
+        "{}store = \"redis\"\nredis_sentinels = [\"127.0.0.1:26379\"]\n\
+         redis_master_name = \"sessions\"\nredis_url = \"rediss://:data-pw@sessions/3\"\n",
+        minimal()
+    );
+    let s = load(&text, &[]).unwrap();
+    let StoreSettings::Redis(redis) = &s.session.store else {
+        panic!("expected the redis store");
+    };
+    assert_eq!(redis.url.password(), Some("data-pw"));
+    assert_eq!(redis.url.scheme(), "rediss");
+    assert_eq!(redis.sentinel.as_ref().unwrap().password, None);
+}
+
+#[test]
+fn sentinel_mistakes_name_the_key() {
+    let sentinels = |extra: &str| {
+        format!(
+            "{}store = \"redis\"\nredis_sentinels = [\"127.0.0.1:26379\"]\n{extra}\n",
+            minimal()
+        )
+    };
+    let cases = [
+        (sentinels(""), "session.redis_master_name", "missing"),
+        (
+            sentinels("redis_master_name = \"a b\""),
+            "session.redis_master_name",
+            "spaces",
+        ),
+        (
+            format!(
+                "{}store = \"redis\"\nredis_sentinels = [\"127.0.0.1\"]\nredis_master_name = \"m\"\n",
+                minimal()
+            ),
+            "session.redis_sentinels",
+            "host:port",
+        ),
+        (
+            format!(
+                "{}store = \"redis\"\nredis_sentinels = []\nredis_master_name = \"m\"\n",
+                minimal()
+            ),
+            "session.redis_sentinels",
+            "empty",
+        ),
+        (
+            sentinels("redis_master_name = \"m\"\nredis_url = \"redis://127.0.0.1:6379/0\""),
+            "session.redis_url",
+            "redis://:password@m/0",
+        ),
+        (
+            format!(
+                "{}store = \"redis\"\nredis_url = \"redis://127.0.0.1\"\nredis_master_name = \"m\"\n",
+                minimal()
+            ),
+            "session.redis_master_name",
+            "session.redis_sentinels",
+        ),
+        (
+            format!("{}redis_sentinels = [\"127.0.0.1:26379\"]\n", minimal()),
+            "session.redis_sentinels",
+            "session.store = \"redis\"",
+        ),
+        (
+            sentinels(
+                "redis_master_name = \"m\"\nredis_sentinel_password = \"a\"\nredis_sentinel_password_file = \"/x\"",
+            ),
+            "session.redis_sentinel_password_file",
+            "not both",
+        ),
+    ];
+    for (text, key, fragment) in cases {
+        let (got_key, problem) = problem_for(&text, &[]);
+        assert_eq!(got_key, key, "wrong key for problem `{problem}`");
+        assert!(
+            problem.contains(fragment),
+            "problem for {key} was `{problem}`, expected it to mention `{fragment}`"
+        );
+    }
+}
+
+#[test]
 fn serving_threads_default_to_the_cores_and_must_be_positive() {
     let cores = std::thread::available_parallelism().unwrap().get();
     assert_eq!(load(&minimal(), &[]).unwrap().server.threads, cores);

@@ -321,6 +321,11 @@ impl Gateway {
         self.sessions.server_version().await
     }
 
+    /// With Redis Sentinel, the topology the sentinels report (`ssogate check`).
+    pub async fn session_store_topology(&self) -> Option<Result<String, String>> {
+        self.sessions.sentinel_topology().await
+    }
+
     /// Starts the background work: the session store's, the email file's watch, and
     /// provider discovery, now; on failure discovery keeps retrying in the background
     /// (logins answer 503 meanwhile, everything else keeps working).
@@ -919,7 +924,7 @@ impl Gateway {
     async fn ready<B>(&self, request: &Request<B>, peer: SocketAddr) -> Response<ResponseBody> {
         let problem = if !self.provider.is_ready() {
             Some("identity provider metadata not loaded".to_owned())
-        } else if let Some(reason) = self.sessions.unavailable() {
+        } else if let Some(reason) = self.sessions.not_ready() {
             Some(format!("session store (Redis) unreachable: {reason}"))
         } else if !self.upstream_accepts().await {
             Some("upstream unreachable".to_owned())

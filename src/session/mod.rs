@@ -262,6 +262,20 @@ impl SessionStore {
         self.shared.as_ref().and_then(|s| s.unavailable())
     }
 
+    /// Why this replica should not get traffic because of its store (`/ready`): see
+    /// [`SharedStore::not_ready`].
+    pub fn not_ready(&self) -> Option<String> {
+        self.shared.as_ref().and_then(|s| s.not_ready())
+    }
+
+    /// With Redis Sentinel, the topology the sentinels report (`ssogate check`).
+    pub async fn sentinel_topology(&self) -> Option<Result<String, String>> {
+        match &self.shared {
+            Some(shared) => shared.sentinel_topology().await,
+            None => None,
+        }
+    }
+
     pub async fn insert(&self, id: &str, mut session: Session) -> Result<(), StoreUnavailable> {
         let key = SessionKey::of(id);
         session.identity.groups = self.group_lists.intern(&session.identity.groups);

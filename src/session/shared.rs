@@ -18,12 +18,19 @@
 //! reachable; while it is not, sessions in the local cache keep working, new logins
 //! get 503, and removals and updates wait in memory until Redis is back. After an
 //! outage the local cache is emptied, since invalidations may have been missed.
+//!
+//! With Redis Sentinel (`session.redis_sentinels`), the health check also asks the
+//! master for its `ROLE`; when that fails or the server is no master any more, it asks
+//! the sentinels which server is the master now and, if it changed, connects there and
+//! subscribes again. Only the health check switches, so one switch runs at a time, and
+//! requests served from the local cache never wait for it.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
+use arc_swap::ArcSwapOption;
 use aws_lc_rs::aead::{AES_256_GCM, Aad, LessSafeKey, NONCE_LEN, Nonce, UnboundKey};
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
@@ -32,9 +39,10 @@ use rand::RngCore;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{ProtocolVersion, PushKind};
 use serde::{Deserialize, Serialize};
+use url::Url;
 
 use super::{GroupLists, Identity, Session, SessionKey, Tokens, Upkeep, hash, random_token};
-use crate::config::RedisSettings;
+use crate::config::{RedisSettings, SentinelSettings};
 
 /// How long one replica may hold a session's refresh lease (longer than any refresh).
 const LEASE_TTL: Duration = Duration::from_secs(15);
@@ -81,7 +89,20 @@ enum Deferred {
 }
 
 pub struct SharedStore {
-    connection: ConnectionManager,
+    /// To the master; `None` until the sentinels named one.
+    connection: ArcSwapOption<ConnectionManager>,
+    /// The data nodes' URL (with Sentinel: its host is replaced by the master's).
+    url: Url,
+    /// The extra CA for TLS (`session.redis_ca_file`), PEM.
+    ca_pem: Option<Vec<u8>>,
+    sentinel: Option<SentinelSettings>,
+    /// The master the connection goes to (Sentinel only).
+    master: Mutex<Option<(String, u16)>>,
+    /// How long cached sessions outlive an outage (`session.local_cache_ttl`).
+    local_cache_ttl: Duration,
+    /// When Redis stopped answering after having answered, while it does not.
+    unreachable_since: Mutex<Option<Instant>>,
+    push_sender: tokio::sync::mpsc::UnboundedSender<redis::PushInfo>,
     prefix: String,
     timeout: Duration,
     lifetime: Duration,
@@ -106,43 +127,23 @@ impl SharedStore {
         local: Cache<SessionKey, Arc<Session>>,
         group_lists: GroupLists,
     ) -> Result<Self, SharedStoreError> {
-        use redis::IntoConnectionInfo;
-        let info = settings
-            .url
-            .as_str()
-            .into_connection_info()
-            .map_err(SharedStoreError::Url)?;
-        let redis_settings = info
-            .redis_settings()
-            .clone()
-            .set_protocol(ProtocolVersion::RESP3);
-        let info = info.set_redis_settings(redis_settings);
-        let client = match &settings.ca_file {
-            None => redis::Client::open(info),
-            Some(path) => {
-                let pem = std::fs::read(path)
-                    .map_err(|e| SharedStoreError::CaFile(path.display().to_string(), e))?;
-                redis::Client::build_with_tls(
-                    info,
-                    redis::TlsCertificates {
-                        client_tls: None,
-                        root_cert: Some(pem),
-                    },
-                )
-            }
-        }
-        .map_err(SharedStoreError::Url)?;
+        let ca_pem = match &settings.ca_file {
+            None => None,
+            Some(path) => Some(
+                std::fs::read(path)
+                    .map_err(|e| SharedStoreError::CaFile(path.display().to_string(), e))?,
+            ),
+        };
         let (push_sender, pushes) = tokio::sync::mpsc::unbounded_channel();
-        let config = ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(settings.timeout))
-            .set_response_timeout(Some(settings.timeout))
-            .set_number_of_retries(1)
-            .set_push_sender(push_sender)
-            .set_automatic_resubscription();
-        let connection = ConnectionManager::new_lazy_with_config(client, config)
-            .map_err(SharedStoreError::Url)?;
-        Ok(Self {
-            connection,
+        let mut store = Self {
+            connection: ArcSwapOption::empty(),
+            url: settings.url.clone(),
+            ca_pem,
+            sentinel: settings.sentinel.clone(),
+            master: Mutex::new(None),
+            local_cache_ttl: settings.local_cache_ttl,
+            unreachable_since: Mutex::new(None),
+            push_sender,
             prefix: settings.key_prefix.clone(),
             timeout: settings.timeout,
             lifetime,
@@ -154,9 +155,48 @@ impl SharedStore {
             last_error: Mutex::new("not connected yet".into()),
             deferred: Mutex::new(HashMap::new()),
             pushes: Mutex::new(Some(pushes)),
-        })
+        };
+        if store.sentinel.is_none() {
+            let connection = store
+                .connection_to(&settings.url)
+                .map_err(SharedStoreError::Url)?;
+            store.connection = ArcSwapOption::from_pointee(connection);
+        }
+        Ok(store)
     }
 
+    /// A RESP3 client for `url`, over TLS with the configured CA for `rediss://`.
+    fn client_for(&self, url: &Url) -> redis::RedisResult<redis::Client> {
+        use redis::IntoConnectionInfo;
+        let info = url.as_str().into_connection_info()?;
+        let redis_settings = info
+            .redis_settings()
+            .clone()
+            .set_protocol(ProtocolVersion::RESP3);
+        let info = info.set_redis_settings(redis_settings);
+        match &self.ca_pem {
+            None => redis::Client::open(info),
+            Some(pem) => redis::Client::build_with_tls(
+                info,
+                redis::TlsCertificates {
+                    client_tls: None,
+                    root_cert: Some(pem.clone()),
+                },
+            ),
+        }
+    }
+
+    /// A reconnecting connection to the data node at `url`, its pushes sent to
+    /// [`Self::on_push`].
+    fn connection_to(&self, url: &Url) -> redis::RedisResult<ConnectionManager> {
+        let config = ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(self.timeout))
+            .set_response_timeout(Some(self.timeout))
+            .set_number_of_retries(1)
+            .set_push_sender(self.push_sender.clone())
+            .set_automatic_resubscription();
+        ConnectionManager::new_lazy_with_config(self.client_for(url)?, config)
+    }
     /// Starts the health check and the invalidation listener.
     pub fn start(self: Arc<Self>) {
         if let Some(mut pushes) = self.pushes.lock().unwrap().take() {
@@ -184,6 +224,8 @@ impl SharedStore {
     /// channel; the connection manager renews it after reconnects). Returns whether
     /// the channel is subscribed.
     async fn check_health(&self, subscribed: bool) -> bool {
+        let switched = self.follow_master().await;
+        let subscribed = subscribed && !switched;
         let result = match self.run::<String>(&redis::cmd("PING")).await {
             Ok(_) if subscribed => Ok(()),
             Ok(_) => self.subscribe().await,
@@ -198,8 +240,190 @@ impl SharedStore {
         subscribed || healthy
     }
 
+    /// With Sentinel: makes sure the connection goes to the master, asking the
+    /// sentinels when the server does not say it is the master (or does not answer).
+    /// Returns whether it switched to another server (whose channel is not subscribed
+    /// yet).
+    async fn follow_master(&self) -> bool {
+        let Some(sentinel) = &self.sentinel else {
+            return false;
+        };
+        let role = self.run::<Vec<redis::Value>>(&redis::cmd("ROLE")).await;
+        let is_master = role.is_ok_and(|role| {
+            role.first()
+                .and_then(|first| redis::from_redis_value::<String>(first.clone()).ok())
+                .as_deref()
+                == Some("master")
+        });
+        if is_master {
+            return false;
+        }
+        tracing::debug!(
+            name = sentinel.master_name,
+            "session store (Redis): asking the sentinels which server is the master"
+        );
+        let (host, port) = match self.master_from_sentinels(sentinel).await {
+            Ok(address) => address,
+            Err(reason) => {
+                self.lost(&reason);
+                return false;
+            }
+        };
+        if self.master.lock().unwrap().as_ref() == Some(&(host.clone(), port)) {
+            return false;
+        }
+        let mut url = self.url.clone();
+        if url.set_host(Some(&host)).is_err() || url.set_port(Some(port)).is_err() {
+            self.lost(&format!(
+                "the sentinels named an unusable master address {host}:{port}"
+            ));
+            return false;
+        }
+        match self.connection_to(&url) {
+            Ok(connection) => {
+                tracing::info!(
+                    master = %format!("{host}:{port}"),
+                    name = sentinel.master_name,
+                    "session store (Redis): following the master the sentinels name"
+                );
+                self.connection.store(Some(Arc::new(connection)));
+                *self.master.lock().unwrap() = Some((host, port));
+                true
+            }
+            Err(e) => {
+                self.lost(&e.to_string());
+                false
+            }
+        }
+    }
+
+    /// The master's address, from the first sentinel that knows it.
+    async fn master_from_sentinels(
+        &self,
+        sentinel: &SentinelSettings,
+    ) -> Result<(String, u16), String> {
+        let mut failures = Vec::new();
+        for (host, port) in &sentinel.addresses {
+            let asked = self
+                .ask_sentinel::<Option<(String, u16)>>(
+                    sentinel,
+                    host,
+                    *port,
+                    redis::cmd("SENTINEL")
+                        .arg("GET-MASTER-ADDR-BY-NAME")
+                        .arg(&sentinel.master_name),
+                )
+                .await;
+            match asked {
+                Ok(Some(address)) => return Ok(address),
+                Ok(None) => failures.push(format!(
+                    "{host}:{port} knows no master named `{}`",
+                    sentinel.master_name
+                )),
+                Err(e) => failures.push(format!("{host}:{port}: {e}")),
+            }
+        }
+        Err(format!(
+            "no sentinel names the master `{}`: {}",
+            sentinel.master_name,
+            failures.join("; ")
+        ))
+    }
+
+    /// One command to one sentinel, on a connection of its own (sentinels are asked
+    /// only when the master changes, and by `ssogate check`).
+    async fn ask_sentinel<T: redis::FromRedisValue>(
+        &self,
+        sentinel: &SentinelSettings,
+        host: &str,
+        port: u16,
+        command: &redis::Cmd,
+    ) -> Result<T, String> {
+        let host = if host.contains(':') {
+            format!("[{host}]")
+        } else {
+            host.to_owned()
+        };
+        let mut url = Url::parse(&format!("{}://{host}:{port}", self.url.scheme()))
+            .map_err(|e| e.to_string())?;
+        if let Some(password) = &sentinel.password {
+            let _ = url.set_password(Some(password));
+        }
+        let client = self.client_for(&url).map_err(|e| e.to_string())?;
+        let mut connection = self
+            .within(client.get_multiplexed_async_connection())
+            .await
+            .map_err(|e| e.0)?;
+        self.within(command.query_async(&mut connection))
+            .await
+            .map_err(|e| e.0)
+    }
+
+    /// With Sentinel, what the sentinels say (`ssogate check`): the master, its
+    /// replicas that are up, the sentinels that answer; `None` without Sentinel.
+    pub async fn sentinel_topology(&self) -> Option<Result<String, String>> {
+        let sentinel = self.sentinel.as_ref()?;
+        let name = &sentinel.master_name;
+        let mut answering = Vec::new();
+        let mut failures = Vec::new();
+        for (host, port) in &sentinel.addresses {
+            let master = self
+                .ask_sentinel::<HashMap<String, String>>(
+                    sentinel,
+                    host,
+                    *port,
+                    redis::cmd("SENTINEL").arg("MASTER").arg(name),
+                )
+                .await;
+            match master {
+                Ok(master) => answering.push((host, *port, master)),
+                Err(e) if e.contains("No such master") => {
+                    return Some(Err(format!(
+                        "the sentinel at {host}:{port} knows no master named `{name}` (session.redis_master_name)"
+                    )));
+                }
+                Err(e) => failures.push(format!("{host}:{port}: {e}")),
+            }
+        }
+        let Some((host, port, master)) = answering.first() else {
+            return Some(Err(format!(
+                "no sentinel answers (session.redis_sentinels): {}",
+                failures.join("; ")
+            )));
+        };
+        let replicas = self
+            .ask_sentinel::<Vec<HashMap<String, String>>>(
+                sentinel,
+                host,
+                *port,
+                redis::cmd("SENTINEL").arg("REPLICAS").arg(name),
+            )
+            .await
+            .map(|replicas| {
+                replicas
+                    .iter()
+                    .filter(|replica| {
+                        let flags = replica.get("flags").map_or("", String::as_str);
+                        !["s_down", "o_down", "disconnected"]
+                            .iter()
+                            .any(|down| flags.contains(down))
+                    })
+                    .count()
+            });
+        let field = |key: &str| master.get(key).map_or("?", String::as_str);
+        Some(match replicas {
+            Ok(replicas) => Ok(format!(
+                "sentinel: master {name} at {}:{}, {replicas} replica(s), {} sentinel(s) reachable",
+                field("ip"),
+                field("port"),
+                answering.len()
+            )),
+            Err(e) => Err(format!("the sentinel at {host}:{port}: {e}")),
+        })
+    }
+
     async fn subscribe(&self) -> Result<(), StoreUnavailable> {
-        let mut connection = self.connection.clone();
+        let mut connection = self.connection()?;
         self.within(connection.subscribe(self.channel())).await
     }
 
@@ -219,6 +443,7 @@ impl SharedStore {
             }
         }
         self.local.invalidate_all();
+        *self.unreachable_since.lock().unwrap() = None;
         self.reachable.store(true, Ordering::Release);
         tracing::info!(deferred_changes = count, "session store (Redis) reachable");
     }
@@ -226,10 +451,13 @@ impl SharedStore {
     fn lost(&self, reason: &str) {
         *self.last_error.lock().unwrap() = reason.to_owned();
         if self.reachable.swap(false, Ordering::AcqRel) {
+            *self.unreachable_since.lock().unwrap() = Some(Instant::now());
             tracing::error!(
                 error = reason,
                 "session store (Redis) unreachable: cached sessions go on, new logins wait"
             );
+        } else {
+            tracing::debug!(error = reason, "session store (Redis) still unreachable");
         }
     }
 
@@ -256,6 +484,9 @@ impl SharedStore {
     }
 
     pub async fn server_version(&self) -> Result<String, StoreUnavailable> {
+        if self.connection.load().is_none() {
+            self.follow_master().await;
+        }
         let info: String = self.run(redis::cmd("INFO").arg("server")).await?;
         Ok(info
             .lines()
@@ -267,6 +498,30 @@ impl SharedStore {
 
     pub fn unavailable(&self) -> Option<String> {
         (!self.reachable.load(Ordering::Acquire)).then(|| self.last_error.lock().unwrap().clone())
+    }
+
+    /// Why this replica should not get traffic, if it should not (`/ready`). Redis
+    /// being unreachable is such a reason, except with Sentinel while a failover may
+    /// be under way: for `session.local_cache_ttl` after Redis stopped answering, the
+    /// people this replica served keep working from its local cache.
+    pub fn not_ready(&self) -> Option<String> {
+        let reason = self.unavailable()?;
+        let failing_over = self.sentinel.is_some()
+            && self
+                .unreachable_since
+                .lock()
+                .unwrap()
+                .is_some_and(|since| since.elapsed() < self.local_cache_ttl);
+        (!failing_over).then_some(reason)
+    }
+
+    /// The connection to the master (a cheap handle onto a shared one).
+    fn connection(&self) -> Result<ConnectionManager, StoreUnavailable> {
+        self.connection
+            .load()
+            .as_deref()
+            .cloned()
+            .ok_or_else(|| StoreUnavailable("the sentinels have named no master yet".into()))
     }
 
     fn ensure_reachable(&self) -> Result<(), StoreUnavailable> {
@@ -281,7 +536,7 @@ impl SharedStore {
         &self,
         command: &redis::Cmd,
     ) -> Result<T, StoreUnavailable> {
-        let mut connection = self.connection.clone();
+        let mut connection = self.connection()?;
         self.within(command.query_async(&mut connection)).await
     }
 
@@ -289,7 +544,7 @@ impl SharedStore {
         &self,
         pipeline: &redis::Pipeline,
     ) -> Result<T, StoreUnavailable> {
-        let mut connection = self.connection.clone();
+        let mut connection = self.connection()?;
         self.within(pipeline.query_async(&mut connection)).await
     }
 
@@ -556,7 +811,9 @@ impl SharedStore {
 
     pub async fn release(&self, key: SessionKey, token: &str) {
         let script = redis::Script::new(RELEASE_SCRIPT);
-        let mut connection = self.connection.clone();
+        let Ok(mut connection) = self.connection() else {
+            return;
+        };
         let mut invocation = script.key(self.lease_key(key));
         invocation.arg(token);
         let released = self
@@ -666,6 +923,39 @@ fn open_record(id: &str, name: &str, sealed: &[u8]) -> Option<Record> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn sentinel_store(local_cache_ttl: Duration) -> SharedStore {
+        let settings = RedisSettings {
+            url: Url::parse("redis://sessions/0").unwrap(),
+            ca_file: None,
+            key_prefix: "ssogate:".into(),
+            timeout: Duration::from_millis(100),
+            local_cache_ttl,
+            sentinel: Some(SentinelSettings {
+                addresses: vec![("127.0.0.1".into(), 1)],
+                master_name: "sessions".into(),
+                password: None,
+            }),
+        };
+        let local = Cache::builder().build();
+        let lifetime = Duration::from_secs(3600);
+        SharedStore::new(&settings, lifetime, lifetime, local, GroupLists::new()).unwrap()
+    }
+
+    #[test]
+    fn with_sentinel_ready_holds_through_an_outage_only_for_the_local_cache_ttl() {
+        let store = sentinel_store(Duration::from_millis(200));
+        assert!(
+            store.not_ready().is_some(),
+            "not ready before Redis ever answered"
+        );
+        store.reachable.store(true, Ordering::Release);
+        assert_eq!(store.not_ready(), None);
+        store.lost("connection closed");
+        assert_eq!(store.not_ready(), None, "a failover may be under way");
+        std::thread::sleep(Duration::from_millis(250));
+        assert_eq!(store.not_ready().as_deref(), Some("connection closed"));
+    }
 
     #[test]
     fn sealed_values_open_only_with_their_secret_and_name() {

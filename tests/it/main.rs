@@ -33,6 +33,7 @@ mod replicas;
 mod returning;
 mod revocation;
 mod routes;
+mod sentinel;
 mod sentry_clients;
 mod sessions;
 mod tls_grade;

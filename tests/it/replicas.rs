@@ -13,11 +13,11 @@ use http::{Method, StatusCode};
 
 /// A local cache that, on its own, would keep a session for an hour: whatever ends a
 /// session on every replica sooner is the pub/sub invalidation.
-const LONG_LOCAL_CACHE: &str = "local_cache_ttl = \"1h\"";
+pub(crate) const LONG_LOCAL_CACHE: &str = "local_cache_ttl = \"1h\"";
 
 /// A browser signed in as `username`; the login starts on replica `start` and its
 /// callback comes back to the public address (replica 0), as with a load balancer.
-async fn signed_in(cluster: &Cluster, start: usize, username: &str) -> Browser {
+pub(crate) async fn signed_in(cluster: &Cluster, start: usize, username: &str) -> Browser {
     let mut browser = cluster.browser(start);
     let callback = browser.login_until_callback("/", username, PASSWORD).await;
     assert!(
@@ -30,7 +30,7 @@ async fn signed_in(cluster: &Cluster, start: usize, username: &str) -> Browser {
 }
 
 /// An API request (`fetch`), which gets 401 rather than a redirect when signed out.
-async fn api_status(browser: &mut Browser, path: &str) -> StatusCode {
+pub(crate) async fn api_status(browser: &mut Browser, path: &str) -> StatusCode {
     let request = browser
         .request(Method::GET, path)
         .header("accept", "application/json")
@@ -41,7 +41,11 @@ async fn api_status(browser: &mut Browser, path: &str) -> StatusCode {
 
 /// Polls replica `index` until `browser`'s session is refused there (at most 3 s);
 /// returns how long that took.
-async fn time_until_signed_out(cluster: &Cluster, index: usize, browser: &Browser) -> Duration {
+pub(crate) async fn time_until_signed_out(
+    cluster: &Cluster,
+    index: usize,
+    browser: &Browser,
+) -> Duration {
     let started = Instant::now();
     let mut tab = cluster.on(index, browser);
     loop {

@@ -5,6 +5,10 @@
 //! `redis-server` comes from Debian's package (`tests/install-peers.sh` installs it).
 //! Each Redis runs on a free loopback port with its own directory and append-only
 //! file, so stopping and starting it keeps its data, as a production Redis should.
+//!
+//! With [`ClusterOptions::sentinel`], that Redis is the master of a Sentinel setup:
+//! one replica and three sentinels (`redis-server --sentinel`, same package), all on
+//! loopback, with a short `down-after-milliseconds` so a failover takes seconds.
 
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
@@ -23,6 +27,8 @@ pub struct RedisServer {
     dir: PathBuf,
     /// Serving TLS only (`rediss://`), with a certificate from this CA file.
     pub tls_ca_file: Option<PathBuf>,
+    /// More `redis-server` arguments (e.g. `--replicaof`).
+    extra_args: Vec<String>,
     child: Option<Child>,
 }
 
@@ -33,7 +39,12 @@ impl RedisServer {
 
     /// `tls`: serve only TLS, with a certificate for 127.0.0.1 from a throwaway CA.
     pub fn start_with(dir: &Path, tls: bool) -> RedisServer {
-        let dir = dir.join("redis");
+        Self::start_named(dir, "redis", tls, Vec::new())
+    }
+
+    /// A Redis in `dir/name`, with more arguments for `redis-server`.
+    pub fn start_named(dir: &Path, name: &str, tls: bool, extra_args: Vec<String>) -> RedisServer {
+        let dir = dir.join(name);
         std::fs::create_dir_all(&dir).unwrap();
         let tls_ca_file = tls.then(|| {
             let certificate = tls::local_certificate(&["127.0.0.1"]).unwrap();
@@ -46,6 +57,7 @@ impl RedisServer {
             port: unused_address().port(),
             dir,
             tls_ca_file,
+            extra_args,
             child: None,
         };
         server.start_again();
@@ -83,6 +95,7 @@ impl RedisServer {
             .arg("--dir")
             .arg(&self.dir)
             .args(["--appendonly", "yes", "--save", "", "--protected-mode", "yes"])
+            .args(&self.extra_args)
             .stdout(log.try_clone().unwrap())
             .stderr(log)
             .spawn()
@@ -113,19 +126,54 @@ impl RedisServer {
         child.wait().unwrap();
     }
 
+    /// Kills it the way a crash does (SIGKILL: nothing flushed, no goodbye).
+    pub fn kill(&mut self) {
+        let mut child = self.child.take().expect("redis-server is running");
+        child.kill().unwrap();
+        child.wait().unwrap();
+    }
+
     /// How many keys Redis holds (`DBSIZE`; plain Redis only).
     pub fn key_count(&self) -> u64 {
-        use std::io::{BufRead, BufReader, Write};
-        assert!(self.tls_ca_file.is_none(), "key_count speaks plain RESP");
-        let mut stream = std::net::TcpStream::connect((Ipv4Addr::LOCALHOST, self.port)).unwrap();
-        stream.write_all(b"DBSIZE\r\n").unwrap();
-        let mut answer = String::new();
-        BufReader::new(stream).read_line(&mut answer).unwrap();
+        self.integer_answer("DBSIZE")
+    }
+
+    /// `WAIT 1 <ms>`: how many replicas acknowledged every write made so far.
+    pub fn replicas_in_sync(&self, within: Duration) -> u64 {
+        self.integer_answer(&format!("WAIT 1 {}", within.as_millis()))
+    }
+
+    /// `master` or `slave` (the first line of `ROLE`'s answer).
+    pub fn role(&self) -> String {
+        let lines = self.answer_lines("ROLE", 3);
+        lines[2].clone()
+    }
+
+    /// One inline command whose answer is an integer (plain Redis only).
+    fn integer_answer(&self, command: &str) -> u64 {
+        let answer = &self.answer_lines(command, 1)[0];
         answer
-            .trim()
             .strip_prefix(':')
             .and_then(|n| n.parse().ok())
-            .unwrap_or_else(|| panic!("DBSIZE answered {answer:?}"))
+            .unwrap_or_else(|| panic!("{command} answered {answer:?}"))
+    }
+
+    /// The first `count` lines of the answer to one inline command.
+    fn answer_lines(&self, command: &str, count: usize) -> Vec<String> {
+        use std::io::{BufRead, BufReader, Write};
+        assert!(self.tls_ca_file.is_none(), "the test speaks plain RESP");
+        let mut stream = std::net::TcpStream::connect((Ipv4Addr::LOCALHOST, self.port)).unwrap();
+        stream
+            .write_all(format!("{command}\r\n").as_bytes())
+            .unwrap();
+        let mut reader = BufReader::new(stream);
+        (0..count)
+            .map(|_| {
+                let mut line = String::new();
+                reader.read_line(&mut line).unwrap();
+                line.trim().to_owned()
+            })
+            .collect()
     }
 
     /// Answers PING (plain), or accepts connections (TLS: the gateway's own client is
@@ -152,6 +200,98 @@ impl Drop for RedisServer {
             let _ = child.kill();
             let _ = child.wait();
         }
+    }
+}
+
+/// One `redis-server --sentinel` child process.
+pub struct Sentinel {
+    pub port: u16,
+    child: Child,
+}
+
+/// The name the sentinels monitor the master under.
+pub const MASTER_NAME: &str = "sessions";
+
+impl Sentinel {
+    /// A sentinel in `dir/name` watching the master on `master_port` (quorum 2),
+    /// waiting until it answers.
+    fn start(dir: &Path, name: &str, master_port: u16) -> Sentinel {
+        let dir = dir.join(name);
+        std::fs::create_dir_all(&dir).unwrap();
+        let port = unused_address().port();
+        let config = dir.join("sentinel.conf");
+        std::fs::write(
+            &config,
+            format!(
+                "port {port}\nbind 127.0.0.1\nprotected-mode no\ndir {dir}\n\
+                 sentinel monitor {MASTER_NAME} 127.0.0.1 {master_port} 2\n\
+                 sentinel down-after-milliseconds {MASTER_NAME} 1000\n\
+                 sentinel failover-timeout {MASTER_NAME} 3000\n\
+                 sentinel parallel-syncs {MASTER_NAME} 1\n",
+                dir = dir.display()
+            ),
+        )
+        .unwrap();
+        let log = std::fs::File::create(dir.join("sentinel.log")).unwrap();
+        let child = Command::new("redis-server")
+            .arg(&config)
+            .arg("--sentinel")
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .expect("redis-server --sentinel runs");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while std::net::TcpStream::connect((Ipv4Addr::LOCALHOST, port)).is_err() {
+            assert!(Instant::now() < deadline, "the sentinel did not start");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Sentinel { port, child }
+    }
+}
+
+impl Drop for Sentinel {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The rest of a Sentinel setup around [`Cluster::redis`] (its first master).
+pub struct SentinelSetup {
+    /// Replicates the first master; promoted when it fails.
+    pub replica: RedisServer,
+    pub sentinels: Vec<Sentinel>,
+}
+
+impl SentinelSetup {
+    fn start(dir: &Path, master: &RedisServer) -> SentinelSetup {
+        let replica = RedisServer::start_named(
+            dir,
+            "redis-replica",
+            false,
+            vec![
+                "--replicaof".into(),
+                "127.0.0.1".into(),
+                master.port.to_string(),
+            ],
+        );
+        let sentinels = (0..3)
+            .map(|index| Sentinel::start(dir, &format!("sentinel-{index}"), master.port))
+            .collect();
+        SentinelSetup { replica, sentinels }
+    }
+
+    /// The gateway's `[session]` keys for this setup.
+    pub fn session_toml(&self) -> String {
+        let addresses: Vec<String> = self
+            .sentinels
+            .iter()
+            .map(|sentinel| format!("\"127.0.0.1:{}\"", sentinel.port))
+            .collect();
+        format!(
+            "store = \"redis\"\nredis_sentinels = [{}]\nredis_master_name = \"{MASTER_NAME}\"",
+            addresses.join(", ")
+        )
     }
 }
 
@@ -189,6 +329,9 @@ pub struct ClusterOptions {
     pub users: Vec<DevUser>,
     /// Redis serves only TLS (`rediss://` with `session.redis_ca_file`).
     pub redis_tls: bool,
+    /// Redis is a master with a replica and three sentinels; the gateways are given
+    /// the sentinels.
+    pub sentinel: bool,
 }
 
 pub const SECRET_OLD: &str = "the-old-session-secret-0123456789abcdef";
@@ -206,6 +349,7 @@ impl Default for ClusterOptions {
                 user("bob", "bob@corp.example", true, &["sentry:member"]),
             ],
             redis_tls: false,
+            sentinel: false,
         }
     }
 }
@@ -215,11 +359,13 @@ pub struct Cluster {
     pub provider: DevProvider,
     pub upstream: TestUpstream,
     pub redis: RedisServer,
+    /// With [`ClusterOptions::sentinel`].
+    pub sentinel: Option<SentinelSetup>,
     pub replicas: Vec<Replica>,
     /// The public address (the first replica stands in for the load balancer's).
     pub public_url: String,
     pub ca_pem: String,
-    _dir: tempfile::TempDir,
+    dir: tempfile::TempDir,
 }
 
 impl Cluster {
@@ -227,6 +373,13 @@ impl Cluster {
         let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
         let dir = tempfile::tempdir().unwrap();
         let redis = RedisServer::start_with(dir.path(), options.redis_tls);
+        let sentinel = options
+            .sentinel
+            .then(|| SentinelSetup::start(dir.path(), &redis));
+        let store_toml = match &sentinel {
+            Some(sentinel) => sentinel.session_toml(),
+            None => format!("store = \"redis\"\nredis_url = \"{}\"", redis.url()),
+        };
         let redis_ca = match &redis.tls_ca_file {
             Some(file) => format!("redis_ca_file = \"{}\"", file.display()),
             None => String::new(),
@@ -267,10 +420,7 @@ impl Cluster {
             .upstream("read_timeout = \"5s\"")
             .oidc(&options.oidc_toml)
             .secrets(secrets)
-            .session(&format!(
-                "store = \"redis\"\nredis_url = \"{}\"",
-                redis.url()
-            ))
+            .session(&store_toml)
             .session(&redis_ca)
             .session(&options.session_toml)
             .render();
@@ -297,15 +447,21 @@ impl Cluster {
             provider,
             upstream,
             redis,
+            sentinel,
             replicas,
             public_url,
             ca_pem: certificate.ca_pem,
-            _dir: dir,
+            dir,
         };
         for index in 0..cluster.replicas.len() {
             cluster.await_ready(index).await;
         }
         cluster
+    }
+
+    /// Replica `index`'s configuration file.
+    pub fn config_path(&self, index: usize) -> PathBuf {
+        self.dir.path().join(format!("replica-{index}.toml"))
     }
 
     /// A browser pointed at replica `index`.
