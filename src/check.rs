@@ -15,7 +15,7 @@ use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 
 use crate::assertion::{self, AssertionSigner};
-use crate::config::{AccessSettings, Settings};
+use crate::config::{AccessSettings, Settings, TlsSettings};
 use crate::gateway::Gateway;
 use crate::outbound;
 use crate::server::tls;
@@ -109,7 +109,16 @@ pub async fn run(config: Option<&Path>) -> bool {
             .unwrap_or_default();
         println!("     register this {what} at the provider: {uri}");
     }
-    match (settings.tls.files(), settings.server.public_url.host()) {
+    let acme_files = match &settings.tls {
+        TlsSettings::Acme(acme) => Some(report_acme(&mut report, acme)),
+        _ => None,
+    };
+    let tls_files = settings.tls.files().or(acme_files
+        .as_ref()
+        .and_then(|files| files.as_ref())
+        .map(|(cert, key)| (cert.as_path(), key.as_path())));
+    match (tls_files, settings.server.public_url.host()) {
+        (None, _) if acme_files.is_some() => {}
         (Some((cert_file, key_file)), Some(host)) => {
             let now = std::time::SystemTime::now();
             let aliases = &settings.server.host_aliases;
@@ -204,6 +213,42 @@ pub async fn run(config: Option<&Path>) -> bool {
 /// The identity assertion's line: its key loaded (and its `kid`), what is published
 /// and what the token says; a FAIL naming the key and file when a key cannot be used.
 /// False only for that failure.
+/// The ACME state: the CA, the account, the certificate and its renewal. Returns the
+/// stored certificate's files, when there is one, for the certificate's own checks.
+fn report_acme(
+    report: &mut Report,
+    acme: &crate::config::AcmeSettings,
+) -> Option<(std::path::PathBuf, std::path::PathBuf)> {
+    use crate::server::acme;
+    report.step(
+        "tls acme",
+        Ok(format!(
+            "{} from {}, state in {}",
+            acme.names.join(", "),
+            acme.directory,
+            acme.state_dir.display()
+        )),
+    );
+    if acme::account_stored(acme) {
+        println!("     tls acme: account stored");
+    } else {
+        println!("     tls acme: no account yet: it is made at the first order");
+    }
+    let Some((not_before, not_after)) = acme::stored_validity(acme) else {
+        println!(
+            "     tls acme: no certificate yet: a self-signed placeholder is served until the first order succeeds"
+        );
+        return None;
+    };
+    let date = |time| chrono::DateTime::<chrono::Utc>::from(time).format("%Y-%m-%d %H:%M UTC");
+    println!(
+        "     tls acme: certificate expires {}, renewal due around {}",
+        date(not_after),
+        date(acme::renewal_time(not_before, not_after))
+    );
+    Some(acme::stored_files(acme))
+}
+
 fn report_assertion(report: &mut Report, settings: &Settings) -> bool {
     let Some(config) = &settings.assertion else {
         println!("     assertion: off (no assertion.key_file)");
