@@ -88,7 +88,7 @@ impl Http01Answers {
 }
 
 /// The certificate and key files in the state directory.
-pub fn stored_files(acme: &AcmeSettings) -> (PathBuf, PathBuf) {
+fn stored_files(acme: &AcmeSettings) -> (PathBuf, PathBuf) {
     (
         acme.state_dir.join(CERT_FILE),
         acme.state_dir.join(KEY_FILE),

@@ -221,16 +221,16 @@ impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for LogBuffer {
 }
 
 /// The gateway for `name` on `listener`, getting its certificate from `pebble`, with
-/// extra `[server]` keys.
+/// extra `[server]` keys; and its config.
 async fn gateway(
     listener: tokio::net::TcpListener,
     name: &str,
     pebble: &Pebble,
     state_dir: &Path,
     server_keys: &str,
-) -> RunningGateway {
+) -> (RunningGateway, GatewayToml) {
     let port = listener.local_addr().unwrap().port();
-    let settings = GatewayToml::new(
+    let toml = GatewayToml::new(
         &format!("https://{name}:{port}"),
         &format!("http://{}", unused_address()),
         &format!("http://{}", unused_address()),
@@ -242,11 +242,24 @@ async fn gateway(
         pebble.directory,
         state_dir.display(),
         pebble.ca_file.display()
-    ))
-    .settings();
-    server::start_on(listener, settings, std::future::pending())
+    ));
+    let running = server::start_on(listener, toml.settings(), std::future::pending())
         .await
-        .unwrap()
+        .unwrap();
+    (running, toml)
+}
+
+/// What `ssogate check` prints about the config `toml`.
+fn check(toml: &GatewayToml) -> String {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("ssogate.toml");
+    std::fs::write(&config, toml.render()).unwrap();
+    let output = crate::cli::ssogate()
+        .args(["check", "--config"])
+        .arg(&config)
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&output.stdout).into_owned()
 }
 
 /// The leaf certificate the gateway presents now.
@@ -288,7 +301,7 @@ async fn tls_alpn_issuance_then_renewal_then_the_ca_down_keeps_the_certificate()
     // Short certificates: renewal comes a third of the lifetime before the end.
     let mut pebble = Pebble::start(dir.path(), address.port(), 1, Duration::from_secs(12)).await;
     let name = "sentry.example.com";
-    let gateway = gateway(listener, name, &pebble, state.path(), "").await;
+    let (gateway, _) = gateway(listener, name, &pebble, state.path(), "").await;
 
     // First issuance, by TLS-ALPN-01 on the gateway's own listener.
     log.wait_for("ACME certificate issued", 1, Duration::from_secs(30))
@@ -362,7 +375,7 @@ async fn http01_on_the_plain_http_listener_when_there_is_one() {
     let pebble = Pebble::start(dir.path(), 1, plain.port(), Duration::from_secs(3600)).await;
     let name = "plain.example.com";
     let keys = format!("http_redirect_listen = \"{plain}\"");
-    let gateway = gateway(listener, name, &pebble, state.path(), &keys).await;
+    let (gateway, toml) = gateway(listener, name, &pebble, state.path(), &keys).await;
     let text = log
         .wait_for("ACME certificate issued", 1, Duration::from_secs(30))
         .await;
@@ -372,6 +385,14 @@ async fn http01_on_the_plain_http_listener_when_there_is_one() {
     tls_connect(address, name, roots, &[b"h2"])
         .await
         .expect("the gateway presents a certificate pebble issued for the name");
+    let report = check(&toml);
+    let expected = format!(
+        "OK   tls acme: plain.example.com from {}, state in {}\n     tls acme: account stored\n     tls acme: certificate expires ",
+        pebble.directory,
+        state.path().display()
+    );
+    assert!(report.contains(&expected), "{report}");
+    assert!(report.contains(", renewal due around "), "{report}");
     gateway.shutdown().await;
 }
 
@@ -387,7 +408,7 @@ async fn a_refused_order_is_logged_and_the_gateway_keeps_serving() {
     let address = listener.local_addr().unwrap();
     let pebble = Pebble::start(dir.path(), address.port(), 1, Duration::from_secs(3600)).await;
     let name = "blocked.example.com";
-    let gateway = gateway(listener, name, &pebble, state.path(), "").await;
+    let (gateway, toml) = gateway(listener, name, &pebble, state.path(), "").await;
     let text = log
         .wait_for(
             "ACME order failed; the current certificate stays",
@@ -417,6 +438,13 @@ async fn a_refused_order_is_logged_and_the_gateway_keeps_serving() {
     assert!(
         refused.to_string().contains("invalid peer certificate"),
         "{refused}"
+    );
+    let report = check(&toml);
+    assert!(
+        report.contains(
+            "     tls acme: no certificate yet: a self-signed placeholder is served until the first order succeeds"
+        ),
+        "{report}"
     );
     gateway.shutdown().await;
 }
