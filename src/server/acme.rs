@@ -112,16 +112,41 @@ pub fn stored_or_placeholder(acme: &AcmeSettings) -> Result<CertifiedKey, TlsErr
     pair_from_pem_text(&placeholder.cert_pem, &placeholder.key_pem)
 }
 
-/// The validity (not before, not after) of the stored certificate, if it loads.
+/// The validity (not before, not after) of the stored certificate, if it loads and
+/// is for every name of `tls.acme_names` (after the names changed, a new one is due).
 pub fn stored_validity(acme: &AcmeSettings) -> Option<(SystemTime, SystemTime)> {
     let (cert_file, key_file) = stored_files(acme);
     let pair = pem_pair(&cert_file, &key_file).ok()?;
-    validity(pair.cert.first()?.as_ref())
+    let (_, certificate) = x509_parser::parse_x509_certificate(pair.cert.first()?).ok()?;
+    let on_it: Vec<String> = certificate
+        .subject_alternative_name()
+        .ok()
+        .flatten()
+        .map(|names| {
+            names
+                .value
+                .general_names
+                .iter()
+                .filter_map(|name| match name {
+                    x509_parser::extensions::GeneralName::DNSName(dns) => {
+                        Some(dns.to_ascii_lowercase())
+                    }
+                    _ => None,
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    if let Some(missing) = acme.names.iter().find(|name| !on_it.contains(name)) {
+        tracing::info!(name = %missing, "the stored ACME certificate is not for this name: a new one is ordered");
+        return None;
+    }
+    validity(&certificate)
 }
 
-/// A DER certificate's validity period.
-fn validity(der: &[u8]) -> Option<(SystemTime, SystemTime)> {
-    let (_, certificate) = x509_parser::parse_x509_certificate(der).ok()?;
+/// A certificate's validity period.
+fn validity(
+    certificate: &x509_parser::certificate::X509Certificate<'_>,
+) -> Option<(SystemTime, SystemTime)> {
     let at = |time: x509_parser::time::ASN1Time| {
         let seconds = u64::try_from(time.timestamp()).ok()?;
         Some(SystemTime::UNIX_EPOCH + Duration::from_secs(seconds))

@@ -51,8 +51,20 @@ fn pebble_installed() -> bool {
 
 impl Pebble {
     /// pebble validating on `tls_port` (TLS-ALPN-01) and `http_port` (HTTP-01), issuing
-    /// certificates valid for `validity`, refusing names under `blocked`.
+    /// certificates valid for `validity`, refusing `blocked.example.com`.
     async fn start(dir: &Path, tls_port: u16, http_port: u16, validity: Duration) -> Pebble {
+        Self::start_with(dir, tls_port, http_port, validity, false).await
+    }
+
+    /// [`Pebble::start`], refusing accounts without an external account binding
+    /// when `binding_required`.
+    async fn start_with(
+        dir: &Path,
+        tls_port: u16,
+        http_port: u16,
+        validity: Duration,
+        binding_required: bool,
+    ) -> Pebble {
         let own = ssogate::server::tls::local_certificate(&["127.0.0.1"]).unwrap();
         let write = |name: &str, text: &str| {
             let path = dir.join(name);
@@ -74,7 +86,7 @@ impl Pebble {
             "httpPort": http_port,
             "tlsPort": tls_port,
             "ocspResponderURL": "",
-            "externalAccountBindingRequired": false,
+            "externalAccountBindingRequired": binding_required,
             "domainBlocklist": ["blocked.example.com"],
             "certificateValidityPeriod": validity.as_secs(),
         }});
@@ -445,6 +457,60 @@ async fn a_refused_order_is_logged_and_the_gateway_keeps_serving() {
             "     tls acme: no certificate yet: a self-signed placeholder is served until the first order succeeds"
         ),
         "{report}"
+    );
+    gateway.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_refused_account_is_logged_and_the_gateway_keeps_serving() {
+    if !pebble_installed() {
+        return;
+    }
+    let (log, _logging) = logging();
+    let dir = tempfile::tempdir().unwrap();
+    let state = tempfile::tempdir().unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = listener.local_addr().unwrap();
+    // A CA that takes only accounts bound to one it knows: ours is refused.
+    let pebble = Pebble::start_with(
+        dir.path(),
+        address.port(),
+        1,
+        Duration::from_secs(3600),
+        true,
+    )
+    .await;
+    let (gateway, _) = gateway(listener, "sentry.example.com", &pebble, state.path(), "").await;
+    let text = log
+        .wait_for(
+            "ACME order failed; the current certificate stays",
+            1,
+            Duration::from_secs(30),
+        )
+        .await;
+    let line = text
+        .lines()
+        .find(|line| line.contains("ACME order failed"))
+        .unwrap();
+    assert!(
+        line.contains(&format!("creating the account at {}", pebble.directory)),
+        "{line}"
+    );
+    assert!(line.contains("externalAccountRequired"), "{line}");
+    assert!(!state.path().join("account.json").exists());
+    assert_eq!(
+        orders(&gateway, "failed"),
+        "ssogate_acme_orders_total{outcome=\"failed\"} 1"
+    );
+    assert!(gateway.certificate.as_ref().is_some());
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(pebble.issuing_root().await).unwrap();
+    let refused = tls_connect(address, "sentry.example.com", roots, &[b"http/1.1"])
+        .await
+        .expect_err("the placeholder is not pebble's");
+    assert!(
+        refused.to_string().contains("invalid peer certificate"),
+        "{refused}"
     );
     gateway.shutdown().await;
 }
