@@ -670,6 +670,19 @@ fn validate(
         }
         other => other,
     });
+    if let Some(TlsSettings::Acme(acme)) = &tls
+        && let Some(address) = acme
+            .names
+            .iter()
+            .find(|name| name.parse::<std::net::IpAddr>().is_ok())
+    {
+        found.push(key_error(
+            "tls.acme_names",
+            format!(
+                "`{address}` is an IP address (server.public_url's host when tls.acme_names is not set): ACME certificates here are for DNS names"
+            ),
+        ));
+    }
     if let (Some(Some(_)), Some(TlsSettings::Off)) = (&hsts_max_age, &tls) {
         found.push(key_error(
             "tls.hsts_max_age",

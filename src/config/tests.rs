@@ -1106,6 +1106,11 @@ fn acme_mistakes_name_their_key() {
             "is not a DNS name",
         ),
         (
+            with_acme(state.path(), "").replace("https://sentry.example.com", "https://192.0.2.7"),
+            "tls.acme_names",
+            "`192.0.2.7` is an IP address",
+        ),
+        (
             minimal().replace(
                 "enabled = false",
                 "acme_directory = \"https://ca.example.com/dir\"",
