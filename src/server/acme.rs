@@ -112,6 +112,20 @@ pub fn stored_or_placeholder(acme: &AcmeSettings) -> Result<CertifiedKey, TlsErr
     pair_from_pem_text(&placeholder.cert_pem, &placeholder.key_pem)
 }
 
+/// Presents the stored certificate if it is not the one presented: another replica
+/// sharing the state directory renewed it first.
+fn present_stored(acme: &AcmeSettings, store: &CertificateStore) {
+    let (cert_file, key_file) = stored_files(acme);
+    if let Ok(stored) = pem_pair(&cert_file, &key_file)
+        && stored.cert != store.current().cert
+    {
+        tracing::info!(
+            "the stored ACME certificate is newer than the one presented: now presented"
+        );
+        store.replace(stored);
+    }
+}
+
 /// The validity (not before, not after) of the stored certificate, if it loads and
 /// is for every name of `tls.acme_names` (after the names changed, a new one is due).
 pub fn stored_validity(acme: &AcmeSettings) -> Option<(SystemTime, SystemTime)> {
@@ -188,6 +202,7 @@ pub fn spawn_renewal(
             } else {
                 match stored_validity(&acme) {
                     Some((not_before, not_after)) => {
+                        present_stored(&acme, &store);
                         let due = renewal_time(not_before, not_after);
                         let wait = due
                             .duration_since(SystemTime::now())

@@ -405,7 +405,27 @@ async fn http01_on_the_plain_http_listener_when_there_is_one() {
     );
     assert!(report.contains(&expected), "{report}");
     assert!(report.contains(", renewal due around "), "{report}");
+    let issued = presented(&gateway);
+    let in_use = log.text().matches("ACME certificate in use").count();
     gateway.shutdown().await;
+
+    // A restart presents the stored certificate, and orders none.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let (restarted, _) = self::gateway(listener, name, &pebble, state.path(), &keys).await;
+    assert_eq!(presented(&restarted), issued);
+    log.wait_for(
+        "ACME certificate in use",
+        in_use + 1,
+        Duration::from_secs(10),
+    )
+    .await;
+    let text = log.text();
+    assert_eq!(
+        text.matches("ACME: ordering a certificate").count(),
+        1,
+        "{text}"
+    );
+    restarted.shutdown().await;
 }
 
 #[tokio::test]
