@@ -15,7 +15,7 @@ use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 
 use crate::assertion::{self, AssertionSigner};
-use crate::config::{AccessSettings, Settings};
+use crate::config::{AccessSettings, Settings, TlsSettings};
 use crate::gateway::Gateway;
 use crate::outbound;
 use crate::server::tls;
@@ -109,7 +109,11 @@ pub async fn run(config: Option<&Path>) -> bool {
             .unwrap_or_default();
         println!("     register this {what} at the provider: {uri}");
     }
+    if let TlsSettings::Acme(acme) = &settings.tls {
+        report_acme(acme);
+    }
     match (settings.tls.files(), settings.server.public_url.host()) {
+        (None, _) if matches!(settings.tls, TlsSettings::Acme(_)) => {}
         (Some((cert_file, key_file)), Some(host)) => {
             let now = std::time::SystemTime::now();
             let aliases = &settings.server.host_aliases;
@@ -207,6 +211,35 @@ pub async fn run(config: Option<&Path>) -> bool {
 /// The identity assertion's line: its key loaded (and its `kid`), what is published
 /// and what the token says; a FAIL naming the key and file when a key cannot be used.
 /// False only for that failure.
+/// The ACME state: the CA, the account, the certificate and its renewal (the
+/// gateway renews it: an expiry close is no failure here).
+fn report_acme(acme: &crate::config::AcmeSettings) {
+    use crate::server::acme;
+    println!(
+        "OK   tls acme: {} from {}, state in {}",
+        acme.names.join(", "),
+        acme.directory,
+        acme.state_dir.display()
+    );
+    if acme::account_stored(acme) {
+        println!("     tls acme: account stored");
+    } else {
+        println!("     tls acme: no account yet: it is made at the first order");
+    }
+    let Some((not_before, not_after)) = acme::stored_validity(acme) else {
+        println!(
+            "     tls acme: no certificate yet: a self-signed placeholder is served until the first order succeeds"
+        );
+        return;
+    };
+    let date = |time| chrono::DateTime::<chrono::Utc>::from(time).format("%Y-%m-%d %H:%M UTC");
+    println!(
+        "     tls acme: certificate expires {}, renewal due around {}",
+        date(not_after),
+        date(acme::renewal_time(not_before, not_after))
+    );
+}
+
 fn report_assertion(report: &mut Report, settings: &Settings) -> bool {
     let Some(config) = &settings.assertion else {
         println!("     assertion: off (no assertion.key_file)");

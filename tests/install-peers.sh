@@ -9,9 +9,10 @@
 #   - Debian's redis-server, which tests/it/replicas.rs starts on free loopback ports
 #   - Debian's testssl.sh, which tests/it/tls_grade.rs runs against the listener
 #   - Debian's nginx, which tests/it/nginx_front.rs runs with config/nginx/ in front
+#   - Debian's pebble and pebble-challtestsrv, the ACME CA tests/it/acme.rs orders from
 # Idempotent: a step is skipped while its stamp (a hash of its inputs) still matches.
-# Needs python3 with pip, node and npm, and root (or chromium, redis-server, testssl.sh
-# and nginx already installed);
+# Needs python3 with pip, node and npm, and root (or chromium, redis-server, testssl.sh,
+# nginx and pebble already installed);
 # reaches only PyPI, the npm registry and Debian's archive.
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -76,13 +77,15 @@ else
 fi
 
 # --- Debian: chromium for the browser tests, redis-server for tests/it/replicas.rs, -----
-# --- testssl.sh for tests/it/tls_grade.rs, nginx for tests/it/nginx_front.rs ---------------
+# --- testssl.sh for tests/it/tls_grade.rs, nginx for tests/it/nginx_front.rs, pebble ------
+# --- (an ACME CA, with pebble-challtestsrv as its DNS) for tests/it/acme.rs ----------------
 missing=()
 command -v "${CHROMIUM:-chromium}" >/dev/null 2>&1 || missing+=(chromium)
 command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
 command -v testssl >/dev/null 2>&1 || missing+=(testssl.sh)
 # Not always on a non-root PATH: Debian puts it in /usr/sbin.
 [[ -x ${NGINX:-/usr/sbin/nginx} ]] || command -v nginx >/dev/null 2>&1 || missing+=(nginx)
+command -v pebble >/dev/null 2>&1 || missing+=(pebble)
 if ((${#missing[@]})); then
   if [[ $(id -u) != 0 ]]; then
     echo "peers: missing ${missing[*]}; install with: sudo apt-get install ${missing[*]}" >&2
@@ -96,3 +99,4 @@ echo "peers: $("${CHROMIUM:-chromium}" --version 2>/dev/null | head -n1)"
 echo "peers: $(redis-server --version)"
 echo "peers: testssl.sh $(dpkg-query -W -f='${Version}' testssl.sh 2>/dev/null || echo '(not from Debian)')"
 echo "peers: $("${NGINX:-$(command -v nginx || echo /usr/sbin/nginx)}" -v 2>&1)"
+echo "peers: pebble $(dpkg-query -W -f='${Version}' pebble 2>/dev/null || echo '(not from Debian)')"

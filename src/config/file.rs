@@ -62,6 +62,14 @@ pub struct TlsSection {
     pub key_file: Option<String>,
     #[serde(deserialize_with = "flex::text")]
     pub hsts_max_age: Option<String>,
+    pub acme_directory: Option<String>,
+    pub acme_contact: Option<String>,
+    #[serde(deserialize_with = "flex::list")]
+    pub acme_names: Option<Vec<String>>,
+    pub acme_state_dir: Option<String>,
+    #[serde(deserialize_with = "flex::bool")]
+    pub acme_accept_terms: Option<bool>,
+    pub acme_ca_file: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]

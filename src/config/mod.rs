@@ -231,6 +231,8 @@ pub enum TlsSettings {
     },
     /// PEM text held in memory (the demo's generated certificate, tests).
     Pem { cert_pem: String, key_pem: String },
+    /// A certificate the gateway gets and renews itself from an ACME CA.
+    Acme(AcmeSettings),
     /// Plain HTTP: another TLS terminator sits in front.
     Off,
 }
@@ -247,6 +249,28 @@ impl TlsSettings {
         }
     }
 }
+
+/// The `tls.acme_*` keys: where and as whom the gateway orders its certificate.
+#[derive(Clone, Debug, PartialEq)]
+pub struct AcmeSettings {
+    /// The CA's directory URL (default: Let's Encrypt production).
+    pub directory: Url,
+    /// The account's contact, `mailto:` and the address.
+    pub contact: String,
+    /// The names on the certificate (default: `server.public_url`'s host).
+    pub names: Vec<String>,
+    /// Where the account key and the certificate are kept.
+    pub state_dir: PathBuf,
+    /// Roots trusted for the directory's HTTPS (a private CA, pebble); default: the
+    /// system's.
+    pub ca_file: Option<PathBuf>,
+}
+
+/// Let's Encrypt's production directory, `tls.acme_directory`'s default.
+pub const LETS_ENCRYPT_DIRECTORY: &str = "https://acme-v02.api.letsencrypt.org/directory";
+/// Let's Encrypt's staging directory, for trying the settings out (untrusted roots).
+pub const LETS_ENCRYPT_STAGING_DIRECTORY: &str =
+    "https://acme-staging-v02.api.letsencrypt.org/directory";
 
 #[derive(Clone, Debug)]
 pub struct UpstreamSettings {
@@ -676,6 +700,31 @@ fn validate(
             .transpose(),
     );
     let tls = kept(&mut found, validate_tls(tls));
+    let public_host = server
+        .public_url
+        .as_deref()
+        .and_then(|text| Url::parse(text).ok())
+        .and_then(|url| url.host_str().map(str::to_owned));
+    let tls = tls.map(|tls| match tls {
+        TlsSettings::Acme(mut acme) if acme.names.is_empty() => {
+            acme.names.extend(public_host);
+            TlsSettings::Acme(acme)
+        }
+        other => other,
+    });
+    if let Some(TlsSettings::Acme(acme)) = &tls
+        && let Some(address) = acme
+            .names
+            .iter()
+            .find(|name| name.parse::<std::net::IpAddr>().is_ok())
+    {
+        found.push(key_error(
+            "tls.acme_names",
+            format!(
+                "`{address}` is an IP address (server.public_url's host when tls.acme_names is not set): ACME certificates here are for DNS names"
+            ),
+        ));
+    }
     if let (Some(Some(_)), Some(TlsSettings::Off)) = (&hsts_max_age, &tls) {
         found.push(key_error(
             "tls.hsts_max_age",
@@ -802,6 +851,18 @@ fn validate_tls(tls: file::TlsSection) -> Result<TlsSettings, ConfigError> {
     if tls.enabled == Some(false) {
         return Ok(TlsSettings::Off);
     }
+    let acme_keys = [
+        &tls.acme_directory,
+        &tls.acme_contact,
+        &tls.acme_state_dir,
+        &tls.acme_ca_file,
+    ];
+    if acme_keys.iter().any(|key| key.is_some())
+        || tls.acme_names.is_some()
+        || tls.acme_accept_terms.is_some()
+    {
+        return validate_acme(tls).map(TlsSettings::Acme);
+    }
     let cert_file = existing_file("tls.cert_file", tls.cert_file)?.ok_or_else(|| {
         key_error(
             "tls.cert_file",
@@ -817,6 +878,98 @@ fn validate_tls(tls: file::TlsSection) -> Result<TlsSettings, ConfigError> {
     Ok(TlsSettings::Files {
         cert_file,
         key_file,
+    })
+}
+
+/// The `tls.acme_*` keys (their names, when given, are filled in from
+/// `server.public_url` by [`validate`]).
+fn validate_acme(tls: file::TlsSection) -> Result<AcmeSettings, ConfigError> {
+    for (key, value) in [
+        ("tls.cert_file", &tls.cert_file),
+        ("tls.key_file", &tls.key_file),
+    ] {
+        if value.is_some() {
+            return Err(key_error(
+                key,
+                "is not used with tls.acme_contact: the gateway gets its certificate itself; \
+                 remove one or the other",
+            ));
+        }
+    }
+    let directory_text = tls
+        .acme_directory
+        .as_deref()
+        .unwrap_or(LETS_ENCRYPT_DIRECTORY);
+    let directory = Url::parse(directory_text)
+        .ok()
+        .filter(|url| url.scheme() == "https")
+        .ok_or_else(|| {
+            key_error(
+                "tls.acme_directory",
+                format!(
+                    "`{directory_text}` is not an https:// URL (Let's Encrypt: \
+                     {LETS_ENCRYPT_DIRECTORY}, its staging: {LETS_ENCRYPT_STAGING_DIRECTORY})"
+                ),
+            )
+        })?;
+    let contact = tls.acme_contact.ok_or_else(|| {
+        key_error(
+            "tls.acme_contact",
+            "missing: the e-mail address the CA writes to about the certificate",
+        )
+    })?;
+    let address = contact.trim().trim_start_matches("mailto:");
+    if !address.contains('@') || address.contains(char::is_whitespace) {
+        return Err(key_error(
+            "tls.acme_contact",
+            format!("`{contact}` is not an e-mail address"),
+        ));
+    }
+    let state_dir = tls.acme_state_dir.ok_or_else(|| {
+        key_error(
+            "tls.acme_state_dir",
+            "missing: a directory, writable by the service user only, for the account key and the certificate",
+        )
+    })?;
+    match std::fs::metadata(&state_dir) {
+        Ok(meta) if meta.is_dir() => {}
+        Ok(_) => {
+            return Err(key_error(
+                "tls.acme_state_dir",
+                format!("`{state_dir}` is not a directory"),
+            ));
+        }
+        Err(e) => return Err(missing_file("tls.acme_state_dir", &state_dir, &e)),
+    }
+    if tls.acme_accept_terms != Some(true) {
+        return Err(key_error(
+            "tls.acme_accept_terms",
+            "must be true: ordering a certificate agrees to the CA's terms of service (read them at the directory's meta.termsOfService)",
+        ));
+    }
+    let names: Vec<String> = tls
+        .acme_names
+        .unwrap_or_default()
+        .into_iter()
+        .map(|name| name.trim().trim_end_matches('.').to_ascii_lowercase())
+        .collect();
+    if let Some(bad) = names.iter().find(|name| {
+        name.is_empty()
+            || !name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.' || b == b'*')
+    }) {
+        return Err(key_error(
+            "tls.acme_names",
+            format!("`{bad}` is not a DNS name"),
+        ));
+    }
+    Ok(AcmeSettings {
+        directory,
+        contact: format!("mailto:{address}"),
+        names,
+        state_dir: PathBuf::from(state_dir),
+        ca_file: existing_file("tls.acme_ca_file", tls.acme_ca_file)?,
     })
 }
 

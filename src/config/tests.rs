@@ -1169,3 +1169,98 @@ fn assertion_mistakes_name_their_key() {
         assert!(problem.contains(fragment), "{keys}: {problem}");
     }
 }
+
+/// [`minimal`] with `[tls]` getting its certificate by ACME, the state in `state_dir`,
+/// plus `extra` `[tls]` keys.
+fn with_acme(state_dir: &Path, extra: &str) -> String {
+    minimal().replace(
+        "enabled = false",
+        &format!(
+            "acme_contact = \"ops@example.com\"\nacme_state_dir = \"{}\"\nacme_accept_terms = true\n{extra}",
+            state_dir.display()
+        ),
+    )
+}
+
+#[test]
+fn acme_defaults_to_lets_encrypt_and_public_urls_host() {
+    let state = tempfile::tempdir().unwrap();
+    let settings = load(&with_acme(state.path(), ""), &[]).unwrap();
+    let TlsSettings::Acme(acme) = settings.tls else {
+        panic!("ACME expected, got {:?}", settings.tls)
+    };
+    assert_eq!(acme.directory.as_str(), LETS_ENCRYPT_DIRECTORY);
+    assert_eq!(acme.names, ["sentry.example.com"]);
+    assert_eq!(acme.contact, "mailto:ops@example.com");
+    assert_eq!(acme.state_dir, state.path());
+    let named = load(
+        &with_acme(state.path(), ""),
+        &[(
+            "SSOGATE_TLS_ACME_NAMES",
+            "Sentry.Example.com, errors.example.com",
+        )],
+    )
+    .unwrap();
+    let TlsSettings::Acme(acme) = named.tls else {
+        panic!("ACME expected")
+    };
+    assert_eq!(acme.names, ["sentry.example.com", "errors.example.com"]);
+}
+
+#[test]
+fn acme_mistakes_name_their_key() {
+    let state = tempfile::tempdir().unwrap();
+    let cases = [
+        (
+            with_acme(state.path(), "cert_file = \"/etc/ssogate/fullchain.pem\""),
+            "tls.cert_file",
+            "is not used with tls.acme_contact",
+        ),
+        (
+            with_acme(state.path(), "").replace("acme_accept_terms = true", ""),
+            "tls.acme_accept_terms",
+            "must be true",
+        ),
+        (
+            with_acme(state.path(), "").replace("ops@example.com", "ops"),
+            "tls.acme_contact",
+            "`ops` is not an e-mail address",
+        ),
+        (
+            with_acme(&state.path().join("absent"), ""),
+            "tls.acme_state_dir",
+            "does not exist",
+        ),
+        (
+            with_acme(
+                state.path(),
+                "acme_directory = \"http://ca.example.com/dir\"",
+            ),
+            "tls.acme_directory",
+            "is not an https:// URL",
+        ),
+        (
+            with_acme(state.path(), "acme_names = [\"sentry example.com\"]"),
+            "tls.acme_names",
+            "is not a DNS name",
+        ),
+        (
+            with_acme(state.path(), "").replace("https://sentry.example.com", "https://192.0.2.7"),
+            "tls.acme_names",
+            "`192.0.2.7` is an IP address",
+        ),
+        (
+            minimal().replace(
+                "enabled = false",
+                "acme_directory = \"https://ca.example.com/dir\"",
+            ),
+            "tls.acme_contact",
+            "missing",
+        ),
+    ];
+    for (text, key, problem) in cases {
+        let (found_key, found_problem) = problem_for(&text, &[]);
+        assert_eq!(found_key, key, "{text}");
+        assert!(found_problem.contains(problem), "{key}: {found_problem}");
+    }
+}

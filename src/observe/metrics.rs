@@ -272,6 +272,8 @@ pub struct Metrics {
     connections_accepted: Counter,
     /// Applied, refused.
     reloads: [Counter; 2],
+    /// ACME certificate orders: issued, failed.
+    acme_orders: [Counter; 2],
 }
 
 impl Default for Metrics {
@@ -435,6 +437,15 @@ impl Metrics {
                 ),
                 ["applied", "refused"].map(|outcome| OutcomeLabel { outcome }),
             ),
+            acme_orders: series(
+                &add(
+                    &mut r,
+                    "ssogate_acme_orders",
+                    "Certificate orders from the ACME CA (tls.acme_*), issued or failed",
+                    Family::default(),
+                ),
+                ["issued", "failed"].map(|outcome| OutcomeLabel { outcome }),
+            ),
             registry: r,
         }
     }
@@ -504,6 +515,11 @@ impl Metrics {
     /// A reload (SIGHUP, or a certificate file that changed): applied or refused.
     pub fn reload(&self, applied: bool) {
         self.reloads[usize::from(!applied)].inc();
+    }
+
+    /// An order of the ACME certificate: issued or failed.
+    pub fn acme_order(&self, issued: bool) {
+        self.acme_orders[usize::from(!issued)].inc();
     }
 
     /// The Prometheus text exposition; `sessions` is the store's current count.

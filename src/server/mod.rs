@@ -18,6 +18,7 @@
 
 #[macro_use]
 mod pass_to_io;
+pub mod acme;
 mod acme_webroot;
 pub mod framing;
 mod limits;
@@ -43,7 +44,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
 use tokio_rustls::TlsAcceptor;
 
 use crate::body::{ResponseBody, boxed};
-use crate::config::{ServerSettings, Settings};
+use crate::config::{ServerSettings, Settings, TlsSettings};
 use std::path::PathBuf;
 
 use crate::gateway::{Gateway, GatewayError, LiveGateway, TlsServerName, TunnelPass};
@@ -291,6 +292,7 @@ pub async fn start_on(
     stop: impl Future<Output = ()> + Send + 'static,
 ) -> Result<RunningGateway, ServerError> {
     let (tls, certificate) = tls::server_config(&settings.tls)?.unzip();
+    let settings_tls = settings.tls.clone();
     let listen = settings.server.listen;
     let local_addr = listener.local_addr().map_err(|source| ServerError::Bind {
         key: "server.listen",
@@ -315,6 +317,22 @@ pub async fn start_on(
     }
 
     let (stop_sender, stop_receiver) = watch::channel(false);
+    let http01 = match (&settings_tls, &certificate) {
+        (TlsSettings::Acme(acme), Some(store)) => {
+            let http01 = redirect_listener
+                .is_some()
+                .then(|| Arc::new(acme::Http01Answers::default()));
+            acme::spawn_renewal(
+                acme.clone(),
+                store.clone(),
+                http01.clone(),
+                gateway.metrics().clone(),
+                stop_receiver.clone(),
+            );
+            http01
+        }
+        _ => None,
+    };
     // First, so that if a thread cannot start, those already started see the stop
     // sender dropped and end.
     let finished = spawn_serving_threads(listener, tls, &live, stop_receiver.clone())?;
@@ -330,6 +348,7 @@ pub async fn start_on(
         tokio::spawn(serve_redirects(
             listener,
             server.clone(),
+            http01,
             gateway.metrics().clone(),
             stop_receiver.clone(),
         ));
@@ -575,6 +594,11 @@ async fn serve(
                         }
                     };
                     let connection = tls_stream.get_ref().1;
+                    if connection.alpn_protocol() == Some(tls::ACME_TLS_ALPN) {
+                        // A CA validating TLS-ALPN-01: the handshake was the answer.
+                        tracing::info!(%peer, "ACME TLS-ALPN-01 challenge answered");
+                        return;
+                    }
                     let h2 = connection.alpn_protocol() == Some(b"h2");
                     let service = GatewayService {
                         tls_name: connection
@@ -784,10 +808,12 @@ impl Activity {
 }
 
 /// Plain-HTTP listener: every request gets a permanent redirect to the HTTPS address,
-/// but ACME challenges when `server.acme_webroot` is set ([`acme_webroot`]).
+/// but ACME challenges: those of the gateway's own orders ([`acme::Http01Answers`]),
+/// and certbot's when `server.acme_webroot` is set ([`acme_webroot`]).
 async fn serve_redirects(
     listener: TcpListener,
     server: ServerSettings,
+    http01: Option<Arc<acme::Http01Answers>>,
     metrics: Arc<Metrics>,
     stop: watch::Receiver<bool>,
 ) {
@@ -802,7 +828,15 @@ async fn serve_redirects(
         }
         let (webroot, metrics) = (webroot.clone(), metrics.clone());
         let path = request.uri().path().to_owned();
+        let own_answer = http01.as_ref().and_then(|answers| {
+            let token = path.strip_prefix(acme_webroot::CHALLENGE_PATH)?;
+            answers.answer(token)
+        });
         Box::pin(async move {
+            if let Some(answer) = own_answer {
+                tracing::info!(path, "ACME HTTP-01 challenge answered");
+                return crate::pages::text(StatusCode::OK, answer).map(boxed);
+            }
             match webroot {
                 Some(webroot) => acme_webroot::answer(&webroot, &path, &metrics)
                     .await

@@ -2,6 +2,7 @@
 //! listener serves ([`CertificateStore`]), TLS 1.3 and 1.2 only, ALPN `h2` and
 //! `http/1.1`, and a self-signed certificate for the demo.
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, SystemTime};
@@ -47,6 +48,7 @@ pub fn server_config(tls: &TlsSettings) -> Result<Option<ServerTls>, TlsError> {
             .files()
             .map(|(cert, key)| (cert.to_owned(), key.to_owned())),
         stamps: Mutex::new(None),
+        challenge_answers: Mutex::new(HashMap::new()),
     });
     store.stamps_changed(); // remember the files as loaded
     // rustls offers only TLS 1.3 and 1.2, with forward-secret AEAD suites.
@@ -55,6 +57,10 @@ pub fn server_config(tls: &TlsSettings) -> Result<Option<ServerTls>, TlsError> {
         .with_no_client_auth()
         .with_cert_resolver(store.clone());
     config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    if matches!(tls, TlsSettings::Acme(_)) {
+        // Last: a client offering h2 or http/1.1 too still gets those.
+        config.alpn_protocols.push(ACME_TLS_ALPN.to_vec());
+    }
     // The server's order of suites, not the client's (testssl.sh asks for it; every
     // suite offered is strong either way).
     config.ignore_client_order = true;
@@ -69,18 +75,8 @@ fn load(tls: &TlsSettings) -> Result<Option<Arc<CertifiedKey>>, TlsError> {
             cert_file,
             key_file,
         } => pem_pair(cert_file, key_file)?,
-        TlsSettings::Pem { cert_pem, key_pem } => pair_from_pem(
-            PemText {
-                role: Role::CertFile,
-                shown: "(in memory)".into(),
-                bytes: cert_pem.as_bytes(),
-            },
-            PemText {
-                role: Role::KeyFile,
-                shown: "(in memory)".into(),
-                bytes: key_pem.as_bytes(),
-            },
-        )?,
+        TlsSettings::Pem { cert_pem, key_pem } => pair_from_pem_text(cert_pem, key_pem)?,
+        TlsSettings::Acme(acme) => super::acme::stored_or_placeholder(acme)?,
     };
     Ok(Some(Arc::new(certified)))
 }
@@ -198,6 +194,22 @@ impl PemContents {
     }
 }
 
+/// [`pem_pair`] on a chain and key held in memory.
+pub(super) fn pair_from_pem_text(cert_pem: &str, key_pem: &str) -> Result<CertifiedKey, TlsError> {
+    pair_from_pem(
+        PemText {
+            role: Role::CertFile,
+            shown: "(in memory)".into(),
+            bytes: cert_pem.as_bytes(),
+        },
+        PemText {
+            role: Role::KeyFile,
+            shown: "(in memory)".into(),
+            bytes: key_pem.as_bytes(),
+        },
+    )
+}
+
 /// [`pem_pair`] on texts already read.
 fn pair_from_pem(cert: PemText<'_>, key: PemText<'_>) -> Result<CertifiedKey, TlsError> {
     let certs = PemContents::read(&cert)?;
@@ -293,7 +305,12 @@ pub struct CertificateStore {
     files: Option<(PathBuf, PathBuf)>,
     /// Modification times of the files when last looked at.
     stamps: Mutex<Option<(SystemTime, SystemTime)>>,
+    /// TLS-ALPN-01 answers (RFC 8737) by name, while an ACME order waits for them.
+    challenge_answers: Mutex<HashMap<String, Arc<CertifiedKey>>>,
 }
+
+/// The ALPN protocol of TLS-ALPN-01 challenges (RFC 8737).
+pub const ACME_TLS_ALPN: &[u8] = b"acme-tls/1";
 
 impl std::fmt::Debug for CertificateStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -304,7 +321,15 @@ impl std::fmt::Debug for CertificateStore {
 }
 
 impl ResolvesServerCert for CertificateStore {
-    fn resolve(&self, _: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+    fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        let asks_for_challenge = hello
+            .alpn()
+            .is_some_and(|mut offered| offered.any(|protocol| protocol == ACME_TLS_ALPN));
+        if asks_for_challenge {
+            // Only the validation certificate, and only for a name being validated.
+            let name = hello.server_name()?.to_ascii_lowercase();
+            return self.challenge_answers.lock().unwrap().get(&name).cloned();
+        }
         Some(self.current.read().unwrap().clone())
     }
 }
@@ -324,6 +349,25 @@ impl CertificateStore {
             *self.current.write().unwrap() = certificate;
         }
         Ok(())
+    }
+
+    /// The certificate presented now.
+    pub fn current(&self) -> Arc<CertifiedKey> {
+        self.current.read().unwrap().clone()
+    }
+
+    /// Presents `certificate` from the next handshake on (connections open keep theirs).
+    pub fn replace(&self, certificate: CertifiedKey) {
+        *self.current.write().unwrap() = Arc::new(certificate);
+    }
+
+    /// Answers TLS-ALPN-01 handshakes for `name` with `certificate` (`None`: no more).
+    pub fn set_challenge_answer(&self, name: &str, certificate: Option<CertifiedKey>) {
+        let mut answers = self.challenge_answers.lock().unwrap();
+        match certificate {
+            Some(certificate) => answers.insert(name.to_ascii_lowercase(), Arc::new(certificate)),
+            None => answers.remove(&name.to_ascii_lowercase()),
+        };
     }
 
     /// True when either file's modification time changed since last asked.

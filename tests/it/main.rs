@@ -10,6 +10,7 @@
 
 mod support;
 
+mod acme;
 mod assertion;
 mod check_around;
 mod check_examples;

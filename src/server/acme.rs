@@ -1,0 +1,519 @@
+//! Certificates the gateway gets and renews itself from an ACME CA (RFC 8555,
+//! `tls.acme_*`), as Caddy, Pomerium's autocert and Apache's mod_md do.
+//!
+//! The account key and the certificate live in `tls.acme_state_dir` (keys readable by
+//! the service user only). Until a first certificate is issued the listener presents a
+//! self-signed placeholder. Challenges are answered by the gateway itself: TLS-ALPN-01
+//! (RFC 8737) on its own TLS listener, through the [`CertificateStore`]'s challenge
+//! answers, or HTTP-01 on the plain-HTTP listener (`server.http_redirect_listen`) when
+//! there is one, through [`Http01Answers`]. The certificate is renewed when a third of
+//! its lifetime is left (a little earlier, at random, so that replicas and restarts
+//! spread out); a failed order is retried after a minute, doubling up to an hour, and
+//! meanwhile the current certificate stays. Every order is logged and counted
+//! (`ssogate_acme_orders_total`).
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+
+use instant_acme::{
+    Account, AccountCredentials, AuthorizationStatus, ChallengeType, Identifier, NewAccount,
+    NewOrder, OrderStatus, RetryPolicy,
+};
+use rustls::sign::CertifiedKey;
+use rustls_pki_types::PrivatePkcs8KeyDer;
+use tokio::sync::watch;
+
+use super::tls::{CertificateStore, TlsError, local_certificate, pair_from_pem_text, pem_pair};
+use crate::config::AcmeSettings;
+use crate::observe::Metrics;
+
+/// The account (its key and URL at the CA) in `tls.acme_state_dir`.
+const ACCOUNT_FILE: &str = "account.json";
+/// The certificate chain, leaf first, in `tls.acme_state_dir`.
+pub const CERT_FILE: &str = "fullchain.pem";
+/// The certificate's private key, in `tls.acme_state_dir`.
+pub const KEY_FILE: &str = "privkey.pem";
+/// The wait after a first failed order; it doubles after each failure, up to
+/// [`LAST_RETRY`].
+const FIRST_RETRY: Duration = Duration::from_secs(60);
+const LAST_RETRY: Duration = Duration::from_secs(3600);
+/// How long the CA may take to validate the challenges, and to issue.
+const CA_PATIENCE: Duration = Duration::from_secs(90);
+
+/// Why an order failed: the step, and what the CA or the system said.
+#[derive(Debug, thiserror::Error)]
+#[error("{step}: {reason}")]
+pub struct AcmeError {
+    step: String,
+    reason: String,
+}
+
+impl AcmeError {
+    fn at(step: impl Into<String>) -> impl FnOnce(instant_acme::Error) -> Self {
+        let step = step.into();
+        move |error| Self {
+            step,
+            reason: error.to_string(),
+        }
+    }
+
+    fn new(step: impl Into<String>, reason: impl std::fmt::Display) -> Self {
+        Self {
+            step: step.into(),
+            reason: reason.to_string(),
+        }
+    }
+}
+
+/// HTTP-01 answers by token, while an order waits for them: what the plain-HTTP
+/// listener serves at `/.well-known/acme-challenge/<token>`.
+#[derive(Debug, Default)]
+pub struct Http01Answers(Mutex<HashMap<String, String>>);
+
+impl Http01Answers {
+    /// The key authorization for `token`, while its challenge is open.
+    pub fn answer(&self, token: &str) -> Option<String> {
+        self.0.lock().unwrap().get(token).cloned()
+    }
+
+    fn set(&self, token: &str, key_authorization: Option<&str>) {
+        let mut answers = self.0.lock().unwrap();
+        match key_authorization {
+            Some(answer) => answers.insert(token.to_owned(), answer.to_owned()),
+            None => answers.remove(token),
+        };
+    }
+}
+
+/// The certificate and key files in the state directory.
+fn stored_files(acme: &AcmeSettings) -> (PathBuf, PathBuf) {
+    (
+        acme.state_dir.join(CERT_FILE),
+        acme.state_dir.join(KEY_FILE),
+    )
+}
+
+/// The certificate ACME issued before, or a self-signed placeholder for the names
+/// until there is one (or when the stored one does not load, which is logged).
+pub fn stored_or_placeholder(acme: &AcmeSettings) -> Result<CertifiedKey, TlsError> {
+    let (cert_file, key_file) = stored_files(acme);
+    if cert_file.exists() {
+        match pem_pair(&cert_file, &key_file) {
+            Ok(pair) => return Ok(pair),
+            Err(e) => {
+                tracing::warn!(error = %e, "the stored ACME certificate does not load; a new one is ordered")
+            }
+        }
+    }
+    let names: Vec<&str> = acme.names.iter().map(String::as_str).collect();
+    let placeholder = local_certificate(&names)?;
+    pair_from_pem_text(&placeholder.cert_pem, &placeholder.key_pem)
+}
+
+/// Presents the stored certificate if it is not the one presented: another replica
+/// sharing the state directory renewed it first.
+fn present_stored(acme: &AcmeSettings, store: &CertificateStore) {
+    let (cert_file, key_file) = stored_files(acme);
+    if let Ok(stored) = pem_pair(&cert_file, &key_file)
+        && stored.cert != store.current().cert
+    {
+        tracing::info!(
+            "the stored ACME certificate is newer than the one presented: now presented"
+        );
+        store.replace(stored);
+    }
+}
+
+/// The validity (not before, not after) of the stored certificate, if it loads and
+/// is for every name of `tls.acme_names` (after the names changed, a new one is due).
+pub fn stored_validity(acme: &AcmeSettings) -> Option<(SystemTime, SystemTime)> {
+    let (cert_file, key_file) = stored_files(acme);
+    let pair = pem_pair(&cert_file, &key_file).ok()?;
+    let (_, certificate) = x509_parser::parse_x509_certificate(pair.cert.first()?).ok()?;
+    let on_it: Vec<String> = certificate
+        .subject_alternative_name()
+        .ok()
+        .flatten()
+        .map(|names| {
+            names
+                .value
+                .general_names
+                .iter()
+                .filter_map(|name| match name {
+                    x509_parser::extensions::GeneralName::DNSName(dns) => {
+                        Some(dns.to_ascii_lowercase())
+                    }
+                    _ => None,
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    if let Some(missing) = acme.names.iter().find(|name| !on_it.contains(name)) {
+        tracing::info!(name = %missing, "the stored ACME certificate is not for this name: a new one is ordered");
+        return None;
+    }
+    validity(&certificate)
+}
+
+/// A certificate's validity period.
+fn validity(
+    certificate: &x509_parser::certificate::X509Certificate<'_>,
+) -> Option<(SystemTime, SystemTime)> {
+    let at = |time: x509_parser::time::ASN1Time| {
+        let seconds = u64::try_from(time.timestamp()).ok()?;
+        Some(SystemTime::UNIX_EPOCH + Duration::from_secs(seconds))
+    };
+    let validity = certificate.validity();
+    Some((at(validity.not_before)?, at(validity.not_after)?))
+}
+
+/// When a certificate valid from `not_before` to `not_after` is renewed: when a third
+/// of its lifetime is left, less up to a twentieth of it at random.
+pub fn renewal_time(not_before: SystemTime, not_after: SystemTime) -> SystemTime {
+    let lifetime = not_after
+        .duration_since(not_before)
+        .unwrap_or(Duration::ZERO);
+    let jitter = lifetime.mul_f64(rand::random::<f64>() / 20.0);
+    not_after - lifetime / 3 - jitter
+}
+
+/// The wait before the next attempt after `failures` failed ones in a row.
+fn retry_after(failures: u32) -> Duration {
+    FIRST_RETRY
+        .saturating_mul(1 << failures.saturating_sub(1).min(6))
+        .min(LAST_RETRY)
+}
+
+/// Orders the certificate now if there is none, and renews it when due, until `stop`.
+pub fn spawn_renewal(
+    acme: AcmeSettings,
+    store: Arc<CertificateStore>,
+    http01: Option<Arc<Http01Answers>>,
+    metrics: Arc<Metrics>,
+    mut stop: watch::Receiver<bool>,
+) {
+    tokio::spawn(async move {
+        let mut failures = 0;
+        loop {
+            let wait = if failures > 0 {
+                retry_after(failures)
+            } else {
+                match stored_validity(&acme) {
+                    Some((not_before, not_after)) => {
+                        present_stored(&acme, &store);
+                        let due = renewal_time(not_before, not_after);
+                        let wait = due
+                            .duration_since(SystemTime::now())
+                            .unwrap_or(Duration::ZERO);
+                        tracing::info!(
+                            expires = %chrono::DateTime::<chrono::Utc>::from(not_after).to_rfc3339(),
+                            renewal_in = ?wait,
+                            "ACME certificate in use"
+                        );
+                        wait
+                    }
+                    None => Duration::ZERO,
+                }
+            };
+            tokio::select! {
+                _ = tokio::time::sleep(wait) => {}
+                _ = super::stopped(&mut stop) => return,
+            }
+            tracing::info!(names = ?acme.names, directory = %acme.directory, "ACME: ordering a certificate");
+            match order(&acme, &store, http01.as_deref()).await {
+                Ok(()) => {
+                    failures = 0;
+                    metrics.acme_order(true);
+                    tracing::info!(names = ?acme.names, "ACME certificate issued; new connections get it");
+                }
+                Err(e) => {
+                    failures += 1;
+                    metrics.acme_order(false);
+                    tracing::error!(
+                        error = %e,
+                        retry_in = ?retry_after(failures),
+                        "ACME order failed; the current certificate stays"
+                    );
+                }
+            }
+        }
+    });
+}
+
+/// One order: the account, the challenges answered, the certificate issued, stored
+/// and swapped in.
+async fn order(
+    acme: &AcmeSettings,
+    store: &CertificateStore,
+    http01: Option<&Http01Answers>,
+) -> Result<(), AcmeError> {
+    let account = account(acme).await?;
+    let identifiers: Vec<Identifier> = acme
+        .names
+        .iter()
+        .map(|name| Identifier::Dns(name.clone()))
+        .collect();
+    let mut order = account
+        .new_order(&NewOrder::new(&identifiers))
+        .await
+        .map_err(AcmeError::at(format!("ordering {:?}", acme.names)))?;
+    let mut opened = Vec::new();
+    let answered = answer_challenges(&mut order, store, http01, &mut opened).await;
+    let ready = match answered {
+        Ok(()) => order
+            .poll_ready(&RetryPolicy::new().timeout(CA_PATIENCE))
+            .await
+            .map_err(AcmeError::at("waiting for the CA to validate")),
+        Err(e) => Err(e),
+    };
+    for (name, token) in &opened {
+        store.set_challenge_answer(name, None);
+        if let Some(http01) = http01 {
+            http01.set(token, None);
+        }
+    }
+    if ready? != OrderStatus::Ready {
+        return Err(AcmeError::new(
+            "validation",
+            format!(
+                "the CA did not validate the challenges{}",
+                challenge_problems(&mut order).await
+            ),
+        ));
+    }
+    let key = rcgen::KeyPair::generate().map_err(|e| AcmeError::new("making a key", e))?;
+    let mut params = rcgen::CertificateParams::new(acme.names.clone())
+        .map_err(|e| AcmeError::new("making the request", e))?;
+    params.distinguished_name = rcgen::DistinguishedName::new();
+    let csr = params
+        .serialize_request(&key)
+        .map_err(|e| AcmeError::new("making the request", e))?;
+    order
+        .finalize_csr(csr.der())
+        .await
+        .map_err(AcmeError::at("finalizing the order"))?;
+    let chain = order
+        .poll_certificate(&RetryPolicy::new().timeout(CA_PATIENCE))
+        .await
+        .map_err(AcmeError::at("downloading the certificate"))?;
+    let key_pem = key.serialize_pem();
+    let pair = pair_from_pem_text(&chain, &key_pem)
+        .map_err(|e| AcmeError::new("the issued certificate", e))?;
+    let (cert_file, key_file) = stored_files(acme);
+    write_private(&key_file, &key_pem).map_err(|e| AcmeError::new("storing the key", e))?;
+    write_private(&cert_file, &chain).map_err(|e| AcmeError::new("storing the certificate", e))?;
+    store.replace(pair);
+    Ok(())
+}
+
+/// Puts up an answer for each pending authorization (HTTP-01 when there is a
+/// plain-HTTP listener, else TLS-ALPN-01) and tells the CA it is ready; `opened`
+/// gets `(name, token)` of each, to take down afterwards.
+async fn answer_challenges(
+    order: &mut instant_acme::Order,
+    store: &CertificateStore,
+    http01: Option<&Http01Answers>,
+    opened: &mut Vec<(String, String)>,
+) -> Result<(), AcmeError> {
+    let mut authorizations = order.authorizations();
+    while let Some(authorization) = authorizations.next().await {
+        let mut authorization =
+            authorization.map_err(AcmeError::at("reading the authorizations"))?;
+        match authorization.status {
+            AuthorizationStatus::Pending => {}
+            AuthorizationStatus::Valid => continue,
+            other => {
+                return Err(AcmeError::new(
+                    "authorization",
+                    format!("{other:?} for {}", authorization.identifier()),
+                ));
+            }
+        }
+        let kind = if http01.is_some() {
+            ChallengeType::Http01
+        } else {
+            ChallengeType::TlsAlpn01
+        };
+        let mut challenge = authorization.challenge(kind.clone()).ok_or_else(|| {
+            AcmeError::new(
+                "authorization",
+                format!("the CA offers no {kind:?} challenge"),
+            )
+        })?;
+        let name = challenge.identifier().to_string();
+        let key_authorization = challenge.key_authorization();
+        match http01 {
+            Some(http01) => http01.set(&challenge.token, Some(key_authorization.as_str())),
+            None => store.set_challenge_answer(
+                &name,
+                Some(
+                    tls_alpn_answer(&name, key_authorization.digest().as_ref())
+                        .map_err(|e| AcmeError::new("making the TLS-ALPN-01 answer", e))?,
+                ),
+            ),
+        }
+        opened.push((name.clone(), challenge.token.clone()));
+        challenge
+            .set_ready()
+            .await
+            .map_err(AcmeError::at(format!("starting the challenge for {name}")))?;
+    }
+    Ok(())
+}
+
+/// What the CA said about each failed challenge, for the log line.
+async fn challenge_problems(order: &mut instant_acme::Order) -> String {
+    let mut said = String::new();
+    let mut authorizations = order.authorizations();
+    while let Some(Ok(authorization)) = authorizations.next().await {
+        for challenge in &authorization.challenges {
+            if let Some(problem) = &challenge.error {
+                said.push_str(&format!(
+                    "; {} ({:?}): {problem}",
+                    authorization.identifier(),
+                    challenge.r#type
+                ));
+            }
+        }
+    }
+    said
+}
+
+/// The self-signed certificate of a TLS-ALPN-01 answer (RFC 8737, section 3): the
+/// name, and the key authorization's digest in the critical acmeIdentifier extension.
+fn tls_alpn_answer(name: &str, digest: &[u8]) -> Result<CertifiedKey, TlsError> {
+    let mut params = rcgen::CertificateParams::new(vec![name.to_owned()])?;
+    params
+        .custom_extensions
+        .push(rcgen::CustomExtension::new_acme_identifier(digest));
+    let key = rcgen::KeyPair::generate()?;
+    let cert = params.self_signed(&key)?;
+    // Not through `pair_from_pem_text`: its check that key and certificate fit parses
+    // the certificate, and refuses the critical extension it does not know.
+    let signing_key = crate::outbound::crypto_provider()
+        .key_provider
+        .load_private_key(PrivatePkcs8KeyDer::from(key.serialize_der()).into())?;
+    Ok(CertifiedKey::new(vec![cert.der().clone()], signing_key))
+}
+
+/// The account stored for this directory, or a new one (then stored).
+async fn account(acme: &AcmeSettings) -> Result<Account, AcmeError> {
+    let builder = || match &acme.ca_file {
+        Some(ca_file) => Account::builder_with_root(ca_file),
+        None => Account::builder(),
+    };
+    let file = acme.state_dir.join(ACCOUNT_FILE);
+    let directory = acme.directory.as_str();
+    if let Ok(text) = std::fs::read_to_string(&file) {
+        match serde_json::from_str::<StoredAccount>(&text) {
+            Ok(stored) if stored.directory == directory => {
+                return builder()
+                    .map_err(AcmeError::at("the HTTPS client"))?
+                    .from_credentials(stored.credentials)
+                    .await
+                    .map_err(AcmeError::at(format!("the directory {directory}")));
+            }
+            Ok(_) => tracing::info!(
+                file = %file.display(),
+                "the stored ACME account is for another directory: a new one is made"
+            ),
+            Err(e) => tracing::warn!(
+                file = %file.display(),
+                error = %e,
+                "the stored ACME account does not load: a new one is made"
+            ),
+        }
+    }
+    let (account, credentials) = builder()
+        .map_err(AcmeError::at("the HTTPS client"))?
+        .create(
+            &NewAccount {
+                contact: &[&acme.contact],
+                terms_of_service_agreed: true,
+                only_return_existing: false,
+            },
+            directory.to_owned(),
+            None,
+        )
+        .await
+        .map_err(AcmeError::at(format!(
+            "creating the account at {directory}"
+        )))?;
+    let stored = StoredAccount {
+        directory: directory.to_owned(),
+        credentials,
+    };
+    let text = serde_json::to_string_pretty(&stored)
+        .map_err(|e| AcmeError::new("storing the account", e))?;
+    write_private(&file, &text).map_err(|e| AcmeError::new("storing the account", e))?;
+    tracing::info!(file = %file.display(), directory, "ACME account created");
+    Ok(account)
+}
+
+/// `account.json`: the directory the account belongs to, and its credentials.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct StoredAccount {
+    directory: String,
+    credentials: AccountCredentials,
+}
+
+/// Whether the account file is there, for `ssogate check`.
+pub fn account_stored(acme: &AcmeSettings) -> bool {
+    acme.state_dir.join(ACCOUNT_FILE).is_file()
+}
+
+/// Writes `text` to `path` readable by the owner only, replacing the file at once (a
+/// reader sees the old or the new file, never half of one).
+fn write_private(path: &Path, text: &str) -> std::io::Result<()> {
+    use std::io::Write;
+    let partial = path.with_extension("partial");
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    let mut file = options.open(&partial)?;
+    file.write_all(text.as_bytes())?;
+    file.sync_all()?;
+    std::fs::rename(&partial, path)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renewal_comes_when_a_third_of_the_lifetime_is_left_or_a_little_sooner() {
+        let start = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000);
+        let lifetime = Duration::from_secs(90 * 86400);
+        for _ in 0..100 {
+            let due = renewal_time(start, start + lifetime);
+            let left = start + lifetime - due.duration_since(start).unwrap();
+            let left = left.duration_since(start).unwrap();
+            assert!(left >= lifetime / 3, "{left:?}");
+            assert!(left <= lifetime / 3 + lifetime / 20, "{left:?}");
+        }
+    }
+
+    #[test]
+    fn retries_wait_a_minute_doubling_up_to_an_hour() {
+        let waits: Vec<u64> = (1..=8).map(|n| retry_after(n).as_secs()).collect();
+        assert_eq!(waits, [60, 120, 240, 480, 960, 1920, 3600, 3600]);
+    }
+
+    #[test]
+    fn a_tls_alpn_answer_names_the_name_and_carries_the_digest() {
+        let digest = [7u8; 32];
+        let answer = tls_alpn_answer("sentry.example.com", &digest).unwrap();
+        let (_, cert) = x509_parser::parse_x509_certificate(answer.cert[0].as_ref()).unwrap();
+        let extension = cert
+            .extensions()
+            .iter()
+            .find(|e| e.oid.to_id_string() == "1.3.6.1.5.5.7.1.31")
+            .expect("the acmeIdentifier extension");
+        assert!(extension.critical);
+        // An OCTET STRING of the 32-byte digest.
+        assert_eq!(extension.value, [&[0x04, 32][..], &digest].concat());
+    }
+}
