@@ -7,7 +7,7 @@
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use rustls_pki_types::pem::PemObject;
@@ -16,6 +16,7 @@ use ssogate::server::{self, RunningGateway};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::support::config::GatewayToml;
+use crate::support::logs::LogBuffer;
 use crate::support::unused_address;
 
 /// pebble and its DNS server, for one test.
@@ -187,49 +188,6 @@ async fn tls_connect(
     connector
         .connect(ServerName::try_from(name.to_owned()).unwrap(), stream)
         .await
-}
-
-/// The log lines the gateway writes on this test's thread.
-#[derive(Clone, Default)]
-struct LogBuffer(Arc<Mutex<Vec<u8>>>);
-
-impl LogBuffer {
-    fn text(&self) -> String {
-        String::from_utf8_lossy(&self.0.lock().unwrap()).into_owned()
-    }
-
-    /// Waits (up to `patience`) until the log holds `line` `times` times.
-    async fn wait_for(&self, line: &str, times: usize, patience: Duration) -> String {
-        let deadline = tokio::time::Instant::now() + patience;
-        loop {
-            let text = self.text();
-            if text.matches(line).count() >= times {
-                return text;
-            }
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "no {times}× `{line}` in the log:\n{text}"
-            );
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-    }
-}
-
-impl std::io::Write for LogBuffer {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
-impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for LogBuffer {
-    type Writer = LogBuffer;
-    fn make_writer(&'a self) -> LogBuffer {
-        self.clone()
-    }
 }
 
 /// The gateway for `name` on `listener`, getting its certificate from `pebble`, with

@@ -6,10 +6,11 @@
 
 use crate::support;
 
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use crate::support::browser::{Browser, empty};
+use crate::support::logs::LogBuffer;
 use crate::support::{World, WorldOptions, user};
 use http::{Method, StatusCode};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -861,27 +862,6 @@ async fn a_switch_of_protocols_nobody_asked_for_is_a_502() {
 // ---------------------------------------------------------------------------------
 // 4. Logs
 
-/// A log destination the test reads.
-#[derive(Clone, Default)]
-struct LogBuffer(Arc<Mutex<Vec<u8>>>);
-
-impl std::io::Write for LogBuffer {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
-impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for LogBuffer {
-    type Writer = LogBuffer;
-    fn make_writer(&'a self) -> LogBuffer {
-        self.clone()
-    }
-}
-
 #[tokio::test]
 async fn request_derived_text_is_escaped_in_every_log_line() {
     use ssogate::observe::logging::{LogFormat, subscriber};
@@ -914,7 +894,7 @@ async fn request_derived_text_is_escaped_in_every_log_line() {
             client.try_send(refused).await;
         }
         world.gateway.shutdown().await;
-        let logged = String::from_utf8(buffer.0.lock().unwrap().clone()).unwrap();
+        let logged = String::from_utf8(buffer.bytes()).unwrap();
         assert!(
             logged
                 .lines()

@@ -4,6 +4,7 @@
 
 pub mod browser;
 pub mod config;
+pub mod logs;
 pub mod process;
 pub mod replicas;
 pub mod sentry_clients;
