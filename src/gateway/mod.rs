@@ -321,6 +321,11 @@ impl Gateway {
         self.sessions.server_version().await
     }
 
+    /// The Redis store the replicas share (`session.store = "redis"`), if any.
+    pub(crate) fn shared_store(&self) -> Option<&Arc<crate::session::SharedStore>> {
+        self.sessions.shared()
+    }
+
     /// With Redis Sentinel, the topology the sentinels report (`ssogate check`).
     pub async fn session_store_topology(&self) -> Option<Result<String, String>> {
         self.sessions.sentinel_topology().await

@@ -11,6 +11,15 @@
 //! spread out); a failed order is retried after a minute, doubling up to an hour, and
 //! meanwhile the current certificate stays. Every order is logged and counted
 //! (`ssogate_acme_orders_total`).
+//!
+//! With several replicas sharing Redis (`session.store = "redis"`), one orders at a
+//! time ([`SharedOrders`]): a replica takes the lock `acme:order` (`SET NX PX`, extended
+//! while the order runs, given back by compare-and-delete) before ordering, and shares
+//! what it got: the certificate with its key (`acme:certificate`) and the account
+//! (`acme:account`), each sealed (AES-256-GCM) with a key derived from the first session
+//! secret, so Redis never holds a private key readable. A replica that finds the lock
+//! taken waits for the holder to finish and installs the shared certificate (in its own
+//! state directory too) instead of ordering one.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -28,6 +37,7 @@ use tokio::sync::watch;
 use super::tls::{CertificateStore, TlsError, local_certificate, pair_from_pem_text, pem_pair};
 use crate::config::AcmeSettings;
 use crate::observe::Metrics;
+use crate::session::{SharedStore, StoreUnavailable};
 
 /// The account (its key and URL at the CA) in `tls.acme_state_dir`.
 const ACCOUNT_FILE: &str = "account.json";
@@ -41,6 +51,20 @@ const FIRST_RETRY: Duration = Duration::from_secs(60);
 const LAST_RETRY: Duration = Duration::from_secs(3600);
 /// How long the CA may take to validate the challenges, and to issue.
 const CA_PATIENCE: Duration = Duration::from_secs(90);
+/// The lock of the replica that orders, in Redis (under `session.redis_key_prefix`).
+const ORDER_LOCK: &str = "acme:order";
+/// The certificate and key the ordering replica shares, sealed.
+const SHARED_CERTIFICATE: &str = "acme:certificate";
+/// The account the ordering replica shares, sealed.
+const SHARED_ACCOUNT: &str = "acme:account";
+/// How long the order lock lives unless its holder extends it (it does, every third
+/// of this, while the order runs): a replica that dies holding it holds it no longer.
+const LOCK_TTL: Duration = Duration::from_secs(30);
+/// How long a replica waits for another one's order before it counts as failed: an
+/// order takes at most twice [`CA_PATIENCE`], and a little more.
+const LOCK_WAIT: Duration = Duration::from_secs(4 * 60);
+/// How often a waiting replica looks whether the lock is free.
+const LOCK_POLL: Duration = Duration::from_secs(1);
 
 /// Why an order failed: the step, and what the CA or the system said.
 #[derive(Debug, thiserror::Error)]
@@ -130,7 +154,14 @@ fn present_stored(acme: &AcmeSettings, store: &CertificateStore) {
 /// is for every name of `tls.acme_names` (after the names changed, a new one is due).
 pub fn stored_validity(acme: &AcmeSettings) -> Option<(SystemTime, SystemTime)> {
     let (cert_file, key_file) = stored_files(acme);
-    let pair = pem_pair(&cert_file, &key_file).ok()?;
+    validity_for_names(acme, &pem_pair(&cert_file, &key_file).ok()?)
+}
+
+/// The validity of `pair`'s certificate, if it is for every name of `tls.acme_names`.
+fn validity_for_names(
+    acme: &AcmeSettings,
+    pair: &CertifiedKey,
+) -> Option<(SystemTime, SystemTime)> {
     let (_, certificate) = x509_parser::parse_x509_certificate(pair.cert.first()?).ok()?;
     let on_it: Vec<String> = certificate
         .subject_alternative_name()
@@ -151,7 +182,7 @@ pub fn stored_validity(acme: &AcmeSettings) -> Option<(SystemTime, SystemTime)> 
         })
         .unwrap_or_default();
     if let Some(missing) = acme.names.iter().find(|name| !on_it.contains(name)) {
-        tracing::info!(name = %missing, "the stored ACME certificate is not for this name: a new one is ordered");
+        tracing::info!(name = %missing, "the ACME certificate is not for this name: a new one is ordered");
         return None;
     }
     validity(&certificate)
@@ -186,11 +217,73 @@ fn retry_after(failures: u32) -> Duration {
         .min(LAST_RETRY)
 }
 
-/// Orders the certificate now if there is none, and renews it when due, until `stop`.
+/// The replicas' coordination through the Redis session store (see the module docs).
+pub struct SharedOrders {
+    store: Arc<SharedStore>,
+    /// The session secrets now (`session.secrets`, which a reload may rotate): the
+    /// first seals, any opens.
+    secrets: Box<dyn Fn() -> Vec<String> + Send + Sync>,
+}
+
+/// `acme:certificate`: the chain (leaf first) and its key, PEM.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct SharedCertificate {
+    chain: String,
+    key: String,
+}
+
+impl SharedOrders {
+    pub(crate) fn new(
+        store: Arc<SharedStore>,
+        secrets: impl Fn() -> Vec<String> + Send + Sync + 'static,
+    ) -> Self {
+        Self {
+            store,
+            secrets: Box::new(secrets),
+        }
+    }
+
+    /// What is stored sealed under `name`, if any.
+    async fn get(&self, name: &str) -> Result<Option<Vec<u8>>, AcmeError> {
+        self.store
+            .get_sealed(name, &(self.secrets)())
+            .await
+            .map_err(shared_store_error)
+    }
+
+    /// Stores `value` sealed under `name`.
+    async fn put(&self, name: &str, value: &impl serde::Serialize) -> Result<(), AcmeError> {
+        let plain = serde_json::to_vec(value).map_err(|e| AcmeError::new("sharing", e))?;
+        let secrets = (self.secrets)();
+        let secret = secrets
+            .first()
+            .ok_or_else(|| AcmeError::new("sharing", "no session secret"))?;
+        self.store
+            .put_sealed(name, secret, &plain)
+            .await
+            .map_err(shared_store_error)
+    }
+}
+
+fn shared_store_error(error: StoreUnavailable) -> AcmeError {
+    AcmeError::new("the shared store (session.redis_url)", error)
+}
+
+/// How a certificate came.
+enum Obtained {
+    /// This replica ordered it.
+    Issued,
+    /// Another replica did, and shared it.
+    Shared,
+}
+
+/// Orders the certificate now if there is none, and renews it when due, until `stop`;
+/// with `shared`, one replica at a time orders and the others install its certificate.
 pub fn spawn_renewal(
     acme: AcmeSettings,
     store: Arc<CertificateStore>,
     http01: Option<Arc<Http01Answers>>,
+    shared: Option<SharedOrders>,
     metrics: Arc<Metrics>,
     mut stop: watch::Receiver<bool>,
 ) {
@@ -221,12 +314,15 @@ pub fn spawn_renewal(
                 _ = tokio::time::sleep(wait) => {}
                 _ = super::stopped(&mut stop) => return,
             }
-            tracing::info!(names = ?acme.names, directory = %acme.directory, "ACME: ordering a certificate");
-            match order(&acme, &store, http01.as_deref()).await {
-                Ok(()) => {
+            match obtain(&acme, &store, http01.as_deref(), shared.as_ref()).await {
+                Ok(Obtained::Issued) => {
                     failures = 0;
                     metrics.acme_order(true);
                     tracing::info!(names = ?acme.names, "ACME certificate issued; new connections get it");
+                }
+                Ok(Obtained::Shared) => {
+                    failures = 0;
+                    tracing::info!(names = ?acme.names, "ACME certificate shared by another replica installed; new connections get it");
                 }
                 Err(e) => {
                     failures += 1;
@@ -242,14 +338,137 @@ pub fn spawn_renewal(
     });
 }
 
+/// A new certificate: ordered here, or, with `shared`, from the replica that holds the
+/// order lock (waiting for it to finish when another one does).
+async fn obtain(
+    acme: &AcmeSettings,
+    store: &CertificateStore,
+    http01: Option<&Http01Answers>,
+    shared: Option<&SharedOrders>,
+) -> Result<Obtained, AcmeError> {
+    let Some(shared) = shared else {
+        order(acme, store, http01, None).await?;
+        return Ok(Obtained::Issued);
+    };
+    let deadline = tokio::time::Instant::now() + LOCK_WAIT;
+    let mut said_waiting = false;
+    loop {
+        if install_shared(acme, store, shared).await? {
+            return Ok(Obtained::Shared);
+        }
+        let lock = shared
+            .store
+            .try_lock(ORDER_LOCK, LOCK_TTL)
+            .await
+            .map_err(shared_store_error)?;
+        if let Some(token) = lock {
+            let obtained = order_holding_the_lock(acme, store, http01, shared, &token).await;
+            if let Err(e) = shared.store.unlock(ORDER_LOCK, &token).await {
+                tracing::warn!(error = %e, "the ACME order lock was not given back; it expires by itself");
+            }
+            return obtained;
+        }
+        if !said_waiting {
+            tracing::info!("ACME: another replica is ordering the certificate; waiting for it");
+            said_waiting = true;
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return Err(AcmeError::new(
+                "waiting for another replica's order",
+                format!("the lock was held for {LOCK_WAIT:?} and no certificate shared"),
+            ));
+        }
+        tokio::time::sleep(LOCK_POLL).await;
+    }
+}
+
+/// Orders (unless the holder before shared a certificate just now), extending the
+/// lock while the order runs, and shares the certificate.
+async fn order_holding_the_lock(
+    acme: &AcmeSettings,
+    store: &CertificateStore,
+    http01: Option<&Http01Answers>,
+    shared: &SharedOrders,
+    token: &str,
+) -> Result<Obtained, AcmeError> {
+    if install_shared(acme, store, shared).await? {
+        return Ok(Obtained::Shared);
+    }
+    let ordering = order(acme, store, http01, Some(shared));
+    tokio::pin!(ordering);
+    let mut extend =
+        tokio::time::interval_at(tokio::time::Instant::now() + LOCK_TTL / 3, LOCK_TTL / 3);
+    let issued = loop {
+        tokio::select! {
+            issued = &mut ordering => break issued?,
+            _ = extend.tick() => match shared.store.extend_lock(ORDER_LOCK, token, LOCK_TTL).await {
+                Ok(true) => {}
+                Ok(false) => tracing::warn!("the ACME order lock expired while ordering: another replica may order too"),
+                Err(e) => tracing::warn!(error = %e, "the ACME order lock could not be extended"),
+            },
+        }
+    };
+    if let Err(e) = shared.put(SHARED_CERTIFICATE, &issued).await {
+        tracing::warn!(error = %e, "the ACME certificate could not be shared: the other replicas order their own");
+    }
+    Ok(Obtained::Issued)
+}
+
+/// Installs the certificate another replica shared, when it is not the one presented,
+/// is for every name and is not due for renewal: stored in the state directory and
+/// presented. Whether it did.
+async fn install_shared(
+    acme: &AcmeSettings,
+    store: &CertificateStore,
+    shared: &SharedOrders,
+) -> Result<bool, AcmeError> {
+    let Some(plain) = shared.get(SHARED_CERTIFICATE).await? else {
+        return Ok(false);
+    };
+    let Ok(certificate) = serde_json::from_slice::<SharedCertificate>(&plain) else {
+        tracing::warn!("the shared ACME certificate does not load; a new one is ordered");
+        return Ok(false);
+    };
+    let pair = match pair_from_pem_text(&certificate.chain, &certificate.key) {
+        Ok(pair) => pair,
+        Err(e) => {
+            tracing::warn!(error = %e, "the shared ACME certificate does not load; a new one is ordered");
+            return Ok(false);
+        }
+    };
+    if pair.cert == store.current().cert {
+        return Ok(false);
+    }
+    let Some((not_before, not_after)) = validity_for_names(acme, &pair) else {
+        return Ok(false);
+    };
+    if renewal_time(not_before, not_after) <= SystemTime::now() {
+        return Ok(false);
+    }
+    store_files(acme, &certificate)?;
+    store.replace(pair);
+    Ok(true)
+}
+
+/// Writes the certificate and key into the state directory (the key first: a reader
+/// of the new certificate never finds the old key).
+fn store_files(acme: &AcmeSettings, certificate: &SharedCertificate) -> Result<(), AcmeError> {
+    let (cert_file, key_file) = stored_files(acme);
+    write_private(&key_file, &certificate.key).map_err(|e| AcmeError::new("storing the key", e))?;
+    write_private(&cert_file, &certificate.chain)
+        .map_err(|e| AcmeError::new("storing the certificate", e))
+}
+
 /// One order: the account, the challenges answered, the certificate issued, stored
-/// and swapped in.
+/// and swapped in; what was issued, to share.
 async fn order(
     acme: &AcmeSettings,
     store: &CertificateStore,
     http01: Option<&Http01Answers>,
-) -> Result<(), AcmeError> {
-    let account = account(acme).await?;
+    shared: Option<&SharedOrders>,
+) -> Result<SharedCertificate, AcmeError> {
+    tracing::info!(names = ?acme.names, directory = %acme.directory, "ACME: ordering a certificate");
+    let account = account(acme, shared).await?;
     let identifiers: Vec<Identifier> = acme
         .names
         .iter()
@@ -298,14 +517,15 @@ async fn order(
         .poll_certificate(&RetryPolicy::new().timeout(CA_PATIENCE))
         .await
         .map_err(AcmeError::at("downloading the certificate"))?;
-    let key_pem = key.serialize_pem();
-    let pair = pair_from_pem_text(&chain, &key_pem)
+    let issued = SharedCertificate {
+        chain,
+        key: key.serialize_pem(),
+    };
+    let pair = pair_from_pem_text(&issued.chain, &issued.key)
         .map_err(|e| AcmeError::new("the issued certificate", e))?;
-    let (cert_file, key_file) = stored_files(acme);
-    write_private(&key_file, &key_pem).map_err(|e| AcmeError::new("storing the key", e))?;
-    write_private(&cert_file, &chain).map_err(|e| AcmeError::new("storing the certificate", e))?;
+    store_files(acme, &issued)?;
     store.replace(pair);
-    Ok(())
+    Ok(issued)
 }
 
 /// Puts up an answer for each pending authorization (HTTP-01 when there is a
@@ -398,22 +618,15 @@ fn tls_alpn_answer(name: &str, digest: &[u8]) -> Result<CertifiedKey, TlsError> 
     Ok(CertifiedKey::new(vec![cert.der().clone()], signing_key))
 }
 
-/// The account stored for this directory, or a new one (then stored).
-async fn account(acme: &AcmeSettings) -> Result<Account, AcmeError> {
-    let builder = || match &acme.ca_file {
-        Some(ca_file) => Account::builder_with_root(ca_file),
-        None => Account::builder(),
-    };
+/// The account stored for this directory, or the one another replica shared, or a
+/// new one (then stored, and shared).
+async fn account(acme: &AcmeSettings, shared: Option<&SharedOrders>) -> Result<Account, AcmeError> {
     let file = acme.state_dir.join(ACCOUNT_FILE);
     let directory = acme.directory.as_str();
     if let Ok(text) = std::fs::read_to_string(&file) {
         match serde_json::from_str::<StoredAccount>(&text) {
             Ok(stored) if stored.directory == directory => {
-                return builder()
-                    .map_err(AcmeError::at("the HTTPS client"))?
-                    .from_credentials(stored.credentials)
-                    .await
-                    .map_err(AcmeError::at(format!("the directory {directory}")));
+                return existing_account(acme, stored).await;
             }
             Ok(_) => tracing::info!(
                 file = %file.display(),
@@ -426,8 +639,17 @@ async fn account(acme: &AcmeSettings) -> Result<Account, AcmeError> {
             ),
         }
     }
-    let (account, credentials) = builder()
-        .map_err(AcmeError::at("the HTTPS client"))?
+    if let Some(shared) = shared
+        && let Some(plain) = shared.get(SHARED_ACCOUNT).await?
+        && let Ok(stored) = serde_json::from_slice::<StoredAccount>(&plain)
+        && stored.directory == directory
+    {
+        write_private(&file, &String::from_utf8_lossy(&plain))
+            .map_err(|e| AcmeError::new("storing the account", e))?;
+        tracing::info!(file = %file.display(), directory, "ACME account shared by another replica: used");
+        return existing_account(acme, stored).await;
+    }
+    let (account, credentials) = account_builder(acme)?
         .create(
             &NewAccount {
                 contact: &[&acme.contact],
@@ -449,7 +671,32 @@ async fn account(acme: &AcmeSettings) -> Result<Account, AcmeError> {
         .map_err(|e| AcmeError::new("storing the account", e))?;
     write_private(&file, &text).map_err(|e| AcmeError::new("storing the account", e))?;
     tracing::info!(file = %file.display(), directory, "ACME account created");
+    if let Some(shared) = shared
+        && let Err(e) = shared.put(SHARED_ACCOUNT, &stored).await
+    {
+        tracing::warn!(error = %e, "the ACME account could not be shared");
+    }
     Ok(account)
+}
+
+/// The account client for `acme`'s directory (trusting `tls.acme_ca_file` if set).
+fn account_builder(acme: &AcmeSettings) -> Result<instant_acme::AccountBuilder, AcmeError> {
+    match &acme.ca_file {
+        Some(ca_file) => Account::builder_with_root(ca_file),
+        None => Account::builder(),
+    }
+    .map_err(AcmeError::at("the HTTPS client"))
+}
+
+/// The account `stored` describes.
+async fn existing_account(
+    acme: &AcmeSettings,
+    stored: StoredAccount,
+) -> Result<Account, AcmeError> {
+    account_builder(acme)?
+        .from_credentials(stored.credentials)
+        .await
+        .map_err(AcmeError::at(format!("the directory {}", stored.directory)))
 }
 
 /// `account.json`: the directory the account belongs to, and its credentials.

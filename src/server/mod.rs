@@ -322,10 +322,19 @@ pub async fn start_on(
             let http01 = redirect_listener
                 .is_some()
                 .then(|| Arc::new(acme::Http01Answers::default()));
+            let shared = gateway.shared_store().map(|shared| {
+                let live = Arc::downgrade(&live);
+                acme::SharedOrders::new(shared.clone(), move || {
+                    live.upgrade()
+                        .map(|live| live.current().settings().session.secrets.clone())
+                        .unwrap_or_default()
+                })
+            });
             acme::spawn_renewal(
                 acme.clone(),
                 store.clone(),
                 http01.clone(),
+                shared,
                 gateway.metrics().clone(),
                 stop_receiver.clone(),
             );

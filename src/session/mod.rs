@@ -25,9 +25,8 @@ use moka::policy::EvictionPolicy;
 use rand::RngCore;
 
 pub use cookies::{CookieCodec, request_cookies};
+pub(crate) use shared::SharedStore;
 pub use shared::{SharedStoreError, StoreUnavailable};
-
-use shared::SharedStore;
 
 use crate::config::{SessionSettings, StoreSettings};
 use crate::identity::{Identity, Tokens};
@@ -199,7 +198,7 @@ pub struct SessionStore {
 /// Keeps one copy of each distinct group list, so a million sessions of people in the
 /// same few groups hold a pointer each instead of a million copies.
 #[derive(Clone)]
-struct GroupLists(moka::sync::Cache<Arc<[String]>, Arc<[String]>>);
+pub(crate) struct GroupLists(moka::sync::Cache<Arc<[String]>, Arc<[String]>>);
 
 impl GroupLists {
     fn new() -> Self {
@@ -449,6 +448,12 @@ impl SessionStore {
             _ if self.shared.is_some() => Some(session),
             _ => None,
         }
+    }
+
+    /// The Redis store the replicas share, when `session.store = "redis"`: also what
+    /// coordinates their ACME orders.
+    pub(crate) fn shared(&self) -> Option<&Arc<SharedStore>> {
+        self.shared.as_ref()
     }
 
     /// Waits until no replica holds this session's lease (at most the lease's life).

@@ -7,7 +7,11 @@
 //! - `sid:<hash>`, `sub:<hash>`: the session keys of a provider session or person,
 //!   for back-channel logout.
 //! - `lease:<key>`: which replica runs the session's refresh right now, so a rotating
-//!   refresh token is used once, whichever replica the requests reach.
+//!   refresh token is used once, whichever replica the requests reach (a lock: `SET NX
+//!   PX` with a random token, extended and given back only by its holder).
+//! - `acme:order`: the lock of the replica ordering the ACME certificate; `acme:certificate`
+//!   and `acme:account`: what it got, sealed with the first session secret (see
+//!   `server::acme`).
 //! - `once:<purpose>:<hash>`: values that may be used only once (a logout token's
 //!   `jti`, a login's `state`).
 //! - channel `invalidate`: `<replica> <key>` after every change, so other replicas
@@ -48,9 +52,11 @@ use crate::config::{RedisSettings, SentinelSettings};
 const LEASE_TTL: Duration = Duration::from_secs(15);
 /// How often the health check pings Redis.
 const HEALTH_INTERVAL: Duration = Duration::from_secs(1);
-/// Compare-and-delete: give a lease back only if it is still ours.
+/// Compare-and-delete: give a lock back only if it is still ours.
 const RELEASE_SCRIPT: &str =
     "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end return 0";
+/// Compare-and-extend: keep a lock longer only if it is still ours.
+const EXTEND_SCRIPT: &str = "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('PEXPIRE', KEYS[1], ARGV[2]) end return 0";
 
 #[derive(Debug, thiserror::Error)]
 pub enum SharedStoreError {
@@ -783,24 +789,13 @@ impl SharedStore {
         Ok(ended)
     }
 
-    fn lease_key(&self, key: SessionKey) -> String {
-        format!("{}lease:{}", self.prefix, key.text())
+    fn lease_name(key: SessionKey) -> String {
+        format!("lease:{}", key.text())
     }
 
     pub async fn lease(&self, key: SessionKey) -> super::Lease {
-        let token = random_token();
-        let taken: Result<Option<String>, _> = self
-            .run(
-                redis::cmd("SET")
-                    .arg(self.lease_key(key))
-                    .arg(&token)
-                    .arg("NX")
-                    .arg("PX")
-                    .arg(millis(LEASE_TTL)),
-            )
-            .await;
-        match taken {
-            Ok(Some(_)) => super::Lease::Held(token),
+        match self.try_lock(&Self::lease_name(key), LEASE_TTL).await {
+            Ok(Some(token)) => super::Lease::Held(token),
             Ok(None) => super::Lease::Busy,
             Err(e) => {
                 self.lost(&e.0);
@@ -810,16 +805,7 @@ impl SharedStore {
     }
 
     pub async fn release(&self, key: SessionKey, token: &str) {
-        let script = redis::Script::new(RELEASE_SCRIPT);
-        let Ok(mut connection) = self.connection() else {
-            return;
-        };
-        let mut invocation = script.key(self.lease_key(key));
-        invocation.arg(token);
-        let released = self
-            .within(invocation.invoke_async::<i64>(&mut connection))
-            .await;
-        if released.is_err() {
+        if self.unlock(&Self::lease_name(key), token).await.is_err() {
             tracing::debug!("a refresh lease was not given back; it expires by itself");
         }
     }
@@ -827,13 +813,114 @@ impl SharedStore {
     /// Waits until the lease on this session is free (or [`LEASE_TTL`] passed).
     pub async fn await_lease(&self, key: SessionKey) {
         let deadline = tokio::time::Instant::now() + LEASE_TTL;
-        let name = self.lease_key(key);
+        let name = Self::lease_name(key);
         while tokio::time::Instant::now() < deadline {
-            match self.run::<bool>(redis::cmd("EXISTS").arg(&name)).await {
+            match self.locked(&name).await {
                 Ok(true) => tokio::time::sleep(Duration::from_millis(25)).await,
                 _ => return,
             }
         }
+    }
+
+    /// Takes the lock `name` (under the key prefix) for `ttl` if no replica holds it
+    /// (`SET NX PX`): the token that proves it is ours, or `None` when it is taken.
+    /// Used for the refresh leases (`lease:<key>`) and the ACME order (`acme:order`).
+    pub async fn try_lock(
+        &self,
+        name: &str,
+        ttl: Duration,
+    ) -> Result<Option<String>, StoreUnavailable> {
+        let token = random_token();
+        let taken: Option<String> = self
+            .run(
+                redis::cmd("SET")
+                    .arg(format!("{}{name}", self.prefix))
+                    .arg(&token)
+                    .arg("NX")
+                    .arg("PX")
+                    .arg(millis(ttl)),
+            )
+            .await?;
+        Ok(taken.map(|_| token))
+    }
+
+    /// Keeps the lock `name` for another `ttl`, if it is still ours: whether it is.
+    pub async fn extend_lock(
+        &self,
+        name: &str,
+        token: &str,
+        ttl: Duration,
+    ) -> Result<bool, StoreUnavailable> {
+        let extended: i64 = self
+            .run_lock_script(EXTEND_SCRIPT, name, &[token, &millis(ttl).to_string()])
+            .await?;
+        Ok(extended == 1)
+    }
+
+    /// Gives the lock `name` back, if it is still ours (compare-and-delete).
+    pub async fn unlock(&self, name: &str, token: &str) -> Result<(), StoreUnavailable> {
+        self.run_lock_script::<i64>(RELEASE_SCRIPT, name, &[token])
+            .await
+            .map(drop)
+    }
+
+    /// Runs one of the lock's scripts on the lock `name` (its only key).
+    async fn run_lock_script<T: redis::FromRedisValue>(
+        &self,
+        script: &str,
+        name: &str,
+        args: &[&str],
+    ) -> Result<T, StoreUnavailable> {
+        let script = redis::Script::new(script);
+        let mut invocation = script.key(format!("{}{name}", self.prefix));
+        for arg in args {
+            invocation.arg(*arg);
+        }
+        let mut connection = self.connection()?;
+        self.within(invocation.invoke_async(&mut connection)).await
+    }
+
+    /// Whether some replica holds the lock `name`.
+    pub async fn locked(&self, name: &str) -> Result<bool, StoreUnavailable> {
+        self.run(redis::cmd("EXISTS").arg(format!("{}{name}", self.prefix)))
+            .await
+    }
+
+    /// Stores `plain` under `name` (under the key prefix, no expiry), sealed with a key
+    /// derived from `secret` (the first session secret) and bound to the name: Redis
+    /// never holds it readable. For what the replicas share besides sessions (the ACME
+    /// certificate and its key, the ACME account).
+    pub async fn put_sealed(
+        &self,
+        name: &str,
+        secret: &str,
+        plain: &[u8],
+    ) -> Result<(), StoreUnavailable> {
+        let name = format!("{}{name}", self.prefix);
+        let sealed = seal(&sealing_key("shared value", secret), &name, plain);
+        self.run(redis::cmd("SET").arg(&name).arg(sealed)).await
+    }
+
+    /// What [`Self::put_sealed`] stored under `name`, opened with whichever of
+    /// `secrets` sealed it; `None` when there is nothing, or nothing these secrets open
+    /// (then a warning is logged).
+    pub async fn get_sealed(
+        &self,
+        name: &str,
+        secrets: &[String],
+    ) -> Result<Option<Vec<u8>>, StoreUnavailable> {
+        let name = format!("{}{name}", self.prefix);
+        let sealed: Option<Vec<u8>> = self.run(redis::cmd("GET").arg(&name)).await?;
+        let Some(sealed) = sealed else {
+            return Ok(None);
+        };
+        let opened = secrets
+            .iter()
+            .find_map(|secret| open(&sealing_key("shared value", secret), &name, &sealed));
+        if opened.is_none() {
+            tracing::warn!(key = %name, "a shared value in Redis does not open with any session secret; ignored");
+        }
+        Ok(opened)
     }
 
     pub async fn already_used(&self, purpose: &str, value: &str) -> Result<bool, StoreUnavailable> {

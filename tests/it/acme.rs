@@ -17,6 +17,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::support::config::GatewayToml;
 use crate::support::logs::LogBuffer;
+use crate::support::replicas::RedisServer;
 use crate::support::unused_address;
 
 /// pebble and its DNS server, for one test.
@@ -29,6 +30,16 @@ struct Pebble {
     /// The CA of pebble's own HTTPS (for `tls.acme_ca_file`).
     ca_file: PathBuf,
     client_roots: rustls::RootCertStore,
+}
+
+/// How pebble differs from the default.
+#[derive(Default)]
+struct PebbleOptions {
+    /// Refuses accounts without an external account binding.
+    binding_required: bool,
+    /// Takes every challenge as answered, without validating (pebble validates on one
+    /// port, and with several replicas the one that orders may be on another).
+    always_valid: bool,
 }
 
 /// Whether pebble is installed; false only outside CI (where it must be).
@@ -54,17 +65,16 @@ impl Pebble {
     /// pebble validating on `tls_port` (TLS-ALPN-01) and `http_port` (HTTP-01), issuing
     /// certificates valid for `validity`, refusing `blocked.example.com`.
     async fn start(dir: &Path, tls_port: u16, http_port: u16, validity: Duration) -> Pebble {
-        Self::start_with(dir, tls_port, http_port, validity, false).await
+        Self::start_with(dir, tls_port, http_port, validity, PebbleOptions::default()).await
     }
 
-    /// [`Pebble::start`], refusing accounts without an external account binding
-    /// when `binding_required`.
+    /// [`Pebble::start`], with `options`.
     async fn start_with(
         dir: &Path,
         tls_port: u16,
         http_port: u16,
         validity: Duration,
-        binding_required: bool,
+        options: PebbleOptions,
     ) -> Pebble {
         let own = ssogate::server::tls::local_certificate(&["127.0.0.1"]).unwrap();
         let write = |name: &str, text: &str| {
@@ -87,7 +97,7 @@ impl Pebble {
             "httpPort": http_port,
             "tlsPort": tls_port,
             "ocspResponderURL": "",
-            "externalAccountBindingRequired": binding_required,
+            "externalAccountBindingRequired": options.binding_required,
             "domainBlocklist": ["blocked.example.com"],
             "certificateValidityPeriod": validity.as_secs(),
         }});
@@ -112,6 +122,10 @@ impl Pebble {
             .args(["-dnsserver", &dns.to_string()])
             .env("PEBBLE_VA_NOSLEEP", "1")
             .env("PEBBLE_WFE_NONCEREJECT", "0")
+            .env(
+                "PEBBLE_VA_ALWAYS_VALID",
+                if options.always_valid { "1" } else { "0" },
+            )
             .stdout(log("pebble.log"))
             .stderr(log("pebble.err"))
             .spawn()
@@ -199,8 +213,23 @@ async fn gateway(
     state_dir: &Path,
     server_keys: &str,
 ) -> (RunningGateway, GatewayToml) {
+    let toml = acme_toml(&listener, name, pebble, state_dir, server_keys);
+    let running = server::start_on(listener, toml.settings(), std::future::pending())
+        .await
+        .unwrap();
+    (running, toml)
+}
+
+/// The config of [`gateway`].
+fn acme_toml(
+    listener: &tokio::net::TcpListener,
+    name: &str,
+    pebble: &Pebble,
+    state_dir: &Path,
+    server_keys: &str,
+) -> GatewayToml {
     let port = listener.local_addr().unwrap().port();
-    let toml = GatewayToml::new(
+    GatewayToml::new(
         &format!("https://{name}:{port}"),
         &format!("http://{}", unused_address()),
         &format!("http://{}", unused_address()),
@@ -212,11 +241,7 @@ async fn gateway(
         pebble.directory,
         state_dir.display(),
         pebble.ca_file.display()
-    ));
-    let running = server::start_on(listener, toml.settings(), std::future::pending())
-        .await
-        .unwrap();
-    (running, toml)
+    ))
 }
 
 /// What `ssogate check` prints about the config `toml`.
@@ -236,6 +261,15 @@ fn check(toml: &GatewayToml) -> String {
 fn presented(gateway: &RunningGateway) -> Vec<u8> {
     let store = gateway.certificate.as_ref().expect("TLS is on");
     store.current().cert[0].as_ref().to_vec()
+}
+
+/// How many orders `gateway` counted with `outcome`.
+fn order_count(gateway: &RunningGateway, outcome: &str) -> u64 {
+    let line = orders(gateway, outcome);
+    line.rsplit(' ')
+        .next()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0)
 }
 
 fn orders(gateway: &RunningGateway, outcome: &str) -> String {
@@ -455,7 +489,10 @@ async fn a_refused_account_is_logged_and_the_gateway_keeps_serving() {
         address.port(),
         1,
         Duration::from_secs(3600),
-        true,
+        PebbleOptions {
+            binding_required: true,
+            ..PebbleOptions::default()
+        },
     )
     .await;
     let (gateway, _) = gateway(listener, "sentry.example.com", &pebble, state.path(), "").await;
@@ -491,4 +528,103 @@ async fn a_refused_account_is_logged_and_the_gateway_keeps_serving() {
         "{refused}"
     );
     gateway.shutdown().await;
+}
+
+#[tokio::test]
+async fn replicas_sharing_redis_order_once_and_serve_the_same_certificate() {
+    if !pebble_installed() {
+        return;
+    }
+    let (log, _logging) = logging();
+    let dir = tempfile::tempdir().unwrap();
+    let redis = RedisServer::start(dir.path());
+    let pebble = Pebble::start_with(
+        dir.path(),
+        1,
+        1,
+        Duration::from_secs(3600),
+        PebbleOptions {
+            always_valid: true,
+            ..PebbleOptions::default()
+        },
+    )
+    .await;
+    let name = "replicas.example.com";
+    let session = format!("store = \"redis\"\nredis_url = \"{}\"", redis.url());
+    // Both start without a certificate, at once.
+    let mut replicas = Vec::new();
+    for _ in 0..2 {
+        let state = tempfile::tempdir().unwrap();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap();
+        let toml = acme_toml(&listener, name, &pebble, state.path(), "").session(&session);
+        let running = server::start_on(listener, toml.settings(), std::future::pending())
+            .await
+            .unwrap();
+        replicas.push((running, address, state));
+    }
+    log.wait_for("ACME certificate issued", 1, Duration::from_secs(30))
+        .await;
+    let text = log
+        .wait_for(
+            "ACME certificate shared by another replica installed",
+            1,
+            Duration::from_secs(30),
+        )
+        .await;
+    assert_eq!(
+        text.matches("ACME: ordering a certificate").count(),
+        1,
+        "{text}"
+    );
+    let issued: u64 = replicas
+        .iter()
+        .map(|(gateway, ..)| order_count(gateway, "issued"))
+        .sum();
+    assert_eq!(issued, 1, "exactly one order at the CA");
+    assert_eq!(
+        text.matches("ACME account created").count(),
+        1,
+        "one account: {text}"
+    );
+
+    // Both present the one certificate pebble issued, trusted for the name.
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(pebble.issuing_root().await).unwrap();
+    let mut served = Vec::new();
+    for (gateway, address, state) in &replicas {
+        let tls = tls_connect(*address, name, roots.clone(), &[b"http/1.1"])
+            .await
+            .expect("each replica presents a certificate pebble issued for the name");
+        let leaf = tls.get_ref().1.peer_certificates().unwrap()[0].to_vec();
+        assert_eq!(presented(gateway), leaf);
+        let stored = std::fs::read_to_string(state.path().join("fullchain.pem")).unwrap();
+        let stored_leaf = CertificateDer::pem_slice_iter(stored.as_bytes())
+            .next()
+            .unwrap()
+            .unwrap();
+        assert_eq!(stored_leaf.as_ref(), leaf, "kept in each state directory");
+        served.push(leaf);
+    }
+    assert_eq!(
+        served[0], served[1],
+        "the same certificate on both replicas"
+    );
+
+    // Redis holds the certificate and its key, but not readable.
+    let shared = redis
+        .value("ssogate:acme:certificate")
+        .expect("the certificate is shared in Redis");
+    for clear in [&b"PRIVATE KEY"[..], b"CERTIFICATE"] {
+        assert!(!shared.windows(clear.len()).any(|w| w == clear));
+    }
+    assert!(redis.value("ssogate:acme:account").is_some());
+    assert_eq!(
+        redis.value("ssogate:acme:order"),
+        None,
+        "the lock is given back"
+    );
+    for (gateway, ..) in replicas {
+        gateway.shutdown().await;
+    }
 }

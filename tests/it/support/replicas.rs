@@ -149,6 +149,22 @@ impl RedisServer {
         lines[2].clone()
     }
 
+    /// The value of `key` as Redis holds it (`GET`; plain Redis only), if there is one.
+    pub fn value(&self, key: &str) -> Option<Vec<u8>> {
+        use std::io::{BufRead, BufReader, Read, Write};
+        let mut stream = std::net::TcpStream::connect((Ipv4Addr::LOCALHOST, self.port)).unwrap();
+        stream
+            .write_all(format!("GET {key}\r\n").as_bytes())
+            .unwrap();
+        let mut reader = BufReader::new(stream);
+        let mut header = String::new();
+        reader.read_line(&mut header).unwrap();
+        let length: usize = header.trim().strip_prefix('$')?.parse().ok()?;
+        let mut value = vec![0; length];
+        reader.read_exact(&mut value).unwrap();
+        Some(value)
+    }
+
     /// One inline command whose answer is an integer (plain Redis only).
     fn integer_answer(&self, command: &str) -> u64 {
         let answer = &self.answer_lines(command, 1)[0];
