@@ -7,7 +7,7 @@ mod around;
 mod certificate;
 
 use std::path::Path;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
 use http_body_util::Empty;
@@ -110,7 +110,9 @@ pub async fn run(config: Option<&Path>) -> bool {
         println!("     register this {what} at the provider: {uri}");
     }
     if let TlsSettings::Acme(acme) = &settings.tls {
-        report_acme(acme);
+        for line in acme_lines(acme, SystemTime::now()) {
+            report.line("tls acme", line);
+        }
     }
     match (settings.tls.files(), settings.server.public_url.host()) {
         (None, _) if matches!(settings.tls, TlsSettings::Acme(_)) => {}
@@ -208,38 +210,95 @@ pub async fn run(config: Option<&Path>) -> bool {
     report.failures == 0
 }
 
-/// The identity assertion's line: its key loaded (and its `kid`), what is published
-/// and what the token says; a FAIL naming the key and file when a key cannot be used.
-/// False only for that failure.
-/// The ACME state: the CA, the account, the certificate and its renewal (the
-/// gateway renews it: an expiry close is no failure here).
-fn report_acme(acme: &crate::config::AcmeSettings) {
-    use crate::server::acme;
-    println!(
-        "OK   tls acme: {} from {}, state in {}",
+/// The ACME state (`tls acme` lines): the CA, the account, the certificate and its
+/// renewal. The gateway renews the certificate itself, so an expiry close is no
+/// failure here: the lines say whether the renewal is ahead, under way (due, nothing
+/// to do), or overdue (orders have been failing: a warning, as is an expired one).
+fn acme_lines(acme: &crate::config::AcmeSettings, now: SystemTime) -> Vec<Line> {
+    use crate::server::acme::{self, StoredCertificate};
+    let mut lines = vec![Line::Pass(format!(
+        "{} from {}, state in {}",
         acme.names.join(", "),
         acme.directory,
         acme.state_dir.display()
-    );
-    if acme::account_stored(acme) {
-        println!("     tls acme: account stored");
+    ))];
+    lines.push(Line::Note(if acme::account_stored(acme) {
+        "account stored".into()
     } else {
-        println!("     tls acme: no account yet: it is made at the first order");
-    }
-    let Some((not_before, not_after)) = acme::stored_validity(acme) else {
-        println!(
-            "     tls acme: no certificate yet: a self-signed placeholder is served until the first order succeeds"
-        );
-        return;
-    };
+        "no account yet: it is made at the first order".into()
+    }));
     let date = |time| chrono::DateTime::<chrono::Utc>::from(time).format("%Y-%m-%d %H:%M UTC");
-    println!(
-        "     tls acme: certificate expires {}, renewal due around {}",
-        date(not_after),
-        date(acme::renewal_time(not_before, not_after))
-    );
+    let (not_before, not_after) = match acme::stored_certificate(acme) {
+        StoredCertificate::Valid(not_before, not_after) => (not_before, not_after),
+        StoredCertificate::None => {
+            lines.push(Line::Note(
+                "no certificate yet: a self-signed placeholder is served until the first order succeeds".into(),
+            ));
+            return lines;
+        }
+        StoredCertificate::Unusable(why) => {
+            lines.push(Line::Warn(format!(
+                "the stored certificate does not load ({why}): the gateway serves a self-signed \
+                 placeholder and orders a new one at start"
+            )));
+            return lines;
+        }
+        StoredCertificate::NotForName(name) => {
+            lines.push(Line::Warn(format!(
+                "the stored certificate is not for {name} (tls.acme_names changed): the gateway \
+                 orders one for the names at start, and serves the stored one until then"
+            )));
+            return lines;
+        }
+    };
+    let (renewal_from, renewal_by) = acme::renewal_window(not_before, not_after);
+    let expires = match not_after.duration_since(now) {
+        Ok(left) => format!("expires {} (in {})", date(not_after), span(left)),
+        Err(_) => {
+            lines.push(Line::Warn(format!(
+                "the certificate expired {}: clients refuse it until the gateway's next order \
+                 succeeds (it orders at start, and retries a minute to an hour apart; each failure \
+                 logs `ACME order failed`)",
+                date(not_after)
+            )));
+            return lines;
+        }
+    };
+    let overdue_after = renewal_by + Duration::from_secs(24 * 3600);
+    lines.push(if now < renewal_from {
+        Line::Pass(format!(
+            "certificate {expires}; the gateway renews it itself around {}",
+            date(renewal_by)
+        ))
+    } else if now < overdue_after {
+        Line::Pass(format!(
+            "certificate {expires}; its renewal is due now and the gateway carries it out by \
+             itself (at start, or already under way): nothing to do"
+        ))
+    } else {
+        Line::Warn(format!(
+            "certificate {expires}; its renewal was due {}, so the gateway's orders have been \
+             failing (or it has not run): see its log (`ACME order failed`) and \
+             ssogate_acme_orders_total{{outcome=\"failed\"}}",
+            date(renewal_by)
+        ))
+    });
+    lines
 }
 
+/// A duration in days, hours or minutes, whichever reads best.
+fn span(duration: Duration) -> String {
+    let seconds = duration.as_secs();
+    match seconds {
+        s if s >= 2 * 86400 => format!("{} days", s / 86400),
+        s if s >= 2 * 3600 => format!("{} hours", s / 3600),
+        s => format!("{} minutes", s / 60),
+    }
+}
+
+/// The identity assertion's line: its key loaded (and its `kid`), what is published
+/// and what the token says; a FAIL naming the key and file when a key cannot be used.
+/// False only for that failure.
 fn report_assertion(report: &mut Report, settings: &Settings) -> bool {
     let Some(config) = &settings.assertion else {
         println!("     assertion: off (no assertion.key_file)");
@@ -449,7 +508,117 @@ async fn upstream_get(settings: &Settings, url: &str) -> Result<http::StatusCode
 
 #[cfg(test)]
 mod tests {
-    use super::{hint, refresh_warnings};
+    use super::{Line, acme_lines, hint, refresh_warnings};
+    use std::time::{Duration, SystemTime};
+
+    const DAY: Duration = Duration::from_secs(86400);
+
+    /// ACME settings for `sentry.example.com` whose state directory holds a certificate
+    /// for `name` valid 90 days from 2030-01-01 (its issue date, returned).
+    fn acme_with_certificate(
+        dir: &std::path::Path,
+        name: &str,
+    ) -> (crate::config::AcmeSettings, SystemTime) {
+        let mut params = rcgen::CertificateParams::new(vec![name.to_owned()]).unwrap();
+        params.not_before = rcgen::date_time_ymd(2030, 1, 1);
+        params.not_after = rcgen::date_time_ymd(2030, 4, 1);
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = params.self_signed(&key).unwrap();
+        std::fs::write(dir.join("fullchain.pem"), cert.pem()).unwrap();
+        std::fs::write(dir.join("privkey.pem"), key.serialize_pem()).unwrap();
+        let settings = crate::config::AcmeSettings {
+            directory: url::Url::parse(crate::config::LETS_ENCRYPT_DIRECTORY).unwrap(),
+            contact: "mailto:ops@example.com".into(),
+            names: vec!["sentry.example.com".into()],
+            state_dir: dir.to_owned(),
+            ca_file: None,
+        };
+        let issued = SystemTime::UNIX_EPOCH + Duration::from_secs(1_893_456_000); // 2030-01-01
+        (settings, issued)
+    }
+
+    /// The certificate's line (the last) on `day` after issue.
+    fn certificate_line(acme: &crate::config::AcmeSettings, issued: SystemTime, day: u32) -> Line {
+        acme_lines(acme, issued + DAY * day).pop().unwrap()
+    }
+
+    #[test]
+    fn an_acme_certificate_near_expiry_is_fine_while_the_renewal_is_due_and_a_warning_when_overdue()
+    {
+        let dir = tempfile::tempdir().unwrap();
+        let (acme, issued) = acme_with_certificate(dir.path(), "sentry.example.com");
+        // 90 days: renewed between day 55.5 and day 60, by the gateway itself.
+        assert_eq!(
+            certificate_line(&acme, issued, 10),
+            Line::Pass(
+                "certificate expires 2030-04-01 00:00 UTC (in 80 days); the gateway renews it \
+                 itself around 2030-03-02 00:00 UTC"
+                    .into()
+            )
+        );
+        let due = Line::Pass(
+            "certificate expires 2030-04-01 00:00 UTC (in 31 days); its renewal is due now and \
+             the gateway carries it out by itself (at start, or already under way): nothing to do"
+                .into(),
+        );
+        assert_eq!(certificate_line(&acme, issued, 59), due);
+        let Line::Warn(overdue) = certificate_line(&acme, issued, 85) else {
+            panic!("overdue is a warning");
+        };
+        assert!(
+            overdue.starts_with(
+                "certificate expires 2030-04-01 00:00 UTC (in 5 days); its renewal was due \
+                 2030-03-02 00:00 UTC, so the gateway's orders have been failing"
+            ),
+            "{overdue}"
+        );
+        assert!(overdue.contains("ACME order failed"), "{overdue}");
+        let Line::Warn(expired) = certificate_line(&acme, issued, 91) else {
+            panic!("expired is a warning");
+        };
+        assert!(
+            expired.starts_with("the certificate expired 2030-04-01 00:00 UTC: clients refuse it"),
+            "{expired}"
+        );
+        // None of it fails the check.
+        for day in [0, 10, 59, 85, 91] {
+            let lines = acme_lines(&acme, issued + DAY * day);
+            assert!(
+                !lines.iter().any(|l| matches!(l, Line::Fail(_))),
+                "{lines:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn an_acme_certificate_for_other_names_or_broken_is_said_so() {
+        let dir = tempfile::tempdir().unwrap();
+        let (acme, issued) = acme_with_certificate(dir.path(), "old.example.com");
+        assert_eq!(
+            certificate_line(&acme, issued, 10),
+            Line::Warn(
+                "the stored certificate is not for sentry.example.com (tls.acme_names changed): \
+                 the gateway orders one for the names at start, and serves the stored one until then"
+                    .into()
+            )
+        );
+        std::fs::write(dir.path().join("privkey.pem"), "not a key").unwrap();
+        let Line::Warn(broken) = certificate_line(&acme, issued, 10) else {
+            panic!("a broken certificate is a warning");
+        };
+        assert!(
+            broken.starts_with("the stored certificate does not load (tls.key_file "),
+            "{broken}"
+        );
+        std::fs::remove_file(dir.path().join("fullchain.pem")).unwrap();
+        assert_eq!(
+            certificate_line(&acme, issued, 10),
+            Line::Note(
+                "no certificate yet: a self-signed placeholder is served until the first order succeeds"
+                    .into()
+            )
+        );
+    }
 
     #[test]
     fn common_failures_get_a_hint() {

@@ -157,12 +157,55 @@ pub fn stored_validity(acme: &AcmeSettings) -> Option<(SystemTime, SystemTime)> 
     validity_for_names(acme, &pem_pair(&cert_file, &key_file).ok()?)
 }
 
+/// What the state directory holds (for `ssogate check`).
+#[derive(Debug, PartialEq, Eq)]
+pub enum StoredCertificate {
+    /// No certificate yet.
+    None,
+    /// A certificate that does not load, and why.
+    Unusable(String),
+    /// A certificate that is not for this name of `tls.acme_names`.
+    NotForName(String),
+    /// A certificate for every name, valid from, until.
+    Valid(SystemTime, SystemTime),
+}
+
+/// The certificate in the state directory, told apart as [`StoredCertificate`].
+pub fn stored_certificate(acme: &AcmeSettings) -> StoredCertificate {
+    let (cert_file, key_file) = stored_files(acme);
+    if !cert_file.exists() {
+        return StoredCertificate::None;
+    }
+    match pem_pair(&cert_file, &key_file) {
+        Ok(pair) => examine(acme, &pair),
+        Err(e) => StoredCertificate::Unusable(e.to_string()),
+    }
+}
+
 /// The validity of `pair`'s certificate, if it is for every name of `tls.acme_names`.
 fn validity_for_names(
     acme: &AcmeSettings,
     pair: &CertifiedKey,
 ) -> Option<(SystemTime, SystemTime)> {
-    let (_, certificate) = x509_parser::parse_x509_certificate(pair.cert.first()?).ok()?;
+    match examine(acme, pair) {
+        StoredCertificate::Valid(not_before, not_after) => Some((not_before, not_after)),
+        StoredCertificate::NotForName(name) => {
+            tracing::info!(%name, "the ACME certificate is not for this name: a new one is ordered");
+            None
+        }
+        _ => None,
+    }
+}
+
+/// Whether `pair`'s certificate is for every name of `tls.acme_names`, and its validity.
+fn examine(acme: &AcmeSettings, pair: &CertifiedKey) -> StoredCertificate {
+    let parsed = pair
+        .cert
+        .first()
+        .map(|leaf| x509_parser::parse_x509_certificate(leaf));
+    let Some(Ok((_, certificate))) = parsed else {
+        return StoredCertificate::Unusable("the certificate does not parse".into());
+    };
     let on_it: Vec<String> = certificate
         .subject_alternative_name()
         .ok()
@@ -182,10 +225,12 @@ fn validity_for_names(
         })
         .unwrap_or_default();
     if let Some(missing) = acme.names.iter().find(|name| !on_it.contains(name)) {
-        tracing::info!(name = %missing, "the ACME certificate is not for this name: a new one is ordered");
-        return None;
+        return StoredCertificate::NotForName(missing.clone());
     }
-    validity(&certificate)
+    match validity(&certificate) {
+        Some((not_before, not_after)) => StoredCertificate::Valid(not_before, not_after),
+        None => StoredCertificate::Unusable("its validity dates are out of range".into()),
+    }
 }
 
 /// A certificate's validity period.
@@ -203,11 +248,18 @@ fn validity(
 /// When a certificate valid from `not_before` to `not_after` is renewed: when a third
 /// of its lifetime is left, less up to a twentieth of it at random.
 pub fn renewal_time(not_before: SystemTime, not_after: SystemTime) -> SystemTime {
+    let (earliest, latest) = renewal_window(not_before, not_after);
+    let spread = latest.duration_since(earliest).unwrap_or_default();
+    latest - spread.mul_f64(rand::random::<f64>())
+}
+
+/// The earliest and the latest [`renewal_time`] of a certificate.
+pub fn renewal_window(not_before: SystemTime, not_after: SystemTime) -> (SystemTime, SystemTime) {
     let lifetime = not_after
         .duration_since(not_before)
         .unwrap_or(Duration::ZERO);
-    let jitter = lifetime.mul_f64(rand::random::<f64>() / 20.0);
-    not_after - lifetime / 3 - jitter
+    let latest = not_after - lifetime / 3;
+    (latest - lifetime / 20, latest)
 }
 
 /// The wait before the next attempt after `failures` failed ones in a row.

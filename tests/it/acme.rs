@@ -391,12 +391,16 @@ async fn http01_on_the_plain_http_listener_when_there_is_one() {
         .expect("the gateway presents a certificate pebble issued for the name");
     let report = check(&toml);
     let expected = format!(
-        "OK   tls acme: plain.example.com from {}, state in {}\n     tls acme: account stored\n     tls acme: certificate expires ",
+        "OK   tls acme: plain.example.com from {}, state in {}\n     tls acme: account stored\nOK   tls acme: certificate expires ",
         pebble.directory,
         state.path().display()
     );
     assert!(report.contains(&expected), "{report}");
-    assert!(report.contains(", renewal due around "), "{report}");
+    assert!(
+        report.contains("; the gateway renews it itself around "),
+        "{report}"
+    );
+    assert!(!report.contains("FAIL tls"), "{report}");
     let issued = presented(&gateway);
     let in_use = log.text().matches("ACME certificate in use").count();
     gateway.shutdown().await;
