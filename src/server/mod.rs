@@ -45,7 +45,7 @@ use tokio_rustls::TlsAcceptor;
 
 use crate::body::{ResponseBody, boxed};
 use crate::config::{ServerSettings, Settings, TlsSettings};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use crate::gateway::{Gateway, GatewayError, LiveGateway, TlsServerName, TunnelPass};
 use crate::observe::{Metrics, REQUEST_ID};
@@ -212,10 +212,8 @@ impl RunningGateway {
         reload_settings(&self.live, settings).await
     }
 
-    /// On every SIGHUP: reads the config (`config`, and the environment) again and
-    /// swaps it in, then reloads the TLS certificate. A config or certificate that does
-    /// not load is refused with a log line, and the running one stays. (The
-    /// certificate files are also watched for changes, without a signal.)
+    /// On every SIGHUP: [`Self::reload_from_config`]. (The certificate files are also
+    /// watched for changes, without a signal.)
     pub fn reload_on_sighup(&self, config: Option<PathBuf>) {
         #[cfg(unix)]
         {
@@ -229,21 +227,21 @@ impl RunningGateway {
                 while hangups.recv().await.is_some() {
                     let Some(live) = live.upgrade() else { return };
                     tracing::info!("SIGHUP received: reloading the config and the TLS certificate");
-                    match Settings::load(config.as_deref()) {
-                        Ok(settings) => {
-                            let _ = reload_settings(&live, settings).await;
-                        }
-                        Err(e) => {
-                            tracing::error!(error = %e, "config reload refused; the running config stays");
-                            live.current().metrics().reload(false);
-                        }
-                    }
-                    if let Some(store) = certificate.as_ref().and_then(|c| c.upgrade()) {
-                        store.reload_and_log("SIGHUP", live.current().metrics());
-                    }
+                    let certificate = certificate.as_ref().and_then(|c| c.upgrade());
+                    reload_config_and_certificate(&live, certificate.as_deref(), config.as_deref())
+                        .await;
                 }
             });
         }
+    }
+
+    /// What SIGHUP does: reads the config (`config`, and the environment) again and
+    /// swaps it in, then reloads the TLS certificate files. A config or certificate
+    /// that does not load is refused with a log line, and the running one stays. An
+    /// ACME certificate stays as it is, and so does its renewal (`tls` is one of the
+    /// keys that wait for a restart).
+    pub async fn reload_from_config(&self, config: Option<&Path>) {
+        reload_config_and_certificate(&self.live, self.certificate.as_deref(), config).await;
     }
 
     /// Waits until the gateway has stopped (after [`shutdown_signal`] fires, say).
@@ -933,6 +931,31 @@ async fn serve_side(
             });
             let _ = terms.serve(stream, &activity, service).await;
         });
+    }
+}
+
+/// [`RunningGateway::reload_from_config`].
+async fn reload_config_and_certificate(
+    live: &LiveGateway,
+    certificate: Option<&tls::CertificateStore>,
+    config: Option<&Path>,
+) {
+    match Settings::load(config) {
+        Ok(settings) => {
+            let _ = reload_settings(live, settings).await;
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "config reload refused; the running config stays");
+            live.current().metrics().reload(false);
+        }
+    }
+    let gateway = live.current();
+    match (&gateway.settings().tls, certificate) {
+        (TlsSettings::Acme(_), Some(_)) => {
+            tracing::info!("TLS certificate kept: ACME renews it (tls.acme_*)");
+        }
+        (_, Some(store)) => store.reload_and_log("SIGHUP", gateway.metrics()),
+        (_, None) => {}
     }
 }
 

@@ -632,3 +632,82 @@ async fn replicas_sharing_redis_order_once_and_serve_the_same_certificate() {
         gateway.shutdown().await;
     }
 }
+
+#[tokio::test]
+async fn a_reload_keeps_the_acme_certificate_and_its_one_renewal_task() {
+    if !pebble_installed() {
+        return;
+    }
+    let (log, _logging) = logging();
+    let dir = tempfile::tempdir().unwrap();
+    let state = tempfile::tempdir().unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = listener.local_addr().unwrap();
+    // Short certificates, so that renewals go on while the test watches.
+    let pebble = Pebble::start(dir.path(), address.port(), 1, Duration::from_secs(12)).await;
+    let name = "sentry.example.com";
+    let (gateway, toml) = gateway(listener, name, &pebble, state.path(), "").await;
+    log.wait_for("ACME certificate issued", 1, Duration::from_secs(30))
+        .await;
+    let issued = presented(&gateway);
+
+    // What SIGHUP does, with the ACME names changed and another key too.
+    let config = dir.path().join("ssogate.toml");
+    let text = toml.upstream("read_timeout = \"7s\"").render().replace(
+        "acme_accept_terms = true",
+        "acme_accept_terms = true\nacme_names = [\"other.example.com\"]",
+    );
+    std::fs::write(&config, text).unwrap();
+    gateway.reload_from_config(Some(&config)).await;
+    let text = log.text();
+    let line = text
+        .lines()
+        .find(|line| line.contains("config reloaded"))
+        .unwrap_or_else(|| panic!("{text}"));
+    assert!(
+        line.contains("changes to these keys take effect at the next restart")
+            && line.contains("\"tls\""),
+        "{line}"
+    );
+    assert!(
+        text.contains("TLS certificate kept: ACME renews it (tls.acme_*)"),
+        "{text}"
+    );
+    assert!(!text.contains("TLS certificate reloaded"), "{text}");
+    assert_eq!(
+        gateway.gateway().settings().upstream.read_timeout,
+        Duration::from_secs(7),
+        "the other change applies"
+    );
+    assert_eq!(presented(&gateway), issued, "the certificate stays");
+
+    // Renewal goes on, for the names it started with, from one task: each task logs
+    // `ACME certificate in use` after each issuance, and a second one would log it
+    // once more after the reload.
+    log.wait_for("ACME certificate issued", 3, Duration::from_secs(40))
+        .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let text = log.text();
+    let issuances = text.matches("ACME certificate issued").count();
+    assert_eq!(
+        text.matches("ACME certificate in use").count(),
+        issuances,
+        "{text}"
+    );
+    assert_eq!(
+        text.matches("ACME: ordering a certificate").count(),
+        issuances,
+        "{text}"
+    );
+    assert_eq!(order_count(&gateway, "issued"), issuances as u64);
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(pebble.issuing_root().await).unwrap();
+    let renewed = tls_connect(address, name, roots, &[b"http/1.1"])
+        .await
+        .expect("the renewed certificate is for the name the gateway started with");
+    assert_ne!(
+        renewed.get_ref().1.peer_certificates().unwrap()[0].as_ref(),
+        issued
+    );
+    gateway.shutdown().await;
+}
