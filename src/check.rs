@@ -532,6 +532,7 @@ mod tests {
             names: vec!["sentry.example.com".into()],
             state_dir: dir.to_owned(),
             ca_file: None,
+            external_account: None,
         };
         let issued = SystemTime::UNIX_EPOCH + Duration::from_secs(1_893_456_000); // 2030-01-01
         (settings, issued)

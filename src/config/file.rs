@@ -70,6 +70,8 @@ pub struct TlsSection {
     #[serde(deserialize_with = "flex::bool")]
     pub acme_accept_terms: Option<bool>,
     pub acme_ca_file: Option<String>,
+    pub acme_eab_kid: Option<String>,
+    pub acme_eab_hmac_key_file: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]

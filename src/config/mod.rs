@@ -264,6 +264,25 @@ pub struct AcmeSettings {
     /// Roots trusted for the directory's HTTPS (a private CA, pebble); default: the
     /// system's.
     pub ca_file: Option<PathBuf>,
+    /// The external account binding the CA asks for (`tls.acme_eab_*`), if any.
+    pub external_account: Option<ExternalAccountBinding>,
+}
+
+/// An ACME external account binding (RFC 8555, section 7.3.4): the key ID and the
+/// HMAC key a CA such as ZeroSSL or Google Trust Services gives with an account of
+/// theirs. Its `Debug` leaves the key out.
+#[derive(Clone, PartialEq)]
+pub struct ExternalAccountBinding {
+    pub kid: String,
+    pub hmac_key: Vec<u8>,
+}
+
+impl std::fmt::Debug for ExternalAccountBinding {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ExternalAccountBinding")
+            .field("kid", &self.kid)
+            .finish_non_exhaustive()
+    }
 }
 
 /// Let's Encrypt's production directory, `tls.acme_directory`'s default.
@@ -856,6 +875,8 @@ fn validate_tls(tls: file::TlsSection) -> Result<TlsSettings, ConfigError> {
         &tls.acme_contact,
         &tls.acme_state_dir,
         &tls.acme_ca_file,
+        &tls.acme_eab_kid,
+        &tls.acme_eab_hmac_key_file,
     ];
     if acme_keys.iter().any(|key| key.is_some())
         || tls.acme_names.is_some()
@@ -964,13 +985,59 @@ fn validate_acme(tls: file::TlsSection) -> Result<AcmeSettings, ConfigError> {
             format!("`{bad}` is not a DNS name"),
         ));
     }
+    let external_account = external_account_binding(tls.acme_eab_kid, tls.acme_eab_hmac_key_file)?;
     Ok(AcmeSettings {
         directory,
         contact: format!("mailto:{address}"),
         names,
         state_dir: PathBuf::from(state_dir),
         ca_file: existing_file("tls.acme_ca_file", tls.acme_ca_file)?,
+        external_account,
     })
+}
+
+/// `tls.acme_eab_kid` and `tls.acme_eab_hmac_key_file`: both or neither; the file holds
+/// the HMAC key base64url-encoded, as CAs give it.
+fn external_account_binding(
+    kid: Option<String>,
+    key_file: Option<String>,
+) -> Result<Option<ExternalAccountBinding>, ConfigError> {
+    const KID: &str = "tls.acme_eab_kid";
+    const KEY_FILE: &str = "tls.acme_eab_hmac_key_file";
+    let (kid, key_file) = match (kid, key_file) {
+        (None, None) => return Ok(None),
+        (Some(_), None) => {
+            return Err(key_error(
+                KEY_FILE,
+                format!("missing: {KID} needs the HMAC key the CA gave with it, in a file"),
+            ));
+        }
+        (None, Some(_)) => {
+            return Err(key_error(
+                KID,
+                format!("missing: the key ID the CA gave with the HMAC key of {KEY_FILE}"),
+            ));
+        }
+        (Some(kid), Some(key_file)) => (kid, key_file),
+    };
+    if kid.trim().is_empty() {
+        return Err(key_error(KID, "is empty"));
+    }
+    let text = read_secret_file(KEY_FILE, &key_file)?;
+    let hmac_key = base64::Engine::decode(
+        &base64::engine::general_purpose::URL_SAFE_NO_PAD,
+        text.trim().trim_end_matches('='),
+    )
+    .map_err(|_| {
+        key_error(
+            KEY_FILE,
+            format!("`{key_file}` does not hold a base64url key (the HMAC key as the CA gives it)"),
+        )
+    })?;
+    Ok(Some(ExternalAccountBinding {
+        kid: kid.trim().to_owned(),
+        hmac_key,
+    }))
 }
 
 fn validate_server(

@@ -1208,9 +1208,58 @@ fn acme_defaults_to_lets_encrypt_and_public_urls_host() {
 }
 
 #[test]
+fn acme_external_account_binding_reads_the_base64url_key_and_never_shows_it() {
+    let state = tempfile::tempdir().unwrap();
+    let key_file = state.path().join("eab.key");
+    std::fs::write(&key_file, "c2VjcmV0LWhtYWMta2V5LWZyb20tdGhlLWNh\n").unwrap();
+    let text = with_acme(
+        state.path(),
+        &format!(
+            "acme_eab_kid = \"kid-1\"\nacme_eab_hmac_key_file = \"{}\"",
+            key_file.display()
+        ),
+    );
+    let TlsSettings::Acme(acme) = load(&text, &[]).unwrap().tls else {
+        panic!("ACME expected")
+    };
+    let binding = acme.external_account.expect("a binding");
+    assert_eq!(binding.kid, "kid-1");
+    assert_eq!(binding.hmac_key, b"secret-hmac-key-from-the-ca");
+    let shown = format!("{binding:?}");
+    assert!(
+        shown.contains("kid-1") && !shown.contains("secret"),
+        "{shown}"
+    );
+}
+
+#[test]
 fn acme_mistakes_name_their_key() {
     let state = tempfile::tempdir().unwrap();
+    let not_base64 = state.path().join("not-base64.key");
+    std::fs::write(&not_base64, "not base64!").unwrap();
+    let not_base64 = not_base64.display();
     let cases = [
+        (
+            with_acme(state.path(), "acme_eab_kid = \"kid-1\""),
+            "tls.acme_eab_hmac_key_file",
+            "missing: tls.acme_eab_kid needs the HMAC key",
+        ),
+        (
+            with_acme(
+                state.path(),
+                &format!("acme_eab_hmac_key_file = \"{not_base64}\""),
+            ),
+            "tls.acme_eab_kid",
+            "missing: the key ID",
+        ),
+        (
+            with_acme(
+                state.path(),
+                &format!("acme_eab_kid = \"k\"\nacme_eab_hmac_key_file = \"{not_base64}\""),
+            ),
+            "tls.acme_eab_hmac_key_file",
+            "does not hold a base64url key",
+        ),
         (
             with_acme(state.path(), "cert_file = \"/etc/ssogate/fullchain.pem\""),
             "tls.cert_file",

@@ -701,6 +701,9 @@ async fn account(acme: &AcmeSettings, shared: Option<&SharedOrders>) -> Result<A
         tracing::info!(file = %file.display(), directory, "ACME account shared by another replica: used");
         return existing_account(acme, stored).await;
     }
+    let binding = acme.external_account.as_ref().map(|binding| {
+        instant_acme::ExternalAccountKey::new(binding.kid.clone(), &binding.hmac_key)
+    });
     let (account, credentials) = account_builder(acme)?
         .create(
             &NewAccount {
@@ -709,7 +712,7 @@ async fn account(acme: &AcmeSettings, shared: Option<&SharedOrders>) -> Result<A
                 only_return_existing: false,
             },
             directory.to_owned(),
-            None,
+            binding.as_ref(),
         )
         .await
         .map_err(AcmeError::at(format!(

@@ -37,6 +37,8 @@ struct Pebble {
 struct PebbleOptions {
     /// Refuses accounts without an external account binding.
     binding_required: bool,
+    /// The bindings it knows: key ID and HMAC key (base64url).
+    binding_keys: Vec<(&'static str, &'static str)>,
     /// Takes every challenge as answered, without validating (pebble validates on one
     /// port, and with several replicas the one that orders may be on another).
     always_valid: bool,
@@ -98,6 +100,7 @@ impl Pebble {
             "tlsPort": tls_port,
             "ocspResponderURL": "",
             "externalAccountBindingRequired": options.binding_required,
+            "externalAccountMACKeys": options.binding_keys.iter().cloned().collect::<std::collections::HashMap<_, _>>(),
             "domainBlocklist": ["blocked.example.com"],
             "certificateValidityPeriod": validity.as_secs(),
         }});
@@ -709,5 +712,59 @@ async fn a_reload_keeps_the_acme_certificate_and_its_one_renewal_task() {
         renewed.get_ref().1.peer_certificates().unwrap()[0].as_ref(),
         issued
     );
+    gateway.shutdown().await;
+}
+
+#[tokio::test]
+async fn an_external_account_binding_gets_the_account_a_ca_requires_it_for() {
+    if !pebble_installed() {
+        return;
+    }
+    let (log, _logging) = logging();
+    let dir = tempfile::tempdir().unwrap();
+    let state = tempfile::tempdir().unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = listener.local_addr().unwrap();
+    // The key as CAs hand it out: base64url of the HMAC key.
+    let hmac_key = "zWNDZM6eQGHWpSRTPal5eIUYFTu7EajVIoguysqZ9wG44nMEtx3MUAsUDkMTQ12W";
+    let pebble = Pebble::start_with(
+        dir.path(),
+        address.port(),
+        1,
+        Duration::from_secs(3600),
+        PebbleOptions {
+            binding_required: true,
+            binding_keys: vec![("kid-ssogate", hmac_key)],
+            ..PebbleOptions::default()
+        },
+    )
+    .await;
+    let key_file = dir.path().join("eab.key");
+    std::fs::write(&key_file, format!("{hmac_key}\n")).unwrap();
+    let name = "sentry.example.com";
+    let toml = acme_toml(&listener, name, &pebble, state.path(), "");
+    let text = toml.render().replace(
+        "acme_accept_terms = true",
+        &format!(
+            "acme_accept_terms = true\nacme_eab_kid = \"kid-ssogate\"\nacme_eab_hmac_key_file = \"{}\"",
+            key_file.display()
+        ),
+    );
+    let settings =
+        ssogate::config::Settings::from_toml(&text, "(test)", std::iter::empty()).unwrap();
+    let gateway = server::start_on(listener, settings, std::future::pending())
+        .await
+        .unwrap();
+    let text = log
+        .wait_for("ACME certificate issued", 1, Duration::from_secs(30))
+        .await;
+    assert!(text.contains("ACME account created"), "{text}");
+    assert!(!text.contains("ACME order failed"), "{text}");
+    assert!(!text.contains(hmac_key), "the HMAC key is never logged");
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(pebble.issuing_root().await).unwrap();
+    tls_connect(address, name, roots, &[b"http/1.1"])
+        .await
+        .expect("the gateway presents a certificate pebble issued for the name");
     gateway.shutdown().await;
 }
