@@ -19,10 +19,13 @@
 //! (`acme:account`), each sealed (AES-256-GCM) with a key derived from the first session
 //! secret, so Redis never holds a private key readable. A replica that finds the lock
 //! taken waits for the holder to finish and installs the shared certificate (in its own
-//! state directory too) instead of ordering one.
+//! state directory too) instead of ordering one. The CA's validation may reach any
+//! replica, so the ordering one shares its challenge answers too (`acme:challenges`),
+//! and every replica puts them up ([`spawn_challenge_mirror`]).
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
@@ -53,6 +56,10 @@ const LAST_RETRY: Duration = Duration::from_secs(3600);
 const CA_PATIENCE: Duration = Duration::from_secs(90);
 /// The lock of the replica that orders, in Redis (under `session.redis_key_prefix`).
 const ORDER_LOCK: &str = "acme:order";
+/// The challenge answers of the order running now, for every replica to give.
+const SHARED_CHALLENGES: &str = "acme:challenges";
+/// How often each replica looks for another one's challenge answers.
+const MIRROR_INTERVAL: Duration = Duration::from_secs(1);
 /// The certificate and key the ordering replica shares, sealed.
 const SHARED_CERTIFICATE: &str = "acme:certificate";
 /// The account the ordering replica shares, sealed.
@@ -275,6 +282,8 @@ pub struct SharedOrders {
     /// The session secrets now (`session.secrets`, which a reload may rotate): the
     /// first seals, any opens.
     secrets: Box<dyn Fn() -> Vec<String> + Send + Sync>,
+    /// Whether this replica holds the order lock and orders now.
+    ordering_here: AtomicBool,
 }
 
 /// `acme:certificate`: the chain (leaf first) and its key, PEM.
@@ -292,6 +301,7 @@ impl SharedOrders {
         Self {
             store,
             secrets: Box::new(secrets),
+            ordering_here: AtomicBool::new(false),
         }
     }
 
@@ -303,15 +313,20 @@ impl SharedOrders {
             .map_err(shared_store_error)
     }
 
-    /// Stores `value` sealed under `name`.
-    async fn put(&self, name: &str, value: &impl serde::Serialize) -> Result<(), AcmeError> {
+    /// Stores `value` sealed under `name`, for `ttl` if given.
+    async fn put(
+        &self,
+        name: &str,
+        value: &impl serde::Serialize,
+        ttl: Option<Duration>,
+    ) -> Result<(), AcmeError> {
         let plain = serde_json::to_vec(value).map_err(|e| AcmeError::new("sharing", e))?;
         let secrets = (self.secrets)();
         let secret = secrets
             .first()
             .ok_or_else(|| AcmeError::new("sharing", "no session secret"))?;
         self.store
-            .put_sealed(name, secret, &plain)
+            .put_sealed(name, secret, &plain, ttl)
             .await
             .map_err(shared_store_error)
     }
@@ -335,7 +350,7 @@ pub fn spawn_renewal(
     acme: AcmeSettings,
     store: Arc<CertificateStore>,
     http01: Option<Arc<Http01Answers>>,
-    shared: Option<SharedOrders>,
+    shared: Option<Arc<SharedOrders>>,
     metrics: Arc<Metrics>,
     mut stop: watch::Receiver<bool>,
 ) {
@@ -366,7 +381,7 @@ pub fn spawn_renewal(
                 _ = tokio::time::sleep(wait) => {}
                 _ = super::stopped(&mut stop) => return,
             }
-            match obtain(&acme, &store, http01.as_deref(), shared.as_ref()).await {
+            match obtain(&acme, &store, http01.as_deref(), shared.as_deref()).await {
                 Ok(Obtained::Issued) => {
                     failures = 0;
                     metrics.acme_order(true);
@@ -446,13 +461,17 @@ async fn order_holding_the_lock(
     if install_shared(acme, store, shared).await? {
         return Ok(Obtained::Shared);
     }
+    shared.ordering_here.store(true, Ordering::Release);
     let ordering = order(acme, store, http01, Some(shared));
     tokio::pin!(ordering);
     let mut extend =
         tokio::time::interval_at(tokio::time::Instant::now() + LOCK_TTL / 3, LOCK_TTL / 3);
     let issued = loop {
         tokio::select! {
-            issued = &mut ordering => break issued?,
+            issued = &mut ordering => {
+                shared.ordering_here.store(false, Ordering::Release);
+                break issued?;
+            }
             _ = extend.tick() => match shared.store.extend_lock(ORDER_LOCK, token, LOCK_TTL).await {
                 Ok(true) => {}
                 Ok(false) => tracing::warn!("the ACME order lock expired while ordering: another replica may order too"),
@@ -460,7 +479,7 @@ async fn order_holding_the_lock(
             },
         }
     };
-    if let Err(e) = shared.put(SHARED_CERTIFICATE, &issued).await {
+    if let Err(e) = shared.put(SHARED_CERTIFICATE, &issued, None).await {
         tracing::warn!(error = %e, "the ACME certificate could not be shared: the other replicas order their own");
     }
     Ok(Obtained::Issued)
@@ -531,19 +550,21 @@ async fn order(
         .await
         .map_err(AcmeError::at(format!("ordering {:?}", acme.names)))?;
     let mut opened = Vec::new();
-    let answered = answer_challenges(&mut order, store, http01, &mut opened).await;
-    let ready = match answered {
-        Ok(()) => order
-            .poll_ready(&RetryPolicy::new().timeout(CA_PATIENCE))
+    let ready = answer_challenges(&mut order, store, http01, shared, &mut opened).await;
+    if let Some(shared) = shared
+        && !opened.is_empty()
+        && let Err(e) = shared
+            .put(
+                SHARED_CHALLENGES,
+                &Vec::<ChallengeAnswer>::new(),
+                Some(LOCK_WAIT),
+            )
             .await
-            .map_err(AcmeError::at("waiting for the CA to validate")),
-        Err(e) => Err(e),
-    };
-    for (name, token) in &opened {
-        store.set_challenge_answer(name, None);
-        if let Some(http01) = http01 {
-            http01.set(token, None);
-        }
+    {
+        tracing::debug!(error = %e, "the shared ACME challenge answers expire by themselves");
+    }
+    for answer in &opened {
+        answer.take_down(store, http01);
     }
     if ready? != OrderStatus::Ready {
         return Err(AcmeError::new(
@@ -580,15 +601,63 @@ async fn order(
     Ok(issued)
 }
 
-/// Puts up an answer for each pending authorization (HTTP-01 when there is a
-/// plain-HTTP listener, else TLS-ALPN-01) and tells the CA it is ready; `opened`
-/// gets `(name, token)` of each, to take down afterwards.
-async fn answer_challenges(
+/// One challenge's answer: what the gateway presents to the CA's validation, for
+/// `name` (TLS-ALPN-01: a certificate carrying `digest`) or at `token` (HTTP-01:
+/// `key_authorization`). Also what the ordering replica shares, so that every replica
+/// answers (`acme:challenges`): none of it is secret, the CA's validation sees it all.
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+struct ChallengeAnswer {
+    http01: bool,
+    name: String,
+    token: String,
+    key_authorization: String,
+    digest: Vec<u8>,
+}
+
+impl ChallengeAnswer {
+    /// Presents it (an HTTP-01 answer only where there is a plain-HTTP listener).
+    fn put_up(
+        &self,
+        store: &CertificateStore,
+        http01: Option<&Http01Answers>,
+    ) -> Result<(), TlsError> {
+        match (self.http01, http01) {
+            (true, Some(http01)) => http01.set(&self.token, Some(&self.key_authorization)),
+            (true, None) => {}
+            (false, _) => store
+                .set_challenge_answer(&self.name, Some(tls_alpn_answer(&self.name, &self.digest)?)),
+        }
+        Ok(())
+    }
+
+    fn take_down(&self, store: &CertificateStore, http01: Option<&Http01Answers>) {
+        match (self.http01, http01) {
+            (true, Some(http01)) => http01.set(&self.token, None),
+            (true, None) => {}
+            (false, _) => store.set_challenge_answer(&self.name, None),
+        }
+    }
+}
+
+/// The challenge this replica answers: HTTP-01 when there is a plain-HTTP listener,
+/// else TLS-ALPN-01.
+fn challenge_kind(http01: Option<&Http01Answers>) -> ChallengeType {
+    if http01.is_some() {
+        ChallengeType::Http01
+    } else {
+        ChallengeType::TlsAlpn01
+    }
+}
+
+/// Puts up an answer for each pending authorization; `opened` gets each, to take
+/// down afterwards.
+async fn put_up_answers(
     order: &mut instant_acme::Order,
     store: &CertificateStore,
     http01: Option<&Http01Answers>,
-    opened: &mut Vec<(String, String)>,
+    opened: &mut Vec<ChallengeAnswer>,
 ) -> Result<(), AcmeError> {
+    let kind = challenge_kind(http01);
     let mut authorizations = order.authorizations();
     while let Some(authorization) = authorizations.next().await {
         let mut authorization =
@@ -603,36 +672,138 @@ async fn answer_challenges(
                 ));
             }
         }
-        let kind = if http01.is_some() {
-            ChallengeType::Http01
-        } else {
-            ChallengeType::TlsAlpn01
+        let challenge = authorization.challenge(kind.clone()).ok_or_else(|| {
+            AcmeError::new(
+                "authorization",
+                format!("the CA offers no {kind:?} challenge"),
+            )
+        })?;
+        let key_authorization = challenge.key_authorization();
+        let answer = ChallengeAnswer {
+            http01: http01.is_some(),
+            name: challenge.identifier().to_string(),
+            token: challenge.token.clone(),
+            key_authorization: key_authorization.as_str().to_owned(),
+            digest: key_authorization.digest().as_ref().to_vec(),
         };
+        answer
+            .put_up(store, http01)
+            .map_err(|e| AcmeError::new("making the TLS-ALPN-01 answer", e))?;
+        opened.push(answer);
+    }
+    Ok(())
+}
+
+/// Tells the CA that the answers to the pending authorizations are up.
+async fn start_challenges(
+    order: &mut instant_acme::Order,
+    http01: Option<&Http01Answers>,
+) -> Result<(), AcmeError> {
+    let kind = challenge_kind(http01);
+    let mut authorizations = order.authorizations();
+    while let Some(authorization) = authorizations.next().await {
+        let mut authorization =
+            authorization.map_err(AcmeError::at("reading the authorizations"))?;
+        if authorization.status != AuthorizationStatus::Pending {
+            continue;
+        }
+        let name = authorization.identifier().to_string();
         let mut challenge = authorization.challenge(kind.clone()).ok_or_else(|| {
             AcmeError::new(
                 "authorization",
                 format!("the CA offers no {kind:?} challenge"),
             )
         })?;
-        let name = challenge.identifier().to_string();
-        let key_authorization = challenge.key_authorization();
-        match http01 {
-            Some(http01) => http01.set(&challenge.token, Some(key_authorization.as_str())),
-            None => store.set_challenge_answer(
-                &name,
-                Some(
-                    tls_alpn_answer(&name, key_authorization.digest().as_ref())
-                        .map_err(|e| AcmeError::new("making the TLS-ALPN-01 answer", e))?,
-                ),
-            ),
-        }
-        opened.push((name.clone(), challenge.token.clone()));
         challenge
             .set_ready()
             .await
             .map_err(AcmeError::at(format!("starting the challenge for {name}")))?;
     }
     Ok(())
+}
+
+/// Puts up the answers (shared with the other replicas, with `shared`), tells the CA,
+/// and waits for its validation: the order's status then.
+async fn answer_challenges(
+    order: &mut instant_acme::Order,
+    store: &CertificateStore,
+    http01: Option<&Http01Answers>,
+    shared: Option<&SharedOrders>,
+    opened: &mut Vec<ChallengeAnswer>,
+) -> Result<OrderStatus, AcmeError> {
+    put_up_answers(order, store, http01, opened).await?;
+    if let Some(shared) = shared
+        && !opened.is_empty()
+    {
+        share_answers(shared, opened).await?;
+    }
+    start_challenges(order, http01).await?;
+    order
+        .poll_ready(&RetryPolicy::new().timeout(CA_PATIENCE))
+        .await
+        .map_err(AcmeError::at("waiting for the CA to validate"))
+}
+
+/// Shares the answers of this replica's order, and gives the other replicas' mirrors
+/// ([`spawn_challenge_mirror`]) the time to put them up.
+async fn share_answers(
+    shared: &SharedOrders,
+    answers: &[ChallengeAnswer],
+) -> Result<(), AcmeError> {
+    shared
+        .put(SHARED_CHALLENGES, &answers, Some(LOCK_WAIT))
+        .await?;
+    tokio::time::sleep(MIRROR_INTERVAL * 2).await;
+    Ok(())
+}
+
+/// Every [`MIRROR_INTERVAL`], puts up the challenge answers another replica's order
+/// shared, and takes them down when it is over: the CA's validation may reach any
+/// replica behind the load balancer, and each must answer.
+pub fn spawn_challenge_mirror(
+    store: Arc<CertificateStore>,
+    http01: Option<Arc<Http01Answers>>,
+    shared: Arc<SharedOrders>,
+    mut stop: watch::Receiver<bool>,
+) {
+    tokio::spawn(async move {
+        let mut up: Vec<ChallengeAnswer> = Vec::new();
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep(MIRROR_INTERVAL) => {}
+                _ = super::stopped(&mut stop) => return,
+            }
+            let shared_now = match shared.get(SHARED_CHALLENGES).await {
+                Ok(plain) => plain
+                    .and_then(|plain| serde_json::from_slice::<Vec<ChallengeAnswer>>(&plain).ok())
+                    .unwrap_or_default(),
+                // Redis unreachable: what is up stays up.
+                Err(_) => continue,
+            };
+            let wanted = if shared.ordering_here.load(Ordering::Acquire) {
+                Vec::new() // this replica's own order: its answers are up already
+            } else {
+                shared_now
+            };
+            if wanted == up {
+                continue;
+            }
+            for answer in up.iter().filter(|answer| !wanted.contains(answer)) {
+                answer.take_down(&store, http01.as_deref());
+            }
+            for answer in wanted.iter().filter(|answer| !up.contains(answer)) {
+                match answer.put_up(&store, http01.as_deref()) {
+                    Ok(()) => {
+                        tracing::info!(name = %answer.name, "ACME: answering the challenge of another replica's order")
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "ACME: another replica's challenge answer cannot be put up")
+                    }
+                }
+            }
+            up = wanted;
+        }
+    });
 }
 
 /// What the CA said about each failed challenge, for the log line.
@@ -727,7 +898,7 @@ async fn account(acme: &AcmeSettings, shared: Option<&SharedOrders>) -> Result<A
     write_private(&file, &text).map_err(|e| AcmeError::new("storing the account", e))?;
     tracing::info!(file = %file.display(), directory, "ACME account created");
     if let Some(shared) = shared
-        && let Err(e) = shared.put(SHARED_ACCOUNT, &stored).await
+        && let Err(e) = shared.put(SHARED_ACCOUNT, &stored, None).await
     {
         tracing::warn!(error = %e, "the ACME account could not be shared");
     }

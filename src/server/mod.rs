@@ -322,12 +322,20 @@ pub async fn start_on(
                 .then(|| Arc::new(acme::Http01Answers::default()));
             let shared = gateway.shared_store().map(|shared| {
                 let live = Arc::downgrade(&live);
-                acme::SharedOrders::new(shared.clone(), move || {
+                Arc::new(acme::SharedOrders::new(shared.clone(), move || {
                     live.upgrade()
                         .map(|live| live.current().settings().session.secrets.clone())
                         .unwrap_or_default()
-                })
+                }))
             });
+            if let Some(shared) = &shared {
+                acme::spawn_challenge_mirror(
+                    store.clone(),
+                    http01.clone(),
+                    shared.clone(),
+                    stop_receiver.clone(),
+                );
+            }
             acme::spawn_renewal(
                 acme.clone(),
                 store.clone(),

@@ -9,8 +9,9 @@
 //! - `lease:<key>`: which replica runs the session's refresh right now, so a rotating
 //!   refresh token is used once, whichever replica the requests reach (a lock: `SET NX
 //!   PX` with a random token, extended and given back only by its holder).
-//! - `acme:order`: the lock of the replica ordering the ACME certificate; `acme:certificate`
-//!   and `acme:account`: what it got, sealed with the first session secret (see
+//! - `acme:order`: the lock of the replica ordering the ACME certificate;
+//!   `acme:challenges`: its challenge answers while the order runs; `acme:certificate`
+//!   and `acme:account`: what it got; all sealed with the first session secret (see
 //!   `server::acme`).
 //! - `once:<purpose>:<hash>`: values that may be used only once (a logout token's
 //!   `jti`, a login's `state`).
@@ -886,19 +887,25 @@ impl SharedStore {
             .await
     }
 
-    /// Stores `plain` under `name` (under the key prefix, no expiry), sealed with a key
-    /// derived from `secret` (the first session secret) and bound to the name: Redis
-    /// never holds it readable. For what the replicas share besides sessions (the ACME
-    /// certificate and its key, the ACME account).
+    /// Stores `plain` under `name` (under the key prefix; expiring after `ttl`, if
+    /// given), sealed with a key derived from `secret` (the first session secret) and
+    /// bound to the name: Redis never holds it readable. For what the replicas share
+    /// besides sessions (the ACME certificate and its key, account and challenges).
     pub async fn put_sealed(
         &self,
         name: &str,
         secret: &str,
         plain: &[u8],
+        ttl: Option<Duration>,
     ) -> Result<(), StoreUnavailable> {
         let name = format!("{}{name}", self.prefix);
         let sealed = seal(&sealing_key("shared value", secret), &name, plain);
-        self.run(redis::cmd("SET").arg(&name).arg(sealed)).await
+        let mut command = redis::cmd("SET");
+        command.arg(&name).arg(sealed);
+        if let Some(ttl) = ttl {
+            command.arg("PX").arg(millis(ttl));
+        }
+        self.run(&command).await
     }
 
     /// What [`Self::put_sealed`] stored under `name`, opened with whichever of

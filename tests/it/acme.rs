@@ -39,9 +39,6 @@ struct PebbleOptions {
     binding_required: bool,
     /// The bindings it knows: key ID and HMAC key (base64url).
     binding_keys: Vec<(&'static str, &'static str)>,
-    /// Takes every challenge as answered, without validating (pebble validates on one
-    /// port, and with several replicas the one that orders may be on another).
-    always_valid: bool,
 }
 
 /// Whether pebble is installed; false only outside CI (where it must be).
@@ -125,10 +122,6 @@ impl Pebble {
             .args(["-dnsserver", &dns.to_string()])
             .env("PEBBLE_VA_NOSLEEP", "1")
             .env("PEBBLE_WFE_NONCEREJECT", "0")
-            .env(
-                "PEBBLE_VA_ALWAYS_VALID",
-                if options.always_valid { "1" } else { "0" },
-            )
             .stdout(log("pebble.log"))
             .stderr(log("pebble.err"))
             .spawn()
@@ -545,24 +538,20 @@ async fn replicas_sharing_redis_order_once_and_serve_the_same_certificate() {
     let (log, _logging) = logging();
     let dir = tempfile::tempdir().unwrap();
     let redis = RedisServer::start(dir.path());
-    let pebble = Pebble::start_with(
-        dir.path(),
-        1,
-        1,
-        Duration::from_secs(3600),
-        PebbleOptions {
-            always_valid: true,
-            ..PebbleOptions::default()
-        },
-    )
-    .await;
+    let mut listeners = Vec::new();
+    for _ in 0..2 {
+        listeners.push(tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap());
+    }
+    // The CA validates on the first replica's port, whichever replica orders (as a
+    // load balancer sends it to any): the challenge answers are shared too.
+    let validated_at = listeners[0].local_addr().unwrap().port();
+    let pebble = Pebble::start(dir.path(), validated_at, 1, Duration::from_secs(3600)).await;
     let name = "replicas.example.com";
     let session = format!("store = \"redis\"\nredis_url = \"{}\"", redis.url());
     // Both start without a certificate, at once.
     let mut replicas = Vec::new();
-    for _ in 0..2 {
+    for listener in listeners {
         let state = tempfile::tempdir().unwrap();
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let address = listener.local_addr().unwrap();
         let toml = acme_toml(&listener, name, &pebble, state.path(), "").session(&session);
         let running = server::start_on(listener, toml.settings(), std::future::pending())
@@ -735,7 +724,6 @@ async fn an_external_account_binding_gets_the_account_a_ca_requires_it_for() {
         PebbleOptions {
             binding_required: true,
             binding_keys: vec![("kid-ssogate", hmac_key)],
-            ..PebbleOptions::default()
         },
     )
     .await;
@@ -767,4 +755,75 @@ async fn an_external_account_binding_gets_the_account_a_ca_requires_it_for() {
         .await
         .expect("the gateway presents a certificate pebble issued for the name");
     gateway.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_replica_that_does_not_order_answers_the_challenge_the_ca_sends_it() {
+    if !pebble_installed() {
+        return;
+    }
+    let (log, _logging) = logging();
+    let dir = tempfile::tempdir().unwrap();
+    let redis = RedisServer::start(dir.path());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let validated_at = listener.local_addr().unwrap();
+    let pebble = Pebble::start(
+        dir.path(),
+        validated_at.port(),
+        1,
+        Duration::from_secs(3600),
+    )
+    .await;
+    let name = "replicas.example.com";
+    // Replica A, on the port the CA validates on, got its certificate before, alone:
+    // it is not due for renewal and orders nothing.
+    let state_a = tempfile::tempdir().unwrap();
+    let (alone, _) = gateway(listener, name, &pebble, state_a.path(), "").await;
+    log.wait_for("ACME certificate issued", 1, Duration::from_secs(30))
+        .await;
+    alone.shutdown().await;
+    let session = format!("store = \"redis\"\nredis_url = \"{}\"", redis.url());
+    let listener = tokio::net::TcpListener::bind(validated_at).await.unwrap();
+    let toml = acme_toml(&listener, name, &pebble, state_a.path(), "").session(&session);
+    let a = server::start_on(listener, toml.settings(), std::future::pending())
+        .await
+        .unwrap();
+    let answered = log
+        .wait_for("ACME certificate in use", 2, Duration::from_secs(10))
+        .await
+        .matches("ACME TLS-ALPN-01 challenge answered")
+        .count();
+
+    // Replica B starts without a certificate, finds none shared, and orders; the CA's
+    // validation reaches A, which answers from what B shared.
+    let state_b = tempfile::tempdir().unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address_b = listener.local_addr().unwrap();
+    let toml = acme_toml(&listener, name, &pebble, state_b.path(), "").session(&session);
+    let b = server::start_on(listener, toml.settings(), std::future::pending())
+        .await
+        .unwrap();
+    let text = log
+        .wait_for("ACME certificate issued", 2, Duration::from_secs(30))
+        .await;
+    assert!(!text.contains("ACME order failed"), "{text}");
+    assert_eq!(
+        text.matches("ACME: answering the challenge of another replica's order")
+            .count(),
+        1,
+        "{text}"
+    );
+    assert!(
+        text.matches("ACME TLS-ALPN-01 challenge answered").count() > answered,
+        "A answered B's challenge: {text}"
+    );
+    assert_eq!(order_count(&a, "issued"), 0);
+    assert_eq!(order_count(&b, "issued"), 1);
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(pebble.issuing_root().await).unwrap();
+    tls_connect(address_b, name, roots, &[b"http/1.1"])
+        .await
+        .expect("B presents the certificate it got");
+    a.shutdown().await;
+    b.shutdown().await;
 }
