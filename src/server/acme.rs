@@ -286,7 +286,8 @@ pub struct SharedOrders {
     ordering_here: AtomicBool,
 }
 
-/// `acme:certificate`: the chain (leaf first) and its key, PEM.
+/// An issued certificate: the chain (leaf first) and its key, PEM; also what
+/// `acme:certificate` holds (sealed).
 #[derive(serde::Serialize, serde::Deserialize)]
 struct SharedCertificate {
     chain: String,

@@ -11,8 +11,8 @@
 //!   PX` with a random token, extended and given back only by its holder).
 //! - `acme:order`: the lock of the replica ordering the ACME certificate;
 //!   `acme:challenges`: its challenge answers while the order runs; `acme:certificate`
-//!   and `acme:account`: what it got; all sealed with the first session secret (see
-//!   `server::acme`).
+//!   and `acme:account`: what it got; these three sealed with the first session secret
+//!   (see `server::acme`).
 //! - `once:<purpose>:<hash>`: values that may be used only once (a logout token's
 //!   `jti`, a login's `state`).
 //! - channel `invalidate`: `<replica> <key>` after every change, so other replicas
@@ -823,6 +823,11 @@ impl SharedStore {
         }
     }
 
+    /// The Redis key of `name`: under `session.redis_key_prefix`.
+    fn prefixed(&self, name: &str) -> String {
+        format!("{}{name}", self.prefix)
+    }
+
     /// Takes the lock `name` (under the key prefix) for `ttl` if no replica holds it
     /// (`SET NX PX`): the token that proves it is ours, or `None` when it is taken.
     /// Used for the refresh leases (`lease:<key>`) and the ACME order (`acme:order`).
@@ -835,7 +840,7 @@ impl SharedStore {
         let taken: Option<String> = self
             .run(
                 redis::cmd("SET")
-                    .arg(format!("{}{name}", self.prefix))
+                    .arg(self.prefixed(name))
                     .arg(&token)
                     .arg("NX")
                     .arg("PX")
@@ -873,7 +878,7 @@ impl SharedStore {
         args: &[&str],
     ) -> Result<T, StoreUnavailable> {
         let script = redis::Script::new(script);
-        let mut invocation = script.key(format!("{}{name}", self.prefix));
+        let mut invocation = script.key(self.prefixed(name));
         for arg in args {
             invocation.arg(*arg);
         }
@@ -883,7 +888,7 @@ impl SharedStore {
 
     /// Whether some replica holds the lock `name`.
     pub async fn locked(&self, name: &str) -> Result<bool, StoreUnavailable> {
-        self.run(redis::cmd("EXISTS").arg(format!("{}{name}", self.prefix)))
+        self.run(redis::cmd("EXISTS").arg(self.prefixed(name)))
             .await
     }
 
@@ -898,7 +903,7 @@ impl SharedStore {
         plain: &[u8],
         ttl: Option<Duration>,
     ) -> Result<(), StoreUnavailable> {
-        let name = format!("{}{name}", self.prefix);
+        let name = self.prefixed(name);
         let sealed = seal(&sealing_key("shared value", secret), &name, plain);
         let mut command = redis::cmd("SET");
         command.arg(&name).arg(sealed);
@@ -916,7 +921,7 @@ impl SharedStore {
         name: &str,
         secrets: &[String],
     ) -> Result<Option<Vec<u8>>, StoreUnavailable> {
-        let name = format!("{}{name}", self.prefix);
+        let name = self.prefixed(name);
         let sealed: Option<Vec<u8>> = self.run(redis::cmd("GET").arg(&name)).await?;
         let Some(sealed) = sealed else {
             return Ok(None);
