@@ -758,7 +758,19 @@ async fn an_external_account_binding_gets_the_account_a_ca_requires_it_for() {
 }
 
 #[tokio::test]
-async fn a_replica_that_does_not_order_answers_the_challenge_the_ca_sends_it() {
+async fn a_replica_that_does_not_order_answers_the_tls_alpn_challenge_the_ca_sends_it() {
+    a_replica_that_does_not_order_answers_the_challenge(false).await;
+}
+
+#[tokio::test]
+async fn a_replica_that_does_not_order_answers_the_http01_challenge_the_ca_sends_it() {
+    a_replica_that_does_not_order_answers_the_challenge(true).await;
+}
+
+/// Replica A gets its certificate alone, then shares Redis with replica B, which
+/// orders while the CA validates on A (on its TLS listener, or with `http01` on its
+/// plain-HTTP one).
+async fn a_replica_that_does_not_order_answers_the_challenge(http01: bool) {
     if !pebble_installed() {
         return;
     }
@@ -766,32 +778,41 @@ async fn a_replica_that_does_not_order_answers_the_challenge_the_ca_sends_it() {
     let dir = tempfile::tempdir().unwrap();
     let redis = RedisServer::start(dir.path());
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let validated_at = listener.local_addr().unwrap();
-    let pebble = Pebble::start(
-        dir.path(),
-        validated_at.port(),
-        1,
-        Duration::from_secs(3600),
-    )
-    .await;
+    let address_a = listener.local_addr().unwrap();
+    let plain_a = unused_address();
+    let (pebble, keys_a, keys_b, answered_line) = if http01 {
+        (
+            Pebble::start(dir.path(), 1, plain_a.port(), Duration::from_secs(3600)).await,
+            format!("http_redirect_listen = \"{plain_a}\""),
+            format!("http_redirect_listen = \"{}\"", unused_address()),
+            "ACME HTTP-01 challenge answered",
+        )
+    } else {
+        (
+            Pebble::start(dir.path(), address_a.port(), 1, Duration::from_secs(3600)).await,
+            String::new(),
+            String::new(),
+            "ACME TLS-ALPN-01 challenge answered",
+        )
+    };
     let name = "replicas.example.com";
-    // Replica A, on the port the CA validates on, got its certificate before, alone:
-    // it is not due for renewal and orders nothing.
+    // Replica A, where the CA validates, got its certificate before, alone: it is not
+    // due for renewal and orders nothing.
     let state_a = tempfile::tempdir().unwrap();
-    let (alone, _) = gateway(listener, name, &pebble, state_a.path(), "").await;
+    let (alone, _) = gateway(listener, name, &pebble, state_a.path(), &keys_a).await;
     log.wait_for("ACME certificate issued", 1, Duration::from_secs(30))
         .await;
     alone.shutdown().await;
     let session = format!("store = \"redis\"\nredis_url = \"{}\"", redis.url());
-    let listener = tokio::net::TcpListener::bind(validated_at).await.unwrap();
-    let toml = acme_toml(&listener, name, &pebble, state_a.path(), "").session(&session);
+    let listener = tokio::net::TcpListener::bind(address_a).await.unwrap();
+    let toml = acme_toml(&listener, name, &pebble, state_a.path(), &keys_a).session(&session);
     let a = server::start_on(listener, toml.settings(), std::future::pending())
         .await
         .unwrap();
     let answered = log
         .wait_for("ACME certificate in use", 2, Duration::from_secs(10))
         .await
-        .matches("ACME TLS-ALPN-01 challenge answered")
+        .matches(answered_line)
         .count();
 
     // Replica B starts without a certificate, finds none shared, and orders; the CA's
@@ -799,7 +820,7 @@ async fn a_replica_that_does_not_order_answers_the_challenge_the_ca_sends_it() {
     let state_b = tempfile::tempdir().unwrap();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let address_b = listener.local_addr().unwrap();
-    let toml = acme_toml(&listener, name, &pebble, state_b.path(), "").session(&session);
+    let toml = acme_toml(&listener, name, &pebble, state_b.path(), &keys_b).session(&session);
     let b = server::start_on(listener, toml.settings(), std::future::pending())
         .await
         .unwrap();
@@ -814,7 +835,7 @@ async fn a_replica_that_does_not_order_answers_the_challenge_the_ca_sends_it() {
         "{text}"
     );
     assert!(
-        text.matches("ACME TLS-ALPN-01 challenge answered").count() > answered,
+        text.matches(answered_line).count() > answered,
         "A answered B's challenge: {text}"
     );
     assert_eq!(order_count(&a, "issued"), 0);
