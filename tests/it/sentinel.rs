@@ -210,27 +210,10 @@ async fn refreshes_work_on_the_new_master() {
     );
 }
 
-/// `ssogate check` with replica 0's configuration: its output.
-async fn check_output(cluster: &Cluster) -> String {
-    let config = cluster.config_path(0);
-    tokio::task::spawn_blocking(move || {
-        let output = std::process::Command::new(env!("CARGO_BIN_EXE_ssogate"))
-            .arg("check")
-            .arg("--config")
-            .arg(&config)
-            .output()
-            .unwrap();
-        String::from_utf8_lossy(&output.stdout).into_owned()
-            + &String::from_utf8_lossy(&output.stderr)
-    })
-    .await
-    .unwrap()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn check_reports_the_sentinel_topology_and_names_the_key_when_it_is_wrong() {
     let cluster = sentinel_cluster().await;
-    let output = check_output(&cluster).await;
+    let output = cluster.check_output(0).await;
     let master = format!(
         "OK   session store topology: sentinel: master {MASTER_NAME} at 127.0.0.1:{}, 1 replica(s), 3 sentinel(s) reachable",
         cluster.redis.port
@@ -247,7 +230,7 @@ async fn check_reports_the_sentinel_topology_and_names_the_key_when_it_is_wrong(
         ),
     )
     .unwrap();
-    let output = check_output(&cluster).await;
+    let output = cluster.check_output(0).await;
     assert!(
         output.contains("FAIL session store topology:")
             && output.contains("no master named `elsewhere` (session.redis_master_name)"),
@@ -266,7 +249,7 @@ async fn check_reports_the_sentinel_topology_and_names_the_key_when_it_is_wrong(
         text.replace(&listed, &format!("redis_sentinels = [\"{nobody}\"]")),
     )
     .unwrap();
-    let output = check_output(&cluster).await;
+    let output = cluster.check_output(0).await;
     assert!(
         output
             .contains("FAIL session store topology: no sentinel answers (session.redis_sentinels)")

@@ -9,6 +9,10 @@
 //! With [`ClusterOptions::sentinel`], that Redis is the master of a Sentinel setup:
 //! one replica and three sentinels (`redis-server --sentinel`, same package), all on
 //! loopback, with a short `down-after-milliseconds` so a failover takes seconds.
+//!
+//! With [`ClusterOptions::redis_cluster`], that Redis is the first of three masters of
+//! a Redis Cluster (`--cluster-enabled yes`, joined with `redis-cli --cluster create`),
+//! each with its own directory and `nodes.conf`, so a node restarted keeps its place.
 
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
@@ -143,6 +147,51 @@ impl RedisServer {
         self.integer_answer(&format!("WAIT 1 {}", within.as_millis()))
     }
 
+    /// Whether this cluster node owns `key`'s slot (it answers rather than `MOVED`).
+    pub fn owns(&self, key: &str) -> bool {
+        self.answer_lines(&format!("EXISTS {key}"), 1)[0].starts_with(':')
+    }
+
+    /// How many keys match `pattern` on this node.
+    pub fn keys_matching(&self, pattern: &str) -> u64 {
+        self.integer_answer(&format!(
+            "EVAL \"return #redis.call('KEYS', ARGV[1])\" 0 {pattern}"
+        ))
+    }
+
+    /// The bytes the keys matching `pattern` take on this node (`MEMORY USAGE`,
+    /// added up).
+    pub fn memory_of_keys(&self, pattern: &str) -> u64 {
+        self.integer_answer(&format!(
+            "EVAL \"local total = 0 for _, key in ipairs(redis.call('KEYS', ARGV[1])) do total = total + redis.call('MEMORY', 'USAGE', key, 'SAMPLES', 0) end return total\" 0 {pattern}"
+        ))
+    }
+
+    /// How many data commands (not `PING`, `INFO`, `CLUSTER` and the like) this
+    /// server ran so far (`INFO commandstats`).
+    pub fn data_commands(&self) -> u64 {
+        const DATA: [&str; 10] = [
+            "get", "set", "del", "exists", "pexpire", "sadd", "smembers", "sinter", "publish",
+            "evalsha",
+        ];
+        self.bulk_answer("INFO commandstats")
+            .lines()
+            .filter_map(|line| line.strip_prefix("cmdstat_")?.split_once(":calls="))
+            .filter(|(name, _)| DATA.contains(name))
+            .filter_map(|(_, rest)| rest.split(',').next()?.parse::<u64>().ok())
+            .sum()
+    }
+
+    /// `cluster_state` of `CLUSTER INFO` (`ok` or `fail`).
+    pub fn cluster_state(&self) -> String {
+        self.bulk_answer("CLUSTER INFO")
+            .lines()
+            .find_map(|line| line.strip_prefix("cluster_state:"))
+            .unwrap_or("none")
+            .trim()
+            .to_owned()
+    }
+
     /// `master` or `slave` (the first line of `ROLE`'s answer).
     pub fn role(&self) -> String {
         let lines = self.answer_lines("ROLE", 3);
@@ -174,6 +223,27 @@ impl RedisServer {
                 line.trim().to_owned()
             })
             .collect()
+    }
+
+    /// The answer to one inline command whose answer is one bulk string.
+    fn bulk_answer(&self, command: &str) -> String {
+        use std::io::{BufRead, BufReader, Read, Write};
+        assert!(self.tls_ca_file.is_none(), "the test speaks plain RESP");
+        let mut stream = std::net::TcpStream::connect((Ipv4Addr::LOCALHOST, self.port)).unwrap();
+        stream
+            .write_all(format!("{command}\r\n").as_bytes())
+            .unwrap();
+        let mut reader = BufReader::new(stream);
+        let mut header = String::new();
+        reader.read_line(&mut header).unwrap();
+        let length: usize = header
+            .trim()
+            .strip_prefix('$')
+            .and_then(|n| n.parse().ok())
+            .unwrap_or_else(|| panic!("{command} answered {header:?}"));
+        let mut body = vec![0; length];
+        reader.read_exact(&mut body).unwrap();
+        String::from_utf8(body).unwrap()
     }
 
     /// Answers PING (plain), or accepts connections (TLS: the gateway's own client is
@@ -295,6 +365,77 @@ impl SentinelSetup {
     }
 }
 
+/// The other masters of a Redis Cluster whose first master is [`Cluster::redis`].
+pub struct RedisClusterSetup {
+    pub others: Vec<RedisServer>,
+}
+
+/// `redis-server` arguments for a cluster node: it fails a silent peer after a second.
+fn cluster_node_args() -> Vec<String> {
+    [
+        "--cluster-enabled",
+        "yes",
+        "--cluster-config-file",
+        "nodes.conf",
+        "--cluster-node-timeout",
+        "1000",
+    ]
+    .map(String::from)
+    .to_vec()
+}
+
+impl RedisClusterSetup {
+    /// Two more masters, and `redis-cli --cluster create` over the three; waits until
+    /// every node says `cluster_state:ok`.
+    fn start(dir: &Path, first: &RedisServer) -> RedisClusterSetup {
+        let others: Vec<RedisServer> = (1..3)
+            .map(|index| {
+                RedisServer::start_named(dir, &format!("redis-{index}"), false, cluster_node_args())
+            })
+            .collect();
+        let mut create = Command::new("redis-cli");
+        create.args(["--cluster", "create"]);
+        for node in std::iter::once(first).chain(&others) {
+            create.arg(format!("127.0.0.1:{}", node.port));
+        }
+        let output = create
+            .arg("--cluster-yes")
+            .output()
+            .expect("redis-cli runs (Debian package redis-tools)");
+        assert!(
+            output.status.success(),
+            "redis-cli --cluster create: {}{}",
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        );
+        let setup = RedisClusterSetup { others };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !setup.nodes(first).iter().all(|node| node.cluster_state() == "ok") {
+            assert!(Instant::now() < deadline, "the cluster did not come up");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        setup
+    }
+
+    /// All three masters, `first` first.
+    pub fn nodes<'a>(&'a self, first: &'a RedisServer) -> Vec<&'a RedisServer> {
+        std::iter::once(first).chain(&self.others).collect()
+    }
+
+    /// The gateway's `[session]` keys for this cluster.
+    fn session_toml(&self, first: &RedisServer) -> String {
+        let nodes: Vec<String> = self
+            .nodes(first)
+            .iter()
+            .map(|node| format!("\"redis://127.0.0.1:{}\"", node.port))
+            .collect();
+        format!(
+            "store = \"redis\"\nredis_cluster_nodes = [{}]",
+            nodes.join(", ")
+        )
+    }
+}
+
 /// One `ssogate run` process.
 pub struct Replica {
     /// `https://127.0.0.1:<port>` of this replica.
@@ -332,6 +473,9 @@ pub struct ClusterOptions {
     /// Redis is a master with a replica and three sentinels; the gateways are given
     /// the sentinels.
     pub sentinel: bool,
+    /// Redis is the first of three masters of a Redis Cluster; the gateways are given
+    /// the three.
+    pub redis_cluster: bool,
 }
 
 pub const SECRET_OLD: &str = "the-old-session-secret-0123456789abcdef";
@@ -350,6 +494,7 @@ impl Default for ClusterOptions {
             ],
             redis_tls: false,
             sentinel: false,
+            redis_cluster: false,
         }
     }
 }
@@ -361,6 +506,8 @@ pub struct Cluster {
     pub redis: RedisServer,
     /// With [`ClusterOptions::sentinel`].
     pub sentinel: Option<SentinelSetup>,
+    /// With [`ClusterOptions::redis_cluster`].
+    pub redis_cluster: Option<RedisClusterSetup>,
     pub replicas: Vec<Replica>,
     /// The public address (the first replica stands in for the load balancer's).
     pub public_url: String,
@@ -372,13 +519,22 @@ impl Cluster {
     pub async fn start(options: ClusterOptions) -> Cluster {
         let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
         let dir = tempfile::tempdir().unwrap();
-        let redis = RedisServer::start_with(dir.path(), options.redis_tls);
+        let node_args = if options.redis_cluster {
+            cluster_node_args()
+        } else {
+            Vec::new()
+        };
+        let redis = RedisServer::start_named(dir.path(), "redis", options.redis_tls, node_args);
         let sentinel = options
             .sentinel
             .then(|| SentinelSetup::start(dir.path(), &redis));
-        let store_toml = match &sentinel {
-            Some(sentinel) => sentinel.session_toml(),
-            None => format!("store = \"redis\"\nredis_url = \"{}\"", redis.url()),
+        let redis_cluster = options
+            .redis_cluster
+            .then(|| RedisClusterSetup::start(dir.path(), &redis));
+        let store_toml = match (&sentinel, &redis_cluster) {
+            (Some(sentinel), _) => sentinel.session_toml(),
+            (None, Some(redis_cluster)) => redis_cluster.session_toml(&redis),
+            (None, None) => format!("store = \"redis\"\nredis_url = \"{}\"", redis.url()),
         };
         let redis_ca = match &redis.tls_ca_file {
             Some(file) => format!("redis_ca_file = \"{}\"", file.display()),
@@ -448,6 +604,7 @@ impl Cluster {
             upstream,
             redis,
             sentinel,
+            redis_cluster,
             replicas,
             public_url,
             ca_pem: certificate.ca_pem,
@@ -462,6 +619,23 @@ impl Cluster {
     /// Replica `index`'s configuration file.
     pub fn config_path(&self, index: usize) -> PathBuf {
         self.dir.path().join(format!("replica-{index}.toml"))
+    }
+
+    /// `ssogate check` with replica `index`'s configuration: its output.
+    pub async fn check_output(&self, index: usize) -> String {
+        let config = self.config_path(index);
+        tokio::task::spawn_blocking(move || {
+            let output = Command::new(env!("CARGO_BIN_EXE_ssogate"))
+                .arg("check")
+                .arg("--config")
+                .arg(&config)
+                .output()
+                .unwrap();
+            String::from_utf8_lossy(&output.stdout).into_owned()
+                + &String::from_utf8_lossy(&output.stderr)
+        })
+        .await
+        .unwrap()
     }
 
     /// A browser pointed at replica `index`.
