@@ -4,8 +4,9 @@
 //! reaches the other; requests served from the local cache ask Redis nothing; the node
 //! that carries the invalidation channel is killed and started again, and meanwhile
 //! signed-in people keep working and both replicas stay ready; afterwards logins,
-//! sessions from before and sign-outs work again. `ssogate check` reports the
-//! topology.
+//! sessions from before and sign-outs work again. The commands a login, a refresh and
+//! a sign-out send are counted (`INFO commandstats`; config/OPERATIONS.md lists them).
+//! `ssogate check` reports the topology.
 
 use std::time::{Duration, Instant};
 
@@ -92,7 +93,15 @@ async fn sessions_spread_over_the_nodes_and_sign_outs_reach_every_replica() {
         .iter()
         .map(|node| node.memory_of_keys(SESSION_KEYS))
         .sum();
-    eprintln!("a sealed session takes {} bytes in Redis (MEMORY USAGE)", bytes / 12);
+    let all_bytes: u64 = nodes(&cluster)
+        .iter()
+        .map(|node| node.memory_of_keys("ssogate:*"))
+        .sum();
+    eprintln!(
+        "a sealed session takes {} bytes in Redis (MEMORY USAGE), {} with the indexes and login states",
+        bytes / 12,
+        all_bytes / 12
+    );
 
     // Every session works on both replicas; then, from the local caches, without
     // asking Redis anything.
@@ -198,6 +207,40 @@ async fn a_node_restart_is_survived_with_sessions_and_sign_outs() {
         assert!(took < Duration::from_secs(1), "took {took:?}");
     }
     works_on_every_replica(&cluster, &alice, "alice after the sign-outs").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_refresh_serves_both_replicas_in_six_round_trips() {
+    let cluster = Cluster::start(ClusterOptions {
+        oidc_toml: "scopes = [\"openid\", \"email\", \"profile\", \"offline_access\"]".into(),
+        access_token_ttl: Duration::from_secs(2),
+        redis_cluster: true,
+        ..Default::default()
+    })
+    .await;
+    let alice = signed_in(&cluster, 0, "alice").await;
+    works_on_every_replica(&cluster, &alice, "alice before the refresh").await;
+    // Two refreshes: the first loads the release script into the cluster.
+    let mut refreshes = Vec::new();
+    for _ in 0..2 {
+        tokio::time::sleep(Duration::from_millis(2200)).await; // the access token expired
+        let before = data_commands(&cluster);
+        let mut tab = cluster.on(0, &alice);
+        assert_eq!(api_status(&mut tab, "/api/0/").await, StatusCode::OK);
+        refreshes.push(data_commands(&cluster) - before);
+    }
+    assert_eq!(cluster.provider.refresh_count(), 2);
+    eprintln!("data commands: refreshes {refreshes:?}");
+    // Six round trips: take the lease (SET NX), read what is stored (GET, PEXPIRE),
+    // save (SET XX), publish, give the lease back (EVALSHA, whose script's GET and DEL
+    // Redis counts too).
+    assert_eq!(refreshes[1], 8);
+    works_on_every_replica(&cluster, &alice, "alice after the refresh").await;
+    assert_eq!(
+        cluster.provider.refresh_count(),
+        2,
+        "one refresh per expiry for both replicas"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
