@@ -1766,10 +1766,7 @@ fn validate_cluster_nodes(session: &file::SessionSection) -> Result<Option<Vec<U
         if !matches!(node.path().trim_start_matches('/'), "" | "0") {
             return Err(key_error(
                 KEY,
-                format!(
-                    "`{}`: a Redis Cluster has only database 0",
-                    redacted(node)
-                ),
+                format!("`{}`: a Redis Cluster has only database 0", redacted(node)),
             ));
         }
         if node.scheme() != nodes[0].scheme()

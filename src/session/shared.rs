@@ -100,7 +100,10 @@ enum Connection {
 }
 
 impl redis::aio::ConnectionLike for Connection {
-    fn req_packed_command<'a>(&'a mut self, cmd: &'a redis::Cmd) -> redis::RedisFuture<'a, redis::Value> {
+    fn req_packed_command<'a>(
+        &'a mut self,
+        cmd: &'a redis::Cmd,
+    ) -> redis::RedisFuture<'a, redis::Value> {
         match self {
             Self::Server(connection) => connection.req_packed_command(cmd),
             Self::Cluster(connection) => connection.req_packed_command(cmd),
@@ -481,8 +484,7 @@ impl SharedStore {
     /// What the cluster says of itself: its state and its nodes (masters, replicas,
     /// those it sees failing).
     async fn cluster_topology(&self) -> Result<String, String> {
-        let unreachable =
-            |e: StoreUnavailable| format!("{} (session.redis_cluster_nodes)", e.0);
+        let unreachable = |e: StoreUnavailable| format!("{} (session.redis_cluster_nodes)", e.0);
         let info: String = self
             .run(redis::cmd("CLUSTER").arg("INFO"))
             .await
@@ -641,7 +643,9 @@ impl SharedStore {
         if self.connection.load().is_none() {
             self.follow_master().await;
         }
-        let info: String = self.run_on_one_node(redis::cmd("INFO").arg("server")).await?;
+        let info: String = self
+            .run_on_one_node(redis::cmd("INFO").arg("server"))
+            .await?;
         Ok(info
             .lines()
             .find_map(|line| line.strip_prefix("redis_version:"))

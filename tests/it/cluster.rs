@@ -112,7 +112,11 @@ async fn sessions_spread_over_the_nodes_and_sign_outs_reach_every_replica() {
     for browser in &people {
         works_on_every_replica(&cluster, browser, "a cached session").await;
     }
-    assert_eq!(data_commands(&cluster) - before, 0, "cached requests asked Redis");
+    assert_eq!(
+        data_commands(&cluster) - before,
+        0,
+        "cached requests asked Redis"
+    );
 
     // A login: the login state's EXISTS and SET NX, then the two indexes' SADD and
     // PEXPIRE and the session's SET, one step per slot.
@@ -190,7 +194,10 @@ async fn a_node_restart_is_survived_with_sessions_and_sign_outs() {
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    eprintln!("logins work again {:?} after the restart", restarted.elapsed());
+    eprintln!(
+        "logins work again {:?} after the restart",
+        restarted.elapsed()
+    );
 
     // Nothing written before the kill is lost (the caches were emptied after the
     // outage, so these come from Redis), a new login works, and a sign-out reaches

@@ -410,7 +410,11 @@ impl RedisClusterSetup {
         );
         let setup = RedisClusterSetup { others };
         let deadline = Instant::now() + Duration::from_secs(20);
-        while !setup.nodes(first).iter().all(|node| node.cluster_state() == "ok") {
+        while !setup
+            .nodes(first)
+            .iter()
+            .all(|node| node.cluster_state() == "ok")
+        {
             assert!(Instant::now() < deadline, "the cluster did not come up");
             std::thread::sleep(Duration::from_millis(100));
         }
