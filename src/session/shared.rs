@@ -31,7 +31,8 @@
 //! in different slots cannot share a pipeline there, so each write is a list of
 //! [`Step`]s: one pipeline with one server or Sentinel (a `MULTI` where it was one),
 //! one step after another in Cluster, the session's own key last on a login and the
-//! invalidation last on a change. The health check `PING`s every master.
+//! invalidation last on a change. The health check asks every master whether the
+//! cluster's state is `ok`.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -323,20 +324,20 @@ impl SharedStore {
         subscribed || healthy
     }
 
-    /// Whether Redis answers: `PING`; in Cluster, every master must answer it and the
-    /// cluster must say its state is `ok` (a master it sees failing leaves slots
-    /// without a node, and redis-rs stops asking a node the cluster dropped).
+    /// Whether Redis answers: `PING`; in Cluster, every master that has slots must
+    /// say the cluster's state is `ok` (`CLUSTER INFO`): a master down is an outage
+    /// before the cluster marks it failed (redis-rs stops asking a node it lost), and
+    /// after its restart each master says `ok` only once it sees every slot served.
     async fn ping(&self) -> Result<(), StoreUnavailable> {
-        let ping = redis::cmd("PING");
         let Connection::Cluster(mut connection) = self.connection()? else {
-            return self.run::<redis::Value>(&ping).await.map(drop);
+            return self
+                .run::<redis::Value>(&redis::cmd("PING"))
+                .await
+                .map(drop);
         };
-        let info: String = self.run(redis::cmd("CLUSTER").arg("INFO")).await?;
-        let state = cluster_state(&info);
-        if state != "ok" {
-            return Err(StoreUnavailable(format!("the cluster's state is {state}")));
-        }
         let nodes: String = self.run(redis::cmd("CLUSTER").arg("NODES")).await?;
+        let mut info = redis::cmd("CLUSTER");
+        info.arg("INFO");
         for node in ClusterNode::parse_all(&nodes) {
             let Some((host, port)) = node.address.filter(|_| node.serves_slots) else {
                 continue;
@@ -345,9 +346,18 @@ impl SharedStore {
                 host: host.to_owned(),
                 port,
             });
-            self.within(connection.route_command(ping.clone(), routing))
+            let master =
+                |reason: String| StoreUnavailable(format!("the master at {host}:{port}: {reason}"));
+            let answer = self
+                .within(connection.route_command(info.clone(), routing))
                 .await
-                .map_err(|e| StoreUnavailable(format!("the master at {host}:{port}: {}", e.0)))?;
+                .map_err(|e| master(e.0))?;
+            let answer: String =
+                redis::from_redis_value(answer).map_err(|e| master(e.to_string()))?;
+            match cluster_state(&answer) {
+                "ok" => {}
+                state => return Err(master(format!("the cluster's state is {state}"))),
+            }
         }
         Ok(())
     }

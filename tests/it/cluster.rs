@@ -4,7 +4,8 @@
 //! reaches the other; requests served from the local cache ask Redis nothing; the node
 //! that carries the invalidation channel is killed and started again, and meanwhile
 //! signed-in people keep working and both replicas stay ready; afterwards logins,
-//! sessions from before and sign-outs work again. The commands a login, a refresh and
+//! sessions from before and sign-outs work again; back-channel logouts end the
+//! sessions of a provider session. The commands a login, a refresh and
 //! a sign-out send are counted (`INFO commandstats`; config/OPERATIONS.md lists them).
 //! `ssogate check` reports the topology.
 
@@ -12,7 +13,10 @@ use std::time::{Duration, Instant};
 
 use http::StatusCode;
 
-use crate::replicas::{LONG_LOCAL_CACHE, api_status, signed_in, time_until_signed_out};
+use crate::replicas::{
+    LONG_LOCAL_CACHE, api_status, back_channel_logouts_end_sessions_on_every_replica, signed_in,
+    time_until_signed_out,
+};
 use crate::support::browser::Browser;
 use crate::support::replicas::{Cluster, ClusterOptions, RedisServer};
 
@@ -147,6 +151,14 @@ fn node_mut(cluster: &mut Cluster, index: usize) -> &mut RedisServer {
         0 => &mut cluster.redis,
         _ => &mut cluster.redis_cluster.as_mut().unwrap().others[index - 1],
     }
+}
+
+/// The `sid` and `sub` indexes live in different slots: the sessions of a provider
+/// session are found without `SINTER`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn back_channel_logouts_end_the_sessions_of_a_provider_session() {
+    let cluster = redis_cluster().await;
+    back_channel_logouts_end_sessions_on_every_replica(&cluster).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -370,8 +370,11 @@ pub struct RedisClusterSetup {
     pub others: Vec<RedisServer>,
 }
 
-/// `redis-server` arguments for a cluster node: it fails a silent peer after a second.
+/// `redis-server` arguments for a cluster node: it fails a silent peer after a second;
+/// its cluster bus port is a free one of its own (by default it would be the port plus
+/// 10000, past 65535 for a high free port).
 fn cluster_node_args() -> Vec<String> {
+    let bus_port = unused_address().port().to_string();
     [
         "--cluster-enabled",
         "yes",
@@ -379,6 +382,8 @@ fn cluster_node_args() -> Vec<String> {
         "nodes.conf",
         "--cluster-node-timeout",
         "1000",
+        "--cluster-port",
+        &bus_port,
     ]
     .map(String::from)
     .to_vec()
