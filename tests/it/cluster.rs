@@ -7,7 +7,8 @@
 //! sessions from before and sign-outs work again; back-channel logouts end the
 //! sessions of a provider session. The commands a login, a refresh and
 //! a sign-out send are counted (`INFO commandstats`; config/OPERATIONS.md lists them).
-//! `ssogate check` reports the topology.
+//! `ssogate check` reports the topology. Sessions travel over TLS to a cluster whose
+//! nodes have certificates from a private CA.
 
 use std::time::{Duration, Instant};
 
@@ -293,6 +294,37 @@ async fn check_reports_the_cluster_topology_and_names_the_key_when_it_is_unreach
     assert!(
         output.contains("FAIL session store topology:")
             && output.contains("(session.redis_cluster_nodes)"),
+        "{output}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sessions_travel_over_tls_to_every_node() {
+    let cluster = Cluster::start(ClusterOptions {
+        session_toml: LONG_LOCAL_CACHE.into(),
+        redis_cluster: true,
+        redis_tls: true,
+        ..Default::default()
+    })
+    .await;
+    // Ready means every master answered over TLS (the health check asks each).
+    let mut people = Vec::new();
+    for (index, name) in [(0, "alice"), (1, "bob"), (1, "alice"), (0, "bob")] {
+        people.push(signed_in(&cluster, index, name).await);
+    }
+    for browser in &people {
+        works_on_every_replica(&cluster, browser, "a session over TLS").await;
+    }
+    let mut on_a = cluster.on(0, &people[1]);
+    let signed_out = on_a.navigate("/oauth2/sign_out").await;
+    assert_eq!(signed_out.status, StatusCode::FOUND, "{signed_out:?}");
+    let took = time_until_signed_out(&cluster, 1, &people[1]).await;
+    assert!(took < Duration::from_secs(1), "took {took:?}");
+    let output = cluster.check_output(0).await;
+    assert!(
+        output.contains("OK   session store: Redis ")
+            && output.contains(&format!(" at rediss://127.0.0.1:{}\n", cluster.redis.port))
+            && output.contains("OK   session store topology: cluster: state ok, 3 node(s)"),
         "{output}"
     );
 }

@@ -20,10 +20,23 @@ use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
 use ssogate::devidp::{DevProvider, DevProviderConfig, DevUser};
-use ssogate::server::tls;
+use ssogate::server::tls::{self, LocalCertificate};
 
 use super::browser::Browser;
 use super::{GatewayToml, TestUpstream, alice, unused_address, user};
+
+/// A certificate for 127.0.0.1 from a throwaway CA, for every server of a setup.
+fn loopback_certificate() -> LocalCertificate {
+    tls::local_certificate(&["127.0.0.1"]).unwrap()
+}
+
+/// Writes `cert.pem`, `key.pem` and `ca.pem` into `dir`; returns the CA's path.
+fn write_certificate(dir: &Path, certificate: &LocalCertificate) -> PathBuf {
+    std::fs::write(dir.join("cert.pem"), &certificate.cert_pem).unwrap();
+    std::fs::write(dir.join("key.pem"), &certificate.key_pem).unwrap();
+    std::fs::write(dir.join("ca.pem"), &certificate.ca_pem).unwrap();
+    dir.join("ca.pem")
+}
 
 /// A `redis-server` child process.
 pub struct RedisServer {
@@ -43,20 +56,22 @@ impl RedisServer {
 
     /// `tls`: serve only TLS, with a certificate for 127.0.0.1 from a throwaway CA.
     pub fn start_with(dir: &Path, tls: bool) -> RedisServer {
-        Self::start_named(dir, "redis", tls, Vec::new())
+        let certificate = tls.then(loopback_certificate);
+        Self::start_named(dir, "redis", certificate.as_ref(), Vec::new())
     }
 
-    /// A Redis in `dir/name`, with more arguments for `redis-server`.
-    pub fn start_named(dir: &Path, name: &str, tls: bool, extra_args: Vec<String>) -> RedisServer {
+    /// A Redis in `dir/name`, with more arguments for `redis-server`; with a
+    /// `certificate`, it serves only TLS (and replicates and talks to its cluster over
+    /// TLS).
+    pub fn start_named(
+        dir: &Path,
+        name: &str,
+        certificate: Option<&LocalCertificate>,
+        extra_args: Vec<String>,
+    ) -> RedisServer {
         let dir = dir.join(name);
         std::fs::create_dir_all(&dir).unwrap();
-        let tls_ca_file = tls.then(|| {
-            let certificate = tls::local_certificate(&["127.0.0.1"]).unwrap();
-            std::fs::write(dir.join("cert.pem"), &certificate.cert_pem).unwrap();
-            std::fs::write(dir.join("key.pem"), &certificate.key_pem).unwrap();
-            std::fs::write(dir.join("ca.pem"), &certificate.ca_pem).unwrap();
-            dir.join("ca.pem")
-        });
+        let tls_ca_file = certificate.map(|certificate| write_certificate(&dir, certificate));
         let mut server = RedisServer {
             port: unused_address().port(),
             dir,
@@ -91,7 +106,8 @@ impl RedisServer {
                 .args(["--tls-cert-file", &file("cert.pem")])
                 .args(["--tls-key-file", &file("key.pem")])
                 .args(["--tls-ca-cert-file", &file("ca.pem")])
-                .args(["--tls-auth-clients", "no"]);
+                .args(["--tls-auth-clients", "no"])
+                .args(["--tls-replication", "yes", "--tls-cluster", "yes"]);
         } else {
             command.args(["--port", &port]);
         }
@@ -144,7 +160,11 @@ impl RedisServer {
 
     /// `WAIT 1 <ms>`: how many replicas acknowledged every write made so far.
     pub fn replicas_in_sync(&self, within: Duration) -> u64 {
-        self.integer_answer(&format!("WAIT 1 {}", within.as_millis()))
+        let answer = self.redis_cli(&["WAIT", "1", &within.as_millis().to_string()]);
+        answer
+            .trim()
+            .parse()
+            .unwrap_or_else(|_| panic!("WAIT answered {answer:?}"))
     }
 
     /// Whether this cluster node owns `key`'s slot (it answers rather than `MOVED`).
@@ -184,7 +204,7 @@ impl RedisServer {
 
     /// `cluster_state` of `CLUSTER INFO` (`ok` or `fail`).
     pub fn cluster_state(&self) -> String {
-        self.bulk_answer("CLUSTER INFO")
+        self.redis_cli(&["CLUSTER", "INFO"])
             .lines()
             .find_map(|line| line.strip_prefix("cluster_state:"))
             .unwrap_or("none")
@@ -223,6 +243,29 @@ impl RedisServer {
                 line.trim().to_owned()
             })
             .collect()
+    }
+
+    /// `redis-cli` with the arguments to reach this server (over TLS when it serves
+    /// TLS), then `args`.
+    fn redis_cli_command(&self, port: bool) -> Command {
+        let mut command = Command::new("redis-cli");
+        if port {
+            command.args(["-h", "127.0.0.1", "-p", &self.port.to_string()]);
+        }
+        if let Some(ca) = &self.tls_ca_file {
+            command.arg("--tls").arg("--cacert").arg(ca);
+        }
+        command
+    }
+
+    /// What `redis-cli` prints for `args` sent to this server.
+    fn redis_cli(&self, args: &[&str]) -> String {
+        let output = self
+            .redis_cli_command(true)
+            .args(args)
+            .output()
+            .expect("redis-cli runs (Debian package redis-tools)");
+        String::from_utf8_lossy(&output.stdout).into_owned()
     }
 
     /// The answer to one inline command whose answer is one bulk string.
@@ -285,15 +328,32 @@ pub const MASTER_NAME: &str = "sessions";
 impl Sentinel {
     /// A sentinel in `dir/name` watching the master on `master_port` (quorum 2),
     /// waiting until it answers.
-    fn start(dir: &Path, name: &str, master_port: u16) -> Sentinel {
+    /// With a `certificate`, it serves only TLS and reaches the servers over TLS.
+    fn start(
+        dir: &Path,
+        name: &str,
+        master_port: u16,
+        certificate: Option<&LocalCertificate>,
+    ) -> Sentinel {
         let dir = dir.join(name);
         std::fs::create_dir_all(&dir).unwrap();
         let port = unused_address().port();
         let config = dir.join("sentinel.conf");
+        let listen = match certificate {
+            None => format!("port {port}\n"),
+            Some(certificate) => {
+                write_certificate(&dir, certificate);
+                format!(
+                    "port 0\ntls-port {port}\ntls-cert-file {0}/cert.pem\ntls-key-file {0}/key.pem\n\
+                     tls-ca-cert-file {0}/ca.pem\ntls-auth-clients no\ntls-replication yes\n",
+                    dir.display()
+                )
+            }
+        };
         std::fs::write(
             &config,
             format!(
-                "port {port}\nbind 127.0.0.1\nprotected-mode no\ndir {dir}\n\
+                "{listen}bind 127.0.0.1\nprotected-mode no\ndir {dir}\n\
                  sentinel monitor {MASTER_NAME} 127.0.0.1 {master_port} 2\n\
                  sentinel down-after-milliseconds {MASTER_NAME} 1000\n\
                  sentinel failover-timeout {MASTER_NAME} 3000\n\
@@ -331,14 +391,20 @@ pub struct SentinelSetup {
     /// Replicates the first master; promoted when it fails.
     pub replica: RedisServer,
     pub sentinels: Vec<Sentinel>,
+    /// Everything serves only TLS.
+    tls: bool,
 }
 
 impl SentinelSetup {
-    fn start(dir: &Path, master: &RedisServer) -> SentinelSetup {
+    fn start(
+        dir: &Path,
+        master: &RedisServer,
+        certificate: Option<&LocalCertificate>,
+    ) -> SentinelSetup {
         let replica = RedisServer::start_named(
             dir,
             "redis-replica",
-            false,
+            certificate,
             vec![
                 "--replicaof".into(),
                 "127.0.0.1".into(),
@@ -346,9 +412,15 @@ impl SentinelSetup {
             ],
         );
         let sentinels = (0..3)
-            .map(|index| Sentinel::start(dir, &format!("sentinel-{index}"), master.port))
+            .map(|index| {
+                Sentinel::start(dir, &format!("sentinel-{index}"), master.port, certificate)
+            })
             .collect();
-        SentinelSetup { replica, sentinels }
+        SentinelSetup {
+            replica,
+            sentinels,
+            tls: certificate.is_some(),
+        }
     }
 
     /// The gateway's `[session]` keys for this setup.
@@ -358,8 +430,13 @@ impl SentinelSetup {
             .iter()
             .map(|sentinel| format!("\"127.0.0.1:{}\"", sentinel.port))
             .collect();
+        let url = if self.tls {
+            format!("\nredis_url = \"rediss://{MASTER_NAME}/0\"")
+        } else {
+            String::new()
+        };
         format!(
-            "store = \"redis\"\nredis_sentinels = [{}]\nredis_master_name = \"{MASTER_NAME}\"",
+            "store = \"redis\"\nredis_sentinels = [{}]\nredis_master_name = \"{MASTER_NAME}\"{url}",
             addresses.join(", ")
         )
     }
@@ -392,13 +469,18 @@ fn cluster_node_args() -> Vec<String> {
 impl RedisClusterSetup {
     /// Two more masters, and `redis-cli --cluster create` over the three; waits until
     /// every node says `cluster_state:ok`.
-    fn start(dir: &Path, first: &RedisServer) -> RedisClusterSetup {
+    fn start(
+        dir: &Path,
+        first: &RedisServer,
+        certificate: Option<&LocalCertificate>,
+    ) -> RedisClusterSetup {
         let others: Vec<RedisServer> = (1..3)
             .map(|index| {
-                RedisServer::start_named(dir, &format!("redis-{index}"), false, cluster_node_args())
+                let name = format!("redis-{index}");
+                RedisServer::start_named(dir, &name, certificate, cluster_node_args())
             })
             .collect();
-        let mut create = Command::new("redis-cli");
+        let mut create = first.redis_cli_command(false);
         create.args(["--cluster", "create"]);
         for node in std::iter::once(first).chain(&others) {
             create.arg(format!("127.0.0.1:{}", node.port));
@@ -436,7 +518,10 @@ impl RedisClusterSetup {
         let nodes: Vec<String> = self
             .nodes(first)
             .iter()
-            .map(|node| format!("\"redis://127.0.0.1:{}\"", node.port))
+            .map(|node| {
+                let url = node.url();
+                format!("\"{}\"", url.trim_end_matches("/0"))
+            })
             .collect();
         format!(
             "store = \"redis\"\nredis_cluster_nodes = [{}]",
@@ -477,7 +562,9 @@ pub struct ClusterOptions {
     pub oidc_toml: String,
     pub access_token_ttl: Duration,
     pub users: Vec<DevUser>,
-    /// Redis serves only TLS (`rediss://` with `session.redis_ca_file`).
+    /// Redis serves only TLS (`rediss://` with `session.redis_ca_file`): every server,
+    /// sentinel and cluster node, with certificates from one CA, replicating and
+    /// talking to each other over TLS too.
     pub redis_tls: bool,
     /// Redis is a master with a replica and three sentinels; the gateways are given
     /// the sentinels.
@@ -533,13 +620,15 @@ impl Cluster {
         } else {
             Vec::new()
         };
-        let redis = RedisServer::start_named(dir.path(), "redis", options.redis_tls, node_args);
+        let certificate = options.redis_tls.then(loopback_certificate);
+        let certificate = certificate.as_ref();
+        let redis = RedisServer::start_named(dir.path(), "redis", certificate, node_args);
         let sentinel = options
             .sentinel
-            .then(|| SentinelSetup::start(dir.path(), &redis));
+            .then(|| SentinelSetup::start(dir.path(), &redis, certificate));
         let redis_cluster = options
             .redis_cluster
-            .then(|| RedisClusterSetup::start(dir.path(), &redis));
+            .then(|| RedisClusterSetup::start(dir.path(), &redis, certificate));
         let store_toml = match (&sentinel, &redis_cluster) {
             (Some(sentinel), _) => sentinel.session_toml(),
             (None, Some(redis_cluster)) => redis_cluster.session_toml(&redis),
