@@ -491,8 +491,9 @@ impl SharedStore {
         self.sentinel_topology().await
     }
 
-    /// What the cluster says of itself: its state and its nodes (masters, replicas,
-    /// those it sees failing).
+    /// What the cluster says of itself: its state and its nodes (masters that serve
+    /// slots, replicas, those it sees failing, such as a master whose replica took
+    /// over).
     async fn cluster_topology(&self) -> Result<String, String> {
         let unreachable = |e: StoreUnavailable| format!("{} (session.redis_cluster_nodes)", e.0);
         let info: String = self
@@ -505,12 +506,12 @@ impl SharedStore {
             .map_err(unreachable)?;
         let state = cluster_state(&info);
         let nodes = ClusterNode::parse_all(&nodes);
-        let masters = nodes.iter().filter(|node| node.master).count();
-        let replicas = nodes.len() - masters;
+        let serving = nodes.iter().filter(|node| node.serves_slots).count();
+        let replicas = nodes.iter().filter(|node| !node.master).count();
         let failing = nodes.iter().filter(|node| node.failing).count();
         let found = format!(
-            "cluster: state {state}, {} node(s): {masters} master(s), {replicas} replica(s), {failing} failing",
-            masters + replicas
+            "cluster: state {state}, {} node(s): {serving} master(s) serving slots, {replicas} replica(s), {failing} failing",
+            nodes.len()
         );
         if state == "ok" {
             Ok(found)

@@ -4,7 +4,8 @@
 //! reaches the other; requests served from the local cache ask Redis nothing; the node
 //! that carries the invalidation channel is killed and started again, and meanwhile
 //! signed-in people keep working and both replicas stay ready; afterwards logins,
-//! sessions from before and sign-outs work again; back-channel logouts end the
+//! sessions from before and sign-outs work again; with a replica for each master, the
+//! killed master's replica takes over and nothing is lost; back-channel logouts end the
 //! sessions of a provider session. The commands a login, a refresh and
 //! a sign-out send are counted (`INFO commandstats`; config/OPERATIONS.md lists them).
 //! `ssogate check` reports the topology. Sessions travel over TLS to a cluster whose
@@ -230,6 +231,77 @@ async fn a_node_restart_is_survived_with_sessions_and_sign_outs() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_master_fails_over_to_its_replica_without_losing_sessions_or_sign_outs() {
+    let mut cluster = Cluster::start(ClusterOptions {
+        session_toml: LONG_LOCAL_CACHE.into(),
+        redis_cluster: true,
+        redis_cluster_replicas: true,
+        ..Default::default()
+    })
+    .await;
+    let alice = signed_in(&cluster, 0, "alice").await;
+    let bob = signed_in(&cluster, 1, "bob").await;
+    works_on_every_replica(&cluster, &alice, "alice before the kill").await;
+    works_on_every_replica(&cluster, &bob, "bob before the kill").await;
+    let carrier = nodes(&cluster)
+        .iter()
+        .position(|node| node.owns(CHANNEL))
+        .expect("a master owns the channel's slot");
+    for master in nodes(&cluster)
+        .iter()
+        .filter(|node| node.role() == "master")
+    {
+        assert_eq!(master.replicas_in_sync(Duration::from_secs(5)), 1);
+    }
+    node_mut(&mut cluster, carrier).kill();
+    let killed = Instant::now();
+    let mut refused_logins = false;
+    let took = loop {
+        works_on_every_replica(&cluster, &alice, "alice during the failover").await;
+        for index in [0, 1] {
+            let (status, body) = cluster.ready(index).await;
+            assert_eq!(status, 200, "replica {index} during the failover: {body}");
+        }
+        if takes_logins(&cluster, 0).await && takes_logins(&cluster, 1).await {
+            break killed.elapsed();
+        }
+        refused_logins = true;
+        assert!(
+            killed.elapsed() < RECOVERY_BOUND,
+            "logins still refused {RECOVERY_BOUND:?} after the kill; replica 0's log:\n{}",
+            cluster.replicas[0].log()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    eprintln!("logins work again {took:?} after the kill");
+    assert!(
+        refused_logins,
+        "the kill went unnoticed: the test tests nothing"
+    );
+    // The sessions written before are read from the promoted replicas, a new login
+    // works, and sign-outs reach the other replica: the subscriptions moved to the
+    // promoted node.
+    works_on_every_replica(&cluster, &alice, "alice after the failover").await;
+    works_on_every_replica(&cluster, &bob, "bob after the failover").await;
+    let carol = signed_in(&cluster, 1, "alice").await;
+    works_on_every_replica(&cluster, &carol, "a login after the failover").await;
+    for (index, browser) in [(0, &bob), (1, &carol)] {
+        let mut tab = cluster.on(index, browser);
+        let signed_out = tab.navigate("/oauth2/sign_out").await;
+        assert_eq!(signed_out.status, StatusCode::FOUND, "{signed_out:?}");
+        let took = time_until_signed_out(&cluster, 1 - index, browser).await;
+        assert!(took < Duration::from_secs(1), "took {took:?}");
+    }
+    let output = cluster.check_output(0).await;
+    assert!(
+        output.contains(
+            "OK   session store topology: cluster: state ok, 6 node(s): 3 master(s) serving slots, 2 replica(s), 1 failing"
+        ),
+        "{output}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_refresh_serves_both_replicas_in_six_round_trips() {
     let cluster = Cluster::start(ClusterOptions {
         oidc_toml: "scopes = [\"openid\", \"email\", \"profile\", \"offline_access\"]".into(),
@@ -269,7 +341,7 @@ async fn check_reports_the_cluster_topology_and_names_the_key_when_it_is_unreach
     let output = cluster.check_output(0).await;
     assert!(
         output.contains(
-            "OK   session store topology: cluster: state ok, 3 node(s): 3 master(s), 0 replica(s), 0 failing"
+            "OK   session store topology: cluster: state ok, 3 node(s): 3 master(s) serving slots, 0 replica(s), 0 failing"
         ),
         "{output}"
     );

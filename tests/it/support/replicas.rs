@@ -11,8 +11,9 @@
 //! loopback, with a short `down-after-milliseconds` so a failover takes seconds.
 //!
 //! With [`ClusterOptions::redis_cluster`], that Redis is the first of three masters of
-//! a Redis Cluster (`--cluster-enabled yes`, joined with `redis-cli --cluster create`),
-//! each with its own directory and `nodes.conf`, so a node restarted keeps its place.
+//! a Redis Cluster (`--cluster-enabled yes`, joined with `redis-cli --cluster create`,
+//! with [`ClusterOptions::redis_cluster_replicas`] a replica for each), each node with
+//! its own directory and `nodes.conf`, so a node restarted keeps its place.
 
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
@@ -442,7 +443,7 @@ impl SentinelSetup {
     }
 }
 
-/// The other masters of a Redis Cluster whose first master is [`Cluster::redis`].
+/// The other nodes of a Redis Cluster whose first master is [`Cluster::redis`].
 pub struct RedisClusterSetup {
     pub others: Vec<RedisServer>,
 }
@@ -467,14 +468,17 @@ fn cluster_node_args() -> Vec<String> {
 }
 
 impl RedisClusterSetup {
-    /// Two more masters, and `redis-cli --cluster create` over the three; waits until
-    /// every node says `cluster_state:ok`.
+    /// Two more masters (and with `replicas`, three nodes that `redis-cli --cluster
+    /// create` makes their replicas), the cluster made over them; waits until every
+    /// node says `cluster_state:ok`.
     fn start(
         dir: &Path,
         first: &RedisServer,
         certificate: Option<&LocalCertificate>,
+        replicas: bool,
     ) -> RedisClusterSetup {
-        let others: Vec<RedisServer> = (1..3)
+        let count = if replicas { 6 } else { 3 };
+        let others: Vec<RedisServer> = (1..count)
             .map(|index| {
                 let name = format!("redis-{index}");
                 RedisServer::start_named(dir, &name, certificate, cluster_node_args())
@@ -484,6 +488,9 @@ impl RedisClusterSetup {
         create.args(["--cluster", "create"]);
         for node in std::iter::once(first).chain(&others) {
             create.arg(format!("127.0.0.1:{}", node.port));
+        }
+        if replicas {
+            create.args(["--cluster-replicas", "1"]);
         }
         let output = create
             .arg("--cluster-yes")
@@ -508,7 +515,7 @@ impl RedisClusterSetup {
         setup
     }
 
-    /// All three masters, `first` first.
+    /// Every node, `first` first.
     pub fn nodes<'a>(&'a self, first: &'a RedisServer) -> Vec<&'a RedisServer> {
         std::iter::once(first).chain(&self.others).collect()
     }
@@ -572,6 +579,8 @@ pub struct ClusterOptions {
     /// Redis is the first of three masters of a Redis Cluster; the gateways are given
     /// the three.
     pub redis_cluster: bool,
+    /// With `redis_cluster`: each master has a replica (six nodes, all given).
+    pub redis_cluster_replicas: bool,
 }
 
 pub const SECRET_OLD: &str = "the-old-session-secret-0123456789abcdef";
@@ -591,6 +600,7 @@ impl Default for ClusterOptions {
             redis_tls: false,
             sentinel: false,
             redis_cluster: false,
+            redis_cluster_replicas: false,
         }
     }
 }
@@ -626,9 +636,10 @@ impl Cluster {
         let sentinel = options
             .sentinel
             .then(|| SentinelSetup::start(dir.path(), &redis, certificate));
-        let redis_cluster = options
-            .redis_cluster
-            .then(|| RedisClusterSetup::start(dir.path(), &redis, certificate));
+        let redis_cluster = options.redis_cluster.then(|| {
+            let replicas = options.redis_cluster_replicas;
+            RedisClusterSetup::start(dir.path(), &redis, certificate, replicas)
+        });
         let store_toml = match (&sentinel, &redis_cluster) {
             (Some(sentinel), _) => sentinel.session_toml(),
             (None, Some(redis_cluster)) => redis_cluster.session_toml(&redis),
