@@ -305,11 +305,15 @@ impl SharedStore {
     }
 
     /// One health check (PING, and the first subscription to the invalidation
-    /// channel; the connection manager renews it after reconnects). Returns whether
-    /// the channel is subscribed.
+    /// channel; the connection manager renews it after reconnects, and in Cluster it
+    /// is made again after an outage). Returns whether the channel is subscribed.
     async fn check_health(&self, subscribed: bool) -> bool {
         let switched = self.follow_master().await;
-        let subscribed = subscribed && !switched;
+        // In Cluster the subscription lives on the node that owns the channel's slot;
+        // after an outage (that node failed over, perhaps) it is made again, on the
+        // node the client's refreshed slot map names.
+        let renew = self.cluster_nodes.is_some() && !self.reachable.load(Ordering::Acquire);
+        let subscribed = subscribed && !switched && !renew;
         let result = match self.ping().await {
             Ok(()) if subscribed => Ok(()),
             Ok(()) => self.subscribe().await,
