@@ -139,6 +139,8 @@ pub struct SessionSection {
     pub redis_master_name: Option<String>,
     pub redis_sentinel_password: Option<String>,
     pub redis_sentinel_password_file: Option<String>,
+    #[serde(deserialize_with = "flex::list")]
+    pub redis_cluster_nodes: Option<Vec<String>>,
     pub redis_key_prefix: Option<String>,
     #[serde(deserialize_with = "flex::text")]
     pub redis_timeout: Option<String>,

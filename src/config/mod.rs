@@ -402,6 +402,8 @@ pub struct RedisSettings {
     /// Redis Sentinel: the master is whichever server the sentinels name (`url` then
     /// carries only the scheme, the data nodes' password and the database number).
     pub sentinel: Option<SentinelSettings>,
+    /// Redis Cluster: the seed nodes (`url` is then the first of them).
+    pub cluster_nodes: Option<Vec<Url>>,
 }
 
 /// Where the sentinels are and which master they watch for us.
@@ -439,12 +441,17 @@ impl std::fmt::Debug for SentinelSettings {
 impl RedisSettings {
     /// The URL without its password, for logs and errors.
     pub fn redacted_url(&self) -> String {
-        let mut url = self.url.clone();
-        if url.password().is_some() {
-            let _ = url.set_password(Some("***"));
-        }
-        url.to_string()
+        redacted(&self.url)
     }
+}
+
+/// A Redis URL without its password, for logs and errors.
+pub fn redacted(url: &Url) -> String {
+    let mut url = url.clone();
+    if url.password().is_some() {
+        let _ = url.set_password(Some("***"));
+    }
+    url.to_string()
 }
 
 impl std::fmt::Debug for RedisSettings {
@@ -456,6 +463,13 @@ impl std::fmt::Debug for RedisSettings {
             .field("timeout", &self.timeout)
             .field("local_cache_ttl", &self.local_cache_ttl)
             .field("sentinel", &self.sentinel)
+            .field(
+                "cluster_nodes",
+                &self
+                    .cluster_nodes
+                    .as_ref()
+                    .map(|nodes| nodes.iter().map(redacted).collect::<Vec<_>>()),
+            )
             .finish()
     }
 }
@@ -1636,6 +1650,10 @@ fn validate_store(session: &file::SessionSection) -> Result<StoreSettings, Confi
             session.redis_sentinel_password_file.is_some(),
         ),
         (
+            "session.redis_cluster_nodes",
+            session.redis_cluster_nodes.is_some(),
+        ),
+        (
             "session.redis_key_prefix",
             session.redis_key_prefix.is_some(),
         ),
@@ -1662,6 +1680,7 @@ fn validate_store(session: &file::SessionSection) -> Result<StoreSettings, Confi
 
 fn validate_redis(session: &file::SessionSection) -> Result<RedisSettings, ConfigError> {
     let sentinel = validate_sentinel(session)?;
+    let cluster_nodes = validate_cluster_nodes(session)?;
     let (key, text) = match (&session.redis_url, &session.redis_url_file) {
         (Some(_), Some(_)) => {
             return Err(key_error(
@@ -1676,37 +1695,27 @@ fn validate_redis(session: &file::SessionSection) -> Result<RedisSettings, Confi
                 .trim()
                 .to_owned(),
         ),
-        (None, None) => match &sentinel {
-            Some(sentinel) => (
+        (None, None) => match (&sentinel, &cluster_nodes) {
+            (Some(sentinel), _) => (
                 "session.redis_url",
                 format!("redis://{}/0", sentinel.master_name),
             ),
-            None => {
+            (None, Some(nodes)) => ("session.redis_cluster_nodes", nodes[0].to_string()),
+            (None, None) => {
                 return Err(key_error(
                     "session.redis_url",
-                    "missing: session.store = \"redis\" needs the server, e.g. redis://127.0.0.1:6379/0 or rediss://:password@redis.internal:6380 (or session.redis_sentinels)",
+                    "missing: session.store = \"redis\" needs the server, e.g. redis://127.0.0.1:6379/0 or rediss://:password@redis.internal:6380 (or session.redis_sentinels, or session.redis_cluster_nodes)",
                 ));
             }
         },
     };
-    let url = Url::parse(&text).map_err(|e| {
-        key_error(
-            key,
-            format!("not a URL ({e}); write it like redis://host:6379/0"),
-        )
-    })?;
-    if !matches!(url.scheme(), "redis" | "rediss") {
+    if cluster_nodes.is_some() && (sentinel.is_some() || key != "session.redis_cluster_nodes") {
         return Err(key_error(
-            key,
-            format!(
-                "scheme `{}` is not supported; use redis:// or rediss:// (TLS)",
-                url.scheme()
-            ),
+            "session.redis_cluster_nodes",
+            "names the nodes of a Redis Cluster; set it alone, without session.redis_url, session.redis_url_file or session.redis_sentinels",
         ));
     }
-    if url.host_str().is_none_or(str::is_empty) {
-        return Err(key_error(key, "names no host"));
-    }
+    let url = redis_url(key, &text)?;
     if let Some(sentinel) = &sentinel
         && (url.host_str() != Some(sentinel.master_name.as_str()) || url.port().is_some())
     {
@@ -1717,13 +1726,6 @@ fn validate_redis(session: &file::SessionSection) -> Result<RedisSettings, Confi
                 url.scheme(),
                 sentinel.master_name
             ),
-        ));
-    }
-    let database = url.path().trim_start_matches('/');
-    if !database.is_empty() && database.parse::<u16>().is_err() {
-        return Err(key_error(
-            key,
-            format!("the path `/{database}` must be a database number, e.g. /0"),
         ));
     }
     let ca_file = existing_file("session.redis_ca_file", session.redis_ca_file.clone())?;
@@ -1775,7 +1777,76 @@ fn validate_redis(session: &file::SessionSection) -> Result<RedisSettings, Confi
         timeout,
         local_cache_ttl,
         sentinel,
+        cluster_nodes,
     })
+}
+
+/// One Redis URL (`key` names the setting): `redis://` or `rediss://`, a host, and a
+/// database number if any.
+fn redis_url(key: &str, text: &str) -> Result<Url, ConfigError> {
+    let url = Url::parse(text).map_err(|e| {
+        key_error(
+            key,
+            format!("not a URL ({e}); write it like redis://host:6379/0"),
+        )
+    })?;
+    if !matches!(url.scheme(), "redis" | "rediss") {
+        return Err(key_error(
+            key,
+            format!(
+                "scheme `{}` is not supported; use redis:// or rediss:// (TLS)",
+                url.scheme()
+            ),
+        ));
+    }
+    if url.host_str().is_none_or(str::is_empty) {
+        return Err(key_error(key, "names no host"));
+    }
+    let database = url.path().trim_start_matches('/');
+    if !database.is_empty() && database.parse::<u16>().is_err() {
+        return Err(key_error(
+            key,
+            format!("the path `/{database}` must be a database number, e.g. /0"),
+        ));
+    }
+    Ok(url)
+}
+
+/// `session.redis_cluster_nodes`: the seed nodes of a Redis Cluster, as URLs that
+/// agree on the scheme and the password; `None` without it.
+fn validate_cluster_nodes(session: &file::SessionSection) -> Result<Option<Vec<Url>>, ConfigError> {
+    const KEY: &str = "session.redis_cluster_nodes";
+    let Some(list) = &session.redis_cluster_nodes else {
+        return Ok(None);
+    };
+    if list.is_empty() {
+        return Err(key_error(
+            KEY,
+            "is empty: list some of the cluster's nodes, e.g. [\"redis://10.0.0.1:6379\", \"redis://10.0.0.2:6379\", \"redis://10.0.0.3:6379\"]",
+        ));
+    }
+    let nodes = list
+        .iter()
+        .map(|text| redis_url(KEY, text.trim()))
+        .collect::<Result<Vec<_>, _>>()?;
+    for node in &nodes {
+        if !matches!(node.path().trim_start_matches('/'), "" | "0") {
+            return Err(key_error(
+                KEY,
+                format!("`{}`: a Redis Cluster has only database 0", redacted(node)),
+            ));
+        }
+        if node.scheme() != nodes[0].scheme()
+            || node.password() != nodes[0].password()
+            || node.username() != nodes[0].username()
+        {
+            return Err(key_error(
+                KEY,
+                "every node needs the same scheme (redis:// or rediss://) and the same user and password",
+            ));
+        }
+    }
+    Ok(Some(nodes))
 }
 
 /// `session.redis_sentinels` and the keys that go with it; `None` without sentinels.

@@ -714,6 +714,110 @@ fn sentinel_mistakes_name_the_key() {
 }
 
 #[test]
+fn cluster_nodes_are_configured_from_file_or_environment() {
+    let s = load(
+        &minimal(),
+        &[
+            ("SSOGATE_SESSION_STORE", "redis"),
+            (
+                "SSOGATE_SESSION_REDIS_CLUSTER_NODES",
+                "redis://:data-pw@10.0.0.1:6379, redis://:data-pw@10.0.0.2:6380",
+            ),
+        ],
+    )
+    .unwrap();
+    let StoreSettings::Redis(redis) = &s.session.store else {
+        panic!("expected the redis store");
+    };
+    let nodes = redis.cluster_nodes.as_ref().expect("cluster nodes");
+    assert_eq!(
+        nodes.iter().map(|url| url.port()).collect::<Vec<_>>(),
+        [Some(6379), Some(6380)]
+    );
+    assert_eq!(redis.url, nodes[0]);
+    assert_eq!(redis.sentinel, None);
+    assert!(!format!("{redis:?}").contains("data-pw"));
+
+    let text = format!(
+        "{}store = \"redis\"\nredis_cluster_nodes = [\"rediss://10.0.0.1:6379/0\"]\n",
+        minimal()
+    );
+    let s = load(&text, &[]).unwrap();
+    let StoreSettings::Redis(redis) = &s.session.store else {
+        panic!("expected the redis store");
+    };
+    assert_eq!(redis.url.scheme(), "rediss");
+}
+
+#[test]
+fn cluster_mistakes_name_the_key() {
+    let cluster = |nodes: &str, extra: &str| {
+        format!(
+            "{}store = \"redis\"\nredis_cluster_nodes = [{nodes}]\n{extra}\n",
+            minimal()
+        )
+    };
+    let cases = [
+        (cluster("", ""), "session.redis_cluster_nodes", "empty"),
+        (
+            cluster("\"10.0.0.1:6379\"", ""),
+            "session.redis_cluster_nodes",
+            "redis://",
+        ),
+        (
+            cluster("\"redis://10.0.0.1:6379/2\"", ""),
+            "session.redis_cluster_nodes",
+            "only database 0",
+        ),
+        (
+            cluster("\"redis://10.0.0.1:6379\", \"rediss://10.0.0.2:6379\"", ""),
+            "session.redis_cluster_nodes",
+            "same scheme",
+        ),
+        (
+            cluster(
+                "\"redis://:a@10.0.0.1:6379\", \"redis://:b@10.0.0.2:6379\"",
+                "",
+            ),
+            "session.redis_cluster_nodes",
+            "same user and password",
+        ),
+        (
+            cluster(
+                "\"redis://10.0.0.1:6379\"",
+                "redis_url = \"redis://10.0.0.1:6379/0\"",
+            ),
+            "session.redis_cluster_nodes",
+            "without session.redis_url",
+        ),
+        (
+            cluster(
+                "\"redis://10.0.0.1:6379\"",
+                "redis_sentinels = [\"10.0.0.1:26379\"]\nredis_master_name = \"m\"",
+            ),
+            "session.redis_cluster_nodes",
+            "session.redis_sentinels",
+        ),
+        (
+            format!(
+                "{}redis_cluster_nodes = [\"redis://10.0.0.1:6379\"]\n",
+                minimal()
+            ),
+            "session.redis_cluster_nodes",
+            "session.store = \"redis\"",
+        ),
+    ];
+    for (text, key, fragment) in cases {
+        let (got_key, problem) = problem_for(&text, &[]);
+        assert_eq!(got_key, key, "wrong key for problem `{problem}`");
+        assert!(
+            problem.contains(fragment),
+            "problem for {key} was `{problem}`, expected it to mention `{fragment}`"
+        );
+    }
+}
+
+#[test]
 fn serving_threads_default_to_the_cores_and_must_be_positive() {
     let cores = std::thread::available_parallelism().unwrap().get();
     assert_eq!(load(&minimal(), &[]).unwrap().server.threads, cores);

@@ -326,9 +326,9 @@ impl Gateway {
         self.sessions.shared()
     }
 
-    /// With Redis Sentinel, the topology the sentinels report (`ssogate check`).
+    /// With Redis Sentinel or Cluster, the topology found (`ssogate check`).
     pub async fn session_store_topology(&self) -> Option<Result<String, String>> {
-        self.sessions.sentinel_topology().await
+        self.sessions.store_topology().await
     }
 
     /// Starts the background work: the session store's, the email file's watch, and

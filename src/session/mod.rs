@@ -267,10 +267,10 @@ impl SessionStore {
         self.shared.as_ref().and_then(|s| s.not_ready())
     }
 
-    /// With Redis Sentinel, the topology the sentinels report (`ssogate check`).
-    pub async fn sentinel_topology(&self) -> Option<Result<String, String>> {
+    /// With Redis Sentinel or Cluster, the topology found (`ssogate check`).
+    pub async fn store_topology(&self) -> Option<Result<String, String>> {
         match &self.shared {
-            Some(shared) => shared.sentinel_topology().await,
+            Some(shared) => shared.topology().await,
             None => None,
         }
     }

@@ -29,6 +29,15 @@
 //! the sentinels which server is the master now and, if it changed, connects there and
 //! subscribes again. Only the health check switches, so one switch runs at a time, and
 //! requests served from the local cache never wait for it.
+//!
+//! With Redis Cluster (`session.redis_cluster_nodes`), redis-rs's cluster client
+//! routes each command to the node that owns its key's slot and follows the cluster's
+//! slot map, reconnecting and subscribing again by itself. Commands that touch keys
+//! in different slots cannot share a pipeline there, so each write is a list of
+//! [`Step`]s: one pipeline with one server or Sentinel (a `MULTI` where it was one),
+//! one step after another in Cluster, the session's own key last on a login and the
+//! invalidation last on a change. The health check asks every master whether the
+//! cluster's state is `ok`.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -42,6 +51,8 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use moka::future::Cache;
 use rand::RngCore;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::cluster_async::ClusterConnection;
+use redis::cluster_routing::{RoutingInfo, SingleNodeRoutingInfo};
 use redis::{ProtocolVersion, PushKind};
 use serde::{Deserialize, Serialize};
 use url::Url;
@@ -89,6 +100,48 @@ struct Record {
     validated_at: SystemTime,
 }
 
+/// The connection to the data nodes: one server (or Sentinel's master), or a cluster.
+#[derive(Clone)]
+enum Connection {
+    Server(ConnectionManager),
+    Cluster(ClusterConnection),
+}
+
+impl redis::aio::ConnectionLike for Connection {
+    fn req_packed_command<'a>(
+        &'a mut self,
+        cmd: &'a redis::Cmd,
+    ) -> redis::RedisFuture<'a, redis::Value> {
+        match self {
+            Self::Server(connection) => connection.req_packed_command(cmd),
+            Self::Cluster(connection) => connection.req_packed_command(cmd),
+        }
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        pipeline: &'a redis::Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> redis::RedisFuture<'a, Vec<redis::Value>> {
+        match self {
+            Self::Server(connection) => connection.req_packed_commands(pipeline, offset, count),
+            Self::Cluster(connection) => connection.req_packed_commands(pipeline, offset, count),
+        }
+    }
+
+    fn get_db(&self) -> i64 {
+        match self {
+            Self::Server(connection) => connection.get_db(),
+            Self::Cluster(connection) => connection.get_db(),
+        }
+    }
+}
+
+/// Commands on the keys of one slot (one key, or the invalidation channel), sent
+/// together in any topology.
+type Step = redis::Pipeline;
+
 /// A change Redis could not take yet, carried out when it is back.
 enum Deferred {
     Remove,
@@ -96,13 +149,15 @@ enum Deferred {
 }
 
 pub struct SharedStore {
-    /// To the master; `None` until the sentinels named one.
-    connection: ArcSwapOption<ConnectionManager>,
+    /// To the master or the cluster; `None` until the sentinels named a master.
+    connection: ArcSwapOption<Connection>,
     /// The data nodes' URL (with Sentinel: its host is replaced by the master's).
     url: Url,
     /// The extra CA for TLS (`session.redis_ca_file`), PEM.
     ca_pem: Option<Vec<u8>>,
     sentinel: Option<SentinelSettings>,
+    /// Redis Cluster's seed nodes.
+    cluster_nodes: Option<Vec<Url>>,
     /// The master the connection goes to (Sentinel only).
     master: Mutex<Option<(String, u16)>>,
     /// How long cached sessions outlive an outage (`session.local_cache_ttl`).
@@ -147,6 +202,7 @@ impl SharedStore {
             url: settings.url.clone(),
             ca_pem,
             sentinel: settings.sentinel.clone(),
+            cluster_nodes: settings.cluster_nodes.clone(),
             master: Mutex::new(None),
             local_cache_ttl: settings.local_cache_ttl,
             unreachable_since: Mutex::new(None),
@@ -163,11 +219,16 @@ impl SharedStore {
             deferred: Mutex::new(HashMap::new()),
             pushes: Mutex::new(Some(pushes)),
         };
-        if store.sentinel.is_none() {
+        if let Some(nodes) = &store.cluster_nodes {
+            let connection = store
+                .cluster_connection(nodes)
+                .map_err(SharedStoreError::Url)?;
+            store.connection = ArcSwapOption::from_pointee(Connection::Cluster(connection));
+        } else if store.sentinel.is_none() {
             let connection = store
                 .connection_to(&settings.url)
                 .map_err(SharedStoreError::Url)?;
-            store.connection = ArcSwapOption::from_pointee(connection);
+            store.connection = ArcSwapOption::from_pointee(Connection::Server(connection));
         }
         Ok(store)
     }
@@ -204,6 +265,29 @@ impl SharedStore {
             .set_automatic_resubscription();
         ConnectionManager::new_lazy_with_config(self.client_for(url)?, config)
     }
+
+    /// A connection to the cluster the seed `nodes` belong to (made in the
+    /// background), its pushes sent to [`Self::on_push`].
+    fn cluster_connection(&self, nodes: &[Url]) -> redis::RedisResult<ClusterConnection> {
+        let mut builder = redis::cluster::ClusterClientBuilder::new(nodes.iter().map(Url::as_str))
+            .use_protocol(ProtocolVersion::RESP3)
+            .connection_timeout(self.timeout)
+            .response_timeout(self.timeout)
+            .retries(1);
+        if let Some(pem) = &self.ca_pem {
+            builder = builder.certs(redis::TlsCertificates {
+                client_tls: None,
+                root_cert: Some(pem.clone()),
+            });
+        }
+        let config = redis::cluster::ClusterConfig::new()
+            .set_connection_timeout(self.timeout)
+            .set_response_timeout(self.timeout)
+            .set_push_sender(self.push_sender.clone());
+        Ok(builder
+            .build()?
+            .get_pending_async_connection_with_config(config))
+    }
     /// Starts the health check and the invalidation listener.
     pub fn start(self: Arc<Self>) {
         if let Some(mut pushes) = self.pushes.lock().unwrap().take() {
@@ -228,14 +312,18 @@ impl SharedStore {
     }
 
     /// One health check (PING, and the first subscription to the invalidation
-    /// channel; the connection manager renews it after reconnects). Returns whether
-    /// the channel is subscribed.
+    /// channel; the connection manager renews it after reconnects, and in Cluster it
+    /// is made again after an outage). Returns whether the channel is subscribed.
     async fn check_health(&self, subscribed: bool) -> bool {
         let switched = self.follow_master().await;
-        let subscribed = subscribed && !switched;
-        let result = match self.run::<String>(&redis::cmd("PING")).await {
-            Ok(_) if subscribed => Ok(()),
-            Ok(_) => self.subscribe().await,
+        // In Cluster the subscription lives on the node that owns the channel's slot;
+        // after an outage (that node failed over, perhaps) it is made again, on the
+        // node the client's refreshed slot map names.
+        let renew = self.cluster_nodes.is_some() && !self.reachable.load(Ordering::Acquire);
+        let subscribed = subscribed && !switched && !renew;
+        let result = match self.ping().await {
+            Ok(()) if subscribed => Ok(()),
+            Ok(()) => self.subscribe().await,
             Err(e) => Err(e),
         };
         let healthy = result.is_ok();
@@ -245,6 +333,44 @@ impl SharedStore {
             Err(e) => self.lost(&e.0),
         }
         subscribed || healthy
+    }
+
+    /// Whether Redis answers: `PING`; in Cluster, every master that has slots must
+    /// say the cluster's state is `ok` (`CLUSTER INFO`): a master down is an outage
+    /// before the cluster marks it failed (redis-rs stops asking a node it lost), and
+    /// after its restart each master says `ok` only once it sees every slot served.
+    async fn ping(&self) -> Result<(), StoreUnavailable> {
+        let Connection::Cluster(mut connection) = self.connection()? else {
+            return self
+                .run::<redis::Value>(&redis::cmd("PING"))
+                .await
+                .map(drop);
+        };
+        let nodes: String = self.run(redis::cmd("CLUSTER").arg("NODES")).await?;
+        let mut info = redis::cmd("CLUSTER");
+        info.arg("INFO");
+        for node in ClusterNode::parse_all(&nodes) {
+            let Some((host, port)) = node.address.filter(|_| node.serves_slots) else {
+                continue;
+            };
+            let routing = RoutingInfo::SingleNode(SingleNodeRoutingInfo::ByAddress {
+                host: host.to_owned(),
+                port,
+            });
+            let master =
+                |reason: String| StoreUnavailable(format!("the master at {host}:{port}: {reason}"));
+            let answer = self
+                .within(connection.route_command(info.clone(), routing))
+                .await
+                .map_err(|e| master(e.0))?;
+            let answer: String =
+                redis::from_redis_value(answer).map_err(|e| master(e.to_string()))?;
+            match cluster_state(&answer) {
+                "ok" => {}
+                state => return Err(master(format!("the cluster's state is {state}"))),
+            }
+        }
+        Ok(())
     }
 
     /// With Sentinel: makes sure the connection goes to the master, asking the
@@ -293,7 +419,8 @@ impl SharedStore {
                     name = sentinel.master_name,
                     "session store (Redis): following the master the sentinels name"
                 );
-                self.connection.store(Some(Arc::new(connection)));
+                self.connection
+                    .store(Some(Arc::new(Connection::Server(connection))));
                 *self.master.lock().unwrap() = Some((host, port));
                 true
             }
@@ -366,9 +493,47 @@ impl SharedStore {
             .map_err(|e| e.0)
     }
 
-    /// With Sentinel, what the sentinels say (`ssogate check`): the master, its
-    /// replicas that are up, the sentinels that answer; `None` without Sentinel.
-    pub async fn sentinel_topology(&self) -> Option<Result<String, String>> {
+    /// With Sentinel or Cluster, the topology found (`ssogate check`); `None` with
+    /// one server.
+    pub async fn topology(&self) -> Option<Result<String, String>> {
+        if self.cluster_nodes.is_some() {
+            return Some(self.cluster_topology().await);
+        }
+        self.sentinel_topology().await
+    }
+
+    /// What the cluster says of itself: its state and its nodes (masters that serve
+    /// slots, replicas, those it sees failing, such as a master whose replica took
+    /// over).
+    async fn cluster_topology(&self) -> Result<String, String> {
+        let unreachable = |e: StoreUnavailable| format!("{} (session.redis_cluster_nodes)", e.0);
+        let info: String = self
+            .run(redis::cmd("CLUSTER").arg("INFO"))
+            .await
+            .map_err(unreachable)?;
+        let nodes: String = self
+            .run(redis::cmd("CLUSTER").arg("NODES"))
+            .await
+            .map_err(unreachable)?;
+        let state = cluster_state(&info);
+        let nodes = ClusterNode::parse_all(&nodes);
+        let serving = nodes.iter().filter(|node| node.serves_slots).count();
+        let replicas = nodes.iter().filter(|node| !node.master).count();
+        let failing = nodes.iter().filter(|node| node.failing).count();
+        let found = format!(
+            "cluster: state {state}, {} node(s): {serving} master(s) serving slots, {replicas} replica(s), {failing} failing",
+            nodes.len()
+        );
+        if state == "ok" {
+            Ok(found)
+        } else {
+            Err(format!("{found} (session.redis_cluster_nodes)"))
+        }
+    }
+
+    /// With Sentinel, what the sentinels say: the master, its replicas that are up,
+    /// the sentinels that answer; `None` without Sentinel.
+    async fn sentinel_topology(&self) -> Option<Result<String, String>> {
         let sentinel = self.sentinel.as_ref()?;
         let name = &sentinel.master_name;
         let mut answering = Vec::new();
@@ -430,8 +595,14 @@ impl SharedStore {
     }
 
     async fn subscribe(&self) -> Result<(), StoreUnavailable> {
-        let mut connection = self.connection()?;
-        self.within(connection.subscribe(self.channel())).await
+        match self.connection()? {
+            Connection::Server(mut connection) => {
+                self.within(connection.subscribe(self.channel())).await
+            }
+            Connection::Cluster(mut connection) => {
+                self.within(connection.subscribe(self.channel())).await
+            }
+        }
     }
 
     /// Redis answers again: carry out what waited, forget what may have gone stale.
@@ -494,7 +665,9 @@ impl SharedStore {
         if self.connection.load().is_none() {
             self.follow_master().await;
         }
-        let info: String = self.run(redis::cmd("INFO").arg("server")).await?;
+        let info: String = self
+            .run_on_one_node(redis::cmd("INFO").arg("server"))
+            .await?;
         Ok(info
             .lines()
             .find_map(|line| line.strip_prefix("redis_version:"))
@@ -508,12 +681,13 @@ impl SharedStore {
     }
 
     /// Why this replica should not get traffic, if it should not (`/ready`). Redis
-    /// being unreachable is such a reason, except with Sentinel while a failover may
-    /// be under way: for `session.local_cache_ttl` after Redis stopped answering, the
-    /// people this replica served keep working from its local cache.
+    /// being unreachable is such a reason, except with Sentinel or Cluster while a
+    /// failover or a node's restart may be under way: for `session.local_cache_ttl`
+    /// after Redis stopped answering, the people this replica served keep working from
+    /// its local cache.
     pub fn not_ready(&self) -> Option<String> {
         let reason = self.unavailable()?;
-        let failing_over = self.sentinel.is_some()
+        let failing_over = (self.sentinel.is_some() || self.cluster_nodes.is_some())
             && self
                 .unreachable_since
                 .lock()
@@ -522,8 +696,8 @@ impl SharedStore {
         (!failing_over).then_some(reason)
     }
 
-    /// The connection to the master (a cheap handle onto a shared one).
-    fn connection(&self) -> Result<ConnectionManager, StoreUnavailable> {
+    /// The connection to the master or the cluster (a cheap handle onto a shared one).
+    fn connection(&self) -> Result<Connection, StoreUnavailable> {
         self.connection
             .load()
             .as_deref()
@@ -547,12 +721,48 @@ impl SharedStore {
         self.within(command.query_async(&mut connection)).await
     }
 
+    /// Runs a command without keys on one node (in Cluster, a random one; plain
+    /// routing would ask every master and answer with a map).
+    async fn run_on_one_node<T: redis::FromRedisValue>(
+        &self,
+        command: &redis::Cmd,
+    ) -> Result<T, StoreUnavailable> {
+        let Connection::Cluster(mut connection) = self.connection()? else {
+            return self.run(command).await;
+        };
+        let routing = RoutingInfo::SingleNode(SingleNodeRoutingInfo::Random);
+        let value = self
+            .within(connection.route_command(command.clone(), routing))
+            .await?;
+        redis::from_redis_value(value).map_err(|e| StoreUnavailable(e.to_string()))
+    }
+
     async fn run_pipeline<T: redis::FromRedisValue>(
         &self,
         pipeline: &redis::Pipeline,
     ) -> Result<T, StoreUnavailable> {
         let mut connection = self.connection()?;
         self.within(pipeline.query_async(&mut connection)).await
+    }
+
+    /// Runs `steps` whose results nobody needs: as one pipeline (a `MULTI`
+    /// transaction if `atomic`) with one server or Sentinel, one step after another in
+    /// Cluster, where a pipeline must stay within one slot.
+    async fn run_steps(&self, steps: Vec<Step>, atomic: bool) -> Result<(), StoreUnavailable> {
+        if self.cluster_nodes.is_some() {
+            for step in &steps {
+                self.run_pipeline::<()>(step).await?;
+            }
+            return Ok(());
+        }
+        let mut pipeline = redis::pipe();
+        if atomic {
+            pipeline.atomic();
+        }
+        for command in steps.iter().flat_map(|step| step.cmd_iter()) {
+            pipeline.add_command(command.clone()).ignore();
+        }
+        self.run_pipeline(&pipeline).await
     }
 
     /// Awaits one exchange with Redis for at most `session.redis_timeout`.
@@ -605,15 +815,6 @@ impl SharedStore {
         let name = self.session_key(key);
         let sealed = seal_record(id, &name, session, &*session.upkeep.lock().await);
         let member = key.text();
-        let mut pipeline = redis::pipe();
-        pipeline
-            .atomic()
-            .cmd("SET")
-            .arg(&name)
-            .arg(sealed)
-            .arg("PX")
-            .arg(millis(self.ttl(session.created_at)))
-            .ignore();
         let indexes = [
             session
                 .provider_sid
@@ -621,18 +822,32 @@ impl SharedStore {
                 .map(|sid| self.index_key("sid", sid)),
             Some(self.index_key("sub", &session.identity.sub)),
         ];
-        for index in indexes.into_iter().flatten() {
-            pipeline
-                .cmd("SADD")
-                .arg(&index)
-                .arg(&member)
-                .ignore()
-                .cmd("PEXPIRE")
-                .arg(&index)
-                .arg(millis(self.lifetime))
-                .ignore();
-        }
-        self.run_pipeline::<()>(&pipeline).await
+        // The indexes first: in Cluster, a failed login leaves at most an index entry
+        // for a session that does not exist, never a session back-channel logout
+        // cannot find.
+        let mut steps: Vec<Step> = indexes
+            .into_iter()
+            .flatten()
+            .map(|index| {
+                let mut step = redis::pipe();
+                step.cmd("SADD")
+                    .arg(&index)
+                    .arg(&member)
+                    .cmd("PEXPIRE")
+                    .arg(&index)
+                    .arg(millis(self.lifetime));
+                step
+            })
+            .collect();
+        let mut session_step = redis::pipe();
+        session_step
+            .cmd("SET")
+            .arg(&name)
+            .arg(sealed)
+            .arg("PX")
+            .arg(millis(self.ttl(session.created_at)));
+        steps.push(session_step);
+        self.run_steps(steps, true).await
     }
 
     /// Reads a session from Redis (not the local cache) and renews its idle expiry.
@@ -691,16 +906,22 @@ impl SharedStore {
     }
 
     async fn remove_in_redis(&self, key: SessionKey) -> Result<(), StoreUnavailable> {
-        let mut pipeline = redis::pipe();
-        pipeline
-            .cmd("DEL")
-            .arg(self.session_key(key))
-            .ignore()
-            .cmd("PUBLISH")
-            .arg(self.channel())
-            .arg(self.invalidation(key))
-            .ignore();
-        self.run_pipeline::<()>(&pipeline).await
+        let mut delete = redis::pipe();
+        delete.cmd("DEL").arg(self.session_key(key));
+        self.run_steps(vec![delete, self.publication(&[key])], false)
+            .await
+    }
+
+    /// Tells the other replicas to drop their copies of `keys` (the last step of a
+    /// change, so that they read the changed session).
+    fn publication(&self, keys: &[SessionKey]) -> Step {
+        let mut step = redis::pipe();
+        for key in keys {
+            step.cmd("PUBLISH")
+                .arg(self.channel())
+                .arg(self.invalidation(*key));
+        }
+        step
     }
 
     pub async fn save(&self, key: SessionKey, id: &str, session: &Session, upkeep: &Upkeep) {
@@ -725,20 +946,16 @@ impl SharedStore {
         sealed: &[u8],
         ttl: Duration,
     ) -> Result<(), StoreUnavailable> {
-        let mut pipeline = redis::pipe();
-        pipeline
+        let mut update = redis::pipe();
+        update
             .cmd("SET")
             .arg(self.session_key(key))
             .arg(sealed)
             .arg("XX")
             .arg("PX")
-            .arg(millis(ttl))
-            .ignore()
-            .cmd("PUBLISH")
-            .arg(self.channel())
-            .arg(self.invalidation(key))
-            .ignore();
-        self.run_pipeline::<()>(&pipeline).await
+            .arg(millis(ttl));
+        self.run_steps(vec![update, self.publication(&[key])], false)
+            .await
     }
 
     pub async fn end_provider_sessions(
@@ -747,6 +964,19 @@ impl SharedStore {
         sub: Option<&str>,
     ) -> Result<usize, StoreUnavailable> {
         let members: Vec<String> = match (sid, sub) {
+            // In Cluster the two indexes live in different slots: no SINTER.
+            (Some(sid), Some(sub)) if self.cluster_nodes.is_some() => {
+                let of_sid: Vec<String> = self
+                    .run(redis::cmd("SMEMBERS").arg(self.index_key("sid", sid)))
+                    .await?;
+                let of_sub: std::collections::HashSet<String> = self
+                    .run(redis::cmd("SMEMBERS").arg(self.index_key("sub", sub)))
+                    .await?;
+                of_sid
+                    .into_iter()
+                    .filter(|member| of_sub.contains(member))
+                    .collect()
+            }
             (Some(sid), Some(sub)) => {
                 self.run(
                     redis::cmd("SINTER")
@@ -776,17 +1006,12 @@ impl SharedStore {
         for key in &keys {
             delete.arg(self.session_key(*key));
         }
+        // In Cluster, redis-rs splits the DEL by slot and adds up the answers.
         let ended: usize = self.run(&delete).await?;
-        let mut pipeline = redis::pipe();
         for key in &keys {
             self.local.invalidate(key).await;
-            pipeline
-                .cmd("PUBLISH")
-                .arg(self.channel())
-                .arg(self.invalidation(*key))
-                .ignore();
         }
-        self.run_pipeline::<()>(&pipeline).await?;
+        self.run_pipeline::<()>(&self.publication(&keys)).await?;
         Ok(ended)
     }
 
@@ -961,6 +1186,53 @@ impl SharedStore {
     }
 }
 
+/// One line of `CLUSTER NODES`.
+#[derive(Debug, PartialEq)]
+struct ClusterNode<'a> {
+    /// Where clients reach it (`None` while the cluster does not know).
+    address: Option<(&'a str, u16)>,
+    master: bool,
+    /// Some node sees it failing (`fail` or `fail?`).
+    failing: bool,
+    /// A master with slots assigned.
+    serves_slots: bool,
+}
+
+impl<'a> ClusterNode<'a> {
+    /// `<id> <ip:port@cport[,hostname]> <flags> <master> <ping> <pong> <epoch> <link>
+    /// <slot>...` per line.
+    fn parse_all(answer: &'a str) -> Vec<ClusterNode<'a>> {
+        answer
+            .lines()
+            .filter_map(|line| {
+                let fields: Vec<&str> = line.split(' ').collect();
+                let flags: Vec<&str> = fields.get(2)?.split(',').collect();
+                let address = fields[1]
+                    .split(['@', ','])
+                    .next()
+                    .and_then(|address| address.rsplit_once(':'))
+                    .and_then(|(host, port)| Some((host, port.parse().ok()?)))
+                    .filter(|(host, port)| !host.is_empty() && *port != 0);
+                let master = flags.contains(&"master");
+                Some(ClusterNode {
+                    address,
+                    master,
+                    failing: flags.iter().any(|flag| flag.starts_with("fail")),
+                    serves_slots: master && fields.len() > 8,
+                })
+            })
+            .collect()
+    }
+}
+
+/// `cluster_state` in the answer to `CLUSTER INFO`.
+fn cluster_state(info: &str) -> &str {
+    info.lines()
+        .find_map(|line| line.strip_prefix("cluster_state:"))
+        .unwrap_or("unknown")
+        .trim()
+}
+
 fn millis(duration: Duration) -> u64 {
     (duration.as_millis() as u64).max(1)
 }
@@ -1035,6 +1307,7 @@ mod tests {
                 master_name: "sessions".into(),
                 password: None,
             }),
+            cluster_nodes: None,
         };
         let local = Cache::builder().build();
         let lifetime = Duration::from_secs(3600);
@@ -1054,6 +1327,44 @@ mod tests {
         assert_eq!(store.not_ready(), None, "a failover may be under way");
         std::thread::sleep(Duration::from_millis(250));
         assert_eq!(store.not_ready().as_deref(), Some("connection closed"));
+    }
+
+    #[test]
+    fn cluster_nodes_lines_give_addresses_roles_and_slots() {
+        let answer = "07c3 127.0.0.1:30004@31004,node-4.example slave e7d1 0 1426238317239 4 connected\n\
+             67ed 127.0.0.1:30002@31002 master - 0 1426238316232 2 connected 5461-10922\n\
+             292f 127.0.0.1:30003@31003 master,fail - 1426238316232 0 3 disconnected 10923-16383\n\
+             e7d1 :0@0 myself,master,noaddr - 0 0 1 connected\n";
+        let nodes = ClusterNode::parse_all(answer);
+        assert_eq!(
+            nodes,
+            [
+                ClusterNode {
+                    address: Some(("127.0.0.1", 30004)),
+                    master: false,
+                    failing: false,
+                    serves_slots: false
+                },
+                ClusterNode {
+                    address: Some(("127.0.0.1", 30002)),
+                    master: true,
+                    failing: false,
+                    serves_slots: true
+                },
+                ClusterNode {
+                    address: Some(("127.0.0.1", 30003)),
+                    master: true,
+                    failing: true,
+                    serves_slots: true
+                },
+                ClusterNode {
+                    address: None,
+                    master: true,
+                    failing: false,
+                    serves_slots: false
+                },
+            ]
+        );
     }
 
     #[test]

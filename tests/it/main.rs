@@ -16,6 +16,7 @@ mod check_around;
 mod check_examples;
 mod check_tls;
 mod cli;
+mod cluster;
 mod docs;
 mod forwarding;
 mod fuzz_corpus;

@@ -166,9 +166,16 @@ async fn back_channel_logout_at_one_replica_ends_the_sessions_on_every_replica()
         ..Default::default()
     })
     .await;
-    let alice = signed_in(&cluster, 0, "alice").await;
+    back_channel_logouts_end_sessions_on_every_replica(&cluster).await;
+}
+
+/// Two logins of alice (two provider sessions): a logout token for one `sid` ends
+/// that one on every replica, the other goes on; the token replayed is refused; one
+/// for her `sub` ends the other.
+pub(crate) async fn back_channel_logouts_end_sessions_on_every_replica(cluster: &Cluster) {
+    let alice = signed_in(cluster, 0, "alice").await;
     let sid = cluster.provider.sid_of_last_login("alice").unwrap();
-    let alice_again = signed_in(&cluster, 1, "alice").await;
+    let alice_again = signed_in(cluster, 1, "alice").await;
     for (index, browser) in [
         (0, &alice),
         (1, &alice),
@@ -184,7 +191,7 @@ async fn back_channel_logout_at_one_replica_ends_the_sessions_on_every_replica()
         provider.post_logout_token(&token).await.status,
         StatusCode::OK
     );
-    let took = time_until_signed_out(&cluster, 1, &alice).await;
+    let took = time_until_signed_out(cluster, 1, &alice).await;
     assert!(took < Duration::from_secs(1), "took {took:?}");
     let mut other = cluster.on(1, &alice_again);
     assert_eq!(
@@ -203,7 +210,7 @@ async fn back_channel_logout_at_one_replica_ends_the_sessions_on_every_replica()
         replay.post_logout_token(&by_sub).await.status,
         StatusCode::OK
     );
-    let took = time_until_signed_out(&cluster, 0, &alice_again).await;
+    let took = time_until_signed_out(cluster, 0, &alice_again).await;
     assert!(took < Duration::from_secs(1), "took {took:?}");
 }
 

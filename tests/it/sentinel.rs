@@ -4,7 +4,8 @@
 //! them from their local caches and stay ready; after the failover new logins and
 //! refreshes work, a sign-out reaches the other replica, no session written before the
 //! kill is lost; the old master comes back as a replica and everything keeps working.
-//! `ssogate check` reports the topology.
+//! `ssogate check` reports the topology. The same failover with everything speaking
+//! TLS (certificates from a private CA).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -210,27 +211,10 @@ async fn refreshes_work_on_the_new_master() {
     );
 }
 
-/// `ssogate check` with replica 0's configuration: its output.
-async fn check_output(cluster: &Cluster) -> String {
-    let config = cluster.config_path(0);
-    tokio::task::spawn_blocking(move || {
-        let output = std::process::Command::new(env!("CARGO_BIN_EXE_ssogate"))
-            .arg("check")
-            .arg("--config")
-            .arg(&config)
-            .output()
-            .unwrap();
-        String::from_utf8_lossy(&output.stdout).into_owned()
-            + &String::from_utf8_lossy(&output.stderr)
-    })
-    .await
-    .unwrap()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn check_reports_the_sentinel_topology_and_names_the_key_when_it_is_wrong() {
     let cluster = sentinel_cluster().await;
-    let output = check_output(&cluster).await;
+    let output = cluster.check_output(0).await;
     let master = format!(
         "OK   session store topology: sentinel: master {MASTER_NAME} at 127.0.0.1:{}, 1 replica(s), 3 sentinel(s) reachable",
         cluster.redis.port
@@ -247,7 +231,7 @@ async fn check_reports_the_sentinel_topology_and_names_the_key_when_it_is_wrong(
         ),
     )
     .unwrap();
-    let output = check_output(&cluster).await;
+    let output = cluster.check_output(0).await;
     assert!(
         output.contains("FAIL session store topology:")
             && output.contains("no master named `elsewhere` (session.redis_master_name)"),
@@ -266,11 +250,50 @@ async fn check_reports_the_sentinel_topology_and_names_the_key_when_it_is_wrong(
         text.replace(&listed, &format!("redis_sentinels = [\"{nobody}\"]")),
     )
     .unwrap();
-    let output = check_output(&cluster).await;
+    let output = cluster.check_output(0).await;
     assert!(
         output
             .contains("FAIL session store topology: no sentinel answers (session.redis_sentinels)")
             && output.contains(&nobody.to_string()),
+        "{output}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failover_over_tls_with_a_private_ca() {
+    let mut cluster = Cluster::start(ClusterOptions {
+        session_toml: LONG_LOCAL_CACHE.into(),
+        sentinel: true,
+        redis_tls: true,
+        ..Default::default()
+    })
+    .await;
+    let alice = signed_in(&cluster, 0, "alice").await;
+    let bob = signed_in(&cluster, 1, "bob").await;
+    works_on_every_replica(&cluster, &alice, "alice before the kill").await;
+    works_on_every_replica(&cluster, &bob, "bob before the kill").await;
+    assert_eq!(
+        cluster.redis.replicas_in_sync(Duration::from_secs(5)),
+        1,
+        "the replica replicates over TLS"
+    );
+    cluster.redis.kill();
+    let took = await_logins(&cluster, Instant::now()).await;
+    eprintln!("logins work again {took:?} after the kill");
+    // The sentinels (over TLS) named the replica (over TLS); the sessions are there.
+    works_on_every_replica(&cluster, &alice, "alice after the failover").await;
+    let mut bob_on_a = cluster.on(0, &bob);
+    let signed_out = bob_on_a.navigate("/oauth2/sign_out").await;
+    assert_eq!(signed_out.status, StatusCode::FOUND, "{signed_out:?}");
+    let took = time_until_signed_out(&cluster, 1, &bob).await;
+    assert!(took < Duration::from_secs(1), "took {took:?}");
+    let output = cluster.check_output(0).await;
+    let promoted = cluster.sentinel.as_ref().unwrap().replica.port;
+    assert!(
+        output.contains("OK   session store: Redis ")
+            && output.contains(&format!(
+                "OK   session store topology: sentinel: master {MASTER_NAME} at 127.0.0.1:{promoted},"
+            )),
         "{output}"
     );
 }

@@ -9,6 +9,11 @@
 //! With [`ClusterOptions::sentinel`], that Redis is the master of a Sentinel setup:
 //! one replica and three sentinels (`redis-server --sentinel`, same package), all on
 //! loopback, with a short `down-after-milliseconds` so a failover takes seconds.
+//!
+//! With [`ClusterOptions::redis_cluster`], that Redis is the first of three masters of
+//! a Redis Cluster (`--cluster-enabled yes`, joined with `redis-cli --cluster create`,
+//! with [`ClusterOptions::redis_cluster_replicas`] a replica for each), each node with
+//! its own directory and `nodes.conf`, so a node restarted keeps its place.
 
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
@@ -16,10 +21,23 @@ use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
 use ssogate::devidp::{DevProvider, DevProviderConfig, DevUser};
-use ssogate::server::tls;
+use ssogate::server::tls::{self, LocalCertificate};
 
 use super::browser::Browser;
 use super::{GatewayToml, TestUpstream, alice, unused_address, user};
+
+/// A certificate for 127.0.0.1 from a throwaway CA, for every server of a setup.
+fn loopback_certificate() -> LocalCertificate {
+    tls::local_certificate(&["127.0.0.1"]).unwrap()
+}
+
+/// Writes `cert.pem`, `key.pem` and `ca.pem` into `dir`; returns the CA's path.
+fn write_certificate(dir: &Path, certificate: &LocalCertificate) -> PathBuf {
+    std::fs::write(dir.join("cert.pem"), &certificate.cert_pem).unwrap();
+    std::fs::write(dir.join("key.pem"), &certificate.key_pem).unwrap();
+    std::fs::write(dir.join("ca.pem"), &certificate.ca_pem).unwrap();
+    dir.join("ca.pem")
+}
 
 /// A `redis-server` child process.
 pub struct RedisServer {
@@ -39,20 +57,22 @@ impl RedisServer {
 
     /// `tls`: serve only TLS, with a certificate for 127.0.0.1 from a throwaway CA.
     pub fn start_with(dir: &Path, tls: bool) -> RedisServer {
-        Self::start_named(dir, "redis", tls, Vec::new())
+        let certificate = tls.then(loopback_certificate);
+        Self::start_named(dir, "redis", certificate.as_ref(), Vec::new())
     }
 
-    /// A Redis in `dir/name`, with more arguments for `redis-server`.
-    pub fn start_named(dir: &Path, name: &str, tls: bool, extra_args: Vec<String>) -> RedisServer {
+    /// A Redis in `dir/name`, with more arguments for `redis-server`; with a
+    /// `certificate`, it serves only TLS (and replicates and talks to its cluster over
+    /// TLS).
+    pub fn start_named(
+        dir: &Path,
+        name: &str,
+        certificate: Option<&LocalCertificate>,
+        extra_args: Vec<String>,
+    ) -> RedisServer {
         let dir = dir.join(name);
         std::fs::create_dir_all(&dir).unwrap();
-        let tls_ca_file = tls.then(|| {
-            let certificate = tls::local_certificate(&["127.0.0.1"]).unwrap();
-            std::fs::write(dir.join("cert.pem"), &certificate.cert_pem).unwrap();
-            std::fs::write(dir.join("key.pem"), &certificate.key_pem).unwrap();
-            std::fs::write(dir.join("ca.pem"), &certificate.ca_pem).unwrap();
-            dir.join("ca.pem")
-        });
+        let tls_ca_file = certificate.map(|certificate| write_certificate(&dir, certificate));
         let mut server = RedisServer {
             port: unused_address().port(),
             dir,
@@ -87,7 +107,8 @@ impl RedisServer {
                 .args(["--tls-cert-file", &file("cert.pem")])
                 .args(["--tls-key-file", &file("key.pem")])
                 .args(["--tls-ca-cert-file", &file("ca.pem")])
-                .args(["--tls-auth-clients", "no"]);
+                .args(["--tls-auth-clients", "no"])
+                .args(["--tls-replication", "yes", "--tls-cluster", "yes"]);
         } else {
             command.args(["--port", &port]);
         }
@@ -140,7 +161,56 @@ impl RedisServer {
 
     /// `WAIT 1 <ms>`: how many replicas acknowledged every write made so far.
     pub fn replicas_in_sync(&self, within: Duration) -> u64 {
-        self.integer_answer(&format!("WAIT 1 {}", within.as_millis()))
+        let answer = self.redis_cli(&["WAIT", "1", &within.as_millis().to_string()]);
+        answer
+            .trim()
+            .parse()
+            .unwrap_or_else(|_| panic!("WAIT answered {answer:?}"))
+    }
+
+    /// Whether this cluster node owns `key`'s slot (it answers rather than `MOVED`).
+    pub fn owns(&self, key: &str) -> bool {
+        self.answer_lines(&format!("EXISTS {key}"), 1)[0].starts_with(':')
+    }
+
+    /// How many keys match `pattern` on this node.
+    pub fn keys_matching(&self, pattern: &str) -> u64 {
+        self.integer_answer(&format!(
+            "EVAL \"return #redis.call('KEYS', ARGV[1])\" 0 {pattern}"
+        ))
+    }
+
+    /// The bytes the keys matching `pattern` take on this node (`MEMORY USAGE`,
+    /// added up).
+    pub fn memory_of_keys(&self, pattern: &str) -> u64 {
+        self.integer_answer(&format!(
+            "EVAL \"local total = 0 for _, key in ipairs(redis.call('KEYS', ARGV[1])) do total = total + redis.call('MEMORY', 'USAGE', key, 'SAMPLES', 0) end return total\" 0 {pattern}"
+        ))
+    }
+
+    /// How many data commands (not `PING`, `INFO`, `CLUSTER` and the like) this
+    /// server ran so far (`INFO commandstats`).
+    pub fn data_commands(&self) -> u64 {
+        const DATA: [&str; 10] = [
+            "get", "set", "del", "exists", "pexpire", "sadd", "smembers", "sinter", "publish",
+            "evalsha",
+        ];
+        self.bulk_answer("INFO commandstats")
+            .lines()
+            .filter_map(|line| line.strip_prefix("cmdstat_")?.split_once(":calls="))
+            .filter(|(name, _)| DATA.contains(name))
+            .filter_map(|(_, rest)| rest.split(',').next()?.parse::<u64>().ok())
+            .sum()
+    }
+
+    /// `cluster_state` of `CLUSTER INFO` (`ok` or `fail`).
+    pub fn cluster_state(&self) -> String {
+        self.redis_cli(&["CLUSTER", "INFO"])
+            .lines()
+            .find_map(|line| line.strip_prefix("cluster_state:"))
+            .unwrap_or("none")
+            .trim()
+            .to_owned()
     }
 
     /// `master` or `slave` (the first line of `ROLE`'s answer).
@@ -192,6 +262,50 @@ impl RedisServer {
             .collect()
     }
 
+    /// `redis-cli` with the arguments to reach this server (over TLS when it serves
+    /// TLS), then `args`.
+    fn redis_cli_command(&self, port: bool) -> Command {
+        let mut command = Command::new("redis-cli");
+        if port {
+            command.args(["-h", "127.0.0.1", "-p", &self.port.to_string()]);
+        }
+        if let Some(ca) = &self.tls_ca_file {
+            command.arg("--tls").arg("--cacert").arg(ca);
+        }
+        command
+    }
+
+    /// What `redis-cli` prints for `args` sent to this server.
+    fn redis_cli(&self, args: &[&str]) -> String {
+        let output = self
+            .redis_cli_command(true)
+            .args(args)
+            .output()
+            .expect("redis-cli runs (Debian package redis-tools)");
+        String::from_utf8_lossy(&output.stdout).into_owned()
+    }
+
+    /// The answer to one inline command whose answer is one bulk string.
+    fn bulk_answer(&self, command: &str) -> String {
+        use std::io::{BufRead, BufReader, Read, Write};
+        assert!(self.tls_ca_file.is_none(), "the test speaks plain RESP");
+        let mut stream = std::net::TcpStream::connect((Ipv4Addr::LOCALHOST, self.port)).unwrap();
+        stream
+            .write_all(format!("{command}\r\n").as_bytes())
+            .unwrap();
+        let mut reader = BufReader::new(stream);
+        let mut header = String::new();
+        reader.read_line(&mut header).unwrap();
+        let length: usize = header
+            .trim()
+            .strip_prefix('$')
+            .and_then(|n| n.parse().ok())
+            .unwrap_or_else(|| panic!("{command} answered {header:?}"));
+        let mut body = vec![0; length];
+        reader.read_exact(&mut body).unwrap();
+        String::from_utf8(body).unwrap()
+    }
+
     /// Answers PING (plain), or accepts connections (TLS: the gateway's own client is
     /// the test of the handshake).
     fn listening(&self) -> bool {
@@ -231,15 +345,32 @@ pub const MASTER_NAME: &str = "sessions";
 impl Sentinel {
     /// A sentinel in `dir/name` watching the master on `master_port` (quorum 2),
     /// waiting until it answers.
-    fn start(dir: &Path, name: &str, master_port: u16) -> Sentinel {
+    /// With a `certificate`, it serves only TLS and reaches the servers over TLS.
+    fn start(
+        dir: &Path,
+        name: &str,
+        master_port: u16,
+        certificate: Option<&LocalCertificate>,
+    ) -> Sentinel {
         let dir = dir.join(name);
         std::fs::create_dir_all(&dir).unwrap();
         let port = unused_address().port();
         let config = dir.join("sentinel.conf");
+        let listen = match certificate {
+            None => format!("port {port}\n"),
+            Some(certificate) => {
+                write_certificate(&dir, certificate);
+                format!(
+                    "port 0\ntls-port {port}\ntls-cert-file {0}/cert.pem\ntls-key-file {0}/key.pem\n\
+                     tls-ca-cert-file {0}/ca.pem\ntls-auth-clients no\ntls-replication yes\n",
+                    dir.display()
+                )
+            }
+        };
         std::fs::write(
             &config,
             format!(
-                "port {port}\nbind 127.0.0.1\nprotected-mode no\ndir {dir}\n\
+                "{listen}bind 127.0.0.1\nprotected-mode no\ndir {dir}\n\
                  sentinel monitor {MASTER_NAME} 127.0.0.1 {master_port} 2\n\
                  sentinel down-after-milliseconds {MASTER_NAME} 1000\n\
                  sentinel failover-timeout {MASTER_NAME} 3000\n\
@@ -277,14 +408,20 @@ pub struct SentinelSetup {
     /// Replicates the first master; promoted when it fails.
     pub replica: RedisServer,
     pub sentinels: Vec<Sentinel>,
+    /// Everything serves only TLS.
+    tls: bool,
 }
 
 impl SentinelSetup {
-    fn start(dir: &Path, master: &RedisServer) -> SentinelSetup {
+    fn start(
+        dir: &Path,
+        master: &RedisServer,
+        certificate: Option<&LocalCertificate>,
+    ) -> SentinelSetup {
         let replica = RedisServer::start_named(
             dir,
             "redis-replica",
-            false,
+            certificate,
             vec![
                 "--replicaof".into(),
                 "127.0.0.1".into(),
@@ -292,9 +429,15 @@ impl SentinelSetup {
             ],
         );
         let sentinels = (0..3)
-            .map(|index| Sentinel::start(dir, &format!("sentinel-{index}"), master.port))
+            .map(|index| {
+                Sentinel::start(dir, &format!("sentinel-{index}"), master.port, certificate)
+            })
             .collect();
-        SentinelSetup { replica, sentinels }
+        SentinelSetup {
+            replica,
+            sentinels,
+            tls: certificate.is_some(),
+        }
     }
 
     /// The gateway's `[session]` keys for this setup.
@@ -304,9 +447,108 @@ impl SentinelSetup {
             .iter()
             .map(|sentinel| format!("\"127.0.0.1:{}\"", sentinel.port))
             .collect();
+        let url = if self.tls {
+            format!("\nredis_url = \"rediss://{MASTER_NAME}/0\"")
+        } else {
+            String::new()
+        };
         format!(
-            "store = \"redis\"\nredis_sentinels = [{}]\nredis_master_name = \"{MASTER_NAME}\"",
+            "store = \"redis\"\nredis_sentinels = [{}]\nredis_master_name = \"{MASTER_NAME}\"{url}",
             addresses.join(", ")
+        )
+    }
+}
+
+/// The other nodes of a Redis Cluster whose first master is [`Cluster::redis`].
+pub struct RedisClusterSetup {
+    pub others: Vec<RedisServer>,
+}
+
+/// `redis-server` arguments for a cluster node: it fails a silent peer after a second;
+/// its cluster bus port is a free one of its own (by default it would be the port plus
+/// 10000, past 65535 for a high free port).
+fn cluster_node_args() -> Vec<String> {
+    let bus_port = unused_address().port().to_string();
+    [
+        "--cluster-enabled",
+        "yes",
+        "--cluster-config-file",
+        "nodes.conf",
+        "--cluster-node-timeout",
+        "1000",
+        "--cluster-port",
+        &bus_port,
+    ]
+    .map(String::from)
+    .to_vec()
+}
+
+impl RedisClusterSetup {
+    /// Two more masters (and with `replicas`, three nodes that `redis-cli --cluster
+    /// create` makes their replicas), the cluster made over them; waits until every
+    /// node says `cluster_state:ok`.
+    fn start(
+        dir: &Path,
+        first: &RedisServer,
+        certificate: Option<&LocalCertificate>,
+        replicas: bool,
+    ) -> RedisClusterSetup {
+        let count = if replicas { 6 } else { 3 };
+        let others: Vec<RedisServer> = (1..count)
+            .map(|index| {
+                let name = format!("redis-{index}");
+                RedisServer::start_named(dir, &name, certificate, cluster_node_args())
+            })
+            .collect();
+        let mut create = first.redis_cli_command(false);
+        create.args(["--cluster", "create"]);
+        for node in std::iter::once(first).chain(&others) {
+            create.arg(format!("127.0.0.1:{}", node.port));
+        }
+        if replicas {
+            create.args(["--cluster-replicas", "1"]);
+        }
+        let output = create
+            .arg("--cluster-yes")
+            .output()
+            .expect("redis-cli runs (Debian package redis-tools)");
+        assert!(
+            output.status.success(),
+            "redis-cli --cluster create: {}{}",
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        );
+        let setup = RedisClusterSetup { others };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !setup
+            .nodes(first)
+            .iter()
+            .all(|node| node.cluster_state() == "ok")
+        {
+            assert!(Instant::now() < deadline, "the cluster did not come up");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        setup
+    }
+
+    /// Every node, `first` first.
+    pub fn nodes<'a>(&'a self, first: &'a RedisServer) -> Vec<&'a RedisServer> {
+        std::iter::once(first).chain(&self.others).collect()
+    }
+
+    /// The gateway's `[session]` keys for this cluster.
+    fn session_toml(&self, first: &RedisServer) -> String {
+        let nodes: Vec<String> = self
+            .nodes(first)
+            .iter()
+            .map(|node| {
+                let url = node.url();
+                format!("\"{}\"", url.trim_end_matches("/0"))
+            })
+            .collect();
+        format!(
+            "store = \"redis\"\nredis_cluster_nodes = [{}]",
+            nodes.join(", ")
         )
     }
 }
@@ -343,11 +585,18 @@ pub struct ClusterOptions {
     pub oidc_toml: String,
     pub access_token_ttl: Duration,
     pub users: Vec<DevUser>,
-    /// Redis serves only TLS (`rediss://` with `session.redis_ca_file`).
+    /// Redis serves only TLS (`rediss://` with `session.redis_ca_file`): every server,
+    /// sentinel and cluster node, with certificates from one CA, replicating and
+    /// talking to each other over TLS too.
     pub redis_tls: bool,
     /// Redis is a master with a replica and three sentinels; the gateways are given
     /// the sentinels.
     pub sentinel: bool,
+    /// Redis is the first of three masters of a Redis Cluster; the gateways are given
+    /// the three.
+    pub redis_cluster: bool,
+    /// With `redis_cluster`: each master has a replica (six nodes, all given).
+    pub redis_cluster_replicas: bool,
 }
 
 pub const SECRET_OLD: &str = "the-old-session-secret-0123456789abcdef";
@@ -366,6 +615,8 @@ impl Default for ClusterOptions {
             ],
             redis_tls: false,
             sentinel: false,
+            redis_cluster: false,
+            redis_cluster_replicas: false,
         }
     }
 }
@@ -377,6 +628,8 @@ pub struct Cluster {
     pub redis: RedisServer,
     /// With [`ClusterOptions::sentinel`].
     pub sentinel: Option<SentinelSetup>,
+    /// With [`ClusterOptions::redis_cluster`].
+    pub redis_cluster: Option<RedisClusterSetup>,
     pub replicas: Vec<Replica>,
     /// The public address (the first replica stands in for the load balancer's).
     pub public_url: String,
@@ -388,13 +641,25 @@ impl Cluster {
     pub async fn start(options: ClusterOptions) -> Cluster {
         let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
         let dir = tempfile::tempdir().unwrap();
-        let redis = RedisServer::start_with(dir.path(), options.redis_tls);
+        let node_args = if options.redis_cluster {
+            cluster_node_args()
+        } else {
+            Vec::new()
+        };
+        let certificate = options.redis_tls.then(loopback_certificate);
+        let certificate = certificate.as_ref();
+        let redis = RedisServer::start_named(dir.path(), "redis", certificate, node_args);
         let sentinel = options
             .sentinel
-            .then(|| SentinelSetup::start(dir.path(), &redis));
-        let store_toml = match &sentinel {
-            Some(sentinel) => sentinel.session_toml(),
-            None => format!("store = \"redis\"\nredis_url = \"{}\"", redis.url()),
+            .then(|| SentinelSetup::start(dir.path(), &redis, certificate));
+        let redis_cluster = options.redis_cluster.then(|| {
+            let replicas = options.redis_cluster_replicas;
+            RedisClusterSetup::start(dir.path(), &redis, certificate, replicas)
+        });
+        let store_toml = match (&sentinel, &redis_cluster) {
+            (Some(sentinel), _) => sentinel.session_toml(),
+            (None, Some(redis_cluster)) => redis_cluster.session_toml(&redis),
+            (None, None) => format!("store = \"redis\"\nredis_url = \"{}\"", redis.url()),
         };
         let redis_ca = match &redis.tls_ca_file {
             Some(file) => format!("redis_ca_file = \"{}\"", file.display()),
@@ -464,6 +729,7 @@ impl Cluster {
             upstream,
             redis,
             sentinel,
+            redis_cluster,
             replicas,
             public_url,
             ca_pem: certificate.ca_pem,
@@ -478,6 +744,23 @@ impl Cluster {
     /// Replica `index`'s configuration file.
     pub fn config_path(&self, index: usize) -> PathBuf {
         self.dir.path().join(format!("replica-{index}.toml"))
+    }
+
+    /// `ssogate check` with replica `index`'s configuration: its output.
+    pub async fn check_output(&self, index: usize) -> String {
+        let config = self.config_path(index);
+        tokio::task::spawn_blocking(move || {
+            let output = Command::new(env!("CARGO_BIN_EXE_ssogate"))
+                .arg("check")
+                .arg("--config")
+                .arg(&config)
+                .output()
+                .unwrap();
+            String::from_utf8_lossy(&output.stdout).into_owned()
+                + &String::from_utf8_lossy(&output.stderr)
+        })
+        .await
+        .unwrap()
     }
 
     /// A browser pointed at replica `index`.
