@@ -8,7 +8,7 @@
 
 use bytes::Bytes;
 use http::header::ACCEPT;
-use http::{HeaderValue, Request, Response, StatusCode, header};
+use http::{HeaderName, HeaderValue, Request, Response, StatusCode, header};
 use http_body_util::Full;
 
 /// HTML-escapes text for use in element content and quoted attribute values.
@@ -153,14 +153,23 @@ pub fn is_navigation<B>(request: &Request<B>) -> bool {
 /// [`is_navigation`] for a request known by its parts: forward-auth decides on the
 /// request a proxy reports (its method and path) with the headers the proxy passed on.
 pub fn is_navigation_of(method: &http::Method, path: &str, headers: &http::HeaderMap) -> bool {
-    let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
+    // Names as constants: a lookup by `&str` parses the name on every request.
+    const SEC_FETCH_MODE: HeaderName = HeaderName::from_static("sec-fetch-mode");
+    const X_REQUESTED_WITH: HeaderName = HeaderName::from_static("x-requested-with");
     if !matches!(*method, http::Method::GET | http::Method::HEAD) {
         return false;
     }
-    if header("sec-fetch-mode").is_some_and(|mode| !mode.eq_ignore_ascii_case("navigate")) {
+    if headers
+        .get(SEC_FETCH_MODE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|mode| !mode.eq_ignore_ascii_case("navigate"))
+    {
         return false;
     }
-    if header("x-requested-with").is_some() {
+    if headers
+        .get(X_REQUESTED_WITH)
+        .is_some_and(|v| v.to_str().is_ok())
+    {
         return false;
     }
     let wants_json = headers
