@@ -37,6 +37,47 @@ pub const BUFFERED_MAX: u64 = 64 * 1024;
 #[error("the request body delivered nothing for {0:?}")]
 pub struct BodyIdle(pub Duration);
 
+/// A body, or none: what the pool sends again of an idempotent request without a
+/// body ([`super::pool`]) is a copy of its head with no body.
+#[derive(Default)]
+pub enum OrEmpty<B> {
+    Body(B),
+    #[default]
+    Empty,
+}
+
+impl<B> Body for OrEmpty<B>
+where
+    B: Body<Data = Bytes> + Unpin,
+{
+    type Data = Bytes;
+    type Error = B::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, B::Error>>> {
+        match self.get_mut() {
+            OrEmpty::Body(body) => Pin::new(body).poll_frame(cx),
+            OrEmpty::Empty => Poll::Ready(None),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            OrEmpty::Body(body) => body.is_end_stream(),
+            OrEmpty::Empty => true,
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            OrEmpty::Body(body) => body.size_hint(),
+            OrEmpty::Empty => SizeHint::with_exact(0),
+        }
+    }
+}
+
 /// A request body held to an idle timeout: it fails once it has been waited on for
 /// `timeout` without delivering. Time when nobody polls it (the upstream is not
 /// reading) does not count. Its timer is made the first time the body waits and then

@@ -67,8 +67,9 @@ pub struct Upstream {
     metrics: Arc<Metrics>,
 }
 
-/// A request body as it goes upstream: held to the idle timeout and the size limit.
-type RequestBody = Limited<IdleRequestBody<Incoming>>;
+/// A request body as it goes upstream: the client's, held to the idle timeout and the
+/// size limit (or none, in a copy of a request sent again: [`pool`]).
+type RequestBody = bodies::OrEmpty<Limited<IdleRequestBody<Incoming>>>;
 /// A response body as it comes from the upstream: it returns its connection at its end.
 type UpstreamBody = PooledBody<RequestBody>;
 
@@ -213,8 +214,12 @@ impl Upstream {
         *request.version_mut() = Version::HTTP_11;
         let limit = usize::try_from(self.max_body_size).unwrap_or(usize::MAX);
         let idle_timeout = self.body_idle_timeout;
-        let request =
-            request.map(|body| Limited::new(IdleRequestBody::new(body, idle_timeout), limit));
+        let request = request.map(|body| {
+            bodies::OrEmpty::Body(Limited::new(
+                IdleRequestBody::new(body, idle_timeout),
+                limit,
+            ))
+        });
 
         let pool = &self.pools[serving_thread::index() % self.pools.len()];
         // One timer for the answer: its head, and a small body read whole. It was

@@ -21,10 +21,14 @@
 //!   upgrade (a WebSocket tunnel).
 //! - A request sent on a reused connection that the upstream closed in the meantime
 //!   comes back unsent ([`hyper::client::conn::TrySendError::take_message`]); it is
-//!   sent once more, on a fresh connection. A request of which any byte may have
-//!   been written is never sent again: its error is the answer. (hyper gives a
-//!   request back only when the connection closed before it took it: an upstream
-//!   that closes just as a request is written makes that request fail, a 502.)
+//!   sent once more, on a fresh connection.
+//! - A request written on a connection the upstream closed as it arrived (hyper then
+//!   gives it back no more: the connection ends before any byte of an answer) is sent
+//!   once more only if it could not have been acted on twice, as nginx's
+//!   `proxy_next_upstream` does: an idempotent method (RFC 9110 section 9.2.2) and no
+//!   body. Only a connection idle for at least [`RACY_IDLE`] can close so (an upstream
+//!   closes idle keep-alive connections, not busy ones), so only a request on one of
+//!   those keeps a copy of its head for that; any other request's error is its answer.
 //! - A connection goes back only once its response body ended; a body dropped
 //!   before its end closes its connection (the rest of the body is never read).
 
@@ -35,7 +39,7 @@ use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use http::{HeaderMap, Request, Response, StatusCode, Uri, header};
+use http::{HeaderMap, Method, Request, Response, StatusCode, Uri, header};
 use hyper::body::{Body, Frame, Incoming, SizeHint};
 use hyper::client::conn::http1::{self, SendRequest};
 use hyper_rustls::HttpsConnector;
@@ -50,6 +54,11 @@ pub const MAX_IDLE: usize = 64;
 /// Idle connections are not reused after this (below Sentry nginx's 75 s keep-alive,
 /// so that the gateway never sends on a connection nginx is about to close).
 pub const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// A connection idle this long may be closing at the upstream's end (its keep-alive
+/// timeout, a reload) just as a request is written on it: an idempotent request
+/// without a body sent on one is kept, to be sent once more if that happens.
+const RACY_IDLE: Duration = Duration::from_secs(1);
 
 /// How long a checkout waits for an idle connection to be ready for its next
 /// request. A connection is returned as soon as its response body ended, possibly
@@ -67,6 +76,7 @@ pub struct Pool<B> {
     idle: Mutex<Vec<Idle<B>>>,
     max_idle: usize,
     idle_timeout: Duration,
+    racy_idle: Duration,
 }
 
 struct Idle<B> {
@@ -87,6 +97,7 @@ where
             idle: Mutex::new(Vec::new()),
             max_idle: MAX_IDLE,
             idle_timeout: IDLE_TIMEOUT,
+            racy_idle: RACY_IDLE,
         }
     }
 
@@ -95,19 +106,34 @@ where
     pub async fn send(
         self: &Arc<Self>,
         request: Request<B>,
-    ) -> Result<Response<PooledBody<B>>, BoxError> {
-        let (mut sender, reused) = match self.checkout().await {
-            Some(sender) => (sender, true),
+    ) -> Result<Response<PooledBody<B>>, BoxError>
+    where
+        B: Default,
+    {
+        let (mut sender, idle_for) = match self.checkout().await {
+            Some((sender, idle_for)) => (sender, Some(idle_for)),
             // Boxed: connecting (TLS included) is a large future, and rare.
-            None => (Box::pin(self.connect()).await?, false),
+            None => (Box::pin(self.connect()).await?, None),
+        };
+        let again = match idle_for {
+            Some(idle_for) if idle_for >= self.racy_idle => replayable(&request),
+            _ => None,
         };
         let response = match sender.try_send_request(request).await {
             Ok(response) => response,
-            Err(mut error) => match error.take_message() {
+            Err(mut error) => match (error.take_message(), again) {
                 // Unsent: the upstream closed the idle connection before it took
                 // this request. Sent once more, on a new connection.
-                Some(request) if reused => {
+                (Some(request), _) if idle_for.is_some() => {
                     tracing::debug!(error = %error.into_error(), "idle upstream connection closed; request sent again on a new one");
+                    sender = Box::pin(self.connect()).await?;
+                    sender.send_request(request).await?
+                }
+                // Written, but the connection closed before any answer: the
+                // upstream closed it as the request came (an idempotent one without
+                // a body; see RACY_IDLE).
+                (None, Some(request)) if error.error().is_incomplete_message() => {
+                    tracing::debug!(error = %error.into_error(), "upstream connection closed as the request was written; idempotent request sent again on a new one");
                     sender = Box::pin(self.connect()).await?;
                     sender.send_request(request).await?
                 }
@@ -125,17 +151,19 @@ where
     }
 
     /// The most recently returned connection that is still open and ready.
-    async fn checkout(&self) -> Option<SendRequest<B>> {
+    /// With how long it was idle.
+    async fn checkout(&self) -> Option<(SendRequest<B>, Duration)> {
         loop {
-            let mut idle = {
+            let (mut idle, idle_for) = {
                 let mut idle = self.lock();
                 let last = idle.pop()?;
-                if last.since.elapsed() > self.idle_timeout {
+                let idle_for = last.since.elapsed();
+                if idle_for > self.idle_timeout {
                     // Every other one has been idle longer still.
                     idle.clear();
                     return None;
                 }
-                last.sender
+                (last.sender, idle_for)
             };
             if idle.is_closed() {
                 continue;
@@ -149,7 +177,7 @@ where
                 ),
             };
             if ready {
-                return Some(idle);
+                return Some((idle, idle_for));
             }
         }
     }
@@ -188,6 +216,25 @@ where
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
+}
+
+/// A copy of `request` to send again, if sending it twice cannot do what sending it
+/// once would not: an idempotent method and no body. (Its extensions stay behind:
+/// the upstream request carries none.)
+fn replayable<B: Body + Default>(request: &Request<B>) -> Option<Request<B>> {
+    let idempotent = matches!(
+        *request.method(),
+        Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE | Method::PUT | Method::DELETE
+    );
+    if !idempotent || !request.body().is_end_stream() {
+        return None;
+    }
+    let mut copy = Request::new(B::default());
+    *copy.method_mut() = request.method().clone();
+    *copy.uri_mut() = request.uri().clone();
+    *copy.version_mut() = request.version();
+    *copy.headers_mut() = request.headers().clone();
+    Some(copy)
 }
 
 /// True when a response says its connection closes after it.
@@ -574,10 +621,11 @@ mod tests {
         assert_eq!(upstream.accepted.load(Ordering::SeqCst), 2, "sent again");
     }
 
-    /// A request whose bytes reached the upstream may have been acted on: it is
-    /// never sent again, even on a reused connection.
+    /// A request whose bytes reached the upstream may have been acted on: on a
+    /// connection that was busy a moment before (the upstream closes idle ones, not
+    /// busy ones), it is never sent again, even an idempotent one.
     #[tokio::test]
-    async fn a_request_that_was_written_is_not_sent_again() {
+    async fn a_request_written_on_a_busy_connection_is_not_sent_again() {
         let upstream = test_upstream(After::DropSecond);
         let pool = pool(&upstream);
         fetch(&pool).await.unwrap();
@@ -587,6 +635,41 @@ mod tests {
             "a hyper error: {error}"
         );
         assert_eq!(upstream.accepted.load(Ordering::SeqCst), 1, "no retry");
+    }
+
+    /// On a connection idle for a while, the upstream may close just as a request
+    /// arrives: an idempotent request without a body is sent once more, on a new
+    /// connection; one with a body, or of another method, is not.
+    #[tokio::test]
+    async fn an_idempotent_request_the_upstream_closed_on_is_sent_again_after_an_idle_while() {
+        let racy = |pool: &mut Pool<ResponseBody>| pool.racy_idle = Duration::from_millis(50);
+        for (method, body, sent_again) in [
+            (http::Method::GET, "", true),
+            (http::Method::HEAD, "", true),
+            (http::Method::DELETE, "", true),
+            (http::Method::POST, "", false),
+            (http::Method::PUT, "data", false),
+        ] {
+            let upstream = test_upstream(After::DropSecond);
+            let pool = pool_with(&upstream, racy);
+            fetch(&pool).await.unwrap();
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            let request = Request::builder()
+                .method(method.clone())
+                .uri("/")
+                .header(header::HOST, "upstream.test")
+                .header(header::CONTENT_LENGTH, body.len())
+                .body(boxed(http_body_util::Full::new(Bytes::from(body))))
+                .unwrap();
+            let result = pool.send(request).await;
+            assert_eq!(result.is_ok(), sent_again, "{method} with {body:?}");
+            let connections = if sent_again { 2 } else { 1 };
+            assert_eq!(
+                upstream.accepted.load(Ordering::SeqCst),
+                connections,
+                "{method} with {body:?}"
+            );
+        }
     }
 
     #[tokio::test]
