@@ -79,7 +79,7 @@ fn cookie_and_session(c: &mut Criterion) {
 }
 
 fn route_classification(c: &mut Criterion) {
-    let rules = sentry_preset();
+    let rules = ssogate::rules::RouteRules::new(sentry_preset()).unwrap();
     let mut token = HeaderMap::new();
     token.insert(
         http::header::AUTHORIZATION,

@@ -379,7 +379,7 @@ fn print_rules(settings: &Settings) {
         access.preset.as_deref().unwrap_or("none")
     );
     let global = global_requirements(access);
-    for rule in &access.rules {
+    for rule in access.rules.iter() {
         let line = crate::policy::describe(rule);
         if rule.action == crate::rules::Action::Authenticated {
             println!("       {line}{global}");

@@ -26,7 +26,8 @@ pub use shape::all_keys;
 pub use size::parse_size;
 
 use crate::rules::{
-    Action, Admission, AllowedHosts, Requirements, RouteRule, SENTRY_SESSION_COOKIES, sentry_preset,
+    Action, Admission, AllowedHosts, Requirements, RouteRule, RouteRules, SENTRY_SESSION_COOKIES,
+    sentry_preset,
 };
 
 /// The sections of the file, also the `<SECTION>` part of `SSOGATE_<SECTION>_<KEY>`.
@@ -530,7 +531,7 @@ pub struct AccessSettings {
     /// `"sentry"` when the Sentry preset is on.
     pub preset: Option<String>,
     /// Route rules in order: the operator's, then the preset's.
-    pub rules: Vec<RouteRule>,
+    pub rules: RouteRules,
     /// Cookies of the upstream's own sign-in (the preset's and the operator's), removed
     /// from requests a rule let through because of a credential they carry.
     pub upstream_session_cookies: Vec<String>,
@@ -2140,7 +2141,12 @@ fn validate_access(access: file::AccessSection) -> Result<AccessSettings, Config
             access.allowed_emails_file,
         )?,
         preset,
-        rules,
+        rules: RouteRules::new(rules).map_err(|e| {
+            key_error(
+                "access.rules",
+                format!("the rules' path patterns together are too large: {e}"),
+            )
+        })?,
         upstream_session_cookies,
     })
 }

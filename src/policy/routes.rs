@@ -13,13 +13,12 @@ use http::{HeaderMap, Method};
 
 use super::credentials::has_sentry_credential;
 use super::path::decoded_views;
-use crate::rules::{Action, Admission, RouteRule};
+use crate::rules::{Action, Admission, RouteRule, RouteRules};
 
-/// Whether `rule` applies to a request with this method, path and headers.
-fn matches(rule: &RouteRule, method: &Method, path: &str, headers: &HeaderMap) -> bool {
-    (rule.methods.is_empty() || rule.methods.contains(method))
-        && rule.path.is_match(path)
-        && admits(&rule.admission, headers)
+/// Whether `rule`, whose path matched, applies to a request with this method and
+/// headers.
+fn applies(rule: &RouteRule, method: &Method, headers: &HeaderMap) -> bool {
+    (rule.methods.is_empty() || rule.methods.contains(method)) && admits(&rule.admission, headers)
 }
 
 fn admits(admission: &Admission, headers: &HeaderMap) -> bool {
@@ -35,14 +34,15 @@ fn admits(admission: &Admission, headers: &HeaderMap) -> bool {
 
 /// The first rule that matches `path` as it is, if any.
 pub fn first_match<'a>(
-    rules: &'a [RouteRule],
+    rules: &'a RouteRules,
     method: &Method,
     path: &str,
     headers: &HeaderMap,
 ) -> Option<&'a RouteRule> {
     rules
-        .iter()
-        .find(|rule| matches(rule, method, path, headers))
+        .matching_paths(path)
+        .map(|index| &rules[index])
+        .find(|rule| applies(rule, method, headers))
 }
 
 /// What the rules decide for one request.
@@ -73,7 +73,7 @@ impl PartialEq for Route<'_> {
 /// view of the path ([`decoded_views`]) is matched by a public rule; otherwise
 /// protected by every authenticated rule that matched a view.
 pub fn decide<'a>(
-    rules: &'a [RouteRule],
+    rules: &'a RouteRules,
     method: &Method,
     path: &str,
     headers: &HeaderMap,
@@ -171,7 +171,7 @@ mod tests {
     /// The decision for a raw request path, as the gateway makes it: canonical form
     /// first, then every view of it.
     fn route<'a>(
-        rules: &'a [RouteRule],
+        rules: &'a RouteRules,
         method: &str,
         raw_path: &str,
         pairs: &[(&str, &str)],
@@ -182,13 +182,17 @@ mod tests {
 
     fn public_in_sentry(method: &str, raw_path: &str, pairs: &[(&str, &str)]) -> bool {
         matches!(
-            route(&sentry_preset(), method, raw_path, pairs),
+            route(&preset(), method, raw_path, pairs),
             Route::Public { .. }
         )
     }
 
     /// The Sentry preset behind two operator rules, as in README's examples.
-    fn rules_with_an_admin_area() -> Vec<RouteRule> {
+    fn preset() -> RouteRules {
+        RouteRules::new(sentry_preset()).unwrap()
+    }
+
+    fn rules_with_an_admin_area() -> RouteRules {
         let mut rules = vec![
             RouteRule {
                 name: "admin area".into(),
@@ -211,7 +215,7 @@ mod tests {
             },
         ];
         rules.extend(sentry_preset());
-        rules
+        RouteRules::new(rules).unwrap()
     }
 
     /// True when `a` lets through nothing that `b` stops: `b` public, or both
@@ -256,7 +260,7 @@ mod tests {
         ] {
             let raw = path.split('?').next().unwrap();
             assert_eq!(
-                route(&sentry_preset(), "POST", raw, &[]),
+                route(&preset(), "POST", raw, &[]),
                 Route::Public {
                     by_credential: false
                 },
@@ -265,7 +269,7 @@ mod tests {
         }
         assert_eq!(
             route(
-                &sentry_preset(),
+                &preset(),
                 "GET",
                 "/api/0/organizations/",
                 &[("authorization", "Bearer sntrys_x")]
@@ -338,14 +342,15 @@ mod tests {
 
     #[test]
     fn an_operator_header_condition_needs_a_value() {
-        let rules = vec![RouteRule {
+        let rules = RouteRules::new(vec![RouteRule {
             name: "hook".into(),
             methods: vec![],
             path: Regex::new("^/hook/").unwrap(),
             admission: Admission::Header(HeaderName::from_static("x-hook-signature")),
             action: Action::Public,
             requirements: Requirements::default(),
-        }];
+        }])
+        .unwrap();
         let signed = [("x-hook-signature", "sha256=abc")];
         assert_eq!(
             route(&rules, "POST", "/hook/", &signed),
@@ -445,6 +450,27 @@ mod tests {
     }
 
     proptest! {
+        /// The regex set finds the rule that trying every rule in order finds.
+        #[test]
+        fn the_first_match_is_the_first_rule_in_order_that_matches(
+            path in plain_path(false),
+            method in prop::sample::select(vec!["GET", "POST", "PUT"]),
+            token in any::<bool>(),
+        ) {
+            let rules = rules_with_an_admin_area();
+            let method: Method = method.parse().unwrap();
+            let pairs: &[(&str, &str)] = if token { &[("authorization", "Bearer abc")] } else { &[] };
+            let headers = headers(pairs);
+            let in_order = rules
+                .iter()
+                .find(|rule| rule.path.is_match(&path) && applies(rule, &method, &headers));
+            let found = first_match(&rules, &method, &path, &headers);
+            prop_assert!(
+                found.map(|r| &r.name) == in_order.map(|r| &r.name),
+                "{} {}: {:?} vs {:?}", method, path, found.map(|r| &r.name), in_order.map(|r| &r.name)
+            );
+        }
+
         /// Whatever the encoding, the decision is at least as strict as the one on
         /// the path Sentry routes on: the forwarded path, decoded once, as it is and
         /// with dot segments resolved.
