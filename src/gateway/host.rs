@@ -153,14 +153,15 @@ fn requested_authority<B>(
 
 /// `host[:port]` with neither user information nor an empty host.
 fn parse_authority(text: &str) -> Result<(&str, Option<u16>), HostRefusal> {
-    if text.contains('@') {
-        return Err(HostRefusal::Malformed);
-    }
-    let authority: Authority = text.parse().map_err(|_| HostRefusal::Malformed)?;
-    if authority.host().is_empty() {
-        return Err(HostRefusal::Malformed);
-    }
-    let (host, rest) = text.split_at(authority.host().len());
+    split_authority(text, host_len)
+}
+
+/// `text`'s host and port, the host's length found by `host_len`.
+fn split_authority(
+    text: &str,
+    host_len: fn(&str) -> Result<usize, HostRefusal>,
+) -> Result<(&str, Option<u16>), HostRefusal> {
+    let (host, rest) = text.split_at(host_len(text)?);
     // `Authority` takes any text after the colon as a port; only digits are one. An
     // empty port (`host:`) names the default port.
     let port = match rest.strip_prefix(':') {
@@ -172,6 +173,33 @@ fn parse_authority(text: &str) -> Result<(&str, Option<u16>), HostRefusal> {
         _ => return Err(HostRefusal::Malformed),
     };
     Ok((host, port))
+}
+
+/// The length of `text`'s host part. The usual `name:port` or `name`, of letters,
+/// digits, dots and hyphens, is valid as it is (parsing it as an `Authority` would
+/// copy it first, on every request); anything else is parsed.
+fn host_len(text: &str) -> Result<usize, HostRefusal> {
+    let name_end = text.find(':').unwrap_or(text.len());
+    let plain = text[..name_end]
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'-');
+    if name_end > 0 && plain {
+        Ok(name_end)
+    } else {
+        authority_host_len(text)
+    }
+}
+
+/// The length of the host part of `text`, parsed as an `Authority`.
+fn authority_host_len(text: &str) -> Result<usize, HostRefusal> {
+    if text.contains('@') {
+        return Err(HostRefusal::Malformed);
+    }
+    let authority: Authority = text.parse().map_err(|_| HostRefusal::Malformed)?;
+    if authority.host().is_empty() {
+        return Err(HostRefusal::Malformed);
+    }
+    Ok(authority.host().len())
 }
 
 /// A host as it is compared: lower case, without a final dot (`Example.COM.` is
@@ -188,6 +216,18 @@ fn normalized(host: &str) -> std::borrow::Cow<'_, str> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        /// The shortcut for plain names reads every authority as the full parse does.
+        #[test]
+        fn plain_names_are_read_as_an_authority_parse_reads_them(
+            text in "[a-zA-Z0-9.:@\\[\\]%_~ -]{0,24}",
+        ) {
+            let full = split_authority(&text, authority_host_len);
+            prop_assert_eq!(parse_authority(&text), full, "{:?}", text);
+        }
+    }
 
     fn served() -> ServedHosts {
         ServedHosts::new(
