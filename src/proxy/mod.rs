@@ -229,7 +229,7 @@ impl Upstream {
         let started = (deadline.deadline().into_std())
             .checked_sub(self.read_timeout)
             .unwrap_or_else(std::time::Instant::now);
-        let sent = within(deadline.as_mut(), pool.send(request)).await;
+        let sent = within(deadline.as_mut(), pin!(pool.send(request))).await;
         let mut response = match sent {
             Some(Ok(response)) => response,
             Some(Err(e)) if caused_by::<LengthLimitError>(&*e) => {
@@ -334,7 +334,7 @@ impl Upstream {
         if hyper::body::Body::is_end_stream(&body)
             || declared.is_some_and(|length| length <= BUFFERED_MAX)
         {
-            return match within(deadline, body.collect()).await {
+            return match within(deadline, pin!(body.collect())).await {
                 Some(Ok(collected)) => Ok(boxed(http_body_util::Full::new(collected.to_bytes()))),
                 Some(Err(e)) => {
                     tracing::warn!(upstream = %self.base, error = %error_chain(&e), "upstream response body failed");
@@ -371,9 +371,13 @@ const TOOK_TOO_LONG: &str =
     "The application behind the sign-in gateway took too long to answer. Try again in a moment.";
 
 /// `future`'s output, or `None` when `deadline` passes first (`tokio::time::timeout`
-/// on a timer that several steps share).
-async fn within<F: Future>(mut deadline: Pin<&mut Sleep>, future: F) -> Option<F::Output> {
-    let mut future = pin!(future);
+/// on a timer that several steps share). `future` comes pinned by the caller: taken by
+/// value, an `async fn` holds it twice (as its argument, and pinned), and here it is
+/// the upstream exchange, the largest part of a forwarded request's future.
+async fn within<F: Future>(
+    mut deadline: Pin<&mut Sleep>,
+    mut future: Pin<&mut F>,
+) -> Option<F::Output> {
     poll_fn(|cx| match future.as_mut().poll(cx) {
         Poll::Ready(output) => Poll::Ready(Some(output)),
         Poll::Pending => deadline.as_mut().poll(cx).map(|()| None),
