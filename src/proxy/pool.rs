@@ -22,8 +22,8 @@
 //! - A request sent on a reused connection that the upstream closed in the meantime
 //!   comes back unsent ([`hyper::client::conn::TrySendError::take_message`]); it is
 //!   sent once more, on a fresh connection.
-//! - A request written on a connection the upstream closed as it arrived (hyper then
-//!   gives it back no more: the connection ends before any byte of an answer) is sent
+//! - A request written on a connection the upstream closed or reset as it arrived
+//!   (hyper then gives it back no more: the connection ends before the answer) is sent
 //!   once more only if it could not have been acted on twice, as nginx's
 //!   `proxy_next_upstream` does: an idempotent method (RFC 9110 section 9.2.2) and no
 //!   body. Only a connection idle for at least [`RACY_IDLE`] can close so (an upstream
@@ -129,10 +129,10 @@ where
                     sender = Box::pin(self.connect()).await?;
                     sender.send_request(request).await?
                 }
-                // Written, but the connection closed before any answer: the
-                // upstream closed it as the request came (an idempotent one without
-                // a body; see RACY_IDLE).
-                (None, Some(request)) if error.error().is_incomplete_message() => {
+                // Written, but the connection closed or was reset before the answer:
+                // the upstream closed it as the request came (an idempotent one
+                // without a body; see RACY_IDLE).
+                (None, Some(request)) if closed_before_answer(error.error()) => {
                     tracing::debug!(error = %error.into_error(), "upstream connection closed as the request was written; idempotent request sent again on a new one");
                     sender = Box::pin(self.connect()).await?;
                     sender.send_request(request).await?
@@ -237,6 +237,20 @@ fn replayable<B: Body + Default>(request: &Request<B>) -> Option<Request<B>> {
     Some(copy)
 }
 
+/// True when the connection ended, closed or reset, before an answer came.
+fn closed_before_answer(error: &hyper::Error) -> bool {
+    use std::io::ErrorKind;
+    let reset = std::error::Error::source(error)
+        .and_then(|source| source.downcast_ref::<std::io::Error>())
+        .is_some_and(|io| {
+            matches!(
+                io.kind(),
+                ErrorKind::ConnectionReset | ErrorKind::ConnectionAborted | ErrorKind::BrokenPipe
+            )
+        });
+    error.is_incomplete_message() || reset
+}
+
 /// True when a response says its connection closes after it.
 fn asks_close(headers: &HeaderMap) -> bool {
     super::headers::list_items(headers, &header::CONNECTION)
@@ -324,6 +338,8 @@ mod tests {
         /// Answers the first request; of any further request, reads it and closes
         /// without answering.
         DropSecond,
+        /// The same, but resets the connection (TCP RST) instead of closing it.
+        ResetSecond,
         /// Answers `101 Switching Protocols`, then echoes what it receives.
         Upgrade,
     }
@@ -395,6 +411,10 @@ mod tests {
                 }
             }
             if after == After::DropSecond && answered == 1 {
+                return;
+            }
+            if after == After::ResetSecond && answered == 1 {
+                stream.set_zero_linger().unwrap();
                 return;
             }
             if after == After::Upgrade {
@@ -637,20 +657,26 @@ mod tests {
         assert_eq!(upstream.accepted.load(Ordering::SeqCst), 1, "no retry");
     }
 
-    /// On a connection idle for a while, the upstream may close just as a request
-    /// arrives: an idempotent request without a body is sent once more, on a new
-    /// connection; one with a body, or of another method, is not.
+    /// On a connection idle for a while, the upstream may close (or reset) it just as
+    /// a request arrives: an idempotent request without a body is sent once more, on
+    /// a new connection; one with a body, or of another method, is not.
     #[tokio::test]
     async fn an_idempotent_request_the_upstream_closed_on_is_sent_again_after_an_idle_while() {
         let racy = |pool: &mut Pool<ResponseBody>| pool.racy_idle = Duration::from_millis(50);
-        for (method, body, sent_again) in [
+        let cases = [
             (http::Method::GET, "", true),
             (http::Method::HEAD, "", true),
             (http::Method::DELETE, "", true),
             (http::Method::POST, "", false),
             (http::Method::PUT, "data", false),
-        ] {
-            let upstream = test_upstream(After::DropSecond);
+        ];
+        for ((method, body, sent_again), after) in cases.into_iter().flat_map(|case| {
+            [
+                (case.clone(), After::DropSecond),
+                (case, After::ResetSecond),
+            ]
+        }) {
+            let upstream = test_upstream(after);
             let pool = pool_with(&upstream, racy);
             fetch(&pool).await.unwrap();
             tokio::time::sleep(Duration::from_millis(100)).await;
@@ -662,7 +688,12 @@ mod tests {
                 .body(boxed(http_body_util::Full::new(Bytes::from(body))))
                 .unwrap();
             let result = pool.send(request).await;
-            assert_eq!(result.is_ok(), sent_again, "{method} with {body:?}");
+            assert_eq!(
+                result.is_ok(),
+                sent_again,
+                "{method} with {body:?}: {:?}",
+                result.as_ref().err()
+            );
             let connections = if sent_again { 2 } else { 1 };
             assert_eq!(
                 upstream.accepted.load(Ordering::SeqCst),
