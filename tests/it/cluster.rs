@@ -16,10 +16,9 @@ use std::time::{Duration, Instant};
 use http::StatusCode;
 
 use crate::replicas::{
-    LONG_LOCAL_CACHE, api_status, back_channel_logouts_end_sessions_on_every_replica, signed_in,
-    time_until_signed_out,
+    LONG_LOCAL_CACHE, api_status, await_logins, back_channel_logouts_end_sessions_on_every_replica,
+    signed_in, takes_logins, time_until_signed_out, works_on_every_replica,
 };
-use crate::support::browser::Browser;
 use crate::support::replicas::{Cluster, ClusterOptions, RedisServer};
 
 /// How long after a node's restart logins may take to work again (the cluster marks
@@ -50,29 +49,6 @@ fn nodes(cluster: &Cluster) -> Vec<&RedisServer> {
 /// Data commands (GET, SET, PUBLISH...) all masters ran so far.
 fn data_commands(cluster: &Cluster) -> u64 {
     nodes(cluster).iter().map(|node| node.data_commands()).sum()
-}
-
-/// `browser` gets 200 for an API request on every replica.
-async fn works_on_every_replica(cluster: &Cluster, browser: &Browser, what: &str) {
-    for index in [0, 1] {
-        let mut tab = cluster.on(index, browser);
-        let status = api_status(&mut tab, "/api/0/projects/").await;
-        assert_eq!(
-            status,
-            StatusCode::OK,
-            "{what} (replica {index}); its log:\n{}",
-            cluster.replicas[index].log()
-        );
-    }
-}
-
-/// Whether replica `index` lets a login start (no 503).
-async fn takes_logins(cluster: &Cluster, index: usize) -> bool {
-    let start = cluster
-        .browser(index)
-        .navigate("/oauth2/start?rd=%2F")
-        .await;
-    start.status != StatusCode::SERVICE_UNAVAILABLE
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -200,18 +176,8 @@ async fn a_node_restart_is_survived_with_sessions_and_sign_outs() {
 
     node_mut(&mut cluster, carrier).start_again();
     let restarted = Instant::now();
-    while !(takes_logins(&cluster, 0).await && takes_logins(&cluster, 1).await) {
-        assert!(
-            restarted.elapsed() < RECOVERY_BOUND,
-            "logins still refused {RECOVERY_BOUND:?} after the restart; replica 0's log:\n{}",
-            cluster.replicas[0].log()
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    eprintln!(
-        "logins work again {:?} after the restart",
-        restarted.elapsed()
-    );
+    let (took, _) = await_logins(&cluster, restarted, RECOVERY_BOUND, None).await;
+    eprintln!("logins work again {took:?} after the restart");
 
     // Nothing written before the kill is lost (the caches were emptied after the
     // outage, so these come from Redis), a new login works, and a sign-out reaches
@@ -255,24 +221,7 @@ async fn a_master_fails_over_to_its_replica_without_losing_sessions_or_sign_outs
     }
     node_mut(&mut cluster, carrier).kill();
     let killed = Instant::now();
-    let mut refused_logins = false;
-    let took = loop {
-        works_on_every_replica(&cluster, &alice, "alice during the failover").await;
-        for index in [0, 1] {
-            let (status, body) = cluster.ready(index).await;
-            assert_eq!(status, 200, "replica {index} during the failover: {body}");
-        }
-        if takes_logins(&cluster, 0).await && takes_logins(&cluster, 1).await {
-            break killed.elapsed();
-        }
-        refused_logins = true;
-        assert!(
-            killed.elapsed() < RECOVERY_BOUND,
-            "logins still refused {RECOVERY_BOUND:?} after the kill; replica 0's log:\n{}",
-            cluster.replicas[0].log()
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
+    let (took, refused_logins) = await_logins(&cluster, killed, RECOVERY_BOUND, Some(&alice)).await;
     eprintln!("logins work again {took:?} after the kill");
     assert!(
         refused_logins,

@@ -39,6 +39,61 @@ pub(crate) async fn api_status(browser: &mut Browser, path: &str) -> StatusCode 
     browser.send(request).await.status
 }
 
+/// Whether replica `index` lets a login start (no 503).
+pub(crate) async fn takes_logins(cluster: &Cluster, index: usize) -> bool {
+    let start = cluster
+        .browser(index)
+        .navigate("/oauth2/start?rd=%2F")
+        .await;
+    start.status != StatusCode::SERVICE_UNAVAILABLE
+}
+
+/// `browser` gets 200 for an API request on every replica.
+pub(crate) async fn works_on_every_replica(cluster: &Cluster, browser: &Browser, what: &str) {
+    for index in [0, 1] {
+        let mut tab = cluster.on(index, browser);
+        let status = api_status(&mut tab, "/api/0/projects/").await;
+        assert_eq!(
+            status,
+            StatusCode::OK,
+            "{what} (replica {index}); its log:\n{}",
+            cluster.replicas[index].log()
+        );
+    }
+}
+
+/// Polls until both replicas let logins start again, at most `bound` after `since`;
+/// returns how long after `since`, and whether they refused any. With `holding`, each
+/// poll also checks what a Redis outage must not break: that person keeps working on
+/// both replicas, and both stay ready.
+pub(crate) async fn await_logins(
+    cluster: &Cluster,
+    since: Instant,
+    bound: Duration,
+    holding: Option<&Browser>,
+) -> (Duration, bool) {
+    let mut refused = false;
+    loop {
+        if let Some(person) = holding {
+            works_on_every_replica(cluster, person, "a signed-in person meanwhile").await;
+            for index in [0, 1] {
+                let (status, body) = cluster.ready(index).await;
+                assert_eq!(status, 200, "replica {index} meanwhile: {body}");
+            }
+        }
+        if takes_logins(cluster, 0).await && takes_logins(cluster, 1).await {
+            return (since.elapsed(), refused);
+        }
+        refused = true;
+        assert!(
+            since.elapsed() < bound,
+            "logins still refused {bound:?} after; replica 0's log:\n{}",
+            cluster.replicas[0].log()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 /// Polls replica `index` until `browser`'s session is refused there (at most 3 s);
 /// returns how long that took.
 pub(crate) async fn time_until_signed_out(

@@ -13,7 +13,10 @@ use std::time::{Duration, Instant};
 
 use http::StatusCode;
 
-use crate::replicas::{LONG_LOCAL_CACHE, api_status, signed_in, time_until_signed_out};
+use crate::replicas::{
+    LONG_LOCAL_CACHE, api_status, await_logins, signed_in, time_until_signed_out,
+    works_on_every_replica,
+};
 use crate::support::browser::Browser;
 use crate::support::replicas::{Cluster, ClusterOptions, MASTER_NAME};
 
@@ -56,43 +59,6 @@ fn keep_requesting(
     load
 }
 
-/// Whether replica `index` lets a login start (no 503).
-async fn takes_logins(cluster: &Cluster, index: usize) -> bool {
-    let start = cluster
-        .browser(index)
-        .navigate("/oauth2/start?rd=%2F")
-        .await;
-    start.status != StatusCode::SERVICE_UNAVAILABLE
-}
-
-/// Polls until both replicas let logins start again after the kill at `killed`;
-/// returns how long after it.
-async fn await_logins(cluster: &Cluster, killed: Instant) -> Duration {
-    loop {
-        if takes_logins(cluster, 0).await && takes_logins(cluster, 1).await {
-            return killed.elapsed();
-        }
-        assert!(
-            killed.elapsed() < FAILOVER_BOUND,
-            "logins still refused {FAILOVER_BOUND:?} after the kill; replica 0's log:\n{}",
-            cluster.replicas[0].log()
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
-/// `browser` gets 200 for an API request on every replica.
-async fn works_on_every_replica(cluster: &Cluster, browser: &Browser, what: &str) {
-    for index in [0, 1] {
-        let mut tab = cluster.on(index, browser);
-        assert_eq!(
-            api_status(&mut tab, "/api/0/projects/").await,
-            StatusCode::OK,
-            "{what} (replica {index})"
-        );
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_killed_master_fails_over_without_losing_sessions_or_sign_outs() {
     let mut cluster = sentinel_cluster().await;
@@ -113,24 +79,7 @@ async fn a_killed_master_fails_over_without_losing_sessions_or_sign_outs() {
     // During the failover: signed-in people keep working on both replicas from the
     // local cache, and both replicas stay ready for the load balancer; until logins
     // work again on both.
-    let mut refused_logins = false;
-    let took = loop {
-        works_on_every_replica(&cluster, &alice, "alice during the failover").await;
-        for index in [0, 1] {
-            let (status, body) = cluster.ready(index).await;
-            assert_eq!(status, 200, "replica {index} during the failover: {body}");
-        }
-        if takes_logins(&cluster, 0).await && takes_logins(&cluster, 1).await {
-            break killed.elapsed();
-        }
-        refused_logins = true;
-        assert!(
-            killed.elapsed() < FAILOVER_BOUND,
-            "logins still refused {FAILOVER_BOUND:?} after the kill; replica 0's log:\n{}",
-            cluster.replicas[0].log()
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
+    let (took, refused_logins) = await_logins(&cluster, killed, FAILOVER_BOUND, Some(&alice)).await;
     eprintln!("logins work again {took:?} after the kill");
     assert!(
         refused_logins,
@@ -199,7 +148,9 @@ async fn refreshes_work_on_the_new_master() {
     works_on_every_replica(&cluster, &alice, "alice before the kill").await;
     assert_eq!(cluster.redis.replicas_in_sync(Duration::from_secs(5)), 1);
     cluster.redis.kill();
-    let took = await_logins(&cluster, Instant::now()).await;
+    let took = await_logins(&cluster, Instant::now(), FAILOVER_BOUND, None)
+        .await
+        .0;
     eprintln!("logins work again {took:?} after the kill");
     tokio::time::sleep(Duration::from_millis(2200)).await; // the access token expired
     assert_eq!(cluster.provider.refresh_count(), 0);
@@ -278,7 +229,9 @@ async fn a_failover_over_tls_with_a_private_ca() {
         "the replica replicates over TLS"
     );
     cluster.redis.kill();
-    let took = await_logins(&cluster, Instant::now()).await;
+    let took = await_logins(&cluster, Instant::now(), FAILOVER_BOUND, None)
+        .await
+        .0;
     eprintln!("logins work again {took:?} after the kill");
     // The sentinels (over TLS) named the replica (over TLS); the sessions are there.
     works_on_every_replica(&cluster, &alice, "alice after the failover").await;
