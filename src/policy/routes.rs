@@ -187,11 +187,11 @@ mod tests {
         )
     }
 
-    /// The Sentry preset behind two operator rules, as in README's examples.
     fn preset() -> RouteRules {
         RouteRules::new(sentry_preset()).unwrap()
     }
 
+    /// The Sentry preset behind two operator rules, as in README's examples.
     fn rules_with_an_admin_area() -> RouteRules {
         let mut rules = vec![
             RouteRule {
