@@ -19,6 +19,7 @@ use crate::replicas::{
     LONG_LOCAL_CACHE, api_status, await_logins, back_channel_logouts_end_sessions_on_every_replica,
     signed_in, takes_logins, time_until_signed_out, works_on_every_replica,
 };
+use crate::support::browser::Browser;
 use crate::support::replicas::{Cluster, ClusterOptions, RedisServer};
 
 /// How long after a node's restart logins may take to work again (the cluster marks
@@ -49,6 +50,23 @@ fn nodes(cluster: &Cluster) -> Vec<&RedisServer> {
 /// Data commands (GET, SET, PUBLISH...) all masters ran so far.
 fn data_commands(cluster: &Cluster) -> u64 {
     nodes(cluster).iter().map(|node| node.data_commands()).sum()
+}
+
+/// After an outage: the sessions of `alice` and `bob`, written before it, are read
+/// back on both replicas, a new login works, and a sign-out on either replica reaches
+/// the other within a second (the invalidation subscriptions came back).
+async fn recovered_without_loss(cluster: &Cluster, alice: &Browser, bob: &Browser, when: &str) {
+    works_on_every_replica(cluster, alice, &format!("alice after {when}")).await;
+    works_on_every_replica(cluster, bob, &format!("bob after {when}")).await;
+    let carol = signed_in(cluster, 1, "alice").await;
+    works_on_every_replica(cluster, &carol, &format!("a login after {when}")).await;
+    for (index, browser) in [(0, bob), (1, &carol)] {
+        let mut tab = cluster.on(index, browser);
+        let signed_out = tab.navigate("/oauth2/sign_out").await;
+        assert_eq!(signed_out.status, StatusCode::FOUND, "{signed_out:?}");
+        let took = time_until_signed_out(cluster, 1 - index, browser).await;
+        assert!(took < Duration::from_secs(1), "took {took:?}");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -182,17 +200,7 @@ async fn a_node_restart_is_survived_with_sessions_and_sign_outs() {
     // Nothing written before the kill is lost (the caches were emptied after the
     // outage, so these come from Redis), a new login works, and a sign-out reaches
     // the other replica: the subscriptions came back with the node.
-    works_on_every_replica(&cluster, &alice, "alice after the restart").await;
-    works_on_every_replica(&cluster, &bob, "bob after the restart").await;
-    let carol = signed_in(&cluster, 1, "alice").await;
-    works_on_every_replica(&cluster, &carol, "a login after the restart").await;
-    for (index, browser) in [(0, &bob), (1, &carol)] {
-        let mut tab = cluster.on(index, browser);
-        let signed_out = tab.navigate("/oauth2/sign_out").await;
-        assert_eq!(signed_out.status, StatusCode::FOUND, "{signed_out:?}");
-        let took = time_until_signed_out(&cluster, 1 - index, browser).await;
-        assert!(took < Duration::from_secs(1), "took {took:?}");
-    }
+    recovered_without_loss(&cluster, &alice, &bob, "the restart").await;
     works_on_every_replica(&cluster, &alice, "alice after the sign-outs").await;
 }
 
@@ -230,17 +238,7 @@ async fn a_master_fails_over_to_its_replica_without_losing_sessions_or_sign_outs
     // The sessions written before are read from the promoted replicas, a new login
     // works, and sign-outs reach the other replica: the subscriptions moved to the
     // promoted node.
-    works_on_every_replica(&cluster, &alice, "alice after the failover").await;
-    works_on_every_replica(&cluster, &bob, "bob after the failover").await;
-    let carol = signed_in(&cluster, 1, "alice").await;
-    works_on_every_replica(&cluster, &carol, "a login after the failover").await;
-    for (index, browser) in [(0, &bob), (1, &carol)] {
-        let mut tab = cluster.on(index, browser);
-        let signed_out = tab.navigate("/oauth2/sign_out").await;
-        assert_eq!(signed_out.status, StatusCode::FOUND, "{signed_out:?}");
-        let took = time_until_signed_out(&cluster, 1 - index, browser).await;
-        assert!(took < Duration::from_secs(1), "took {took:?}");
-    }
+    recovered_without_loss(&cluster, &alice, &bob, "the failover").await;
     let output = cluster.check_output(0).await;
     assert!(
         output.contains(
