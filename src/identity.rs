@@ -55,14 +55,14 @@ pub enum Renewal {
 }
 
 impl Tokens {
-    /// True when the access token expires within `ahead`, or within half its
-    /// lifetime for tokens that live shorter than `2 * ahead`.
-    pub fn expiring(&self, ahead: Duration) -> bool {
+    /// True when, at `now`, the access token expires within `ahead`, or within half
+    /// its lifetime for tokens that live shorter than `2 * ahead`.
+    pub fn expiring(&self, ahead: Duration, now: SystemTime) -> bool {
         let lifetime = self
             .expires_at
             .duration_since(self.issued_at)
             .unwrap_or_default();
-        SystemTime::now() + ahead.min(lifetime / 2) >= self.expires_at
+        now + ahead.min(lifetime / 2) >= self.expires_at
     }
 }
 
@@ -78,12 +78,22 @@ mod tests {
             expires_at: SystemTime::now() - elapsed + lifetime,
         };
         let ahead = Duration::from_secs(30);
-        assert!(!tokens(Duration::from_secs(1800), Duration::from_secs(60)).expiring(ahead));
-        assert!(tokens(Duration::from_secs(1800), Duration::from_secs(1780)).expiring(ahead));
         assert!(
-            !tokens(Duration::from_secs(10), Duration::from_secs(2)).expiring(ahead),
+            !tokens(Duration::from_secs(1800), Duration::from_secs(60))
+                .expiring(ahead, SystemTime::now())
+        );
+        assert!(
+            tokens(Duration::from_secs(1800), Duration::from_secs(1780))
+                .expiring(ahead, SystemTime::now())
+        );
+        assert!(
+            !tokens(Duration::from_secs(10), Duration::from_secs(2))
+                .expiring(ahead, SystemTime::now()),
             "short-lived: half its life"
         );
-        assert!(tokens(Duration::from_secs(10), Duration::from_secs(6)).expiring(ahead));
+        assert!(
+            tokens(Duration::from_secs(10), Duration::from_secs(6))
+                .expiring(ahead, SystemTime::now())
+        );
     }
 }

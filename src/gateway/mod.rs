@@ -632,16 +632,20 @@ impl Gateway {
         peer: SocketAddr,
         caller: Caller<'_>,
     ) -> Response<ResponseBody> {
-        let pass = upgrade_protocol(&request).is_some().then(|| TunnelPass {
-            session_id: matches!(caller, Caller::SignedIn(_))
-                .then(|| {
-                    self.cookies
-                        .open(request.headers(), &self.settings.session.cookie_name)
-                })
-                .flatten(),
-            method: request.method().clone(),
-            path: request.uri().path().to_owned(),
-            headers: request.headers().clone(),
+        // (In an `Arc` from the start: it is held across the exchange below, and a
+        // pointer keeps every request's future small.)
+        let pass = upgrade_protocol(&request).is_some().then(|| {
+            Arc::new(TunnelPass {
+                session_id: matches!(caller, Caller::SignedIn(_))
+                    .then(|| {
+                        self.cookies
+                            .open(request.headers(), &self.settings.session.cookie_name)
+                    })
+                    .flatten(),
+                method: request.method().clone(),
+                path: request.uri().path().to_owned(),
+                headers: request.headers().clone(),
+            })
         });
         // The address upstream.max_in_flight_per_client counts against: none when
         // the client is not known behind a trusted proxy (its requests are many
@@ -674,7 +678,7 @@ impl Gateway {
         if let Some(pass) = pass
             && response.extensions().get::<tunnel::Upgraded>().is_some()
         {
-            response.extensions_mut().insert(Arc::new(pass));
+            response.extensions_mut().insert(pass);
         }
         response
     }

@@ -82,7 +82,7 @@ impl Gateway {
             };
         }
         let backing_off = upkeep.retry_at.is_some_and(|t| Instant::now() < t);
-        if !self.upkeep_due(&upkeep) || backing_off {
+        if !self.upkeep_due(&upkeep, arrived) || backing_off {
             drop(upkeep);
             return Some(session);
         }
@@ -127,7 +127,7 @@ impl Gateway {
                     }
                     Err(_) => {}
                 }
-                let asked = if self.upkeep_due(upkeep) {
+                let asked = if self.upkeep_due(upkeep, SystemTime::now()) {
                     self.ask_provider(id, &current, upkeep).await
                 } else {
                     Some(current)
@@ -142,13 +142,13 @@ impl Gateway {
         Some(current)
     }
 
-    fn upkeep_due(&self, upkeep: &Upkeep) -> bool {
+    /// Whether a refresh or a revalidation is due at `now` (one clock read for both:
+    /// this runs on every signed-in request).
+    fn upkeep_due(&self, upkeep: &Upkeep, now: SystemTime) -> bool {
         let refresh_due = matches!(upkeep.tokens.renewal, Renewal::RefreshToken(_))
-            && upkeep.tokens.expiring(REFRESH_AHEAD);
+            && upkeep.tokens.expiring(REFRESH_AHEAD, now);
         let revalidation_due = self.settings.session.revalidate_every.is_some_and(|every| {
-            upkeep
-                .validated_at
-                .elapsed()
+            now.duration_since(upkeep.validated_at)
                 .is_ok_and(|elapsed| elapsed >= every)
         });
         refresh_due || revalidation_due
@@ -315,7 +315,12 @@ mod tests {
     #[test]
     fn a_refresh_is_due_only_with_a_refresh_token_about_to_expire() {
         let g = gateway("");
-        let due = |renewal, age| g.upkeep_due(&Upkeep::confirmed_now(tokens(renewal, age, HOUR)));
+        let due = |renewal, age| {
+            g.upkeep_due(
+                &Upkeep::confirmed_now(tokens(renewal, age, HOUR)),
+                SystemTime::now(),
+            )
+        };
         assert!(!due(refresh(), Duration::from_secs(60)), "fresh tokens");
         assert!(
             due(refresh(), HOUR - REFRESH_AHEAD + Duration::from_secs(1)),
@@ -332,13 +337,19 @@ mod tests {
     fn a_revalidation_is_due_once_revalidate_every_has_passed() {
         let g = gateway("revalidate_every = \"5m\"");
         let mut upkeep = Upkeep::confirmed_now(tokens(access(), Duration::ZERO, HOUR));
-        assert!(!g.upkeep_due(&upkeep), "just confirmed");
+        assert!(!g.upkeep_due(&upkeep, SystemTime::now()), "just confirmed");
         upkeep.validated_at = SystemTime::now() - Duration::from_secs(299);
-        assert!(!g.upkeep_due(&upkeep), "a second before the interval");
+        assert!(
+            !g.upkeep_due(&upkeep, SystemTime::now()),
+            "a second before the interval"
+        );
         upkeep.validated_at = SystemTime::now() - Duration::from_secs(300);
-        assert!(g.upkeep_due(&upkeep), "the interval has passed");
+        assert!(
+            g.upkeep_due(&upkeep, SystemTime::now()),
+            "the interval has passed"
+        );
         // Without `revalidate_every`, the same session is never due.
-        assert!(!gateway("").upkeep_due(&upkeep));
+        assert!(!gateway("").upkeep_due(&upkeep, SystemTime::now()));
     }
 
     #[test]

@@ -121,24 +121,10 @@ where
         };
         let response = match sender.try_send_request(request).await {
             Ok(response) => response,
-            Err(mut error) => match (error.take_message(), again) {
-                // Unsent: the upstream closed the idle connection before it took
-                // this request. Sent once more, on a new connection.
-                (Some(request), _) if idle_for.is_some() => {
-                    tracing::debug!(error = %error.into_error(), "idle upstream connection closed; request sent again on a new one");
-                    sender = Box::pin(self.connect()).await?;
-                    sender.send_request(request).await?
-                }
-                // Written, but the connection closed or was reset before the answer:
-                // the upstream closed it as the request came (an idempotent one
-                // without a body; see RACY_IDLE).
-                (None, Some(request)) if closed_before_answer(error.error()) => {
-                    tracing::debug!(error = %error.into_error(), "upstream connection closed as the request was written; idempotent request sent again on a new one");
-                    sender = Box::pin(self.connect()).await?;
-                    sender.send_request(request).await?
-                }
-                _ => return Err(Box::new(error.into_error())),
-            },
+            // Rare, and a large future: boxed, so that every request's stays small.
+            Err(error) => {
+                Box::pin(self.send_again(error, idle_for.is_some(), again, &mut sender)).await?
+            }
         };
         // An upgraded connection belongs to its tunnel; one the upstream will close
         // serves nothing more.
@@ -148,6 +134,38 @@ where
             body,
             back: reusable.then(|| (sender, self.clone())),
         }))
+    }
+
+    /// A request `sender`'s connection did not answer, sent once more on a new
+    /// connection if that is safe: it came back unsent from a reused connection
+    /// the upstream had closed, or it is `again` (see [`replayable`]) and the
+    /// connection closed or was reset before an answer came. `sender` becomes the new
+    /// connection.
+    async fn send_again(
+        &self,
+        mut error: hyper::client::conn::TrySendError<Request<B>>,
+        reused: bool,
+        again: Option<Request<B>>,
+        sender: &mut SendRequest<B>,
+    ) -> Result<Response<Incoming>, BoxError> {
+        let request = match (error.take_message(), again) {
+            // Unsent: the upstream closed the idle connection before it took
+            // this request.
+            (Some(request), _) if reused => {
+                tracing::debug!(error = %error.into_error(), "idle upstream connection closed; request sent again on a new one");
+                request
+            }
+            // Written, but the connection closed or was reset before the answer:
+            // the upstream closed it as the request came (an idempotent one
+            // without a body; see RACY_IDLE).
+            (None, Some(request)) if closed_before_answer(error.error()) => {
+                tracing::debug!(error = %error.into_error(), "upstream connection closed as the request was written; idempotent request sent again on a new one");
+                request
+            }
+            _ => return Err(Box::new(error.into_error())),
+        };
+        *sender = self.connect().await?;
+        Ok(sender.send_request(request).await?)
     }
 
     /// The most recently returned connection that is still open and ready.

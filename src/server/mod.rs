@@ -769,10 +769,10 @@ impl<IO: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for CountWrites<IO
     pass_to_io!(is_write_vectored, poll_flush, poll_shutdown);
 }
 
-/// When a connection last started a request, and how many it has in flight.
+/// When a connection last answered a request, and how many it has in flight.
 struct Activity {
     since: std::time::Instant,
-    /// Milliseconds after `since` when the last request started.
+    /// Milliseconds after `since` when the last request was answered (0: none yet).
     last_request: std::sync::atomic::AtomicU64,
     in_flight: std::sync::atomic::AtomicUsize,
     /// Bytes written to the connection ([`CountWrites`]).
@@ -794,8 +794,9 @@ impl Activity {
     }
 
     fn request_started(&self) {
+        // No clock read: while a request is in flight the connection is not idle,
+        // and its answer sets `last_request`.
         self.in_flight.fetch_add(1, Ordering::Relaxed);
-        self.last_request.store(self.now_ms(), Ordering::Relaxed);
     }
 
     /// The request's response headers are out (its body may still be streaming:
