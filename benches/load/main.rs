@@ -6,6 +6,8 @@
 //! - a private nginx answers a small fixed page: the upstream, fast enough never to be
 //!   the bottleneck, and the "direct upstream" baseline;
 //! - a second private nginx is a plain reverse proxy to it, plain and TLS + HTTP/2;
+//! - the leanest reverse proxy hyper allows ([`bare`]: no header work, no log, one
+//!   upstream connection per client connection), the floor under the gateway;
 //! - ssogate, the release binary, twice (a plain and a TLS listener), with the Sentry
 //!   preset and the in-process development provider, each with a session signed in
 //!   through the real login flow; and a third time (plain) with the signed identity
@@ -28,9 +30,10 @@
 //! `cargo bench --bench load -- --hold` starts everything, prints each target's
 //! command line and the gateways' process ids, and waits (for `perf record -p`).
 //! `cargo bench --bench load -- <words>` runs only the targets (and the sections
-//! `logins`, `starts`, `upload`, `memory`) whose name contains one of the words; the nginx
-//! baselines always run.
+//! `logins`, `starts`, `upload`, `memory`) whose name contains one of the words; the
+//! baselines (nginx, the bare proxy) always run.
 
+mod bare;
 #[path = "../../tests/it/support/browser.rs"]
 #[allow(dead_code)]
 mod browser;
@@ -71,6 +74,10 @@ const UPLOAD_PATH: &str = "/api/0/projects/acme/web/files/dsyms/";
 
 fn main() {
     let args: Vec<String> = std::env::args().collect();
+    if let Some(at) = args.iter().position(|a| a == "--bare-proxy") {
+        bare::serve(&args[at + 1..]);
+        return;
+    }
     if !args.iter().any(|a| a == "--bench") {
         println!("load: runs only under `cargo bench --bench load`");
         return;
@@ -133,7 +140,8 @@ fn main() {
         gateway_tls_port,
         gateway_assertion_port,
         apache_port,
-    ] = [(); 7].map(|_| free_port());
+        bare_port,
+    ] = [(); 8].map(|_| free_port());
     let upstream = peers::nginx(
         dir,
         "upstream",
@@ -148,6 +156,7 @@ fn main() {
     );
     upstream.await_port(upstream_port);
     proxy.await_port(proxy_tls_port);
+    let bare = peers::bare_proxy(dir, bare_port, upstream_port, &server_cores);
 
     let ceiling = wants("ceiling").then(|| {
         ceiling::measure(
@@ -276,6 +285,13 @@ fn main() {
             200,
         ),
         target(
+            "hyper bare proxy (no sign-in, no log)",
+            Protocol::Http1,
+            format!("http://127.0.0.1:{bare_port}{PAGE}"),
+            vec![],
+            200,
+        ),
+        target(
             "ssogate, signed in",
             Protocol::Http1,
             format!("{gateway_base}{PAGE}"),
@@ -334,10 +350,11 @@ fn main() {
             200,
         ));
     }
+    // The baselines (nginx, the bare proxy) always run.
     let mut index = 0;
     targets.retain(|t| {
         index += 1;
-        index <= 4 || wants(&t.name)
+        index <= 5 || wants(&t.name)
     });
     for t in 0..targets.len() {
         targets[t].nginx = targets
@@ -353,6 +370,7 @@ fn main() {
         hold(
             &targets,
             &[
+                ("hyper bare proxy", &bare),
                 ("ssogate", &gateway),
                 ("ssogate (TLS)", &gateway_tls),
                 ("ssogate (assertion)", &gateway_assertion),
@@ -371,6 +389,7 @@ fn main() {
         (upstream_port, &upstream),
         (proxy_port, &proxy),
         (proxy_tls_port, &proxy),
+        (bare_port, &bare),
         (gateway_port, &gateway),
         (gateway_tls_port, &gateway_tls),
         (gateway_assertion_port, &gateway_assertion),

@@ -270,6 +270,23 @@ ProxyPass / http://127.0.0.1:{upstream_port}/
     server
 }
 
+/// The bare hyper proxy ([`crate::bare`]): this bench binary, started again.
+pub fn bare_proxy(dir: &Path, port: u16, upstream_port: u16, cores: &str) -> Server {
+    let server = Server::spawn(
+        &std::env::current_exe().expect("the bench binary's path"),
+        &[
+            "--bare-proxy",
+            &port.to_string(),
+            &upstream_port.to_string(),
+        ],
+        cores,
+        "-TERM",
+        dir.join("bare-proxy.log"),
+    );
+    server.await_port(port);
+    server
+}
+
 /// `ssogate run` with `config`: the release binary Cargo built for this bench, or the
 /// one `BENCH_GATEWAY_BINARY` names (to compare two builds with the same bench).
 pub fn ssogate(dir: &Path, name: &str, config: &str, port: u16, cores: &str) -> Server {
