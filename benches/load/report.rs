@@ -123,7 +123,9 @@ pub fn markdown(results: &Results) -> String {
             out,
             "\n## Latency at half load\n\nA fixed {rate} requests/s (half of ssogate's signed-in maximum \
              above), paced evenly over {IN_FLIGHT} HTTP/1.1 connections by the bench itself on the \
-             generator core; one run of {} s each.\n",
+             generator core; {} interleaved runs of {} s each, and each row is the target's \
+             median run by p99.\n",
+            results.rounds.first().map_or(0, Vec::len),
             results.round_seconds,
         );
         let _ = writeln!(
@@ -183,8 +185,10 @@ pub fn markdown(results: &Results) -> String {
         let _ = writeln!(
             out,
             "\n## Large upload\n\nOne `POST` of {} MiB (Content-Length, one connection) to a Sentry API \
-             path; ssogate streams it to the upstream, which discards it.\n",
-            results.upload_bytes >> 20
+             path; ssogate streams it to the upstream, which discards it. {} interleaved uploads \
+             through each; each row is the median by time, with the gateway's highest peak.\n",
+            results.upload_bytes >> 20,
+            results.rounds.first().map_or(0, Vec::len),
         );
         let _ = writeln!(
             out,
