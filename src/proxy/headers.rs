@@ -248,7 +248,7 @@ pub fn remove_cookies(headers: &mut HeaderMap, drop: impl Fn(&str) -> bool) {
 /// The `name=value` pairs of one `Cookie` header, trimmed, empty ones skipped. The
 /// separators are found with memchr: a session cookie's long value is skipped in a
 /// few instructions, not looked at byte by byte.
-pub fn cookie_pairs(value: &[u8]) -> impl Iterator<Item = &[u8]> {
+fn cookie_pairs(value: &[u8]) -> impl Iterator<Item = &[u8]> {
     let mut rest = Some(value);
     std::iter::from_fn(move || {
         loop {

@@ -16,8 +16,6 @@ use cookie::{Cookie, CookieJar, Key, SameSite};
 use http::HeaderMap;
 use http::header::COOKIE;
 
-use crate::proxy::headers::cookie_pairs;
-
 /// Longest cookie value the gateway will even try to decrypt.
 const MAX_SEALED_LEN: usize = 512;
 
@@ -150,7 +148,7 @@ pub fn request_cookies(headers: &HeaderMap) -> impl Iterator<Item = (&str, &str)
     headers
         .get_all(COOKIE)
         .iter()
-        .flat_map(|v| cookie_pairs(v.as_bytes()))
+        .flat_map(|v| v.as_bytes().split(|b| *b == b';'))
         .filter_map(|pair| {
             let (name, value) = std::str::from_utf8(pair).ok()?.split_once('=')?;
             Some((name.trim(), value.trim()))
