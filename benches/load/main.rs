@@ -486,41 +486,44 @@ fn main() {
         }
     });
 
-    // ROUNDS interleaved uploads through each; each row is the median by time, with
-    // the gateway's highest peak.
+    // ROUNDS interleaved uploads through each; each row is the median by time, the
+    // gateway's with its resident set before the first and its highest peak.
     let mut uploads = Vec::new();
     if wants("upload") {
-        let mut times: [Vec<f64>; 3] = Default::default();
-        let (mut before, mut peak) = (None, 0);
+        let through = [
+            ("direct upstream (nginx)", upstream_port, None),
+            ("nginx reverse proxy", proxy_port, None),
+            ("ssogate, signed in", gateway_port, Some(cookie.as_str())),
+        ];
+        let mut times = vec![Vec::new(); through.len()];
+        let mut resident: Option<(u64, u64)> = None;
         for _ in 0..ROUNDS {
-            for (slot, port) in [upstream_port, proxy_port].into_iter().enumerate() {
-                let took = extras::upload(port, UPLOAD_PATH, None, UPLOAD_BYTES);
+            for (slot, &(_, port, cookie)) in through.iter().enumerate() {
+                let upload = || extras::upload(port, UPLOAD_PATH, cookie, UPLOAD_BYTES);
+                let took = if port == gateway_port {
+                    let (before, peak, took) = extras::peak_resident_during(&gateway, upload);
+                    println!(
+                        "  upload     {:.2} s, gateway peak {} MiB over {} MiB",
+                        took.as_secs_f64(),
+                        peak >> 20,
+                        before >> 20
+                    );
+                    let first_before = resident.map_or(before, |(first, _)| first);
+                    let highest = resident.map_or(peak, |(_, highest)| highest.max(peak));
+                    resident = Some((first_before, highest));
+                    took
+                } else {
+                    upload()
+                };
                 times[slot].push(took.as_secs_f64());
             }
-            let (rss_before, rss_peak, took) = extras::peak_resident_during(&gateway, || {
-                extras::upload(gateway_port, UPLOAD_PATH, Some(&cookie), UPLOAD_BYTES)
-            });
-            before.get_or_insert(rss_before);
-            peak = peak.max(rss_peak);
-            times[2].push(took.as_secs_f64());
-            println!(
-                "  upload     {:.2} s, gateway peak {} MiB over {} MiB",
-                took.as_secs_f64(),
-                rss_peak >> 20,
-                rss_before >> 20
-            );
         }
-        let names = [
-            "direct upstream (nginx)",
-            "nginx reverse proxy",
-            "ssogate, signed in",
-        ];
-        for (slot, mut seconds) in times.into_iter().enumerate() {
+        for ((name, port, _), mut seconds) in through.into_iter().zip(times) {
             seconds.sort_by(f64::total_cmp);
             uploads.push(Upload {
-                target: names[slot],
+                target: name,
                 seconds: seconds[seconds.len() / 2],
-                resident: (slot == 2).then(|| (before.unwrap_or_default(), peak)),
+                resident: resident.filter(|_| port == gateway_port),
             });
         }
     }

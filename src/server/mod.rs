@@ -773,7 +773,7 @@ impl<IO: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for CountWrites<IO
 struct Activity {
     since: std::time::Instant,
     /// Milliseconds after `since` when the last request was answered (0: none yet).
-    last_request: std::sync::atomic::AtomicU64,
+    last_answer: std::sync::atomic::AtomicU64,
     in_flight: std::sync::atomic::AtomicUsize,
     /// Bytes written to the connection ([`CountWrites`]).
     written: std::sync::atomic::AtomicU64,
@@ -783,7 +783,7 @@ impl Activity {
     fn new() -> Self {
         Self {
             since: std::time::Instant::now(),
-            last_request: std::sync::atomic::AtomicU64::new(0),
+            last_answer: std::sync::atomic::AtomicU64::new(0),
             in_flight: std::sync::atomic::AtomicUsize::new(0),
             written: std::sync::atomic::AtomicU64::new(0),
         }
@@ -795,7 +795,7 @@ impl Activity {
 
     fn request_started(&self) {
         // No clock read: while a request is in flight the connection is not idle,
-        // and its answer sets `last_request`.
+        // and its answer sets `last_answer`.
         self.in_flight.fetch_add(1, Ordering::Relaxed);
     }
 
@@ -803,14 +803,14 @@ impl Activity {
     /// a graceful close lets it finish).
     fn request_answered(&self) {
         self.in_flight.fetch_sub(1, Ordering::Relaxed);
-        self.last_request.store(self.now_ms(), Ordering::Relaxed);
+        self.last_answer.store(self.now_ms(), Ordering::Relaxed);
     }
 
     /// Resolves once no request has been in flight or started for `timeout`.
     async fn idle_for(&self, timeout: Duration) {
         let timeout_ms = timeout.as_millis() as u64;
         loop {
-            let quiet = self.now_ms() - self.last_request.load(Ordering::Relaxed);
+            let quiet = self.now_ms() - self.last_answer.load(Ordering::Relaxed);
             if self.in_flight.load(Ordering::Relaxed) == 0 && quiet >= timeout_ms {
                 return;
             }
