@@ -1,7 +1,9 @@
 //! Micro benches of what the gateway does for every signed-in request, each piece
 //! alone (criterion): `cargo bench --bench hot_path`.
 //!
-//! - opening the session cookie, and that plus the session lookup among 100k sessions;
+//! - opening the session cookie (the first time, and as a thread that opened it
+//!   before), and that plus the session lookup among 100k sessions;
+//! - the strict HTTP/1.1 framing check of a browser's request head;
 //! - making the path canonical and classifying it against the Sentry preset;
 //! - the header work of forwarding (gateway cookies out, identity and
 //!   `X-Forwarded-*` in), on a browser's header set; and the same with the signed
@@ -23,6 +25,7 @@ use ssogate::devidp::{DevClient, DevProvider, DevProviderConfig};
 use ssogate::gateway::{Caller, Gateway};
 use ssogate::policy::{Route, decide, normalize_path};
 use ssogate::rules::sentry_preset;
+use ssogate::server::framing::FramingScanner;
 use ssogate::session::{CookieCodec, SessionStore, new_session_id, random_token};
 
 #[path = "support/sample.rs"]
@@ -67,13 +70,39 @@ fn cookie_and_session(c: &mut Criterion) {
     let mut headers = HeaderMap::new();
     headers.insert(http::header::COOKIE, browser_cookie(sealed.value()));
 
-    c.bench_function("session cookie: open", |b| {
+    c.bench_function("session cookie: open (base64, AES-GCM)", |b| {
         b.iter(|| codec.open(black_box(&headers), "_ssogate").unwrap())
+    });
+    c.bench_function("session cookie: open, remembered by this thread", |b| {
+        b.iter(|| codec.open_session(black_box(&headers), "_ssogate").unwrap())
     });
     c.bench_function("session cookie: open + lookup in 100k sessions", |b| {
         b.to_async(&runtime).iter(|| async {
-            let id = codec.open(black_box(&headers), "_ssogate").unwrap();
-            store.get(&id).await.unwrap().unwrap()
+            let (id, key) = codec.open_session(black_box(&headers), "_ssogate").unwrap();
+            store.get_keyed(&id, key).await.unwrap().unwrap()
+        })
+    });
+}
+
+/// The strict framing check on a browser's request head, as it arrives in one read.
+fn framing_check(c: &mut Criterion) {
+    let head = format!(
+        "GET /organizations/acme/issues/4711/events/latest/?project=1 HTTP/1.1\r\n\
+         Host: sentry.example.com\r\n\
+         User-Agent: Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/131.0 Safari/537.36\r\n\
+         Accept: text/html,application/xhtml+xml,application/xml;q=0.9,*/*;q=0.8\r\n\
+         Accept-Language: en-GB,en;q=0.9\r\n\
+         Accept-Encoding: gzip, deflate, br, zstd\r\n\
+         Referer: https://sentry.example.com/organizations/acme/issues/\r\n\
+         Sec-Fetch-Dest: document\r\nSec-Fetch-Mode: navigate\r\nSec-Fetch-Site: same-origin\r\n\
+         Cookie: {}\r\n\r\n",
+        browser_cookie(&"x".repeat(120)).to_str().unwrap()
+    );
+    c.bench_function("framing check: a browser's request head", |b| {
+        b.iter(|| {
+            let mut scanner = FramingScanner::default();
+            scanner.scan(black_box(head.as_bytes())).unwrap();
+            assert_eq!(scanner.messages(), 1);
         })
     });
 }
@@ -273,6 +302,7 @@ fn id_token_verification(c: &mut Criterion) {
 criterion_group!(
     hot_path,
     cookie_and_session,
+    framing_check,
     route_classification,
     forwarded_headers,
     id_token_verification

@@ -729,11 +729,7 @@ impl Gateway {
                 .any(|net| net.contains(&ip))
         });
         // The request id (set by `handle`) stays; other spellings of it go.
-        let request_id = headers.remove(REQUEST_ID);
-        headers::remove_folded(headers, &self.upstream_strip_folds);
-        if let Some(request_id) = request_id {
-            headers.insert(REQUEST_ID, request_id);
-        }
+        headers::remove_folded_except(headers, &self.upstream_strip_folds, Some(&REQUEST_ID));
         let cookie_name = &self.settings.session.cookie_name;
         let upstream_session = &self.settings.access.upstream_session_cookies;
         let credential = matches!(caller, Caller::Credential);
@@ -811,13 +807,14 @@ impl Gateway {
         &self,
         headers: &http::HeaderMap,
     ) -> Result<Option<(String, Arc<Session>)>, StoreUnavailable> {
-        let Some(id) = self
+        let Some((id, key)) = self
             .cookies
-            .open(headers, &self.settings.session.cookie_name)
+            .open_session(headers, &self.settings.session.cookie_name)
         else {
             return Ok(None);
         };
-        Ok(self.sessions.get(&id).await?.map(|session| (id, session)))
+        let session = self.sessions.get_keyed(&id, key).await?;
+        Ok(session.map(|session| (id, session)))
     }
 
     /// The standing of the session named by the request's cookie, kept in step with

@@ -7,7 +7,11 @@
 //! fragment, and a double-encoded `%252e` stays inert. Control characters (`%00`,
 //! CR, LF, ...) and invalid UTF-8 are refused. The query is never part of it.
 
-use percent_encoding::{AsciiSet, CONTROLS, percent_decode_str, utf8_percent_encode};
+use std::sync::LazyLock;
+
+use percent_encoding::{
+    AsciiSet, CONTROLS, percent_decode_str, percent_encode, utf8_percent_encode,
+};
 
 /// Characters encoded when a decoded segment is written back into a path.
 const SEGMENT: &AsciiSet = &CONTROLS
@@ -53,25 +57,30 @@ fn is_canonical(raw: &str) -> bool {
     let Some(rest) = raw.strip_prefix('/') else {
         return false;
     };
-    // The encoder's first piece is the longest run it leaves as it is, a slice of the
-    // segment itself (an encoded byte is a piece of its own, from elsewhere).
-    let unencoded = |segment: &str| {
-        utf8_percent_encode(segment, SEGMENT)
-            .next()
-            .is_none_or(|run| std::ptr::eq(run, segment))
-    };
-    let mut segments = rest.split('/').peekable();
+    let plain = |segment: &[u8]| segment.iter().all(|byte| LEFT_AS_IS[usize::from(*byte)]);
+    let mut segments = rest.as_bytes().split(|byte| *byte == b'/').peekable();
     while let Some(segment) = segments.next() {
         let last = segments.peek().is_none();
-        if segment == "." || segment == ".." || (segment.is_empty() && !last) {
+        if segment == b"." || segment == b".." || (segment.is_empty() && !last) {
             return false;
         }
-        if !unencoded(segment) {
+        if !plain(segment) {
             return false;
         }
     }
     true
 }
+
+/// The bytes [`SEGMENT`]'s encoder leaves as they are (no non-ASCII byte), as a table:
+/// the shortcut looks at every byte of every path.
+static LEFT_AS_IS: LazyLock<[bool; 256]> = LazyLock::new(|| {
+    std::array::from_fn(|byte| {
+        let byte = [byte as u8];
+        percent_encode(&byte, SEGMENT)
+            .next()
+            .is_some_and(|piece| piece.as_bytes() == byte)
+    })
+});
 
 /// [`normalize_path`] the long way: each segment decoded, resolved and encoded again.
 fn normalize_segments(raw: &str) -> Result<String, PathError> {

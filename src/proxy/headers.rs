@@ -198,8 +198,20 @@ fn folds_to(name: &str, folded: &str) -> bool {
 /// Removes every header whose folded name is in `folded_names` (all variants:
 /// `X-Forwarded-User`, `x-forwarded-user`, `X_Forwarded_User`, repeated ones).
 pub fn remove_folded(headers: &mut HeaderMap, folded_names: &[String]) {
+    remove_folded_except(headers, folded_names, None);
+}
+
+/// [`remove_folded`], but the header named exactly `kept` (a header map holds each
+/// name in lower case, so that is one spelling) stays: a header the gateway set
+/// itself, whose other spellings go. Nothing to remove costs no allocation.
+pub fn remove_folded_except(
+    headers: &mut HeaderMap,
+    folded_names: &[String],
+    kept: Option<&HeaderName>,
+) {
     let doomed: Vec<HeaderName> = headers
         .keys()
+        .filter(|name| Some(*name) != kept)
         .filter(|name| folded_names.iter().any(|f| folds_to(name.as_str(), f)))
         .cloned()
         .collect();
@@ -632,6 +644,27 @@ mod tests {
             &["x-forwarded-user".into(), "x-forwarded-email".into()],
         );
         assert_eq!(h.len(), 1, "{h:?}");
+    }
+
+    #[test]
+    fn a_kept_header_stays_and_its_other_spellings_go() {
+        let mut h = map(&[
+            ("x-request-id", "ours"),
+            ("X_Request_Id", "theirs"),
+            ("x_request-id", "theirs"),
+            ("X-Forwarded-User", "a"),
+        ]);
+        let folds = ["x-request-id".into(), "x-forwarded-user".into()];
+        remove_folded_except(
+            &mut h,
+            &folds,
+            Some(&HeaderName::from_static("x-request-id")),
+        );
+        let left: Vec<(&str, &str)> = h
+            .iter()
+            .map(|(name, value)| (name.as_str(), value.to_str().unwrap()))
+            .collect();
+        assert_eq!(left, [("x-request-id", "ours")]);
     }
 
     #[test]

@@ -13,7 +13,11 @@
 //! where each request ends (or the scanner refuses): a line is read whole however long
 //! it is (the version at the end of a long request line, a `Content-Length` with any
 //! number of leading zeros or spaces), and a chunk-size line byte by byte in the
-//! states of hyper's chunked decoder. The fuzz target `framing_vs_hyper` (tests/fuzz)
+//! states of hyper's chunked decoder. Runs whose bytes need no look one by one (the
+//! rest of a request line, a header name up to its colon, any value but
+//! `Content-Length`'s and `Transfer-Encoding`'s) are taken to their next delimiter
+//! with memchr, keeping what the byte-by-byte states keep (a request line's length and
+//! last 8 bytes, a name's first 17). The fuzz target `framing_vs_hyper` (tests/fuzz)
 //! checks this against hyper itself, which is why the scanner counts the requests it
 //! saw ([`FramingScanner::messages`]), and why this module is public (the server is
 //! its only other user).
@@ -240,6 +244,43 @@ impl FramingScanner {
                     // Framing reads nothing in this value but its end (cookies, user
                     // agents): skip to the next CR or LF.
                     i += memchr::memchr2(b'\r', b'\n', &bytes[i..]).unwrap_or(bytes.len() - i);
+                    continue;
+                }
+                State::Head(Head {
+                    line:
+                        HeadLine::Request {
+                            len,
+                            tail,
+                            preface: false,
+                        },
+                    ..
+                }) if !self.after_cr && byte != b'\r' && byte != b'\n' => {
+                    // The rest of a request line that is not the HTTP/2 preface: only
+                    // its length and last 8 bytes count, as `line_byte` keeps them.
+                    let run = memchr::memchr2(b'\r', b'\n', &bytes[i..]).unwrap_or(bytes.len() - i);
+                    let piece = &bytes[i..i + run];
+                    *len += run as u64;
+                    for byte in &piece[run.saturating_sub(8)..] {
+                        *tail = *tail << 8 | u64::from(*byte);
+                    }
+                    i += run;
+                    continue;
+                }
+                State::Head(Head {
+                    line: HeadLine::Name { kept, len },
+                    ..
+                }) if !self.after_cr && !matches!(byte, b'\r' | b'\n' | b':') => {
+                    // The rest of a header name up to its colon or line end: kept as
+                    // `name_byte` keeps it.
+                    let run =
+                        memchr::memchr3(b':', b'\r', b'\n', &bytes[i..]).unwrap_or(bytes.len() - i);
+                    let piece = &bytes[i..i + run];
+                    if let Some(room) = kept.get_mut(*len..) {
+                        let copied = room.len().min(run);
+                        room[..copied].copy_from_slice(&piece[..copied]);
+                    }
+                    *len += run;
+                    i += run;
                     continue;
                 }
                 State::ChunkDataCr if byte == b'\r' => self.state = State::ChunkDataLf,

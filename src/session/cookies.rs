@@ -7,6 +7,7 @@
 //! secret is tried when opening, so secrets can be rotated without signing anyone out.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use aws_lc_rs::aead::{AES_256_GCM, Aad, LessSafeKey, NONCE_LEN, Nonce, UnboundKey};
@@ -15,6 +16,8 @@ use base64::prelude::BASE64_STANDARD;
 use cookie::{Cookie, CookieJar, Key, SameSite};
 use http::HeaderMap;
 use http::header::COOKIE;
+
+use super::{SessionKey, opened};
 
 /// Longest cookie value the gateway will even try to decrypt.
 const MAX_SEALED_LEN: usize = 512;
@@ -26,7 +29,13 @@ pub struct CookieCodec {
     /// The same keys, ready to open.
     openers: Arc<[LessSafeKey]>,
     secure: bool,
+    /// Which codec this is, for the memo of opened session cookies ([`opened`]):
+    /// one per call of [`CookieCodec::new`], shared by clones.
+    generation: u64,
 }
+
+/// The next codec's generation.
+static GENERATIONS: AtomicU64 = AtomicU64::new(0);
 
 impl CookieCodec {
     /// `secrets` must each be at least 32 bytes (checked by the config); `secure`
@@ -48,6 +57,7 @@ impl CookieCodec {
             keys,
             openers,
             secure,
+            generation: GENERATIONS.fetch_add(1, Ordering::Relaxed),
         }
     }
 
@@ -123,6 +133,23 @@ impl CookieCodec {
             .find_map(|(_, sealed)| self.open_value(name, sealed))
     }
 
+    /// [`CookieCodec::open`] for the session cookie: the session id and the key the
+    /// stores file it under. A value this thread opened lately is not opened again
+    /// ([`opened`]).
+    pub fn open_session(&self, headers: &HeaderMap, name: &str) -> Option<(String, SessionKey)> {
+        request_cookies(headers)
+            .filter(|(n, v)| *n == name && v.len() <= MAX_SEALED_LEN)
+            .find_map(|(_, sealed)| {
+                if let Some(opened) = opened::recall(self.generation, name, sealed) {
+                    return Some(opened);
+                }
+                let id = self.open_value(name, sealed)?;
+                let key = SessionKey::of(&id);
+                opened::remember(self.generation, name, sealed, &id, key);
+                Some((id, key))
+            })
+    }
+
     fn open_value(&self, name: &str, sealed: &str) -> Option<String> {
         let data = BASE64_STANDARD.decode(sealed).ok()?;
         let (nonce, ciphertext) = data.split_at_checked(NONCE_LEN)?;
@@ -178,6 +205,25 @@ mod tests {
         assert!(!text.contains("session-id"), "{text}");
         assert!(text.contains("HttpOnly") && text.contains("Secure"));
         assert!(text.contains("SameSite=Lax") && text.contains("Path=/"));
+    }
+
+    #[test]
+    fn a_remembered_session_cookie_opens_only_where_its_secret_still_is() {
+        let old = codec(&["o"]);
+        let sealed = old.seal("_s", "id-1", "/", None).value().to_owned();
+        let h = headers(&format!("_s={sealed}"));
+        let opened = Some(("id-1".to_owned(), SessionKey::of("id-1")));
+        // Opened once, then remembered: the same answer both times.
+        assert_eq!(old.open_session(&h, "_s"), opened);
+        assert_eq!(old.open_session(&h, "_s"), opened);
+        // The name is bound into the seal: the remembered value under another name
+        // is not that session.
+        let renamed = headers(&format!("_x={sealed}"));
+        assert_eq!(old.open_session(&renamed, "_x"), None);
+        // A reload that keeps the secret behind a new one still opens it; one that
+        // drops the secret does not, though this thread remembers the value.
+        assert_eq!(codec(&["n", "o"]).open_session(&h, "_s"), opened);
+        assert_eq!(codec(&["n"]).open_session(&h, "_s"), None);
     }
 
     #[test]

@@ -2,7 +2,9 @@
 //!
 //! The cookie carries only a random 256-bit session id, sealed with AES-256-GCM by the
 //! cookie crate's private jar ([`CookieCodec`]). A login always creates a new id (no
-//! fixation). This module never puts tokens or claims in a cookie.
+//! fixation). This module never puts tokens or claims in a cookie. Each serving thread
+//! remembers the session cookies it opened lately ([`opened`]), so a browser's next
+//! request does not decrypt the same value again.
 //!
 //! [`SessionStore`] holds the sessions in one of two ways:
 //! - `memory`: in this process (moka), bounded, LRU, with lifetime and idle expiry;
@@ -12,6 +14,7 @@
 //! Stores are keyed by a hash of the session id ([`SessionKey`]), never the id itself.
 
 mod cookies;
+mod opened;
 mod shared;
 
 use std::sync::Arc;
@@ -288,7 +291,16 @@ impl SessionStore {
     /// The live session for `id`; a read counts as activity for the idle timeout.
     /// An error only when the session is not cached here and Redis cannot be asked.
     pub async fn get(&self, id: &str) -> Result<Option<Arc<Session>>, StoreUnavailable> {
-        let key = SessionKey::of(id);
+        self.get_keyed(id, SessionKey::of(id)).await
+    }
+
+    /// [`SessionStore::get`] with the key of `id` at hand
+    /// ([`CookieCodec::open_session`]).
+    pub async fn get_keyed(
+        &self,
+        id: &str,
+        key: SessionKey,
+    ) -> Result<Option<Arc<Session>>, StoreUnavailable> {
         let session = match (self.local.get(&key).await, &self.shared) {
             (Some(session), _) => Some(session),
             (None, None) => None,
