@@ -213,8 +213,9 @@ mod tests {
         let sealed = old.seal("_s", "id-1", "/", None).value().to_owned();
         let h = headers(&format!("_s={sealed}"));
         let opened = Some(("id-1".to_owned(), SessionKey::of("id-1")));
-        // Opened once, then remembered: the same answer both times.
+        // Opened once, then remembered by this thread: the same answer both times.
         assert_eq!(old.open_session(&h, "_s"), opened);
+        assert_eq!(opened::recall(old.generation, "_s", &sealed), opened);
         assert_eq!(old.open_session(&h, "_s"), opened);
         // The name is bound into the seal: the remembered value under another name
         // is not that session.
