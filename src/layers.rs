@@ -11,6 +11,7 @@ const LAYERS: &[(&str, &[&str])] = &[
         "plain data and small shared pieces",
         &[
             "body",
+            "cookie_header",
             "errors",
             "identity",
             "outbound",

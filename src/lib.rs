@@ -8,6 +8,7 @@ pub mod assertion;
 pub mod body;
 pub mod check;
 pub mod config;
+pub mod cookie_header;
 pub mod demo;
 pub mod devidp;
 pub mod errors;

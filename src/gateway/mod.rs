@@ -34,7 +34,7 @@ use url::Url;
 use crate::assertion::AssertionSigner;
 use crate::body::{ResponseBody, boxed};
 use crate::config::Settings;
-use crate::observe::{self, AccessRecord, Metrics, REQUEST_ID, RouteClass};
+use crate::observe::{self, AccessRecord, LoggedBody, Metrics, REQUEST_ID, RouteClass};
 use crate::oidc::{Provider, ProviderHttp};
 use crate::outbound;
 use crate::pages::{self, is_navigation};
@@ -372,15 +372,15 @@ impl Gateway {
         &self,
         mut request: Request<Incoming>,
         peer: SocketAddr,
-    ) -> Response<ResponseBody> {
+    ) -> Response<LoggedBody> {
         let id = observe::request_id(request.headers(), self.peer_is_trusted(peer));
         request.headers_mut().insert(REQUEST_ID, id.clone());
-        let mut record = AccessRecord::new(
+        let mut record = Box::new(AccessRecord::new(
             self.metrics.clone(),
             request.method().clone(),
             request.uri(),
             id.clone(),
-        );
+        ));
         let body_pending = request.version() < Version::HTTP_2
             && !hyper::body::Body::is_end_stream(request.body());
         let response = self.serve(request, peer, &mut record).await;
@@ -400,7 +400,7 @@ impl Gateway {
                 .headers
                 .insert(http::header::STRICT_TRANSPORT_SECURITY, hsts.clone());
         }
-        let body = boxed(record.attach(parts.status, body));
+        let body = record.attach(parts.status, body);
         Response::from_parts(parts, body)
     }
 

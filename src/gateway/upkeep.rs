@@ -51,7 +51,7 @@ impl Gateway {
         let Some(session) = self.confirmed(id, session).await else {
             return Standing::Ended;
         };
-        let mut upkeep = session.upkeep.lock().await;
+        let mut upkeep = session.lock_upkeep().await;
         if !self.unconfirmable(&upkeep) {
             drop(upkeep);
             return Standing::Live(session);
@@ -71,7 +71,7 @@ impl Gateway {
     /// provider ended it.
     async fn confirmed(&self, id: &str, session: Arc<Session>) -> Option<Arc<Session>> {
         let arrived = SystemTime::now();
-        let mut upkeep = session.upkeep.lock().await;
+        let mut upkeep = session.lock_upkeep().await;
         if upkeep.validated_at >= arrived {
             // Confirmed by the upkeep this request waited for, which may have replaced
             // the session (a new identity) or ended it: ask the store.

@@ -107,7 +107,9 @@ impl AccessRecord {
     }
 
     /// Wraps the response body so that the line is written when it has been sent.
-    pub fn attach(mut self, status: http::StatusCode, body: ResponseBody) -> LoggedBody {
+    /// (The record comes boxed: it travels with the response through the server's
+    /// layers, which move a pointer more cheaply than a record.)
+    pub fn attach(mut self: Box<Self>, status: http::StatusCode, body: ResponseBody) -> LoggedBody {
         self.status = status.as_u16();
         LoggedBody {
             inner: body,
@@ -136,11 +138,25 @@ impl AccessRecord {
 /// A response body that writes its request's access line when it ends or is dropped.
 pub struct LoggedBody {
     inner: ResponseBody,
-    record: Option<AccessRecord>,
+    record: Option<Box<AccessRecord>>,
     bytes: u64,
 }
 
 impl LoggedBody {
+    /// The answer sent instead of the one this body belonged to (a refused upgrade):
+    /// the access line is written for it, with its status.
+    pub fn answered_instead(mut self, status: http::StatusCode, body: ResponseBody) -> Self {
+        let record = self.record.take();
+        LoggedBody {
+            inner: body,
+            record: record.map(|mut record| {
+                record.status = status.as_u16();
+                record
+            }),
+            bytes: 0,
+        }
+    }
+
     fn finish(&mut self, completed: bool) {
         if let Some(record) = self.record.take() {
             record.finish(self.bytes, completed);

@@ -175,13 +175,23 @@ pub fn is_navigation_of(method: &http::Method, path: &str, headers: &http::Heade
     let wants_json = headers
         .get_all(ACCEPT)
         .iter()
-        .filter_map(|v| v.to_str().ok())
-        .any(|v| {
-            v.as_bytes()
-                .windows(b"application/json".len())
-                .any(|w| w.eq_ignore_ascii_case(b"application/json"))
-        });
+        .filter(|v| v.to_str().is_ok())
+        .any(|v| names_json(v.as_bytes()));
     !wants_json && !path.starts_with("/api/")
+}
+
+/// Whether `application/json` (in any case) is in an `Accept` value. Only its `/`s
+/// are looked at: a browser's `Accept` is long, and this runs on every request.
+fn names_json(accept: &[u8]) -> bool {
+    const TYPE: &[u8] = b"application";
+    const SUBTYPE: &[u8] = b"json";
+    memchr::memchr_iter(b'/', accept).any(|slash| {
+        slash >= TYPE.len()
+            && accept[slash - TYPE.len()..slash].eq_ignore_ascii_case(TYPE)
+            && accept
+                .get(slash + 1..slash + 1 + SUBTYPE.len())
+                .is_some_and(|subtype| subtype.eq_ignore_ascii_case(SUBTYPE))
+    })
 }
 
 /// A plain-text answer (health checks).
@@ -288,5 +298,27 @@ mod tests {
         assert!(!body.contains("<script>"), "{body}");
         assert!(!body.contains("<i>"), "{body}");
         assert!(body.contains("&lt;img src=x onerror=alert(1)&gt;"));
+    }
+
+    proptest::proptest! {
+        /// `application/json` is found wherever a byte-by-byte search finds it.
+        #[test]
+        fn json_is_found_in_accept_as_a_full_search_finds_it(
+            pieces in proptest::collection::vec(
+                proptest::sample::select(vec![
+                    "application/json", "APPLICATION/JSON", "Application/Json", "/", "json",
+                    "application", "applicatio", "n/json", "text/html", ",", ";q=0.9", " ",
+                    "*/*", "application/jso", "x",
+                ]),
+                0..8,
+            ),
+        ) {
+            let accept = pieces.concat();
+            let full = accept
+                .as_bytes()
+                .windows(b"application/json".len())
+                .any(|w| w.eq_ignore_ascii_case(b"application/json"));
+            proptest::prop_assert_eq!(names_json(accept.as_bytes()), full, "{}", accept);
+        }
     }
 }

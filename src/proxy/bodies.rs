@@ -22,6 +22,7 @@ use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use http_body_util::BodyExt;
 use hyper::body::{Body, Frame, SizeHint};
 use tokio::time::Sleep;
 
@@ -31,6 +32,33 @@ use crate::body::BoxError;
 /// Responses that declare at most this many bytes are read whole before they are
 /// sent on (and cannot hold an upstream connection while the client reads slowly).
 pub const BUFFERED_MAX: u64 = 64 * 1024;
+
+/// The whole of a (small) body: its one data frame as it came, without a copy (the
+/// usual case), or its data frames joined. Trailers are left out: the answer that
+/// carries the result has a `Content-Length` and no trailers.
+pub async fn read_whole<B: Body<Data = Bytes>>(body: B) -> Result<Bytes, B::Error> {
+    let mut body = std::pin::pin!(body);
+    let mut first = Bytes::new();
+    let mut joined = bytes::BytesMut::new();
+    while let Some(frame) = body.frame().await {
+        let Ok(data) = frame?.into_data() else {
+            continue;
+        };
+        if first.is_empty() && joined.is_empty() {
+            first = data;
+        } else {
+            if joined.is_empty() {
+                joined.extend_from_slice(&std::mem::take(&mut first));
+            }
+            joined.extend_from_slice(&data);
+        }
+    }
+    Ok(if joined.is_empty() {
+        first
+    } else {
+        joined.freeze()
+    })
+}
 
 /// A request body that delivered no byte for `server.body_idle_timeout`.
 #[derive(Debug, thiserror::Error)]
@@ -293,7 +321,50 @@ where
 mod tests {
     use super::*;
     use crate::proxy::limits::InFlight;
-    use http_body_util::{BodyExt, StreamBody};
+    use http_body_util::StreamBody;
+
+    #[tokio::test]
+    async fn a_body_read_whole_is_its_frames_joined_without_its_trailers() {
+        let frames = |pieces: &[&'static str], trailers: bool| {
+            let mut frames: Vec<Result<Frame<Bytes>, BoxError>> = pieces
+                .iter()
+                .map(|piece| Ok(Frame::data(Bytes::from_static(piece.as_bytes()))))
+                .collect();
+            if trailers {
+                let mut map = http::HeaderMap::new();
+                map.insert("x-trailer", http::HeaderValue::from_static("t"));
+                frames.push(Ok(Frame::trailers(map)));
+            }
+            StreamBody::new(futures_util::stream::iter(frames))
+        };
+        for (pieces, whole) in [
+            (&[][..], ""),
+            (&["abc"][..], "abc"),
+            (&["", "abc"][..], "abc"),
+            (&["ab", "", "c"][..], "abc"),
+            (&["a", "b", "c"][..], "abc"),
+        ] {
+            for trailers in [false, true] {
+                let read = read_whole(frames(pieces, trailers)).await.unwrap();
+                assert_eq!(read, whole, "{pieces:?}, trailers: {trailers}");
+            }
+        }
+        // One frame comes back as it came: the same bytes, not a copy.
+        let one = Bytes::from_static(b"one frame");
+        let body = StreamBody::new(futures_util::stream::iter([Ok::<_, BoxError>(
+            Frame::data(one.clone()),
+        )]));
+        assert_eq!(read_whole(body).await.unwrap().as_ptr(), one.as_ptr());
+        // A failing body fails the read.
+        let failing = StreamBody::new(futures_util::stream::iter([
+            Ok(Frame::data(Bytes::from_static(b"part"))),
+            Err::<Frame<Bytes>, BoxError>("broke off".into()),
+        ]));
+        assert_eq!(
+            read_whole(failing).await.unwrap_err().to_string(),
+            "broke off"
+        );
+    }
 
     fn pending_body() -> StreamBody<futures_util::stream::Pending<Result<Frame<Bytes>, BoxError>>> {
         StreamBody::new(futures_util::stream::pending())

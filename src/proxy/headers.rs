@@ -6,6 +6,8 @@ use std::net::IpAddr;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use percent_encoding::{AsciiSet, CONTROLS, percent_decode_str, utf8_percent_encode};
 
+use crate::cookie_header::cookie_pairs;
+
 const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
@@ -222,8 +224,9 @@ pub fn remove_folded_except(
 
 /// Rewrites the `Cookie` headers without the cookies `drop` selects, joined into one
 /// header (as HTTP/1.1 upstreams expect). Other cookies pass byte for byte. A single
-/// header with nothing to drop is left alone; otherwise the new value is built in one
-/// buffer (this runs on every forwarded request).
+/// header with nothing to drop is left alone, and one with nothing to keep is removed;
+/// otherwise the new value is built in one buffer. (This runs on every forwarded
+/// request: one pass decides which of those it is.)
 pub fn remove_cookies(headers: &mut HeaderMap, drop: impl Fn(&str) -> bool) {
     let values = headers.get_all(header::COOKIE);
     let pairs = || values.iter().flat_map(|v| cookie_pairs(v.as_bytes()));
@@ -231,18 +234,29 @@ pub fn remove_cookies(headers: &mut HeaderMap, drop: impl Fn(&str) -> bool) {
         let name = memchr::memchr(b'=', pair).map_or(pair, |at| &pair[..at]);
         std::str::from_utf8(name.trim_ascii()).is_ok_and(&drop)
     };
-    let header_count = values.iter().count();
-    if header_count == 0 || (header_count == 1 && !pairs().any(is_dropped)) {
+    let mut header_count = 0;
+    let (mut dropped, mut kept_count, mut kept_length) = (0_usize, 0_usize, 0_usize);
+    for value in values.iter() {
+        header_count += 1;
+        for pair in cookie_pairs(value.as_bytes()) {
+            if is_dropped(pair) {
+                dropped += 1;
+            } else {
+                kept_count += 1;
+                kept_length += pair.len();
+            }
+        }
+    }
+    if header_count == 0 || (header_count == 1 && dropped == 0) {
+        return;
+    }
+    if kept_count == 0 {
+        headers.remove(header::COOKIE);
         return;
     }
     // The exact length, so that the buffer becomes the header value as it is (a
     // buffer with spare room would cost `Bytes` another allocation).
-    let (count, length) = pairs()
-        .filter(|pair| !is_dropped(pair))
-        .fold((0_usize, 0_usize), |(count, length), pair| {
-            (count + 1, length + pair.len())
-        });
-    let mut kept = Vec::with_capacity(length + 2 * count.saturating_sub(1));
+    let mut kept = Vec::with_capacity(kept_length + 2 * (kept_count - 1));
     for pair in pairs().filter(|pair| !is_dropped(pair)) {
         if !kept.is_empty() {
             kept.extend_from_slice(b"; ");
@@ -250,32 +264,9 @@ pub fn remove_cookies(headers: &mut HeaderMap, drop: impl Fn(&str) -> bool) {
         kept.extend_from_slice(pair);
     }
     headers.remove(header::COOKIE);
-    if !kept.is_empty()
-        && let Ok(value) = HeaderValue::from_maybe_shared(bytes::Bytes::from(kept))
-    {
+    if let Ok(value) = HeaderValue::from_maybe_shared(bytes::Bytes::from(kept)) {
         headers.insert(header::COOKIE, value);
     }
-}
-
-/// The `name=value` pairs of one `Cookie` header, trimmed, empty ones skipped. The
-/// separators are found with memchr: a session cookie's long value is skipped in a
-/// few instructions, not looked at byte by byte.
-fn cookie_pairs(value: &[u8]) -> impl Iterator<Item = &[u8]> {
-    let mut rest = Some(value);
-    std::iter::from_fn(move || {
-        loop {
-            let text = rest?;
-            let (pair, after) = match memchr::memchr(b';', text) {
-                Some(at) => (&text[..at], Some(&text[at + 1..])),
-                None => (text, None),
-            };
-            rest = after;
-            let pair = pair.trim_ascii();
-            if !pair.is_empty() {
-                return Some(pair);
-            }
-        }
-    })
 }
 
 /// Prepares an upstream's response headers for the client: a `Content-Length` beside
@@ -457,10 +448,17 @@ pub fn set_forwarded(headers: &mut HeaderMap, facts: &ForwardedFacts<'_>) {
     let client = address_value(facts.client);
     headers.insert(X_FORWARDED_FOR, client.clone());
     headers.insert(X_REAL_IP, client);
-    // The two schemes as constants: no allocation for them.
+    // The two schemes as constants: no allocation, and no check of their bytes (which
+    // `from_static` does each time it runs outside a constant).
+    const HTTPS: HeaderValue = HeaderValue::from_static("https");
+    const HTTP: HeaderValue = HeaderValue::from_static("http");
     match facts.proto {
-        "https" => set_static(headers, X_FORWARDED_PROTO, "https"),
-        "http" => set_static(headers, X_FORWARDED_PROTO, "http"),
+        "https" => {
+            headers.insert(X_FORWARDED_PROTO, HTTPS);
+        }
+        "http" => {
+            headers.insert(X_FORWARDED_PROTO, HTTP);
+        }
         proto => set(headers, X_FORWARDED_PROTO, proto),
     }
     headers.insert(X_FORWARDED_HOST, facts.host.clone());
@@ -507,10 +505,6 @@ fn address_value(address: IpAddr) -> HeaderValue {
     }
     HeaderValue::from_maybe_shared(bytes::Bytes::from_owner(text))
         .expect("an IP address is a valid header value")
-}
-
-fn set_static(headers: &mut HeaderMap, name: HeaderName, value: &'static str) {
-    headers.insert(name, HeaderValue::from_static(value));
 }
 
 fn set(headers: &mut HeaderMap, name: HeaderName, value: &str) {
@@ -681,6 +675,17 @@ mod tests {
         let mut only_ours = map(&[("cookie", "_ssogate=x")]);
         remove_cookies(&mut only_ours, |n| n == "_ssogate");
         assert!(!only_ours.contains_key("cookie"));
+        let mut ours_twice = map(&[("cookie", "_ssogate=x"), ("cookie", " ; _ssogate=y")]);
+        remove_cookies(&mut ours_twice, |n| n == "_ssogate");
+        assert!(!ours_twice.contains_key("cookie"));
+        // One header with nothing to drop is left exactly as it came; two are joined.
+        let mut theirs = map(&[("cookie", "a=1;;b=2 ")]);
+        remove_cookies(&mut theirs, |n| n == "_ssogate");
+        assert_eq!(theirs["cookie"], "a=1;;b=2 ");
+        let mut theirs_twice = map(&[("cookie", "a=1"), ("cookie", "b=2")]);
+        remove_cookies(&mut theirs_twice, |n| n == "_ssogate");
+        assert_eq!(theirs_twice.get_all("cookie").iter().count(), 1);
+        assert_eq!(theirs_twice["cookie"], "a=1; b=2");
 
         // Other cookies pass byte for byte, even bytes that are not UTF-8.
         let mut raw = HeaderMap::new();
@@ -708,18 +713,6 @@ mod tests {
             let address: IpAddr = text.parse().unwrap();
             assert_eq!(address_value(address), address.to_string().as_str());
         }
-    }
-
-    #[test]
-    fn cookie_pairs_are_split_as_a_server_splits_them() {
-        let pairs: Vec<&[u8]> = cookie_pairs(b" a=1;b=2 ;; ;c; d=\"x;y\"").collect();
-        assert_eq!(
-            pairs,
-            [&b"a=1"[..], b"b=2", b"c", b"d=\"x", b"y\""],
-            "quotes do not protect a semicolon (browsers never send one in a value)"
-        );
-        assert_eq!(cookie_pairs(b"").count(), 0);
-        assert_eq!(cookie_pairs(b" ; ").count(), 0);
     }
 
     fn trusted_nets(ip: IpAddr) -> bool {

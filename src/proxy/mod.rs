@@ -26,7 +26,7 @@ use std::time::Duration;
 
 use http::header::{self, HeaderValue};
 use http::{Request, Response, StatusCode, Uri, Version};
-use http_body_util::{BodyExt, LengthLimitError, Limited};
+use http_body_util::{LengthLimitError, Limited};
 use hyper::body::Incoming;
 use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::connect::HttpConnector;
@@ -334,8 +334,8 @@ impl Upstream {
         if hyper::body::Body::is_end_stream(&body)
             || declared.is_some_and(|length| length <= BUFFERED_MAX)
         {
-            return match within(deadline, pin!(body.collect())).await {
-                Some(Ok(collected)) => Ok(boxed(http_body_util::Full::new(collected.to_bytes()))),
+            return match within(deadline, pin!(bodies::read_whole(body))).await {
+                Some(Ok(whole)) => Ok(boxed(http_body_util::Full::new(whole))),
                 Some(Err(e)) => {
                     tracing::warn!(upstream = %self.base, error = %error_chain(&e), "upstream response body failed");
                     Err(Kind::UpstreamUnavailable)

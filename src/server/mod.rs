@@ -34,6 +34,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+use bytes::Bytes;
 use http::{Request, Response, StatusCode};
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
@@ -48,7 +49,7 @@ use crate::config::{ServerSettings, Settings, TlsSettings};
 use std::path::{Path, PathBuf};
 
 use crate::gateway::{Gateway, GatewayError, LiveGateway, TlsServerName, TunnelPass};
-use crate::observe::{Metrics, REQUEST_ID};
+use crate::observe::{LoggedBody, Metrics, REQUEST_ID};
 use crate::problem::{Audience, Kind, Problem};
 use crate::proxy::tunnel::{self, TunnelEnd, TunnelTerms};
 use framing::StrictFraming;
@@ -94,7 +95,7 @@ struct ServedConnection {
 }
 
 impl tower::Service<Request<Incoming>> for GatewayService {
-    type Response = Response<ResponseBody>;
+    type Response = Response<LoggedBody>;
     type Error = Infallible;
     type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Infallible>> + Send>>;
 
@@ -126,34 +127,28 @@ impl tower::Service<Request<Incoming>> for GatewayService {
 /// Runs the tunnel an accepted upgrade brought (see [`tunnel`]): it holds its
 /// connection's place in `server.max_connections` and one of `server.max_tunnels`
 /// (none left: 503 instead of the 101), and is checked against the gateway current at
-/// each check, so a reload's rules apply to tunnels already open. A refusal keeps the
-/// 101's request id and `Strict-Transport-Security`.
+/// each check, so a reload's rules apply to tunnels already open.
 fn start_tunnel(
-    mut response: Response<ResponseBody>,
+    mut response: Response<LoggedBody>,
     gateway: &Gateway,
     connection: &ServedConnection,
-) -> Response<ResponseBody> {
+) -> Response<LoggedBody> {
     let pair = response.extensions_mut().remove::<tunnel::Upgraded>();
     let pass = response.extensions_mut().remove::<Arc<TunnelPass>>();
-    let refuse = |kind, message| {
-        let mut refusal = Problem::new(kind, Audience::Api, message).respond(gateway.metrics());
-        for name in [REQUEST_ID, http::header::STRICT_TRANSPORT_SECURITY] {
-            if let Some(value) = response.headers().get(&name) {
-                refusal.headers_mut().insert(name, value.clone());
-            }
-        }
-        refusal
-    };
     let (Some(pair), Some(pass)) = (pair, pass) else {
         tracing::warn!("a 101 without a tunnel to run; refused");
-        return refuse(
+        return refused_upgrade(
+            response,
+            gateway,
             Kind::UpgradeRefused,
             "The connection could not be upgraded.",
         );
     };
     let Ok(slot) = connection.tunnels.clone().try_acquire_owned() else {
         tracing::warn!("upgrade refused: server.max_tunnels tunnels are open");
-        return refuse(
+        return refused_upgrade(
+            response,
+            gateway,
             Kind::TooManyTunnels,
             "Too many upgraded connections are open. Try again in a moment.",
         );
@@ -179,6 +174,27 @@ fn start_tunnel(
         }
     });
     response
+}
+
+/// The refusal sent instead of an accepted upgrade's 101, with its request id and
+/// `Strict-Transport-Security`; the access line and the request metrics count the
+/// refusal, not the 101.
+fn refused_upgrade(
+    accepted: Response<LoggedBody>,
+    gateway: &Gateway,
+    kind: Kind,
+    message: &'static str,
+) -> Response<LoggedBody> {
+    let refusal = Problem::new(kind, Audience::Api, message).respond(gateway.metrics());
+    let (mut parts, body) = refusal.into_parts();
+    let (accepted, logged) = accepted.into_parts();
+    for name in [REQUEST_ID, http::header::STRICT_TRANSPORT_SECURITY] {
+        if let Some(value) = accepted.headers.get(&name) {
+            parts.headers.insert(name, value.clone());
+        }
+    }
+    let body = logged.answered_instead(parts.status, body);
+    Response::from_parts(parts, body)
 }
 
 /// A started gateway. Dropping it does not stop it; call [`RunningGateway::shutdown`].
@@ -478,7 +494,7 @@ impl ConnectionTerms {
 
     /// Serves HTTP/1.1 or HTTP/2 (and upgrades) on `io` until the connection ends,
     /// counting what it writes into `activity`.
-    async fn serve<IO, S>(
+    async fn serve<IO, S, B>(
         self,
         io: IO,
         activity: &Arc<Activity>,
@@ -486,10 +502,12 @@ impl ConnectionTerms {
     ) -> Result<(), Box<dyn std::error::Error + Send + Sync>>
     where
         IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
-        S: hyper::service::Service<Request<Incoming>, Response = Response<ResponseBody>>,
+        S: hyper::service::Service<Request<Incoming>, Response = Response<B>>,
         S::Future: 'static,
         S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
-        TokioExecutor: auto::HttpServerConnExec<S::Future, ResponseBody>,
+        B: hyper::body::Body<Data = Bytes> + 'static,
+        B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+        TokioExecutor: auto::HttpServerConnExec<S::Future, B>,
     {
         let io = TokioIo::new(CountWrites::new(io, activity.clone()));
         let connection = self.builder.serve_connection_with_upgrades(io, service);

@@ -56,6 +56,16 @@ impl Session {
         }
     }
 
+    /// The upkeep, locked: at once when nobody holds it (every request asks, and
+    /// nobody does but a running refresh), else after those already waiting (tokio's
+    /// lock is fair: `try_lock` fails while anyone waits).
+    pub async fn lock_upkeep(&self) -> tokio::sync::MutexGuard<'_, Upkeep> {
+        match self.upkeep.try_lock() {
+            Ok(upkeep) => upkeep,
+            Err(_) => self.upkeep.lock().await,
+        }
+    }
+
     /// Whether the absolute lifetime has passed.
     pub fn outlived(&self, lifetime: Duration) -> bool {
         self.created_at.elapsed().is_ok_and(|age| age >= lifetime)

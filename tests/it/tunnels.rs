@@ -77,6 +77,18 @@ async fn connections_open(scraper: &mut Browser) -> f64 {
         .unwrap()
 }
 
+/// `ssogate_requests_total` for protected routes and `status`, scraped like
+/// [`connections_open`].
+async fn protected_answers(scraper: &mut Browser, status: u16) -> f64 {
+    let answer = scraper.navigate("/metrics").await;
+    let sample = format!("ssogate_requests_total{{route=\"protected\",status=\"{status}\"}} ");
+    answer
+        .body
+        .lines()
+        .find_map(|line| line.strip_prefix(sample.as_str()))
+        .map_or(0.0, |count| count.parse().unwrap())
+}
+
 #[tokio::test]
 async fn a_tunnel_closes_when_its_session_ends() {
     let world = world("tunnel_check_every = \"1s\"").await;
@@ -128,6 +140,9 @@ async fn tunnels_keep_their_place_in_the_limits() {
     );
     let (refused, _) = upgrade(&world, &alice).await;
     assert!(refused.starts_with("HTTP/1.1 503"), "{refused}");
+    // Counted as what the client got, a 503, not as the 101 the upstream gave.
+    assert_eq!(protected_answers(&mut scraper, 101).await, 2.0);
+    assert_eq!(protected_answers(&mut scraper, 503).await, 1.0);
     drop(first);
     tokio::time::sleep(Duration::from_millis(300)).await;
     let (head, mut third) = upgrade(&world, &alice).await;
