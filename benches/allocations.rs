@@ -96,7 +96,7 @@ fn main() {
     let upstream = peers::nginx(
         temp.path(),
         "upstream",
-        &peers::upstream_config(upstream_port),
+        &peers::upstream_config(upstream_port, None),
         &format!("0-{}", cores - 1),
     );
     upstream.await_port(upstream_port);

@@ -119,6 +119,62 @@ pub fn upload(port: u16, path: &str, cookie: Option<&str>, size: u64) -> Duratio
     elapsed
 }
 
+/// A server on a free port of 127.0.0.1 that reads each request's whole body (its
+/// `Content-Length`) and then answers `200 ok`, on kept-alive connections: the end of
+/// the upload's path, where Sentry would store the file. Runs on threads of this
+/// process; returns its port.
+pub fn upload_sink() -> u16 {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("the sink binds");
+    let port = listener.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        for stream in listener.incoming().flatten() {
+            std::thread::spawn(move || sink_connection(stream));
+        }
+    });
+    port
+}
+
+/// [`upload_sink`]'s requests on one connection, until it closes.
+fn sink_connection(mut stream: TcpStream) {
+    let mut buffer = vec![0u8; 256 * 1024];
+    let mut held = 0; // bytes of the next request already read
+    loop {
+        let head_end = loop {
+            if let Some(at) = buffer[..held].windows(4).position(|w| w == b"\r\n\r\n") {
+                break at + 4;
+            }
+            match stream.read(&mut buffer[held..]) {
+                Ok(0) | Err(_) => return,
+                Ok(n) => held += n,
+            }
+        };
+        let head = String::from_utf8_lossy(&buffer[..head_end]).to_ascii_lowercase();
+        let length: usize = head
+            .lines()
+            .find_map(|line| line.strip_prefix("content-length:"))
+            .map_or(0, |value| value.trim().parse().expect("a Content-Length"));
+        let in_buffer = (held - head_end).min(length);
+        let mut left = length - in_buffer;
+        buffer.copy_within(head_end + in_buffer..held, 0);
+        held -= head_end + in_buffer;
+        while left > 0 {
+            let n = stream.read(&mut buffer[held..]).unwrap_or(0);
+            if n == 0 {
+                return;
+            }
+            let body = n.min(left);
+            left -= body;
+            // Bytes past the body start the next request.
+            buffer.copy_within(held + body..held + n, held);
+            held += n - body;
+        }
+        let answer = b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 3\r\n\r\nok\n";
+        if stream.write_all(answer).is_err() || head.contains("\r\nconnection: close") {
+            return;
+        }
+    }
+}
+
 /// The peak resident set of `server` while `work` runs, and its resident set before.
 pub fn peak_resident_during<T>(server: &Server, work: impl FnOnce() -> T) -> (u64, u64, T) {
     let pid = server.pid().to_string();

@@ -142,10 +142,12 @@ fn main() {
         apache_port,
         bare_port,
     ] = [(); 8].map(|_| free_port());
+    // The upload sink runs on this (the generator's) core, as the uploading client.
+    let upload_sink = extras::upload_sink();
     let upstream = peers::nginx(
         dir,
         "upstream",
-        &peers::upstream_config(upstream_port),
+        &peers::upstream_config(upstream_port, Some((UPLOAD_PATH, upload_sink))),
         &server_cores,
     );
     let proxy = peers::nginx(
@@ -491,7 +493,7 @@ fn main() {
     let mut uploads = Vec::new();
     if wants("upload") {
         let through = [
-            ("direct upstream (nginx)", upstream_port, None),
+            ("direct upstream (nginx, to the sink)", upstream_port, None),
             ("nginx reverse proxy", proxy_port, None),
             ("ssogate, signed in", gateway_port, Some(cookie.as_str())),
         ];

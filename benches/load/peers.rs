@@ -145,11 +145,25 @@ http {{
 }
 
 /// The upstream: a small fixed page for any request; request bodies are discarded.
-pub fn upstream_config(port: u16) -> String {
+/// With `uploads` (a path and a port), requests to that path are streamed on to that
+/// port ([`crate::extras::upload_sink`]), which reads every byte before it answers, as
+/// Sentry does. (nginx's own `return` answers at once and discards the body, so a
+/// proxy in front of it, told the answer came, would stop forwarding the upload.)
+pub fn upstream_config(port: u16, uploads: Option<(&str, u16)>) -> String {
+    let uploads = uploads.map_or(String::new(), |(path, sink)| {
+        format!(
+            r#"
+        location = {path} {{
+            proxy_pass http://127.0.0.1:{sink};
+            proxy_http_version 1.1;
+            proxy_request_buffering off;
+        }}"#
+        )
+    });
     nginx_config(&format!(
         r#"    server {{
         listen 127.0.0.1:{port};
-        location / {{ default_type text/plain; return 200 "ok\n"; }}
+        location / {{ default_type text/plain; return 200 "ok\n"; }}{uploads}
     }}"#
     ))
 }

@@ -185,8 +185,10 @@ pub fn markdown(results: &Results) -> String {
         let _ = writeln!(
             out,
             "\n## Large upload\n\nOne `POST` of {} MiB (Content-Length, one connection) to a Sentry API \
-             path; ssogate streams it to the upstream, which discards it. {} interleaved uploads \
-             through each; each row is the median by time, with the gateway's highest peak.\n",
+             path; each target streams it to the upstream nginx, which streams it to a sink that \
+             reads every byte before it answers (as Sentry stores the file). {} interleaved \
+             uploads through each; each row is the median by time, with the gateway's highest \
+             peak.\n",
             results.upload_bytes >> 20,
             results.rounds.first().map_or(0, Vec::len),
         );
