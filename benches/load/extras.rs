@@ -168,7 +168,8 @@ fn sink_connection(mut stream: TcpStream) {
             buffer.copy_within(held + body..held + n, held);
             held += n - body;
         }
-        let answer = b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 3\r\n\r\nok\n";
+        let answer =
+            b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 3\r\n\r\nok\n";
         if stream.write_all(answer).is_err() || head.contains("\r\nconnection: close") {
             return;
         }

@@ -111,19 +111,31 @@ impl AccessLine<'_> {
     }
 }
 
-/// `2026-12-01T03:28:31.173933Z`: UTC, microseconds, as the general formatter.
+/// `2026-12-01T03:28:31.173933Z`: UTC, microseconds, as the general formatter. The
+/// date and time of day are worked out once per second on each thread (lines come
+/// many to a second), only the microseconds every time.
 fn write_time(writer: &mut impl Write, time: SystemTime) -> fmt::Result {
+    thread_local! {
+        /// The last second written, and its text up to the `.`.
+        static SECOND: std::cell::Cell<(u64, [u8; 19])> = const { std::cell::Cell::new((u64::MAX, [0; 19])) };
+    }
     let since = time.duration_since(UNIX_EPOCH).unwrap_or_default();
     let seconds = since.as_secs();
-    let (year, month, day) = civil_from_days((seconds / 86_400) as i64);
-    let of_day = seconds % 86_400;
     let mut text = *b"0000-00-00T00:00:00.000000Z";
-    put_digits(&mut text[0..4], year as u64);
-    put_digits(&mut text[5..7], month);
-    put_digits(&mut text[8..10], day);
-    put_digits(&mut text[11..13], of_day / 3600);
-    put_digits(&mut text[14..16], of_day / 60 % 60);
-    put_digits(&mut text[17..19], of_day % 60);
+    let (cached, date_time) = SECOND.get();
+    if cached == seconds {
+        text[..19].copy_from_slice(&date_time);
+    } else {
+        let (year, month, day) = civil_from_days((seconds / 86_400) as i64);
+        let of_day = seconds % 86_400;
+        put_digits(&mut text[0..4], year as u64);
+        put_digits(&mut text[5..7], month);
+        put_digits(&mut text[8..10], day);
+        put_digits(&mut text[11..13], of_day / 3600);
+        put_digits(&mut text[14..16], of_day / 60 % 60);
+        put_digits(&mut text[17..19], of_day % 60);
+        SECOND.set((seconds, text[..19].try_into().expect("19 bytes")));
+    }
     put_digits(&mut text[20..26], u64::from(since.subsec_micros()));
     writer.write_str(std::str::from_utf8(&text).expect("ASCII digits"))
 }
@@ -298,10 +310,15 @@ mod tests {
         text.clear();
         write_time(&mut text, UNIX_EPOCH).unwrap();
         assert_eq!(text, "1970-01-01T00:00:00.000000Z");
-        // A leap day, and the last microsecond of a year.
+        // A leap day, the last microsecond of a year, and times a second (and a
+        // microsecond) apart after one another: the remembered second is not reused.
         for (micros, expected) in [
             (951_782_400_000_000u64, "2000-02-29T00:00:00.000000Z"),
+            (951_782_400_000_001u64, "2000-02-29T00:00:00.000001Z"),
+            (951_782_401_000_001u64, "2000-02-29T00:00:01.000001Z"),
+            (951_782_400_999_999u64, "2000-02-29T00:00:00.999999Z"),
             (4_102_444_799_999_999, "2099-12-31T23:59:59.999999Z"),
+            (4_102_444_800_000_000, "2100-01-01T00:00:00.000000Z"),
         ] {
             text.clear();
             write_time(
