@@ -143,13 +143,13 @@ pub struct Gateway {
     hsts: Option<HeaderValue>,
     /// Folded names (lower case, `_` as `-`) of the identity headers and the
     /// assertion's: removed from every request before anything else.
-    identity_folds: Vec<String>,
+    identity_folds: headers::FoldedNames,
     /// Signs the identity assertion and serves its keys, when `[assertion]` is on.
     /// Made anew by every reload (key files read again, cache empty).
     assertion: Option<AssertionSigner>,
     /// Folded names of the path overrides some backends honour and of the
     /// forwarding headers ([`headers::FORWARDING_HEADERS`]): removed before forwarding.
-    upstream_strip_folds: Vec<String>,
+    upstream_strip_folds: headers::FoldedNames,
     /// The hosts requests may be for ([`host`]).
     served_hosts: host::ServedHosts,
     /// `public_url`'s host (and port unless the default): the upstream's `Host` and
@@ -219,18 +219,19 @@ impl Gateway {
             None => Arc::new(SessionStore::new(&settings.session)?),
         };
         let assertion = AssertionSigner::from_settings(&settings)?;
-        let identity_folds: Vec<String> = settings
-            .identity_headers
-            .iter()
-            .chain(assertion.as_ref().map(AssertionSigner::header_name))
-            .map(|name| headers::folded_name(name.as_str()))
-            .collect();
-        let upstream_strip_folds = PATH_OVERRIDE_HEADERS
-            .iter()
-            .chain(&headers::FORWARDING_HEADERS)
-            .chain(&[REQUEST_ID.as_str()])
-            .map(|name| headers::folded_name(name))
-            .collect();
+        let identity_folds = headers::FoldedNames::new(
+            settings
+                .identity_headers
+                .iter()
+                .chain(assertion.as_ref().map(AssertionSigner::header_name))
+                .map(http::HeaderName::as_str),
+        );
+        let upstream_strip_folds = headers::FoldedNames::new(
+            PATH_OVERRIDE_HEADERS
+                .into_iter()
+                .chain(headers::FORWARDING_HEADERS)
+                .chain([REQUEST_ID.as_str()]),
+        );
         let public_url = &settings.server.public_url;
         let public_host = HeaderValue::from_str(&match public_url.port() {
             Some(port) => format!("{}:{port}", public_url.host_str().unwrap_or_default()),
@@ -240,7 +241,7 @@ impl Gateway {
         let end_to_end_folds = END_TO_END_HEADERS
             .iter()
             .map(|name| headers::folded_name(name))
-            .chain(identity_folds.iter().cloned())
+            .chain(identity_folds.iter().map(str::to_owned))
             .collect();
         let allowed_emails_file = settings
             .access

@@ -197,9 +197,42 @@ fn folds_to(name: &str, folded: &str) -> bool {
         })
 }
 
+/// Header names as some backends fold them (lower case, `_` as `-`), kept by length:
+/// a header is compared only with the names as long as it (every header of every
+/// request is looked up).
+pub struct FoldedNames(Vec<Vec<String>>);
+
+impl FoldedNames {
+    pub fn new<'a>(names: impl IntoIterator<Item = &'a str>) -> Self {
+        let mut by_length: Vec<Vec<String>> = Vec::new();
+        for name in names {
+            let name = folded_name(name);
+            if by_length.len() <= name.len() {
+                by_length.resize_with(name.len() + 1, Vec::new);
+            }
+            if !by_length[name.len()].contains(&name) {
+                by_length[name.len()].push(name);
+            }
+        }
+        Self(by_length)
+    }
+
+    /// Whether `name`, folded, is one of these.
+    pub fn contains(&self, name: &str) -> bool {
+        self.0
+            .get(name.len())
+            .is_some_and(|names| names.iter().any(|folded| folds_to(name, folded)))
+    }
+
+    /// Every name, folded.
+    pub fn iter(&self) -> impl Iterator<Item = &str> {
+        self.0.iter().flatten().map(String::as_str)
+    }
+}
+
 /// Removes every header whose folded name is in `folded_names` (all variants:
 /// `X-Forwarded-User`, `x-forwarded-user`, `X_Forwarded_User`, repeated ones).
-pub fn remove_folded(headers: &mut HeaderMap, folded_names: &[String]) {
+pub fn remove_folded(headers: &mut HeaderMap, folded_names: &FoldedNames) {
     remove_folded_except(headers, folded_names, None);
 }
 
@@ -208,13 +241,13 @@ pub fn remove_folded(headers: &mut HeaderMap, folded_names: &[String]) {
 /// itself, whose other spellings go. Nothing to remove costs no allocation.
 pub fn remove_folded_except(
     headers: &mut HeaderMap,
-    folded_names: &[String],
+    folded_names: &FoldedNames,
     kept: Option<&HeaderName>,
 ) {
     let doomed: Vec<HeaderName> = headers
         .keys()
         .filter(|name| Some(*name) != kept)
-        .filter(|name| folded_names.iter().any(|f| folds_to(name.as_str(), f)))
+        .filter(|name| folded_names.contains(name.as_str()))
         .cloned()
         .collect();
     for name in doomed {
@@ -635,9 +668,23 @@ mod tests {
         ]);
         remove_folded(
             &mut h,
-            &["x-forwarded-user".into(), "x-forwarded-email".into()],
+            &FoldedNames::new(["X-Forwarded-User", "x_forwarded_email"]),
         );
         assert_eq!(h.len(), 1, "{h:?}");
+    }
+
+    proptest::proptest! {
+        /// A name is found among folded names exactly when it folds to one of them.
+        #[test]
+        fn folded_names_are_found_in_any_spelling(
+            names in proptest::collection::vec("[a-cA-C_-]{0,4}", 0..6),
+            name in "[a-cA-C_-]{0,4}",
+        ) {
+            let set = FoldedNames::new(names.iter().map(String::as_str));
+            let name = name.to_ascii_lowercase(); // as a header map holds it
+            let expected = names.iter().any(|n| folds_to(&name, &folded_name(n)));
+            proptest::prop_assert_eq!(set.contains(&name), expected);
+        }
     }
 
     #[test]
@@ -648,7 +695,7 @@ mod tests {
             ("x_request-id", "theirs"),
             ("X-Forwarded-User", "a"),
         ]);
-        let folds = ["x-request-id".into(), "x-forwarded-user".into()];
+        let folds = FoldedNames::new(["x-request-id", "x-forwarded-user"]);
         remove_folded_except(
             &mut h,
             &folds,
@@ -839,8 +886,7 @@ mod tests {
             ("True-Client-IP", "6.6.6.6"),
             ("accept", "*/*"),
         ]);
-        let folds: Vec<String> = FORWARDING_HEADERS.iter().map(|n| folded_name(n)).collect();
-        remove_folded(&mut h, &folds);
+        remove_folded(&mut h, &FoldedNames::new(FORWARDING_HEADERS));
         set_forwarded(
             &mut h,
             &ForwardedFacts {
