@@ -7,8 +7,9 @@
 #   benches/instructions.sh [GATEWAY_BINARY...]
 #
 # ROW names the hold's row to load (default `ssogate, signed in`; `ssogate, signed in +
-# assertion` is the gateway with the signed identity assertion on). KEEP=DIR keeps each
-# binary's last dump there, for `callgrind_annotate`.
+# assertion` is the gateway with the signed identity assertion on). BROWSER=1 sends a
+# browser's request headers too (wrk alone sends only `Host` and the cookie). KEEP=DIR
+# keeps each binary's last dump there, for `callgrind_annotate`.
 # Each binary (default: target/release/ssogate) runs under callgrind behind the load
 # bench's `--hold signed` setup (nginx upstream, development provider, a real login).
 # After a warm-up the counters are zeroed, wrk sends requests for 10 s on 4 connections,
@@ -43,10 +44,21 @@ for binary in "${binaries[@]}"; do
   line=$(grep -F "${ROW:-ssogate, signed in} (HTTP/1.1):" "$work/hold.out")
   url=${line##* }
   cookie=$(grep -o "Cookie: [^']*" <<<"$line")
-  wrk -t1 -c4 -d3s -H "$cookie" "$url" >/dev/null # warm-up
+  headers=(-H "$cookie")
+  [[ -z ${BROWSER:-} ]] || headers+=(
+    -H 'User-Agent: Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/131.0.0.0 Safari/537.36'
+    -H 'Accept: text/html,application/xhtml+xml,application/xml;q=0.9,image/avif,image/webp,*/*;q=0.8'
+    -H 'Accept-Language: en-US,en;q=0.9' -H 'Accept-Encoding: gzip, deflate, br, zstd'
+    -H 'Referer: https://sentry.example.com/organizations/acme/issues/'
+    -H 'Sec-Fetch-Dest: document' -H 'Sec-Fetch-Mode: navigate' -H 'Sec-Fetch-Site: same-origin'
+    -H 'Sec-Fetch-User: ?1' -H 'Upgrade-Insecure-Requests: 1' -H 'Priority: u=0, i'
+    -H 'sec-ch-ua: "Chromium";v="131", "Not_A Brand";v="24"' -H 'sec-ch-ua-mobile: ?0'
+    -H 'sec-ch-ua-platform: "Linux"'
+  )
+  wrk -t1 -c4 -d3s "${headers[@]}" "$url" >/dev/null # warm-up
   for round in 1 2 3; do
     callgrind_control -z "$pid" >/dev/null 2>&1
-    requests=$(wrk -t1 -c4 -d10s -H "$cookie" "$url" | awk '/requests in/ {print $1}')
+    requests=$(wrk -t1 -c4 -d10s "${headers[@]}" "$url" | awk '/requests in/ {print $1}')
     callgrind_control -d "$pid" >/dev/null 2>&1
     sleep 1
     dump=$(ls -t "$work"/cg."$pid".* | head -1)

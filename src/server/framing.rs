@@ -13,11 +13,13 @@
 //! where each request ends (or the scanner refuses): a line is read whole however long
 //! it is (the version at the end of a long request line, a `Content-Length` with any
 //! number of leading zeros or spaces), and a chunk-size line byte by byte in the
-//! states of hyper's chunked decoder. Runs whose bytes need no look one by one (the
-//! rest of a request line, a header name up to its colon, any value but
-//! `Content-Length`'s and `Transfer-Encoding`'s) are taken to their next delimiter
-//! with memchr, keeping what the byte-by-byte states keep (a request line's length and
-//! last 8 bytes, a name's first 17). The fuzz target `framing_vs_hyper` (tests/fuzz)
+//! states of hyper's chunked decoder. A header line whole in one read is taken in one
+//! step (its end and its colon found with memchr, only `Content-Length`'s and
+//! `Transfer-Encoding`'s values read byte by byte), and in a line cut by a read the
+//! runs whose bytes need no look one by one (the rest of a request line, a header name
+//! up to its colon, any other value) are taken to their next delimiter, keeping what
+//! the byte-by-byte states keep (a request line's length and last 8 bytes, a name's
+//! first 17). The fuzz target `framing_vs_hyper` (tests/fuzz)
 //! checks this against hyper itself, which is why the scanner counts the requests it
 //! saw ([`FramingScanner::messages`]), and why this module is public (the server is
 //! its only other user).
@@ -214,6 +216,26 @@ impl FramingScanner {
     fn scan_bytes(&mut self, bytes: &[u8]) -> Result<(), usize> {
         let mut i = 0;
         while i < bytes.len() {
+            // A header line (or the head's empty line) whole in this read, CR LF and
+            // all: read in one step, leaving what the byte-by-byte states would leave
+            // at its LF. A line cut by the read, or holding a bare CR or LF, goes byte
+            // by byte below.
+            if let State::Head(head) = &mut self.state
+                && head.seen_request_line
+                && !self.after_cr
+                && matches!(head.line, HeadLine::Empty)
+                && let Some(end) = whole_line(&bytes[i..])
+            {
+                if end > 0 {
+                    head.line = header_line(&bytes[i..i + end]);
+                }
+                let lf = i + end + 1;
+                if !self.end_of_line(self.position + lf as u64) {
+                    return self.refuse(lf);
+                }
+                i = lf + 1;
+                continue;
+            }
             let byte = bytes[i];
             match &mut self.state {
                 State::Unchecked => return Ok(()),
@@ -517,10 +539,18 @@ fn name_byte(line: &mut HeadLine, byte: u8) {
         *len += 1;
         return;
     }
-    let name = &kept[..(*len).min(NAME_KEPT)];
+    // Only a name's first NAME_KEPT bytes are kept: a longer one frames nothing.
     let field = if *len > NAME_KEPT {
         Field::Other
-    } else if name.eq_ignore_ascii_case(b"host") {
+    } else {
+        field_of(&kept[..*len])
+    };
+    *line = HeadLine::Value(field);
+}
+
+/// What a header of this (whole) name frames.
+fn field_of(name: &[u8]) -> Field {
+    if name.eq_ignore_ascii_case(b"host") {
         Field::Host
     } else if name.eq_ignore_ascii_case(b"content-length") {
         Field::ContentLength(Digits::Before)
@@ -528,8 +558,32 @@ fn name_byte(line: &mut HeadLine, byte: u8) {
         Field::TransferEncoding(Coding::Chunked(0))
     } else {
         Field::Other
+    }
+}
+
+/// The length of the line `bytes` start with, when it is all there and ends with CR
+/// LF, its first CR or LF.
+fn whole_line(bytes: &[u8]) -> Option<usize> {
+    let end = memchr::memchr2(b'\r', b'\n', bytes)?;
+    (bytes[end] == b'\r' && bytes.get(end + 1) == Some(&b'\n')).then_some(end)
+}
+
+/// A whole header line (without its CR LF) as the byte-by-byte states leave it at its
+/// end: a name without a colon, or a value of the field its name frames.
+fn header_line(line: &[u8]) -> HeadLine {
+    let Some(colon) = memchr::memchr(b':', line) else {
+        return HeadLine::Name {
+            kept: [0; NAME_KEPT],
+            len: line.len(),
+        };
     };
-    *line = HeadLine::Value(field);
+    let mut field = field_of(&line[..colon]);
+    if matches!(field, Field::ContentLength(_) | Field::TransferEncoding(_)) {
+        for &byte in &line[colon + 1..] {
+            value_byte(&mut field, byte);
+        }
+    }
+    HeadLine::Value(field)
 }
 
 /// A byte of a header value.
